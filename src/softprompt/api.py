@@ -1,0 +1,119 @@
+"""The Python API: the few calls a user needs, each a thin composition.
+
+    from softprompt import api
+    report = api.run(api.RunConfig())                       # train + report
+    model = api.load_prompt("runs/movie-sentiment/prompt.safetensors")
+    model.predict(["A gorgeous, moving film."])
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from softprompt.backbones import Backbone, load_backbone
+from softprompt.config import DataConfig, RunConfig
+from softprompt.data import Dataset, load_dataset
+from softprompt.errors import PromptFileError
+from softprompt.evaluate import evaluate
+from softprompt.model import PromptModel, load_prompt_meta
+from softprompt.presets import task_defaults
+from softprompt.promptfile import atomic_write_text
+from softprompt.tasks import TaskConfig
+from softprompt.train import TrainResult, train
+
+__all__ = ["RunConfig", "RunReport", "build_model", "load_data", "load_prompt", "run", "task_config_for"]
+
+
+def load_data(config: DataConfig, seed: int = 0) -> Dataset:
+    return load_dataset(
+        config.source,
+        text_column=config.text_column,
+        label_column=config.label_column,
+        task=config.task,
+        labels=config.labels,
+        validation=config.validation,
+        test=config.test,
+        seed=seed,
+    )
+
+
+def task_config_for(dataset: Dataset, overrides: dict[str, Any]) -> TaskConfig:
+    """Built-in framing for the dataset, then the user's overrides on top."""
+    values = {"kind": dataset.task, "labels": list(dataset.labels), **task_defaults(dataset.name), **overrides}
+    return TaskConfig(**values)
+
+
+def build_model(backbone: Backbone, dataset: Dataset, method: dict[str, Any], task: dict[str, Any]) -> PromptModel:
+    options = {k: v for k, v in method.items() if k != "name"}
+    return PromptModel(backbone, task_config_for(dataset, task), method=method["name"], method_options=options)
+
+
+def load_prompt(path: str | Path, backbone: Backbone | str | None = None) -> PromptModel:
+    """Load a prompt file onto its backbone (by default the one named in the file)."""
+    if backbone is None or isinstance(backbone, str):
+        meta = load_prompt_meta(path)
+        backbone = load_backbone(backbone or meta["backbone"]["name"])
+    return PromptModel.load(path, backbone)
+
+
+@dataclass
+class RunReport:
+    rows: list[dict[str, Any]]
+    result: TrainResult
+    out_dir: Path
+
+    def markdown(self) -> str:
+        head = "| prompt | test accuracy | test macro-F1 | trainable params | file size | train time |\n|---|---|---|---|---|---|\n"
+        lines = [
+            f"| {r['name']} | {r['accuracy']:.4f} | {r['macro_f1']:.4f} | {r['trainable_parameters']:,} | "
+            f"{r['file_bytes'] / 1024:.1f} KiB | {r['train_seconds']:.0f} s |"
+            if "accuracy" in r
+            else f"| {r['name']} | loss {r['loss']:.4f} | - | {r['trainable_parameters']:,} | {r['file_bytes'] / 1024:.1f} KiB | {r['train_seconds']:.0f} s |"
+            for r in self.rows
+        ]
+        return head + "\n".join(lines) + "\n"
+
+
+def _test_row(name: str, model: PromptModel, dataset: Dataset, batch_size: int, **extra: Any) -> dict[str, Any]:
+    scores = evaluate(model, dataset.test, batch_size=batch_size)
+    return {"name": name, **scores, "trainable_parameters": model.num_trainable(), **extra}
+
+
+def run(config: RunConfig, *, resume: bool = False, progress: bool = True) -> RunReport:
+    """Train a prompt, then score zero-shot and tuned on the test split; write a report."""
+    backbone = load_backbone(config.backbone)
+    dataset = load_data(config.data)
+    out_dir = Path(config.out)
+    model = build_model(backbone, dataset, config.method, config.task)
+    rows = []
+    if config.baseline and model.task.label_token_ids():
+        zero_shot = build_model(backbone, dataset, {"name": "none"}, config.task)
+        rows.append(_test_row("zero-shot (template + label words)", zero_shot, dataset, config.train.eval_batch_size, file_bytes=0, train_seconds=0.0))
+    began = time.perf_counter()
+    result = train(model, dataset, config.train, out_dir, resume=resume, meta={"run": config.to_dict()}, progress=progress)
+    tuned = PromptModel.load(result.prompt_path, backbone)
+    rows.append(
+        _test_row(
+            f"{config.method['name']} (best of step {result.best_step})",
+            tuned,
+            dataset,
+            config.train.eval_batch_size,
+            file_bytes=result.prompt_path.stat().st_size,
+            train_seconds=result.seconds if resume else time.perf_counter() - began,
+        )
+    )
+    report = RunReport(rows=rows, result=result, out_dir=out_dir)
+    atomic_write_text(out_dir / "report.md", report.markdown())
+    atomic_write_text(out_dir / "report.json", json.dumps({"rows": rows, "config": config.to_dict()}, indent=2))
+    return report
+
+
+def check_prompt_file(path: str | Path) -> dict[str, Any]:
+    try:
+        return load_prompt_meta(path)
+    except PromptFileError:
+        raise

@@ -1,0 +1,41 @@
+"""Frozen pretrained backbones: loading, shape facts (`BackboneSpec`) and fingerprints.
+
+Only local files are used: built-in backbones come from pip packages that carry their
+weights, GGUF files are dequantized once and cached under ``$SOFTPROMPT_HOME``.
+"""
+
+from __future__ import annotations
+
+import os
+
+# Set before anything imports transformers / huggingface_hub, which read them at import.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+from softprompt.backbones._core import (  # noqa: E402
+    Backbone,
+    BackboneSpec,
+    fingerprint,
+    freeze,
+    from_pretrained_model,
+)
+from softprompt.backbones._loading import (  # noqa: E402
+    DEFAULT_BACKBONE,
+    BackboneInfo,
+    builtin_backbones,
+    load_backbone,
+)
+from softprompt.backbones._paths import softprompt_home  # noqa: E402
+
+__all__ = [
+    "DEFAULT_BACKBONE",
+    "Backbone",
+    "BackboneInfo",
+    "BackboneSpec",
+    "builtin_backbones",
+    "fingerprint",
+    "freeze",
+    "from_pretrained_model",
+    "load_backbone",
+    "softprompt_home",
+]

@@ -1,0 +1,217 @@
+"""The `softprompt` command line.
+
+    softprompt train [--config run.yaml] [--backbone ...] [--dataset ...] [--steps ...]
+    softprompt eval PROMPT [--dataset ...] [--split test]
+    softprompt predict PROMPT "some text" ...
+    softprompt info PROMPT
+    softprompt datasets | backbones
+
+Errors a user can fix print one line naming the flag or key, and exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from softprompt.errors import SoftPromptError
+
+# flag -> dotted config key; one table so flags and YAML keys never drift apart
+FLAGS: dict[str, tuple[str, type, str]] = {
+    "backbone": ("backbone", str, "built-in name, HF model folder or .gguf file"),
+    "dataset": ("data.source", str, "built-in dataset name or a CSV/JSONL file"),
+    "text_column": ("data.text_column", str, "text column of a user file"),
+    "label_column": ("data.label_column", str, "label (or target text) column of a user file"),
+    "task_kind": ("data.task", str, "classification or generation"),
+    "validation_file": ("data.validation", str, "separate validation file"),
+    "test_file": ("data.test", str, "separate test file"),
+    "method": ("method.name", str, "prompt method (see `softprompt methods`)"),
+    "n_tokens": ("method.n_tokens", int, "number of virtual tokens"),
+    "init": ("method.init", str, "random, vocab, text or labels"),
+    "init_text": ("method.init_text", str, "text for --init text"),
+    "template": ("task.template", str, "template with one {text} slot"),
+    "verbalizer": ("task.verbalizer", json.loads, 'JSON: {"label": [" word", ...]}'),
+    "head": ("task.head", str, "auto, verbalizer or linear"),
+    "steps": ("train.steps", int, "optimizer steps"),
+    "batch_size": ("train.batch_size", int, "global batch per micro-step"),
+    "grad_accum": ("train.grad_accum", int, "micro-steps per optimizer step"),
+    "lr": ("train.lr", float, "peak learning rate"),
+    "warmup_steps": ("train.warmup_steps", int, "linear warmup steps"),
+    "eval_every": ("train.eval_every", int, "evaluate every N steps"),
+    "eval_examples": ("train.eval_examples", int, "validation rows per evaluation (0 = all)"),
+    "patience": ("train.patience", int, "stop after N evaluations without improvement (0 = never)"),
+    "seed": ("train.seed", int, "random seed"),
+    "out": ("out", str, "output folder"),
+}
+
+
+def _add_run_flags(parser: argparse.ArgumentParser) -> None:
+    for flag, (key, kind, help_text) in FLAGS.items():
+        parser.add_argument(f"--{flag.replace('_', '-')}", dest=flag, type=str, default=None, help=f"{help_text} [{key}]")
+    parser.add_argument("--bf16", action="store_true", default=None, help="bf16 autocast on CPU [train.bf16]")
+    parser.add_argument("--no-baseline", dest="baseline", action="store_false", default=None, help="skip the zero-shot row")
+
+
+def _config_from_args(args: argparse.Namespace) -> Any:
+    from softprompt.config import build_run_config, load_yaml, set_dotted
+    from softprompt.errors import ConfigError
+
+    values = load_yaml(args.config) if args.config else {}
+    for flag, (key, kind, _) in FLAGS.items():
+        raw = getattr(args, flag, None)
+        if raw is None:
+            continue
+        try:
+            set_dotted(values, key, kind(raw))
+        except ValueError as exc:
+            raise ConfigError(f"--{flag.replace('_', '-')}: cannot read {raw!r} ({exc})") from None
+    if args.bf16:
+        set_dotted(values, "train.bf16", True)
+    if args.baseline is False:
+        values["baseline"] = False
+    return build_run_config(values)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from softprompt.api import run
+
+    config = _config_from_args(args)
+    report = run(config, resume=args.resume)
+    print()
+    print(report.markdown())
+    print(f"prompt: {report.result.prompt_path}   curves: {report.out_dir / 'curves.png'}   report: {report.out_dir / 'report.md'}")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from softprompt.api import load_data, load_prompt
+    from softprompt.config import DataConfig
+    from softprompt.evaluate import evaluate
+
+    model = load_prompt(args.prompt, args.backbone)
+    source = args.dataset or model.describe().get("dataset") or _meta(args.prompt).get("dataset")
+    data = load_data(DataConfig(source=source, text_column=args.text_column, label_column=args.label_column, labels=list(model.task.config.labels) or None))
+    result = evaluate(model, data.split(args.split), batch_size=args.batch_size)
+    print(json.dumps({"prompt": str(args.prompt), "dataset": source, "split": args.split, **result}, indent=2))
+    return 0
+
+
+def _meta(path: str) -> dict[str, Any]:
+    from softprompt.model import load_prompt_meta
+
+    return load_prompt_meta(path)
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from softprompt.api import load_prompt
+
+    texts = list(args.texts) or [line.rstrip("\n") for line in sys.stdin if line.strip()]
+    model = load_prompt(args.prompt, args.backbone)
+    for text, prediction in zip(texts, model.predict(texts)):
+        print(json.dumps({"text": text, **prediction}, ensure_ascii=False))
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    meta = _meta(args.prompt)
+    if args.json:
+        print(json.dumps(meta, indent=2))
+        return 0
+    method, task = meta["method"], meta["task"]
+    print(f"file          {args.prompt} ({meta['file_bytes']:,} bytes)")
+    print(f"method        {method['name']} {json.dumps(method['options'])}")
+    print(f"backbone      {meta['backbone']['name']} (fingerprint {meta['backbone']['fingerprint']})")
+    print(f"dataset       {meta.get('dataset')}")
+    print(f"task          {task['kind']}, head {task['head']}, template {task['template']!r}")
+    print(f"labels        {task['labels']}")
+    if task.get("verbalizer"):
+        print(f"verbalizer    {json.dumps(task['verbalizer'])}")
+    print(f"tensors       {meta['tensors']}")
+    print(f"trainable     {meta['trainable_parameters']:,} parameters")
+    if meta.get("metrics"):
+        print(f"metrics       {json.dumps(meta['metrics'])}")
+    return 0
+
+
+def cmd_datasets(args: argparse.Namespace) -> int:
+    from softprompt.data import builtin_datasets
+
+    print("| dataset | task | labels | installed | install |\n|---|---|---|---|---|")
+    for d in builtin_datasets():
+        labels = ", ".join(d.labels[:4]) + (" ..." if len(d.labels) > 4 else "")
+        print(f"| {d.name} | {d.task} | {labels} | {'yes' if d.installed else 'no'} | `{d.install}` |")
+    return 0
+
+
+def cmd_backbones(args: argparse.Namespace) -> int:
+    from softprompt.backbones import builtin_backbones
+
+    print("| backbone | kind | installed | install |\n|---|---|---|---|")
+    for b in builtin_backbones():
+        print(f"| {b.name} | {b.kind} | {'yes' if b.installed else 'no'} | `{b.install}` |")
+    return 0
+
+
+def cmd_methods(args: argparse.Namespace) -> int:
+    from softprompt.methods import available_methods
+
+    print("\n".join(available_methods()))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="softprompt", description="Learn tiny prompts for a frozen transformer.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    train = sub.add_parser("train", help="train a prompt, report zero-shot vs tuned test scores")
+    train.add_argument("--config", help="YAML run config (flags override it)")
+    train.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.safetensors")
+    _add_run_flags(train)
+    train.set_defaults(func=cmd_train)
+
+    evaluate = sub.add_parser("eval", help="score a prompt file on a dataset split")
+    evaluate.add_argument("prompt")
+    evaluate.add_argument("--backbone", default=None)
+    evaluate.add_argument("--dataset", default=None, help="default: the dataset it was trained on")
+    evaluate.add_argument("--split", default="test", choices=["train", "validation", "test"])
+    evaluate.add_argument("--text-column", default="text")
+    evaluate.add_argument("--label-column", default="label")
+    evaluate.add_argument("--batch-size", type=int, default=32)
+    evaluate.set_defaults(func=cmd_eval)
+
+    predict = sub.add_parser("predict", help="label texts (or generate) with a prompt file")
+    predict.add_argument("prompt")
+    predict.add_argument("texts", nargs="*", help="texts (default: one per line on stdin)")
+    predict.add_argument("--backbone", default=None)
+    predict.set_defaults(func=cmd_predict)
+
+    info = sub.add_parser("info", help="show what a prompt file holds")
+    info.add_argument("prompt")
+    info.add_argument("--json", action="store_true")
+    info.set_defaults(func=cmd_info)
+
+    for name, func, text in [
+        ("datasets", cmd_datasets, "built-in datasets and whether they are installed"),
+        ("backbones", cmd_backbones, "built-in backbones and whether they are installed"),
+        ("methods", cmd_methods, "registered prompt methods"),
+    ]:
+        sub.add_parser(name, help=text).set_defaults(func=func)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except SoftPromptError as exc:
+        print(f"softprompt {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; the best prompt and the last checkpoint are kept on disk", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

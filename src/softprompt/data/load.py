@@ -1,0 +1,63 @@
+"""The one entry point for data: a built-in name or a path to the user's file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from softprompt.data.builtins import BUILTINS
+from softprompt.data.files import SUPPORTED_EXTENSIONS, Columns
+from softprompt.data.records import Dataset, DatasetInfo
+from softprompt.data.user import load_files
+from softprompt.errors import ConfigError, DataError
+
+
+def builtin_datasets() -> list[DatasetInfo]:
+    """List built-ins with their install command, so the CLI can say how to get each."""
+    return [builtin.info() for builtin in BUILTINS.values()]
+
+
+def load_dataset(
+    source: str,
+    *,
+    text_column: str = "text",
+    label_column: str = "label",
+    task: str = "classification",
+    labels: list[str] | None = None,
+    seed: int = 0,
+    validation_fraction: float = 0.1,
+    test_fraction: float = 0.1,
+    validation: str | None = None,
+    test: str | None = None,
+) -> Dataset:
+    """Load a built-in dataset by name, or the user's .csv / .jsonl / .json (JSON Lines) file.
+
+    Built-ins have fixed splits (seed 0, sizes in `softprompt.data.builtins`) so results
+    are comparable across users; all other arguments apply to user files only. For a
+    user file, `validation` / `test` may name separate files; splits not given as files
+    are cut from `source` by the fractions (seeded, stratified by label, identical
+    texts kept together). Labels are always strings; without `labels` the label set is
+    the sorted distinct labels of `source`. Raises `DataError` naming file, line and
+    column for any data problem.
+    """
+    if source in BUILTINS:
+        if task != "classification":
+            raise ConfigError(f"built-in dataset {source!r} is a classification task")
+        return BUILTINS[source].load()
+    path = Path(source).expanduser()
+    if not path.exists() and path.suffix.lower() not in SUPPORTED_EXTENSIONS:
+        raise DataError(
+            f"{source!r} is neither a built-in dataset ({', '.join(BUILTINS)}) nor an "
+            f"existing file; give a built-in name or a path to a "
+            f"{' / '.join(SUPPORTED_EXTENSIONS)} file"
+        )
+    return load_files(
+        path,
+        columns=Columns(text=text_column, label=label_column),
+        task=task,
+        labels=labels,
+        seed=seed,
+        validation_fraction=validation_fraction,
+        test_fraction=test_fraction,
+        validation=Path(validation).expanduser() if validation else None,
+        test=Path(test).expanduser() if test else None,
+    )

@@ -1,0 +1,25 @@
+"""Prompt methods, registered by name.
+
+A method is an `nn.Module` whose `forward(batch_size)` returns a `Prompt`, built
+from a dataclass config. Adding a method means adding one file here that calls
+`register_method`; nothing else in the package changes.
+"""
+
+from softprompt.methods.registry import (
+    MethodContext,
+    available_methods,
+    build_method,
+    method_config_class,
+    register_method,
+)
+
+# Importing the modules registers them.
+from softprompt.methods import no_prompt, soft_prompt  # noqa: E402,F401  isort: skip
+
+__all__ = [
+    "MethodContext",
+    "available_methods",
+    "build_method",
+    "method_config_class",
+    "register_method",
+]

@@ -1,0 +1,29 @@
+"""No virtual tokens: the zero-shot, manual-template and head-only baselines.
+
+Running baselines through the same model, task and loop as the prompt methods
+is what makes comparisons honest: only the prompt differs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import nn
+
+from softprompt.inject import Prompt
+from softprompt.methods.registry import MethodContext, register_method
+
+
+@dataclass
+class NoPromptConfig:
+    """No options: nothing is learned by the method itself."""
+
+
+@register_method("none", NoPromptConfig)
+class NoPrompt(nn.Module):
+    def __init__(self, config: NoPromptConfig, context: MethodContext) -> None:
+        super().__init__()
+        self.config = config
+
+    def forward(self, batch_size: int) -> Prompt:
+        return Prompt(embeds=None)

@@ -1,0 +1,173 @@
+"""Classification by label words (cloze) or by a small head.
+
+`VerbalizerTask` scores only what the loss needs: the label-word rows of the
+output matrix at the answer position, a (B, d) x (d, W) product instead of
+PEFT's (B, T, d) x (d, V) over every position (performance.md #2). Label words
+of several tokens are scored exactly as sequence log-probabilities, one row per
+(example, class) pair, at only the positions of those tokens.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from softprompt.backbones import Backbone
+from softprompt.data import Example
+from softprompt.inject import Injector, Prompt
+from softprompt.tasks.base import Task, TaskConfig, TaskOutput, label_index, pad_right, register_task
+from softprompt.tasks.template import Template
+
+
+def _scores_to_predictions(labels: list[str], scores: torch.Tensor) -> list[dict[str, Any]]:
+    probs = scores.float().softmax(-1)  # (B, C)
+    return [
+        {"label": labels[int(row.argmax())], "scores": {lab: float(p) for lab, p in zip(labels, row)}}
+        for row in probs
+    ]
+
+
+@register_task(lambda c, b: c.kind == "classification" and b.spec.kind == "causal-lm" and c.head in ("auto", "verbalizer"))
+class VerbalizerTask(Task):
+    def __init__(self, config: TaskConfig, backbone: Backbone) -> None:
+        super().__init__()
+        self.config = config
+        self.tokenizer = backbone.tokenizer
+        self.pad_id = backbone.spec.pad_token_id
+        self.template = Template(config.template)
+        words = config.verbalizer or {label: [" " + label] for label in config.labels}
+        self.words = [words[label] for label in config.labels]  # per class: list of strings
+        self.word_ids = [[self._ids(w) for w in ws] for ws in self.words]  # class -> word -> ids
+        self.single_token = all(len(ids) == 1 for ws in self.word_ids for ids in ws)
+        object.__setattr__(self, "lm_head", backbone.output_embeddings())  # (V, d), frozen
+
+    def _ids(self, word: str) -> list[int]:
+        ids = self.tokenizer(word, add_special_tokens=False)["input_ids"]
+        if not ids:
+            raise ValueError(f"task.verbalizer: label word {word!r} has no tokens")
+        return ids
+
+    def label_token_ids(self) -> list[list[int]]:
+        return [ws[0] for ws in self.word_ids]
+
+    # -- collation ---------------------------------------------------------
+    def collate(self, examples: list[Example]) -> dict[str, torch.Tensor]:
+        contexts = [self.template.encode(self.tokenizer, e.text, self.config.max_text_tokens) for e in examples]
+        batch = self._collate_single(contexts) if self.single_token else self._collate_multi(contexts)
+        if all(e.label in self.config.labels for e in examples):
+            batch["targets"] = label_index(self.config.labels, examples)
+        return batch
+
+    def _collate_single(self, contexts: list[list[int]]) -> dict[str, torch.Tensor]:
+        ids, mask = pad_right(contexts, self.pad_id)
+        return {"input_ids": ids, "attention_mask": mask, "answer_index": mask.sum(1) - 1}
+
+    def _collate_multi(self, contexts: list[list[int]]) -> dict[str, torch.Tensor]:
+        """One row per (example, class, word): context + word[:-1], scored at the word's tokens."""
+        rows, positions, tokens = [], [], []
+        for context in contexts:
+            for word_list in self.word_ids:
+                for word in word_list:
+                    rows.append(context + word[:-1])
+                    positions.append([len(context) - 1 + j for j in range(len(word))])
+                    tokens.append(word)
+        ids, mask = pad_right(rows, self.pad_id)
+        pos, score_mask = pad_right(positions, 0)
+        tok, _ = pad_right(tokens, 0)
+        return {"input_ids": ids, "attention_mask": mask, "score_positions": pos, "score_tokens": tok, "score_mask": score_mask}
+
+    # -- scoring -----------------------------------------------------------
+    def forward(self, injector: Injector, prompt: Prompt, batch: dict[str, torch.Tensor]) -> TaskOutput:
+        scores = self._single(injector, prompt, batch) if self.single_token else self._multi(injector, prompt, batch)
+        targets = batch.get("targets")
+        loss = F.cross_entropy(scores, targets) if targets is not None else scores.new_zeros(())
+        return TaskOutput(loss=loss, scores=scores, targets=targets)
+
+    def _class_scores(self, word_scores: torch.Tensor) -> torch.Tensor:
+        """(B, W) scores of all label words -> (B, C): log-sum-exp over each class's words."""
+        per_class, start = [], 0
+        for words in self.word_ids:
+            per_class.append(word_scores[:, start : start + len(words)].logsumexp(-1))
+            start += len(words)
+        return torch.stack(per_class, dim=-1)  # (B, C)
+
+    def _single(self, injector: Injector, prompt: Prompt, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        hidden = injector.hidden_states(prompt, batch["input_ids"], batch["attention_mask"])  # (B, T, d)
+        rows = torch.arange(hidden.shape[0])
+        answer = hidden[rows, batch["answer_index"]]  # (B, d)
+        word_rows = torch.tensor([ids[0] for ws in self.word_ids for ids in ws])
+        logits = answer @ self.lm_head[word_rows].T  # (B, W)
+        return self._class_scores(logits)
+
+    def _multi(self, injector: Injector, prompt: Prompt, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        words_per_example = sum(len(ws) for ws in self.word_ids)
+        if prompt.rows > 1:
+            prompt = Prompt(embeds=prompt.embeds.repeat_interleave(words_per_example, dim=0))
+        hidden = injector.hidden_states(prompt, batch["input_ids"], batch["attention_mask"])  # (R, T, d)
+        positions = batch["score_positions"]  # (R, K)
+        picked = hidden.gather(1, positions.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))  # (R, K, d)
+        log_probs = (picked @ self.lm_head.T).log_softmax(-1)  # (R, K, V)
+        token_lp = log_probs.gather(-1, batch["score_tokens"].unsqueeze(-1)).squeeze(-1)  # (R, K)
+        word_scores = (token_lp * batch["score_mask"]).sum(-1)  # (R,)
+        return self._class_scores(word_scores.view(-1, words_per_example))  # (B, C)
+
+    def predict(self, injector: Injector, prompt: Prompt, examples: list[Example]) -> list[dict[str, Any]]:
+        batch = self.collate(examples)
+        return _scores_to_predictions(self.config.labels, self.forward(injector, prompt, batch).scores)
+
+
+@register_task(lambda c, b: c.kind == "classification" and (c.head == "linear" or (c.head == "auto" and b.spec.kind == "encoder")))
+class HeadTask(Task):
+    """A linear classifier on pooled hidden states; trained together with the prompt."""
+
+    def __init__(self, config: TaskConfig, backbone: Backbone) -> None:
+        super().__init__()
+        self.config = config
+        self.tokenizer = backbone.tokenizer
+        self.pad_id = backbone.spec.pad_token_id
+        self.encoder = backbone.spec.kind == "encoder"
+        # an encoder sees [CLS] ... [SEP] as in pretraining; the injector puts the prompt after [CLS]
+        sep = getattr(backbone.tokenizer, "sep_token_id", None)
+        sep = sep if sep is not None else backbone.spec.eos_token_id
+        self.front = [backbone.spec.bos_token_id] if backbone.spec.bos_token_id is not None else []
+        self.back = [sep] if sep is not None else []
+        self.pool = config.pool if config.pool != "auto" else ("mean" if self.encoder else "last")
+        self.template = Template(config.template)
+        self.head = nn.Linear(backbone.spec.hidden_size, len(config.labels))
+        generator = torch.Generator().manual_seed(0)
+        with torch.no_grad():  # seeded so two runs with one config start identical
+            self.head.weight.normal_(0.0, 0.02, generator=generator)
+            self.head.bias.zero_()
+
+    def collate(self, examples: list[Example]) -> dict[str, torch.Tensor]:
+        rows = [self.template.encode(self.tokenizer, e.text, self.config.max_text_tokens) for e in examples]
+        if self.encoder:
+            rows = [self.front + r + self.back for r in rows]
+        ids, mask = pad_right(rows, self.pad_id)
+        batch = {"input_ids": ids, "attention_mask": mask}
+        if all(e.label in self.config.labels for e in examples):
+            batch["targets"] = label_index(self.config.labels, examples)
+        return batch
+
+    def pooled(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """(B, T, d) -> (B, d)."""
+        if self.pool == "cls":
+            return hidden[:, 0]
+        if self.pool == "last":
+            return hidden[torch.arange(hidden.shape[0]), mask.sum(1) - 1]
+        weights = mask.unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)
+        return (hidden * weights).sum(1) / weights.sum(1)
+
+    def forward(self, injector: Injector, prompt: Prompt, batch: dict[str, torch.Tensor]) -> TaskOutput:
+        hidden = injector.hidden_states(prompt, batch["input_ids"], batch["attention_mask"])  # (B, T, d)
+        scores = self.head(self.pooled(hidden, batch["attention_mask"]))  # (B, C)
+        targets = batch.get("targets")
+        loss = F.cross_entropy(scores, targets) if targets is not None else scores.new_zeros(())
+        return TaskOutput(loss=loss, scores=scores, targets=targets)
+
+    def predict(self, injector: Injector, prompt: Prompt, examples: list[Example]) -> list[dict[str, Any]]:
+        batch = self.collate(examples)
+        return _scores_to_predictions(self.config.labels, self.forward(injector, prompt, batch).scores)

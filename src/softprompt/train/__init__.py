@@ -1,0 +1,6 @@
+"""One training loop for every method: it sees a `PromptModel`, never a method."""
+
+from softprompt.train.config import TrainConfig
+from softprompt.train.loop import TrainResult, train
+
+__all__ = ["TrainConfig", "TrainResult", "train"]

@@ -1,0 +1,51 @@
+"""Resumable training state in one safetensors file (no pickle).
+
+Holds the trainable tensors, AdamW's moment tensors, and a JSON header with
+the step, early-stopping state and metric history. The learning rate and the
+data order are pure functions of the step, so nothing else is needed for a
+resumed run to end exactly where an uninterrupted one does.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+
+from softprompt.errors import PromptFileError
+from softprompt.promptfile import atomic_write_bytes
+
+
+def save_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+    tensors = {f"model.{k}": v.detach().contiguous() for k, v in model.state_dict().items()}
+    opt = optimizer.state_dict()
+    for index, slots in opt["state"].items():
+        for slot, value in slots.items():
+            value = value if torch.is_tensor(value) else torch.tensor(value)
+            tensors[f"optim.{index}.{slot}"] = value.detach().contiguous()
+    header = {"state": state, "param_groups": opt["param_groups"]}
+    atomic_write_bytes(path, st_save(tensors, metadata={"checkpoint": json.dumps(header)}))
+
+
+def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    data = Path(path).read_bytes()
+    try:
+        tensors = st_load(data)
+        size = int.from_bytes(data[:8], "little")
+        header = json.loads(json.loads(data[8 : 8 + size])["__metadata__"]["checkpoint"])
+    except (SafetensorError, ValueError, KeyError, json.JSONDecodeError) as exc:
+        raise PromptFileError(f"{path}: checkpoint unreadable ({exc}); start without --resume") from None
+    model_state = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
+    model.load_state_dict(model_state, strict=True)
+    slots: dict[int, dict[str, torch.Tensor]] = {}
+    for key, value in tensors.items():
+        if key.startswith("optim."):
+            _, index, slot = key.split(".", 2)
+            slots.setdefault(int(index), {})[slot] = value
+    optimizer.load_state_dict({"state": slots, "param_groups": header["param_groups"]})
+    return header["state"]

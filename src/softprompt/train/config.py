@@ -1,0 +1,60 @@
+"""Training hyper-parameters; errors name the key that is wrong."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from softprompt.errors import ConfigError
+
+
+@dataclass
+class TrainConfig:
+    """`batch_size` is the global batch of one micro-step, split evenly across
+    processes under DDP; an optimizer step sees `batch_size * grad_accum` rows.
+    `eval_examples` caps the validation rows scored at each evaluation (0 = all)."""
+
+    steps: int = 160
+    batch_size: int = 8
+    grad_accum: int = 1
+    lr: float = 3e-2
+    weight_decay: float = 1e-5
+    warmup_steps: int = 10
+    schedule: str = "linear"
+    max_grad_norm: float = 1.0
+    eval_every: int = 40
+    eval_examples: int = 300
+    eval_batch_size: int = 32
+    patience: int = 0
+    seed: int = 0
+    bf16: bool = False
+
+    def __post_init__(self) -> None:
+        positive = ("steps", "batch_size", "grad_accum", "eval_every", "eval_batch_size")
+        for key in positive:
+            if getattr(self, key) < 1:
+                raise ConfigError(f"train.{key}: must be >= 1, got {getattr(self, key)}")
+        if not self.lr > 0:
+            raise ConfigError(f"train.lr: must be > 0, got {self.lr}")
+        if self.schedule not in ("linear", "cosine", "constant"):
+            raise ConfigError(f"train.schedule: must be linear, cosine or constant, got {self.schedule!r}")
+        if self.warmup_steps < 0 or self.patience < 0 or self.eval_examples < 0:
+            raise ConfigError("train.warmup_steps, train.patience and train.eval_examples must be >= 0")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def lr_at(self, step: int) -> float:
+        """Learning rate for optimizer step `step` (0-based): warmup then decay.
+
+        A pure function of the step, so resuming needs no scheduler state."""
+        import math
+
+        if step < self.warmup_steps:
+            return self.lr * (step + 1) / (self.warmup_steps + 1)
+        progress = (step - self.warmup_steps) / max(1, self.steps - self.warmup_steps)
+        if self.schedule == "linear":
+            return self.lr * max(0.0, 1.0 - progress)
+        if self.schedule == "cosine":
+            return self.lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+        return self.lr

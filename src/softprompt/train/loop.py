@@ -1,0 +1,197 @@
+"""The training loop. It calls `model(batch)` and nothing method-specific.
+
+Data order is a pure function of (seed, step), the learning rate a pure
+function of the step, so a resumed run replays exactly; the best prompt is
+saved atomically whenever validation improves, so a crash or a diverging
+loss never loses it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from softprompt.data import Dataset, Example
+from softprompt.errors import TrainingError
+from softprompt.evaluate import evaluate
+from softprompt.model import PromptModel
+from softprompt.plot import plot_curves
+from softprompt.promptfile import atomic_write_text
+from softprompt.train import distributed
+from softprompt.train.checkpoint import load_checkpoint, save_checkpoint
+from softprompt.train.config import TrainConfig
+
+PROMPT_FILE = "prompt.safetensors"
+CHECKPOINT_FILE = "checkpoint.safetensors"
+
+
+@dataclass
+class TrainResult:
+    prompt_path: Path
+    best_metric: float
+    best_step: int
+    steps_done: int
+    seconds: float
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def micro_batch(examples: list[Example], batch_size: int, seed: int, index: int) -> list[Example]:
+    """The `index`-th global micro-batch: epoch-wise seeded shuffles, last partial batch dropped."""
+    per_epoch = max(1, len(examples) // batch_size)
+    epoch, slot = divmod(index, per_epoch)
+    order = torch.randperm(len(examples), generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+    picks = order[slot * batch_size : (slot + 1) * batch_size]
+    return [examples[int(i)] for i in picks]
+
+
+def _metric(result: dict[str, Any]) -> float:
+    return result["accuracy"] if "accuracy" in result else -result["loss"]
+
+
+class _Run:
+    """State of one run; split out so each phase of the loop is a short method."""
+
+    def __init__(self, model: PromptModel, dataset: Dataset, config: TrainConfig, out_dir: Path, meta: dict[str, Any]):
+        self.model, self.dataset, self.config, self.out_dir, self.meta = model, dataset, config, out_dir, meta
+        self.process = distributed.setup()
+        if config.batch_size % self.process.world:
+            raise TrainingError(
+                f"train.batch_size {config.batch_size} must divide evenly over {self.process.world} processes"
+            )
+        if len(dataset.train) < config.batch_size:
+            raise TrainingError(f"the training split has {len(dataset.train)} rows, fewer than train.batch_size {config.batch_size}")
+        if not model.trainable_parameters():
+            raise TrainingError(f"method {model.method_name!r} with this task has nothing to train")
+        torch.manual_seed(config.seed)
+        self.wrapped = distributed.wrap(model, self.process)
+        self.optimizer = torch.optim.AdamW(model.trainable_parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        self.validation = dataset.validation[: config.eval_examples or None]
+        self.state: dict[str, Any] = {"step": 0, "best_metric": -math.inf, "best_step": -1, "bad_evals": 0, "history": [], "seconds": 0.0}
+
+    @property
+    def prompt_path(self) -> Path:
+        return self.out_dir / PROMPT_FILE
+
+    def resume(self) -> None:
+        path = self.out_dir / CHECKPOINT_FILE
+        if path.exists():
+            self.state = load_checkpoint(path, self.model, self.optimizer)
+            if self.process.main:  # the log restarts from what the checkpoint knew
+                lines = "".join(json.dumps(r) + "\n" for r in self.state["history"])
+                atomic_write_text(self.out_dir / "metrics.jsonl", lines)
+
+    def train_step(self, step: int) -> float:
+        """One optimizer step over `grad_accum` micro-batches; returns the mean loss."""
+        cfg, rank, world = self.config, self.process.rank, self.process.world
+        for group in self.optimizer.param_groups:
+            group["lr"] = cfg.lr_at(step)
+        total = 0.0
+        for micro in range(cfg.grad_accum):
+            rows = micro_batch(self.dataset.train, cfg.batch_size, cfg.seed, step * cfg.grad_accum + micro)
+            shard = rows[rank * len(rows) // world : (rank + 1) * len(rows) // world]
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
+                loss = self.wrapped(self.model.collate(shard)).loss
+            if not torch.isfinite(loss):
+                raise TrainingError(
+                    f"loss became {float(loss)} at step {step}; the best prompt so far is kept at "
+                    f"{self.prompt_path}. Lower train.lr (now {cfg.lr}) or use more warmup."
+                )
+            (loss / cfg.grad_accum).backward()
+            total += float(loss) / cfg.grad_accum
+        torch.nn.utils.clip_grad_norm_(self.model.trainable_parameters(), cfg.max_grad_norm)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return total
+
+    def evaluate_and_keep_best(self, step: int) -> dict[str, Any]:
+        result = evaluate(self.model, self.validation, batch_size=self.config.eval_batch_size, process=self.process, bf16=self.config.bf16)
+        metric = _metric(result)
+        if metric > self.state["best_metric"]:
+            self.state.update(best_metric=metric, best_step=step, bad_evals=0)
+            if self.process.main:
+                self.model.save(self.prompt_path, **self.meta, metrics={"validation": result, "step": step})
+        else:
+            self.state["bad_evals"] += 1
+        return result
+
+    def log(self, record: dict[str, Any]) -> None:
+        self.state["history"].append(record)
+        if self.process.main:
+            with open(self.out_dir / "metrics.jsonl", "a", encoding="utf-8") as handle:
+                handle.write(json.dumps(record) + "\n")
+
+    def checkpoint(self) -> None:
+        if self.process.main:
+            save_checkpoint(self.out_dir / CHECKPOINT_FILE, self.model, self.optimizer, self.state)
+            plot_curves(self.state["history"], self.out_dir / "curves.png")
+        distributed.barrier(self.process)
+
+
+def train(
+    model: PromptModel,
+    dataset: Dataset,
+    config: TrainConfig,
+    out_dir: str | Path,
+    *,
+    resume: bool = False,
+    meta: dict[str, Any] | None = None,
+    progress: bool = True,
+    stop_after: int | None = None,
+) -> TrainResult:
+    """Train `model`'s prompt (and head) on `dataset.train`, keeping the best on validation.
+
+    `stop_after` ends the run after that many steps as if interrupted (for resume tests)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    run = _Run(model, dataset, config, out_dir, dict(meta or {}, train=config.to_dict(), dataset=dataset.name))
+    if resume:
+        run.resume()
+    elif run.process.main:
+        (out_dir / "metrics.jsonl").unlink(missing_ok=True)
+    model.train()
+    start, began = run.state["step"], time.perf_counter()
+    rows_per_step = config.batch_size * config.grad_accum
+    bar = tqdm(total=config.steps, initial=start, desc="train", disable=not (progress and run.process.main), dynamic_ncols=True)
+    step = start
+    for step in range(start, config.steps):
+        if stop_after is not None and step - start >= stop_after:
+            break
+        tick = time.perf_counter()
+        loss = run.train_step(step)
+        run.log({"kind": "train", "step": step + 1, "loss": loss, "lr": config.lr_at(step)})
+        postfix = {"loss": f"{loss:.3f}", "ex/s": f"{rows_per_step / (time.perf_counter() - tick):.1f}"}
+        if (step + 1) % config.eval_every == 0 or step + 1 == config.steps:
+            result = run.evaluate_and_keep_best(step + 1)
+            run.log({"kind": "eval", "step": step + 1, **result})
+            run.state["step"] = step + 1
+            run.state["seconds"] += time.perf_counter() - began
+            began = time.perf_counter()
+            run.checkpoint()
+            postfix["val"] = f"{_metric(result):.3f}"
+            if config.patience and run.state["bad_evals"] >= config.patience:
+                bar.set_postfix(postfix)
+                bar.update(1)
+                break
+        bar.set_postfix(postfix)
+        bar.update(1)
+    else:
+        step = config.steps
+    bar.close()
+    run.state["seconds"] += time.perf_counter() - began
+    if run.state["best_step"] < 0:
+        raise TrainingError("training ended before any evaluation; raise train.steps or lower train.eval_every")
+    return TrainResult(
+        prompt_path=run.prompt_path,
+        best_metric=run.state["best_metric"],
+        best_step=run.state["best_step"],
+        steps_done=run.state["step"],
+        seconds=run.state["seconds"],
+        history=run.state["history"],
+    )
