@@ -8,14 +8,15 @@ tokenizer) under ``$SOFTPROMPT_HOME/backbones/``; later loads read that folder.
 from __future__ import annotations
 
 import gc
-import os
 import hashlib
 import importlib.util
 import json
 import logging
+import os
 import re
 import shutil
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -308,6 +309,21 @@ def convert_gguf(gguf_path: Path, out_dir: Path) -> None:
     tokenizer.save_pretrained(out_dir)
 
 
+_ABANDONED_AFTER_S = 3600.0
+
+
+def _remove_abandoned(parent: Path, name: str, keep: Path) -> None:
+    """Delete temporary folders left by conversions that were killed (older than an hour;
+    a younger one may belong to a conversion still running in another process)."""
+    now = time.time()
+    for p in parent.glob(f".{name}.tmp-*"):
+        try:
+            if p != keep and now - p.stat().st_mtime > _ABANDONED_AFTER_S:
+                shutil.rmtree(p, ignore_errors=True)
+        except OSError:
+            pass
+
+
 def ensure_gguf_cache(
     gguf_path: Path,
     cache_dir: Path,
@@ -333,6 +349,7 @@ def ensure_gguf_cache(
             f"cannot write the backbone cache under {parent}: {e}; "
             "set SOFTPROMPT_HOME to a writable folder"
         ) from e
+    _remove_abandoned(parent, cache_dir.name, keep=tmp)
     log.warning("converting %s to a float32 cache at %s (one time)", gguf_path.name, cache_dir)
     try:
         convert(gguf_path, tmp)
@@ -430,7 +447,9 @@ def load_backbone(
                 for m in builtin.extra_modules:
                     if not _module_installed(m):
                         raise _missing_package(builtin, m)
-            return _load_gguf(gguf_path, name=source, kind=kind, dtype=dtype, cache_name=builtin.name)
+            return _load_gguf(
+                gguf_path, name=source, kind=kind, dtype=dtype, cache_name=builtin.name
+            )
         model_dir = folder / "model"
         if not (model_dir / "config.json").is_file():
             raise BackboneError(
@@ -441,12 +460,12 @@ def load_backbone(
 
     path = Path(source).expanduser()
     if not path.exists():
-        raise BackboneError(
-            f"backbone {source!r} not found: {_EXPECTED.format(names=names)}"
-        )
+        raise BackboneError(f"backbone {source!r} not found: {_EXPECTED.format(names=names)}")
     if path.is_file():
         if path.suffix.lower() != ".gguf":
-            raise BackboneError(f"{path} is a file but not a .gguf file: {_EXPECTED.format(names=names)}")
+            raise BackboneError(
+                f"{path} is a file but not a .gguf file: {_EXPECTED.format(names=names)}"
+            )
         if gguf_file is not None and gguf_file != path.name:
             raise BackboneError(f"gguf_file={gguf_file!r} given with the file path {path}")
         return _load_gguf(path, name=source, kind=kind, dtype=dtype)
@@ -458,7 +477,5 @@ def load_backbone(
     if not (path / "config.json").is_file():
         ggufs = sorted(p.name for p in path.glob("*.gguf"))
         hint = f"; it has GGUF files ({', '.join(ggufs)}): pass gguf_file=" if ggufs else ""
-        raise BackboneError(
-            f"{path} has no config.json{hint}: {_EXPECTED.format(names=names)}"
-        )
+        raise BackboneError(f"{path} has no config.json{hint}: {_EXPECTED.format(names=names)}")
     return _load_hf_dir(path, name=source, kind=kind, dtype=dtype)

@@ -27,22 +27,24 @@ HEADS = 4
 MAX_POSITIONS = 512
 
 # Common words for sentiment / topic style toy tasks. Lowercase; punctuation separate.
-TINY_WORDS: tuple[str, ...] = (
-    # punctuation
-    ":", ".", ",", "!", "?", "'",
-    # function words
-    "the", "a", "an", "this", "that", "it", "i", "you", "we", "they", "he", "she",
-    "is", "was", "are", "be", "not", "no", "yes", "and", "or", "but", "so", "very",
-    "really", "too", "of", "to", "in", "on", "at", "with", "for", "about", "my", "all",
-    "one", "some", "ever", "never", "again", "just",
-    # sentiment
-    "movie", "film", "review", "sentiment", "positive", "negative", "good", "bad",
-    "great", "terrible", "fun", "boring", "awful", "excellent", "amazing", "worst",
-    "best", "love", "loved", "hate", "hated", "like", "enjoyed", "funny", "sad", "dull",
-    "nice", "poor", "waste", "time", "plot", "acting", "story", "actors", "watch",
-    # topics / labels
-    "label", "answer", "text", "topic", "question", "sports", "politics", "science",
-    "news", "team", "game", "won", "lost", "vote", "computer", "space", "true", "false",
+TINY_WORDS: tuple[str, ...] = tuple(
+    " ".join(
+        [
+            # punctuation
+            ": . , ! ? '",
+            # function words
+            "the a an this that it i you we they he she is was are be not no yes and or but",
+            "so very really too of to in on at with for about my all one some ever never",
+            "again just",
+            # sentiment
+            "movie film review sentiment positive negative good bad great terrible fun boring",
+            "awful excellent amazing worst best love loved hate hated like enjoyed funny sad",
+            "dull nice poor waste time plot acting story actors watch",
+            # topics / labels
+            "label answer text topic question sports politics science news team game won",
+            "lost vote computer space true false",
+        ]
+    ).split()
 )
 
 

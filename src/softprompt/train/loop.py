@@ -104,7 +104,7 @@ class _Run:
                     f"{self.prompt_path}. Lower train.lr (now {cfg.lr}) or use more warmup."
                 )
             (loss / cfg.grad_accum).backward()
-            total += float(loss) / cfg.grad_accum
+            total += loss.item() / cfg.grad_accum
         torch.nn.utils.clip_grad_norm_(self.model.trainable_parameters(), cfg.max_grad_norm)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
