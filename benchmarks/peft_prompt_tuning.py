@@ -49,8 +49,13 @@ BATCH = 8
 def setup(backbone_name: str, n_tokens: int):
     backbone = load_backbone(backbone_name)
     data = load_dataset("movie-sentiment")
-    ours = build_model(backbone, data, {"name": "soft-prompt", "n_tokens": n_tokens, "init": "vocab"}, {})
-    peft_model = get_peft_model(backbone.model, PromptTuningConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=n_tokens))
+    ours = build_model(
+        backbone, data, {"name": "soft-prompt", "n_tokens": n_tokens, "init": "vocab"}, {}
+    )
+    peft_model = get_peft_model(
+        backbone.model,
+        PromptTuningConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=n_tokens),
+    )
     with torch.no_grad():
         peft_model.prompt_encoder.default.embedding.weight.copy_(ours.method.embeddings)
     return backbone, data, ours, peft_model
@@ -94,8 +99,12 @@ def peft_accuracy(peft_model, ours, examples, n_tokens, batch_size=32):
     for i in range(0, len(examples), batch_size):
         chunk = examples[i : i + batch_size]
         batch = task.collate(chunk)
-        logits = peft_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        answer = logits[torch.arange(len(chunk)), n_tokens + batch["answer_index"]][:, word_rows]  # (B, C)
+        logits = peft_model(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+        ).logits
+        answer = logits[torch.arange(len(chunk)), n_tokens + batch["answer_index"]][
+            :, word_rows
+        ]  # (B, C)
         correct += int((answer.argmax(-1) == batch["targets"]).sum())
     return correct / len(examples)
 
@@ -136,11 +145,19 @@ def child(side: str, backbone_name: str, steps: int) -> None:
     backbone, data, ours, peft_model = setup(backbone_name, N_TOKENS)
     Path("/proc/self/clear_refs").write_text("5")  # reset the peak (VmHWM) to the current RSS
     base = _status_kb("VmHWM")
-    params = ours.trainable_parameters() if side == "softprompt" else [p for p in peft_model.parameters() if p.requires_grad]
+    params = (
+        ours.trainable_parameters()
+        if side == "softprompt"
+        else [p for p in peft_model.parameters() if p.requires_grad]
+    )
     opt = torch.optim.AdamW(params, lr=3e-2)
     for step in range(steps):
         rows = micro_batch(data.train, BATCH, 0, step)
-        fn = (lambda: ours_loss(ours, rows)) if side == "softprompt" else (lambda: peft_loss(peft_model, ours, rows))
+        fn = (
+            (lambda rows=rows: ours_loss(ours, rows))
+            if side == "softprompt"
+            else (lambda rows=rows: peft_loss(peft_model, ours, rows))
+        )
         timed_step(fn, params, opt, 3e-2)
     peak = _status_kb("VmHWM")
     print(json.dumps({"side": side, "rss_growth_mb": (peak - base) / 1024}))
@@ -157,8 +174,19 @@ def measure_memory(backbone_name: str, steps: int) -> dict[str, float]:
     out = {}
     for side in ("softprompt", "peft"):
         proc = subprocess.run(
-            [sys.executable, __file__, "--child", side, "--backbone", backbone_name, "--memory-steps", str(steps)],
-            capture_output=True, text=True, check=True,
+            [
+                sys.executable,
+                __file__,
+                "--child",
+                side,
+                "--backbone",
+                backbone_name,
+                "--memory-steps",
+                str(steps),
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
         )
         out[side] = json.loads(proc.stdout.strip().splitlines()[-1])["rss_growth_mb"]
     return out
@@ -181,12 +209,19 @@ def main() -> None:
     config = TrainConfig(steps=args.steps, batch_size=BATCH, lr=3e-2, warmup_steps=10)
     ours_params = ours.trainable_parameters()
     peft_params = [p for p in peft_model.parameters() if p.requires_grad]
-    assert sum(p.numel() for p in ours_params) == sum(p.numel() for p in peft_params) == N_TOKENS * backbone.spec.hidden_size
+    assert (
+        sum(p.numel() for p in ours_params)
+        == sum(p.numel() for p in peft_params)
+        == N_TOKENS * backbone.spec.hidden_size
+    )
     opt_a = torch.optim.AdamW(ours_params, lr=config.lr, weight_decay=config.weight_decay)
     opt_b = torch.optim.AdamW(peft_params, lr=config.lr, weight_decay=config.weight_decay)
 
     first = micro_batch(data.train, BATCH, config.seed, 0)
-    activation = {"softprompt": saved_bytes(lambda: ours_loss(ours, first)), "peft": saved_bytes(lambda: peft_loss(peft_model, ours, first))}
+    activation = {
+        "softprompt": saved_bytes(lambda: ours_loss(ours, first)),
+        "peft": saved_bytes(lambda: peft_loss(peft_model, ours, first)),
+    }
     ours.zero_grad(set_to_none=True)
     peft_model.zero_grad(set_to_none=True)
 
@@ -195,17 +230,23 @@ def main() -> None:
         rows = micro_batch(data.train, BATCH, config.seed, step)
         lr = config.lr_at(step)
         sides = [
-            ("softprompt", lambda: ours_loss(ours, rows), ours_params, opt_a),
-            ("peft", lambda: peft_loss(peft_model, ours, rows), peft_params, opt_b),
+            ("softprompt", lambda rows=rows: ours_loss(ours, rows), ours_params, opt_a),
+            ("peft", lambda rows=rows: peft_loss(peft_model, ours, rows), peft_params, opt_b),
         ]
         for name, fn, params, opt in sides if step % 2 == 0 else sides[::-1]:
             seconds, loss = timed_step(fn, params, opt, lr)
             times[name].append(seconds)
         if (step + 1) % 10 == 0:
-            print(f"step {step + 1}: softprompt {statistics.median(times['softprompt']):.2f} s/step, peft {statistics.median(times['peft']):.2f} s/step", flush=True)
+            print(
+                f"step {step + 1}: softprompt {statistics.median(times['softprompt']):.2f} s/step, peft {statistics.median(times['peft']):.2f} s/step",
+                flush=True,
+            )
 
     held_out = data.test[: args.eval_examples]
-    acc = {"softprompt": ours_accuracy(ours, held_out), "peft": peft_accuracy(peft_model, ours, held_out, N_TOKENS)}
+    acc = {
+        "softprompt": ours_accuracy(ours, held_out),
+        "peft": peft_accuracy(peft_model, ours, held_out, N_TOKENS),
+    }
     memory = measure_memory(args.backbone, args.memory_steps)
     med = {k: statistics.median(v) for k, v in times.items()}
     result = {
@@ -227,9 +268,15 @@ def main() -> None:
     Path(args.out).write_text(json.dumps(result, indent=2))
     print()
     print("| | softprompt | PEFT | PEFT / softprompt |\n|---|---|---|---|")
-    print(f"| median step time | {med['softprompt']:.3f} s | {med['peft']:.3f} s | {result['step_time_ratio_peft_over_softprompt']:.2f}x |")
-    print(f"| saved activations / step | {result['saved_activation_mb']['softprompt']:.0f} MB | {result['saved_activation_mb']['peft']:.0f} MB | {result['activation_ratio_peft_over_softprompt']:.2f}x |")
-    print(f"| peak RSS growth ({args.memory_steps} steps) | {memory['softprompt']:.0f} MB | {memory['peft']:.0f} MB | {result['peak_rss_ratio_peft_over_softprompt']:.2f}x |")
+    print(
+        f"| median step time | {med['softprompt']:.3f} s | {med['peft']:.3f} s | {result['step_time_ratio_peft_over_softprompt']:.2f}x |"
+    )
+    print(
+        f"| saved activations / step | {result['saved_activation_mb']['softprompt']:.0f} MB | {result['saved_activation_mb']['peft']:.0f} MB | {result['activation_ratio_peft_over_softprompt']:.2f}x |"
+    )
+    print(
+        f"| peak RSS growth ({args.memory_steps} steps) | {memory['softprompt']:.0f} MB | {memory['peft']:.0f} MB | {result['peak_rss_ratio_peft_over_softprompt']:.2f}x |"
+    )
     print(f"| accuracy ({len(held_out)} test) | {acc['softprompt']:.3f} | {acc['peft']:.3f} | |")
 
 

@@ -1,9 +1,9 @@
 """The Python API: the few calls a user needs, each a thin composition.
 
-    from softprompt import api
-    report = api.run(api.RunConfig())                       # train + report
-    model = api.load_prompt("runs/movie-sentiment/prompt.safetensors")
-    model.predict(["A gorgeous, moving film."])
+from softprompt import api
+report = api.run(api.RunConfig())                       # train + report
+model = api.load_prompt("runs/movie-sentiment/prompt.safetensors")
+model.predict(["A gorgeous, moving film."])
 """
 
 from __future__ import annotations
@@ -25,7 +25,15 @@ from softprompt.promptfile import atomic_write_text
 from softprompt.tasks import TaskConfig
 from softprompt.train import TrainResult, train
 
-__all__ = ["RunConfig", "RunReport", "build_model", "load_data", "load_prompt", "run", "task_config_for"]
+__all__ = [
+    "RunConfig",
+    "RunReport",
+    "build_model",
+    "load_data",
+    "load_prompt",
+    "run",
+    "task_config_for",
+]
 
 
 def load_data(config: DataConfig, seed: int = 0) -> Dataset:
@@ -43,13 +51,22 @@ def load_data(config: DataConfig, seed: int = 0) -> Dataset:
 
 def task_config_for(dataset: Dataset, overrides: dict[str, Any]) -> TaskConfig:
     """Built-in framing for the dataset, then the user's overrides on top."""
-    values = {"kind": dataset.task, "labels": list(dataset.labels), **task_defaults(dataset.name), **overrides}
+    values = {
+        "kind": dataset.task,
+        "labels": list(dataset.labels),
+        **task_defaults(dataset.name),
+        **overrides,
+    }
     return TaskConfig(**values)
 
 
-def build_model(backbone: Backbone, dataset: Dataset, method: dict[str, Any], task: dict[str, Any]) -> PromptModel:
+def build_model(
+    backbone: Backbone, dataset: Dataset, method: dict[str, Any], task: dict[str, Any]
+) -> PromptModel:
     options = {k: v for k, v in method.items() if k != "name"}
-    return PromptModel(backbone, task_config_for(dataset, task), method=method["name"], method_options=options)
+    return PromptModel(
+        backbone, task_config_for(dataset, task), method=method["name"], method_options=options
+    )
 
 
 def load_prompt(path: str | Path, backbone: Backbone | str | None = None) -> PromptModel:
@@ -78,8 +95,10 @@ class RunReport:
         return head + "\n".join(lines) + "\n"
 
 
-def _test_row(name: str, model: PromptModel, dataset: Dataset, batch_size: int, **extra: Any) -> dict[str, Any]:
-    scores = evaluate(model, dataset.test, batch_size=batch_size)
+def _test_row(
+    name: str, model: PromptModel, dataset: Dataset, batch_size: int, **extra: Any
+) -> dict[str, Any]:
+    scores = evaluate(model, dataset.test, batch_size=batch_size, progress=True)
     return {"name": name, **scores, "trainable_parameters": model.num_trainable(), **extra}
 
 
@@ -92,9 +111,26 @@ def run(config: RunConfig, *, resume: bool = False, progress: bool = True) -> Ru
     rows = []
     if config.baseline and model.task.label_token_ids():
         zero_shot = build_model(backbone, dataset, {"name": "none"}, config.task)
-        rows.append(_test_row("zero-shot (template + label words)", zero_shot, dataset, config.train.eval_batch_size, file_bytes=0, train_seconds=0.0))
+        rows.append(
+            _test_row(
+                "zero-shot (template + label words)",
+                zero_shot,
+                dataset,
+                config.train.eval_batch_size,
+                file_bytes=0,
+                train_seconds=0.0,
+            )
+        )
     began = time.perf_counter()
-    result = train(model, dataset, config.train, out_dir, resume=resume, meta={"run": config.to_dict()}, progress=progress)
+    result = train(
+        model,
+        dataset,
+        config.train,
+        out_dir,
+        resume=resume,
+        meta={"run": config.to_dict()},
+        progress=progress,
+    )
     tuned = PromptModel.load(result.prompt_path, backbone)
     rows.append(
         _test_row(
@@ -108,7 +144,9 @@ def run(config: RunConfig, *, resume: bool = False, progress: bool = True) -> Ru
     )
     report = RunReport(rows=rows, result=result, out_dir=out_dir)
     atomic_write_text(out_dir / "report.md", report.markdown())
-    atomic_write_text(out_dir / "report.json", json.dumps({"rows": rows, "config": config.to_dict()}, indent=2))
+    atomic_write_text(
+        out_dir / "report.json", json.dumps({"rows": rows, "config": config.to_dict()}, indent=2)
+    )
     return report
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 from typing import Any
 
 from softprompt.errors import SoftPromptError
@@ -49,10 +48,24 @@ FLAGS: dict[str, tuple[str, type, str]] = {
 
 
 def _add_run_flags(parser: argparse.ArgumentParser) -> None:
-    for flag, (key, kind, help_text) in FLAGS.items():
-        parser.add_argument(f"--{flag.replace('_', '-')}", dest=flag, type=str, default=None, help=f"{help_text} [{key}]")
-    parser.add_argument("--bf16", action="store_true", default=None, help="bf16 autocast on CPU [train.bf16]")
-    parser.add_argument("--no-baseline", dest="baseline", action="store_false", default=None, help="skip the zero-shot row")
+    for flag, (key, _kind, help_text) in FLAGS.items():
+        parser.add_argument(
+            f"--{flag.replace('_', '-')}",
+            dest=flag,
+            type=str,
+            default=None,
+            help=f"{help_text} [{key}]",
+        )
+    parser.add_argument(
+        "--bf16", action="store_true", default=None, help="bf16 autocast on CPU [train.bf16]"
+    )
+    parser.add_argument(
+        "--no-baseline",
+        dest="baseline",
+        action="store_false",
+        default=None,
+        help="skip the zero-shot row",
+    )
 
 
 def _config_from_args(args: argparse.Namespace) -> Any:
@@ -82,7 +95,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     report = run(config, resume=args.resume)
     print()
     print(report.markdown())
-    print(f"prompt: {report.result.prompt_path}   curves: {report.out_dir / 'curves.png'}   report: {report.out_dir / 'report.md'}")
+    print(
+        f"prompt: {report.result.prompt_path}   curves: {report.out_dir / 'curves.png'}   report: {report.out_dir / 'report.md'}"
+    )
     return 0
 
 
@@ -93,9 +108,20 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     model = load_prompt(args.prompt, args.backbone)
     source = args.dataset or model.describe().get("dataset") or _meta(args.prompt).get("dataset")
-    data = load_data(DataConfig(source=source, text_column=args.text_column, label_column=args.label_column, labels=list(model.task.config.labels) or None))
+    data = load_data(
+        DataConfig(
+            source=source,
+            text_column=args.text_column,
+            label_column=args.label_column,
+            labels=list(model.task.config.labels) or None,
+        )
+    )
     result = evaluate(model, data.split(args.split), batch_size=args.batch_size)
-    print(json.dumps({"prompt": str(args.prompt), "dataset": source, "split": args.split, **result}, indent=2))
+    print(
+        json.dumps(
+            {"prompt": str(args.prompt), "dataset": source, "split": args.split, **result}, indent=2
+        )
+    )
     return 0
 
 
@@ -110,7 +136,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     texts = list(args.texts) or [line.rstrip("\n") for line in sys.stdin if line.strip()]
     model = load_prompt(args.prompt, args.backbone)
-    for text, prediction in zip(texts, model.predict(texts)):
+    for text, prediction in zip(texts, model.predict(texts), strict=False):
         print(json.dumps({"text": text, **prediction}, ensure_ascii=False))
     return 0
 
@@ -123,7 +149,9 @@ def cmd_info(args: argparse.Namespace) -> int:
     method, task = meta["method"], meta["task"]
     print(f"file          {args.prompt} ({meta['file_bytes']:,} bytes)")
     print(f"method        {method['name']} {json.dumps(method['options'])}")
-    print(f"backbone      {meta['backbone']['name']} (fingerprint {meta['backbone']['fingerprint']})")
+    print(
+        f"backbone      {meta['backbone']['name']} (fingerprint {meta['backbone']['fingerprint']})"
+    )
     print(f"dataset       {meta.get('dataset')}")
     print(f"task          {task['kind']}, head {task['head']}, template {task['template']!r}")
     print(f"labels        {task['labels']}")
@@ -142,7 +170,9 @@ def cmd_datasets(args: argparse.Namespace) -> int:
     print("| dataset | task | labels | installed | install |\n|---|---|---|---|---|")
     for d in builtin_datasets():
         labels = ", ".join(d.labels[:4]) + (" ..." if len(d.labels) > 4 else "")
-        print(f"| {d.name} | {d.task} | {labels} | {'yes' if d.installed else 'no'} | `{d.install}` |")
+        print(
+            f"| {d.name} | {d.task} | {labels} | {'yes' if d.installed else 'no'} | `{d.install}` |"
+        )
     return 0
 
 
@@ -163,11 +193,15 @@ def cmd_methods(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="softprompt", description="Learn tiny prompts for a frozen transformer.")
+    parser = argparse.ArgumentParser(
+        prog="softprompt", description="Learn tiny prompts for a frozen transformer."
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     train = sub.add_parser("train", help="train a prompt, report zero-shot vs tuned test scores")
     train.add_argument("--config", help="YAML run config (flags override it)")
-    train.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.safetensors")
+    train.add_argument(
+        "--resume", action="store_true", help="continue from OUT/checkpoint.safetensors"
+    )
     _add_run_flags(train)
     train.set_defaults(func=cmd_train)
 
@@ -209,7 +243,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"softprompt {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted; the best prompt and the last checkpoint are kept on disk", file=sys.stderr)
+        print(
+            "interrupted; the best prompt and the last checkpoint are kept on disk", file=sys.stderr
+        )
         return 130
 
 

@@ -34,7 +34,9 @@ class DataConfig:
 class RunConfig:
     backbone: str = "smollm2-135m"
     data: DataConfig = field(default_factory=DataConfig)
-    method: dict[str, Any] = field(default_factory=lambda: {"name": "soft-prompt", "n_tokens": 20, "init": "vocab"})
+    method: dict[str, Any] = field(
+        default_factory=lambda: {"name": "soft-prompt", "n_tokens": 20, "init": "vocab"}
+    )
     task: dict[str, Any] = field(default_factory=dict)
     train: TrainConfig = field(default_factory=TrainConfig)
     out: str = "runs/movie-sentiment"
@@ -73,7 +75,9 @@ def _section(name: str, values: dict[str, Any]) -> Any:
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - set(fields))
     if unknown:
-        raise ConfigError(f"unknown config key(s) {', '.join(f'{name}.{k}' for k in unknown)}; known: {', '.join(fields)}")
+        raise ConfigError(
+            f"unknown config key(s) {', '.join(f'{name}.{k}' for k in unknown)}; known: {', '.join(fields)}"
+        )
     typed = {k: _typed(name, k, v, fields[k].type) for k, v in values.items()}
     return cls(**typed)
 
@@ -83,7 +87,9 @@ def build_run_config(values: dict[str, Any]) -> RunConfig:
     top = {f.name for f in dataclasses.fields(RunConfig)}
     unknown = sorted(set(values) - top)
     if unknown:
-        raise ConfigError(f"unknown config key(s) {', '.join(unknown)}; known: {', '.join(sorted(top))}")
+        raise ConfigError(
+            f"unknown config key(s) {', '.join(unknown)}; known: {', '.join(sorted(top))}"
+        )
     values = dict(values)
     if isinstance(values.get("data"), str):
         values["data"] = {"source": values["data"]}

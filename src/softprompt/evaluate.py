@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from tqdm.auto import tqdm
 
 from softprompt.data import Example
 from softprompt.train.distributed import ProcessInfo, all_sum
@@ -36,18 +37,21 @@ def evaluate(
     examples: list[Example],
     *,
     batch_size: int = 32,
-    process: ProcessInfo = ProcessInfo(),
+    process: ProcessInfo | None = None,
     bf16: bool = False,
+    progress: bool = False,
 ) -> dict[str, Any]:
     """Loss (and accuracy / macro-F1 for classification) over `examples`.
 
     Under DDP each process scores its own share and the counts are summed,
     so every process returns the same numbers."""
+    process = process or ProcessInfo()
     shard = examples[process.rank :: process.world]
     predictions, targets, loss_sum, rows = [], [], 0.0, 0
     was_training = model.training
     model.eval()
-    for chunk in length_sorted_batches(shard, batch_size):
+    chunks = length_sorted_batches(shard, batch_size)
+    for chunk in tqdm(chunks, desc="eval", leave=False, disable=not (progress and process.main)):
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             out = model(model.collate(chunk))
         loss_sum += float(out.loss) * len(chunk)
@@ -64,7 +68,11 @@ def evaluate(
         # macro-F1 needs per-class counts; gather them across processes
         counts = []
         for c in range(num_classes):
-            counts += [float(((pred == c) & (gold == c)).sum()), float((pred == c).sum()), float((gold == c).sum())]
+            counts += [
+                float(((pred == c) & (gold == c)).sum()),
+                float((pred == c).sum()),
+                float((gold == c).sum()),
+            ]
         totals = all_sum([correct, loss_sum, rows, *counts], process)
         correct, loss_sum, rows = totals[:3]
         f1s = []

@@ -26,12 +26,16 @@ def _embedding_matrix(backbone: Backbone) -> torch.Tensor:
 def _sample_ids(backbone: Backbone, count: int, generator: torch.Generator) -> torch.Tensor:
     special = set(backbone.tokenizer.all_special_ids)
     vocab = _embedding_matrix(backbone).shape[0]
-    pool = torch.tensor([i for i in range(min(vocab, VOCAB_SAMPLE_POOL + len(special))) if i not in special])
+    pool = torch.tensor(
+        [i for i in range(min(vocab, VOCAB_SAMPLE_POOL + len(special))) if i not in special]
+    )
     picks = torch.randint(0, len(pool), (count,), generator=generator)
     return pool[picks]
 
 
-def init_random(backbone: Backbone, n_tokens: int, generator: torch.Generator, **_: object) -> torch.Tensor:
+def init_random(
+    backbone: Backbone, n_tokens: int, generator: torch.Generator, **_: object
+) -> torch.Tensor:
     """Normal noise scaled to the embedding table's own spread (uniform [-0.5, 0.5]
     in the paper assumes T5's scale; matching the table keeps the scale right for any model)."""
     table = _embedding_matrix(backbone)
@@ -39,14 +43,20 @@ def init_random(backbone: Backbone, n_tokens: int, generator: torch.Generator, *
     return torch.randn(n_tokens, table.shape[1], generator=generator) * std  # (n, d)
 
 
-def init_vocab(backbone: Backbone, n_tokens: int, generator: torch.Generator, **_: object) -> torch.Tensor:
+def init_vocab(
+    backbone: Backbone, n_tokens: int, generator: torch.Generator, **_: object
+) -> torch.Tensor:
     """Embeddings of n tokens sampled from the common part of the vocabulary."""
     ids = _sample_ids(backbone, n_tokens, generator)
     return _embedding_matrix(backbone)[ids].float().clone()  # (n, d)
 
 
 def init_text(
-    backbone: Backbone, n_tokens: int, generator: torch.Generator, text: str | None = None, **_: object
+    backbone: Backbone,
+    n_tokens: int,
+    generator: torch.Generator,
+    text: str | None = None,
+    **_: object,
 ) -> torch.Tensor:
     """Embeddings of a string's tokens, repeated or cut to n (PEFT's TEXT init)."""
     ids = backbone.tokenizer(text or "", add_special_tokens=False)["input_ids"]
@@ -84,8 +94,12 @@ INITIALIZERS: dict[str, Callable[..., torch.Tensor]] = {
 }
 
 
-def initialize(name: str, *, n_tokens: int, backbone: Backbone, generator: torch.Generator, **kwargs: object) -> torch.Tensor:
+def initialize(
+    name: str, *, n_tokens: int, backbone: Backbone, generator: torch.Generator, **kwargs: object
+) -> torch.Tensor:
     """Dispatch to an initializer by name: -> (n_tokens, d) float32."""
     if name not in INITIALIZERS:
-        raise ConfigError(f"method.init: unknown init {name!r}; choose one of {', '.join(INITIALIZERS)}")
+        raise ConfigError(
+            f"method.init: unknown init {name!r}; choose one of {', '.join(INITIALIZERS)}"
+        )
     return INITIALIZERS[name](backbone, n_tokens, generator, **kwargs)

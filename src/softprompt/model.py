@@ -74,7 +74,9 @@ class PromptModel(nn.Module):
         return save_prompt_file(path, self.state_dict(), dict(self.describe(), **extra))
 
     @classmethod
-    def load(cls, path: str | Path, backbone: Backbone, *, check_fingerprint: bool = True) -> PromptModel:
+    def load(
+        cls, path: str | Path, backbone: Backbone, *, check_fingerprint: bool = True
+    ) -> PromptModel:
         tensors, meta = read_prompt_file(path)
         if check_fingerprint:
             check_backbone(path, meta, backbone.name, backbone.fingerprint)
@@ -92,7 +94,9 @@ class PromptModel(nn.Module):
         missing = sorted(set(expected) - set(tensors))
         extra = sorted(set(tensors) - set(expected))
         if missing or extra:
-            raise PromptFileError(f"{source}: tensors do not match the method: missing {missing}, unexpected {extra}")
+            raise PromptFileError(
+                f"{source}: tensors do not match the method: missing {missing}, unexpected {extra}"
+            )
         for name, tensor in tensors.items():
             if tensor.shape != expected[name].shape:
                 raise PromptFileError(

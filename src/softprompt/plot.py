@@ -25,7 +25,9 @@ def plot_curves(history: list[dict[str, Any]], path: Path) -> Path | None:
     left.set_ylabel("loss")
     left.legend()
     if evals and "accuracy" in evals[0]:
-        right.plot([h["step"] for h in evals], [h["accuracy"] for h in evals], "o-", color="tab:green")
+        right.plot(
+            [h["step"] for h in evals], [h["accuracy"] for h in evals], "o-", color="tab:green"
+        )
         right.set_ylabel("validation accuracy")
     right.set_xlabel("step")
     fig.tight_layout()

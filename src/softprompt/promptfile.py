@@ -56,12 +56,16 @@ def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
-def save_prompt_file(path: str | Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> Path:
+def save_prompt_file(
+    path: str | Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any]
+) -> Path:
     """Save tensors + metadata atomically; returns the path written."""
     path = Path(path)
     clean = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     header = dict(meta, format=FORMAT, sha256=tensor_digest(clean))
-    atomic_write_bytes(path, st_save(clean, metadata={"softprompt": json.dumps(header, sort_keys=True)}))
+    atomic_write_bytes(
+        path, st_save(clean, metadata={"softprompt": json.dumps(header, sort_keys=True)})
+    )
     return path
 
 
@@ -82,9 +86,13 @@ def read_prompt_file(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[st
             "re-save it or train again"
         ) from None
     if header.get("format") != FORMAT:
-        raise PromptFileError(f"{path}: not a softprompt prompt file (format {header.get('format')!r})")
+        raise PromptFileError(
+            f"{path}: not a softprompt prompt file (format {header.get('format')!r})"
+        )
     if tensor_digest(tensors) != header.get("sha256"):
-        raise PromptFileError(f"{path}: tensor data does not match its checksum (file corrupted); re-train or restore it")
+        raise PromptFileError(
+            f"{path}: tensor data does not match its checksum (file corrupted); re-train or restore it"
+        )
     return tensors, header
 
 

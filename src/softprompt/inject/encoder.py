@@ -33,7 +33,9 @@ class EncoderInjector:
             return out.last_hidden_state
         virtual = prompt.embeds.expand(batch, -1, -1)  # (B, n, d)
         embeds = torch.cat([tokens[:, :1], virtual, tokens[:, 1:]], dim=1)  # (B, n + T, d)
-        mask = torch.cat([attention_mask[:, :1], attention_mask.new_ones(batch, n), attention_mask[:, 1:]], 1)
+        mask = torch.cat(
+            [attention_mask[:, :1], attention_mask.new_ones(batch, n), attention_mask[:, 1:]], 1
+        )
         positions = torch.arange(embeds.shape[1], device=embeds.device).expand(batch, -1)
         out = self.model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions)
         hidden = out.last_hidden_state  # (B, n + T, d)

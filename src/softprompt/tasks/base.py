@@ -44,7 +44,9 @@ class TaskConfig:
         if self.kind == "classification" and len(self.labels) < 2:
             raise ConfigError(f"task.labels: need at least 2 labels, got {self.labels!r}")
         if self.verbalizer is not None:
-            self.verbalizer = {k: [v] if isinstance(v, str) else list(v) for k, v in self.verbalizer.items()}
+            self.verbalizer = {
+                k: [v] if isinstance(v, str) else list(v) for k, v in self.verbalizer.items()
+            }
             missing = [label for label in self.labels if label not in self.verbalizer]
             extra = [key for key in self.verbalizer if key not in self.labels]
             if missing or extra:
@@ -72,14 +74,18 @@ class Task(nn.Module):
     def collate(self, examples: list[Example]) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 
-    def forward(self, injector: Injector, prompt: Prompt, batch: dict[str, torch.Tensor]) -> TaskOutput:
+    def forward(
+        self, injector: Injector, prompt: Prompt, batch: dict[str, torch.Tensor]
+    ) -> TaskOutput:
         raise NotImplementedError
 
     def label_token_ids(self) -> list[list[int]]:
         """Token ids of each label's first label word, for the `labels` prompt init."""
         return []
 
-    def predict(self, injector: Injector, prompt: Prompt, examples: list[Example]) -> list[dict[str, Any]]:
+    def predict(
+        self, injector: Injector, prompt: Prompt, examples: list[Example]
+    ) -> list[dict[str, Any]]:
         raise NotImplementedError
 
 
@@ -102,7 +108,9 @@ def label_index(labels: list[str], examples: list[Example]) -> torch.Tensor:
     return torch.tensor([lookup[e.label] for e in examples], dtype=torch.long)  # (B,)
 
 
-_TASKS: list[tuple[Callable[[TaskConfig, Backbone], bool], Callable[[TaskConfig, Backbone], Task]]] = []
+_TASKS: list[
+    tuple[Callable[[TaskConfig, Backbone], bool], Callable[[TaskConfig, Backbone], Task]]
+] = []
 
 
 def register_task(applies: Callable[[TaskConfig, Backbone], bool]):

@@ -18,19 +18,35 @@ from torch import nn
 from softprompt.backbones import Backbone
 from softprompt.data import Example
 from softprompt.inject import Injector, Prompt
-from softprompt.tasks.base import Task, TaskConfig, TaskOutput, label_index, pad_right, register_task
+from softprompt.tasks.base import (
+    Task,
+    TaskConfig,
+    TaskOutput,
+    label_index,
+    pad_right,
+    register_task,
+)
 from softprompt.tasks.template import Template
 
 
 def _scores_to_predictions(labels: list[str], scores: torch.Tensor) -> list[dict[str, Any]]:
     probs = scores.float().softmax(-1)  # (B, C)
     return [
-        {"label": labels[int(row.argmax())], "scores": {lab: float(p) for lab, p in zip(labels, row)}}
+        {
+            "label": labels[int(row.argmax())],
+            "scores": {lab: float(p) for lab, p in zip(labels, row, strict=False)},
+        }
         for row in probs
     ]
 
 
-@register_task(lambda c, b: c.kind == "classification" and b.spec.kind == "causal-lm" and c.head in ("auto", "verbalizer"))
+@register_task(
+    lambda c, b: (
+        c.kind == "classification"
+        and b.spec.kind == "causal-lm"
+        and c.head in ("auto", "verbalizer")
+    )
+)
 class VerbalizerTask(Task):
     def __init__(self, config: TaskConfig, backbone: Backbone) -> None:
         super().__init__()
@@ -55,8 +71,13 @@ class VerbalizerTask(Task):
 
     # -- collation ---------------------------------------------------------
     def collate(self, examples: list[Example]) -> dict[str, torch.Tensor]:
-        contexts = [self.template.encode(self.tokenizer, e.text, self.config.max_text_tokens) for e in examples]
-        batch = self._collate_single(contexts) if self.single_token else self._collate_multi(contexts)
+        contexts = [
+            self.template.encode(self.tokenizer, e.text, self.config.max_text_tokens)
+            for e in examples
+        ]
+        batch = (
+            self._collate_single(contexts) if self.single_token else self._collate_multi(contexts)
+        )
         if all(e.label in self.config.labels for e in examples):
             batch["targets"] = label_index(self.config.labels, examples)
         return batch
@@ -77,11 +98,23 @@ class VerbalizerTask(Task):
         ids, mask = pad_right(rows, self.pad_id)
         pos, score_mask = pad_right(positions, 0)
         tok, _ = pad_right(tokens, 0)
-        return {"input_ids": ids, "attention_mask": mask, "score_positions": pos, "score_tokens": tok, "score_mask": score_mask}
+        return {
+            "input_ids": ids,
+            "attention_mask": mask,
+            "score_positions": pos,
+            "score_tokens": tok,
+            "score_mask": score_mask,
+        }
 
     # -- scoring -----------------------------------------------------------
-    def forward(self, injector: Injector, prompt: Prompt, batch: dict[str, torch.Tensor]) -> TaskOutput:
-        scores = self._single(injector, prompt, batch) if self.single_token else self._multi(injector, prompt, batch)
+    def forward(
+        self, injector: Injector, prompt: Prompt, batch: dict[str, torch.Tensor]
+    ) -> TaskOutput:
+        scores = (
+            self._single(injector, prompt, batch)
+            if self.single_token
+            else self._multi(injector, prompt, batch)
+        )
         targets = batch.get("targets")
         loss = F.cross_entropy(scores, targets) if targets is not None else scores.new_zeros(())
         return TaskOutput(loss=loss, scores=scores, targets=targets)
@@ -94,32 +127,51 @@ class VerbalizerTask(Task):
             start += len(words)
         return torch.stack(per_class, dim=-1)  # (B, C)
 
-    def _single(self, injector: Injector, prompt: Prompt, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        hidden = injector.hidden_states(prompt, batch["input_ids"], batch["attention_mask"])  # (B, T, d)
+    def _single(
+        self, injector: Injector, prompt: Prompt, batch: dict[str, torch.Tensor]
+    ) -> torch.Tensor:
+        hidden = injector.hidden_states(
+            prompt, batch["input_ids"], batch["attention_mask"]
+        )  # (B, T, d)
         rows = torch.arange(hidden.shape[0])
         answer = hidden[rows, batch["answer_index"]]  # (B, d)
         word_rows = torch.tensor([ids[0] for ws in self.word_ids for ids in ws])
         logits = answer @ self.lm_head[word_rows].T  # (B, W)
         return self._class_scores(logits)
 
-    def _multi(self, injector: Injector, prompt: Prompt, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    def _multi(
+        self, injector: Injector, prompt: Prompt, batch: dict[str, torch.Tensor]
+    ) -> torch.Tensor:
         words_per_example = sum(len(ws) for ws in self.word_ids)
         if prompt.rows > 1:
             prompt = Prompt(embeds=prompt.embeds.repeat_interleave(words_per_example, dim=0))
-        hidden = injector.hidden_states(prompt, batch["input_ids"], batch["attention_mask"])  # (R, T, d)
+        hidden = injector.hidden_states(
+            prompt, batch["input_ids"], batch["attention_mask"]
+        )  # (R, T, d)
         positions = batch["score_positions"]  # (R, K)
-        picked = hidden.gather(1, positions.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))  # (R, K, d)
+        picked = hidden.gather(
+            1, positions.unsqueeze(-1).expand(-1, -1, hidden.shape[-1])
+        )  # (R, K, d)
         log_probs = (picked @ self.lm_head.T).log_softmax(-1)  # (R, K, V)
         token_lp = log_probs.gather(-1, batch["score_tokens"].unsqueeze(-1)).squeeze(-1)  # (R, K)
         word_scores = (token_lp * batch["score_mask"]).sum(-1)  # (R,)
         return self._class_scores(word_scores.view(-1, words_per_example))  # (B, C)
 
-    def predict(self, injector: Injector, prompt: Prompt, examples: list[Example]) -> list[dict[str, Any]]:
+    def predict(
+        self, injector: Injector, prompt: Prompt, examples: list[Example]
+    ) -> list[dict[str, Any]]:
         batch = self.collate(examples)
-        return _scores_to_predictions(self.config.labels, self.forward(injector, prompt, batch).scores)
+        return _scores_to_predictions(
+            self.config.labels, self.forward(injector, prompt, batch).scores
+        )
 
 
-@register_task(lambda c, b: c.kind == "classification" and (c.head == "linear" or (c.head == "auto" and b.spec.kind == "encoder")))
+@register_task(
+    lambda c, b: (
+        c.kind == "classification"
+        and (c.head == "linear" or (c.head == "auto" and b.spec.kind == "encoder"))
+    )
+)
 class HeadTask(Task):
     """A linear classifier on pooled hidden states; trained together with the prompt."""
 
@@ -143,7 +195,10 @@ class HeadTask(Task):
             self.head.bias.zero_()
 
     def collate(self, examples: list[Example]) -> dict[str, torch.Tensor]:
-        rows = [self.template.encode(self.tokenizer, e.text, self.config.max_text_tokens) for e in examples]
+        rows = [
+            self.template.encode(self.tokenizer, e.text, self.config.max_text_tokens)
+            for e in examples
+        ]
         if self.encoder:
             rows = [self.front + r + self.back for r in rows]
         ids, mask = pad_right(rows, self.pad_id)
@@ -161,13 +216,21 @@ class HeadTask(Task):
         weights = mask.unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)
         return (hidden * weights).sum(1) / weights.sum(1)
 
-    def forward(self, injector: Injector, prompt: Prompt, batch: dict[str, torch.Tensor]) -> TaskOutput:
-        hidden = injector.hidden_states(prompt, batch["input_ids"], batch["attention_mask"])  # (B, T, d)
+    def forward(
+        self, injector: Injector, prompt: Prompt, batch: dict[str, torch.Tensor]
+    ) -> TaskOutput:
+        hidden = injector.hidden_states(
+            prompt, batch["input_ids"], batch["attention_mask"]
+        )  # (B, T, d)
         scores = self.head(self.pooled(hidden, batch["attention_mask"]))  # (B, C)
         targets = batch.get("targets")
         loss = F.cross_entropy(scores, targets) if targets is not None else scores.new_zeros(())
         return TaskOutput(loss=loss, scores=scores, targets=targets)
 
-    def predict(self, injector: Injector, prompt: Prompt, examples: list[Example]) -> list[dict[str, Any]]:
+    def predict(
+        self, injector: Injector, prompt: Prompt, examples: list[Example]
+    ) -> list[dict[str, Any]]:
         batch = self.collate(examples)
-        return _scores_to_predictions(self.config.labels, self.forward(injector, prompt, batch).scores)
+        return _scores_to_predictions(
+            self.config.labels, self.forward(injector, prompt, batch).scores
+        )

@@ -56,11 +56,23 @@ class GenerationTask(Task):
         ids, mask = pad_right(rows, self.pad_id)
         pos, score_mask = pad_right(positions, 0)
         tok, _ = pad_right(tokens, 0)
-        return {"input_ids": ids, "attention_mask": mask, "score_positions": pos, "score_tokens": tok, "score_mask": score_mask}
+        return {
+            "input_ids": ids,
+            "attention_mask": mask,
+            "score_positions": pos,
+            "score_tokens": tok,
+            "score_mask": score_mask,
+        }
 
-    def forward(self, injector: Injector, prompt: Prompt, batch: dict[str, torch.Tensor]) -> TaskOutput:
-        hidden = injector.hidden_states(prompt, batch["input_ids"], batch["attention_mask"])  # (B, T, d)
-        picked = hidden.gather(1, batch["score_positions"].unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))  # (B, K, d)
+    def forward(
+        self, injector: Injector, prompt: Prompt, batch: dict[str, torch.Tensor]
+    ) -> TaskOutput:
+        hidden = injector.hidden_states(
+            prompt, batch["input_ids"], batch["attention_mask"]
+        )  # (B, T, d)
+        picked = hidden.gather(
+            1, batch["score_positions"].unsqueeze(-1).expand(-1, -1, hidden.shape[-1])
+        )  # (B, K, d)
         logits = picked @ self.lm_head.T  # (B, K, V)
         targets = batch["score_tokens"].masked_fill(batch["score_mask"] == 0, -100)  # (B, K)
         loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-100)
@@ -69,7 +81,9 @@ class GenerationTask(Task):
     @torch.no_grad()
     def generate(self, injector: Injector, prompt: Prompt, texts: list[str]) -> list[str]:
         """Greedy decoding with the prompt prefix computed once and cached."""
-        contexts = [self.template.encode(self.tokenizer, t, self.config.max_text_tokens) for t in texts]
+        contexts = [
+            self.template.encode(self.tokenizer, t, self.config.max_text_tokens) for t in texts
+        ]
         ids, mask = pad_left(contexts, self.pad_id)  # (B, T)
         batch = ids.shape[0]
         cache, m = injector.prefix_cache(prompt, batch)
@@ -91,7 +105,12 @@ class GenerationTask(Task):
             next_pos = next_pos + 1
             full_mask = torch.cat([full_mask, mask.new_ones(batch, 1)], 1)
             hidden = injector.step(token.unsqueeze(1), full_mask, next_pos, cache)
-        return [self.tokenizer.decode([t for t in row if t != self.eos_id], skip_special_tokens=True) for row in out]
+        return [
+            self.tokenizer.decode([t for t in row if t != self.eos_id], skip_special_tokens=True)
+            for row in out
+        ]
 
-    def predict(self, injector: Injector, prompt: Prompt, examples: list[Example]) -> list[dict[str, Any]]:
+    def predict(
+        self, injector: Injector, prompt: Prompt, examples: list[Example]
+    ) -> list[dict[str, Any]]:
         return [{"text": t} for t in self.generate(injector, prompt, [e.text for e in examples])]

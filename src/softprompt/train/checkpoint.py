@@ -21,7 +21,9 @@ from softprompt.errors import PromptFileError
 from softprompt.promptfile import atomic_write_bytes
 
 
-def save_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+def save_checkpoint(
+    path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any]
+) -> None:
     tensors = {f"model.{k}": v.detach().contiguous() for k, v in model.state_dict().items()}
     opt = optimizer.state_dict()
     for index, slots in opt["state"].items():
@@ -32,14 +34,18 @@ def save_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.O
     atomic_write_bytes(path, st_save(tensors, metadata={"checkpoint": json.dumps(header)}))
 
 
-def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+def load_checkpoint(
+    path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer
+) -> dict[str, Any]:
     data = Path(path).read_bytes()
     try:
         tensors = st_load(data)
         size = int.from_bytes(data[:8], "little")
         header = json.loads(json.loads(data[8 : 8 + size])["__metadata__"]["checkpoint"])
     except (SafetensorError, ValueError, KeyError, json.JSONDecodeError) as exc:
-        raise PromptFileError(f"{path}: checkpoint unreadable ({exc}); start without --resume") from None
+        raise PromptFileError(
+            f"{path}: checkpoint unreadable ({exc}); start without --resume"
+        ) from None
     model_state = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
     model.load_state_dict(model_state, strict=True)
     slots: dict[int, dict[str, torch.Tensor]] = {}

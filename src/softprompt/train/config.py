@@ -37,9 +37,13 @@ class TrainConfig:
         if not self.lr > 0:
             raise ConfigError(f"train.lr: must be > 0, got {self.lr}")
         if self.schedule not in ("linear", "cosine", "constant"):
-            raise ConfigError(f"train.schedule: must be linear, cosine or constant, got {self.schedule!r}")
+            raise ConfigError(
+                f"train.schedule: must be linear, cosine or constant, got {self.schedule!r}"
+            )
         if self.warmup_steps < 0 or self.patience < 0 or self.eval_examples < 0:
-            raise ConfigError("train.warmup_steps, train.patience and train.eval_examples must be >= 0")
+            raise ConfigError(
+                "train.warmup_steps, train.patience and train.eval_examples must be >= 0"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -46,7 +46,9 @@ def micro_batch(examples: list[Example], batch_size: int, seed: int, index: int)
     """The `index`-th global micro-batch: epoch-wise seeded shuffles, last partial batch dropped."""
     per_epoch = max(1, len(examples) // batch_size)
     epoch, slot = divmod(index, per_epoch)
-    order = torch.randperm(len(examples), generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+    order = torch.randperm(
+        len(examples), generator=torch.Generator().manual_seed(seed * 100_003 + epoch)
+    )
     picks = order[slot * batch_size : (slot + 1) * batch_size]
     return [examples[int(i)] for i in picks]
 
@@ -58,22 +60,46 @@ def _metric(result: dict[str, Any]) -> float:
 class _Run:
     """State of one run; split out so each phase of the loop is a short method."""
 
-    def __init__(self, model: PromptModel, dataset: Dataset, config: TrainConfig, out_dir: Path, meta: dict[str, Any]):
-        self.model, self.dataset, self.config, self.out_dir, self.meta = model, dataset, config, out_dir, meta
+    def __init__(
+        self,
+        model: PromptModel,
+        dataset: Dataset,
+        config: TrainConfig,
+        out_dir: Path,
+        meta: dict[str, Any],
+    ):
+        self.model, self.dataset, self.config, self.out_dir, self.meta = (
+            model,
+            dataset,
+            config,
+            out_dir,
+            meta,
+        )
         self.process = distributed.setup()
         if config.batch_size % self.process.world:
             raise TrainingError(
                 f"train.batch_size {config.batch_size} must divide evenly over {self.process.world} processes"
             )
         if len(dataset.train) < config.batch_size:
-            raise TrainingError(f"the training split has {len(dataset.train)} rows, fewer than train.batch_size {config.batch_size}")
+            raise TrainingError(
+                f"the training split has {len(dataset.train)} rows, fewer than train.batch_size {config.batch_size}"
+            )
         if not model.trainable_parameters():
             raise TrainingError(f"method {model.method_name!r} with this task has nothing to train")
         torch.manual_seed(config.seed)
         self.wrapped = distributed.wrap(model, self.process)
-        self.optimizer = torch.optim.AdamW(model.trainable_parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        self.optimizer = torch.optim.AdamW(
+            model.trainable_parameters(), lr=config.lr, weight_decay=config.weight_decay
+        )
         self.validation = dataset.validation[: config.eval_examples or None]
-        self.state: dict[str, Any] = {"step": 0, "best_metric": -math.inf, "best_step": -1, "bad_evals": 0, "history": [], "seconds": 0.0}
+        self.state: dict[str, Any] = {
+            "step": 0,
+            "best_metric": -math.inf,
+            "best_step": -1,
+            "bad_evals": 0,
+            "history": [],
+            "seconds": 0.0,
+        }
 
     @property
     def prompt_path(self) -> Path:
@@ -94,7 +120,9 @@ class _Run:
             group["lr"] = cfg.lr_at(step)
         total = 0.0
         for micro in range(cfg.grad_accum):
-            rows = micro_batch(self.dataset.train, cfg.batch_size, cfg.seed, step * cfg.grad_accum + micro)
+            rows = micro_batch(
+                self.dataset.train, cfg.batch_size, cfg.seed, step * cfg.grad_accum + micro
+            )
             shard = rows[rank * len(rows) // world : (rank + 1) * len(rows) // world]
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
                 loss = self.wrapped(self.model.collate(shard)).loss
@@ -111,12 +139,20 @@ class _Run:
         return total
 
     def evaluate_and_keep_best(self, step: int) -> dict[str, Any]:
-        result = evaluate(self.model, self.validation, batch_size=self.config.eval_batch_size, process=self.process, bf16=self.config.bf16)
+        result = evaluate(
+            self.model,
+            self.validation,
+            batch_size=self.config.eval_batch_size,
+            process=self.process,
+            bf16=self.config.bf16,
+        )
         metric = _metric(result)
         if metric > self.state["best_metric"]:
             self.state.update(best_metric=metric, best_step=step, bad_evals=0)
             if self.process.main:
-                self.model.save(self.prompt_path, **self.meta, metrics={"validation": result, "step": step})
+                self.model.save(
+                    self.prompt_path, **self.meta, metrics={"validation": result, "step": step}
+                )
         else:
             self.state["bad_evals"] += 1
         return result
@@ -150,7 +186,13 @@ def train(
     `stop_after` ends the run after that many steps as if interrupted (for resume tests)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    run = _Run(model, dataset, config, out_dir, dict(meta or {}, train=config.to_dict(), dataset=dataset.name))
+    run = _Run(
+        model,
+        dataset,
+        config,
+        out_dir,
+        dict(meta or {}, train=config.to_dict(), dataset=dataset.name),
+    )
     if resume:
         run.resume()
     elif run.process.main:
@@ -158,7 +200,13 @@ def train(
     model.train()
     start, began = run.state["step"], time.perf_counter()
     rows_per_step = config.batch_size * config.grad_accum
-    bar = tqdm(total=config.steps, initial=start, desc="train", disable=not (progress and run.process.main), dynamic_ncols=True)
+    bar = tqdm(
+        total=config.steps,
+        initial=start,
+        desc="train",
+        disable=not (progress and run.process.main),
+        dynamic_ncols=True,
+    )
     step = start
     for step in range(start, config.steps):
         if stop_after is not None and step - start >= stop_after:
@@ -166,7 +214,10 @@ def train(
         tick = time.perf_counter()
         loss = run.train_step(step)
         run.log({"kind": "train", "step": step + 1, "loss": loss, "lr": config.lr_at(step)})
-        postfix = {"loss": f"{loss:.3f}", "ex/s": f"{rows_per_step / (time.perf_counter() - tick):.1f}"}
+        postfix = {
+            "loss": f"{loss:.3f}",
+            "ex/s": f"{rows_per_step / (time.perf_counter() - tick):.1f}",
+        }
         if (step + 1) % config.eval_every == 0 or step + 1 == config.steps:
             result = run.evaluate_and_keep_best(step + 1)
             run.log({"kind": "eval", "step": step + 1, **result})
@@ -186,7 +237,9 @@ def train(
     bar.close()
     run.state["seconds"] += time.perf_counter() - began
     if run.state["best_step"] < 0:
-        raise TrainingError("training ended before any evaluation; raise train.steps or lower train.eval_every")
+        raise TrainingError(
+            "training ended before any evaluation; raise train.steps or lower train.eval_every"
+        )
     return TrainResult(
         prompt_path=run.prompt_path,
         best_metric=run.state["best_metric"],
