@@ -23,7 +23,8 @@ from softprompt.model import PromptModel, load_prompt_meta
 from softprompt.presets import task_defaults
 from softprompt.promptfile import atomic_write_text
 from softprompt.tasks import TaskConfig
-from softprompt.train import TrainResult, train
+from softprompt.train import TrainResult, distributed, train
+from softprompt.train.distributed import ProcessInfo
 
 __all__ = [
     "RunConfig",
@@ -96,14 +97,20 @@ class RunReport:
 
 
 def _test_row(
-    name: str, model: PromptModel, dataset: Dataset, batch_size: int, **extra: Any
+    name: str,
+    model: PromptModel,
+    dataset: Dataset,
+    batch_size: int,
+    process: ProcessInfo,
+    **extra: Any,
 ) -> dict[str, Any]:
-    scores = evaluate(model, dataset.test, batch_size=batch_size, progress=True)
+    scores = evaluate(model, dataset.test, batch_size=batch_size, process=process, progress=True)
     return {"name": name, **scores, "trainable_parameters": model.num_trainable(), **extra}
 
 
 def run(config: RunConfig, *, resume: bool = False, progress: bool = True) -> RunReport:
     """Train a prompt, then score zero-shot and tuned on the test split; write a report."""
+    process = distributed.setup()  # under torchrun each process scores a share of the test set
     backbone = load_backbone(config.backbone)
     dataset = load_data(config.data)
     out_dir = Path(config.out)
@@ -117,6 +124,7 @@ def run(config: RunConfig, *, resume: bool = False, progress: bool = True) -> Ru
                 zero_shot,
                 dataset,
                 config.train.eval_batch_size,
+                process,
                 file_bytes=0,
                 train_seconds=0.0,
             )
@@ -138,11 +146,14 @@ def run(config: RunConfig, *, resume: bool = False, progress: bool = True) -> Ru
             tuned,
             dataset,
             config.train.eval_batch_size,
+            process,
             file_bytes=result.prompt_path.stat().st_size,
             train_seconds=result.seconds if resume else time.perf_counter() - began,
         )
     )
     report = RunReport(rows=rows, result=result, out_dir=out_dir)
+    if not process.main:
+        return report
     atomic_write_text(out_dir / "report.md", report.markdown())
     atomic_write_text(
         out_dir / "report.json", json.dumps({"rows": rows, "config": config.to_dict()}, indent=2)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from typing import Any
 
@@ -93,6 +94,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     config = _config_from_args(args)
     report = run(config, resume=args.resume)
+    if os.environ.get("RANK", "0") != "0":
+        return 0
     print()
     print(report.markdown())
     print(

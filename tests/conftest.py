@@ -1,0 +1,116 @@
+"""Shared fixtures for the core tests: tiny backbones, a toy dataset, model/config factories.
+
+The tiny models are a few thousand parameters; torch's thread pool only costs time on
+them (and thrashes when another job holds the CPU), so tests run single-threaded.
+"""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from softprompt.backbones import Backbone
+from softprompt.backbones.tiny import tiny_bert, tiny_gpt2, tiny_llama
+from softprompt.data import Dataset, Example
+from softprompt.model import PromptModel
+from softprompt.tasks import TaskConfig
+from softprompt.train import TrainConfig
+
+torch.set_num_threads(1)
+
+TINY_BUILDERS = {"tiny_llama": tiny_llama, "tiny_gpt2": tiny_gpt2, "tiny_bert": tiny_bert}
+LABELS = ["negative", "positive"]
+TEMPLATE = "review : {text} sentiment :"
+
+_POSITIVE = "good great excellent amazing best love loved enjoyed fun funny nice".split()
+_NEGATIVE = "bad terrible awful worst hate hated boring dull poor waste sad".split()
+_FILLER = "the movie film plot acting story actors was is very really so too and but".split()
+
+
+def toy_examples(count: int, seed: int) -> list[Example]:
+    """Sentiment-like rows made only of tiny-vocabulary words, of varied length."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(count):
+        label = LABELS[i % 2]
+        words = _POSITIVE if label == "positive" else _NEGATIVE
+        body = [rng.choice(_FILLER) for _ in range(rng.randint(1, 9))]
+        body.insert(rng.randint(0, len(body)), rng.choice(words))
+        rows.append(Example(" ".join(body) + " " + rng.choice(words), label))
+    return rows
+
+
+@pytest.fixture(scope="session")
+def backbones() -> dict[str, Backbone]:
+    """One instance of each tiny backbone per session (tests must not modify them)."""
+    return {name: build() for name, build in TINY_BUILDERS.items()}
+
+
+@pytest.fixture(scope="session")
+def llama(backbones) -> Backbone:
+    return backbones["tiny_llama"]
+
+
+@pytest.fixture(scope="session")
+def gpt2(backbones) -> Backbone:
+    return backbones["tiny_gpt2"]
+
+
+@pytest.fixture(scope="session")
+def bert(backbones) -> Backbone:
+    return backbones["tiny_bert"]
+
+
+@pytest.fixture(scope="session")
+def toy_dataset() -> Dataset:
+    """32 train / 8 validation / 8 test rows, two balanced labels."""
+    return Dataset(
+        name="toy",
+        task="classification",
+        labels=list(LABELS),
+        train=toy_examples(32, seed=1),
+        validation=toy_examples(8, seed=2),
+        test=toy_examples(8, seed=3),
+    )
+
+
+@pytest.fixture(scope="session")
+def make_model():
+    """make_model(backbone, method="soft-prompt", task=None, **method_options) -> PromptModel."""
+
+    def _make(
+        backbone: Backbone,
+        method: str = "soft-prompt",
+        task: dict | None = None,
+        **options,
+    ) -> PromptModel:
+        if method == "soft-prompt":
+            options.setdefault("n_tokens", 4)
+        task_values = {"labels": list(LABELS), "template": TEMPLATE, **(task or {})}
+        return PromptModel(
+            backbone, TaskConfig(**task_values), method=method, method_options=options
+        )
+
+    return _make
+
+
+@pytest.fixture(scope="session")
+def fast_config():
+    """fast_config(**overrides) -> a TrainConfig of a few tiny steps."""
+
+    def _make(**overrides) -> TrainConfig:
+        values = dict(
+            steps=4,
+            batch_size=4,
+            eval_every=2,
+            eval_examples=8,
+            eval_batch_size=8,
+            warmup_steps=1,
+            lr=0.1,
+        )
+        values.update(overrides)
+        return TrainConfig(**values)
+
+    return _make

@@ -1,0 +1,153 @@
+"""The contract of every registered method on every tiny backbone: only the prompt (and a
+task head) trains, the frozen backbone never changes, and prompt files round-trip exactly."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from softprompt.methods import available_methods
+from softprompt.model import PromptModel, load_prompt_meta
+from softprompt.tasks.classification import HeadTask, VerbalizerTask
+from softprompt.train import train
+
+BACKBONES = ["tiny_llama", "tiny_gpt2", "tiny_bert"]
+METHODS = available_methods()
+GRID = [(m, b) for m in METHODS for b in BACKBONES]
+
+
+def test_registry_lists_the_shipped_methods():
+    assert {"none", "soft-prompt"} <= set(METHODS)
+    assert METHODS == sorted(METHODS)
+
+
+def _head_params(model: PromptModel) -> list[torch.nn.Parameter]:
+    return list(model.task.parameters()) if isinstance(model.task, HeadTask) else []
+
+
+def _build(make_model, backbones, method: str, name: str) -> PromptModel:
+    model = make_model(backbones[name], method)
+    if not model.trainable_parameters():
+        pytest.skip(f"{method} has nothing to train on {name}")
+    return model
+
+
+@pytest.mark.parametrize("method,name", GRID)
+def test_trainable_parameters_are_exactly_method_and_head(make_model, backbones, method, name):
+    model = make_model(backbones[name], method)
+    expected = {id(p) for p in list(model.method.parameters()) + _head_params(model)}
+    got = [id(p) for p in model.trainable_parameters()]
+    assert len(got) == len(set(got)) and set(got) == expected
+    assert model.num_trainable() == sum(p.numel() for p in model.trainable_parameters())
+    backbone_ids = {id(p) for p in backbones[name].model.parameters()}
+    assert not backbone_ids & {id(p) for p in model.parameters()}
+
+
+@pytest.mark.parametrize("method,name", GRID)
+def test_state_dict_has_only_trainable_tensors(make_model, backbones, method, name):
+    model = make_model(backbones[name], method)
+    state = model.state_dict()
+    assert sum(t.numel() for t in state.values()) == model.num_trainable()
+    assert all(k.startswith(("method.", "task.")) for k in state)
+    backbone_keys = set(backbones[name].model.state_dict())
+    assert not {k.split(".", 1)[1] for k in state} & backbone_keys
+
+
+def test_none_with_verbalizer_has_nothing_to_train(
+    make_model, llama, toy_dataset, fast_config, tmp_path
+):
+    from softprompt.errors import TrainingError
+
+    model = make_model(llama, "none")
+    assert isinstance(model.task, VerbalizerTask)
+    assert model.trainable_parameters() == []
+    with pytest.raises(TrainingError, match="nothing to train"):
+        train(model, toy_dataset, fast_config(), tmp_path, progress=False)
+
+
+@pytest.mark.parametrize("method,name", GRID)
+def test_training_changes_only_prompt_and_head(
+    make_model, backbones, method, name, toy_dataset, fast_config, tmp_path
+):
+    backbone = backbones[name]
+    model = _build(make_model, backbones, method, name)
+    frozen_before = copy.deepcopy(backbone.model.state_dict())
+    trainable_before = {k: v.clone() for k, v in model.state_dict().items()}
+
+    train(model, toy_dataset, fast_config(), tmp_path, progress=False)
+
+    frozen_after = backbone.model.state_dict()
+    assert frozen_after.keys() == frozen_before.keys()
+    for key, value in frozen_before.items():
+        assert torch.equal(frozen_after[key], value), f"backbone tensor {key} changed"
+    assert all(p.grad is None and not p.requires_grad for p in backbone.model.parameters())
+    assert not any(m.training for m in backbone.model.modules()), (
+        "training switched the backbone to train mode"
+    )
+    for key, value in model.state_dict().items():
+        assert not torch.equal(value, trainable_before[key]), f"{key} did not train"
+
+
+@pytest.mark.parametrize("method,name", GRID)
+def test_save_load_round_trip(make_model, backbones, method, name, toy_dataset, tmp_path):
+    backbone = backbones[name]
+    model = make_model(backbone, method)
+    with torch.no_grad():  # make the tensors differ from what a fresh build would give
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(7)))
+    path = model.save(tmp_path / "p.safetensors", dataset="toy", note=[1, 2])
+    loaded = PromptModel.load(path, backbone)
+
+    assert loaded.state_dict().keys() == model.state_dict().keys()
+    for key, value in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value)
+    assert loaded.method_name == method
+    assert loaded.describe() == model.describe()
+    assert loaded.task.config == model.task.config
+    batch = model.collate(toy_dataset.test)
+    with torch.no_grad():
+        a, b = model(batch), loaded(batch)
+    assert torch.equal(a.scores, b.scores) and torch.equal(a.loss, b.loss)
+
+    meta = load_prompt_meta(path)
+    assert meta["method"]["name"] == method
+    assert meta["backbone"] == {"name": backbone.name, "fingerprint": backbone.fingerprint}
+    assert meta["dataset"] == "toy" and meta["note"] == [1, 2]
+    assert meta["tensors"] == {k: list(v.shape) for k, v in model.state_dict().items()}
+    assert meta["file_bytes"] == path.stat().st_size
+    assert meta["trainable_parameters"] == model.num_trainable()
+
+
+def test_metadata_round_trip_with_options_and_verbalizer(make_model, llama, tmp_path):
+    verbalizer = {"negative": [" bad", " awful"], "positive": " good"}
+    model = make_model(
+        llama,
+        task={"verbalizer": verbalizer, "max_text_tokens": 17, "max_new_tokens": 5},
+        n_tokens=3,
+        init="text",
+        init_text="a great film",
+        seed=5,
+    )
+    path = model.save(tmp_path / "p.safetensors")
+    meta = load_prompt_meta(path)
+    assert meta["method"]["options"] == {
+        "n_tokens": 3,
+        "init": "text",
+        "init_text": "a great film",
+        "seed": 5,
+    }
+    task = meta["task"]
+    assert task["labels"] == ["negative", "positive"]
+    assert task["verbalizer"] == {"negative": [" bad", " awful"], "positive": [" good"]}
+    assert (task["template"], task["max_text_tokens"], task["max_new_tokens"]) == (
+        "review : {text} sentiment :",
+        17,
+        5,
+    )
+
+    loaded = PromptModel.load(path, llama)
+    assert loaded.method.config == model.method.config
+    assert loaded.task.config.verbalizer == {"negative": [" bad", " awful"], "positive": [" good"]}
+    assert torch.equal(loaded.method.embeddings, model.method.embeddings)
