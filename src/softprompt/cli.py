@@ -107,18 +107,25 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from softprompt.api import load_data, load_prompt
     from softprompt.config import DataConfig
+    from softprompt.errors import ConfigError
     from softprompt.evaluate import evaluate
 
     model = load_prompt(args.prompt, args.backbone)
-    source = args.dataset or model.describe().get("dataset") or _meta(args.prompt).get("dataset")
-    data = load_data(
-        DataConfig(
-            source=source,
-            text_column=args.text_column,
-            label_column=args.label_column,
-            labels=list(model.task.config.labels) or None,
+    meta = _meta(args.prompt)
+    # default: the data the prompt was trained on (path and columns included)
+    trained = dict(meta.get("run", {}).get("data") or {"source": meta.get("dataset")})
+    if args.dataset:
+        trained = {"source": args.dataset}
+    for key in ("text_column", "label_column"):
+        if getattr(args, key) is not None:
+            trained[key] = getattr(args, key)
+    trained["labels"] = list(model.task.config.labels) or None
+    if not trained.get("source"):
+        raise ConfigError(
+            "--dataset: the prompt file does not say what it was trained on; name a dataset"
         )
-    )
+    source = trained["source"]
+    data = load_data(DataConfig(**trained))
     result = evaluate(model, data.split(args.split), batch_size=args.batch_size)
     print(
         json.dumps(
@@ -213,8 +220,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--backbone", default=None)
     evaluate.add_argument("--dataset", default=None, help="default: the dataset it was trained on")
     evaluate.add_argument("--split", default="test", choices=["train", "validation", "test"])
-    evaluate.add_argument("--text-column", default="text")
-    evaluate.add_argument("--label-column", default="label")
+    evaluate.add_argument("--text-column", default=None, help="default: as in training")
+    evaluate.add_argument("--label-column", default=None, help="default: as in training")
     evaluate.add_argument("--batch-size", type=int, default=32)
     evaluate.set_defaults(func=cmd_eval)
 

@@ -51,7 +51,8 @@ _SECTIONS = {"data": DataConfig, "train": TrainConfig}
 
 def _typed(section: str, key: str, value: Any, annotation: Any) -> Any:
     """Coerce flag strings to the field's type; complain with the key name."""
-    kind = str(annotation)
+    kind = getattr(annotation, "__name__", str(annotation))
+    where = f"{section}.{key}" if section else key
     try:
         if isinstance(value, str) and ("int" in kind and "str" not in kind):
             return int(value)
@@ -64,7 +65,7 @@ def _typed(section: str, key: str, value: Any, annotation: Any) -> Any:
                 return False
             raise ValueError(value)
     except ValueError:
-        raise ConfigError(f"{section}.{key}: expected {kind}, got {value!r}") from None
+        raise ConfigError(f"{where}: expected {kind}, got {value!r}") from None
     return value
 
 
@@ -95,15 +96,40 @@ def build_run_config(values: dict[str, Any]) -> RunConfig:
         values["data"] = {"source": values["data"]}
     for name in _SECTIONS:
         values[name] = _section(name, values.get(name, {}) or {})
-    method = values.get("method", RunConfig().method)
-    if isinstance(method, str):
-        method = {"name": method}
-    if "name" not in method:
-        raise ConfigError("method.name: required (e.g. soft-prompt)")
-    values["method"] = method
+    values["method"] = _method(values.get("method"))
+    values["task"] = _task(values.get("task"))
     if "baseline" in values:
         values["baseline"] = _typed("", "baseline", values["baseline"], bool)
     return RunConfig(**values)
+
+
+def _method(method: Any) -> dict[str, Any]:
+    """`method: soft-prompt` or a mapping; options without a name refine the default method."""
+    default = RunConfig().method
+    if method is None:
+        return default
+    if isinstance(method, str):
+        return {"name": method}
+    if not isinstance(method, dict):
+        raise ConfigError(f"method: expected a method name or a mapping, got {method!r}")
+    return dict(method) if "name" in method else {**default, **method}
+
+
+def _task(task: Any) -> dict[str, Any]:
+    """Check task keys here so a typo is named before any model loads."""
+    from softprompt.tasks import TaskConfig
+
+    if task is None:
+        return {}
+    if not isinstance(task, dict):
+        raise ConfigError(f"task: expected a mapping of options, got {task!r}")
+    known = {f.name for f in dataclasses.fields(TaskConfig)}
+    unknown = sorted(set(task) - known)
+    if unknown:
+        raise ConfigError(
+            f"unknown config key(s) {', '.join(f'task.{k}' for k in unknown)}; known: {', '.join(sorted(known))}"
+        )
+    return dict(task)
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:

@@ -11,18 +11,22 @@ from softprompt.data import Example
 from softprompt.train.distributed import ProcessInfo, all_sum
 
 
-def accuracy(predictions: torch.Tensor, targets: torch.Tensor) -> float:
-    return float((predictions == targets).float().mean()) if len(targets) else 0.0
+def class_counts(predictions: torch.Tensor, targets: torch.Tensor, num_classes: int) -> list[float]:
+    """[correct, then per class: true positives, predicted, gold] as floats.
 
-
-def macro_f1(predictions: torch.Tensor, targets: torch.Tensor, num_classes: int) -> float:
-    scores = []
+    Counts (not ratios) so shares from several processes can simply be summed."""
+    counts = [float((predictions == targets).sum())]
     for c in range(num_classes):
-        tp = float(((predictions == c) & (targets == c)).sum())
-        fp = float(((predictions == c) & (targets != c)).sum())
-        fn = float(((predictions != c) & (targets == c)).sum())
-        scores.append(0.0 if tp == 0 else 2 * tp / (2 * tp + fp + fn))
-    return sum(scores) / num_classes
+        said, gold = predictions == c, targets == c
+        counts += [float((said & gold).sum()), float(said.sum()), float(gold.sum())]
+    return counts
+
+
+def metrics_from_counts(counts: list[float], rows: float) -> dict[str, float]:
+    """Accuracy and macro-F1 from `class_counts` totals over `rows` examples."""
+    per_class = [counts[1 + 3 * c : 4 + 3 * c] for c in range((len(counts) - 1) // 3)]
+    f1 = [0.0 if tp == 0 else 2 * tp / (said + gold) for tp, said, gold in per_class]
+    return {"accuracy": counts[0] / max(rows, 1), "macro_f1": sum(f1) / max(len(f1), 1)}
 
 
 def length_sorted_batches(examples: list[Example], batch_size: int) -> list[list[Example]]:
@@ -47,42 +51,25 @@ def evaluate(
     so every process returns the same numbers."""
     process = process or ProcessInfo()
     shard = examples[process.rank :: process.world]
-    predictions, targets, loss_sum, rows = [], [], 0.0, 0
+    classify = model.task.config.kind == "classification"
+    num_classes = len(model.task.config.labels)
+    loss_sum, rows = 0.0, 0
+    counts = [0.0] * (1 + 3 * num_classes) if classify else []
     was_training = model.training
     model.eval()
     chunks = length_sorted_batches(shard, batch_size)
     for chunk in tqdm(chunks, desc="eval", leave=False, disable=not (progress and process.main)):
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             out = model(model.collate(chunk))
-        loss_sum += float(out.loss) * len(chunk)
+        loss_sum += out.loss.item() * len(chunk)
         rows += len(chunk)
-        if out.scores is not None and out.targets is not None:
-            predictions.append(out.scores.argmax(-1))
-            targets.append(out.targets)
+        if classify:
+            new = class_counts(out.scores.argmax(-1), out.targets, num_classes)
+            counts = [a + b for a, b in zip(counts, new, strict=True)]
     model.train(was_training)
-    result: dict[str, Any] = {}
-    if predictions:
-        pred, gold = torch.cat(predictions), torch.cat(targets)
-        num_classes = len(model.task.config.labels)
-        correct = float((pred == gold).sum())
-        # macro-F1 needs per-class counts; gather them across processes
-        counts = []
-        for c in range(num_classes):
-            counts += [
-                float(((pred == c) & (gold == c)).sum()),
-                float((pred == c).sum()),
-                float((gold == c).sum()),
-            ]
-        totals = all_sum([correct, loss_sum, rows, *counts], process)
-        correct, loss_sum, rows = totals[:3]
-        f1s = []
-        for c in range(num_classes):
-            tp, npred, ngold = totals[3 + 3 * c : 6 + 3 * c]
-            f1s.append(0.0 if tp == 0 else 2 * tp / (npred + ngold))
-        result["accuracy"] = correct / max(rows, 1)
-        result["macro_f1"] = sum(f1s) / num_classes
-    else:
-        loss_sum, rows = all_sum([loss_sum, rows], process)
+    # every process sends a vector of the same length, even with an empty shard
+    loss_sum, rows, *counts = all_sum([loss_sum, float(rows), *counts], process)
+    result: dict[str, Any] = metrics_from_counts(counts, rows) if classify else {}
     result["loss"] = loss_sum / max(rows, 1)
     result["examples"] = int(rows)
     return result

@@ -104,7 +104,10 @@ def _read_header(data: bytes) -> dict[str, Any]:
     meta = raw.get("__metadata__", {}).get("softprompt")
     if meta is None:
         raise ValueError("no softprompt metadata in the header")
-    return json.loads(meta)
+    header = json.loads(meta)
+    if not isinstance(header, dict):
+        raise ValueError("softprompt metadata is not a JSON object")
+    return header
 
 
 def check_backbone(path: str | Path, meta: dict[str, Any], name: str, fingerprint: str) -> None:

@@ -85,26 +85,21 @@ def test_strings_are_coerced_and_shorthands_expand():
     )
 
 
-def test_method_needs_a_name():
-    with pytest.raises(ConfigError, match="method.name"):
-        build_run_config({"method": {"n_tokens": 3}})
+def test_method_options_without_a_name_refine_the_default_method():
+    config = build_run_config({"method": {"n_tokens": 3}})
+    assert config.method["name"] == "soft-prompt" and config.method["n_tokens"] == 3
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: config.build_run_config does not validate the `task` section; an unknown "
-    "task key passes and later fails as a TypeError in TaskConfig(**values) (api.task_config_for)",
-)
+def test_method_of_the_wrong_type_is_named():
+    with pytest.raises(ConfigError, match="method"):
+        build_run_config({"method": 3})
+
+
 def test_unknown_task_key_is_named():
     with pytest.raises(ConfigError, match="task.templat"):
         build_run_config({"task": {"templat": "{text} is"}})
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: config.build_run_config types `baseline` with section '' and the class, "
-    "so the message reads \".baseline: expected <class 'bool'>\"",
-)
 def test_bad_baseline_message_names_the_key_cleanly():
     with pytest.raises(ConfigError) as info:
         build_run_config({"baseline": "maybe"})
@@ -286,21 +281,11 @@ def test_eval_and_predict_commands(capsys, trained, toy_csv):
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: cli.cmd_eval falls back to meta['dataset'], which for a user file is its stem "
-    "('toy'), not the path, so `softprompt eval PROMPT` fails on prompts trained on a CSV",
-)
 def test_eval_defaults_to_the_training_file(capsys, trained):
     code, out, err = _main(capsys, "eval", str(trained / "prompt.safetensors"))
     assert code == 0, err
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: cli._config_from_args + config.build_run_config: a method flag without "
-    "--method (e.g. --n-tokens 5) makes method={'n_tokens': 5}, rejected as 'method.name: required'",
-)
 def test_method_option_flag_without_method_flag(capsys, tiny_folder, toy_csv, tmp_path):
     argv = ["train", "--backbone", str(tiny_folder), "--dataset", str(toy_csv), "--n-tokens", "2",
             "--steps", "2", "--eval-every", "2", "--batch-size", "4", "--no-baseline", "--out", str(tmp_path / "o")]  # fmt: skip
@@ -308,11 +293,6 @@ def test_method_option_flag_without_method_flag(capsys, tiny_folder, toy_csv, tm
     assert code == 0, err
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: an unknown task key from a YAML config reaches TaskConfig(**values) and "
-    "escapes the CLI as a TypeError traceback instead of exit code 2",
-)
 def test_unknown_task_key_in_yaml_exits_2(capsys, tiny_folder, toy_csv, tmp_path):
     config = tmp_path / "run.yaml"
     config.write_text(

@@ -126,11 +126,6 @@ def test_other_format_is_refused(saved, llama):
     assert "softprompt/99" in _load_error(saved, llama)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: promptfile.read_prompt_file assumes the softprompt metadata is a JSON object; "
-    "a list/number there raises AttributeError instead of PromptFileError",
-)
 @pytest.mark.parametrize("payload", ["[1, 2]", "42", '"softprompt/1"'])
 def test_metadata_that_is_not_an_object(tmp_path, llama, payload):
     path = tmp_path / "odd.safetensors"

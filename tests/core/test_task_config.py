@@ -54,11 +54,6 @@ def test_rows_with_unknown_labels_get_no_targets(make_model, llama):
     assert "targets" not in batch  # unlabeled rows (predict) are scored without targets
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: tasks/classification.py VerbalizerTask._ids raises ValueError (not ConfigError) "
-    "for a label word with no tokens, so the CLI shows a traceback instead of exit code 2",
-)
 def test_label_word_without_tokens_is_a_config_error(make_model, llama):
     with pytest.raises(ConfigError, match="task.verbalizer"):
         make_model(llama, task={"verbalizer": {"negative": "  ", "positive": " good"}})

@@ -101,12 +101,6 @@ def test_ddp_two_processes_equal_single_process(tmp_path, toy_dataset, make_mode
     assert len(lines) == len((tmp_path / "single" / "metrics.jsonl").read_text().splitlines())
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: evaluate.evaluate under DDP: a process whose validation shard is empty "
-    "(fewer rows than processes) calls all_sum with 2 values while the others send 3 + 3*C, "
-    "a collective mismatch that aborts gloo",
-)
 def test_ddp_with_fewer_validation_rows_than_processes(tmp_path, toy_dataset):
     script, data = _write_inputs(tmp_path, toy_dataset)
     _run([*TORCHRUN, str(script), str(data), str(tmp_path / "ddp"), "1"], tmp_path)

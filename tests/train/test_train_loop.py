@@ -155,12 +155,6 @@ def test_huge_lr_diverges_with_training_error(
     PromptModel.load(tmp_path / PROMPT_FILE, llama)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: train/loop.py _Run.train_step says 'the best prompt so far is kept at "
-    "prompt.safetensors' even when the loss diverges before the first evaluation, "
-    "when no prompt file exists",
-)
 def test_divergence_before_any_evaluation_does_not_point_to_a_missing_file(
     make_model, llama, toy_dataset, fast_config, tmp_path
 ):
@@ -191,12 +185,6 @@ def test_best_prompt_is_the_best_evaluation(make_model, llama, toy_dataset, fast
     assert all(math.isfinite(h["loss"]) for h in result.history)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: train/loop.py train(): with resume=True and no checkpoint yet, the old "
-    "metrics.jsonl is neither deleted nor rewritten, so the fresh run's records are appended "
-    "after those of the crashed run",
-)
 def test_resume_without_checkpoint_restarts_the_metrics_log(
     make_model, llama, toy_dataset, fast_config, tmp_path
 ):
@@ -222,12 +210,6 @@ def test_resume_from_a_corrupt_checkpoint_is_a_prompt_file_error(
         train(make_model(llama), toy_dataset, fast_config(), tmp_path, progress=False, resume=True)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: train/checkpoint.py load_checkpoint calls model.load_state_dict unguarded; a "
-    "checkpoint from another method config (e.g. n_tokens changed between runs) raises a raw "
-    "RuntimeError (a traceback in the CLI) instead of a SoftPromptError",
-)
 def test_resume_with_a_changed_method_is_a_clear_error(
     make_model, llama, toy_dataset, fast_config, tmp_path
 ):

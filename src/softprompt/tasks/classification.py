@@ -17,6 +17,7 @@ from torch import nn
 
 from softprompt.backbones import Backbone
 from softprompt.data import Example
+from softprompt.errors import ConfigError
 from softprompt.inject import Injector, Prompt
 from softprompt.tasks.base import (
     Task,
@@ -63,7 +64,9 @@ class VerbalizerTask(Task):
     def _ids(self, word: str) -> list[int]:
         ids = self.tokenizer(word, add_special_tokens=False)["input_ids"]
         if not ids:
-            raise ValueError(f"task.verbalizer: label word {word!r} has no tokens")
+            raise ConfigError(
+                f"task.verbalizer: label word {word!r} has no tokens; give a non-empty word"
+            )
         return ids
 
     def label_token_ids(self) -> list[list[int]]:

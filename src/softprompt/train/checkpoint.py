@@ -34,6 +34,21 @@ def save_checkpoint(
     atomic_write_bytes(path, st_save(tensors, metadata={"checkpoint": json.dumps(header)}))
 
 
+def _check_matches(path: Path, model: torch.nn.Module, saved: dict[str, torch.Tensor]) -> None:
+    """A checkpoint from another method or task config cannot continue this run."""
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    found = {k: tuple(v.shape) for k, v in saved.items()}
+    if expected != found:
+        differ = sorted(k for k in set(expected) | set(found) if expected.get(k) != found.get(k))
+        detail = ", ".join(
+            f"{k}: checkpoint {found.get(k)} vs config {expected.get(k)}" for k in differ[:3]
+        )
+        raise PromptFileError(
+            f"{path}: checkpoint was made with a different method or task config ({detail}); "
+            "resume with the original config, or start without --resume in a new --out folder"
+        )
+
+
 def load_checkpoint(
     path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer
 ) -> dict[str, Any]:
@@ -47,6 +62,7 @@ def load_checkpoint(
             f"{path}: checkpoint unreadable ({exc}); start without --resume"
         ) from None
     model_state = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
+    _check_matches(path, model, model_state)
     model.load_state_dict(model_state, strict=True)
     slots: dict[int, dict[str, torch.Tensor]] = {}
     for key, value in tensors.items():

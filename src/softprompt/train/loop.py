@@ -106,12 +106,13 @@ class _Run:
         return self.out_dir / PROMPT_FILE
 
     def resume(self) -> None:
+        """Load the checkpoint if there is one; the metrics log restarts from what it knew."""
         path = self.out_dir / CHECKPOINT_FILE
         if path.exists():
             self.state = load_checkpoint(path, self.model, self.optimizer)
-            if self.process.main:  # the log restarts from what the checkpoint knew
-                lines = "".join(json.dumps(r) + "\n" for r in self.state["history"])
-                atomic_write_text(self.out_dir / "metrics.jsonl", lines)
+        if self.process.main:
+            lines = "".join(json.dumps(r) + "\n" for r in self.state["history"])
+            atomic_write_text(self.out_dir / "metrics.jsonl", lines)
 
     def train_step(self, step: int) -> float:
         """One optimizer step over `grad_accum` micro-batches; returns the mean loss."""
@@ -127,9 +128,14 @@ class _Run:
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
                 loss = self.wrapped(self.model.collate(shard)).loss
             if not torch.isfinite(loss):
+                kept = (
+                    f"the best prompt so far is kept at {self.prompt_path}"
+                    if self.prompt_path.exists()
+                    else "no prompt was saved yet (no evaluation had run)"
+                )
                 raise TrainingError(
-                    f"loss became {float(loss)} at step {step}; the best prompt so far is kept at "
-                    f"{self.prompt_path}. Lower train.lr (now {cfg.lr}) or use more warmup."
+                    f"loss became {loss.item()} at step {step}; {kept}. "
+                    f"Lower train.lr (now {cfg.lr}) or use more warmup."
                 )
             (loss / cfg.grad_accum).backward()
             total += loss.item() / cfg.grad_accum
