@@ -100,6 +100,67 @@ def pad_right(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.T
     return ids, mask
 
 
+class TemplatedTask(Task):
+    """Shared set-up of tasks that fill a template and tokenize it."""
+
+    def __init__(self, config: TaskConfig, backbone: Backbone) -> None:
+        from softprompt.tasks.template import Template
+
+        super().__init__()
+        self.config = config
+        self.tokenizer = backbone.tokenizer
+        self.pad_id = backbone.spec.pad_token_id
+        self.template = Template(config.template)
+
+    def contexts(self, examples: list[Example]) -> list[list[int]]:
+        """Filled-template token ids per example, text cut to `max_text_tokens`."""
+        budget = self.config.max_text_tokens
+        return [self.template.encode(self.tokenizer, e.text, budget) for e in examples]
+
+    def with_targets(
+        self, batch: dict[str, torch.Tensor], examples: list[Example]
+    ) -> dict[str, torch.Tensor]:
+        """Add class indices when every example carries a known label (not at predict time)."""
+        if all(e.label in self.config.labels for e in examples):
+            batch["targets"] = label_index(self.config.labels, examples)
+        return batch
+
+
+def continuation_batch(
+    contexts: list[list[int]], continuations: list[list[int]], pad_id: int
+) -> dict[str, torch.Tensor]:
+    """Rows `context + continuation[:-1]`, scored at the continuation's tokens.
+
+    Token j of a continuation is predicted by the hidden state just before it,
+    at position len(context) - 1 + j; only those positions get logits."""
+    rows = [c + t[:-1] for c, t in zip(contexts, continuations, strict=True)]
+    positions = [
+        [len(c) - 1 + j for j in range(len(t))]
+        for c, t in zip(contexts, continuations, strict=True)
+    ]
+    ids, mask = pad_right(rows, pad_id)
+    pos, score_mask = pad_right(positions, 0)
+    tok, _ = pad_right(continuations, 0)
+    return {
+        "input_ids": ids,
+        "attention_mask": mask,
+        "score_positions": pos,
+        "score_tokens": tok,
+        "score_mask": score_mask,
+    }
+
+
+def continuation_log_probs(
+    hidden: torch.Tensor, batch: dict[str, torch.Tensor], lm_head: torch.Tensor
+) -> torch.Tensor:
+    """(R, T, d) hidden states -> (R, K) log-probs of each continuation token, 0 at padding."""
+    positions = batch["score_positions"]  # (R, K)
+    picked = hidden.gather(1, positions.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))  # (R, K, d)
+    log_probs = (picked @ lm_head.T).log_softmax(-1)  # (R, K, V)
+    token_lp = log_probs.gather(-1, batch["score_tokens"].unsqueeze(-1)).squeeze(-1)  # (R, K)
+    return token_lp * batch["score_mask"]
+
+
 def label_index(labels: list[str], examples: list[Example]) -> torch.Tensor:
     lookup = {label: i for i, label in enumerate(labels)}
     unknown = [e.label for e in examples if e.label not in lookup]

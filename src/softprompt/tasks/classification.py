@@ -20,14 +20,14 @@ from softprompt.data import Example
 from softprompt.errors import ConfigError
 from softprompt.inject import Injector, Prompt
 from softprompt.tasks.base import (
-    Task,
     TaskConfig,
     TaskOutput,
-    label_index,
+    TemplatedTask,
+    continuation_batch,
+    continuation_log_probs,
     pad_right,
     register_task,
 )
-from softprompt.tasks.template import Template
 
 
 def _scores_to_predictions(labels: list[str], scores: torch.Tensor) -> list[dict[str, Any]]:
@@ -48,13 +48,9 @@ def _scores_to_predictions(labels: list[str], scores: torch.Tensor) -> list[dict
         and c.head in ("auto", "verbalizer")
     )
 )
-class VerbalizerTask(Task):
+class VerbalizerTask(TemplatedTask):
     def __init__(self, config: TaskConfig, backbone: Backbone) -> None:
-        super().__init__()
-        self.config = config
-        self.tokenizer = backbone.tokenizer
-        self.pad_id = backbone.spec.pad_token_id
-        self.template = Template(config.template)
+        super().__init__(config, backbone)
         words = config.verbalizer or {label: [" " + label] for label in config.labels}
         self.words = [words[label] for label in config.labels]  # per class: list of strings
         self.word_ids = [[self._ids(w) for w in ws] for ws in self.words]  # class -> word -> ids
@@ -74,40 +70,21 @@ class VerbalizerTask(Task):
 
     # -- collation ---------------------------------------------------------
     def collate(self, examples: list[Example]) -> dict[str, torch.Tensor]:
-        contexts = [
-            self.template.encode(self.tokenizer, e.text, self.config.max_text_tokens)
-            for e in examples
-        ]
+        contexts = self.contexts(examples)
         batch = (
             self._collate_single(contexts) if self.single_token else self._collate_multi(contexts)
         )
-        if all(e.label in self.config.labels for e in examples):
-            batch["targets"] = label_index(self.config.labels, examples)
-        return batch
+        return self.with_targets(batch, examples)
 
     def _collate_single(self, contexts: list[list[int]]) -> dict[str, torch.Tensor]:
         ids, mask = pad_right(contexts, self.pad_id)
         return {"input_ids": ids, "attention_mask": mask, "answer_index": mask.sum(1) - 1}
 
     def _collate_multi(self, contexts: list[list[int]]) -> dict[str, torch.Tensor]:
-        """One row per (example, class, word): context + word[:-1], scored at the word's tokens."""
-        rows, positions, tokens = [], [], []
-        for context in contexts:
-            for word_list in self.word_ids:
-                for word in word_list:
-                    rows.append(context + word[:-1])
-                    positions.append([len(context) - 1 + j for j in range(len(word))])
-                    tokens.append(word)
-        ids, mask = pad_right(rows, self.pad_id)
-        pos, score_mask = pad_right(positions, 0)
-        tok, _ = pad_right(tokens, 0)
-        return {
-            "input_ids": ids,
-            "attention_mask": mask,
-            "score_positions": pos,
-            "score_tokens": tok,
-            "score_mask": score_mask,
-        }
+        """One row per (example, class, word), scored at the word's tokens."""
+        words = [word for word_list in self.word_ids for word in word_list]
+        repeated = [context for context in contexts for _ in words]
+        return continuation_batch(repeated, words * len(contexts), self.pad_id)
 
     # -- scoring -----------------------------------------------------------
     def forward(
@@ -151,13 +128,7 @@ class VerbalizerTask(Task):
         hidden = injector.hidden_states(
             prompt, batch["input_ids"], batch["attention_mask"]
         )  # (R, T, d)
-        positions = batch["score_positions"]  # (R, K)
-        picked = hidden.gather(
-            1, positions.unsqueeze(-1).expand(-1, -1, hidden.shape[-1])
-        )  # (R, K, d)
-        log_probs = (picked @ self.lm_head.T).log_softmax(-1)  # (R, K, V)
-        token_lp = log_probs.gather(-1, batch["score_tokens"].unsqueeze(-1)).squeeze(-1)  # (R, K)
-        word_scores = (token_lp * batch["score_mask"]).sum(-1)  # (R,)
+        word_scores = continuation_log_probs(hidden, batch, self.lm_head).sum(-1)  # (R,)
         return self._class_scores(word_scores.view(-1, words_per_example))  # (B, C)
 
     def predict(
@@ -175,14 +146,11 @@ class VerbalizerTask(Task):
         and (c.head == "linear" or (c.head == "auto" and b.spec.kind == "encoder"))
     )
 )
-class HeadTask(Task):
+class HeadTask(TemplatedTask):
     """A linear classifier on pooled hidden states; trained together with the prompt."""
 
     def __init__(self, config: TaskConfig, backbone: Backbone) -> None:
-        super().__init__()
-        self.config = config
-        self.tokenizer = backbone.tokenizer
-        self.pad_id = backbone.spec.pad_token_id
+        super().__init__(config, backbone)
         self.encoder = backbone.spec.kind == "encoder"
         # an encoder sees [CLS] ... [SEP] as in pretraining; the injector puts the prompt after [CLS]
         sep = getattr(backbone.tokenizer, "sep_token_id", None)
@@ -190,7 +158,6 @@ class HeadTask(Task):
         self.front = [backbone.spec.bos_token_id] if backbone.spec.bos_token_id is not None else []
         self.back = [sep] if sep is not None else []
         self.pool = config.pool if config.pool != "auto" else ("mean" if self.encoder else "last")
-        self.template = Template(config.template)
         self.head = nn.Linear(backbone.spec.hidden_size, len(config.labels))
         generator = torch.Generator().manual_seed(0)
         with torch.no_grad():  # seeded so two runs with one config start identical
@@ -198,17 +165,11 @@ class HeadTask(Task):
             self.head.bias.zero_()
 
     def collate(self, examples: list[Example]) -> dict[str, torch.Tensor]:
-        rows = [
-            self.template.encode(self.tokenizer, e.text, self.config.max_text_tokens)
-            for e in examples
-        ]
+        rows = self.contexts(examples)
         if self.encoder:
             rows = [self.front + r + self.back for r in rows]
         ids, mask = pad_right(rows, self.pad_id)
-        batch = {"input_ids": ids, "attention_mask": mask}
-        if all(e.label in self.config.labels for e in examples):
-            batch["targets"] = label_index(self.config.labels, examples)
-        return batch
+        return self.with_targets({"input_ids": ids, "attention_mask": mask}, examples)
 
     def pooled(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """(B, T, d) -> (B, d)."""

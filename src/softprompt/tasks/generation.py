@@ -9,14 +9,19 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from transformers.cache_utils import DynamicCache
 
 from softprompt.backbones import Backbone
 from softprompt.data import Example
 from softprompt.inject import Injector, Prompt
-from softprompt.tasks.base import Task, TaskConfig, TaskOutput, pad_right, register_task
-from softprompt.tasks.template import Template
+from softprompt.tasks.base import (
+    TaskConfig,
+    TaskOutput,
+    TemplatedTask,
+    continuation_batch,
+    continuation_log_probs,
+    register_task,
+)
 
 
 def pad_left(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -31,14 +36,10 @@ def pad_left(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Te
 
 
 @register_task(lambda c, b: c.kind == "generation" and b.spec.kind == "causal-lm")
-class GenerationTask(Task):
+class GenerationTask(TemplatedTask):
     def __init__(self, config: TaskConfig, backbone: Backbone) -> None:
-        super().__init__()
-        self.config = config
-        self.tokenizer = backbone.tokenizer
-        self.pad_id = backbone.spec.pad_token_id
+        super().__init__(config, backbone)
         self.eos_id = backbone.spec.eos_token_id
-        self.template = Template(config.template)
         object.__setattr__(self, "lm_head", backbone.output_embeddings())  # (V, d)
 
     def _target_ids(self, target: str) -> list[int]:
@@ -46,23 +47,8 @@ class GenerationTask(Task):
         return ids + ([self.eos_id] if self.eos_id is not None else [])
 
     def collate(self, examples: list[Example]) -> dict[str, torch.Tensor]:
-        rows, positions, tokens = [], [], []
-        for e in examples:
-            context = self.template.encode(self.tokenizer, e.text, self.config.max_text_tokens)
-            target = self._target_ids(e.label)
-            rows.append(context + target[:-1])
-            positions.append([len(context) - 1 + j for j in range(len(target))])
-            tokens.append(target)
-        ids, mask = pad_right(rows, self.pad_id)
-        pos, score_mask = pad_right(positions, 0)
-        tok, _ = pad_right(tokens, 0)
-        return {
-            "input_ids": ids,
-            "attention_mask": mask,
-            "score_positions": pos,
-            "score_tokens": tok,
-            "score_mask": score_mask,
-        }
+        targets = [self._target_ids(e.label) for e in examples]
+        return continuation_batch(self.contexts(examples), targets, self.pad_id)
 
     def forward(
         self, injector: Injector, prompt: Prompt, batch: dict[str, torch.Tensor]
@@ -70,20 +56,14 @@ class GenerationTask(Task):
         hidden = injector.hidden_states(
             prompt, batch["input_ids"], batch["attention_mask"]
         )  # (B, T, d)
-        picked = hidden.gather(
-            1, batch["score_positions"].unsqueeze(-1).expand(-1, -1, hidden.shape[-1])
-        )  # (B, K, d)
-        logits = picked @ self.lm_head.T  # (B, K, V)
-        targets = batch["score_tokens"].masked_fill(batch["score_mask"] == 0, -100)  # (B, K)
-        loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-100)
+        token_lp = continuation_log_probs(hidden, batch, self.lm_head)  # (B, K)
+        loss = -token_lp.sum() / batch["score_mask"].sum()  # mean over target tokens
         return TaskOutput(loss=loss)
 
     @torch.no_grad()
     def generate(self, injector: Injector, prompt: Prompt, texts: list[str]) -> list[str]:
         """Greedy decoding with the prompt prefix computed once and cached."""
-        contexts = [
-            self.template.encode(self.tokenizer, t, self.config.max_text_tokens) for t in texts
-        ]
+        contexts = self.contexts([Example(text=t, label="") for t in texts])
         ids, mask = pad_left(contexts, self.pad_id)  # (B, T)
         batch = ids.shape[0]
         cache, m = injector.prefix_cache(prompt, batch)
