@@ -176,6 +176,31 @@ class _Run:
         distributed.barrier(self.process)
 
 
+def _val_postfix(result: dict[str, Any]) -> dict[str, str]:
+    if "accuracy" in result:
+        return {"val_acc": f"{result['accuracy']:.3f}"}
+    return {"val_loss": f"{result['loss']:.3f}"}
+
+
+def _advance(run: _Run, step: int) -> tuple[dict[str, str], bool]:
+    """One optimizer step, plus evaluation and checkpoint when due.
+
+    Returns the progress-bar fields and whether early stopping says to stop."""
+    config, tick = run.config, time.perf_counter()
+    loss = run.train_step(step)
+    run.log({"kind": "train", "step": step + 1, "loss": loss, "lr": config.lr_at(step)})
+    rows = config.batch_size * config.grad_accum
+    postfix = {"loss": f"{loss:.3f}", "ex/s": f"{rows / (time.perf_counter() - tick):.1f}"}
+    if (step + 1) % config.eval_every and step + 1 != config.steps:
+        return postfix, False
+    result = run.evaluate_and_keep_best(step + 1)
+    run.log({"kind": "eval", "step": step + 1, **result})
+    run.state["step"] = step + 1
+    run.checkpoint()
+    stop = bool(config.patience) and run.state["bad_evals"] >= config.patience
+    return {**postfix, **_val_postfix(result)}, stop
+
+
 def train(
     model: PromptModel,
     dataset: Dataset,
@@ -192,56 +217,28 @@ def train(
     `stop_after` ends the run after that many steps as if interrupted (for resume tests)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    run = _Run(
-        model,
-        dataset,
-        config,
-        out_dir,
-        dict(meta or {}, train=config.to_dict(), dataset=dataset.name),
-    )
+    meta = dict(meta or {}, train=config.to_dict(), dataset=dataset.name)
+    run = _Run(model, dataset, config, out_dir, meta)
     if resume:
         run.resume()
     elif run.process.main:
         (out_dir / "metrics.jsonl").unlink(missing_ok=True)
     model.train()
-    start, began = run.state["step"], time.perf_counter()
-    rows_per_step = config.batch_size * config.grad_accum
-    bar = tqdm(
-        total=config.steps,
-        initial=start,
-        desc="train",
-        disable=not (progress and run.process.main),
-        dynamic_ncols=True,
-    )
-    step = start
-    for step in range(start, config.steps):
-        if stop_after is not None and step - start >= stop_after:
-            break
-        tick = time.perf_counter()
-        loss = run.train_step(step)
-        run.log({"kind": "train", "step": step + 1, "loss": loss, "lr": config.lr_at(step)})
-        postfix = {
-            "loss": f"{loss:.3f}",
-            "ex/s": f"{rows_per_step / (time.perf_counter() - tick):.1f}",
-        }
-        if (step + 1) % config.eval_every == 0 or step + 1 == config.steps:
-            result = run.evaluate_and_keep_best(step + 1)
-            run.log({"kind": "eval", "step": step + 1, **result})
-            run.state["step"] = step + 1
-            run.state["seconds"] += time.perf_counter() - began
-            began = time.perf_counter()
-            run.checkpoint()
-            postfix["val"] = f"{_metric(result):.3f}"
-            if config.patience and run.state["bad_evals"] >= config.patience:
-                bar.set_postfix(postfix)
-                bar.update(1)
+    start, began, seconds_before = run.state["step"], time.perf_counter(), run.state["seconds"]
+    show = progress and run.process.main
+    with tqdm(
+        total=config.steps, initial=start, desc="train", disable=not show, dynamic_ncols=True
+    ) as bar:
+        for step in range(start, config.steps):
+            if stop_after is not None and step - start >= stop_after:
                 break
-        bar.set_postfix(postfix)
-        bar.update(1)
-    else:
-        step = config.steps
-    bar.close()
-    run.state["seconds"] += time.perf_counter() - began
+            run.state["seconds"] = seconds_before + time.perf_counter() - began
+            postfix, stop = _advance(run, step)
+            bar.set_postfix(postfix)
+            bar.update(1)
+            if stop:
+                break
+    run.state["seconds"] = seconds_before + time.perf_counter() - began
     if run.state["best_step"] < 0:
         raise TrainingError(
             "training ended before any evaluation; raise train.steps or lower train.eval_every"
