@@ -8,6 +8,7 @@ import torch
 from tqdm.auto import tqdm
 
 from softprompt.data import Example
+from softprompt.errors import DataError
 from softprompt.train.distributed import ProcessInfo, all_sum
 
 
@@ -69,6 +70,8 @@ def evaluate(
     model.train(was_training)
     # every process sends a vector of the same length, even with an empty shard
     loss_sum, rows, *counts = all_sum([loss_sum, float(rows), *counts], process)
+    if rows == 0:
+        raise DataError("nothing to evaluate: the split has no rows; check the dataset's splits")
     result: dict[str, Any] = metrics_from_counts(counts, rows) if classify else {}
     result["loss"] = loss_sum / max(rows, 1)
     result["examples"] = int(rows)

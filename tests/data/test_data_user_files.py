@@ -102,11 +102,20 @@ def test_bom_quotes_and_whitespace(write):
 
 
 def test_duplicate_texts_stay_in_one_split(write):
-    rows = [(f"t{i % 10}", "a" if i % 20 < 10 else "b") for i in range(40)]
+    rows = [(f"t{i % 20}", "a" if i % 40 < 20 else "b") for i in range(80)]
     for seed in range(5):
         data = load_dataset(str(write("d.csv", make_csv(rows))), seed=seed)
         parts = [{e.text for e in p} for p in (data.train, data.validation, data.test)]
         assert not (parts[0] & parts[1] or parts[0] & parts[2] or parts[1] & parts[2])
+
+
+def test_too_few_distinct_texts_for_a_split_is_an_error(write):
+    rows = [
+        ("the movie was good" if i % 2 else "the movie was bad", "pos" if i % 2 else "neg")
+        for i in range(80)
+    ]
+    with pytest.raises(DataError, match="split came out empty.*2 distinct texts.*--test-file"):
+        load_dataset(str(write("d.csv", make_csv(rows))))
 
 
 def test_split_by_name():

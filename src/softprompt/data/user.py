@@ -117,12 +117,20 @@ def _split(
         raise DataError(
             f"{source}: only {len(pool)} rows, too few to split off "
             f"{' and '.join(wanted)}; add rows, lower the fractions, or give separate "
-            "--validation / --test files"
+            "--validation-file / --test-file files"
         )
     counts = label_counts(pool) if stratify else {"": len(pool)}
     quotas = [allocate(sizes[name], counts) for name in wanted]
     *parts, train = split_by_quotas(pool, quotas, seed, stratify=stratify)
     result = dict(zip(wanted, parts, strict=True))
+    for name in wanted:
+        if sizes[name] and not result[name]:
+            distinct = len({e.text for e in pool})
+            raise DataError(
+                f"{source}: the {name} split came out empty: the file has only {distinct} distinct "
+                "texts and identical texts stay in one split; add more distinct rows or give a "
+                f"separate --{name}-file"
+            )
     for name, rows in extra_rows.items():
         result[name] = [Example(row.text, row.label) for row in rows]
     return {"train": train, "validation": result["validation"], "test": result["test"]}

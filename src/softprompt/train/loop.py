@@ -19,7 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from softprompt.data import Dataset, Example
-from softprompt.errors import TrainingError
+from softprompt.errors import DataError, TrainingError
 from softprompt.evaluate import evaluate
 from softprompt.model import PromptModel
 from softprompt.plot import plot_curves
@@ -92,6 +92,11 @@ class _Run:
             model.trainable_parameters(), lr=config.lr, weight_decay=config.weight_decay
         )
         self.validation = dataset.validation[: config.eval_examples or None]
+        if not self.validation:
+            raise DataError(
+                f"dataset {dataset.name!r} has an empty validation split; the best prompt is "
+                "chosen on it, so give validation rows (e.g. --validation-file)"
+            )
         self.state: dict[str, Any] = {
             "step": 0,
             "best_metric": -math.inf,
