@@ -60,6 +60,12 @@ def _run(args: list[str], tmp_path) -> None:
 
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone"]
+# `accelerate launch --cpu` hands several CPU processes to mpirun; `--multi_gpu` is its
+# torchrun path, which works on any device: the loop itself picks gloo on CPU.
+ACCELERATE = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu"]
+ACCELERATE += ["--num_processes", "2", "--num_machines", "1", "--main_process_port", "0"]
+ACCELERATE += ["--mixed_precision", "no", "--dynamo_backend", "no"]
+LAUNCHERS = {"torchrun": TORCHRUN, "accelerate": ACCELERATE}
 
 
 def _write_inputs(tmp_path, toy_dataset):
@@ -71,11 +77,12 @@ def _write_inputs(tmp_path, toy_dataset):
     return script, data
 
 
-def test_ddp_two_processes_equal_single_process(tmp_path, toy_dataset, make_model, llama):
+@pytest.mark.parametrize("launcher", LAUNCHERS)
+def test_ddp_two_processes_equal_single_process(tmp_path, toy_dataset, make_model, llama, launcher):
     script, data = _write_inputs(tmp_path, toy_dataset)
 
     _run([sys.executable, str(script), str(data), str(tmp_path / "single")], tmp_path)
-    _run([*TORCHRUN, str(script), str(data), str(tmp_path / "ddp")], tmp_path)
+    _run([*LAUNCHERS[launcher], str(script), str(data), str(tmp_path / "ddp")], tmp_path)
 
     single, single_meta = read_prompt_file(tmp_path / "single" / "final-rank0.safetensors")
     assert single_meta["world"] == 1
