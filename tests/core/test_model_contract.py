@@ -15,11 +15,21 @@ from softprompt.train import train
 
 BACKBONES = ["tiny_llama", "tiny_gpt2", "tiny_bert"]
 METHODS = available_methods()
-GRID = [(m, b) for m in METHODS for b in BACKBONES]
+# combos a method refuses at construction (it raises ConfigError, tested in its own file)
+UNSUPPORTED = {
+    ("prefix-tuning", "tiny_bert"): "prefix-tuning needs a causal LM (no encoder K/V prefix yet)",
+}
+GRID = [
+    pytest.param(m, b, marks=pytest.mark.skip(reason=UNSUPPORTED[m, b]))
+    if (m, b) in UNSUPPORTED
+    else (m, b)
+    for m in METHODS
+    for b in BACKBONES
+]
 
 
 def test_registry_lists_the_shipped_methods():
-    assert {"none", "soft-prompt"} <= set(METHODS)
+    assert {"none", "soft-prompt", "prefix-tuning", "p-tuning"} <= set(METHODS)
     assert METHODS == sorted(METHODS)
 
 

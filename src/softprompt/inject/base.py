@@ -18,17 +18,28 @@ class Prompt:
     (the common case, which lets a causal decoder compute the prompt once) or
     P == B when rows carry different prompts (multitask, ensembles, serving).
     `embeds=None` (or n == 0) means no virtual tokens: zero-shot or head-only.
+
+    `kv` is a per-layer key/value prefix (prefix tuning, causal decoders only):
+    one `(keys, values)` pair per layer, each of shape (P, num_kv_heads, n, head_dim),
+    that every real token attends to as if n tokens had been there before it. Keys
+    are used as given (for RoPE models they count as already rotated).
     """
 
     embeds: torch.Tensor | None = None  # (P, n, d)
+    kv: tuple[tuple[torch.Tensor, torch.Tensor], ...] | None = None  # L x 2 x (P, kvh, n, hd)
 
     @property
     def length(self) -> int:
-        return 0 if self.embeds is None else self.embeds.shape[1]
+        """Virtual tokens in front of the real ones (input-embedding and K/V ones together)."""
+        embedded = 0 if self.embeds is None else self.embeds.shape[1]
+        cached = 0 if self.kv is None else self.kv[0][0].shape[2]
+        return embedded + cached
 
     @property
     def rows(self) -> int:
-        return 1 if self.embeds is None else self.embeds.shape[0]
+        if self.embeds is not None:
+            return self.embeds.shape[0]
+        return 1 if self.kv is None else self.kv[0][0].shape[0]
 
 
 class Injector(Protocol):

@@ -39,14 +39,43 @@ class CausalInjector:
 
     def prefix_cache(self, prompt: Prompt, batch_size: int) -> tuple[DynamicCache | None, int]:
         """Run the prefix once per distinct prompt; return a cache broadcast to B rows."""
+        if prompt.kv is not None:
+            cache, m = self.kv_prefix_cache(prompt)
+            return self._broadcast(cache, prompt.rows, batch_size), m
         embeds = self.prefix_embeds(prompt)
         if embeds is None:
             return None, 0
         cache = DynamicCache(config=self.config)
         self.core(inputs_embeds=embeds, use_cache=True, past_key_values=cache)
-        rows = embeds.shape[0]
+        return self._broadcast(cache, embeds.shape[0], batch_size), embeds.shape[1]
+
+    def kv_prefix_cache(self, prompt: Prompt) -> tuple[DynamicCache, int]:
+        """A per-layer K/V prefix, then [BOS] run on top of it: a (P, kvh, m, hd) cache.
+
+        BOS comes after the prefix, as in PEFT (whose input ids start with BOS after
+        the virtual keys/values), so the real tokens still see the BOS they were
+        trained with. Runs at batch P, once.
+        """
+        if prompt.embeds is not None:
+            raise NotImplementedError("a prompt with both input embeddings and a K/V prefix")
+        cache = DynamicCache(config=self.config)
+        for index, (keys, values) in enumerate(prompt.kv):
+            cache.update(keys, values, index)  # (P, kvh, n, hd)
+        n = prompt.length
+        bos = self.backbone.spec.bos_token_id
+        if bos is None:
+            return cache, n
+        bos_vec = self.embed.weight[bos].view(1, 1, -1).expand(prompt.rows, 1, -1)  # (P, 1, d)
+        position = torch.full((prompt.rows, 1), n, device=bos_vec.device)  # (P, 1)
+        self.core(
+            inputs_embeds=bos_vec, position_ids=position, use_cache=True, past_key_values=cache
+        )
+        return cache, n + 1
+
+    def _broadcast(self, cache: DynamicCache, rows: int, batch_size: int) -> DynamicCache:
+        """A cache of P == 1 rows -> the same keys/values seen by B rows."""
         if rows == batch_size:
-            return cache, embeds.shape[1]
+            return cache
         if rows != 1:
             raise ValueError(f"prompt has {rows} rows for a batch of {batch_size}")
         shared = DynamicCache(config=self.config)
@@ -54,7 +83,7 @@ class CausalInjector:
             keys = layer.keys.expand(batch_size, -1, -1, -1)  # (B, kvh, m, hd), a view
             values = layer.values.expand(batch_size, -1, -1, -1)
             shared.update(keys, values, index)
-        return shared, embeds.shape[1]
+        return shared
 
     def hidden_states(
         self, prompt: Prompt, input_ids: torch.Tensor, attention_mask: torch.Tensor

@@ -14,7 +14,7 @@ from softprompt.methods.registry import (
 )
 
 # Importing the modules registers them.
-from softprompt.methods import no_prompt, soft_prompt  # noqa: E402,F401  isort: skip
+from softprompt.methods import no_prompt, p_tuning, prefix_tuning, soft_prompt  # noqa: E402,F401  isort: skip
 
 __all__ = [
     "MethodContext",
