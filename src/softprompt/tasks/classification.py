@@ -30,15 +30,22 @@ from softprompt.tasks.base import (
 )
 
 
-def _scores_to_predictions(labels: list[str], scores: torch.Tensor) -> list[dict[str, Any]]:
-    probs = scores.float().softmax(-1)  # (B, C)
-    return [
-        {
-            "label": labels[int(row.argmax())],
-            "scores": {lab: float(p) for lab, p in zip(labels, row, strict=False)},
-        }
-        for row in probs
-    ]
+class ClassificationTask(TemplatedTask):
+    """Scores (B, C) over `config.labels`; predictions are their softmax."""
+
+    def predict(
+        self, injector: Injector, prompt: Prompt, examples: list[Example]
+    ) -> list[dict[str, Any]]:
+        scores = self.forward(injector, prompt, self.collate(examples)).scores  # (B, C)
+        probs = scores.float().softmax(-1)  # (B, C)
+        labels = self.config.labels
+        return [
+            {
+                "label": labels[int(row.argmax())],
+                "scores": {label: float(p) for label, p in zip(labels, row, strict=True)},
+            }
+            for row in probs
+        ]
 
 
 @register_task(
@@ -48,7 +55,7 @@ def _scores_to_predictions(labels: list[str], scores: torch.Tensor) -> list[dict
         and c.head in ("auto", "verbalizer")
     )
 )
-class VerbalizerTask(TemplatedTask):
+class VerbalizerTask(ClassificationTask):
     def __init__(self, config: TaskConfig, backbone: Backbone) -> None:
         super().__init__(config, backbone)
         words = config.verbalizer or {label: [" " + label] for label in config.labels}
@@ -131,14 +138,6 @@ class VerbalizerTask(TemplatedTask):
         word_scores = continuation_log_probs(hidden, batch, self.lm_head).sum(-1)  # (R,)
         return self._class_scores(word_scores.view(-1, words_per_example))  # (B, C)
 
-    def predict(
-        self, injector: Injector, prompt: Prompt, examples: list[Example]
-    ) -> list[dict[str, Any]]:
-        batch = self.collate(examples)
-        return _scores_to_predictions(
-            self.config.labels, self.forward(injector, prompt, batch).scores
-        )
-
 
 @register_task(
     lambda c, b: (
@@ -146,7 +145,7 @@ class VerbalizerTask(TemplatedTask):
         and (c.head == "linear" or (c.head == "auto" and b.spec.kind == "encoder"))
     )
 )
-class HeadTask(TemplatedTask):
+class HeadTask(ClassificationTask):
     """A linear classifier on pooled hidden states; trained together with the prompt."""
 
     def __init__(self, config: TaskConfig, backbone: Backbone) -> None:
@@ -190,11 +189,3 @@ class HeadTask(TemplatedTask):
         targets = batch.get("targets")
         loss = F.cross_entropy(scores, targets) if targets is not None else scores.new_zeros(())
         return TaskOutput(loss=loss, scores=scores, targets=targets)
-
-    def predict(
-        self, injector: Injector, prompt: Prompt, examples: list[Example]
-    ) -> list[dict[str, Any]]:
-        batch = self.collate(examples)
-        return _scores_to_predictions(
-            self.config.labels, self.forward(injector, prompt, batch).scores
-        )
