@@ -9,7 +9,6 @@ model.predict(["A gorgeous, moving film."])
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,6 @@ from typing import Any
 from softprompt.backbones import Backbone, load_backbone
 from softprompt.config import DataConfig, RunConfig
 from softprompt.data import Dataset, load_dataset
-from softprompt.errors import PromptFileError
 from softprompt.evaluate import evaluate
 from softprompt.model import PromptModel, load_prompt_meta
 from softprompt.presets import task_defaults
@@ -111,8 +109,8 @@ def _test_row(
 def run(config: RunConfig, *, resume: bool = False, progress: bool = True) -> RunReport:
     """Train a prompt, then score zero-shot and tuned on the test split; write a report."""
     process = distributed.setup()  # under torchrun each process scores a share of the test set
+    dataset = load_data(config.data)  # first: a bad data file fails before the model loads
     backbone = load_backbone(config.backbone)
-    dataset = load_data(config.data)
     out_dir = Path(config.out)
     model = build_model(backbone, dataset, config.method, config.task)
     rows = []
@@ -129,7 +127,6 @@ def run(config: RunConfig, *, resume: bool = False, progress: bool = True) -> Ru
                 train_seconds=0.0,
             )
         )
-    began = time.perf_counter()
     result = train(
         model,
         dataset,
@@ -148,7 +145,7 @@ def run(config: RunConfig, *, resume: bool = False, progress: bool = True) -> Ru
             config.train.eval_batch_size,
             process,
             file_bytes=result.prompt_path.stat().st_size,
-            train_seconds=result.seconds if resume else time.perf_counter() - began,
+            train_seconds=result.seconds,  # the loop's own clock, summed over resumes
         )
     )
     report = RunReport(rows=rows, result=result, out_dir=out_dir)
@@ -159,10 +156,3 @@ def run(config: RunConfig, *, resume: bool = False, progress: bool = True) -> Ru
         out_dir / "report.json", json.dumps({"rows": rows, "config": config.to_dict()}, indent=2)
     )
     return report
-
-
-def check_prompt_file(path: str | Path) -> dict[str, Any]:
-    try:
-        return load_prompt_meta(path)
-    except PromptFileError:
-        raise

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Any
+
+from softprompt.promptfile import atomic_write_bytes
 
 
 def _moving_average(values: list[float], window: int) -> list[float]:
@@ -47,14 +50,35 @@ def plot_curves(history: list[dict[str, Any]], path: Path) -> Path | None:
     left.set_xlabel("step")
     left.set_ylabel("loss")
     left.legend()
-    if evals and "accuracy" in evals[0]:
-        right.plot(
-            [h["step"] for h in evals], [h["accuracy"] for h in evals], "o-", color="tab:green"
-        )
-        right.set_ylabel("validation accuracy")
-    right.set_xlabel("step")
+    _plot_accuracy(right, train, evals)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    image = io.BytesIO()
+    fig.savefig(image, format="png", dpi=110)
     plt.close(fig)
+    atomic_write_bytes(path, image.getvalue())  # a crash mid-plot never leaves half a PNG
     return path
+
+
+def _plot_accuracy(axes: Any, train: list[dict[str, Any]], evals: list[dict[str, Any]]) -> None:
+    """Train accuracy (20-step mean: one batch is a handful of rows) and validation accuracy."""
+    scored = [h for h in train if "accuracy" in h]
+    if scored:
+        axes.plot(
+            [h["step"] for h in scored],
+            _moving_average([h["accuracy"] for h in scored], 20),
+            lw=1.8,
+            color="tab:blue",
+            label="train accuracy (20-step mean)",
+        )
+    if evals and "accuracy" in evals[0]:
+        axes.plot(
+            [h["step"] for h in evals],
+            [h["accuracy"] for h in evals],
+            "o-",
+            color="tab:green",
+            label="val accuracy",
+        )
+    if scored or (evals and "accuracy" in evals[0]):
+        axes.set_ylabel("accuracy")
+        axes.legend()
+    axes.set_xlabel("step")

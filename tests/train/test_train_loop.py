@@ -261,3 +261,32 @@ def test_generation_training_keeps_the_lowest_validation_loss(
     assert evals[-1]["loss"] < evals[0]["loss"]  # the target text is easy to learn
     loaded = PromptModel.load(result.prompt_path, llama)
     assert loaded.task.config.kind == "generation"
+
+
+def test_logged_train_accuracy_is_the_steps_own_batch(
+    make_model, llama, toy_dataset, fast_config, tmp_path
+):
+    """The accuracy logged for step 1 is the initial prompt's accuracy on step 1's rows."""
+    config = fast_config(steps=2, eval_every=2, grad_accum=2)
+    model = make_model(llama)
+    rows = [*micro_batch(toy_dataset.train, config.batch_size, config.seed, 0)]
+    rows += micro_batch(toy_dataset.train, config.batch_size, config.seed, 1)
+    with torch.no_grad():
+        out = model(model.collate(rows))
+    expected = float((out.scores.argmax(-1) == out.targets).float().mean())
+    result = train(model, toy_dataset, config, tmp_path, progress=False)
+    steps = [h for h in result.history if h["kind"] == "train"]
+    assert steps[0]["accuracy"] == pytest.approx(expected)
+    assert all(0.0 <= h["accuracy"] <= 1.0 for h in steps)
+    logged = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [h for h in logged if h["kind"] == "train"] == steps
+
+
+def test_generation_steps_log_no_accuracy(make_model, llama, fast_config, tmp_path):
+    from softprompt.data import Dataset, Example
+
+    pairs = [Example(f"say {w}", f" {w}") for w in ("yes", "no", "maybe", "sure") * 4]
+    dataset = Dataset("echo", "generation", [], pairs, pairs[:4], pairs[:4])
+    model = make_model(llama, task={"kind": "generation", "labels": [], "max_new_tokens": 2})
+    result = train(model, dataset, fast_config(steps=2, eval_every=2), tmp_path, progress=False)
+    assert all("accuracy" not in h for h in result.history if h["kind"] == "train")

@@ -119,19 +119,26 @@ class _Run:
             lines = "".join(json.dumps(r) + "\n" for r in self.state["history"])
             atomic_write_text(self.out_dir / "metrics.jsonl", lines)
 
-    def train_step(self, step: int) -> float:
-        """One optimizer step over `grad_accum` micro-batches; returns the mean loss."""
+    def train_step(self, step: int) -> dict[str, float]:
+        """One optimizer step over `grad_accum` micro-batches.
+
+        Returns the mean loss and, for classification, the accuracy on the step's
+        rows (summed over processes, so every rank logs the global figure)."""
         cfg, rank, world = self.config, self.process.rank, self.process.world
         for group in self.optimizer.param_groups:
             group["lr"] = cfg.lr_at(step)
-        total = 0.0
+        total, correct, scored = 0.0, 0.0, 0.0
         for micro in range(cfg.grad_accum):
             rows = micro_batch(
                 self.dataset.train, cfg.batch_size, cfg.seed, step * cfg.grad_accum + micro
             )
             shard = rows[rank * len(rows) // world : (rank + 1) * len(rows) // world]
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
-                loss = self.wrapped(self.model.collate(shard)).loss
+                out = self.wrapped(self.model.collate(shard))
+            loss = out.loss
+            if out.scores is not None and out.targets is not None:
+                correct += float((out.scores.argmax(-1) == out.targets).sum())
+                scored += len(shard)
             if not torch.isfinite(loss):
                 kept = (
                     f"the best prompt so far is kept at {self.prompt_path}"
@@ -147,7 +154,10 @@ class _Run:
         torch.nn.utils.clip_grad_norm_(self.model.trainable_parameters(), cfg.max_grad_norm)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return total
+        # shards are equal in size, so the mean of the ranks' means is the global mean
+        total, correct, scored = distributed.all_sum([total, correct, scored], self.process)
+        total /= self.process.world
+        return {"loss": total, **({"accuracy": correct / scored} if scored else {})}
 
     def evaluate_and_keep_best(self, step: int) -> dict[str, Any]:
         result = evaluate(
@@ -181,6 +191,14 @@ class _Run:
         distributed.barrier(self.process)
 
 
+def _recent_accuracy(history: list[dict[str, Any]], window: int = 20) -> dict[str, str]:
+    """Training accuracy over the last `window` steps: one batch of 8 is too noisy to read."""
+    recent = [h["accuracy"] for h in history if h["kind"] == "train" and "accuracy" in h]
+    if not recent:
+        return {}
+    return {"acc": f"{sum(recent[-window:]) / len(recent[-window:]):.3f}"}
+
+
 def _val_postfix(result: dict[str, Any]) -> dict[str, str]:
     if "accuracy" in result:
         return {"val_acc": f"{result['accuracy']:.3f}"}
@@ -192,10 +210,11 @@ def _advance(run: _Run, step: int) -> tuple[dict[str, str], bool]:
 
     Returns the progress-bar fields and whether early stopping says to stop."""
     config, tick = run.config, time.perf_counter()
-    loss = run.train_step(step)
-    run.log({"kind": "train", "step": step + 1, "loss": loss, "lr": config.lr_at(step)})
+    figures = run.train_step(step)
+    run.log({"kind": "train", "step": step + 1, **figures, "lr": config.lr_at(step)})
     rows = config.batch_size * config.grad_accum
-    postfix = {"loss": f"{loss:.3f}", "ex/s": f"{rows / (time.perf_counter() - tick):.1f}"}
+    postfix = {"loss": f"{figures['loss']:.3f}", **_recent_accuracy(run.state["history"])}
+    postfix["ex/s"] = f"{rows / (time.perf_counter() - tick):.1f}"
     if (step + 1) % config.eval_every and step + 1 != config.steps:
         return postfix, False
     result = run.evaluate_and_keep_best(step + 1)
