@@ -63,9 +63,10 @@ def _plot_accuracy(axes: Any, train: list[dict[str, Any]], evals: list[dict[str,
     """Train accuracy (20-step mean: one batch is a handful of rows) and validation accuracy."""
     scored = [h for h in train if "accuracy" in h]
     if scored:
+        settled = min(5, len(scored) - 1)  # the first few means cover one or two batches
         axes.plot(
-            [h["step"] for h in scored],
-            _moving_average([h["accuracy"] for h in scored], 20),
+            [h["step"] for h in scored][settled:],
+            _moving_average([h["accuracy"] for h in scored], 20)[settled:],
             lw=1.8,
             color="tab:blue",
             label="train accuracy (20-step mean)",

@@ -249,7 +249,7 @@ def train(
         (out_dir / "metrics.jsonl").unlink(missing_ok=True)
     model.train()
     start, began, seconds_before = run.state["step"], time.perf_counter(), run.state["seconds"]
-    show = progress and run.process.main
+    show, shown = progress and run.process.main, {}
     with tqdm(
         total=config.steps, initial=start, desc="train", disable=not show, dynamic_ncols=True
     ) as bar:
@@ -258,7 +258,8 @@ def train(
                 break
             run.state["seconds"] = seconds_before + time.perf_counter() - began
             postfix, stop = _advance(run, step)
-            bar.set_postfix(postfix)
+            shown = {**shown, **postfix}  # the last validation figure stays on the bar
+            bar.set_postfix(shown)
             bar.update(1)
             if stop:
                 break
