@@ -6,6 +6,7 @@ them (and thrashes when another job holds the CPU), so tests run single-threaded
 
 from __future__ import annotations
 
+import os
 import random
 
 import pytest
@@ -19,6 +20,17 @@ from softprompt.tasks import TaskConfig
 from softprompt.train import TrainConfig
 
 torch.set_num_threads(1)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """In CI a skip for a missing real package fails instead: scripts/setup.sh installs
+    every one, so a missing package there is a broken setup, not a reason to skip."""
+    outcome = yield
+    report = outcome.get_result()
+    if os.environ.get("CI") and report.skipped and "not installed" in str(report.longrepr):
+        report.outcome = "failed"
+
 
 TINY_BUILDERS = {"tiny_llama": tiny_llama, "tiny_gpt2": tiny_gpt2, "tiny_bert": tiny_bert}
 LABELS = ["negative", "positive"]

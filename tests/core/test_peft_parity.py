@@ -7,13 +7,12 @@ their keys/values. Scores at the answer position and prompt gradients must agree
 
 from __future__ import annotations
 
+import peft  # a dev dependency: the parity checks are not optional
 import pytest
 import torch
 import torch.nn.functional as F
 
 from softprompt.backbones.tiny import tiny_gpt2
-
-peft = pytest.importorskip("peft")
 
 
 @pytest.fixture()

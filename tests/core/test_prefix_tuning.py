@@ -4,6 +4,7 @@ prefix, padding and batch independence, generation), exact parity with PEFT's pr
 
 from __future__ import annotations
 
+import peft  # a dev dependency: the parity checks are not optional
 import pytest
 import torch
 import torch.nn.functional as F
@@ -195,7 +196,6 @@ def test_generation_on_the_kv_cache_equals_recomputing(make_model, backbones, na
 
 # -- parity with PEFT ------------------------------------------------------------------
 
-peft = pytest.importorskip("peft")
 N = 4
 
 
