@@ -91,7 +91,10 @@ class RunReport:
             else f"| {r['name']} | loss {r['loss']:.4f} | - | {r['trainable_parameters']:,} | {r['file_bytes'] / 1024:.1f} KiB | {r['train_seconds']:.0f} s |"
             for r in self.rows
         ]
-        return head + "\n".join(lines) + "\n"
+        rows = self.rows[-1]["examples"]
+        return (
+            head + "\n".join(lines) + f"\n\ntest split: {rows:,} {'row' if rows == 1 else 'rows'}\n"
+        )
 
 
 def _test_row(

@@ -14,13 +14,24 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from softprompt.errors import SoftPromptError
 
+_ESCAPES = {"n": "\n", "t": "\t", "\\": "\\"}
+
+
+def _unescape(raw: str) -> str:
+    """`\\n`, `\\t` and `\\\\` typed in a shell flag mean what they mean in YAML: a template
+    like "Review: {text}\\nSentiment:" must put a newline there, not a backslash."""
+    return re.sub(r"\\([nt\\])", lambda m: _ESCAPES[m.group(1)], raw)
+
+
 # flag -> dotted config key; one table so flags and YAML keys never drift apart
-FLAGS: dict[str, tuple[str, type, str]] = {
+FLAGS: dict[str, tuple[str, Callable[[str], Any], str]] = {
     "backbone": ("backbone", str, "built-in name, HF model folder or .gguf file"),
     "dataset": ("data.source", str, "built-in dataset name or a CSV/JSONL file"),
     "text_column": ("data.text_column", str, "text column of a user file"),
@@ -31,8 +42,8 @@ FLAGS: dict[str, tuple[str, type, str]] = {
     "method": ("method.name", str, "prompt method (see `softprompt methods`)"),
     "n_tokens": ("method.n_tokens", int, "number of virtual tokens"),
     "init": ("method.init", str, "random, vocab, text or labels"),
-    "init_text": ("method.init_text", str, "text for --init text"),
-    "template": ("task.template", str, "template with one {text} slot"),
+    "init_text": ("method.init_text", _unescape, "text for --init text"),
+    "template": ("task.template", _unescape, "template with one {text} slot (\\n is a newline)"),
     "verbalizer": ("task.verbalizer", json.loads, 'JSON: {"label": [" word", ...]}'),
     "head": ("task.head", str, "auto, verbalizer or linear"),
     "steps": ("train.steps", int, "optimizer steps"),
@@ -146,7 +157,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     texts = list(args.texts) or [line.rstrip("\n") for line in sys.stdin if line.strip()]
     model = load_prompt(args.prompt, args.backbone)
-    for text, prediction in zip(texts, model.predict(texts), strict=False):
+    for text, prediction in zip(texts, model.predict(texts), strict=True):
+        if "scores" in prediction:  # four decimals: people read these lines
+            prediction["scores"] = {k: round(v, 4) for k, v in prediction["scores"].items()}
         print(json.dumps({"text": text, **prediction}, ensure_ascii=False))
     return 0
 

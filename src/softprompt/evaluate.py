@@ -24,9 +24,14 @@ def class_counts(predictions: torch.Tensor, targets: torch.Tensor, num_classes: 
 
 
 def metrics_from_counts(counts: list[float], rows: float) -> dict[str, float]:
-    """Accuracy and macro-F1 from `class_counts` totals over `rows` examples."""
+    """Accuracy and macro-F1 from `class_counts` totals over `rows` examples.
+
+    Macro-F1 averages over the classes that occur in the gold labels or the
+    predictions (as scikit-learn does): a class absent from both says nothing
+    about the prompt, and counting it as F1 = 0 would halve a perfect score on a
+    small test split."""
     per_class = [counts[1 + 3 * c : 4 + 3 * c] for c in range((len(counts) - 1) // 3)]
-    f1 = [0.0 if tp == 0 else 2 * tp / (said + gold) for tp, said, gold in per_class]
+    f1 = [2 * tp / (said + gold) for tp, said, gold in per_class if said + gold > 0]
     return {"accuracy": counts[0] / max(rows, 1), "macro_f1": sum(f1) / max(len(f1), 1)}
 
 

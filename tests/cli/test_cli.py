@@ -300,3 +300,19 @@ def test_unknown_task_key_in_yaml_exits_2(capsys, tiny_folder, toy_csv, tmp_path
     )
     code, _, err = _main(capsys, "train", "--config", str(config), "--out", str(tmp_path / "o"))
     assert code == 2 and "task.templat" in err
+
+
+def test_template_flag_reads_shell_escapes_like_yaml(tmp_path):
+    """`--template "Review: {text}\\nSentiment:"` typed in a shell carries a backslash and an
+    n; it must mean the newline the same template means in a YAML file."""
+    parser = cli.build_parser()
+    args = parser.parse_args(
+        ["train", "--template", r"Review: {text}\nSentiment:\t\\n", "--init-text", r"a\nb"]
+    )
+    config = cli._config_from_args(args)
+    assert config.task["template"] == "Review: {text}\nSentiment:\t\\n"
+    assert config.method["init_text"] == "a\nb"
+    yaml_file = tmp_path / "run.yaml"
+    yaml_file.write_text('task:\n  template: "Review: {text}\\nSentiment:"\n')
+    from_yaml = cli._config_from_args(parser.parse_args(["train", "--config", str(yaml_file)]))
+    assert from_yaml.task["template"] == "Review: {text}\nSentiment:"

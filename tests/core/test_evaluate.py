@@ -20,6 +20,15 @@ def test_metrics_from_counts_match_hand_computed_values():
     assert metrics["macro_f1"] == pytest.approx((0.5 + 2 / 3) / 2)
 
 
+def test_macro_f1_ignores_classes_absent_from_gold_and_predictions():
+    """As scikit-learn: one correct row of class 0 out of three classes is a perfect score."""
+    counts = class_counts(torch.tensor([0]), torch.tensor([0]), 3)
+    assert metrics_from_counts(counts, rows=1) == {"accuracy": 1.0, "macro_f1": 1.0}
+    # a class that is predicted but never gold still counts (its F1 is 0)
+    counts = class_counts(torch.tensor([0, 2]), torch.tensor([0, 0]), 3)
+    assert metrics_from_counts(counts, rows=2)["macro_f1"] == pytest.approx((2 / 3 + 0) / 2)
+
+
 def test_evaluating_no_rows_is_an_error(make_model, llama):
     with pytest.raises(DataError, match="nothing to evaluate"):
         evaluate(make_model(llama), [])
