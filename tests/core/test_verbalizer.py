@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from softprompt.backbones.tiny import tiny_gpt2, tiny_llama
 from softprompt.evaluate import evaluate
 from softprompt.tasks.classification import VerbalizerTask
 
@@ -83,6 +84,50 @@ def test_several_single_token_words_use_logsumexp(make_model, causal, toy_datase
     assert (scores[:, 0] - naive[:, neg[0]]).abs().min() > 1e-4
 
 
+def _naive_class_scores(model, backbone, verbalizer, examples) -> torch.Tensor:
+    """Each label word run after a full copy of its context: (B, C) logsumexp of the
+    words' sequence log-probs."""
+    expected = []
+    for e in examples:
+        context = _context(model, e.text)
+        per_class = []
+        for words in verbalizer.values():
+            word_scores = []
+            for word in words:
+                ids = _word_ids(backbone, word)
+                log_probs = _naive_log_probs(
+                    backbone, model.method.embeddings, context + ids
+                ).log_softmax(-1)
+                # the token ids[j] is predicted at position len(context) - 1 + j
+                word_scores.append(
+                    sum(log_probs[len(context) - 1 + j, t] for j, t in enumerate(ids))
+                )
+            per_class.append(torch.stack(word_scores).logsumexp(0))
+        expected.append(torch.stack(per_class))
+    return torch.stack(expected)
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+@pytest.mark.parametrize("build", [tiny_llama, tiny_gpt2], ids=["llama", "gpt2"])
+def test_word_tree_scores_every_word_in_one_pass(make_model, toy_dataset, build, attention):
+    """Words of 1, 2 and 3 tokens after contexts of different lengths, one row per
+    example, against one naive run per (example, word); under both attention kernels
+    (SDPA takes the visibility mask as bool, eager as an additive float mask)."""
+    backbone = build()
+    backbone.model.set_attn_implementation(attention)
+    verbalizer = {"negative": [" very very bad", " awful"], "positive": [" really good"]}
+    words = [w for ws in verbalizer.values() for w in ws]
+    assert [len(_word_ids(backbone, w)) for w in words] == [3, 1, 2]
+    model = make_model(backbone, task={"verbalizer": verbalizer}, n_tokens=3)
+    examples = toy_dataset.test[:4]
+    batch = model.collate(examples)
+    assert batch["input_ids"].shape[0] == len(examples)  # the context is not repeated per word
+    with torch.no_grad():
+        scores = model(batch).scores
+        expected = _naive_class_scores(model, backbone, verbalizer, examples)
+    torch.testing.assert_close(scores, expected, atol=ATOL, rtol=0)
+
+
 def test_multi_token_words_are_sequence_log_probs(make_model, causal, toy_dataset):
     verbalizer = {"negative": [" very bad"], "positive": [" really good", " great"]}
     model = make_model(causal, task={"verbalizer": verbalizer}, n_tokens=3)
@@ -95,24 +140,8 @@ def test_multi_token_words_are_sequence_log_probs(make_model, causal, toy_datase
     examples = toy_dataset.test[:3]
     with torch.no_grad():
         out = model(model.collate(examples))
-        expected = []
-        for e in examples:
-            context = _context(model, e.text)
-            per_class = []
-            for words in verbalizer.values():
-                word_scores = []
-                for word in words:
-                    ids = _word_ids(causal, word)
-                    log_probs = _naive_log_probs(
-                        causal, model.method.embeddings, context + ids
-                    ).log_softmax(-1)
-                    # the token ids[j] is predicted at position len(context) - 1 + j
-                    word_scores.append(
-                        sum(log_probs[len(context) - 1 + j, t] for j, t in enumerate(ids))
-                    )
-                per_class.append(torch.stack(word_scores).logsumexp(0))
-            expected.append(torch.stack(per_class))
-    torch.testing.assert_close(out.scores, torch.stack(expected), atol=ATOL, rtol=0)
+        expected = _naive_class_scores(model, causal, verbalizer, examples)
+    torch.testing.assert_close(out.scores, expected, atol=ATOL, rtol=0)
     assert (out.scores < 0).all()  # log-probabilities of sequences
 
 

@@ -48,9 +48,15 @@ class Injector(Protocol):
     backbone: Backbone
 
     def hidden_states(
-        self, prompt: Prompt, input_ids: torch.Tensor, attention_mask: torch.Tensor
+        self,
+        prompt: Prompt,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        positions: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """(B, T) ids and mask -> (B, T, d) final hidden states at the real tokens."""
+        """(B, T) ids and mask -> (B, T, d) final hidden states at the real tokens.
+
+        A (B, T, T) visibility mask with explicit `positions` is for causal decoders only."""
         ...
 
 

@@ -86,14 +86,27 @@ class CausalInjector:
         return shared
 
     def hidden_states(
-        self, prompt: Prompt, input_ids: torch.Tensor, attention_mask: torch.Tensor
+        self,
+        prompt: Prompt,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        positions: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """(B, T) ids without BOS, mask with padding on either side -> (B, T, d)."""
+        """(B, T) ids without BOS -> (B, T, d).
+
+        `attention_mask` is a (B, T) padding mask (padding on either side), or a
+        (B, T, T) matrix of which real token sees which, with `positions` (B, T)
+        counted from the first real token (several continuations of one context
+        in one row, see tasks/word_tree.py). The prompt is visible to every token."""
         batch, _ = input_ids.shape
         cache, m = self.prefix_cache(prompt, batch)
-        positions = m + (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # (B, T)
-        prefix_mask = attention_mask.new_ones(batch, m)
-        full_mask = torch.cat([prefix_mask, attention_mask], dim=1)  # (B, m + T)
+        if attention_mask.dim() == 3:
+            full_mask = self._visibility_mask(attention_mask, m)  # (B, 1, T, m + T)
+            positions = m + positions  # (B, T)
+        else:
+            positions = m + (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # (B, T)
+            prefix_mask = attention_mask.new_ones(batch, m)
+            full_mask = torch.cat([prefix_mask, attention_mask], dim=1)  # (B, m + T)
         out = self.core(
             inputs_embeds=self.embed(input_ids),  # (B, T, d)
             attention_mask=full_mask,
@@ -102,6 +115,21 @@ class CausalInjector:
             use_cache=cache is not None,
         )
         return out.last_hidden_state  # (B, T, d)
+
+    def _visibility_mask(self, sees: torch.Tensor, m: int) -> torch.Tensor:
+        """(B, T, T) bool -> (B, 1, T, m + T) with the prefix visible to every token.
+
+        Bool for SDPA (True = attend, what transformers itself builds for it), an
+        additive float mask for eager attention, which adds the mask to the scores."""
+        batch, length, _ = sees.shape
+        visible = torch.cat([sees.new_ones(batch, length, m), sees], dim=-1)  # (B, T, m + T)
+        visible = visible.unsqueeze(1)  # (B, 1, T, m + T)
+        if self.config._attn_implementation == "sdpa":
+            return visible
+        dtype = self.embed.weight.dtype
+        return torch.zeros(visible.shape, dtype=dtype).masked_fill_(
+            ~visible, torch.finfo(dtype).min
+        )
 
     def step(
         self,

@@ -22,9 +22,15 @@ class EncoderInjector:
         self.embed = backbone.input_embeddings()
 
     def hidden_states(
-        self, prompt: Prompt, input_ids: torch.Tensor, attention_mask: torch.Tensor
+        self,
+        prompt: Prompt,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        positions: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """(B, T) ids starting with [CLS] -> (B, T, d) states of those tokens."""
+        if attention_mask.dim() != 2 or positions is not None:
+            raise NotImplementedError("an encoder takes a (B, T) padding mask only")
         batch, _ = input_ids.shape
         tokens = self.embed(input_ids)  # (B, T, d)
         n = prompt.length

@@ -23,11 +23,10 @@ from softprompt.tasks.base import (
     TaskConfig,
     TaskOutput,
     TemplatedTask,
-    continuation_batch,
-    continuation_log_probs,
     pad_right,
     register_task,
 )
+from softprompt.tasks.word_tree import WordTree
 
 
 class ClassificationTask(TemplatedTask):
@@ -62,6 +61,7 @@ class VerbalizerTask(ClassificationTask):
         self.words = [words[label] for label in config.labels]  # per class: list of strings
         self.word_ids = [[self._ids(w) for w in ws] for ws in self.words]  # class -> word -> ids
         self.single_token = all(len(ids) == 1 for ws in self.word_ids for ids in ws)
+        self.tree = WordTree([ids for ws in self.word_ids for ids in ws])
         object.__setattr__(self, "lm_head", backbone.output_embeddings())  # (V, d), frozen
 
     def _ids(self, word: str) -> list[int]:
@@ -79,19 +79,15 @@ class VerbalizerTask(ClassificationTask):
     def collate(self, examples: list[Example]) -> dict[str, torch.Tensor]:
         contexts = self.contexts(examples)
         batch = (
-            self._collate_single(contexts) if self.single_token else self._collate_multi(contexts)
+            self._collate_single(contexts)
+            if self.single_token
+            else self.tree.collate(contexts, self.pad_id)
         )
         return self.with_targets(batch, examples)
 
     def _collate_single(self, contexts: list[list[int]]) -> dict[str, torch.Tensor]:
         ids, mask = pad_right(contexts, self.pad_id)
         return {"input_ids": ids, "attention_mask": mask, "answer_index": mask.sum(1) - 1}
-
-    def _collate_multi(self, contexts: list[list[int]]) -> dict[str, torch.Tensor]:
-        """One row per (example, class, word), scored at the word's tokens."""
-        words = [word for word_list in self.word_ids for word in word_list]
-        repeated = [context for context in contexts for _ in words]
-        return continuation_batch(repeated, words * len(contexts), self.pad_id)
 
     # -- scoring -----------------------------------------------------------
     def forward(
@@ -129,14 +125,11 @@ class VerbalizerTask(ClassificationTask):
     def _multi(
         self, injector: Injector, prompt: Prompt, batch: dict[str, torch.Tensor]
     ) -> torch.Tensor:
-        words_per_example = sum(len(ws) for ws in self.word_ids)
-        if prompt.rows > 1:
-            prompt = Prompt(embeds=prompt.embeds.repeat_interleave(words_per_example, dim=0))
         hidden = injector.hidden_states(
-            prompt, batch["input_ids"], batch["attention_mask"]
-        )  # (R, T, d)
-        word_scores = continuation_log_probs(hidden, batch, self.lm_head).sum(-1)  # (R,)
-        return self._class_scores(word_scores.view(-1, words_per_example))  # (B, C)
+            prompt, batch["input_ids"], batch["attention_mask"], batch["positions"]
+        )  # (B, T, d)
+        word_scores = self.tree.log_probs(hidden, batch["answer_index"], self.lm_head)  # (B, W)
+        return self._class_scores(word_scores)  # (B, C)
 
 
 @register_task(
