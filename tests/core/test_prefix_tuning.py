@@ -143,32 +143,6 @@ def test_prompt_with_embeds_and_kv_is_not_supported(llama):
         injector.hidden_states(prompt, ids, mask)
 
 
-@pytest.mark.parametrize(
-    "name,task",
-    [
-        ("tiny_llama", {}),
-        ("tiny_gpt2", {}),
-        ("tiny_llama", {"verbalizer": {"negative": [" very bad"], "positive": [" really good"]}}),
-    ],
-    ids=["llama", "gpt2", "llama-multi-token"],
-)
-def test_scores_do_not_depend_on_padding_or_batch(make_model, backbones, name, task):
-    model = make_model(backbones[name], "prefix-tuning", task=task, n_tokens=3, hidden=16)
-    target = Example("a dull plot", "negative")
-    longer = [
-        Example("the movie was really very good and fun and the acting was great", "positive"),
-        Example("i hated this boring film so much it was a waste of time", "negative"),
-    ]
-
-    def scores(examples: list[Example]) -> torch.Tensor:
-        with torch.no_grad():
-            return model(model.collate(examples)).scores
-
-    alone = scores([target])
-    for batch, index in [([target, *longer], 0), ([*longer, target], 2)]:
-        torch.testing.assert_close(scores(batch)[index], alone[0], atol=ATOL, rtol=0)
-
-
 @pytest.mark.parametrize("name", CAUSAL)
 def test_generation_on_the_kv_cache_equals_recomputing(make_model, backbones, name):
     """Greedy decoding (left padding, cache grown step by step) against full recomputation."""
