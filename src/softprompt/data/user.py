@@ -50,7 +50,10 @@ def _label_set(
 ) -> list[str]:
     """The given labels (in the caller's order) or the sorted labels of the train file."""
     if labels is not None:
-        label_set, origin = _dedupe(labels), "the labels you gave (--labels)"
+        label_set, origin = (
+            _dedupe(labels),
+            ("the given labels (data.labels in a run config; the prompt's own labels in eval)"),
+        )
         _check_labels(source, main, label_set, origin)
     else:
         label_set, origin = sorted({row.label for row in main}), f"train ({source})"
@@ -64,7 +67,7 @@ def _check_options(task: str, labels: list[str] | None, vf: float, tf: float) ->
     if task not in TASKS:
         raise ConfigError(f"task {task!r} is not known; use one of: {', '.join(TASKS)}")
     if task == "generation" and labels:
-        raise ConfigError("labels only apply to task 'classification'; drop --labels")
+        raise ConfigError("labels only apply to task 'classification'; drop data.labels")
     for name, value in (("validation_fraction", vf), ("test_fraction", tf)):
         if not 0.0 <= value < 1.0:
             raise ConfigError(f"{name} must be in [0, 1), got {value}")
@@ -88,7 +91,7 @@ def _check_labels(path: str | Path, rows: list[Row], allowed: list[str], origin:
             raise DataError(
                 f"{path}: line {row.line}: label {row.label!r} is not among {origin}: "
                 f"{', '.join(repr(label) for label in allowed)}. "
-                "Fix the row, or add the label to --labels / to the train file"
+                "Fix the row, or add the label to the label set / to the train file"
             )
 
 
