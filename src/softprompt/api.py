@@ -28,6 +28,7 @@ __all__ = [
     "RunConfig",
     "RunReport",
     "build_model",
+    "export_prompt",
     "load_data",
     "load_prompt",
     "run",
@@ -74,6 +75,21 @@ def load_prompt(path: str | Path, backbone: Backbone | str | None = None) -> Pro
         meta = load_prompt_meta(path)
         backbone = load_backbone(backbone or meta["backbone"]["name"])
     return PromptModel.load(path, backbone)
+
+
+def export_prompt(
+    path: str | Path, out: str | Path, backbone: Backbone | str | None = None
+) -> Path:
+    """Write `path`'s prompt without its training-only parts (see PromptModel.flattened).
+
+    The training record (run config, metrics, dataset) is carried over, plus the
+    method it was flattened from. The scores do not change."""
+    model = load_prompt(path, backbone)
+    meta = load_prompt_meta(path)
+    carried = {k: v for k, v in meta.items() if k not in model.describe() and k != "tensors"}
+    carried.pop("file_bytes", None)
+    flat = model.flattened()
+    return flat.save(out, **carried, flattened_from=model.describe()["method"])
 
 
 @dataclass

@@ -164,6 +164,15 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from softprompt.api import export_prompt
+
+    out = export_prompt(args.prompt, args.out, args.backbone)
+    before, after = os.path.getsize(args.prompt), os.path.getsize(out)
+    print(f"{out}: {after:,} bytes (was {before:,})")
+    return 0
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     meta = _meta(args.prompt)
     if args.json:
@@ -243,6 +252,14 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("texts", nargs="*", help="texts (default: one per line on stdin)")
     predict.add_argument("--backbone", default=None)
     predict.set_defaults(func=cmd_predict)
+
+    export = sub.add_parser(
+        "export", help="write a prompt without its training-only encoder/MLP (same scores)"
+    )
+    export.add_argument("prompt")
+    export.add_argument("--out", required=True, help="where to write the flat prompt file")
+    export.add_argument("--backbone", default=None)
+    export.set_defaults(func=cmd_export)
 
     info = sub.add_parser("info", help="show what a prompt file holds")
     info.add_argument("prompt")

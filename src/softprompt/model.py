@@ -59,6 +59,22 @@ class PromptModel(nn.Module):
     def num_trainable(self) -> int:
         return sum(p.numel() for p in self.trainable_parameters())
 
+    def flattened(self) -> PromptModel:
+        """The same prompt without training-only parts (an encoder, an MLP), as a model of
+        the flat method they compute; the task head is kept. A method offers this by
+        defining `flatten() -> (method name, options, method tensors) | None`; without
+        it, or when it returns None, the model is flat already and is returned as is."""
+        flatten = getattr(self.method, "flatten", None)
+        flat_parts = flatten() if flatten is not None else None
+        if flat_parts is None:
+            return self
+        name, options, tensors = flat_parts
+        flat = PromptModel(self.backbone, self.task.config, name, options)
+        state = {f"method.{key}": value for key, value in tensors.items()}
+        state |= {k: v for k, v in self.state_dict().items() if k.startswith("task.")}
+        flat.load_tensors(state, source=f"flattened {self.method_name}")
+        return flat
+
     # -- prompt files ----------------------------------------------------
     def describe(self) -> dict[str, Any]:
         method_config = dataclasses.asdict(self.method.config)

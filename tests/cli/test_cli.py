@@ -276,9 +276,32 @@ def test_eval_and_predict_commands(capsys, trained, toy_csv):
     rows = [json.loads(line) for line in out.splitlines()]
     assert [r["text"] for r in rows] == ["a good movie", "so bad"]
     assert all(
-        r["label"] in ("negative", "positive") and abs(sum(r["scores"].values()) - 1) < 1e-5
+        r["label"] in ("negative", "positive") and abs(sum(r["scores"].values()) - 1) <= 2e-4
         for r in rows
     )
+
+
+def test_export_flattens_a_p_tuning_prompt(capsys, tiny_folder, toy_csv, tmp_path):
+    out = tmp_path / "run"
+    argv = ["train", "--backbone", str(tiny_folder), "--dataset", str(toy_csv), "--method", "p-tuning",
+            "--n-tokens", "3", "--steps", "2", "--eval-every", "2", "--batch-size", "4",
+            "--no-baseline", "--out", str(out)]  # fmt: skip
+    assert cli.main(argv) == 0
+    capsys.readouterr()
+    flat = tmp_path / "flat.safetensors"
+    code, printed, err = _main(
+        capsys, "export", str(out / "prompt.safetensors"), "--out", str(flat)
+    )
+    assert code == 0, err
+    assert printed.startswith(f"{flat}: ") and "(was " in printed
+    assert load_prompt_meta(flat)["method"]["name"] == "soft-prompt"
+    code, _, err = _main(capsys, "predict", str(flat), "a good movie")
+    assert code == 0, err
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"not a prompt")
+    code, _, err = _main(capsys, "export", str(bad), "--out", str(tmp_path / "x.safetensors"))
+    assert code == 2 and "not a readable prompt file" in err
+    assert not (tmp_path / "x.safetensors").exists()
 
 
 def test_eval_defaults_to_the_training_file(capsys, trained):

@@ -14,7 +14,9 @@ can resume.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -76,6 +78,15 @@ class PTuning(nn.Module):
         with torch.random.fork_rng(devices=[]):  # seeded, global RNG untouched
             torch.manual_seed(config.seed)
             self.encoder = make_encoder(config.encoder, initial.shape[1], config.hidden)
+
+    @torch.no_grad()
+    def flatten(self) -> tuple[str, dict[str, Any], dict[str, torch.Tensor]]:
+        """The encoder's output as a plain soft prompt: the encoder helps optimisation
+        only, and serving needs just the (n, d) virtual tokens it produces."""
+        fields = dataclasses.fields(VirtualTokensConfig)
+        options = {f.name: getattr(self.config, f.name) for f in fields}
+        virtual = self.encoder(self.embeddings.unsqueeze(0))[0]  # (n, d)
+        return "soft-prompt", options, {"embeddings": virtual.detach().clone()}
 
     def forward(self, batch_size: int) -> Prompt:
         virtual = self.encoder(self.embeddings.unsqueeze(0))  # (1, n, d), once for all rows

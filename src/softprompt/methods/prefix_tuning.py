@@ -17,7 +17,9 @@ included, is saved: PEFT drops the MLP at save, so its runs cannot resume
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -107,6 +109,18 @@ class PrefixTuning(nn.Module):
         flat = self.mlp(self.embeddings)  # (n, L * 2 * kvh * hd), once for the whole batch
         kv = flat.view(n, self.layers, 2, self.kv_heads, self.head_dim)  # (n, L, 2, kvh, hd)
         return kv.permute(1, 2, 3, 0, 4)  # (L, 2, kvh, n, hd)
+
+    @torch.no_grad()
+    def flatten(self) -> tuple[str, dict[str, Any], dict[str, torch.Tensor]] | None:
+        """The same prefix without its MLP: a direct prefix-tuning method holding the K/V
+        (None when it is direct already).
+
+        The MLP helps optimisation only; serving needs the (L, 2, kvh, n, hd) K/V alone
+        (n x 11,520 numbers on SmolLM2 instead of ~6M MLP weights)."""
+        if not self.config.reparameterize:
+            return None
+        options = {**dataclasses.asdict(self.config), "reparameterize": False}
+        return "prefix-tuning", options, {"prefix": self.kv_tensor().detach().clone()}
 
     def forward(self, batch_size: int) -> Prompt:
         kv = self.kv_tensor().unsqueeze(2)  # (L, 2, 1, kvh, n, hd)
