@@ -50,10 +50,8 @@ def _label_set(
 ) -> list[str]:
     """The given labels (in the caller's order) or the sorted labels of the train file."""
     if labels is not None:
-        label_set, origin = (
-            _dedupe(labels),
-            ("the given labels (data.labels in a run config; the prompt's own labels in eval)"),
-        )
+        label_set = _dedupe(labels)
+        origin = "the given labels (data.labels in a run config; the prompt's own labels in eval)"
         _check_labels(source, main, label_set, origin)
     else:
         label_set, origin = sorted({row.label for row in main}), f"train ({source})"
