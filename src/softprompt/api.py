@@ -13,16 +13,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from softprompt import distributed
 from softprompt.backbones import Backbone, load_backbone
-from softprompt.config import DataConfig, RunConfig
+from softprompt.config import DataConfig, RunConfig, TaskSpec
 from softprompt.data import Dataset, load_dataset
+from softprompt.device import resolve_device
+from softprompt.distributed import ProcessInfo
 from softprompt.evaluate import evaluate
-from softprompt.model import PromptModel, load_prompt_meta
+from softprompt.model import MultiTaskModel, PromptModel, load_prompt_meta
 from softprompt.presets import task_defaults
 from softprompt.promptfile import atomic_write_text
 from softprompt.tasks import TaskConfig
-from softprompt.train import TrainResult, distributed, train
-from softprompt.train.distributed import ProcessInfo
+from softprompt.train import TrainResult, train
 
 __all__ = [
     "RunConfig",
@@ -31,6 +33,7 @@ __all__ = [
     "export_prompt",
     "load_data",
     "load_prompt",
+    "load_prompts",
     "run",
     "task_config_for",
 ]
@@ -77,6 +80,17 @@ def load_prompt(path: str | Path, backbone: Backbone | str | None = None) -> Pro
     return PromptModel.load(path, backbone)
 
 
+def load_prompts(
+    paths: dict[str, str | Path], backbone: Backbone | str | None = None
+) -> MultiTaskModel:
+    """Several prompt files (task name -> path) on one backbone, answering mixed batches:
+    `model.predict([(task, text), ...])`."""
+    if backbone is None or isinstance(backbone, str):
+        first = load_prompt_meta(next(iter(paths.values())))
+        backbone = load_backbone(backbone or first["backbone"]["name"])
+    return MultiTaskModel.from_files(paths, backbone)
+
+
 def export_prompt(
     path: str | Path, out: str | Path, backbone: Backbone | str | None = None
 ) -> Path:
@@ -99,18 +113,25 @@ class RunReport:
     out_dir: Path
 
     def markdown(self) -> str:
-        head = "| prompt | test accuracy | test macro-F1 | trainable params | file size | train time |\n|---|---|---|---|---|---|\n"
-        lines = [
-            f"| {r['name']} | {r['accuracy']:.4f} | {r['macro_f1']:.4f} | {r['trainable_parameters']:,} | "
-            f"{r['file_bytes'] / 1024:.1f} KiB | {r['train_seconds']:.0f} s |"
-            if "accuracy" in r
-            else f"| {r['name']} | loss {r['loss']:.4f} | - | {r['trainable_parameters']:,} | {r['file_bytes'] / 1024:.1f} KiB | {r['train_seconds']:.0f} s |"
-            for r in self.rows
-        ]
-        rows = self.rows[-1]["examples"]
-        return (
-            head + "\n".join(lines) + f"\n\ntest split: {rows:,} {'row' if rows == 1 else 'rows'}\n"
+        several = len({r.get("task") for r in self.rows}) > 1
+        task_head = "| task " if several else ""
+        head = (
+            f"{task_head}| prompt | test accuracy | test macro-F1 | trainable params | file size "
+            f"| train time |\n{'|---' if several else ''}|---|---|---|---|---|---|\n"
         )
+        lines = [(f"| {r['task']} " if several else "") + _score_cells(r) for r in self.rows]
+        tested = {r.get("task"): r["examples"] for r in self.rows}
+        sizes = ", ".join(f"{n:,} {'row' if n == 1 else 'rows'}" for n in tested.values())
+        return head + "\n".join(lines) + f"\n\ntest split: {sizes}\n"
+
+
+def _score_cells(r: dict[str, Any]) -> str:
+    size, seconds = f"{r['file_bytes'] / 1024:.1f} KiB", f"{r['train_seconds']:.0f} s"
+    if "accuracy" in r:
+        scores = f"{r['accuracy']:.4f} | {r['macro_f1']:.4f}"
+    else:
+        scores = f"loss {r['loss']:.4f} | -"
+    return f"| {r['name']} | {scores} | {r['trainable_parameters']:,} | {size} | {seconds} |"
 
 
 def _test_row(
@@ -125,48 +146,74 @@ def _test_row(
     return {"name": name, **scores, "trainable_parameters": model.num_trainable(), **extra}
 
 
-def run(config: RunConfig, *, resume: bool = False, progress: bool = True) -> RunReport:
-    """Train a prompt, then score zero-shot and tuned on the test split; write a report."""
-    process = distributed.setup()  # under torchrun each process scores a share of the test set
-    dataset = load_data(config.data)  # first: a bad data file fails before the model loads
-    backbone = load_backbone(config.backbone)
-    out_dir = Path(config.out)
-    model = build_model(backbone, dataset, config.method, config.task)
+def _zero_shot_rows(
+    config: RunConfig, backbone: Backbone, data: dict[str, Dataset], process: ProcessInfo
+) -> list[dict[str, Any]]:
+    """The template and label words with no prompt, for every task that has label words."""
     rows = []
-    if config.baseline and model.task.label_token_ids():
-        zero_shot = build_model(backbone, dataset, {"name": "none"}, config.task)
-        rows.append(
-            _test_row(
-                "zero-shot (template + label words)",
-                zero_shot,
-                dataset,
-                config.train.eval_batch_size,
-                process,
-                file_bytes=0,
-                train_seconds=0.0,
-            )
+    for spec in config.task_specs():
+        zero_shot = build_model(backbone, data[spec.name], {"name": "none"}, spec.task)
+        if not (config.baseline and zero_shot.task.label_token_ids()):
+            continue
+        row = _test_row(
+            "zero-shot (template + label words)",
+            zero_shot,
+            data[spec.name],
+            config.train.eval_batch_size,
+            process,
+            file_bytes=0,
+            train_seconds=0.0,
         )
+        rows.append({"task": spec.name, **row})
+    return rows
+
+
+def build_models(
+    backbone: Backbone, specs: list[TaskSpec], data: dict[str, Dataset]
+) -> MultiTaskModel:
+    """One (method, task) per spec on one backbone."""
+    return MultiTaskModel(
+        {s.name: build_model(backbone, data[s.name], s.method, s.task) for s in specs}
+    )
+
+
+def run(config: RunConfig, *, resume: bool = False, progress: bool = True) -> RunReport:
+    """Train prompts for one task or several, then score zero-shot and tuned on each test
+    split; write a report."""
+    device = distributed.local_device(resolve_device(config.train.device))
+    process = distributed.setup(device)  # under torchrun each process scores a test share
+    specs = config.task_specs()
+    # first: a bad data file fails before the model loads
+    data = {s.name: load_data(s.data) for s in specs}
+    backbone = load_backbone(config.backbone)
+    backbone.model.to(device)
+    out_dir = Path(config.out)
+    model = build_models(backbone, specs, data)
+    rows = _zero_shot_rows(config, backbone, data, process)
     result = train(
         model,
-        dataset,
+        data,
         config.train,
         out_dir,
         resume=resume,
         meta={"run": config.to_dict()},
         progress=progress,
     )
-    tuned = PromptModel.load(result.prompt_path, backbone)
-    rows.append(
-        _test_row(
-            f"{config.method['name']} (best of step {result.best_step})",
+    for spec in specs:
+        path = result.prompt_paths[spec.name]
+        tuned = PromptModel.load(path, backbone)
+        best = result.best[spec.name]["step"]
+        row = _test_row(
+            f"{spec.method['name']} (best of step {best})",
             tuned,
-            dataset,
+            data[spec.name],
             config.train.eval_batch_size,
             process,
-            file_bytes=result.prompt_path.stat().st_size,
+            file_bytes=path.stat().st_size,
             train_seconds=result.seconds,  # the loop's own clock, summed over resumes
         )
-    )
+        rows.append({"task": spec.name, **row})
+    rows.sort(key=lambda r: [s.name for s in specs].index(r["task"]))
     report = RunReport(rows=rows, result=result, out_dir=out_dir)
     if not process.main:
         return report

@@ -31,6 +31,16 @@ class DataConfig:
 
 
 @dataclass
+class TaskSpec:
+    """One task of a multi-task run: its data, method and framing."""
+
+    name: str
+    data: DataConfig
+    method: dict[str, Any]
+    task: dict[str, Any]
+
+
+@dataclass
 class RunConfig:
     backbone: str = "smollm2-135m"
     data: DataConfig = field(default_factory=DataConfig)
@@ -41,6 +51,14 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     out: str = "runs/movie-sentiment"
     baseline: bool = True
+    tasks: list[TaskSpec] | None = None  # several tasks at once; then data/method/task unused
+
+    def task_specs(self) -> list[TaskSpec]:
+        """The run's tasks: the `tasks` list, or the one task given by data/method/task."""
+        if self.tasks:
+            return self.tasks
+        name = self.data.source.replace(".", "_")
+        return [TaskSpec(name=name, data=self.data, method=self.method, task=self.task)]
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -98,21 +116,73 @@ def build_run_config(values: dict[str, Any]) -> RunConfig:
         values[name] = _section(name, values.get(name, {}) or {})
     values["method"] = _method(values.get("method"))
     values["task"] = _task(values.get("task"))
+    if values.get("tasks") is not None:
+        values["tasks"] = _tasks(values["tasks"])
     if "baseline" in values:
         values["baseline"] = _typed("", "baseline", values["baseline"], bool)
     return RunConfig(**values)
 
 
-def _method(method: Any) -> dict[str, Any]:
-    """`method: soft-prompt` or a mapping; options without a name refine the default method."""
+def _method(method: Any, where: str = "method") -> dict[str, Any]:
+    """`method: soft-prompt` or a mapping; options without a name refine the default method.
+
+    The options are checked against the method's typed config here, before anything loads."""
+    from softprompt.methods import make_method_config
+
     default = RunConfig().method
     if method is None:
-        return default
-    if isinstance(method, str):
-        return {"name": method}
-    if not isinstance(method, dict):
-        raise ConfigError(f"method: expected a method name or a mapping, got {method!r}")
-    return dict(method) if "name" in method else {**default, **method}
+        method = default
+    elif isinstance(method, str):
+        method = {"name": method}
+    elif not isinstance(method, dict):
+        raise ConfigError(f"{where}: expected a method name or a mapping, got {method!r}")
+    else:
+        method = dict(method) if "name" in method else {**default, **method}
+    if not isinstance(method["name"], str):
+        raise ConfigError(f"{where}.name: expected a method name, got {method['name']!r}")
+    make_method_config(method["name"], {k: v for k, v in method.items() if k != "name"})
+    return method
+
+
+def _tasks(tasks: Any) -> list[TaskSpec]:
+    """`tasks:` a list of {name, data, method, task}; every problem named by its index."""
+    if not isinstance(tasks, list) or not tasks:
+        raise ConfigError(f"tasks: expected a non-empty list of tasks, got {tasks!r}")
+    specs, names = [], set()
+    for i, entry in enumerate(tasks):
+        where = f"tasks[{i}]"
+        if not isinstance(entry, dict):
+            raise ConfigError(
+                f"{where}: expected a mapping with data, method and task, got {entry!r}"
+            )
+        unknown = sorted(set(entry) - {"name", "data", "method", "task"})
+        if unknown:
+            raise ConfigError(
+                f"{where}: unknown key(s) {', '.join(unknown)}; known: name, data, method, task"
+            )
+        data = entry.get("data")
+        if data is None:
+            raise ConfigError(
+                f"{where}.data: every task needs its dataset (a built-in name or a file)"
+            )
+        data = _section("data", {"source": data} if isinstance(data, str) else data)
+        name = entry.get("name", data.source.replace(".", "_"))
+        if not isinstance(name, str) or not name or "." in name or "/" in name:
+            raise ConfigError(f"{where}.name: a task name without '.' or '/', got {name!r}")
+        if name in names:
+            raise ConfigError(
+                f"{where}.name: task {name!r} appears twice; give each task its own name"
+            )
+        names.add(name)
+        specs.append(
+            TaskSpec(
+                name,
+                data,
+                _method(entry.get("method"), f"{where}.method"),
+                _task(entry.get("task")),
+            )
+        )
+    return specs
 
 
 def _task(task: Any) -> dict[str, Any]:

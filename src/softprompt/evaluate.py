@@ -8,8 +8,9 @@ import torch
 from tqdm.auto import tqdm
 
 from softprompt.data import Example
+from softprompt.device import autocast
+from softprompt.distributed import ProcessInfo, all_sum
 from softprompt.errors import DataError
-from softprompt.train.distributed import ProcessInfo, all_sum
 
 
 def class_counts(predictions: torch.Tensor, targets: torch.Tensor, num_classes: int) -> list[float]:
@@ -65,7 +66,7 @@ def evaluate(
     model.eval()
     chunks = length_sorted_batches(shard, batch_size)
     for chunk in tqdm(chunks, desc="eval", leave=False, disable=not (progress and process.main)):
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        with autocast(model.device, bf16):
             out = model(model.collate(chunk))
         loss_sum += out.loss.item() * len(chunk)
         rows += len(chunk)

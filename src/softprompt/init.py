@@ -13,19 +13,24 @@ import torch
 
 from softprompt.backbones import Backbone
 from softprompt.errors import ConfigError
+from softprompt.inject.head import embed_tokens
 
 # Lester et al. sample from the 5,000 most common tokens; BPE/WordPiece ids are
 # roughly ordered by frequency, so the first ids (minus specials) stand in for that.
 VOCAB_SAMPLE_POOL = 5000
 
 
-def _embedding_matrix(backbone: Backbone) -> torch.Tensor:
-    return backbone.input_embeddings().weight.detach()  # (V, d)
+@torch.no_grad()
+def token_embeddings(backbone: Backbone, ids: torch.Tensor) -> torch.Tensor:
+    """Embeddings of `ids` as the model feeds them to its first layer (scaling included,
+    e.g. Gemma 3's sqrt(d)), so a prompt starts in the same space as real tokens: (n, d)."""
+    device = backbone.input_embeddings().weight.device
+    return embed_tokens(backbone, ids.to(device)).detach().float().cpu()
 
 
 def _sample_ids(backbone: Backbone, count: int, generator: torch.Generator) -> torch.Tensor:
     special = set(backbone.tokenizer.all_special_ids)
-    vocab = _embedding_matrix(backbone).shape[0]
+    vocab = backbone.spec.vocab_size
     pool = torch.tensor(
         [i for i in range(min(vocab, VOCAB_SAMPLE_POOL + len(special))) if i not in special]
     )
@@ -38,9 +43,9 @@ def init_random(
 ) -> torch.Tensor:
     """Normal noise scaled to the embedding table's own spread (uniform [-0.5, 0.5]
     in the paper assumes T5's scale; matching the table keeps the scale right for any model)."""
-    table = _embedding_matrix(backbone)
-    std = table.float().std().item()
-    return torch.randn(n_tokens, table.shape[1], generator=generator) * std  # (n, d)
+    pool = torch.arange(min(backbone.spec.vocab_size, VOCAB_SAMPLE_POOL))
+    std = token_embeddings(backbone, pool).std().item()
+    return torch.randn(n_tokens, backbone.spec.hidden_size, generator=generator) * std  # (n, d)
 
 
 def init_vocab(
@@ -48,7 +53,7 @@ def init_vocab(
 ) -> torch.Tensor:
     """Embeddings of n tokens sampled from the common part of the vocabulary."""
     ids = _sample_ids(backbone, n_tokens, generator)
-    return _embedding_matrix(backbone)[ids].float().clone()  # (n, d)
+    return token_embeddings(backbone, ids)  # (n, d)
 
 
 def init_text(
@@ -63,7 +68,7 @@ def init_text(
     if not ids:
         raise ConfigError("method.init_text: the text has no tokens; give a non-empty string")
     ids = (ids * (n_tokens // len(ids) + 1))[:n_tokens]
-    return _embedding_matrix(backbone)[torch.tensor(ids)].float().clone()  # (n, d)
+    return token_embeddings(backbone, torch.tensor(ids))  # (n, d)
 
 
 def init_labels(
@@ -79,8 +84,8 @@ def init_labels(
     """
     if not label_token_ids:
         raise ConfigError("method.init: 'labels' needs a task with label words (a verbalizer)")
-    table = _embedding_matrix(backbone)
-    rows = [table[torch.tensor(ids)].float().mean(0) for ids in label_token_ids][:n_tokens]
+    rows = [token_embeddings(backbone, torch.tensor(ids)).mean(0) for ids in label_token_ids]
+    rows = rows[:n_tokens]
     rest = init_vocab(backbone, n_tokens - len(rows), generator) if n_tokens > len(rows) else None
     stacked = torch.stack(rows)  # (C, d)
     return stacked if rest is None else torch.cat([stacked, rest])  # (n, d)

@@ -1,13 +1,18 @@
-"""A frozen backbone + one prompt method + one task, as a single trainable module.
+"""A frozen backbone + prompt methods + tasks, as trainable modules.
+
+`PromptModel` is one (method, task) pair: the unit a prompt file holds. `MultiTaskModel`
+puts several of them on one backbone and runs a batch whose rows belong to different
+tasks (and so use different prompts) in one forward pass.
 
 The backbone is held as a plain attribute, not a submodule: `parameters()`,
-`state_dict()` and DDP see only what trains (the prompt and any task head),
+`state_dict()` and DDP see only what trains (the prompts and any task heads),
 so saving, syncing and counting parameters cannot touch the frozen weights.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -16,14 +21,19 @@ from torch import nn
 
 from softprompt.backbones import Backbone
 from softprompt.data import Example
-from softprompt.errors import PromptFileError
-from softprompt.inject import make_injector
+from softprompt.device import to_device
+from softprompt.errors import ConfigError, PromptFileError
+from softprompt.inject import Prompt, RowPrompts, make_injector
 from softprompt.methods import MethodContext, build_method
 from softprompt.promptfile import check_backbone, read_prompt_file, save_prompt_file
 from softprompt.tasks import TaskConfig, TaskOutput, build_task
+from softprompt.tasks.generation import greedy_decode
+from softprompt.tasks.mixed import merge
 
 
 class PromptModel(nn.Module):
+    """One prompt method and one task on a frozen backbone."""
+
     def __init__(
         self,
         backbone: Backbone,
@@ -37,12 +47,26 @@ class PromptModel(nn.Module):
         self.task = build_task(task_config, backbone)
         self.method_name = method
         self.method_options = dict(method_options or {})
-        context = MethodContext(backbone=backbone, label_token_ids=self.task.label_token_ids())
+        context = MethodContext(
+            backbone=backbone,
+            injector=self.injector,
+            label_token_ids=self.task.label_token_ids(),
+        )
         self.method = build_method(method, self.method_options, context)
+        self.to(self.device)
+
+    @property
+    def device(self) -> torch.device:
+        return self.injector.device
+
+    def prompt(self) -> Prompt:
+        """This model's prompt, computed once for however many rows use it."""
+        return self.method()
 
     def forward(self, batch: dict[str, torch.Tensor]) -> TaskOutput:
-        rows = batch["input_ids"].shape[0]
-        return self.task(self.injector, self.method(rows), batch)
+        batch = to_device(batch, self.device)
+        rows = RowPrompts.shared(self.prompt(), batch["input_ids"].shape[0], self.device)
+        return self.task(self.injector, rows, batch)
 
     def collate(self, examples: list[Example]) -> dict[str, torch.Tensor]:
         return self.task.collate(examples)
@@ -51,7 +75,12 @@ class PromptModel(nn.Module):
     def predict(self, texts: list[str]) -> list[dict[str, Any]]:
         """Label with class probabilities (classification) or generated text."""
         examples = [Example(text=t, label="") for t in texts]
-        return self.task.predict(self.injector, self.method(len(texts)), examples)
+        rows = RowPrompts.shared(self.prompt(), len(texts), self.device)
+        return self.task.predict(self.injector, rows, examples)
+
+    def parameter_groups(self) -> list[list[nn.Parameter]]:
+        """Parameters clipped together: one group per task."""
+        return [self.trainable_parameters()]
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]
@@ -64,8 +93,7 @@ class PromptModel(nn.Module):
         the flat method they compute; the task head is kept. A method offers this by
         defining `flatten() -> (method name, options, method tensors) | None`; without
         it, or when it returns None, the model is flat already and is returned as is."""
-        flatten = getattr(self.method, "flatten", None)
-        flat_parts = flatten() if flatten is not None else None
+        flat_parts = self.method.flatten()
         if flat_parts is None:
             return self
         name, options, tensors = flat_parts
@@ -128,3 +156,164 @@ def load_prompt_meta(path: str | Path) -> dict[str, Any]:
     meta["tensors"] = {name: list(t.shape) for name, t in tensors.items()}
     meta["file_bytes"] = Path(path).stat().st_size
     return meta
+
+
+@dataclass
+class MixedBatch:
+    """Rows grouped by task, in order: (task name, that task's collated rows)."""
+
+    parts: list[tuple[str, dict[str, torch.Tensor]]]
+
+    @property
+    def rows(self) -> int:
+        return sum(part["input_ids"].shape[0] for _, part in self.parts)
+
+
+@dataclass
+class MixedOutput:
+    """The summed loss of a mixed batch and each task's own output."""
+
+    loss: torch.Tensor  # () sum over tasks of each task's mean loss
+    outputs: dict[str, TaskOutput] = field(default_factory=dict)
+
+    def counts(self) -> tuple[float, float]:
+        pairs = [o.counts() for o in self.outputs.values()]
+        return sum(c for c, _ in pairs), sum(n for _, n in pairs)
+
+
+class MultiTaskModel(nn.Module):
+    """Several (method, task) pairs on one frozen backbone, run in one forward pass.
+
+    Each distinct prompt is computed once per step and every row picks its own (see
+    inject/prompt.py), so a batch mixing tasks, label sets and methods costs one pass
+    of the backbone. The loss is the sum of each task's mean loss, so each prompt gets
+    exactly the gradient it would get trained alone on its rows of the batch."""
+
+    def __init__(self, models: dict[str, PromptModel]) -> None:
+        super().__init__()
+        if not models:
+            raise ConfigError("tasks: give at least one task")
+        bad = [name for name in models if not name or "." in name or not isinstance(name, str)]
+        if bad:
+            raise ConfigError(f"tasks: task names must be non-empty and without '.', got {bad}")
+        backbones = {id(m.backbone) for m in models.values()}
+        if len(backbones) != 1:
+            raise ConfigError("tasks: every task of one model must use the same backbone object")
+        self.models = nn.ModuleDict(models)
+        first = next(iter(models.values()))
+        object.__setattr__(self, "backbone", first.backbone)
+        object.__setattr__(self, "injector", first.injector)
+
+    @classmethod
+    def single(cls, name: str, model: PromptModel) -> MultiTaskModel:
+        return cls({name: model})
+
+    @classmethod
+    def from_files(cls, paths: dict[str, str | Path], backbone: Backbone) -> MultiTaskModel:
+        """Load one prompt file per task onto one backbone (each checked against it)."""
+        return cls({name: PromptModel.load(path, backbone) for name, path in paths.items()})
+
+    @property
+    def device(self) -> torch.device:
+        return self.injector.device
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.models.keys())
+
+    def collate(self, items: list[tuple[str, Example]]) -> MixedBatch:
+        """(task, example) pairs -> rows grouped by task (first appearance order)."""
+        grouped: dict[str, list[Example]] = {}
+        for name, example in items:
+            if name not in self.models:
+                raise ConfigError(f"task {name!r} is not one of {self.names}")
+            grouped.setdefault(name, []).append(example)
+        return MixedBatch([(n, self.models[n].collate(ex)) for n, ex in grouped.items()])
+
+    def row_prompts(self, batch: MixedBatch) -> RowPrompts:
+        prompts = [self.models[name].prompt() for name, _ in batch.parts]
+        choice = [i for i, (_, part) in enumerate(batch.parts) for _ in part["input_ids"]]
+        return RowPrompts.per_row(prompts, choice, self.device)
+
+    def hidden_states(self, batch: MixedBatch) -> list[torch.Tensor]:
+        """One pass of the backbone over every row; each part's (b, t, d) states back."""
+        pad = self.backbone.spec.pad_token_id
+        inputs = to_device(merge([part for _, part in batch.parts], pad), self.device)
+        hidden = self.injector.hidden_states(
+            self.row_prompts(batch),
+            inputs["input_ids"],
+            inputs["attention_mask"],
+            inputs.get("positions"),
+        )  # (B, W, d)
+        pieces, start = [], 0
+        for _, part in batch.parts:
+            rows, width = part["input_ids"].shape
+            pieces.append(hidden[start : start + rows, :width])  # (b, t, d)
+            start += rows
+        return pieces
+
+    def forward(self, batch: MixedBatch) -> MixedOutput:
+        outputs = {}
+        for (name, part), hidden in zip(batch.parts, self.hidden_states(batch), strict=True):
+            task = self.models[name].task
+            outputs[name] = task.score(self.injector, hidden, to_device(part, self.device))
+        return MixedOutput(loss=sum(o.loss for o in outputs.values()), outputs=outputs)
+
+    @torch.no_grad()
+    def predict(self, pairs: list[tuple[str, str]]) -> list[dict[str, Any]]:
+        """Answer (task, text) pairs: classification rows share one forward pass, generation
+        rows one decoding loop, each row with its own task's prompt."""
+        results: list[dict[str, Any] | None] = [None] * len(pairs)
+        generate = [i for i, (n, _) in enumerate(pairs) if self._task(n).generates]
+        classify = [i for i in range(len(pairs)) if i not in set(generate)]
+        if classify:
+            self._classify(pairs, classify, results)
+        if generate:
+            self._generate(pairs, generate, results)
+        return [dict(r, task=pairs[i][0]) for i, r in enumerate(results)]
+
+    def _task(self, name: str):
+        if name not in self.models:
+            raise ConfigError(f"task {name!r} is not one of {self.names}")
+        return self.models[name].task
+
+    def _classify(self, pairs, rows: list[int], results: list) -> None:
+        batch = self.collate([(pairs[i][0], Example(pairs[i][1], "")) for i in rows])
+        output = self.forward(batch)
+        order: dict[str, list[int]] = {}
+        for i in rows:
+            order.setdefault(pairs[i][0], []).append(i)
+        for name, _ in batch.parts:
+            described = self.models[name].task.describe_scores(output.outputs[name].scores)
+            for i, record in zip(order[name], described, strict=True):
+                results[i] = record
+
+    def _generate(self, pairs, rows: list[int], results: list) -> None:
+        names = list(dict.fromkeys(pairs[i][0] for i in rows))
+        prompts = [self.models[n].prompt() for n in names]
+        tasks = [self.models[pairs[i][0]].task for i in rows]
+        contexts = [
+            t.contexts([Example(pairs[i][1], "")])[0] for t, i in zip(tasks, rows, strict=True)
+        ]
+        spec = self.backbone.spec
+        tokens = greedy_decode(
+            self.injector,
+            RowPrompts.per_row(prompts, [names.index(pairs[i][0]) for i in rows], self.device),
+            contexts,
+            pad_id=spec.pad_token_id,
+            eos_id=spec.eos_token_id,
+            max_new_tokens=[t.config.max_new_tokens for t in tasks],
+        )
+        for i, task, row in zip(rows, tasks, tokens, strict=True):
+            results[i] = {"text": task.decode(row)}
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.parameters() if p.requires_grad]
+
+    def num_trainable(self) -> int:
+        return sum(p.numel() for p in self.trainable_parameters())
+
+    def parameter_groups(self) -> list[list[nn.Parameter]]:
+        """One group per task, so clipping one task's gradient never rescales another's."""
+        groups = [m.trainable_parameters() for m in self.models.values()]
+        return [g for g in groups if g]

@@ -13,7 +13,25 @@ from softprompt.errors import TrainingError
 from softprompt.model import PromptModel, load_prompt_meta
 from softprompt.promptfile import read_prompt_file
 from softprompt.train import train
-from softprompt.train.loop import CHECKPOINT_FILE, PROMPT_FILE, micro_batch
+from softprompt.train.loop import CHECKPOINT_FILE, PROMPT_FILE
+from softprompt.train.sampler import TaskSampler
+
+
+def micro_batch(rows, batch_size, seed, index):
+    """The single-task order: micro-batch `index` of a one-task sampler."""
+    sampler = TaskSampler({"t": rows}, batch_size=batch_size, seed=seed, micro_batches=index + 1)
+    return [example for _, example in sampler.micro_batch(index)]
+
+
+def reference_micro_batch(examples, batch_size, seed, index):
+    """The order softprompt has always used for one dataset (epoch-wise seeded shuffles,
+    last partial batch dropped), written out independently of the sampler."""
+    per_epoch = max(1, len(examples) // batch_size)
+    epoch, slot = divmod(index, per_epoch)
+    order = torch.randperm(
+        len(examples), generator=torch.Generator().manual_seed(seed * 100_003 + epoch)
+    )
+    return [examples[int(i)] for i in order[slot * batch_size : (slot + 1) * batch_size]]
 
 
 def _tensors(model: PromptModel) -> dict[str, torch.Tensor]:
@@ -106,20 +124,26 @@ def test_micro_batches_are_a_function_of_seed_and_index(toy_dataset):
     assert [micro_batch(rows, 8, 3, 4 + i) for i in range(4)] != epoch  # next epoch reshuffles
 
 
+def test_single_task_sampler_keeps_the_single_dataset_order(toy_dataset):
+    rows = toy_dataset.train[:30]  # 30 rows, batch 8: 3 batches an epoch, 6 rows dropped
+    for index in range(9):
+        assert micro_batch(rows, 8, 5, index) == reference_micro_batch(rows, 8, 5, index)
+
+
 def _nan_after(model: PromptModel, good_steps: int) -> None:
     """Make the training loss NaN after `good_steps` optimizer steps (evaluation unaffected)."""
-    original = model.forward
+    original = model.task.score
     calls = {"train": 0}
 
-    def forward(batch):
-        out = original(batch)
+    def score(*args):
+        out = original(*args)
         if model.training:
             calls["train"] += 1
             if calls["train"] > good_steps:
                 out.loss = out.loss * float("nan")
         return out
 
-    model.forward = forward
+    model.task.score = score
 
 
 def test_nan_loss_stops_with_lr_hint_and_keeps_best(

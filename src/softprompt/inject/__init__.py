@@ -1,13 +1,32 @@
 """The only code that touches the frozen model.
 
-A method produces a `Prompt`; an injector turns a `Prompt` plus token ids into
-hidden states of the real tokens. Architecture quirks (BOS handling, where an
-encoder keeps its [CLS], how a decoder caches keys/values) live here and in
-`softprompt.backbones`, nowhere else.
+A method produces a `Prompt`; a batch's rows pick theirs through `RowPrompts`; an
+injector turns them plus token ids into hidden states of the real tokens, and turns
+hidden states into logits. Architecture quirks (BOS handling, embedding scaling,
+logit soft-capping, where an encoder keeps its [CLS], how a decoder caches
+keys/values) live here and in `softprompt.backbones`, nowhere else.
 """
 
-from softprompt.inject.base import Injector, Prompt, make_injector
-from softprompt.inject.causal import CausalInjector
+from softprompt.backbones import Backbone
+from softprompt.inject.causal import CausalInjector, PrefixCache
 from softprompt.inject.encoder import EncoderInjector
+from softprompt.inject.prompt import KV, Injector, Prompt, RowPrompts
 
-__all__ = ["CausalInjector", "EncoderInjector", "Injector", "Prompt", "make_injector"]
+
+def make_injector(backbone: Backbone) -> Injector:
+    """Pick the injector for the backbone's kind (decoder or encoder)."""
+    if backbone.spec.kind == "causal-lm":
+        return CausalInjector(backbone)
+    return EncoderInjector(backbone)
+
+
+__all__ = [
+    "KV",
+    "CausalInjector",
+    "EncoderInjector",
+    "Injector",
+    "PrefixCache",
+    "Prompt",
+    "RowPrompts",
+    "make_injector",
+]

@@ -1,93 +1,163 @@
-"""Prompts for causal decoders, computed once and shared as a key/value prefix.
+"""Prompts for causal decoders, computed once per distinct prompt and shared as a K/V prefix.
 
-A prompt at the front of a causal decoder never sees the tokens after it, so its
-hidden states (and so its per-layer keys and values) do not depend on the input.
-PEFT runs the n virtual tokens through every layer for each of the B rows; here
-they run once per distinct prompt (P rows, usually 1) and their keys/values are
-broadcast to all B rows through the attention cache. Exact, and the same path
-serves prefix tuning and cached prompts in a server later (see performance.md #1).
+A prompt at the front of a causal decoder never sees the tokens after it, so its hidden
+states (and so its per-layer keys and values) do not depend on the input. PEFT runs the
+n virtual tokens through every layer for each of the B rows; here each of the k distinct
+prompts of a batch runs once (prompts of one shape stacked into one call), and rows pick
+theirs by index from the attention cache. Prompts of different lengths are left-padded
+to the longest with masked slots, and each row's real tokens take positions right after
+its own prompt, so every row's output equals the same row run alone (performance.md #1).
 """
 
 from __future__ import annotations
 
+import inspect
+from dataclasses import dataclass
+
 import torch
+import torch.nn.functional as F
 from transformers.cache_utils import DynamicCache
 
 from softprompt.backbones import Backbone
-from softprompt.inject.base import Prompt
+from softprompt.inject.head import LMHead, check_head, embed_tokens
+from softprompt.inject.prompt import Prompt, RowPrompts
+
+
+def cache_keyword(module: torch.nn.Module) -> str:
+    """transformers 5.24 renamed `past_key_values` to `cache` (the old name goes in 5.40);
+    use whichever the installed version's forward declares."""
+    parameters = inspect.signature(module.forward).parameters
+    return "cache" if "cache" in parameters else "past_key_values"
+
+
+@dataclass
+class PrefixCache:
+    """Per-row prompt keys/values ready for the real tokens.
+
+    `cache` holds (B, kvh, m, hd) per layer (None when no row has a prefix); `mask` (B, m)
+    marks each row's own slots (its prompt is left-padded to the longest, m); `lengths`
+    (B,) is each row's prompt length, where its real tokens' positions start."""
+
+    cache: DynamicCache | None
+    mask: torch.Tensor  # (B, m)
+    lengths: torch.Tensor  # (B,)
+
+    @property
+    def width(self) -> int:
+        return self.mask.shape[1]
 
 
 class CausalInjector:
-    """Runs a decoder as [BOS] + prompt + tokens, with the prefix computed once."""
+    """Runs a decoder as [K/V prefix] + [BOS] + [virtual tokens] + tokens, per row."""
 
     def __init__(self, backbone: Backbone) -> None:
         self.backbone = backbone
         self.core = backbone.core()
-        self.embed = backbone.input_embeddings()
         self.config = backbone.model.config
+        self.head = LMHead(backbone)
+        self._cache_kw = cache_keyword(self.core)
+        check_head(backbone, self.run_core)
 
-    def prefix_embeds(self, prompt: Prompt) -> torch.Tensor | None:
-        """[BOS] (if the tokenizer adds one) followed by the virtual tokens: (P, m, d)."""
+    # -- the model's two ends ---------------------------------------------
+    def embed(self, ids: torch.Tensor) -> torch.Tensor:
+        return embed_tokens(self.backbone, ids)  # (..., d)
+
+    def logits(self, hidden: torch.Tensor, token_ids: torch.Tensor | None = None) -> torch.Tensor:
+        return self.head(hidden, token_ids)  # (..., V or W)
+
+    def run_core(self, *, cache: DynamicCache | None = None, **inputs):
+        """The transformer stack, with the cache passed under the installed version's name."""
+        if cache is not None:
+            inputs[self._cache_kw] = cache
+            inputs["use_cache"] = True
+        return self.core(**inputs)
+
+    @property
+    def device(self) -> torch.device:
+        return self.head.weight.device
+
+    # -- prompts -> cache ----------------------------------------------------
+    def _run_group(self, prompts: list[Prompt]) -> tuple[list[tuple[torch.Tensor, ...]], int]:
+        """Prompts of one signature stacked at batch G: per layer (G, kvh, m, hd), and m."""
+        cache = DynamicCache(config=self.config)
+        n_kv = prompts[0].n_kv
+        if n_kv:
+            for layer in range(len(prompts[0].kv)):
+                keys = torch.stack([p.kv[layer][0] for p in prompts])  # (G, kvh, n_kv, hd)
+                values = torch.stack([p.kv[layer][1] for p in prompts])
+                cache.update(keys, values, layer)
         parts = []
         bos = self.backbone.spec.bos_token_id
         if bos is not None:
-            bos_vec = self.embed.weight[bos].view(1, 1, -1)  # (1, 1, d)
-            parts.append(bos_vec.expand(prompt.rows, 1, -1))
-        if prompt.length:
-            parts.append(prompt.embeds)
-        return torch.cat(parts, dim=1) if parts else None  # (P, m, d)
+            bos_ids = torch.full((len(prompts), 1), bos, device=self.device)  # (G, 1)
+            parts.append(self.embed(bos_ids))  # (G, 1, d)
+        if prompts[0].n_embeds:
+            parts.append(torch.stack([p.embeds for p in prompts]))  # (G, n, d)
+        if parts:
+            embeds = torch.cat(parts, dim=1)  # (G, e, d)
+            positions = n_kv + torch.arange(embeds.shape[1], device=self.device)
+            self.run_core(
+                inputs_embeds=embeds,
+                position_ids=positions.expand(len(prompts), -1),  # (G, e)
+                cache=cache,
+            )
+        width = n_kv + (embeds.shape[1] if parts else 0)
+        return [(layer.keys, layer.values) for layer in cache.layers] if width else [], width
 
-    def prefix_cache(self, prompt: Prompt, batch_size: int) -> tuple[DynamicCache | None, int]:
-        """Run the prefix once per distinct prompt; return a cache broadcast to B rows."""
-        if prompt.kv is not None:
-            cache, m = self.kv_prefix_cache(prompt)
-            return self._broadcast(cache, prompt.rows, batch_size), m
-        embeds = self.prefix_embeds(prompt)
-        if embeds is None:
-            return None, 0
-        cache = DynamicCache(config=self.config)
-        self.core(inputs_embeds=embeds, use_cache=True, past_key_values=cache)
-        return self._broadcast(cache, embeds.shape[0], batch_size), embeds.shape[1]
-
-    def kv_prefix_cache(self, prompt: Prompt) -> tuple[DynamicCache, int]:
-        """A per-layer K/V prefix, then [BOS] run on top of it: a (P, kvh, m, hd) cache.
-
-        BOS comes after the prefix, as in PEFT (whose input ids start with BOS after
-        the virtual keys/values), so the real tokens still see the BOS they were
-        trained with. Runs at batch P, once.
-        """
-        if prompt.embeds is not None:
-            raise NotImplementedError("a prompt with both input embeddings and a K/V prefix")
-        cache = DynamicCache(config=self.config)
-        for index, (keys, values) in enumerate(prompt.kv):
-            cache.update(keys, values, index)  # (P, kvh, n, hd)
-        n = prompt.length
-        bos = self.backbone.spec.bos_token_id
-        if bos is None:
-            return cache, n
-        bos_vec = self.embed.weight[bos].view(1, 1, -1).expand(prompt.rows, 1, -1)  # (P, 1, d)
-        position = torch.full((prompt.rows, 1), n, device=bos_vec.device)  # (P, 1)
-        self.core(
-            inputs_embeds=bos_vec, position_ids=position, use_cache=True, past_key_values=cache
+    def prefix_cache(self, prompts: Prompt | RowPrompts, batch_size: int) -> PrefixCache:
+        """Run each distinct prompt once; hand each row its prompt's keys/values."""
+        rows = RowPrompts.of(prompts, batch_size, self.device)
+        groups: dict[tuple[int, int], list[int]] = {}
+        for i, prompt in enumerate(rows.prompts):
+            groups.setdefault(prompt.signature, []).append(i)
+        runs = [
+            (members, *self._run_group([rows.prompts[i] for i in members]))
+            for members in groups.values()
+        ]
+        runs.sort(key=lambda run: -run[2])  # prompt-less rows (width 0) last: all-masked slots
+        order = [i for members, _, _ in runs for i in members]
+        widths = [width for members, _, width in runs for _ in members]
+        m = max(widths)
+        # distinct prompt i sits at row position[i] of the stacked groups
+        position = torch.empty(len(order), dtype=torch.long, device=self.device)
+        position[torch.tensor(order, device=self.device)] = torch.arange(
+            len(order), device=self.device
         )
-        return cache, n + 1
+        pick = position[rows.index.to(self.device)]  # (B,)
+        lengths = torch.tensor(widths, device=self.device)[pick]  # (B,)
+        slots = torch.arange(m, device=self.device)
+        mask = (slots[None, :] >= m - lengths[:, None]).long()  # (B, m)
+        if m == 0:
+            return PrefixCache(None, mask, lengths)
+        stacked = [(kv, len(members)) for members, kv, _ in runs]
+        cache = DynamicCache(config=self.config)
+        for layer in range(self.backbone.spec.num_layers):
+            keys, values = (
+                self._rows(stacked, layer, part, m, pick, batch_size) for part in (0, 1)
+            )
+            cache.update(keys, values, layer)
+        return PrefixCache(cache, mask, lengths)
 
-    def _broadcast(self, cache: DynamicCache, rows: int, batch_size: int) -> DynamicCache:
-        """A cache of P == 1 rows -> the same keys/values seen by B rows."""
-        if rows == batch_size:
-            return cache
-        if rows != 1:
-            raise ValueError(f"prompt has {rows} rows for a batch of {batch_size}")
-        shared = DynamicCache(config=self.config)
-        for index, layer in enumerate(cache.layers):
-            keys = layer.keys.expand(batch_size, -1, -1, -1)  # (B, kvh, m, hd), a view
-            values = layer.values.expand(batch_size, -1, -1, -1)
-            shared.update(keys, values, index)
-        return shared
+    @staticmethod
+    def _rows(stacked, layer: int, part: int, m: int, pick: torch.Tensor, batch: int):
+        """One layer's keys (part 0) or values (part 1) for every row: (B, kvh, m, hd).
 
+        Groups are left-padded to m; a single distinct prompt is broadcast as a view."""
+        blocks = []
+        for kv, count in stacked:
+            if kv:
+                tensor = kv[layer][part]  # (G, kvh, width, hd)
+                blocks.append(F.pad(tensor, (0, 0, m - tensor.shape[2], 0)))
+            else:  # rows without any prefix: zeros in all-masked slots
+                blocks.append(blocks[0].new_zeros(count, *blocks[0].shape[1:]))
+        if len(blocks) == 1 and blocks[0].shape[0] == 1:
+            return blocks[0].expand(batch, -1, -1, -1)  # (B, kvh, m, hd), a view
+        return torch.cat(blocks)[pick]  # (B, kvh, m, hd)
+
+    # -- real tokens ----------------------------------------------------------
     def hidden_states(
         self,
-        prompt: Prompt,
+        prompts: Prompt | RowPrompts,
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor,
         positions: torch.Tensor | None = None,
@@ -97,39 +167,37 @@ class CausalInjector:
         `attention_mask` is a (B, T) padding mask (padding on either side), or a
         (B, T, T) matrix of which real token sees which, with `positions` (B, T)
         counted from the first real token (several continuations of one context
-        in one row, see tasks/word_tree.py). The prompt is visible to every token."""
-        batch, _ = input_ids.shape
-        cache, m = self.prefix_cache(prompt, batch)
+        in one row, see tasks/word_tree.py). Each row sees its own prompt only."""
+        batch = input_ids.shape[0]
+        prefix = self.prefix_cache(prompts, batch)
+        start = prefix.lengths[:, None]  # (B, 1)
         if attention_mask.dim() == 3:
-            full_mask = self._visibility_mask(attention_mask, m)  # (B, 1, T, m + T)
-            positions = m + positions  # (B, T)
+            full_mask = self._visibility_mask(attention_mask, prefix.mask)  # (B, 1, T, m + T)
+            positions = start + positions  # (B, T)
         else:
-            positions = m + (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # (B, T)
-            prefix_mask = attention_mask.new_ones(batch, m)
-            full_mask = torch.cat([prefix_mask, attention_mask], dim=1)  # (B, m + T)
-        out = self.core(
+            positions = start + (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # (B, T)
+            full_mask = torch.cat([prefix.mask.to(attention_mask.dtype), attention_mask], 1)
+        out = self.run_core(
             inputs_embeds=self.embed(input_ids),  # (B, T, d)
             attention_mask=full_mask,
             position_ids=positions,
-            past_key_values=cache,
-            use_cache=cache is not None,
+            cache=prefix.cache,
         )
         return out.last_hidden_state  # (B, T, d)
 
-    def _visibility_mask(self, sees: torch.Tensor, m: int) -> torch.Tensor:
-        """(B, T, T) bool -> (B, 1, T, m + T) with the prefix visible to every token.
+    def _visibility_mask(self, sees: torch.Tensor, prefix_mask: torch.Tensor) -> torch.Tensor:
+        """(B, T, T) bool -> (B, 1, T, m + T), each row's own prompt slots visible to its tokens.
 
         Bool for SDPA (True = attend, what transformers itself builds for it), an
         additive float mask for eager attention, which adds the mask to the scores."""
         batch, length, _ = sees.shape
-        visible = torch.cat([sees.new_ones(batch, length, m), sees], dim=-1)  # (B, T, m + T)
-        visible = visible.unsqueeze(1)  # (B, 1, T, m + T)
+        own = prefix_mask.bool()[:, None, :].expand(batch, length, -1)  # (B, T, m)
+        visible = torch.cat([own, sees.bool()], dim=-1).unsqueeze(1)  # (B, 1, T, m + T)
         if self.config._attn_implementation == "sdpa":
             return visible
-        dtype = self.embed.weight.dtype
-        return torch.zeros(visible.shape, dtype=dtype).masked_fill_(
-            ~visible, torch.finfo(dtype).min
-        )
+        dtype = self.head.weight.dtype
+        zeros = torch.zeros(visible.shape, dtype=dtype, device=visible.device)
+        return zeros.masked_fill_(~visible, torch.finfo(dtype).min)
 
     def step(
         self,
@@ -139,11 +207,29 @@ class CausalInjector:
         cache: DynamicCache,
     ) -> torch.Tensor:
         """One incremental decoding step on an existing cache: (B, t) -> (B, t, d)."""
-        out = self.core(
+        out = self.run_core(
             inputs_embeds=self.embed(input_ids),
             attention_mask=attention_mask,
             position_ids=positions,
-            past_key_values=cache,
-            use_cache=True,
+            cache=cache,
         )
         return out.last_hidden_state
+
+    @torch.no_grad()
+    def token_kv(self, embeds: torch.Tensor) -> tuple[tuple[torch.Tensor, torch.Tensor], ...]:
+        """The frozen model's own per-layer K/V of (n, d) embeddings: L x 2 x (kvh, n, hd).
+
+        Run after BOS (when the tokenizer adds one) so the tokens see what they see in
+        ordinary text; BOS's own K/V are dropped (a prompt's BOS comes after its prefix)."""
+        inputs = embeds.to(self.head.weight.dtype).unsqueeze(0)  # (1, n, d)
+        bos = self.backbone.spec.bos_token_id
+        if bos is not None:
+            bos_vec = self.embed(torch.tensor([[bos]], device=self.device))  # (1, 1, d)
+            inputs = torch.cat([bos_vec, inputs], dim=1)  # (1, 1 + n, d)
+        cache = DynamicCache(config=self.config)
+        self.run_core(inputs_embeds=inputs, cache=cache)
+        n = embeds.shape[0]
+        return tuple(
+            (layer.keys[0, :, -n:].float(), layer.values[0, :, -n:].float())
+            for layer in cache.layers
+        )

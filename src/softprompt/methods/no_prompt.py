@@ -25,5 +25,8 @@ class NoPrompt(nn.Module):
         super().__init__()
         self.config = config
 
-    def forward(self, batch_size: int) -> Prompt:
-        return Prompt(embeds=None)
+    def forward(self) -> Prompt:
+        return Prompt()
+
+    def flatten(self) -> None:
+        return None

@@ -88,6 +88,6 @@ class PTuning(nn.Module):
         virtual = self.encoder(self.embeddings.unsqueeze(0))[0]  # (n, d)
         return "soft-prompt", options, {"embeddings": virtual.detach().clone()}
 
-    def forward(self, batch_size: int) -> Prompt:
+    def forward(self) -> Prompt:
         virtual = self.encoder(self.embeddings.unsqueeze(0))  # (1, n, d), once for all rows
-        return Prompt(embeds=virtual)
+        return Prompt(embeds=virtual[0])  # (n, d)

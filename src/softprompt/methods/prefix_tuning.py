@@ -9,7 +9,7 @@ soft prompts use on causal decoders, so it costs one (P=1) prefix for the whole 
 Training the K/V directly is unstable in the paper, so by default they are produced by
 a small MLP from n embeddings (`reparameterize`); the MLP runs once per forward, not once
 per row as in PEFT (performance.md #4). Without it, the K/V start as the backbone's own
-K/V of the init tokens, so they begin in-distribution (PEFT's GSM8K runs: a prefix
+K/V of the init tokens (`CausalInjector.token_kv`), so they begin in-distribution (PEFT's GSM8K runs: a prefix
 taken from text got 41.6% where a random one got 18.6%). The whole module, MLP
 included, is saved: PEFT drops the MLP at save, so its runs cannot resume
 (PEFT #1247, #1607).
@@ -23,9 +23,7 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers.cache_utils import DynamicCache
 
-from softprompt.backbones import Backbone
 from softprompt.errors import ConfigError
 from softprompt.inject import Prompt
 from softprompt.methods.registry import MethodContext, register_method
@@ -50,27 +48,6 @@ class PrefixTuningConfig(VirtualTokensConfig):
             )
         if self.hidden < 1:
             raise ConfigError(f"method.hidden: must be >= 1, got {self.hidden}")
-
-
-@torch.no_grad()
-def backbone_kv(backbone: Backbone, embeds: torch.Tensor) -> torch.Tensor:
-    """The frozen model's own per-layer K/V of (n, d) token embeddings: (L, 2, kvh, n, hd).
-
-    Run after BOS (when the tokenizer adds one) so the tokens see what they see in
-    ordinary text; BOS's own K/V are dropped (the injector adds a BOS after the prefix).
-    """
-    table = backbone.input_embeddings().weight  # (V, d)
-    inputs = embeds.to(table.dtype).unsqueeze(0)  # (1, n, d)
-    bos = backbone.spec.bos_token_id
-    if bos is not None:
-        inputs = torch.cat([table[bos].view(1, 1, -1), inputs], dim=1)  # (1, 1 + n, d)
-    cache = DynamicCache(config=backbone.model.config)
-    backbone.core()(inputs_embeds=inputs, use_cache=True, past_key_values=cache)
-    n = embeds.shape[0]
-    layers = [
-        torch.stack([layer.keys[0, :, -n:], layer.values[0, :, -n:]]) for layer in cache.layers
-    ]
-    return torch.stack(layers).float()  # (L, 2, kvh, n, hd)
 
 
 @register_method("prefix-tuning", PrefixTuningConfig)
@@ -99,7 +76,8 @@ class PrefixTuning(nn.Module):
                     nn.Linear(config.hidden, width),
                 )
         else:
-            self.prefix = nn.Parameter(backbone_kv(context.backbone, initial))  # (L, 2, kvh, n, hd)
+            kv = context.injector.token_kv(initial)  # L x 2 x (kvh, n, hd)
+            self.prefix = nn.Parameter(torch.stack([torch.stack(pair) for pair in kv]).float())
 
     def kv_tensor(self) -> torch.Tensor:
         """All layers' keys and values in one tensor: (L, 2, kvh, n, hd)."""
@@ -122,6 +100,6 @@ class PrefixTuning(nn.Module):
         options = {**dataclasses.asdict(self.config), "reparameterize": False}
         return "prefix-tuning", options, {"prefix": self.kv_tensor().detach().clone()}
 
-    def forward(self, batch_size: int) -> Prompt:
-        kv = self.kv_tensor().unsqueeze(2)  # (L, 2, 1, kvh, n, hd)
-        return Prompt(kv=tuple((layer[0], layer[1]) for layer in kv))  # L x 2 x (1, kvh, n, hd)
+    def forward(self) -> Prompt:
+        kv = self.kv_tensor()  # (L, 2, kvh, n, hd)
+        return Prompt(kv=tuple((layer[0], layer[1]) for layer in kv))  # L x 2 x (kvh, n, hd)

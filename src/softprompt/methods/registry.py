@@ -1,17 +1,25 @@
-"""Name -> (config class, module class) registry for prompt methods."""
+"""The method registry and the protocol every method follows.
+
+A method is an `nn.Module` built from a dataclass config and a `MethodContext`;
+`forward()` returns the `Prompt` it stands for (computed once per step, whatever the
+batch size: rows pick it by index, see inject/prompt.py). `flatten()` says how to
+serve it without training-only parts (an encoder, an MLP), or None when it is flat.
+"""
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch import nn
 
 from softprompt.backbones import Backbone
-from softprompt.errors import ConfigError
+from softprompt.inject import Prompt
+from softprompt.registry import Registry
+
+Flat = tuple[str, dict[str, Any], dict[str, torch.Tensor]]  # method name, options, tensors
 
 
 @dataclass
@@ -23,53 +31,45 @@ class MethodContext:
     """
 
     backbone: Backbone
+    injector: Any = None  # the backbone's Injector (prefix tuning reads the model's own K/V)
     label_token_ids: list[list[int]] = field(default_factory=list)
     generator: torch.Generator | None = None
 
 
-_REGISTRY: dict[str, tuple[type, type[nn.Module]]] = {}
+@runtime_checkable
+class Method(Protocol):
+    config: Any
+    registered_name: str
+
+    def forward(self) -> Prompt: ...
+
+    def flatten(self) -> Flat | None: ...
+
+    def parameters(self): ...
+
+
+METHODS: Registry[nn.Module] = Registry("method", "method")
 
 
 def register_method(name: str, config_class: type) -> Callable[[type[nn.Module]], type[nn.Module]]:
     """Class decorator: make `name` buildable from a config dict."""
-
-    def decorate(module_class: type[nn.Module]) -> type[nn.Module]:
-        if name in _REGISTRY:
-            raise ValueError(f"method {name!r} registered twice")
-        _REGISTRY[name] = (config_class, module_class)
-        module_class.method_name = name
-        return module_class
-
-    return decorate
+    return METHODS.register(name, config_class)
 
 
 def available_methods() -> list[str]:
-    return sorted(_REGISTRY)
+    return METHODS.names()
 
 
 def method_config_class(name: str) -> type:
-    if name not in _REGISTRY:
-        raise ConfigError(
-            f"method: unknown method {name!r}; choose one of {', '.join(available_methods())}"
-        )
-    return _REGISTRY[name][0]
+    return METHODS.config_class(name)
 
 
 def make_method_config(name: str, options: dict[str, Any]) -> Any:
-    """Build the method's dataclass config, naming any unknown key."""
-    config_class = method_config_class(name)
-    known = {f.name for f in dataclasses.fields(config_class)}
-    unknown = sorted(set(options) - known)
-    if unknown:
-        raise ConfigError(
-            f"method.{unknown[0]}: not an option of method {name!r}; "
-            f"its options are {', '.join(sorted(known))}"
-        )
-    return config_class(**options)
+    """Build the method's typed config, naming every unknown key and bad value at once."""
+    return METHODS.config(name, options)
 
 
-def build_method(name: str, options: dict[str, Any], context: MethodContext) -> nn.Module:
-    """Instantiate a registered method from its name and config options."""
-    config = make_method_config(name, options)
-    module_class = _REGISTRY[name][1]
-    return module_class(config, context)
+def build_method(name: str, options: dict[str, Any] | Any, context: MethodContext) -> nn.Module:
+    """Instantiate a registered method from its name and config (or raw options)."""
+    config = options if not isinstance(options, dict) else make_method_config(name, options)
+    return METHODS.build(name, config, context)

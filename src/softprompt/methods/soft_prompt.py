@@ -28,5 +28,9 @@ class SoftPrompt(nn.Module):
         self.config = config
         self.embeddings = nn.Parameter(initial_embeddings(config, context))  # (n, d)
 
-    def forward(self, batch_size: int) -> Prompt:
-        return Prompt(embeds=self.embeddings.unsqueeze(0))  # (1, n, d)
+    def forward(self) -> Prompt:
+        return Prompt(embeds=self.embeddings)  # (n, d)
+
+    def flatten(self) -> None:
+        """Already flat: the embeddings are what the model sees."""
+        return None

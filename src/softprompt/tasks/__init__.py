@@ -4,8 +4,19 @@
 * `classification.VerbalizerTask`: cloze-style scoring of label words (causal LMs).
 * `classification.HeadTask`: a small linear head on pooled states (encoders).
 * `generation.GenerationTask`: LM loss on target tokens only; greedy decoding.
+* `mixed`: rows of several tasks (and prompts) in one forward pass.
 """
 
-from softprompt.tasks.base import Task, TaskConfig, TaskOutput, build_task
+from softprompt.backbones import Backbone
+from softprompt.tasks.base import TASKS, Task, TaskConfig, TaskOutput, register_task, task_name
 
-__all__ = ["Task", "TaskConfig", "TaskOutput", "build_task"]
+# Importing the modules registers them.
+from softprompt.tasks import classification, generation  # noqa: E402,F401  isort: skip
+
+
+def build_task(config: TaskConfig, backbone: Backbone) -> Task:
+    """The registered task that frames `config` on this backbone."""
+    return TASKS.build(task_name(config, backbone), config, backbone)
+
+
+__all__ = ["TASKS", "Task", "TaskConfig", "TaskOutput", "build_task", "register_task", "task_name"]

@@ -1,8 +1,13 @@
-"""The task interface and its config; concrete tasks register by name."""
+"""The task interface and its config; concrete tasks register by name.
+
+A task turns examples into token ids (`collate`) and the frozen model's hidden states
+at those ids into a loss and scores (`score`). Keeping the two apart is what lets rows
+of several tasks share one forward pass (tasks/mixed.py): the model runs once over the
+merged rows and each task scores its own.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -12,7 +17,8 @@ from torch import nn
 from softprompt.backbones import Backbone
 from softprompt.data import Example
 from softprompt.errors import ConfigError
-from softprompt.inject import Injector, Prompt
+from softprompt.inject import Injector, Prompt, RowPrompts
+from softprompt.registry import Registry
 
 
 @dataclass
@@ -61,30 +67,48 @@ class TaskConfig:
 
 @dataclass
 class TaskOutput:
-    loss: torch.Tensor  # () mean over rows
+    loss: torch.Tensor  # () mean over rows (over target tokens for generation)
     scores: torch.Tensor | None = None  # (B, C) class scores, classification only
     targets: torch.Tensor | None = None  # (B,) class index
+
+    def counts(self) -> tuple[float, float]:
+        """(correct, scored) rows, for a training accuracy; (0, 0) when nothing is classified."""
+        if self.scores is None or self.targets is None:
+            return 0.0, 0.0
+        return float((self.scores.argmax(-1) == self.targets).sum()), float(len(self.targets))
 
 
 class Task(nn.Module):
     """Turns examples into tensors and hidden states into a loss and scores."""
 
     config: TaskConfig
+    generates = False  # whether predictions are decoded text (rather than scores)
 
     def collate(self, examples: list[Example]) -> dict[str, torch.Tensor]:
+        """Examples -> `input_ids` (B, T), `attention_mask` (B, T) or (B, T, T) with
+        `positions` (B, T), plus whatever `score` needs; `targets` when labels are known."""
+        raise NotImplementedError
+
+    def score(
+        self, injector: Injector, hidden: torch.Tensor, batch: dict[str, torch.Tensor]
+    ) -> TaskOutput:
+        """(B, T, d) hidden states at the batch's tokens -> loss and scores."""
         raise NotImplementedError
 
     def forward(
-        self, injector: Injector, prompt: Prompt, batch: dict[str, torch.Tensor]
+        self, injector: Injector, prompts: Prompt | RowPrompts, batch: dict[str, torch.Tensor]
     ) -> TaskOutput:
-        raise NotImplementedError
+        hidden = injector.hidden_states(
+            prompts, batch["input_ids"], batch["attention_mask"], batch.get("positions")
+        )  # (B, T, d)
+        return self.score(injector, hidden, batch)
 
     def label_token_ids(self) -> list[list[int]]:
         """Token ids of each label's first label word, for the `labels` prompt init."""
         return []
 
     def predict(
-        self, injector: Injector, prompt: Prompt, examples: list[Example]
+        self, injector: Injector, prompts: Prompt | RowPrompts, examples: list[Example]
     ) -> list[dict[str, Any]]:
         raise NotImplementedError
 
@@ -151,12 +175,12 @@ def continuation_batch(
 
 
 def continuation_log_probs(
-    hidden: torch.Tensor, batch: dict[str, torch.Tensor], lm_head: torch.Tensor
+    hidden: torch.Tensor, batch: dict[str, torch.Tensor], injector: Injector
 ) -> torch.Tensor:
     """(R, T, d) hidden states -> (R, K) log-probs of each continuation token, 0 at padding."""
     positions = batch["score_positions"]  # (R, K)
     picked = hidden.gather(1, positions.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))  # (R, K, d)
-    log_probs = (picked @ lm_head.T).log_softmax(-1)  # (R, K, V)
+    log_probs = injector.logits(picked).float().log_softmax(-1)  # (R, K, V)
     token_lp = log_probs.gather(-1, batch["score_tokens"].unsqueeze(-1)).squeeze(-1)  # (R, K)
     return token_lp * batch["score_mask"]
 
@@ -169,28 +193,28 @@ def label_index(labels: list[str], examples: list[Example]) -> torch.Tensor:
     return torch.tensor([lookup[e.label] for e in examples], dtype=torch.long)  # (B,)
 
 
-_TASKS: list[
-    tuple[Callable[[TaskConfig, Backbone], bool], Callable[[TaskConfig, Backbone], Task]]
-] = []
+TASKS: Registry[Task] = Registry("task", "task")
 
 
-def register_task(applies: Callable[[TaskConfig, Backbone], bool]):
-    """Register a task class for the configs (and backbones) it handles."""
-
-    def decorate(task_class):
-        _TASKS.append((applies, task_class))
-        return task_class
-
-    return decorate
+def register_task(name: str):
+    """Class decorator: tasks share `TaskConfig`; `task_name` picks one for a config."""
+    return TASKS.register(name, TaskConfig)
 
 
-def build_task(config: TaskConfig, backbone: Backbone) -> Task:
-    from softprompt.tasks import classification, generation  # noqa: F401  (registers)
-
-    for applies, task_class in _TASKS:
-        if applies(config, backbone):
-            return task_class(config, backbone)
-    raise ConfigError(
-        f"task: no task handles kind={config.kind!r}, head={config.head!r} "
-        f"on a {backbone.spec.kind} backbone (verbalizers need a causal LM; try task.head: linear)"
-    )
+def task_name(config: TaskConfig, backbone: Backbone) -> str:
+    """Which registered task frames `config` on this backbone."""
+    causal = backbone.spec.kind == "causal-lm"
+    if config.kind == "generation":
+        if not causal:
+            raise ConfigError(
+                f"task.kind: generation needs a causal LM; {backbone.name} is an {backbone.spec.kind}"
+            )
+        return "generation"
+    if config.head == "linear" or (config.head == "auto" and not causal):
+        return "linear"
+    if not causal:
+        raise ConfigError(
+            f"task.head: verbalizers need a causal LM; {backbone.name} is an "
+            f"{backbone.spec.kind} (try task.head: linear)"
+        )
+    return "verbalizer"

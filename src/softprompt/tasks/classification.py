@@ -1,10 +1,10 @@
 """Classification by label words (cloze) or by a small head.
 
-`VerbalizerTask` scores only what the loss needs: the label-word rows of the
-output matrix at the answer position, a (B, d) x (d, W) product instead of
+`VerbalizerTask` scores only what the loss needs: the label-word columns of the
+output projection at the answer position, a (B, d) x (d, W) product instead of
 PEFT's (B, T, d) x (d, V) over every position (performance.md #2). Label words
-of several tokens are scored exactly as sequence log-probabilities, one row per
-(example, class) pair, at only the positions of those tokens.
+of several tokens are scored exactly as sequence log-probabilities, all after one
+pass of the context (tasks/word_tree.py).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from torch import nn
 from softprompt.backbones import Backbone
 from softprompt.data import Example
 from softprompt.errors import ConfigError
-from softprompt.inject import Injector, Prompt
+from softprompt.inject import Injector, Prompt, RowPrompts
 from softprompt.tasks.base import (
     TaskConfig,
     TaskOutput,
@@ -29,13 +29,25 @@ from softprompt.tasks.base import (
 from softprompt.tasks.word_tree import WordTree
 
 
+def class_loss(scores: torch.Tensor, batch: dict[str, torch.Tensor]) -> TaskOutput:
+    """Cross-entropy over the task's own classes when the batch carries targets."""
+    targets = batch.get("targets")
+    if targets is None:
+        return TaskOutput(loss=scores.new_zeros(()), scores=scores)
+    return TaskOutput(loss=F.cross_entropy(scores.float(), targets), scores=scores, targets=targets)
+
+
 class ClassificationTask(TemplatedTask):
     """Scores (B, C) over `config.labels`; predictions are their softmax."""
 
     def predict(
-        self, injector: Injector, prompt: Prompt, examples: list[Example]
+        self, injector: Injector, prompts: Prompt | RowPrompts, examples: list[Example]
     ) -> list[dict[str, Any]]:
-        scores = self.forward(injector, prompt, self.collate(examples)).scores  # (B, C)
+        batch = self.collate(examples)
+        return self.describe_scores(self.forward(injector, prompts, batch).scores)
+
+    def describe_scores(self, scores: torch.Tensor) -> list[dict[str, Any]]:
+        """(B, C) scores -> one {label, scores} record per row."""
         probs = scores.float().softmax(-1)  # (B, C)
         labels = self.config.labels
         return [
@@ -47,13 +59,7 @@ class ClassificationTask(TemplatedTask):
         ]
 
 
-@register_task(
-    lambda c, b: (
-        c.kind == "classification"
-        and b.spec.kind == "causal-lm"
-        and c.head in ("auto", "verbalizer")
-    )
-)
+@register_task("verbalizer")
 class VerbalizerTask(ClassificationTask):
     def __init__(self, config: TaskConfig, backbone: Backbone) -> None:
         super().__init__(config, backbone)
@@ -61,8 +67,8 @@ class VerbalizerTask(ClassificationTask):
         self.words = [words[label] for label in config.labels]  # per class: list of strings
         self.word_ids = [[self._ids(w) for w in ws] for ws in self.words]  # class -> word -> ids
         self.single_token = all(len(ids) == 1 for ws in self.word_ids for ids in ws)
+        self.first_tokens = [ids[0] for ws in self.word_ids for ids in ws]  # (W,)
         self.tree = WordTree([ids for ws in self.word_ids for ids in ws])
-        object.__setattr__(self, "lm_head", backbone.output_embeddings())  # (V, d), frozen
 
     def _ids(self, word: str) -> list[int]:
         ids = self.tokenizer(word, add_special_tokens=False)["input_ids"]
@@ -90,17 +96,17 @@ class VerbalizerTask(ClassificationTask):
         return {"input_ids": ids, "attention_mask": mask, "answer_index": mask.sum(1) - 1}
 
     # -- scoring -----------------------------------------------------------
-    def forward(
-        self, injector: Injector, prompt: Prompt, batch: dict[str, torch.Tensor]
+    def score(
+        self, injector: Injector, hidden: torch.Tensor, batch: dict[str, torch.Tensor]
     ) -> TaskOutput:
-        scores = (
-            self._single(injector, prompt, batch)
-            if self.single_token
-            else self._multi(injector, prompt, batch)
-        )
-        targets = batch.get("targets")
-        loss = F.cross_entropy(scores, targets) if targets is not None else scores.new_zeros(())
-        return TaskOutput(loss=loss, scores=scores, targets=targets)
+        rows = torch.arange(hidden.shape[0], device=hidden.device)
+        if self.single_token:
+            answer = hidden[rows, batch["answer_index"]]  # (B, d)
+            words = torch.tensor(self.first_tokens, device=hidden.device)  # (W,)
+            word_scores = injector.logits(answer, words)  # (B, W)
+        else:
+            word_scores = self.tree.log_probs(hidden, batch["answer_index"], injector)  # (B, W)
+        return class_loss(self._class_scores(word_scores), batch)
 
     def _class_scores(self, word_scores: torch.Tensor) -> torch.Tensor:
         """(B, W) scores of all label words -> (B, C): log-sum-exp over each class's words."""
@@ -110,34 +116,8 @@ class VerbalizerTask(ClassificationTask):
             start += len(words)
         return torch.stack(per_class, dim=-1)  # (B, C)
 
-    def _single(
-        self, injector: Injector, prompt: Prompt, batch: dict[str, torch.Tensor]
-    ) -> torch.Tensor:
-        hidden = injector.hidden_states(
-            prompt, batch["input_ids"], batch["attention_mask"]
-        )  # (B, T, d)
-        rows = torch.arange(hidden.shape[0])
-        answer = hidden[rows, batch["answer_index"]]  # (B, d)
-        word_rows = torch.tensor([ids[0] for ws in self.word_ids for ids in ws])
-        logits = answer @ self.lm_head[word_rows].T  # (B, W)
-        return self._class_scores(logits)
 
-    def _multi(
-        self, injector: Injector, prompt: Prompt, batch: dict[str, torch.Tensor]
-    ) -> torch.Tensor:
-        hidden = injector.hidden_states(
-            prompt, batch["input_ids"], batch["attention_mask"], batch["positions"]
-        )  # (B, T, d)
-        word_scores = self.tree.log_probs(hidden, batch["answer_index"], self.lm_head)  # (B, W)
-        return self._class_scores(word_scores)  # (B, C)
-
-
-@register_task(
-    lambda c, b: (
-        c.kind == "classification"
-        and (c.head == "linear" or (c.head == "auto" and b.spec.kind == "encoder"))
-    )
-)
+@register_task("linear")
 class HeadTask(ClassificationTask):
     """A linear classifier on pooled hidden states; trained together with the prompt."""
 
@@ -153,7 +133,7 @@ class HeadTask(ClassificationTask):
         self.head = nn.Linear(backbone.spec.hidden_size, len(config.labels))
         generator = torch.Generator().manual_seed(0)
         with torch.no_grad():  # seeded so two runs with one config start identical
-            self.head.weight.normal_(0.0, 0.02, generator=generator)
+            self.head.weight.normal_(0.0, 0.02, generator=generator)  # built on the CPU
             self.head.bias.zero_()
 
     def collate(self, examples: list[Example]) -> dict[str, torch.Tensor]:
@@ -168,17 +148,13 @@ class HeadTask(ClassificationTask):
         if self.pool == "cls":
             return hidden[:, 0]
         if self.pool == "last":
-            return hidden[torch.arange(hidden.shape[0]), mask.sum(1) - 1]
+            rows = torch.arange(hidden.shape[0], device=hidden.device)
+            return hidden[rows, mask.sum(1) - 1]
         weights = mask.unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)
         return (hidden * weights).sum(1) / weights.sum(1)
 
-    def forward(
-        self, injector: Injector, prompt: Prompt, batch: dict[str, torch.Tensor]
+    def score(
+        self, injector: Injector, hidden: torch.Tensor, batch: dict[str, torch.Tensor]
     ) -> TaskOutput:
-        hidden = injector.hidden_states(
-            prompt, batch["input_ids"], batch["attention_mask"]
-        )  # (B, T, d)
-        scores = self.head(self.pooled(hidden, batch["attention_mask"]))  # (B, C)
-        targets = batch.get("targets")
-        loss = F.cross_entropy(scores, targets) if targets is not None else scores.new_zeros(())
-        return TaskOutput(loss=loss, scores=scores, targets=targets)
+        pooled = self.pooled(hidden, batch["attention_mask"])  # (B, d)
+        return class_loss(self.head(pooled.to(self.head.weight.dtype)), batch)  # (B, C)

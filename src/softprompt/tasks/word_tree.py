@@ -73,17 +73,17 @@ class WordTree:
             "answer_index": answer,
         }
 
-    def log_probs(
-        self, hidden: torch.Tensor, answer_index: torch.Tensor, lm_head: torch.Tensor
-    ) -> torch.Tensor:
+    def log_probs(self, hidden: torch.Tensor, answer_index: torch.Tensor, injector) -> torch.Tensor:
         """(B, T, d) hidden states -> (B, W) log-probability of each whole word."""
-        steps = answer_index[:, None] + torch.arange(1 + len(self.segment))  # (B, 1 + S)
+        device = hidden.device
+        steps = answer_index[:, None] + torch.arange(
+            1 + len(self.segment), device=device
+        )  # (B, 1 + S)
         scored = hidden.gather(
             1, steps.unsqueeze(-1).expand(-1, -1, hidden.shape[-1])
         )  # (B, 1 + S, d)
-        log_probs = (scored @ lm_head.T).log_softmax(-1)  # (B, 1 + S, V)
-        token_lp = log_probs[
-            :, self.score_index.flatten(), self.score_tokens.flatten()
-        ]  # (B, W * K)
-        per_token = token_lp.view(-1, *self.score_index.shape) * self.score_mask  # (B, W, K)
+        log_probs = injector.logits(scored).float().log_softmax(-1)  # (B, 1 + S, V)
+        index, tokens = self.score_index.to(device), self.score_tokens.to(device)
+        token_lp = log_probs[:, index.flatten(), tokens.flatten()]  # (B, W * K)
+        per_token = token_lp.view(-1, *index.shape) * self.score_mask.to(device)  # (B, W, K)
         return per_token.sum(-1)  # (B, W)

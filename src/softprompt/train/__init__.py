@@ -1,4 +1,4 @@
-"""One training loop for every method: it sees a `PromptModel`, never a method."""
+"""One training loop for every method: it sees a model of one or several tasks, never a method."""
 
 from softprompt.train.config import TrainConfig
 from softprompt.train.loop import TrainResult, train

@@ -12,7 +12,9 @@ from softprompt.errors import ConfigError
 class TrainConfig:
     """`batch_size` is the global batch of one micro-step, split evenly across
     processes under DDP; an optimizer step sees `batch_size * grad_accum` rows.
-    `eval_examples` caps the validation rows scored at each evaluation (0 = all)."""
+    `eval_examples` caps the validation rows scored at each evaluation (0 = all), per task.
+    `sampler` mixes several tasks' rows: "proportional" to their sizes, or "temperature"
+    (p ~ n^(1/temperature)). `device`: auto, cpu, cuda or mps (softprompt/device.py)."""
 
     steps: int = 160
     batch_size: int = 8
@@ -28,6 +30,9 @@ class TrainConfig:
     patience: int = 0
     seed: int = 0
     bf16: bool = False
+    device: str = "auto"
+    sampler: str = "proportional"
+    temperature: float = 2.0
 
     def __post_init__(self) -> None:
         positive = ("steps", "batch_size", "grad_accum", "eval_every", "eval_batch_size")
@@ -40,6 +45,12 @@ class TrainConfig:
             raise ConfigError(
                 f"train.schedule: must be linear, cosine or constant, got {self.schedule!r}"
             )
+        if self.sampler not in ("proportional", "temperature"):
+            raise ConfigError(
+                f"train.sampler: must be proportional or temperature, got {self.sampler!r}"
+            )
+        if not self.temperature > 0:
+            raise ConfigError(f"train.temperature: must be > 0, got {self.temperature}")
         if self.warmup_steps < 0 or self.patience < 0 or self.eval_examples < 0:
             raise ConfigError(
                 "train.warmup_steps, train.patience and train.eval_examples must be >= 0"

@@ -1,9 +1,12 @@
-"""The training loop. It calls `model(batch)` and nothing method-specific.
+"""The training loop. It calls `model(batch)` and nothing method- or task-specific.
 
-Data order is a pure function of (seed, step), the learning rate a pure
-function of the step, so a resumed run replays exactly; the best prompt is
-saved atomically whenever validation improves, so a crash or a diverging
-loss never loses it.
+One run trains one task or several at once: the model is a `MultiTaskModel` (one task is
+the case of one), each micro-batch a seeded mix of (task, example) rows (train/sampler.py),
+each task validated on its own split and its best prompt kept in its own file.
+
+Data order is a pure function of (seed, step), the learning rate a pure function of the
+step, so a resumed run replays exactly; each best prompt is saved atomically whenever its
+task's validation improves, so a crash or a diverging loss never loses it.
 """
 
 from __future__ import annotations
@@ -18,15 +21,17 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from softprompt.data import Dataset, Example
+from softprompt import distributed
+from softprompt.data import Dataset
+from softprompt.device import autocast, resolve_device
 from softprompt.errors import DataError, TrainingError
 from softprompt.evaluate import evaluate
-from softprompt.model import PromptModel
+from softprompt.model import MultiTaskModel, PromptModel
 from softprompt.plot import plot_curves
 from softprompt.promptfile import atomic_write_text
-from softprompt.train import distributed
 from softprompt.train.checkpoint import load_checkpoint, save_checkpoint
 from softprompt.train.config import TrainConfig
+from softprompt.train.sampler import TaskSampler
 
 PROMPT_FILE = "prompt.safetensors"
 CHECKPOINT_FILE = "checkpoint.safetensors"
@@ -34,23 +39,26 @@ CHECKPOINT_FILE = "checkpoint.safetensors"
 
 @dataclass
 class TrainResult:
+    """`prompt_path` is the (first) task's best prompt; `prompt_paths` has every task's."""
+
     prompt_path: Path
-    best_metric: float
-    best_step: int
+    best_metric: float  # mean over tasks of each task's best validation metric
+    best_step: int  # the last step at which a task's best prompt was saved
     steps_done: int
     seconds: float
     history: list[dict[str, Any]] = field(default_factory=list)
+    prompt_paths: dict[str, Path] = field(default_factory=dict)
+    best: dict[str, dict[str, float]] = field(default_factory=dict)  # task -> metric, step
 
 
-def micro_batch(examples: list[Example], batch_size: int, seed: int, index: int) -> list[Example]:
-    """The `index`-th global micro-batch: epoch-wise seeded shuffles, last partial batch dropped."""
-    per_epoch = max(1, len(examples) // batch_size)
-    epoch, slot = divmod(index, per_epoch)
-    order = torch.randperm(
-        len(examples), generator=torch.Generator().manual_seed(seed * 100_003 + epoch)
-    )
-    picks = order[slot * batch_size : (slot + 1) * batch_size]
-    return [examples[int(i)] for i in picks]
+def prompt_path(out_dir: Path, task: str, tasks: list[str]) -> Path:
+    """One task: OUT/prompt.safetensors; several: OUT/<task>/prompt.safetensors."""
+    return out_dir / PROMPT_FILE if len(tasks) == 1 else out_dir / task / PROMPT_FILE
+
+
+def task_key(name: str) -> str:
+    """A dataset name as a task name (no '.', which module names cannot hold)."""
+    return name.replace(".", "_") or "task"
 
 
 def _metric(result: dict[str, Any]) -> float:
@@ -62,53 +70,77 @@ class _Run:
 
     def __init__(
         self,
-        model: PromptModel,
-        dataset: Dataset,
+        model: MultiTaskModel,
+        data: dict[str, Dataset],
         config: TrainConfig,
         out_dir: Path,
         meta: dict[str, Any],
     ):
-        self.model, self.dataset, self.config, self.out_dir, self.meta = (
+        self.model, self.data, self.config, self.out_dir, self.meta = (
             model,
-            dataset,
+            data,
             config,
             out_dir,
             meta,
         )
-        self.process = distributed.setup()
-        if config.batch_size % self.process.world:
-            raise TrainingError(
-                f"train.batch_size {config.batch_size} must divide evenly over {self.process.world} processes"
-            )
-        if len(dataset.train) < config.batch_size:
-            raise TrainingError(
-                f"the training split has {len(dataset.train)} rows, fewer than train.batch_size {config.batch_size}"
-            )
-        if not model.trainable_parameters():
-            raise TrainingError(f"method {model.method_name!r} with this task has nothing to train")
+        self.device = distributed.local_device(resolve_device(config.device))
+        self.process = distributed.setup(self.device)
+        self._check_sizes()
+        model.backbone.model.to(self.device)
+        model.to(self.device)
         torch.manual_seed(config.seed)
         self.wrapped = distributed.wrap(model, self.process)
         self.optimizer = torch.optim.AdamW(
             model.trainable_parameters(), lr=config.lr, weight_decay=config.weight_decay
         )
-        self.validation = dataset.validation[: config.eval_examples or None]
-        if not self.validation:
-            raise DataError(
-                f"dataset {dataset.name!r} has an empty validation split; the best prompt is "
-                "chosen on it, so give validation rows (e.g. --validation-file)"
-            )
+        self.sampler = TaskSampler(
+            {name: d.train for name, d in data.items()},
+            batch_size=config.batch_size,
+            seed=config.seed,
+            micro_batches=config.steps * config.grad_accum,
+            sampler=config.sampler,
+            temperature=config.temperature,
+        )
+        self.validation = {n: d.validation[: config.eval_examples or None] for n, d in data.items()}
         self.state: dict[str, Any] = {
             "step": 0,
-            "best_metric": -math.inf,
-            "best_step": -1,
+            "best": {name: {"metric": -math.inf, "step": -1} for name in data},
             "bad_evals": 0,
             "history": [],
             "seconds": 0.0,
         }
 
+    def _check_sizes(self) -> None:
+        config, world = self.config, self.process.world
+        if config.batch_size % world:
+            raise TrainingError(
+                f"train.batch_size {config.batch_size} must divide evenly over {world} processes"
+            )
+        for name, dataset in self.data.items():
+            if len(self.data) == 1 and len(dataset.train) < config.batch_size:
+                raise TrainingError(
+                    f"the training split has {len(dataset.train)} rows, fewer than "
+                    f"train.batch_size {config.batch_size}"
+                )
+            if not dataset.train:
+                raise DataError(f"task {name!r}: dataset {dataset.name!r} has no training rows")
+            if not dataset.validation:
+                raise DataError(
+                    f"task {name!r}: dataset {dataset.name!r} has an empty validation split; the "
+                    "best prompt is chosen on it, so give validation rows (e.g. --validation-file)"
+                )
+        if not self.model.trainable_parameters():
+            methods = sorted({m.method_name for m in self.model.models.values()})
+            raise TrainingError(
+                f"method {', '.join(methods)!r} with this task has nothing to train"
+            )
+
     @property
-    def prompt_path(self) -> Path:
-        return self.out_dir / PROMPT_FILE
+    def tasks(self) -> list[str]:
+        return list(self.data)
+
+    def prompt_path(self, task: str) -> Path:
+        return prompt_path(self.out_dir, task, self.tasks)
 
     def resume(self) -> None:
         """Load the checkpoint if there is one; the metrics log restarts from what it knew."""
@@ -129,29 +161,17 @@ class _Run:
             group["lr"] = cfg.lr_at(step)
         total, correct, scored = 0.0, 0.0, 0.0
         for micro in range(cfg.grad_accum):
-            rows = micro_batch(
-                self.dataset.train, cfg.batch_size, cfg.seed, step * cfg.grad_accum + micro
-            )
+            rows = self.sampler.micro_batch(step * cfg.grad_accum + micro)
             shard = rows[rank * len(rows) // world : (rank + 1) * len(rows) // world]
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
+            with autocast(self.device, cfg.bf16):
                 out = self.wrapped(self.model.collate(shard))
-            loss = out.loss
-            if out.scores is not None and out.targets is not None:
-                correct += float((out.scores.argmax(-1) == out.targets).sum())
-                scored += len(shard)
-            if not torch.isfinite(loss):
-                kept = (
-                    f"the best prompt so far is kept at {self.prompt_path}"
-                    if self.prompt_path.exists()
-                    else "no prompt was saved yet (no evaluation had run)"
-                )
-                raise TrainingError(
-                    f"loss became {loss.item()} at step {step}; {kept}. "
-                    f"Lower train.lr (now {cfg.lr}) or use more warmup."
-                )
-            (loss / cfg.grad_accum).backward()
-            total += loss.item() / cfg.grad_accum
-        torch.nn.utils.clip_grad_norm_(self.model.trainable_parameters(), cfg.max_grad_norm)
+            right, count = out.counts()
+            correct, scored = correct + right, scored + count
+            self._check_finite(out.loss, step)
+            (out.loss / cfg.grad_accum).backward()
+            total += out.loss.item() / cfg.grad_accum
+        for group in self.model.parameter_groups():  # per task: one never rescales another
+            torch.nn.utils.clip_grad_norm_(group, cfg.max_grad_norm)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         # shards are equal in size, so the mean of the ranks' means is the global mean
@@ -159,24 +179,45 @@ class _Run:
         total /= self.process.world
         return {"loss": total, **({"accuracy": correct / scored} if scored else {})}
 
-    def evaluate_and_keep_best(self, step: int) -> dict[str, Any]:
-        result = evaluate(
-            self.model,
-            self.validation,
-            batch_size=self.config.eval_batch_size,
-            process=self.process,
-            bf16=self.config.bf16,
+    def _check_finite(self, loss: torch.Tensor, step: int) -> None:
+        if torch.isfinite(loss):
+            return
+        kept = [str(self.prompt_path(t)) for t in self.tasks if self.prompt_path(t).exists()]
+        where = (
+            f"the best prompt so far is kept at {', '.join(kept)}"
+            if kept
+            else "no prompt was saved yet (no evaluation had run)"
         )
-        metric = _metric(result)
-        if metric > self.state["best_metric"]:
-            self.state.update(best_metric=metric, best_step=step, bad_evals=0)
-            if self.process.main:
-                self.model.save(
-                    self.prompt_path, **self.meta, metrics={"validation": result, "step": step}
-                )
-        else:
-            self.state["bad_evals"] += 1
-        return result
+        raise TrainingError(
+            f"loss became {loss.item()} at step {step}; {where}. "
+            f"Lower train.lr (now {self.config.lr}) or use more warmup."
+        )
+
+    def evaluate_and_keep_best(self, step: int) -> dict[str, dict[str, Any]]:
+        """Score every task on its validation rows; save each task's prompt that improved."""
+        results, improved = {}, False
+        for name, model in self.model.models.items():
+            result = evaluate(
+                model,
+                self.validation[name],
+                batch_size=self.config.eval_batch_size,
+                process=self.process,
+                bf16=self.config.bf16,
+            )
+            best = self.state["best"][name]
+            if _metric(result) > best["metric"]:
+                best.update(metric=_metric(result), step=step)
+                improved = True
+                if self.process.main:
+                    model.save(
+                        self.prompt_path(name),
+                        **self.meta,
+                        dataset=self.data[name].name,
+                        metrics={"validation": result, "step": step},
+                    )
+            results[name] = result
+        self.state["bad_evals"] = 0 if improved else self.state["bad_evals"] + 1
+        return results
 
     def log(self, record: dict[str, Any]) -> None:
         self.state["history"].append(record)
@@ -190,6 +231,19 @@ class _Run:
             plot_curves(self.state["history"], self.out_dir / "curves.png")
         distributed.barrier(self.process)
 
+    def result(self) -> TrainResult:
+        best = self.state["best"]
+        return TrainResult(
+            prompt_path=self.prompt_path(self.tasks[0]),
+            best_metric=sum(b["metric"] for b in best.values()) / len(best),
+            best_step=max(b["step"] for b in best.values()),
+            steps_done=self.state["step"],
+            seconds=self.state["seconds"],
+            history=self.state["history"],
+            prompt_paths={t: self.prompt_path(t) for t in self.tasks},
+            best={t: dict(b) for t, b in best.items()},
+        )
+
 
 def _recent_accuracy(history: list[dict[str, Any]], window: int = 20) -> dict[str, str]:
     """Training accuracy over the last `window` steps: one batch of 8 is too noisy to read."""
@@ -199,10 +253,12 @@ def _recent_accuracy(history: list[dict[str, Any]], window: int = 20) -> dict[st
     return {"acc": f"{sum(recent[-window:]) / len(recent[-window:]):.3f}"}
 
 
-def _val_postfix(result: dict[str, Any]) -> dict[str, str]:
-    if "accuracy" in result:
-        return {"val_acc": f"{result['accuracy']:.3f}"}
-    return {"val_loss": f"{result['loss']:.3f}"}
+def _val_postfix(results: dict[str, dict[str, Any]]) -> dict[str, str]:
+    """The validation figure on the progress bar (the mean over tasks when there are several)."""
+    values = list(results.values())
+    if all("accuracy" in r for r in values):
+        return {"val_acc": f"{sum(r['accuracy'] for r in values) / len(values):.3f}"}
+    return {"val_loss": f"{sum(r['loss'] for r in values) / len(values):.3f}"}
 
 
 def _advance(run: _Run, step: int) -> tuple[dict[str, str], bool]:
@@ -217,17 +273,34 @@ def _advance(run: _Run, step: int) -> tuple[dict[str, str], bool]:
     postfix["ex/s"] = f"{rows / (time.perf_counter() - tick):.1f}"
     if (step + 1) % config.eval_every and step + 1 != config.steps:
         return postfix, False
-    result = run.evaluate_and_keep_best(step + 1)
-    run.log({"kind": "eval", "step": step + 1, **result})
+    results = run.evaluate_and_keep_best(step + 1)
+    several = len(results) > 1
+    for name, result in results.items():
+        run.log({"kind": "eval", "step": step + 1, **({"task": name} if several else {}), **result})
     run.state["step"] = step + 1
     run.checkpoint()
     stop = bool(config.patience) and run.state["bad_evals"] >= config.patience
-    return {**postfix, **_val_postfix(result)}, stop
+    return {**postfix, **_val_postfix(results)}, stop
+
+
+def as_multitask(
+    model: PromptModel | MultiTaskModel, dataset: Dataset | dict[str, Dataset]
+) -> tuple[MultiTaskModel, dict[str, Dataset]]:
+    """One model and dataset become a mixture of one task, named after the dataset."""
+    if isinstance(model, MultiTaskModel):
+        if not isinstance(dataset, dict) or set(dataset) != set(model.names):
+            raise TrainingError(
+                f"a multi-task model needs one dataset per task: tasks {model.names}, "
+                f"datasets {sorted(dataset) if isinstance(dataset, dict) else dataset!r}"
+            )
+        return model, dataset
+    name = task_key(dataset.name)
+    return MultiTaskModel.single(name, model), {name: dataset}
 
 
 def train(
-    model: PromptModel,
-    dataset: Dataset,
+    model: PromptModel | MultiTaskModel,
+    dataset: Dataset | dict[str, Dataset],
     config: TrainConfig,
     out_dir: str | Path,
     *,
@@ -236,18 +309,20 @@ def train(
     progress: bool = True,
     stop_after: int | None = None,
 ) -> TrainResult:
-    """Train `model`'s prompt (and head) on `dataset.train`, keeping the best on validation.
+    """Train the prompts (and heads) on the training rows, keeping each task's best.
 
-    `stop_after` ends the run after that many steps as if interrupted (for resume tests)."""
+    `model` is one `PromptModel` with its `Dataset`, or a `MultiTaskModel` with a dataset
+    per task. `stop_after` ends the run after that many steps as if interrupted."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    meta = dict(meta or {}, train=config.to_dict(), dataset=dataset.name)
-    run = _Run(model, dataset, config, out_dir, meta)
+    multi, data = as_multitask(model, dataset)
+    meta = dict(meta or {}, train=config.to_dict())
+    run = _Run(multi, data, config, out_dir, meta)
     if resume:
         run.resume()
     elif run.process.main:
         (out_dir / "metrics.jsonl").unlink(missing_ok=True)
-    model.train()
+    multi.train()
     start, began, seconds_before = run.state["step"], time.perf_counter(), run.state["seconds"]
     show, shown = progress and run.process.main, {}
     with tqdm(
@@ -264,15 +339,8 @@ def train(
             if stop:
                 break
     run.state["seconds"] = seconds_before + time.perf_counter() - began
-    if run.state["best_step"] < 0:
+    if max(b["step"] for b in run.state["best"].values()) < 0:
         raise TrainingError(
             "training ended before any evaluation; raise train.steps or lower train.eval_every"
         )
-    return TrainResult(
-        prompt_path=run.prompt_path,
-        best_metric=run.state["best_metric"],
-        best_step=run.state["best_step"],
-        steps_done=run.state["step"],
-        seconds=run.state["seconds"],
-        history=run.state["history"],
-    )
+    return run.result()

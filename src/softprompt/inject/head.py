@@ -1,0 +1,83 @@
+"""The two ends of the frozen model that prompt code reads directly: input embeddings
+and the output projection, each exactly as the model's own forward applies them.
+
+Model families differ at both ends. Gemma 3 scales its input embeddings by sqrt(d)
+inside the embedding module (Gemma 2 inside the model), some heads carry a bias,
+Cohere multiplies logits by `logit_scale`, Granite divides by `logits_scaling`, and
+Gemma 2/3 squash them with `final_logit_softcapping`. Reading `embed_tokens.weight`
+or multiplying by the head matrix by hand silently gets these wrong, so every lookup
+and projection goes through here, and `check_head` compares against a plain forward
+once per backbone and refuses what it cannot reproduce.
+"""
+
+from __future__ import annotations
+
+import weakref
+
+import torch
+
+from softprompt.backbones import Backbone
+from softprompt.errors import BackboneError
+
+
+def text_config(config):
+    """The decoder's own config (multimodal configs nest it)."""
+    return getattr(config, "text_config", None) or config
+
+
+class LMHead:
+    """(…, d) hidden states -> logits over the vocabulary or over chosen token ids."""
+
+    def __init__(self, backbone: Backbone) -> None:
+        head = backbone.model.get_output_embeddings()
+        if head is None:
+            raise BackboneError(
+                f"{backbone.name}: this backbone has no LM head to score words with"
+            )
+        config = text_config(backbone.model.config)
+        self.weight = head.weight  # (V, d), frozen
+        self.bias = getattr(head, "bias", None)  # (V,) or None
+        self.multiply = getattr(config, "logit_scale", None)
+        self.divide = getattr(config, "logits_scaling", None)
+        self.softcap = getattr(config, "final_logit_softcapping", None)
+
+    def __call__(self, hidden: torch.Tensor, token_ids: torch.Tensor | None = None) -> torch.Tensor:
+        weight = self.weight if token_ids is None else self.weight[token_ids]  # (W, d)
+        logits = hidden @ weight.T  # (..., W)
+        if self.bias is not None:
+            logits = logits + (self.bias if token_ids is None else self.bias[token_ids])
+        if self.multiply is not None:
+            logits = logits * self.multiply
+        if self.divide is not None:
+            logits = logits / self.divide
+        if self.softcap is not None:
+            logits = torch.tanh(logits / self.softcap) * self.softcap
+        return logits
+
+
+def embed_tokens(backbone: Backbone, ids: torch.Tensor) -> torch.Tensor:
+    """Ids -> what the model feeds its first layer from `inputs_embeds` (scaling included)."""
+    return backbone.input_embeddings()(ids)
+
+
+_CHECKED: weakref.WeakSet = weakref.WeakSet()
+
+
+@torch.no_grad()
+def check_head(backbone: Backbone, call_core) -> None:
+    """Once per backbone: our embed -> core -> LMHead path must equal `model(ids).logits`."""
+    if backbone.model in _CHECKED:
+        return
+    device = backbone.input_embeddings().weight.device
+    ids = torch.arange(1, 6, device=device).unsqueeze(0) % backbone.spec.vocab_size  # (1, 5)
+    reference = backbone.model(input_ids=ids).logits.float()  # (1, 5, V)
+    hidden = call_core(inputs_embeds=embed_tokens(backbone, ids)).last_hidden_state
+    ours = LMHead(backbone)(hidden).float()
+    gap = float((ours - reference).abs().max())
+    if gap > 1e-3 * (1.0 + float(reference.abs().max())):
+        raise BackboneError(
+            f"{backbone.name}: softprompt's path through this {backbone.spec.architecture} model "
+            f"does not reproduce its own logits (max difference {gap:.3g}); scores would be "
+            "wrong, so the backbone is refused. Please report the architecture."
+        )
+    _CHECKED.add(backbone.model)

@@ -1,0 +1,106 @@
+"""What a prompt method hands to the frozen model, and which row of a batch uses which.
+
+A `Prompt` is one distinct prompt: virtual input embeddings, a per-layer key/value
+prefix, or both. A batch may mix prompts: `RowPrompts` holds the k distinct prompts
+of a batch (each computed once) and, for every row, the index of its prompt. One
+prompt shared by every row is the common case and the fast one (k == 1).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+
+from softprompt.backbones import Backbone
+
+KV = tuple[tuple[torch.Tensor, torch.Tensor], ...]  # L x (keys, values), each (kvh, n, hd)
+
+
+@dataclass
+class Prompt:
+    """One prompt, as the frozen model sees it.
+
+    `embeds` (n, d): virtual tokens placed after BOS (decoders) or after [CLS] (encoders).
+    `kv`: one (keys, values) pair per layer, each (kv_heads, n_kv, head_dim), that every
+    later token attends to as if n_kv tokens had come first (prefix tuning). Keys count
+    as already rotated for RoPE models. On a decoder the order is K/V prefix, BOS, embeds,
+    as in PEFT (whose input ids start with BOS after the virtual keys/values).
+    """
+
+    embeds: torch.Tensor | None = None  # (n, d)
+    kv: KV | None = None  # L x 2 x (kvh, n_kv, hd)
+
+    @property
+    def n_embeds(self) -> int:
+        return 0 if self.embeds is None else self.embeds.shape[0]
+
+    @property
+    def n_kv(self) -> int:
+        return 0 if self.kv is None else self.kv[0][0].shape[1]
+
+    @property
+    def length(self) -> int:
+        """Virtual tokens in front of the real ones (K/V and embedded ones together)."""
+        return self.n_embeds + self.n_kv
+
+    @property
+    def signature(self) -> tuple[int, int]:
+        """Prompts with one signature can run through the model stacked in one batch."""
+        return (self.n_kv, self.n_embeds)
+
+
+@dataclass
+class RowPrompts:
+    """k distinct prompts and, per row, which one it uses: `index` (B,) in [0, k)."""
+
+    prompts: list[Prompt]
+    index: torch.Tensor  # (B,) long
+
+    @classmethod
+    def shared(cls, prompt: Prompt, batch_size: int, device: torch.device | None = None):
+        """Every row uses `prompt`."""
+        return cls([prompt], torch.zeros(batch_size, dtype=torch.long, device=device))
+
+    @classmethod
+    def of(cls, prompt: Prompt | RowPrompts, batch_size: int, device=None) -> RowPrompts:
+        """Accept a single prompt wherever per-row prompts are expected."""
+        if isinstance(prompt, RowPrompts):
+            return prompt
+        return cls.shared(prompt, batch_size, device)
+
+    @classmethod
+    def per_row(cls, prompts: Sequence[Prompt], choice: Sequence[int], device=None):
+        return cls(list(prompts), torch.tensor(list(choice), dtype=torch.long, device=device))
+
+    @property
+    def rows(self) -> int:
+        return self.index.shape[0]
+
+
+class Injector(Protocol):
+    """Runs the frozen backbone with per-row prompts; the only code touching its weights."""
+
+    backbone: Backbone
+
+    def hidden_states(
+        self,
+        prompts: Prompt | RowPrompts,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        positions: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """(B, T) ids and mask -> (B, T, d) final hidden states at the real tokens.
+
+        A (B, T, T) visibility mask with explicit `positions` is for causal decoders only."""
+        ...
+
+    def embed(self, ids: torch.Tensor) -> torch.Tensor:
+        """Token ids -> the input embeddings the model itself would feed its first layer."""
+        ...
+
+    def logits(self, hidden: torch.Tensor, token_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """(..., d) final hidden states -> (..., V) logits, or only the `token_ids` columns."""
+        ...

@@ -1,0 +1,55 @@
+"""Rows of several tasks in one forward pass.
+
+Each task collates its own rows (its template, label words, visibility masks); `merge`
+lays the parts one under the other, right-padded to one width, so the frozen model runs
+once over all of them, with each row's own prompt (inject/prompt.py). The hidden
+states are then cut back per part and each task scores its own rows. Padding on the
+right never moves a token, so every index a part computed for itself stays valid.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def _as_visibility(batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """A (B, T) padding mask -> (B, T, T) causal visibility and (B, T) positions."""
+    mask = batch["attention_mask"]
+    if mask.dim() == 3:
+        return mask.bool(), batch["positions"]
+    length = mask.shape[1]
+    causal = torch.ones(length, length, dtype=torch.bool, device=mask.device).tril()  # (T, T)
+    sees = causal[None] & mask.bool()[:, None, :]  # (B, T, T)
+    sees |= torch.eye(length, dtype=torch.bool, device=mask.device)[None]  # pads see themselves
+    positions = (mask.long().cumsum(-1) - 1).clamp(min=0)  # (B, T)
+    return sees, positions
+
+
+def _widen(tensor: torch.Tensor, width: int, dims: int, value: int = 0) -> torch.Tensor:
+    """Right-pad the last `dims` dimensions of `tensor` to `width`."""
+    pad: list[int] = []
+    for size in reversed(tensor.shape[-dims:]):
+        pad += [0, width - size]
+    return torch.nn.functional.pad(tensor, pad, value=value)
+
+
+def merge(parts: list[dict[str, torch.Tensor]], pad_id: int = 0) -> dict[str, torch.Tensor]:
+    """Several collated batches -> one batch of model inputs (ids, mask, positions)."""
+    if len(parts) == 1:
+        keys = ("input_ids", "attention_mask", "positions")
+        return {k: parts[0][k] for k in keys if k in parts[0]}
+    width = max(p["input_ids"].shape[1] for p in parts)
+    ids = torch.cat([_widen(p["input_ids"], width, 1, pad_id) for p in parts])  # (B, W)
+    if all(p["attention_mask"].dim() == 2 for p in parts):
+        mask = torch.cat([_widen(p["attention_mask"], width, 1) for p in parts])  # (B, W)
+        return {"input_ids": ids, "attention_mask": mask}
+    sees, positions = [], []
+    for part in parts:
+        part_sees, part_positions = _as_visibility(part)
+        extra = width - part_sees.shape[1]
+        grown = _widen(part_sees, width, 2)  # (b, W, W)
+        if extra:
+            grown[:, -extra:, -extra:] |= torch.eye(extra, dtype=torch.bool, device=grown.device)
+        sees.append(grown)
+        positions.append(_widen(part_positions, width, 1))
+    return {"input_ids": ids, "attention_mask": torch.cat(sees), "positions": torch.cat(positions)}
