@@ -123,7 +123,9 @@ def _main(capsys, *argv: str) -> tuple[int, str, str]:
         (["--verbalizer", "{not json"], "--verbalizer"),
         (["--n-tokens", "1.5"], "--n-tokens"),
         (["--config", "missing.yaml"], "--config"),
-        (["--method", "bogus-method", "--backbone", "/nonexistent/backbone"], "backbone"),
+        (["--backbone", "/nonexistent/backbone"], "backbone"),
+        # the method is checked before any backbone loads
+        (["--method", "bogus-method", "--backbone", "/nonexistent/backbone"], "method.name"),
         (["--batch-size", "0"], "train.batch_size"),
     ],
 )

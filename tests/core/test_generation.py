@@ -124,11 +124,11 @@ def test_greedy_generation_equals_naive_loop(make_model, causal, seed):
     texts = [e.text for e in EXAMPLES]
     eos = causal.spec.eos_token_id
     with torch.no_grad():
-        got = model.task.generate(model.injector, model.method(len(texts)), texts)
+        got = model.task.generate(model.injector, model.method(), texts)
         naive_tokens = [
             _naive_greedy(causal, model.method.embeddings, _context(model, t), 5) for t in texts
         ]
-        one_by_one = [model.task.generate(model.injector, model.method(1), [t])[0] for t in texts]
+        one_by_one = [model.task.generate(model.injector, model.method(), [t])[0] for t in texts]
     expected = [
         causal.tokenizer.decode([t for t in row if t != eos], skip_special_tokens=True)
         for row in naive_tokens

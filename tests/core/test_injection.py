@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from softprompt.data import Example
-from softprompt.inject import CausalInjector, EncoderInjector, Prompt, make_injector
+from softprompt.inject import CausalInjector, EncoderInjector, Prompt, RowPrompts, make_injector
 
 ATOL = 1e-5
 TEXTS = [
@@ -35,6 +35,15 @@ def _prompt(backbone, rows: int, n: int = 3, seed: int = 0) -> torch.nn.Paramete
     std = backbone.input_embeddings().weight.std().item()
     gen = torch.Generator().manual_seed(seed)
     return torch.nn.Parameter(torch.randn(rows, n, backbone.spec.hidden_size, generator=gen) * std)
+
+
+def _as_prompt(param: torch.Tensor | None) -> Prompt | RowPrompts:
+    """A (P, n, d) tensor -> one shared prompt (P == 1) or one prompt per row."""
+    if param is None:
+        return Prompt()
+    if param.shape[0] == 1:
+        return Prompt(embeds=param[0])
+    return RowPrompts.per_row([Prompt(embeds=p) for p in param], range(param.shape[0]))
 
 
 def _naive_causal(backbone, prompt: torch.Tensor | None, ids, mask):
@@ -65,12 +74,12 @@ def test_causal_prefix_cache_equals_naive_concatenation(backbones, name, prompt_
 
     fast_param = _prompt(backbone, prompt_rows) if prompt_rows else None
     naive_param = torch.nn.Parameter(fast_param.detach().clone()) if prompt_rows else None
-    fast = injector.hidden_states(Prompt(embeds=fast_param), ids, mask)
+    fast = injector.hidden_states(_as_prompt(fast_param), ids, mask)
     naive, naive_logits, m = _naive_causal(backbone, naive_param, ids, mask)
     assert m == (backbone.spec.bos_token_id is not None) + (3 if prompt_rows else 0)
     assert fast.shape == (4, ids.shape[1], backbone.spec.hidden_size)
     torch.testing.assert_close(fast[real], naive[real], atol=ATOL, rtol=0)
-    fast_logits = fast @ backbone.output_embeddings().T
+    fast_logits = injector.logits(fast)
     torch.testing.assert_close(fast_logits[real], naive_logits[real], atol=ATOL, rtol=0)
     # the prompt actually matters (the comparison is not vacuous)
     if prompt_rows:
@@ -88,7 +97,7 @@ def test_causal_prefix_cache_equals_naive_concatenation(backbones, name, prompt_
 def test_causal_left_padding_equals_row_alone(backbones, name):
     backbone = backbones[name]
     injector = make_injector(backbone)
-    prompt = Prompt(embeds=_prompt(backbone, 1).detach())
+    prompt = Prompt(embeds=_prompt(backbone, 1)[0].detach())
     row = torch.tensor(
         [backbone.tokenizer("the plot was dull", add_special_tokens=False)["input_ids"]]
     )
@@ -123,7 +132,7 @@ def test_encoder_injector_equals_naive_splice(bert):
         ids[i, : len(r)], mask[i, : len(r)] = torch.tensor(r), 1
     fast_param = _prompt(bert, 1)
     naive_param = torch.nn.Parameter(fast_param.detach().clone())
-    fast = injector.hidden_states(Prompt(embeds=fast_param), ids, mask)
+    fast = injector.hidden_states(Prompt(embeds=fast_param[0]), ids, mask)
 
     embed = bert.input_embeddings()
     tokens = embed(ids)

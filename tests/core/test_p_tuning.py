@@ -35,8 +35,8 @@ def test_config_errors_name_the_key(options, key):
 def test_prompt_shape_and_encoder_runs_once(make_model, backbones, toy_dataset, name, encoder):
     backbone = backbones[name]
     model = make_model(backbone, "p-tuning", n_tokens=3, hidden=16, encoder=encoder)
-    prompt = model.method(8)
-    assert prompt.kv is None and prompt.embeds.shape == (1, 3, backbone.spec.hidden_size)
+    prompt = model.method()
+    assert prompt.kv is None and prompt.embeds.shape == (3, backbone.spec.hidden_size)
     calls = []
     model.method.encoder.register_forward_hook(lambda module, args, out: calls.append(out.shape))
     model(model.collate(toy_dataset.train[:8]))
@@ -63,7 +63,7 @@ def test_scores_equal_a_soft_prompt_of_the_encoder_output(make_model, backbones,
     soft = make_model(backbone, "soft-prompt", n_tokens=3)
     soft.load_state_dict({**ours.task.state_dict(prefix="task.")}, strict=False)
     with torch.no_grad():
-        soft.method.embeddings.copy_(ours.method(1).embeds[0])
+        soft.method.embeddings.copy_(ours.method().embeds)
         batch = ours.collate(toy_dataset.test)
         torch.testing.assert_close(ours(batch).scores, soft(batch).scores, atol=1e-6, rtol=0)
 

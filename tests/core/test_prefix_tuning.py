@@ -7,12 +7,13 @@ from __future__ import annotations
 import peft  # a dev dependency: the parity checks are not optional
 import pytest
 import torch
+from transformers.cache_utils import DynamicCache
 import torch.nn.functional as F
 
 from softprompt.backbones.tiny import tiny_gpt2, tiny_llama
 from softprompt.data import Example
 from softprompt.errors import ConfigError
-from softprompt.inject import Prompt, make_injector
+from softprompt.inject import Prompt, RowPrompts, make_injector
 from softprompt.methods.prefix_tuning import PrefixTuningConfig
 from softprompt.model import PromptModel
 from softprompt.train import train
@@ -52,11 +53,11 @@ def test_prompt_shapes_and_parameter_count(make_model, backbones, name, reparame
     model = make_model(
         backbones[name], "prefix-tuning", n_tokens=3, hidden=16, reparameterize=reparameterize
     )
-    prompt = model.method(8)
-    assert prompt.embeds is None and (prompt.length, prompt.rows) == (3, 1)
+    prompt = model.method()
+    assert prompt.embeds is None and (prompt.length, prompt.n_kv) == (3, 3)
     assert len(prompt.kv) == spec.num_layers
     for keys, values in prompt.kv:
-        assert keys.shape == values.shape == (1, spec.num_kv_heads, 3, spec.head_dim)
+        assert keys.shape == values.shape == (spec.num_kv_heads, 3, spec.head_dim)
     d, width = spec.hidden_size, _kv_params(spec, 1)
     expected = 3 * d + d * 16 + 16 + 16 * width + width if reparameterize else _kv_params(spec, 3)
     assert model.num_trainable() == expected
@@ -79,9 +80,9 @@ def test_direct_prefix_starts_as_the_backbones_own_kv(make_model, backbones, nam
     )
     ids = backbone.tokenizer(text)["input_ids"]  # with BOS where the tokenizer adds one
     out = backbone.model(input_ids=torch.tensor([ids]), use_cache=True)
-    for layer, (keys, values) in zip(out.past_key_values.layers, model.method(1).kv, strict=True):
-        torch.testing.assert_close(keys, layer.keys[:, :, -3:], atol=ATOL, rtol=0)
-        torch.testing.assert_close(values, layer.values[:, :, -3:], atol=ATOL, rtol=0)
+    for layer, (keys, values) in zip(out.past_key_values.layers, model.method().kv, strict=True):
+        torch.testing.assert_close(keys, layer.keys[0, :, -3:], atol=ATOL, rtol=0)
+        torch.testing.assert_close(values, layer.values[0, :, -3:], atol=ATOL, rtol=0)
 
 
 def test_direct_prefix_save_load_round_trip(make_model, gpt2, toy_dataset, tmp_path):
@@ -98,11 +99,12 @@ def test_direct_prefix_save_load_round_trip(make_model, gpt2, toy_dataset, tmp_p
 # -- the K/V path of the causal injector -----------------------------------------------
 
 
-def _random_kv(spec, rows: int, n: int, seed: int) -> tuple[tuple[torch.Tensor, torch.Tensor]]:
+def _random_kv(spec, rows: int, n: int, seed: int) -> list[tuple[tuple[torch.Tensor, ...]]]:
+    """`rows` random K/V prefixes, each L x 2 x (kvh, n, hd)."""
     gen = torch.Generator().manual_seed(seed)
-    shape = (spec.num_layers, 2, rows, spec.num_kv_heads, n, spec.head_dim)
-    kv = torch.randn(shape, generator=gen)  # (L, 2, P, kvh, n, hd)
-    return tuple((layer[0], layer[1]) for layer in kv)
+    shape = (rows, spec.num_layers, 2, spec.num_kv_heads, n, spec.head_dim)
+    kv = torch.randn(shape, generator=gen)  # (P, L, 2, kvh, n, hd)
+    return [tuple((layer[0], layer[1]) for layer in prompt) for prompt in kv]
 
 
 def _ids(backbone, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -122,25 +124,34 @@ def test_per_row_prefixes_equal_each_row_alone(backbones, name):
     injector = make_injector(backbone)
     ids, mask = _ids(backbone, ["good", "the plot was really dull", "a bad film"])
     kv = _random_kv(backbone.spec, 3, 4, seed=0)
-    together = injector.hidden_states(Prompt(kv=kv), ids, mask)  # (3, T, d)
+    rows = RowPrompts.per_row([Prompt(kv=p) for p in kv], range(3))
+    together = injector.hidden_states(rows, ids, mask)  # (3, T, d)
     for row in range(3):
         length = int(mask[row].sum())
-        alone_kv = tuple((k[row : row + 1], v[row : row + 1]) for k, v in kv)
         alone = injector.hidden_states(
-            Prompt(kv=alone_kv), ids[row : row + 1, :length], mask[row : row + 1, :length]
+            Prompt(kv=kv[row]), ids[row : row + 1, :length], mask[row : row + 1, :length]
         )
         torch.testing.assert_close(together[row, :length], alone[0], atol=ATOL, rtol=0)
 
 
-def test_prompt_with_embeds_and_kv_is_not_supported(llama):
+def test_prompt_with_embeds_and_kv_equals_naive_order(llama):
+    """K/V prefix, then BOS, then virtual tokens: the same as feeding BOS + embeds on top of
+    the prefix by hand."""
     injector = make_injector(llama)
-    ids, mask = _ids(llama, ["good"])
-    prompt = Prompt(
-        embeds=torch.zeros(1, 2, llama.spec.hidden_size), kv=_random_kv(llama.spec, 1, 2, 0)
-    )
-    assert prompt.length == 4
-    with pytest.raises(NotImplementedError):
-        injector.hidden_states(prompt, ids, mask)
+    ids, mask = _ids(llama, ["good film"])
+    embeds = torch.randn(2, llama.spec.hidden_size, generator=torch.Generator().manual_seed(1))
+    kv = _random_kv(llama.spec, 1, 3, 0)[0]
+    prompt = Prompt(embeds=embeds, kv=kv)
+    assert prompt.length == 5
+    got = injector.hidden_states(prompt, ids, mask)
+    cache = DynamicCache(config=llama.model.config)
+    for index, (keys, values) in enumerate(kv):
+        cache.update(keys[None], values[None], index)
+    bos = llama.input_embeddings()(torch.tensor([[llama.spec.bos_token_id]]))
+    inputs = torch.cat([bos, embeds[None], llama.input_embeddings()(ids)], 1)  # (1, 1 + 2 + T, d)
+    positions = torch.arange(3, 3 + inputs.shape[1])[None]
+    naive = llama.core()(inputs_embeds=inputs, position_ids=positions, cache=cache)
+    torch.testing.assert_close(got[0], naive.last_hidden_state[0, 3:], atol=ATOL, rtol=0)
 
 
 @pytest.mark.parametrize("name", CAUSAL)
@@ -153,15 +164,15 @@ def test_generation_on_the_kv_cache_equals_recomputing(make_model, backbones, na
     task, injector = model.task, model.injector
     texts = ["good", "the plot was really dull"]
     with torch.no_grad():
-        prompt = model.method(len(texts))
+        prompt = model.method()
         generated = task.generate(injector, prompt, texts)
         for text, got in zip(texts, generated, strict=True):
             ids = task.contexts([Example(text=text, label="")])[0]
             out = []
             for _ in range(4):
                 row = torch.tensor([ids + out])
-                hidden = injector.hidden_states(model.method(1), row, torch.ones_like(row))
-                token = int((hidden[0, -1] @ task.lm_head.T).argmax())
+                hidden = injector.hidden_states(model.method(), row, torch.ones_like(row))
+                token = int(injector.logits(hidden[0, -1]).argmax())
                 if token == task.eos_id:
                     break
                 out.append(token)

@@ -42,7 +42,7 @@ def test_task_is_picked_by_kind_head_and_backbone(make_model, llama, gpt2, bert)
     assert isinstance(make_model(llama, task={"kind": "generation"}).task, GenerationTask)
     with pytest.raises(ConfigError, match="verbalizers need a causal LM"):
         make_model(bert, task={"head": "verbalizer"})
-    with pytest.raises(ConfigError, match="kind='generation'"):
+    with pytest.raises(ConfigError, match="generation needs a causal LM"):
         make_model(bert, task={"kind": "generation"})
 
 
