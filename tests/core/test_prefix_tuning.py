@@ -7,8 +7,8 @@ from __future__ import annotations
 import peft  # a dev dependency: the parity checks are not optional
 import pytest
 import torch
-from transformers.cache_utils import DynamicCache
 import torch.nn.functional as F
+from transformers.cache_utils import DynamicCache
 
 from softprompt.backbones.tiny import tiny_gpt2, tiny_llama
 from softprompt.data import Example

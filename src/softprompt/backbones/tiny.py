@@ -183,3 +183,71 @@ def tiny_bert(seed: int = 0) -> Backbone:
     )
     model = _build(lambda: AutoModel.from_config(config, attn_implementation="sdpa"), seed)
     return from_pretrained_model(model, tok, name="tiny-bert", kind="encoder")
+
+
+# Causal LM families users pick, each with what sets it apart at the two ends of the model:
+# embedding scaling (gemma), logit soft-capping (gemma2/3), a head bias (phi), a logit scale
+# (cohere), no BOS (qwen, gpt2), untied heads, sliding-window layers (mistral, gemma).
+FAMILIES: dict[str, tuple[str, str, dict]] = {
+    "llama": ("LlamaConfig", "llama", {"num_key_value_heads": 2, "tie_word_embeddings": True}),
+    "qwen2": ("Qwen2Config", "gpt2", {"num_key_value_heads": 2, "tie_word_embeddings": False}),
+    "qwen3": ("Qwen3Config", "gpt2", {"num_key_value_heads": 2, "head_dim": 8}),
+    "gemma2": (
+        "Gemma2Config",
+        "llama",
+        {
+            "num_key_value_heads": 2,
+            "head_dim": 8,
+            "query_pre_attn_scalar": 8,
+            "final_logit_softcapping": 3.0,
+            "attn_logit_softcapping": 50.0,
+            "sliding_window": MAX_POSITIONS,
+            "_attention": "eager",  # gemma2 has no SDPA path (its attention is soft-capped)
+        },
+    ),
+    "gemma3": (
+        "Gemma3TextConfig",
+        "llama",
+        {
+            "num_key_value_heads": 2,
+            "head_dim": 8,
+            "query_pre_attn_scalar": 8,
+            "final_logit_softcapping": 3.0,
+            "sliding_window": MAX_POSITIONS,
+        },
+    ),
+    "phi3": ("Phi3Config", "llama", {"num_key_value_heads": 2, "tie_word_embeddings": False}),
+    "phi": ("PhiConfig", "gpt2", {"num_key_value_heads": 4}),
+    "mistral": ("MistralConfig", "llama", {"num_key_value_heads": 2, "sliding_window": 64}),
+    "cohere": ("CohereConfig", "llama", {"num_key_value_heads": 2, "logit_scale": 0.25}),
+    "gpt2": ("GPT2Config", "gpt2", {}),
+}
+
+
+def tiny_causal(family: str, seed: int = 0) -> Backbone:
+    """A random 2-layer causal LM of `family` (a key of `FAMILIES`), hidden 32, 4 heads."""
+    import transformers
+    from transformers import AutoModelForCausalLM
+
+    if family == "gpt2":
+        return tiny_gpt2(seed)
+    config_name, style, options = FAMILIES[family]
+    attention = options.get("_attention", "sdpa")
+    extra = {k: v for k, v in options.items() if not k.startswith("_")}
+    tok = tiny_tokenizer(style)
+    config = getattr(transformers, config_name)(
+        vocab_size=len(tok),
+        hidden_size=HIDDEN,
+        intermediate_size=64,
+        num_hidden_layers=LAYERS,
+        num_attention_heads=HEADS,
+        max_position_embeddings=MAX_POSITIONS,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id,
+        **extra,
+    )
+    model = _build(
+        lambda: AutoModelForCausalLM.from_config(config, attn_implementation=attention), seed
+    )
+    return from_pretrained_model(model, tok, name=f"tiny-{family}", kind="causal-lm")
