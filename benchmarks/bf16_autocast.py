@@ -20,7 +20,7 @@ from softprompt.api import build_model, load_prompt
 from softprompt.backbones import load_backbone
 from softprompt.data import load_dataset
 from softprompt.evaluate import evaluate
-from softprompt.train.loop import micro_batch
+from softprompt.train.sampler import micro_batch
 
 
 def step_seconds(model, rows, bf16: bool) -> float:

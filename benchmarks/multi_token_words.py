@@ -30,7 +30,7 @@ from softprompt.api import build_model  # noqa: E402
 from softprompt.backbones import load_backbone  # noqa: E402
 from softprompt.data import load_dataset  # noqa: E402
 from softprompt.tasks.base import continuation_batch, continuation_log_probs  # noqa: E402
-from softprompt.train.loop import micro_batch  # noqa: E402
+from softprompt.train.sampler import micro_batch  # noqa: E402
 
 
 def per_word_scores(model, examples) -> torch.Tensor:
@@ -41,9 +41,9 @@ def per_word_scores(model, examples) -> torch.Tensor:
     repeated = [c for c in contexts for _ in words]
     batch = continuation_batch(repeated, words * len(contexts), task.pad_id)
     hidden = model.injector.hidden_states(
-        model.method(1), batch["input_ids"], batch["attention_mask"]
+        model.prompt(), batch["input_ids"], batch["attention_mask"]
     )  # (B * W, T + k, d)
-    word_scores = continuation_log_probs(hidden, batch, task.lm_head).sum(-1)  # (B * W,)
+    word_scores = continuation_log_probs(hidden, batch, model.injector).sum(-1)  # (B * W,)
     return task._class_scores(word_scores.view(len(examples), len(words)))  # (B, C)
 
 

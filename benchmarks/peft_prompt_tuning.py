@@ -40,7 +40,7 @@ from softprompt.backbones import load_backbone  # noqa: E402
 from softprompt.data import load_dataset  # noqa: E402
 from softprompt.tasks.base import pad_right  # noqa: E402
 from softprompt.train import TrainConfig  # noqa: E402
-from softprompt.train.loop import micro_batch  # noqa: E402
+from softprompt.train.sampler import micro_batch  # noqa: E402
 
 N_TOKENS = 20
 BATCH = 8

@@ -25,7 +25,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 from softprompt.api import build_model  # noqa: E402
 from softprompt.backbones import load_backbone  # noqa: E402
 from softprompt.data import load_dataset  # noqa: E402
-from softprompt.train.loop import micro_batch  # noqa: E402
+from softprompt.train.sampler import micro_batch  # noqa: E402
 
 
 def main() -> None:

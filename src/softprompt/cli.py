@@ -55,6 +55,9 @@ FLAGS: dict[str, tuple[str, Callable[[str], Any], str]] = {
     "eval_examples": ("train.eval_examples", int, "validation rows per evaluation (0 = all)"),
     "patience": ("train.patience", int, "stop after N evaluations without improvement (0 = never)"),
     "seed": ("train.seed", int, "random seed"),
+    "device": ("train.device", str, "auto, cpu, cuda or mps"),
+    "sampler": ("train.sampler", str, "mixing several tasks: proportional or temperature"),
+    "temperature": ("train.temperature", float, "p ~ n^(1/T) with --sampler temperature"),
     "out": ("out", str, "output folder"),
 }
 
@@ -153,14 +156,47 @@ def _meta(path: str) -> dict[str, Any]:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    if args.task:
+        return _predict_tasks(args)
     from softprompt.api import load_prompt
+    from softprompt.errors import ConfigError
 
+    if args.prompt is None:
+        raise ConfigError("predict: give a prompt file (or several with --task NAME=PROMPT)")
     texts = list(args.texts) or [line.rstrip("\n") for line in sys.stdin if line.strip()]
     model = load_prompt(args.prompt, args.backbone)
     for text, prediction in zip(texts, model.predict(texts), strict=True):
-        if "scores" in prediction:  # four decimals: people read these lines
-            prediction["scores"] = {k: round(v, 4) for k, v in prediction["scores"].items()}
-        print(json.dumps({"text": text, **prediction}, ensure_ascii=False))
+        print(json.dumps({"text": text, **_rounded(prediction)}, ensure_ascii=False))
+    return 0
+
+
+def _rounded(prediction: dict[str, Any]) -> dict[str, Any]:
+    if "scores" in prediction:  # four decimals: people read these lines
+        prediction["scores"] = {k: round(v, 4) for k, v in prediction["scores"].items()}
+    return prediction
+
+
+def _split_pair(raw: str, what: str) -> tuple[str, str]:
+    from softprompt.errors import ConfigError
+
+    name, sep, value = raw.partition("=")
+    if not sep or not name:
+        raise ConfigError(f"{what}: expected NAME=VALUE, got {raw!r}")
+    return name, value
+
+
+def _predict_tasks(args: argparse.Namespace) -> int:
+    """Several prompt files on one backbone; inputs TASK=TEXT answered in mixed batches."""
+    from softprompt.api import load_prompts
+
+    paths = dict(_split_pair(raw, "--task") for raw in args.task)
+    raw = ([args.prompt] if args.prompt else []) + list(args.texts)
+    raw = raw or [line.rstrip("\n") for line in sys.stdin if line.strip()]
+    pairs = [_split_pair(item, "input") for item in raw]
+    model = load_prompts(paths, args.backbone)
+    for (task, text), prediction in zip(pairs, model.predict(pairs), strict=True):
+        prediction.pop("task")
+        print(json.dumps({"task": task, "text": text, **_rounded(prediction)}, ensure_ascii=False))
     return 0
 
 
@@ -248,9 +284,17 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.set_defaults(func=cmd_eval)
 
     predict = sub.add_parser("predict", help="label texts (or generate) with a prompt file")
-    predict.add_argument("prompt")
-    predict.add_argument("texts", nargs="*", help="texts (default: one per line on stdin)")
+    predict.add_argument("prompt", nargs="?", help="prompt file (not with --task)")
+    predict.add_argument(
+        "texts", nargs="*", help="texts, or TASK=TEXT with --task (default: lines on stdin)"
+    )
     predict.add_argument("--backbone", default=None)
+    predict.add_argument(
+        "--task",
+        action="append",
+        metavar="NAME=PROMPT",
+        help="serve several tasks at once: a task name and its prompt file (repeatable)",
+    )
     predict.set_defaults(func=cmd_predict)
 
     export = sub.add_parser(

@@ -140,7 +140,7 @@ def _method(method: Any, where: str = "method") -> dict[str, Any]:
         method = dict(method) if "name" in method else {**default, **method}
     if not isinstance(method["name"], str):
         raise ConfigError(f"{where}.name: expected a method name, got {method['name']!r}")
-    make_method_config(method["name"], {k: v for k, v in method.items() if k != "name"})
+    make_method_config(method["name"], {k: v for k, v in method.items() if k != "name"}, where)
     return method
 
 

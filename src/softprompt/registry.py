@@ -101,8 +101,10 @@ class Registry(Generic[T]):
     def config_class(self, name: str) -> type:
         return self._entry(name)[0]
 
-    def config(self, name: str, options: dict[str, Any]) -> Any:
-        return typed_config(self._entry(name)[0], options, self.section)
+    def config(self, name: str, options: dict[str, Any], where: str | None = None) -> Any:
+        """Typed config of `name` from options; errors are prefixed with `where` (the
+        config key the options sit under, e.g. tasks[1].method)."""
+        return typed_config(self._entry(name)[0], options, where or self.section)
 
     def build(self, name: str, config: Any, *args: Any) -> T:
         """Build from an already validated config (see `config`)."""

@@ -341,3 +341,63 @@ def test_template_flag_reads_shell_escapes_like_yaml(tmp_path):
     yaml_file.write_text('task:\n  template: "Review: {text}\\nSentiment:"\n')
     from_yaml = cli._config_from_args(parser.parse_args(["train", "--config", str(yaml_file)]))
     assert from_yaml.task["template"] == "Review: {text}\nSentiment:"
+
+
+def test_multitask_yaml_trains_every_task_and_predict_serves_them_together(
+    capsys, tmp_path, monkeypatch, tiny_folder
+):
+    """A YAML list of tasks -> one run, a prompt file per task; `predict --task` answers
+    TASK=TEXT inputs from several prompt files in one mixed batch."""
+    monkeypatch.chdir(tmp_path)
+    for name, rows in [
+        ("a.csv", ["good,positive", "bad,negative"]),
+        ("b.csv", ["team,sports", "vote,politics"]),
+    ]:
+        lines = [f"{row.split(',')[0]} {i},{row.split(',')[1]}" for i in range(6) for row in rows]
+        (tmp_path / name).write_text("text,label\n" + "\n".join(lines) + "\n")
+    (tmp_path / "multi.yaml").write_text(
+        f"backbone: {tiny_folder}\n"
+        "tasks:\n"
+        "  - {name: sent, data: a.csv, method: {name: soft-prompt, n_tokens: 2}}\n"
+        "  - {name: topic, data: b.csv, method: {name: prefix-tuning, n_tokens: 2, hidden: 8}}\n"
+        "train: {steps: 2, batch_size: 4, eval_every: 2, eval_examples: 4, warmup_steps: 0}\n"
+        "out: run\n"
+    )
+    code, out, err = _main(capsys, "train", "--config", "multi.yaml", "--no-baseline")
+    assert code == 0, err
+    assert "| sent |" in out and "| topic |" in out
+    sent, topic = (
+        tmp_path / "run" / "sent" / "prompt.safetensors",
+        tmp_path / "run" / "topic" / "prompt.safetensors",
+    )
+    assert sent.exists() and topic.exists()
+    code, out, err = _main(
+        capsys, "predict", "--backbone", str(tiny_folder), "--task", f"sent={sent}", "--task", f"topic={topic}",
+        "sent=a good film", "topic=the vote", "sent=bad",
+    )  # fmt: skip
+    assert code == 0, err
+    lines = [json.loads(line) for line in out.splitlines()]
+    assert [(r["task"], r["text"]) for r in lines] == [
+        ("sent", "a good film"),
+        ("topic", "the vote"),
+        ("sent", "bad"),
+    ]
+    assert set(lines[1]["scores"]) == {"politics", "sports"}
+
+
+def test_multitask_config_errors_name_the_task(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for body, needle in [
+        ("tasks: {a: 1}\n", "tasks: expected a non-empty list"),
+        ("tasks:\n  - {name: x}\n", "tasks[0].data"),
+        (
+            "tasks:\n  - {data: a.csv, method: {name: soft-prompt, n_tokens: ten}}\n",
+            "tasks[0].method.n_tokens",
+        ),
+        ("tasks:\n  - {name: x, data: a.csv}\n  - {name: x, data: b.csv}\n", "appears twice"),
+        ("tasks:\n  - {name: x, data: a.csv, metod: none}\n", "tasks[0]: unknown key(s) metod"),
+    ]:
+        (tmp_path / "bad.yaml").write_text(body)
+        code, out, err = _main(capsys, "train", "--config", "bad.yaml")
+        assert code == 2 and needle in err, (body, err)
+        assert "Traceback" not in err

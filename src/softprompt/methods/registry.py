@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from softprompt.backbones import Backbone
+from softprompt.errors import ConfigError
 from softprompt.inject import Prompt
 from softprompt.registry import Registry
 
@@ -64,9 +65,15 @@ def method_config_class(name: str) -> type:
     return METHODS.config_class(name)
 
 
-def make_method_config(name: str, options: dict[str, Any]) -> Any:
+def make_method_config(name: str, options: dict[str, Any], where: str = "method") -> Any:
     """Build the method's typed config, naming every unknown key and bad value at once."""
-    return METHODS.config(name, options)
+    try:
+        return METHODS.config(name, options, where)
+    except ConfigError as exc:  # checks inside a config's own __post_init__ say "method."
+        message = str(exc)
+        if where != "method" and message.startswith("method."):
+            message = where + message[len("method") :]
+        raise ConfigError(message) from None
 
 
 def build_method(name: str, options: dict[str, Any] | Any, context: MethodContext) -> nn.Module:

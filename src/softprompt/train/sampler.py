@@ -75,3 +75,11 @@ class TaskSampler:
                 key: order for key, order in self._orders.items() if key[0] != task
             }
         return examples[int(self._orders[task, epoch][within % len(examples)])]
+
+
+def micro_batch(examples: list[Example], batch_size: int, seed: int, index: int) -> list[Example]:
+    """Micro-batch `index` of one training set, as a one-task run draws it."""
+    plan = TaskSampler(
+        {"task": examples}, batch_size=batch_size, seed=seed, micro_batches=index + 1
+    )
+    return [example for _, example in plan.micro_batch(index)]
