@@ -18,6 +18,7 @@ from softprompt.backbones import Backbone, load_backbone
 from softprompt.config import DataConfig, RunConfig, TaskSpec
 from softprompt.data import Dataset, load_dataset
 from softprompt.device import resolve_device
+from softprompt.errors import ConfigError
 from softprompt.distributed import ProcessInfo
 from softprompt.evaluate import evaluate
 from softprompt.model import MultiTaskModel, PromptModel, load_prompt_meta
@@ -60,6 +61,12 @@ def task_config_for(dataset: Dataset, overrides: dict[str, Any]) -> TaskConfig:
         **task_defaults(dataset.name),
         **overrides,
     }
+    missing = sorted(set(dataset.labels) - set(values["labels"]))
+    if dataset.task == "classification" and missing:
+        raise ConfigError(
+            f"task.labels: dataset {dataset.name!r} has labels {missing} that task.labels "
+            f"{values['labels']} lacks; list every label of the data (or leave task.labels out)"
+        )
     return TaskConfig(**values)
 
 

@@ -401,3 +401,24 @@ def test_multitask_config_errors_name_the_task(capsys, tmp_path, monkeypatch):
         code, out, err = _main(capsys, "train", "--config", "bad.yaml")
         assert code == 2 and needle in err, (body, err)
         assert "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    "flags,needle",
+    [
+        (["--device", "tpu"], "train.device"),
+        (["--sampler", "round-robin"], "train.sampler"),
+        (["--temperature", "0"], "train.temperature"),
+    ],
+)
+def test_device_and_sampler_errors_name_the_key(capsys, tmp_path, monkeypatch, flags, needle):
+    monkeypatch.chdir(tmp_path)
+    code, out, err = _main(capsys, "train", *flags)
+    assert code == 2 and needle in err and "Traceback" not in err
+
+
+def test_task_labels_that_miss_a_data_label_are_refused(toy_dataset, llama):
+    from softprompt.api import build_model
+
+    with pytest.raises(ConfigError, match="task.labels: dataset 'toy' has labels \\['positive'\\]"):
+        build_model(llama, toy_dataset, {"name": "none"}, {"labels": ["negative", "neutral"]})

@@ -113,3 +113,58 @@ def test_ddp_with_fewer_validation_rows_than_processes(tmp_path, toy_dataset):
     _run([*TORCHRUN, str(script), str(data), str(tmp_path / "ddp"), "1"], tmp_path)
     tensors, meta = read_prompt_file(tmp_path / "ddp" / "final-rank1.safetensors")
     assert all(e["examples"] == 1 for e in meta["evals"])
+
+
+MULTI_SCRIPT = textwrap.dedent(
+    """
+    import json, os, sys
+    from pathlib import Path
+
+    import torch
+
+    torch.set_num_threads(1)
+    from softprompt.backbones.tiny import tiny_llama
+    from softprompt.data import Dataset, Example
+    from softprompt.model import MultiTaskModel, PromptModel
+    from softprompt.promptfile import save_prompt_file
+    from softprompt.tasks import TaskConfig
+    from softprompt.train import TrainConfig, train
+
+    data_path, out_dir = sys.argv[1], Path(sys.argv[2])
+    rows = json.loads(Path(data_path).read_text())
+    splits = [[Example(**r) for r in rows[k]] for k in ("train", "validation", "test")]
+    sentiment = Dataset("toy", "classification", ["negative", "positive"], *splits)
+    flipped = [[Example(e.text, "yes" if e.label == "positive" else "no") for e in s] for s in splits]
+    yesno = Dataset("yesno", "classification", ["no", "yes"], *flipped)
+    backbone = tiny_llama()
+    model = MultiTaskModel({
+        "sentiment": PromptModel(backbone, TaskConfig(labels=["negative", "positive"],
+                                 template="review : {text} sentiment :"), "soft-prompt", {"n_tokens": 4}),
+        "yesno": PromptModel(backbone, TaskConfig(labels=["no", "yes"], template="{text} good ?"),
+                             "prefix-tuning", {"n_tokens": 2, "hidden": 8}),
+    })
+    config = TrainConfig(steps=4, batch_size=4, eval_every=2, eval_examples=8, warmup_steps=1, lr=0.1)
+    result = train(model, {"sentiment": sentiment, "yesno": yesno}, config, out_dir, progress=False)
+    rank = int(os.environ.get("RANK", "0"))
+    save_prompt_file(out_dir / f"final-rank{rank}.safetensors", model.state_dict(),
+                     {"best": {k: v["step"] for k, v in result.best.items()}})
+    """
+)
+
+
+def test_ddp_multitask_run_keeps_ranks_in_step(tmp_path, toy_dataset):
+    """Two tasks, two methods, two processes: every rank ends with the same prompts (some
+    micro-batches give a rank no row of a task), and each task has its own prompt file."""
+    _, data = _write_inputs(tmp_path, toy_dataset)
+    script = tmp_path / "multi.py"
+    script.write_text(MULTI_SCRIPT)
+    _run([*TORCHRUN, str(script), str(data), str(tmp_path / "ddp")], tmp_path)
+    (a, meta_a), (b, meta_b) = (
+        read_prompt_file(tmp_path / "ddp" / f"final-rank{r}.safetensors") for r in (0, 1)
+    )
+    assert a.keys() == b.keys() and meta_a["best"] == meta_b["best"]
+    for key in a:
+        assert torch.isfinite(a[key]).all()
+        torch.testing.assert_close(a[key], b[key], atol=0, rtol=0)
+    for task in ("sentiment", "yesno"):
+        assert (tmp_path / "ddp" / task / "prompt.safetensors").is_file()

@@ -24,12 +24,12 @@ from softprompt.promptfile import atomic_write_bytes
 def save_checkpoint(
     path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any]
 ) -> None:
-    tensors = {f"model.{k}": v.detach().contiguous() for k, v in model.state_dict().items()}
+    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     opt = optimizer.state_dict()
     for index, slots in opt["state"].items():
         for slot, value in slots.items():
             value = value if torch.is_tensor(value) else torch.tensor(value)
-            tensors[f"optim.{index}.{slot}"] = value.detach().contiguous()
+            tensors[f"optim.{index}.{slot}"] = value.detach().cpu().contiguous()
     header = {"state": state, "param_groups": opt["param_groups"]}
     atomic_write_bytes(path, st_save(tensors, metadata={"checkpoint": json.dumps(header)}))
 

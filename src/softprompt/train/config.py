@@ -49,6 +49,12 @@ class TrainConfig:
             raise ConfigError(
                 f"train.sampler: must be proportional or temperature, got {self.sampler!r}"
             )
+        if self.device not in ("auto", "cpu", "cuda", "mps") and not self.device.startswith(
+            "cuda:"
+        ):
+            raise ConfigError(
+                f"train.device: must be auto, cpu, cuda (or cuda:N) or mps, got {self.device!r}"
+            )
         if not self.temperature > 0:
             raise ConfigError(f"train.temperature: must be > 0, got {self.temperature}")
         if self.warmup_steps < 0 or self.patience < 0 or self.eval_examples < 0:
