@@ -18,8 +18,8 @@ from softprompt.backbones import Backbone, load_backbone
 from softprompt.config import DataConfig, RunConfig, TaskSpec
 from softprompt.data import Dataset, load_dataset
 from softprompt.device import resolve_device
-from softprompt.errors import ConfigError
 from softprompt.distributed import ProcessInfo
+from softprompt.errors import ConfigError
 from softprompt.evaluate import evaluate
 from softprompt.model import MultiTaskModel, PromptModel, load_prompt_meta
 from softprompt.presets import task_defaults
