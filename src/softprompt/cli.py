@@ -124,8 +124,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from softprompt.errors import ConfigError
     from softprompt.evaluate import evaluate
 
-    model = load_prompt(args.prompt, args.backbone)
-    meta = _meta(args.prompt)
+    first = args.prompt[0]
+    model = load_prompt(first, args.backbone)
+    meta = _meta(first)
     # default: the data the prompt was trained on (path and columns included)
     trained = dict(meta.get("run", {}).get("data") or {"source": meta.get("dataset")})
     if args.dataset:
@@ -140,12 +141,29 @@ def cmd_eval(args: argparse.Namespace) -> int:
         )
     source = trained["source"]
     data = load_data(DataConfig(**trained))
-    result = evaluate(model, data.split(args.split), batch_size=args.batch_size)
+    examples = data.split(args.split)
+    if len(args.prompt) > 1:
+        return _eval_ensemble(args, model, examples, source)
+    result = evaluate(model, examples, batch_size=args.batch_size)
     print(
         json.dumps(
-            {"prompt": str(args.prompt), "dataset": source, "split": args.split, **result}, indent=2
+            {"prompt": str(first), "dataset": source, "split": args.split, **result}, indent=2
         )
     )
+    return 0
+
+
+def _eval_ensemble(args: argparse.Namespace, first: Any, examples: list, source: str) -> int:
+    """Several prompt files of one task: each member, their mean-probability ensemble and
+    their vote, all scored in one batched forward pass per chunk."""
+    from softprompt.ensemble import evaluate_ensemble
+    from softprompt.model import PromptModel
+
+    members = [first] + [PromptModel.load(p, first.backbone) for p in args.prompt[1:]]
+    result = evaluate_ensemble(members, examples, batch_size=args.batch_size)
+    for path, scores in zip(args.prompt, result["members"], strict=True):
+        scores["prompt"] = str(path)
+    print(json.dumps({"dataset": source, "split": args.split, **result}, indent=2))
     return 0
 
 
@@ -273,8 +291,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_flags(train)
     train.set_defaults(func=cmd_train)
 
-    evaluate = sub.add_parser("eval", help="score a prompt file on a dataset split")
-    evaluate.add_argument("prompt")
+    evaluate = sub.add_parser(
+        "eval", help="score a prompt file (several: each, and their ensemble) on a dataset split"
+    )
+    evaluate.add_argument("prompt", nargs="+", help="prompt file(s); several form an ensemble")
     evaluate.add_argument("--backbone", default=None)
     evaluate.add_argument("--dataset", default=None, help="default: the dataset it was trained on")
     evaluate.add_argument("--split", default="test", choices=["train", "validation", "test"])

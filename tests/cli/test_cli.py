@@ -11,8 +11,10 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from softprompt import cli
+from softprompt.backbones import load_backbone
 from softprompt.config import RunConfig, build_run_config
 from softprompt.errors import ConfigError
 from softprompt.methods import available_methods
@@ -422,3 +424,20 @@ def test_task_labels_that_miss_a_data_label_are_refused(toy_dataset, llama):
 
     with pytest.raises(ConfigError, match="task.labels: dataset 'toy' has labels \\['positive'\\]"):
         build_model(llama, toy_dataset, {"name": "none"}, {"labels": ["negative", "neutral"]})
+
+
+def test_eval_several_prompt_files_reports_the_ensemble(capsys, trained, tiny_folder, tmp_path):
+    first = trained / "prompt.safetensors"
+    model = PromptModel.load(first, load_backbone(str(tiny_folder)))
+    with torch.no_grad():
+        model.method.embeddings.mul_(-1.0)
+    second = model.save(tmp_path / "flipped.safetensors", **{
+        k: v for k, v in load_prompt_meta(first).items() if k in ("run", "dataset")
+    })  # fmt: skip
+    code, out, err = _main(capsys, "eval", str(first), str(second), "--split", "validation")
+    assert code == 0, err
+    result = json.loads(out)
+    assert [m["prompt"] for m in result["members"]] == [str(first), str(second)]
+    alone = json.loads(_main(capsys, "eval", str(first), "--split", "validation")[1])
+    assert result["members"][0]["accuracy"] == alone["accuracy"]
+    assert {"ensemble_mean", "ensemble_vote"} <= result.keys()
