@@ -91,11 +91,40 @@ def init_labels(
     return stacked if rest is None else torch.cat([stacked, rest])  # (n, d)
 
 
+def init_file(
+    backbone: Backbone,
+    n_tokens: int,
+    generator: torch.Generator,
+    path: str | None = None,
+    **_: object,
+) -> torch.Tensor:
+    """The virtual tokens of another prompt file for this backbone (SPoT-style transfer:
+    start from a prompt trained on a related task). A P-tuning file is flattened to the
+    tokens its encoder produces; fewer tokens than asked are completed from the vocabulary,
+    more are cut."""
+    from softprompt.model import PromptModel  # a file is read through the model that wrote it
+
+    if not path:
+        raise ConfigError("method.init_file: required when method.init is 'file'")
+    source = PromptModel.load(path, backbone).flattened()
+    embeds = source.method.state_dict().get("embeddings")
+    if embeds is None:
+        raise ConfigError(
+            f"method.init_file: {path} holds a {source.method_name} prompt without virtual "
+            "token embeddings; start from a soft-prompt or p-tuning file"
+        )
+    embeds = embeds.detach().float().cpu()[:n_tokens]  # (<= n, d)
+    if embeds.shape[0] < n_tokens:
+        embeds = torch.cat([embeds, init_vocab(backbone, n_tokens - embeds.shape[0], generator)])
+    return embeds.clone()  # (n, d)
+
+
 INITIALIZERS: dict[str, Callable[..., torch.Tensor]] = {
     "random": init_random,
     "vocab": init_vocab,
     "text": init_text,
     "labels": init_labels,
+    "file": init_file,
 }
 
 

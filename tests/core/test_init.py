@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from softprompt import init as prompt_init
-from softprompt.errors import ConfigError
+from softprompt.errors import ConfigError, PromptFileError
 from softprompt.methods.soft_prompt import SoftPromptConfig
 
 NAMES = ["tiny_llama", "tiny_gpt2", "tiny_bert"]
@@ -141,3 +141,24 @@ def test_method_seed_changes_the_initial_prompt(make_model, llama):
     b = make_model(llama, n_tokens=6, seed=0).method.embeddings
     c = make_model(llama, n_tokens=6, seed=1).method.embeddings
     assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_file_init_starts_from_another_prompt_file(make_model, llama, bert, tmp_path):
+    source = make_model(llama, n_tokens=3, seed=4)
+    path = source.save(tmp_path / "source.safetensors")
+    same = make_model(llama, n_tokens=3, init="file", init_file=str(path))
+    assert torch.equal(same.method.embeddings, source.method.embeddings)
+    longer = make_model(llama, n_tokens=5, init="file", init_file=str(path))
+    assert torch.equal(longer.method.embeddings[:3], source.method.embeddings)
+    # a p-tuning file starts the soft prompt at the tokens its encoder produces
+    ptuned = make_model(llama, "p-tuning", n_tokens=2, hidden=8)
+    ppath = ptuned.save(tmp_path / "ptuned.safetensors")
+    with torch.no_grad():
+        expected = ptuned.prompt().embeds
+    from_p = make_model(llama, n_tokens=2, init="file", init_file=str(ppath))
+    torch.testing.assert_close(from_p.method.embeddings, expected)
+    # a file for other weights is refused by the fingerprint check
+    with pytest.raises(PromptFileError, match="made for backbone"):
+        make_model(bert, n_tokens=3, init="file", init_file=str(path))
+    with pytest.raises(ConfigError, match="method.init_file: required"):
+        make_model(llama, n_tokens=3, init="file")

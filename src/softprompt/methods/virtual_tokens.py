@@ -18,11 +18,13 @@ from softprompt.methods.registry import MethodContext
 
 @dataclass
 class VirtualTokensConfig:
-    """`init` is one of random, vocab, text, labels; `init_text` is used by `text`."""
+    """`init` is one of random, vocab, text, labels, file; `init_text` is used by `text`,
+    `init_file` (another prompt file for the same backbone) by `file`."""
 
     n_tokens: int = 20
     init: str = "vocab"
     init_text: str | None = None
+    init_file: str | None = None
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -35,6 +37,8 @@ class VirtualTokensConfig:
             )
         if self.init == "text" and not self.init_text:
             raise ConfigError("method.init_text: required when method.init is 'text'")
+        if self.init == "file" and not self.init_file:
+            raise ConfigError("method.init_file: required when method.init is 'file'")
 
 
 def initial_embeddings(config: VirtualTokensConfig, context: MethodContext) -> torch.Tensor:
@@ -45,5 +49,6 @@ def initial_embeddings(config: VirtualTokensConfig, context: MethodContext) -> t
         backbone=context.backbone,
         generator=torch.Generator().manual_seed(config.seed),
         text=config.init_text,
+        path=config.init_file,
         label_token_ids=context.label_token_ids,
     )
