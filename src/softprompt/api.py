@@ -71,11 +71,19 @@ def task_config_for(dataset: Dataset, overrides: dict[str, Any]) -> TaskConfig:
 
 
 def build_model(
-    backbone: Backbone, dataset: Dataset, method: dict[str, Any], task: dict[str, Any]
+    backbone: Backbone,
+    dataset: Dataset,
+    method: dict[str, Any],
+    task: dict[str, Any],
+    shared: dict[str, Any] | None = None,
 ) -> PromptModel:
     options = {k: v for k, v in method.items() if k != "name"}
     return PromptModel(
-        backbone, task_config_for(dataset, task), method=method["name"], method_options=options
+        backbone,
+        task_config_for(dataset, task),
+        method=method["name"],
+        method_options=options,
+        shared=shared,
     )
 
 
@@ -178,9 +186,10 @@ def _zero_shot_rows(
 def build_models(
     backbone: Backbone, specs: list[TaskSpec], data: dict[str, Dataset]
 ) -> MultiTaskModel:
-    """One (method, task) per spec on one backbone."""
+    """One (method, task) per spec on one backbone; methods may share modules."""
+    shared: dict[str, Any] = {}
     return MultiTaskModel(
-        {s.name: build_model(backbone, data[s.name], s.method, s.task) for s in specs}
+        {s.name: build_model(backbone, data[s.name], s.method, s.task, shared) for s in specs}
     )
 
 

@@ -106,8 +106,10 @@ def init_file(
 
     if not path:
         raise ConfigError("method.init_file: required when method.init is 'file'")
-    source = PromptModel.load(path, backbone).flattened()
-    embeds = source.method.state_dict().get("embeddings")
+    source = PromptModel.load(path, backbone)
+    transfer = getattr(source.method, "transfer_embeddings", None)  # e.g. MPT's shared prompt
+    source = source if transfer is not None else source.flattened()
+    embeds = transfer() if transfer is not None else source.method.state_dict().get("embeddings")
     if embeds is None:
         raise ConfigError(
             f"method.init_file: {path} holds a {source.method_name} prompt without virtual "

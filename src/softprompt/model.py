@@ -40,7 +40,9 @@ class PromptModel(nn.Module):
         task_config: TaskConfig,
         method: str = "soft-prompt",
         method_options: dict[str, Any] | None = None,
+        shared: dict[str, nn.Module] | None = None,
     ) -> None:
+        """`shared` lets the methods of several tasks hold one module (built by the first)."""
         super().__init__()
         object.__setattr__(self, "backbone", backbone)
         object.__setattr__(self, "injector", make_injector(backbone))
@@ -51,6 +53,7 @@ class PromptModel(nn.Module):
             backbone=backbone,
             injector=self.injector,
             label_token_ids=self.task.label_token_ids(),
+            shared=shared,
         )
         self.method = build_method(method, self.method_options, context)
         self.to(self.device)

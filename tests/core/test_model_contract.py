@@ -130,6 +130,7 @@ def test_metadata_round_trip_with_options_and_verbalizer(make_model, llama, tmp_
         "n_tokens": 3,
         "init": "text",
         "init_text": "a great film",
+        "init_file": None,
         "seed": 5,
     }
     task = meta["task"]

@@ -35,6 +35,9 @@ class MethodContext:
     injector: Any = None  # the backbone's Injector (prefix tuning reads the model's own K/V)
     label_token_ids: list[list[int]] = field(default_factory=list)
     generator: torch.Generator | None = None
+    # modules shared by the methods of one multi-task model (e.g. multitask prompt
+    # tuning's common prompt), by key; None when the method is built alone
+    shared: dict[str, nn.Module] | None = None
 
 
 @runtime_checkable
