@@ -57,14 +57,16 @@ class PromptModel(nn.Module):
         )
         self.method = build_method(method, self.method_options, context)
         self.to(self.device)
+        with torch.no_grad():  # a template whose slots the method cannot fill fails here
+            self.prompt()
 
     @property
     def device(self) -> torch.device:
         return self.injector.device
 
     def prompt(self) -> Prompt:
-        """This model's prompt, computed once for however many rows use it."""
-        return self.method()
+        """This model's prompt as its task places it, computed once for all rows using it."""
+        return self.task.frame(self.method(), self.injector)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> TaskOutput:
         batch = to_device(batch, self.device)
@@ -247,6 +249,7 @@ class MultiTaskModel(nn.Module):
             inputs["input_ids"],
             inputs["attention_mask"],
             inputs.get("positions"),
+            inputs.get("inline_index"),
         )  # (B, W, d)
         pieces, start = [], 0
         for _, part in batch.parts:
@@ -295,9 +298,8 @@ class MultiTaskModel(nn.Module):
         names = list(dict.fromkeys(pairs[i][0] for i in rows))
         prompts = [self.models[n].prompt() for n in names]
         tasks = [self.models[pairs[i][0]].task for i in rows]
-        contexts = [
-            t.contexts([Example(pairs[i][1], "")])[0] for t, i in zip(tasks, rows, strict=True)
-        ]
+        encoded = [t.rows([Example(pairs[i][1], "")]) for t, i in zip(tasks, rows, strict=True)]
+        contexts, virtual = [ids[0] for ids, _ in encoded], [v[0] for _, v in encoded]
         spec = self.backbone.spec
         tokens = greedy_decode(
             self.injector,
@@ -306,6 +308,7 @@ class MultiTaskModel(nn.Module):
             pad_id=spec.pad_token_id,
             eos_id=spec.eos_token_id,
             max_new_tokens=[t.config.max_new_tokens for t in tasks],
+            virtual=virtual,
         )
         for i, task, row in zip(rows, tasks, tokens, strict=True):
             results[i] = {"text": task.decode(row)}

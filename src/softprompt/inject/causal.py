@@ -20,7 +20,7 @@ from transformers.cache_utils import DynamicCache
 
 from softprompt.backbones import Backbone
 from softprompt.inject.head import LMHead, check_head, embed_tokens
-from softprompt.inject.prompt import Prompt, RowPrompts
+from softprompt.inject.prompt import Prompt, RowPrompts, row_embeddings
 
 
 def cache_keyword(module: torch.nn.Module) -> str:
@@ -161,15 +161,18 @@ class CausalInjector:
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor,
         positions: torch.Tensor | None = None,
+        inline_index: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """(B, T) ids without BOS -> (B, T, d).
 
         `attention_mask` is a (B, T) padding mask (padding on either side), or a
         (B, T, T) matrix of which real token sees which, with `positions` (B, T)
         counted from the first real token (several continuations of one context
-        in one row, see tasks/word_tree.py). Each row sees its own prompt only."""
+        in one row, see tasks/word_tree.py). Each row sees its own prompt only;
+        `inline_index` (B, T) puts the row's prompt's inline vectors at template slots."""
         batch = input_ids.shape[0]
-        prefix = self.prefix_cache(prompts, batch)
+        rows = RowPrompts.of(prompts, batch, self.device)
+        prefix = self.prefix_cache(rows, batch)
         start = prefix.lengths[:, None]  # (B, 1)
         if attention_mask.dim() == 3:
             full_mask = self._visibility_mask(attention_mask, prefix.mask)  # (B, 1, T, m + T)
@@ -178,7 +181,7 @@ class CausalInjector:
             positions = start + (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # (B, T)
             full_mask = torch.cat([prefix.mask.to(attention_mask.dtype), attention_mask], 1)
         out = self.run_core(
-            inputs_embeds=self.embed(input_ids),  # (B, T, d)
+            inputs_embeds=row_embeddings(rows, self.embed(input_ids), inline_index),  # (B, T, d)
             attention_mask=full_mask,
             position_ids=positions,
             cache=prefix.cache,
@@ -205,10 +208,15 @@ class CausalInjector:
         attention_mask: torch.Tensor,
         positions: torch.Tensor,
         cache: DynamicCache,
+        rows: RowPrompts | None = None,
+        inline_index: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """One incremental decoding step on an existing cache: (B, t) -> (B, t, d)."""
+        embeds = self.embed(input_ids)  # (B, t, d)
+        if rows is not None:
+            embeds = row_embeddings(rows, embeds, inline_index)
         out = self.run_core(
-            inputs_embeds=self.embed(input_ids),
+            inputs_embeds=embeds,
             attention_mask=attention_mask,
             position_ids=positions,
             cache=cache,

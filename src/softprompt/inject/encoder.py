@@ -14,7 +14,7 @@ import torch
 from softprompt.backbones import Backbone
 from softprompt.errors import ConfigError
 from softprompt.inject.head import embed_tokens
-from softprompt.inject.prompt import Prompt, RowPrompts
+from softprompt.inject.prompt import Prompt, RowPrompts, row_embeddings
 
 
 class EncoderInjector:
@@ -64,13 +64,15 @@ class EncoderInjector:
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor,
         positions: torch.Tensor | None = None,
+        inline_index: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """(B, T) ids starting with [CLS] -> (B, T, d) states of those tokens."""
         if attention_mask.dim() != 2 or positions is not None:
             raise NotImplementedError("an encoder takes a (B, T) padding mask only")
         batch = input_ids.shape[0]
-        tokens = self.embed(input_ids)  # (B, T, d)
-        virtual = self._virtual(RowPrompts.of(prompts, batch, self.device), batch)
+        rows = RowPrompts.of(prompts, batch, self.device)
+        tokens = row_embeddings(rows, self.embed(input_ids), inline_index)  # (B, T, d)
+        virtual = self._virtual(rows, batch)
         if virtual is None:
             return self.model(inputs_embeds=tokens, attention_mask=attention_mask).last_hidden_state
         embeds, valid = virtual  # (B, n, d), (B, n)

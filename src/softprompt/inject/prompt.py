@@ -24,6 +24,8 @@ class Prompt:
     """One prompt, as the frozen model sees it.
 
     `embeds` (n, d): virtual tokens placed after BOS (decoders) or after [CLS] (encoders).
+    `inline` (n_inline, d): virtual tokens placed inside each row, where the batch's
+    `inline_index` (B, T) names vector j (-1 for a real token): P-tuning's template slots.
     `kv`: one (keys, values) pair per layer, each (kv_heads, n_kv, head_dim), that every
     later token attends to as if n_kv tokens had come first (prefix tuning). Keys count
     as already rotated for RoPE models. On a decoder the order is K/V prefix, BOS, embeds,
@@ -32,6 +34,7 @@ class Prompt:
 
     embeds: torch.Tensor | None = None  # (n, d)
     kv: KV | None = None  # L x 2 x (kvh, n_kv, hd)
+    inline: torch.Tensor | None = None  # (n_inline, d): vectors for slots inside the rows
 
     @property
     def n_embeds(self) -> int:
@@ -80,6 +83,27 @@ class RowPrompts:
         return self.index.shape[0]
 
 
+def row_embeddings(
+    rows: RowPrompts, embeds: torch.Tensor, inline_index: torch.Tensor | None
+) -> torch.Tensor:
+    """(B, T, d) token embeddings with each row's inline slots set to its prompt's vectors."""
+    if inline_index is None:
+        return embeds
+    d, device = embeds.shape[-1], embeds.device
+    width = max(1, max(p.inline.shape[0] if p.inline is not None else 0 for p in rows.prompts))
+    table = torch.stack(
+        [
+            torch.cat([p.inline, p.inline.new_zeros(width - p.inline.shape[0], d)])
+            if p.inline is not None
+            else embeds.new_zeros(width, d)
+            for p in rows.prompts
+        ]
+    )  # (k, n_inline, d)
+    index = inline_index.to(device)
+    gathered = table[rows.index.to(device)[:, None], index.clamp(min=0)]  # (B, T, d)
+    return torch.where((index >= 0)[..., None], gathered.to(embeds.dtype), embeds)
+
+
 class Injector(Protocol):
     """Runs the frozen backbone with per-row prompts; the only code touching its weights."""
 
@@ -91,6 +115,7 @@ class Injector(Protocol):
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor,
         positions: torch.Tensor | None = None,
+        inline_index: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """(B, T) ids and mask -> (B, T, d) final hidden states at the real tokens.
 

@@ -99,9 +99,17 @@ class Task(nn.Module):
         self, injector: Injector, prompts: Prompt | RowPrompts, batch: dict[str, torch.Tensor]
     ) -> TaskOutput:
         hidden = injector.hidden_states(
-            prompts, batch["input_ids"], batch["attention_mask"], batch.get("positions")
+            prompts,
+            batch["input_ids"],
+            batch["attention_mask"],
+            batch.get("positions"),
+            batch.get("inline_index"),
         )  # (B, T, d)
         return self.score(injector, hidden, batch)
+
+    def frame(self, prompt: Prompt, injector: Injector) -> Prompt:
+        """The method's prompt as this task places it (template slots); as is by default."""
+        return prompt
 
     def label_token_ids(self) -> list[list[int]]:
         """Token ids of each label's first label word, for the `labels` prompt init."""
@@ -135,11 +143,65 @@ class TemplatedTask(Task):
         self.tokenizer = backbone.tokenizer
         self.pad_id = backbone.spec.pad_token_id
         self.template = Template(config.template)
+        # with virtual-token slots, a decoder runs everything before {text} once per step
+        # as the prompt prefix (it never sees the input); an encoder keeps it in each row
+        self.head_in_front = self.template.has_slots and backbone.spec.kind == "causal-lm"
 
     def contexts(self, examples: list[Example]) -> list[list[int]]:
         """Filled-template token ids per example, text cut to `max_text_tokens`."""
-        budget = self.config.max_text_tokens
-        return [self.template.encode(self.tokenizer, e.text, budget) for e in examples]
+        return self.rows(examples)[0]
+
+    def rows(self, examples: list[Example]) -> tuple[list[list[int]], list[list[int]]]:
+        """Token ids per example and, per id, its virtual-token index (-1: a real token)."""
+        budget, include = self.config.max_text_tokens, not self.head_in_front
+        encoded = [
+            self.template.encode_row(self.tokenizer, e.text, budget, include_head=include)
+            for e in examples
+        ]
+        return [ids for ids, _ in encoded], [virtual for _, virtual in encoded]
+
+    def with_slots(
+        self, batch: dict[str, torch.Tensor], examples: list[Example], offset: int = 0
+    ) -> dict[str, torch.Tensor]:
+        """Add `inline_index` (B, T) for a right-padded batch whose rows start at `offset`."""
+        if not self.template.has_slots:
+            return batch
+        index = torch.full(batch["input_ids"].shape, -1, dtype=torch.long)
+        for row, virtual in enumerate(self.rows(examples)[1]):
+            index[row, offset : offset + len(virtual)] = torch.tensor(virtual, dtype=torch.long)
+        batch["inline_index"] = index
+        return batch
+
+    def frame(self, prompt: Prompt, injector: Injector) -> Prompt:
+        """Place the method's n virtual tokens in the template's slots.
+
+        On a decoder the head (the slots and text before {text}) becomes the front
+        prompt, computed once per step; slots after {text} are filled inside each row.
+        On an encoder every slot is filled inside the row."""
+        if not self.template.has_slots:
+            return prompt
+        need = self.template.n_virtual
+        if prompt.kv is not None or prompt.n_embeds != need:
+            got = "a key/value prefix" if prompt.kv is not None else f"{prompt.n_embeds} tokens"
+            raise ConfigError(
+                f"task.template: its slots hold {need} virtual tokens but the method gives "
+                f"{got}; set method.n_tokens to {need} with soft-prompt or p-tuning"
+            )
+        virtual = prompt.embeds  # (n, d)
+        if not self.head_in_front:
+            return Prompt(inline=virtual)
+        head, _ = self.template.head_and_glue()
+        parts = []
+        for kind, value in head:
+            if kind == "slot":
+                first = int(value)
+                parts.append(virtual[first : first + self.template._size_of(first)])  # (k, d)
+            else:
+                ids, _ = self.template.encode_pieces(self.tokenizer, [(kind, value)])
+                if ids:
+                    tokens = torch.tensor(ids, device=injector.device)
+                    parts.append(injector.embed(tokens).to(virtual.dtype))  # (t, d)
+        return Prompt(embeds=torch.cat(parts), inline=virtual)  # (m, d)
 
     def with_targets(
         self, batch: dict[str, torch.Tensor], examples: list[Example]

@@ -89,7 +89,7 @@ class VerbalizerTask(ClassificationTask):
             if self.single_token
             else self.tree.collate(contexts, self.pad_id)
         )
-        return self.with_targets(batch, examples)
+        return self.with_targets(self.with_slots(batch, examples), examples)
 
     def _collate_single(self, contexts: list[list[int]]) -> dict[str, torch.Tensor]:
         ids, mask = pad_right(contexts, self.pad_id)
@@ -138,10 +138,12 @@ class HeadTask(ClassificationTask):
 
     def collate(self, examples: list[Example]) -> dict[str, torch.Tensor]:
         rows = self.contexts(examples)
+        offset = len(self.front) if self.encoder else 0
         if self.encoder:
             rows = [self.front + r + self.back for r in rows]
         ids, mask = pad_right(rows, self.pad_id)
-        return self.with_targets({"input_ids": ids, "attention_mask": mask}, examples)
+        batch = self.with_slots({"input_ids": ids, "attention_mask": mask}, examples, offset)
+        return self.with_targets(batch, examples)
 
     def pooled(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """(B, T, d) -> (B, d)."""

@@ -45,20 +45,25 @@ def greedy_decode(
     pad_id: int,
     eos_id: int | None,
     max_new_tokens: list[int],
+    virtual: list[list[int]] | None = None,
 ) -> list[list[int]]:
     """Greedy continuation of each context (ids without BOS), each row from its own prompt.
 
     Rows are left-padded so they all end at the last column; each row's prompt prefix
     comes from the injector's cache (computed once per distinct prompt), and each row
-    stops at EOS or at its own `max_new_tokens`."""
+    stops at EOS or at its own `max_new_tokens`. `virtual` marks template slots per token."""
     device = injector.device
     ids, mask = (t.to(device) for t in pad_left(contexts, pad_id))  # (B, T)
     batch = ids.shape[0]
-    prefix = injector.prefix_cache(RowPrompts.of(prompts, batch, device), batch)
+    rows = RowPrompts.of(prompts, batch, device)
+    inline = None
+    if virtual is not None and any(v >= 0 for row in virtual for v in row):
+        inline = pad_left([[v + 1 for v in row] for row in virtual], 0)[0].to(device) - 1
+    prefix = injector.prefix_cache(rows, batch)
     cache = prefix.cache if prefix.cache is not None else DynamicCache(config=injector.config)
     positions = prefix.lengths[:, None] + (mask.cumsum(-1) - 1).clamp(min=0)  # (B, T)
     full_mask = torch.cat([prefix.mask, mask], 1)  # (B, m + T)
-    hidden = injector.step(ids, full_mask, positions, cache)  # (B, T, d)
+    hidden = injector.step(ids, full_mask, positions, cache, rows, inline)  # (B, T, d)
     limits = torch.tensor(max_new_tokens, device=device)  # (B,)
     out: list[list[int]] = [[] for _ in range(batch)]
     done = limits <= 0  # (B,)
@@ -91,7 +96,8 @@ class GenerationTask(TemplatedTask):
 
     def collate(self, examples: list[Example]) -> dict[str, torch.Tensor]:
         targets = [self._target_ids(e.label) for e in examples]
-        return continuation_batch(self.contexts(examples), targets, self.pad_id)
+        batch = continuation_batch(self.contexts(examples), targets, self.pad_id)
+        return self.with_slots(batch, examples)
 
     def score(
         self, injector: Injector, hidden: torch.Tensor, batch: dict[str, torch.Tensor]
@@ -109,7 +115,7 @@ class GenerationTask(TemplatedTask):
         self, injector: Injector, prompts: Prompt | RowPrompts, texts: list[str]
     ) -> list[str]:
         """Greedy decoding with each distinct prompt's prefix computed once and cached."""
-        contexts = self.contexts([Example(text=t, label="") for t in texts])
+        contexts, virtual = self.rows([Example(text=t, label="") for t in texts])
         limits = [self.config.max_new_tokens] * len(texts)
         rows = greedy_decode(
             injector,
@@ -118,6 +124,7 @@ class GenerationTask(TemplatedTask):
             pad_id=self.pad_id,
             eos_id=self.eos_id,
             max_new_tokens=limits,
+            virtual=virtual,
         )
         return [self.decode(row) for row in rows]
 

@@ -36,13 +36,17 @@ def _widen(tensor: torch.Tensor, width: int, dims: int, value: int = 0) -> torch
 def merge(parts: list[dict[str, torch.Tensor]], pad_id: int = 0) -> dict[str, torch.Tensor]:
     """Several collated batches -> one batch of model inputs (ids, mask, positions)."""
     if len(parts) == 1:
-        keys = ("input_ids", "attention_mask", "positions")
+        keys = ("input_ids", "attention_mask", "positions", "inline_index")
         return {k: parts[0][k] for k in keys if k in parts[0]}
     width = max(p["input_ids"].shape[1] for p in parts)
     ids = torch.cat([_widen(p["input_ids"], width, 1, pad_id) for p in parts])  # (B, W)
+    merged = {"input_ids": ids}
+    if any("inline_index" in p for p in parts):  # template slots: -1 where there are none
+        slots = [p.get("inline_index", torch.full_like(p["input_ids"], -1)) for p in parts]
+        merged["inline_index"] = torch.cat([_widen(s, width, 1, -1) for s in slots])  # (B, W)
     if all(p["attention_mask"].dim() == 2 for p in parts):
         mask = torch.cat([_widen(p["attention_mask"], width, 1) for p in parts])  # (B, W)
-        return {"input_ids": ids, "attention_mask": mask}
+        return {**merged, "attention_mask": mask}
     sees, positions = [], []
     for part in parts:
         part_sees, part_positions = _as_visibility(part)
@@ -52,4 +56,4 @@ def merge(parts: list[dict[str, torch.Tensor]], pad_id: int = 0) -> dict[str, to
             grown[:, -extra:, -extra:] |= torch.eye(extra, dtype=torch.bool, device=grown.device)
         sees.append(grown)
         positions.append(_widen(part_positions, width, 1))
-    return {"input_ids": ids, "attention_mask": torch.cat(sees), "positions": torch.cat(positions)}
+    return {**merged, "attention_mask": torch.cat(sees), "positions": torch.cat(positions)}
