@@ -119,3 +119,27 @@ def test_smollm2_two_training_steps(smollm2, movies, tmp_path):
     assert not torch.equal(model.method.embeddings.detach(), start)
     loaded = PromptModel.load(result.prompt_path, smollm2)
     assert torch.equal(loaded.method.embeddings, model.method.embeddings)
+
+
+def test_smollm2_mixed_tasks_equal_each_task_alone():
+    """Two tasks, two methods, one batch on the real SmolLM2: each task's scores equal its
+    own forward (fp32, the per-row prefix masks and position offsets on real weights)."""
+    from softprompt.model import MultiTaskModel
+
+    backbone = load_backbone("smollm2-135m")
+    movie = _small(load_data(DataConfig(source="movie-sentiment")), 8, 4)
+    tweets = _small(load_data(DataConfig(source="election-tweets")), 8, 4)
+    model = MultiTaskModel(
+        {
+            "movie": build_model(backbone, movie, {"name": "soft-prompt", "n_tokens": 5}, {}),
+            "tweets": build_model(backbone, tweets, {"name": "prefix-tuning", "n_tokens": 3}, {}),
+        }
+    )
+    items = [("movie", e) for e in movie.test] + [("tweets", e) for e in tweets.test]
+    items = items[::2] + items[1::2]  # interleave the tasks
+    with torch.no_grad():
+        batch = model.collate(items)
+        out = model(batch)
+        for task, part in batch.parts:
+            alone = model.models[task](part).scores
+            torch.testing.assert_close(out.outputs[task].scores, alone, atol=1e-4, rtol=0)
