@@ -41,9 +41,52 @@ def test_config_errors_name_the_key(options, key):
         PrefixTuningConfig(**options)
 
 
-def test_encoder_is_refused_by_name(make_model, bert):
-    with pytest.raises(ConfigError, match=r"method\.name: prefix-tuning needs a causal LM"):
-        make_model(bert, "prefix-tuning")
+def _naive_bert_with_prefix(bert, kv, embeds: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """BERT written out layer by layer from its weights, each layer's attention reading the
+    prefix keys/values first (Li & Liang; P-tuning v2): (1, T, d) for one row."""
+    layers = bert.model.encoder.layer
+    heads, d = bert.spec.num_heads, bert.spec.hidden_size
+    hd = d // heads
+    x = bert.model.embeddings(inputs_embeds=embeds)  # (1, T, d): + positions, types, LN
+    for layer, (pk, pv) in zip(layers, kv, strict=True):
+        attn = layer.attention
+        split = lambda t: t.view(1, -1, heads, hd).transpose(1, 2)  # noqa: E731  (1, h, T, hd)
+        q, k, v = split(attn.self.query(x)), split(attn.self.key(x)), split(attn.self.value(x))
+        k, v = torch.cat([pk[None], k], 2), torch.cat([pv[None], v], 2)  # (1, h, m + T, hd)
+        scores = q @ k.transpose(-1, -2) / hd**0.5  # (1, h, T, m + T)
+        keep = torch.cat([torch.ones(pk.shape[1], dtype=torch.bool), mask.bool()])
+        scores = scores.masked_fill(~keep, torch.finfo(scores.dtype).min)
+        context = (scores.softmax(-1) @ v).transpose(1, 2).reshape(1, -1, d)  # (1, T, d)
+        x = attn.output.LayerNorm(attn.output.dense(context) + x)
+        x = layer.output.LayerNorm(layer.output.dense(layer.intermediate(x)) + x)
+    return x
+
+
+def test_encoder_deep_prompts_equal_a_layer_by_layer_reference(make_model, bert, toy_dataset):
+    """P-tuning v2 on an encoder: per-layer K/V every token attends to, no positions used."""
+    model = make_model(bert, "prefix-tuning", n_tokens=3, hidden=16)
+    batch = model.collate(toy_dataset.test[:3])
+    hidden = model.injector.hidden_states(
+        model.prompt(), batch["input_ids"], batch["attention_mask"]
+    )
+    weights = torch.randn(hidden.shape, generator=torch.Generator().manual_seed(0))
+    (hidden * weights * batch["attention_mask"][..., None]).sum().backward()
+    ours = {k: p.grad.clone() for k, p in model.method.named_parameters()}
+    model.zero_grad()
+    kv = model.prompt().kv
+    total = 0.0
+    for row in range(3):
+        length = int(batch["attention_mask"][row].sum())
+        ids = batch["input_ids"][row, :length]
+        naive = _naive_bert_with_prefix(
+            bert, kv, bert.input_embeddings()(ids)[None], torch.ones(length)
+        )
+        torch.testing.assert_close(hidden[row, :length], naive[0], atol=ATOL, rtol=0)
+        total = total + (naive[0] * weights[row, :length]).sum()
+    total.backward()
+    for name, param in model.method.named_parameters():
+        assert ours[name].abs().max() > 0
+        torch.testing.assert_close(ours[name], param.grad, atol=ATOL, rtol=0)
 
 
 @pytest.mark.parametrize("name", CAUSAL)

@@ -1,15 +1,19 @@
-"""Prompts for bidirectional encoders: virtual tokens right after [CLS].
+"""Prompts for bidirectional encoders: virtual tokens right after [CLS], deep prompts.
 
 Every token of an encoder sees the prompt and the prompt sees every token, so nothing
 can be shared across rows; each row's prompt is spliced into its input embeddings
 (Lester et al. / P-tuning v1 placement after the first special token). Rows with
 shorter prompts get masked slots after theirs, and positions skip those slots, so a
-row's output equals the same row run alone.
+row's output equals the same row run alone. Deep prompts (P-tuning v2, Liu et al.
+2022; prefix tuning on an encoder) are per-layer keys/values every token attends to,
+passed as the attention cache: they take no positions and produce no outputs.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
+from transformers.cache_utils import DynamicCache
 
 from softprompt.backbones import Backbone
 from softprompt.errors import ConfigError
@@ -39,11 +43,6 @@ class EncoderInjector:
 
     def _virtual(self, rows: RowPrompts, batch: int) -> tuple[torch.Tensor, torch.Tensor] | None:
         """Each row's prompt, padded after it to the longest: (B, n, d) and its mask (B, n)."""
-        if any(p.kv is not None for p in rows.prompts):
-            raise ConfigError(
-                f"method.name: a key/value prefix needs a causal LM for now; {self.backbone.name} "
-                "is an encoder. Use soft-prompt or p-tuning on encoders."
-            )
         n = max(p.n_embeds for p in rows.prompts)
         if n == 0:
             return None
@@ -57,6 +56,37 @@ class EncoderInjector:
         if len(padded) == 1:
             return padded[0].expand(batch, -1, -1), valid[0].long().expand(batch, -1)
         return torch.stack(padded)[index], torch.stack(valid).long()[index]  # (B, n, d), (B, n)
+
+    def _kv_prefix(self, rows: RowPrompts, batch: int) -> tuple[DynamicCache, torch.Tensor] | None:
+        """Deep prompts (P-tuning v2): each row's per-layer K/V, left-padded to the longest,
+        as a cache every layer's attention reads first; and its mask (B, m)."""
+        m = max(p.n_kv for p in rows.prompts)
+        if m == 0:
+            return None
+        spec, index = self.backbone.spec, rows.index.to(self.device)
+        shape = (spec.num_kv_heads, 0, spec.head_dim)
+        cache = DynamicCache(config=self.backbone.model.config)
+        for layer in range(spec.num_layers):
+            parts = []
+            for part in (0, 1):
+                stacked = torch.stack(
+                    [
+                        F.pad(
+                            p.kv[layer][part]
+                            if p.kv is not None
+                            else torch.zeros(shape, device=self.device),
+                            (0, 0, m - p.n_kv, 0),
+                        )
+                        for p in rows.prompts
+                    ]
+                )  # (k, kvh, m, hd)
+                parts.append(
+                    stacked.expand(batch, -1, -1, -1) if len(rows.prompts) == 1 else stacked[index]
+                )
+            cache.update(parts[0], parts[1], layer)  # (B, kvh, m, hd) each
+        lengths = torch.tensor([p.n_kv for p in rows.prompts], device=self.device)[index]  # (B,)
+        mask = (torch.arange(m, device=self.device)[None] >= m - lengths[:, None]).long()
+        return cache, mask  # (B, m)
 
     def hidden_states(
         self,
@@ -73,15 +103,54 @@ class EncoderInjector:
         rows = RowPrompts.of(prompts, batch, self.device)
         tokens = row_embeddings(rows, self.embed(input_ids), inline_index)  # (B, T, d)
         virtual = self._virtual(rows, batch)
+        n = 0 if virtual is None else virtual[0].shape[1]
         if virtual is None:
-            return self.model(inputs_embeds=tokens, attention_mask=attention_mask).last_hidden_state
-        embeds, valid = virtual  # (B, n, d), (B, n)
-        n = embeds.shape[1]
-        embeds = torch.cat([tokens[:, :1], embeds, tokens[:, 1:]], dim=1)  # (B, n + T, d)
-        mask = torch.cat(
-            [attention_mask[:, :1], valid.to(attention_mask.dtype), attention_mask[:, 1:]], 1
-        )
+            embeds, mask = tokens, attention_mask
+        else:
+            prompt, valid = virtual  # (B, n, d), (B, n)
+            embeds = torch.cat([tokens[:, :1], prompt, tokens[:, 1:]], dim=1)  # (B, n + T, d)
+            middle = valid.to(attention_mask.dtype)
+            mask = torch.cat([attention_mask[:, :1], middle, attention_mask[:, 1:]], 1)
         positions = (mask.long().cumsum(-1) - 1).clamp(min=0)  # (B, n + T), masked slots skipped
-        out = self.model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions)
+        prefix = self._kv_prefix(rows, batch)
+        if prefix is None:
+            out = self.model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions)
+        else:
+            cache, prefix_mask = prefix
+            out = self.model(
+                inputs_embeds=embeds,
+                attention_mask=self._with_prefix(mask, prefix_mask),
+                position_ids=positions,
+                cache=cache,
+            )
         hidden = out.last_hidden_state  # (B, n + T, d)
         return torch.cat([hidden[:, :1], hidden[:, 1 + n :]], dim=1)  # (B, T, d)
+
+    def _with_prefix(self, mask: torch.Tensor, prefix_mask: torch.Tensor) -> torch.Tensor:
+        """(B, L) token mask + (B, m) prefix mask -> (B, 1, L, m + L): what every query sees.
+
+        Bool for SDPA (True = attend), an additive float mask for eager attention."""
+        batch, length = mask.shape
+        keys = torch.cat([prefix_mask, mask], 1).bool()  # (B, m + L)
+        visible = keys[:, None, None, :].expand(batch, 1, length, keys.shape[1])
+        if self.backbone.model.config._attn_implementation == "sdpa":
+            return visible
+        dtype = self.backbone.input_embeddings().weight.dtype
+        zeros = torch.zeros(visible.shape, dtype=dtype, device=visible.device)
+        return zeros.masked_fill_(~visible, torch.finfo(dtype).min)
+
+    @torch.no_grad()
+    def token_kv(self, embeds: torch.Tensor) -> tuple[tuple[torch.Tensor, torch.Tensor], ...]:
+        """The encoder's own per-layer K/V of (n, d) embeddings after [CLS]: L x 2 x (h, n, hd)."""
+        cls = self.backbone.spec.bos_token_id
+        inputs = embeds.to(self.backbone.input_embeddings().weight.dtype).unsqueeze(0)  # (1, n, d)
+        if cls is not None:
+            front = self.embed(torch.tensor([[cls]], device=self.device))  # (1, 1, d)
+            inputs = torch.cat([front, inputs], dim=1)  # (1, 1 + n, d)
+        cache = DynamicCache(config=self.backbone.model.config)
+        self.model(inputs_embeds=inputs, cache=cache)
+        n = embeds.shape[0]
+        return tuple(
+            (layer.keys[0, :, -n:].float(), layer.values[0, :, -n:].float())
+            for layer in cache.layers
+        )

@@ -5,6 +5,8 @@ makes of them; a prefix of keys and values at every layer steers each layer dire
 (Li & Liang: E2E BLEU 70.3 vs 48.1-62.2 for embedding-only prompts, performance.md).
 The prefix reaches the model as `Prompt(kv=...)`, the same shared K/V cache path that
 soft prompts use on causal decoders, so it costs one (P=1) prefix for the whole batch.
+On an encoder the same per-layer keys/values are P-tuning v2's deep prompts (Liu et al.
+2022, arXiv:2110.07602): every token attends to them at every layer (inject/encoder.py).
 
 Training the K/V directly is unstable in the paper, so by default they are produced by
 a small MLP from n embeddings (`reparameterize`); the MLP runs once per forward, not once
@@ -55,11 +57,6 @@ class PrefixTuning(nn.Module):
     def __init__(self, config: PrefixTuningConfig, context: MethodContext) -> None:
         super().__init__()
         spec = context.backbone.spec
-        if spec.kind != "causal-lm":
-            raise ConfigError(
-                f"method.name: prefix-tuning needs a causal LM for now; {context.backbone.name} "
-                f"is an {spec.kind}. Use soft-prompt or p-tuning on encoders."
-            )
         self.config = config
         self.layers = spec.num_layers
         self.kv_heads = spec.num_kv_heads
