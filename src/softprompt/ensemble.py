@@ -15,7 +15,8 @@ import torch
 
 from softprompt.data import Example
 from softprompt.errors import ConfigError
-from softprompt.evaluate import class_counts, length_sorted_batches, metrics_from_counts
+from softprompt.evaluate import length_sorted_batches
+from softprompt.metrics import class_counts, metrics_from_counts
 from softprompt.model import MultiTaskModel, PromptModel
 
 COMBINE = ("mean", "vote")

@@ -1,4 +1,5 @@
-"""Evaluation: pure metric functions plus a batched, length-sorted scorer."""
+"""Evaluation: a batched, length-sorted scorer; the task says which counts to keep and
+what figures they make (metric functions in `softprompt.metrics`)."""
 
 from __future__ import annotations
 
@@ -11,29 +12,7 @@ from softprompt.data import Example
 from softprompt.device import autocast
 from softprompt.distributed import ProcessInfo, all_sum
 from softprompt.errors import DataError
-
-
-def class_counts(predictions: torch.Tensor, targets: torch.Tensor, num_classes: int) -> list[float]:
-    """[correct, then per class: true positives, predicted, gold] as floats.
-
-    Counts (not ratios) so shares from several processes can simply be summed."""
-    counts = [float((predictions == targets).sum())]
-    for c in range(num_classes):
-        said, gold = predictions == c, targets == c
-        counts += [float((said & gold).sum()), float(said.sum()), float(gold.sum())]
-    return counts
-
-
-def metrics_from_counts(counts: list[float], rows: float) -> dict[str, float]:
-    """Accuracy and macro-F1 from `class_counts` totals over `rows` examples.
-
-    Macro-F1 averages over the classes that occur in the gold labels or the
-    predictions (as scikit-learn does): a class absent from both says nothing
-    about the prompt, and counting it as F1 = 0 would halve a perfect score on a
-    small test split."""
-    per_class = [counts[1 + 3 * c : 4 + 3 * c] for c in range((len(counts) - 1) // 3)]
-    f1 = [2 * tp / (said + gold) for tp, said, gold in per_class if said + gold > 0]
-    return {"accuracy": counts[0] / max(rows, 1), "macro_f1": sum(f1) / max(len(f1), 1)}
+from softprompt.metrics import class_counts, metrics_from_counts  # noqa: F401  (re-exported)
 
 
 def length_sorted_batches(examples: list[Example], batch_size: int) -> list[list[Example]]:
@@ -58,10 +37,9 @@ def evaluate(
     so every process returns the same numbers."""
     process = process or ProcessInfo()
     shard = examples[process.rank :: process.world]
-    classify = model.task.config.kind == "classification"
-    num_classes = len(model.task.config.labels)
+    task = model.task
     loss_sum, rows = 0.0, 0
-    counts = [0.0] * (1 + 3 * num_classes) if classify else []
+    counts = task.zero_counts()
     was_training = model.training
     model.eval()
     chunks = length_sorted_batches(shard, batch_size)
@@ -70,15 +48,13 @@ def evaluate(
             out = model(model.collate(chunk))
         loss_sum += out.loss.item() * len(chunk)
         rows += len(chunk)
-        if classify:
-            new = class_counts(out.scores.argmax(-1), out.targets, num_classes)
-            counts = [a + b for a, b in zip(counts, new, strict=True)]
+        counts = [a + b for a, b in zip(counts, task.metric_counts(out), strict=True)]
     model.train(was_training)
     # every process sends a vector of the same length, even with an empty shard
     loss_sum, rows, *counts = all_sum([loss_sum, float(rows), *counts], process)
     if rows == 0:
         raise DataError("nothing to evaluate: the split has no rows; check the dataset's splits")
-    result: dict[str, Any] = metrics_from_counts(counts, rows) if classify else {}
+    result: dict[str, Any] = task.metrics(counts, rows)
     result["loss"] = loss_sum / max(rows, 1)
     result["examples"] = int(rows)
     return result

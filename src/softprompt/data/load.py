@@ -40,9 +40,10 @@ def load_dataset(
     column for any data problem.
     """
     if source in BUILTINS:
-        if task != "classification":
-            raise ConfigError(f"built-in dataset {source!r} is a classification task")
-        return BUILTINS[source].load()
+        builtin = BUILTINS[source]
+        if task not in ("classification", builtin.task):  # classification: the default
+            raise ConfigError(f"built-in dataset {source!r} is a {builtin.task} task")
+        return builtin.load()
     path = Path(source).expanduser()
     if not path.exists() and path.suffix.lower() not in SUPPORTED_EXTENSIONS:
         raise DataError(

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 from softprompt.errors import DataError
 
-TASKS = ("classification", "generation")
+TASKS = ("classification", "generation", "tagging")
 SPLITS = ("train", "validation", "test")
 
 
@@ -14,7 +14,8 @@ SPLITS = ("train", "validation", "test")
 class Example:
     """One input text and its answer.
 
-    For classification `label` is the label name; for generation it is the target text.
+    For classification `label` is the label name; for generation it is the target text;
+    for tagging `text` is the words and `label` their tags, both joined by single spaces.
     Frozen so examples can be shared between splits and used as dict keys safely.
     """
 

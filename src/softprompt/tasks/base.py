@@ -41,13 +41,15 @@ class TaskConfig:
     max_new_tokens: int = 32
 
     def __post_init__(self) -> None:
-        if self.kind not in ("classification", "generation"):
-            raise ConfigError(f"task.kind: must be classification or generation, got {self.kind!r}")
+        if self.kind not in ("classification", "generation", "tagging"):
+            raise ConfigError(
+                f"task.kind: must be classification, generation or tagging, got {self.kind!r}"
+            )
         if self.head not in ("auto", "verbalizer", "linear"):
             raise ConfigError(f"task.head: must be auto, verbalizer or linear, got {self.head!r}")
         if self.pool not in ("auto", "mean", "cls", "last"):
             raise ConfigError(f"task.pool: must be auto, mean, cls or last, got {self.pool!r}")
-        if self.kind == "classification" and len(self.labels) < 2:
+        if self.kind != "generation" and len(self.labels) < 2:
             raise ConfigError(f"task.labels: need at least 2 labels, got {self.labels!r}")
         if self.verbalizer is not None:
             self.verbalizer = {
@@ -72,10 +74,13 @@ class TaskOutput:
     targets: torch.Tensor | None = None  # (B,) class index
 
     def counts(self) -> tuple[float, float]:
-        """(correct, scored) rows, for a training accuracy; (0, 0) when nothing is classified."""
+        """(correct, scored) for a training accuracy, over rows (or tagged tokens; targets
+        of -100 are not scored); (0, 0) when nothing is classified."""
         if self.scores is None or self.targets is None:
             return 0.0, 0.0
-        return float((self.scores.argmax(-1) == self.targets).sum()), float(len(self.targets))
+        scored = self.targets != -100
+        right = (self.scores.argmax(-1) == self.targets) & scored
+        return float(right.sum()), float(scored.sum())
 
 
 class Task(nn.Module):
@@ -115,9 +120,26 @@ class Task(nn.Module):
         """Token ids of each label's first label word, for the `labels` prompt init."""
         return []
 
+    def zero_counts(self) -> list[float]:
+        """`metric_counts` of nothing: every process sends a vector of this length."""
+        return []
+
+    def metric_counts(self, output: TaskOutput) -> list[float]:
+        """Counts (summable over batches and processes) that `metrics` turns into figures."""
+        return []
+
+    def metrics(self, counts: list[float], rows: float) -> dict[str, float]:
+        return {}
+
     def predict(
         self, injector: Injector, prompts: Prompt | RowPrompts, examples: list[Example]
     ) -> list[dict[str, Any]]:
+        return self.describe(self.forward(injector, prompts, self.collate(examples)), None)
+
+    def describe(
+        self, output: TaskOutput, batch: dict[str, torch.Tensor] | None
+    ) -> list[dict[str, Any]]:
+        """One prediction record per row of a scored batch (see `predict`)."""
         raise NotImplementedError
 
 
@@ -266,6 +288,8 @@ def register_task(name: str):
 def task_name(config: TaskConfig, backbone: Backbone) -> str:
     """Which registered task frames `config` on this backbone."""
     causal = backbone.spec.kind == "causal-lm"
+    if config.kind == "tagging":  # a token-level head, on decoders and encoders alike
+        return "tagging"
     if config.kind == "generation":
         if not causal:
             raise ConfigError(

@@ -18,7 +18,8 @@ from torch import nn
 from softprompt.backbones import Backbone
 from softprompt.data import Example
 from softprompt.errors import ConfigError
-from softprompt.inject import Injector, Prompt, RowPrompts
+from softprompt.inject import Injector
+from softprompt.metrics import class_counts, metrics_from_counts
 from softprompt.tasks.base import (
     TaskConfig,
     TaskOutput,
@@ -40,11 +41,21 @@ def class_loss(scores: torch.Tensor, batch: dict[str, torch.Tensor]) -> TaskOutp
 class ClassificationTask(TemplatedTask):
     """Scores (B, C) over `config.labels`; predictions are their softmax."""
 
-    def predict(
-        self, injector: Injector, prompts: Prompt | RowPrompts, examples: list[Example]
+    def describe(
+        self, output: TaskOutput, batch: dict[str, torch.Tensor] | None
     ) -> list[dict[str, Any]]:
-        batch = self.collate(examples)
-        return self.describe_scores(self.forward(injector, prompts, batch).scores)
+        return self.describe_scores(output.scores)
+
+    def zero_counts(self) -> list[float]:
+        return [0.0] * (1 + 3 * len(self.config.labels))
+
+    def metric_counts(self, output: TaskOutput) -> list[float]:
+        """[correct, then per class: true positives, predicted, gold]."""
+        classes = len(self.config.labels)
+        return class_counts(output.scores.argmax(-1), output.targets, classes)
+
+    def metrics(self, counts: list[float], rows: float) -> dict[str, float]:
+        return metrics_from_counts(counts, rows)
 
     def describe_scores(self, scores: torch.Tensor) -> list[dict[str, Any]]:
         """(B, C) scores -> one {label, scores} record per row."""
