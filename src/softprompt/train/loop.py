@@ -61,8 +61,13 @@ def task_key(name: str) -> str:
     return name.replace(".", "_") or "task"
 
 
+# the figure each kind of task keeps its best prompt by, in order of preference
+HEADLINE = ("entity_f1", "accuracy")
+
+
 def _metric(result: dict[str, Any]) -> float:
-    return result["accuracy"] if "accuracy" in result else -result["loss"]
+    """Entity F1 for tagging, accuracy for classification, minus the loss otherwise."""
+    return next((result[k] for k in HEADLINE if k in result), -result["loss"])
 
 
 class _Run:
@@ -256,8 +261,9 @@ def _recent_accuracy(history: list[dict[str, Any]], window: int = 20) -> dict[st
 def _val_postfix(results: dict[str, dict[str, Any]]) -> dict[str, str]:
     """The validation figure on the progress bar (the mean over tasks when there are several)."""
     values = list(results.values())
-    if all("accuracy" in r for r in values):
-        return {"val_acc": f"{sum(r['accuracy'] for r in values) / len(values):.3f}"}
+    for key, short in (("entity_f1", "val_f1"), ("accuracy", "val_acc")):
+        if all(key in r for r in values):
+            return {short: f"{sum(r[key] for r in values) / len(values):.3f}"}
     return {"val_loss": f"{sum(r['loss'] for r in values) / len(values):.3f}"}
 
 
