@@ -21,7 +21,7 @@ from softprompt.model import PromptModel, load_prompt_meta
 from softprompt.presets import task_defaults
 from softprompt.promptfile import atomic_write_text
 from softprompt.tasks import TaskConfig
-from softprompt.train import TrainResult, distributed, train
+from softprompt.train import TrainResult, distributed, run_dir, train
 from softprompt.train.distributed import ProcessInfo
 
 __all__ = [
@@ -125,8 +125,13 @@ def _test_row(
     return {"name": name, **scores, "trainable_parameters": model.num_trainable(), **extra}
 
 
+@run_dir.claims_out_dir(
+    lambda bound: (bound.arguments["config"].out, bound.arguments["config"].train)
+)
 def run(config: RunConfig, *, resume: bool = False, progress: bool = True) -> RunReport:
-    """Train a prompt, then score zero-shot and tuned on the test split; write a report."""
+    """Train a prompt, then score zero-shot and tuned on the test split; write a report.
+
+    The output folder is checked and locked before any data or model loads."""
     process = distributed.setup()  # under torchrun each process scores a share of the test set
     dataset = load_data(config.data)  # first: a bad data file fails before the model loads
     backbone = load_backbone(config.backbone)

@@ -72,6 +72,12 @@ def _add_run_flags(parser: argparse.ArgumentParser) -> None:
         "--bf16", action="store_true", default=None, help="bf16 autocast on CPU [train.bf16]"
     )
     parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        default=None,
+        help="replace the run already in --out (its prompt, checkpoint, metrics) [train.overwrite]",
+    )
+    parser.add_argument(
         "--no-baseline",
         dest="baseline",
         action="store_false",
@@ -83,6 +89,7 @@ def _add_run_flags(parser: argparse.ArgumentParser) -> None:
 def _config_from_args(args: argparse.Namespace) -> Any:
     from softprompt.config import build_run_config, load_yaml, set_dotted
     from softprompt.errors import ConfigError
+    from softprompt.validate import short
 
     values = load_yaml(args.config) if args.config else {}
     for flag, (key, kind, _) in FLAGS.items():
@@ -91,10 +98,13 @@ def _config_from_args(args: argparse.Namespace) -> Any:
             continue
         try:
             set_dotted(values, key, kind(raw))
-        except ValueError as exc:
-            raise ConfigError(f"--{flag.replace('_', '-')}: cannot read {raw!r} ({exc})") from None
-    if args.bf16:
-        set_dotted(values, "train.bf16", True)
+        except (ValueError, RecursionError) as exc:
+            raise ConfigError(
+                f"--{flag.replace('_', '-')}: cannot read {short(raw)} ({short(str(exc), 80)})"
+            ) from None
+    for flag in ("bf16", "overwrite", "force_resume"):
+        if getattr(args, flag, None):
+            set_dotted(values, f"train.{flag}", True)
     if args.baseline is False:
         values["baseline"] = False
     return build_run_config(values)
@@ -104,7 +114,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from softprompt.api import run
 
     config = _config_from_args(args)
-    report = run(config, resume=args.resume)
+    report = run(config, resume=args.resume or args.force_resume)
     if os.environ.get("RANK", "0") != "0":
         return 0
     print()
@@ -166,7 +176,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     from softprompt.api import export_prompt
+    from softprompt.train.run_dir import check_out_file
 
+    check_out_file(args.out, "--out")  # before the backbone loads
     out = export_prompt(args.prompt, args.out, args.backbone)
     before, after = os.path.getsize(args.prompt), os.path.getsize(out)
     print(f"{out}: {after:,} bytes (was {before:,})")
@@ -234,6 +246,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--resume", action="store_true", help="continue from OUT/checkpoint.safetensors"
     )
+    train.add_argument(
+        "--force-resume",
+        action="store_true",
+        help="resume even where the checkpoint's config differs from this one [train.force_resume]",
+    )
     _add_run_flags(train)
     train.set_defaults(func=cmd_train)
 
@@ -275,13 +292,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _fail(command: str, message: str) -> int:
+    """One line on stderr, exit status 2: a message may quote a multi-line parser error."""
+    print(f"softprompt {command}: error: {' '.join(message.split())}", file=sys.stderr)
+    return 2
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
     except SoftPromptError as exc:
-        print(f"softprompt {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+        return _fail(args.command, str(exc))
+    except OSError as exc:  # a disk full, a folder that vanished: the OS said why
+        return _fail(args.command, f"{exc.filename or ''}: {exc.strerror or exc}".lstrip(": "))
     except KeyboardInterrupt:
         print(
             "interrupted; the best prompt and the last checkpoint are kept on disk", file=sys.stderr

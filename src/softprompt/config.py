@@ -47,89 +47,110 @@ class RunConfig:
 
 
 _SECTIONS = {"data": DataConfig, "train": TrainConfig}
-
-
-def _typed(section: str, key: str, value: Any, annotation: Any) -> Any:
-    """Coerce flag strings to the field's type; complain with the key name."""
-    kind = getattr(annotation, "__name__", str(annotation))
-    where = f"{section}.{key}" if section else key
-    try:
-        if isinstance(value, str) and ("int" in kind and "str" not in kind):
-            return int(value)
-        if isinstance(value, str) and "float" in kind:
-            return float(value)
-        if isinstance(value, str) and "bool" in kind:
-            if value.lower() in ("1", "true", "yes", "on"):
-                return True
-            if value.lower() in ("0", "false", "no", "off"):
-                return False
-            raise ValueError(value)
-    except ValueError:
-        raise ConfigError(f"{where}: expected {kind}, got {value!r}") from None
-    return value
-
-
-def _section(name: str, values: dict[str, Any]) -> Any:
-    cls = _SECTIONS[name]
-    if not isinstance(values, dict):
-        raise ConfigError(f"{name}: expected a mapping of options, got {values!r}")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - set(fields))
-    if unknown:
-        raise ConfigError(
-            f"unknown config key(s) {', '.join(f'{name}.{k}' for k in unknown)}; known: {', '.join(fields)}"
-        )
-    typed = {k: _typed(name, k, v, fields[k].type) for k, v in values.items()}
-    return cls(**typed)
+_TOP_LEVEL = {"backbone": str, "out": str, "baseline": bool}
 
 
 def build_run_config(values: dict[str, Any]) -> RunConfig:
-    """Nested dict (from YAML and flags) -> RunConfig, naming every bad key."""
+    """Nested dict (from YAML and flags) -> RunConfig.
+
+    Every section is type-checked against its dataclass (method options against the
+    method's own config class) before anything is built, and all unknown keys and bad
+    values of all sections are reported in one error."""
+    from softprompt.validate import Invalid, coerce
+
+    if not isinstance(values, dict):
+        raise ConfigError(f"the config must be a mapping of keys, got {type(values).__name__}")
+    found = _Found()
     top = {f.name for f in dataclasses.fields(RunConfig)}
-    unknown = sorted(set(values) - top)
-    if unknown:
-        raise ConfigError(
-            f"unknown config key(s) {', '.join(unknown)}; known: {', '.join(sorted(top))}"
-        )
-    values = dict(values)
+    found.unknown += sorted(str(k) for k in values if k not in top)
+    values = {k: v for k, v in values.items() if k in top}
     if isinstance(values.get("data"), str):
         values["data"] = {"source": values["data"]}
-    for name in _SECTIONS:
-        values[name] = _section(name, values.get(name, {}) or {})
-    values["method"] = _method(values.get("method"))
-    values["task"] = _task(values.get("task"))
-    if "baseline" in values:
-        values["baseline"] = _typed("", "baseline", values["baseline"], bool)
+    for name, cls in _SECTIONS.items():
+        section = values.get(name)
+        values[name] = found.add(name, cls, {} if section is None else section)
+    values["method"] = _method(values.get("method"), found)
+    values["task"] = _task(values.get("task"), found)
+    for key, kind in _TOP_LEVEL.items():
+        if key in values:
+            try:
+                values[key] = coerce(values[key], kind)
+            except Invalid as exc:
+                found.problems.append(f"{key}: {exc}")
+    found.raise_if_any()
+    for name, cls in _SECTIONS.items():
+        values[name] = cls(**values[name])
     return RunConfig(**values)
 
 
-def _method(method: Any) -> dict[str, Any]:
-    """`method: soft-prompt` or a mapping; options without a name refine the default method."""
+class _Found:
+    """Unknown keys and bad values gathered over every section, raised as one error."""
+
+    def __init__(self) -> None:
+        self.unknown: list[str] = []
+        self.problems: list[str] = []
+        self.known: dict[str, list[str]] = {}
+
+    def add(
+        self, section: str, cls: type, values: Any, hints: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        from softprompt.validate import check_fields
+
+        checked = check_fields(section, cls, values, hints)
+        self.unknown += checked.unknown
+        self.problems += checked.problems
+        if checked.unknown:
+            self.known[section] = checked.known
+        return checked.values
+
+    def raise_if_any(self) -> None:
+        parts = list(self.problems)
+        if self.unknown:
+            known = "; ".join(
+                f"{s} keys are {', '.join(k) or '(none)'}" for s, k in self.known.items()
+            )
+            head = f"unknown config key(s) {', '.join(self.unknown)}"
+            parts.insert(0, head + (f" ({known})" if known else ""))
+        if parts:
+            raise ConfigError("; ".join(parts))
+
+
+def _method(method: Any, found: _Found) -> dict[str, Any]:
+    """`method: soft-prompt` or a mapping; options without a name refine the default method.
+    Options are checked against the named method's config class."""
+    from softprompt.methods import method_config_class
+    from softprompt.validate import short
+
     default = RunConfig().method
     if method is None:
         return default
     if isinstance(method, str):
-        return {"name": method}
+        method = {"name": method}
     if not isinstance(method, dict):
-        raise ConfigError(f"method: expected a method name or a mapping, got {method!r}")
-    return dict(method) if "name" in method else {**default, **method}
+        found.problems.append(f"method: expected a method name or a mapping, got {short(method)}")
+        return default
+    method = dict(method) if "name" in method else {**default, **method}
+    name = method.pop("name")
+    if not isinstance(name, str):
+        found.problems.append(f"method.name: expected a string, got {short(name)}")
+        return {"name": name, **method}
+    try:
+        config_class = method_config_class(name)
+    except ConfigError as exc:
+        found.problems.append(str(exc))
+        return {"name": name, **method}
+    return {"name": name, **found.add("method", config_class, method)}
 
 
-def _task(task: Any) -> dict[str, Any]:
-    """Check task keys here so a typo is named before any model loads."""
+def _task(task: Any, found: _Found) -> dict[str, Any]:
+    """Check task keys and types here so a typo is named before any model loads."""
     from softprompt.tasks import TaskConfig
 
     if task is None:
         return {}
-    if not isinstance(task, dict):
-        raise ConfigError(f"task: expected a mapping of options, got {task!r}")
-    known = {f.name for f in dataclasses.fields(TaskConfig)}
-    unknown = sorted(set(task) - known)
-    if unknown:
-        raise ConfigError(
-            f"unknown config key(s) {', '.join(f'task.{k}' for k in unknown)}; known: {', '.join(sorted(known))}"
-        )
-    return dict(task)
+    # a label's words may be one string or a list of them
+    hints = {"verbalizer": dict[str, str | list[str]] | None}
+    return found.add("task", TaskConfig, task, hints)
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:

@@ -123,7 +123,8 @@ def _main(capsys, *argv: str) -> tuple[int, str, str]:
         (["--verbalizer", "{not json"], "--verbalizer"),
         (["--n-tokens", "1.5"], "--n-tokens"),
         (["--config", "missing.yaml"], "--config"),
-        (["--method", "bogus-method", "--backbone", "/nonexistent/backbone"], "backbone"),
+        (["--method", "bogus-method", "--backbone", "/nonexistent/backbone"], "bogus-method"),
+        (["--backbone", "/nonexistent/backbone"], "backbone"),
         (["--batch-size", "0"], "train.batch_size"),
     ],
 )

@@ -24,8 +24,8 @@ from softprompt.evaluate import evaluate
 from softprompt.model import PromptModel
 from softprompt.plot import plot_curves
 from softprompt.promptfile import atomic_write_text
-from softprompt.train import distributed
-from softprompt.train.checkpoint import load_checkpoint, save_checkpoint
+from softprompt.train import distributed, guard, run_dir
+from softprompt.train.checkpoint import checkpoint_config, load_checkpoint, save_checkpoint
 from softprompt.train.config import TrainConfig
 
 PROMPT_FILE = "prompt.safetensors"
@@ -114,6 +114,7 @@ class _Run:
         """Load the checkpoint if there is one; the metrics log restarts from what it knew."""
         path = self.out_dir / CHECKPOINT_FILE
         if path.exists():
+            run_dir.check_resume(path, checkpoint_config(path), self.resumable(), self.config)
             self.state = load_checkpoint(path, self.model, self.optimizer)
         if self.process.main:
             lines = "".join(json.dumps(r) + "\n" for r in self.state["history"])
@@ -139,16 +140,7 @@ class _Run:
             if out.scores is not None and out.targets is not None:
                 correct += float((out.scores.argmax(-1) == out.targets).sum())
                 scored += len(shard)
-            if not torch.isfinite(loss):
-                kept = (
-                    f"the best prompt so far is kept at {self.prompt_path}"
-                    if self.prompt_path.exists()
-                    else "no prompt was saved yet (no evaluation had run)"
-                )
-                raise TrainingError(
-                    f"loss became {loss.item()} at step {step}; {kept}. "
-                    f"Lower train.lr (now {cfg.lr}) or use more warmup."
-                )
+            guard.check_loss(loss, step, cfg, self.prompt_path)
             (loss / cfg.grad_accum).backward()
             total += loss.item() / cfg.grad_accum
         torch.nn.utils.clip_grad_norm_(self.model.trainable_parameters(), cfg.max_grad_norm)
@@ -167,6 +159,7 @@ class _Run:
             process=self.process,
             bf16=self.config.bf16,
         )
+        guard.check_evaluation(self.state, result, step, self.config, self.prompt_path)
         metric = _metric(result)
         if metric > self.state["best_metric"]:
             self.state.update(best_metric=metric, best_step=step, bad_evals=0)
@@ -186,9 +179,21 @@ class _Run:
 
     def checkpoint(self) -> None:
         if self.process.main:
-            save_checkpoint(self.out_dir / CHECKPOINT_FILE, self.model, self.optimizer, self.state)
+            save_checkpoint(
+                self.out_dir / CHECKPOINT_FILE,
+                self.model,
+                self.optimizer,
+                self.state,
+                config=self.resumable(),
+            )
             plot_curves(self.state["history"], self.out_dir / "curves.png")
         distributed.barrier(self.process)
+
+    def resumable(self) -> dict[str, Any]:
+        describe = self.model.describe()
+        return run_dir.resumable_config(
+            self.config, describe, self.dataset.name, self.dataset.train
+        )
 
 
 def _recent_accuracy(history: list[dict[str, Any]], window: int = 20) -> dict[str, str]:
@@ -211,6 +216,9 @@ def _advance(run: _Run, step: int) -> tuple[dict[str, str], bool]:
     Returns the progress-bar fields and whether early stopping says to stop."""
     config, tick = run.config, time.perf_counter()
     figures = run.train_step(step)
+    guard.after_step(
+        run.state, figures["loss"], step, run.model.trainable_parameters(), config, run.prompt_path
+    )
     run.log({"kind": "train", "step": step + 1, **figures, "lr": config.lr_at(step)})
     rows = config.batch_size * config.grad_accum
     postfix = {"loss": f"{figures['loss']:.3f}", **_recent_accuracy(run.state["history"])}
@@ -225,6 +233,7 @@ def _advance(run: _Run, step: int) -> tuple[dict[str, str], bool]:
     return {**postfix, **_val_postfix(result)}, stop
 
 
+@run_dir.claims_out_dir(lambda bound: (bound.arguments["out_dir"], bound.arguments["config"]))
 def train(
     model: PromptModel,
     dataset: Dataset,
