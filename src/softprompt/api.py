@@ -88,8 +88,8 @@ def export_prompt(
     meta = load_prompt_meta(path)
     carried = {k: v for k, v in meta.items() if k not in model.describe() and k != "tensors"}
     carried.pop("file_bytes", None)
-    flat = model.flattened()
-    return flat.save(out, **carried, flattened_from=model.describe()["method"])
+    carried.setdefault("flattened_from", model.describe()["method"])  # kept on re-export
+    return model.flattened().save(out, **carried)
 
 
 @dataclass

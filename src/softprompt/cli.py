@@ -164,8 +164,14 @@ def _meta(path: str) -> dict[str, Any]:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from softprompt.api import load_prompt
+    from softprompt.errors import ConfigError
 
     texts = list(args.texts) or [line.rstrip("\n") for line in sys.stdin if line.strip()]
+    if not texts:
+        raise ConfigError("predict: no texts; give them as arguments or one per line on stdin")
+    blank = [i for i, text in enumerate(texts, start=1) if not text.strip()]
+    if blank:
+        raise ConfigError(f"predict: text {blank[0]} is empty; give some text to label")
     model = load_prompt(args.prompt, args.backbone)
     for text, prediction in zip(texts, model.predict(texts), strict=True):
         if "scores" in prediction:  # four decimals: people read these lines
@@ -236,6 +242,14 @@ def cmd_methods(args: argparse.Namespace) -> int:
     return 0
 
 
+def _positive_int(raw: str) -> int:
+    """argparse type: a count such as a batch size (argparse turns the error into a usage line)."""
+    value = int(raw)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="softprompt", description="Learn tiny prompts for a frozen transformer."
@@ -261,7 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--split", default="test", choices=["train", "validation", "test"])
     evaluate.add_argument("--text-column", default=None, help="default: as in training")
     evaluate.add_argument("--label-column", default=None, help="default: as in training")
-    evaluate.add_argument("--batch-size", type=int, default=32)
+    evaluate.add_argument("--batch-size", type=_positive_int, default=32)
     evaluate.set_defaults(func=cmd_eval)
 
     predict = sub.add_parser("predict", help="label texts (or generate) with a prompt file")

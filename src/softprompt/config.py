@@ -159,8 +159,13 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"--config: no such file {path}")
     try:
         values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"--config {path}: not valid YAML ({exc})") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"--config {path}: not UTF-8 text ({exc.reason}); save it as UTF-8"
+        ) from None
+    except (yaml.YAMLError, RecursionError) as exc:
+        reason = " ".join(str(exc).split()) or "nested too deeply"
+        raise ConfigError(f"--config {path}: not valid YAML ({reason})") from None
     if not isinstance(values, dict):
         raise ConfigError(f"--config {path}: the top level must be a mapping of keys")
     return values
@@ -174,4 +179,6 @@ def set_dotted(values: dict[str, Any], dotted: str, value: Any) -> None:
         if isinstance(node.get(key), str):
             node[key] = {"source" if key == "data" else "name": node[key]}
         node = node.setdefault(key, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"{key}: expected a mapping of options, got {type(node).__name__}")
     node[leaf] = value

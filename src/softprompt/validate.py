@@ -52,7 +52,9 @@ def describe(hint: Any) -> str:
     if origin in (Union, types.UnionType):
         return " or ".join(describe(a) for a in typing.get_args(hint))
     if origin is list:
-        return f"a list of {describe(typing.get_args(hint)[0])}"
+        item = typing.get_args(hint)[0]
+        plural = {int: "integers", float: "numbers", str: "strings", bool: "booleans"}
+        return f"a list of {plural.get(item) or describe(item)}"
     if origin is dict:
         key, value = typing.get_args(hint)
         return f"a mapping of {describe(key)} to {describe(value)}"
