@@ -116,8 +116,13 @@ def save_prompt_file(
     return path
 
 
-def read_prompt_file(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Read and verify a prompt file; every failure names the file and what to do."""
+def read_prompt_file(
+    path: str | Path, *, check_metadata: bool = True
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Read and verify a prompt file; every failure names the file and what to do.
+
+    `check_metadata=False` skips the prompt-specific header shape (method, task,
+    backbone) for files used as a plain checksummed tensor store."""
     path = Path(path)
     if not path.is_file():
         raise PromptFileError(f"{path}: no such prompt file")
@@ -137,7 +142,8 @@ def read_prompt_file(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[st
         ) from None
     header = _verified(path, header, tensors)
     refuse_non_finite(tensors, path)
-    check_meta(path, header)
+    if check_metadata:
+        check_meta(path, header)
     return tensors, header
 
 
