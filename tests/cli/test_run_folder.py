@@ -57,7 +57,10 @@ def nothing_loads(monkeypatch):
 
 def test_fresh_train_into_a_run_folder_is_refused_and_keeps_it(capsys, tmp_path, train_argv):
     out = tmp_path / "run"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine\n")  # a folder with no run in it needs no flag
     _ok(capsys, train_argv(out))
+    assert (out / "notes.txt").read_text() == "mine\n"
     before = {p.name: p.read_bytes() for p in out.iterdir() if p.name in run_dir.RUN_FILES}
     code, _, err = _main(capsys, train_argv(out, "--lr", "0.3"))
     _one_line_error(code, err)
@@ -92,14 +95,6 @@ def test_overwrite_clears_the_old_run_before_training(capsys, tmp_path, train_ar
     code, _, err = _main(capsys, train_argv(out, "--overwrite"))
     assert code == 2 and "stopped early" in err
     assert seen == []
-
-
-def test_a_folder_without_a_run_needs_no_flag(capsys, tmp_path, train_argv):
-    out = tmp_path / "run"
-    out.mkdir()
-    (out / "notes.txt").write_text("mine\n")
-    _ok(capsys, train_argv(out))
-    assert (out / "notes.txt").read_text() == "mine\n"
 
 
 def test_resume_and_overwrite_together_is_an_error(capsys, tmp_path, train_argv, nothing_loads):

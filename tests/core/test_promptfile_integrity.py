@@ -100,13 +100,7 @@ def test_v1_file_loads_and_is_migrated(saved, llama, tmp_path):
     assert model.predict(["good fun"]) == PromptModel.load(saved, llama).predict(["good fun"])
     resaved = model.save(tmp_path / "v2.safetensors")
     assert load_prompt_meta(resaved)["format"] == "softprompt/2"
-
-
-def test_v1_file_with_flipped_tensor_byte_is_still_caught(saved, tmp_path):
-    tensors, meta = read_prompt_file(saved)
-    tensors = {k: v.clone() for k, v in tensors.items()}
-    old = _write_v1(tmp_path / "v1.safetensors", tensors, meta)
-    data = bytearray(old.read_bytes())
+    data = bytearray(old.read_bytes())  # a v1 file's tensors are still checked
     data[-3] ^= 0x10
     old.write_bytes(bytes(data))
     with pytest.raises(PromptFileError, match="checksum"):
