@@ -25,7 +25,7 @@ from softprompt.model import MultiTaskModel, PromptModel, load_prompt_meta
 from softprompt.presets import task_defaults
 from softprompt.promptfile import atomic_write_text
 from softprompt.tasks import TaskConfig
-from softprompt.train import TrainResult, train
+from softprompt.train import TrainResult, run_dir, train
 
 __all__ = [
     "RunConfig",
@@ -117,8 +117,8 @@ def export_prompt(
     meta = load_prompt_meta(path)
     carried = {k: v for k, v in meta.items() if k not in model.describe() and k != "tensors"}
     carried.pop("file_bytes", None)
-    flat = model.flattened()
-    return flat.save(out, **carried, flattened_from=model.describe()["method"])
+    carried.setdefault("flattened_from", model.describe()["method"])  # kept on re-export
+    return model.flattened().save(out, **carried)
 
 
 @dataclass
@@ -193,9 +193,12 @@ def build_models(
     )
 
 
+@run_dir.claims_out_dir(
+    lambda bound: (bound.arguments["config"].out, bound.arguments["config"].train)
+)
 def run(config: RunConfig, *, resume: bool = False, progress: bool = True) -> RunReport:
     """Train prompts for one task or several, then score zero-shot and tuned on each test
-    split; write a report."""
+    split; write a report. The output folder is checked and locked before anything loads."""
     device = distributed.local_device(resolve_device(config.train.device))
     process = distributed.setup(device)  # under torchrun each process scores a test share
     specs = config.task_specs()

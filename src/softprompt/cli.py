@@ -76,6 +76,12 @@ def _add_run_flags(parser: argparse.ArgumentParser) -> None:
         "--bf16", action="store_true", default=None, help="bf16 autocast on CPU [train.bf16]"
     )
     parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        default=None,
+        help="replace the run already in --out (its prompt, checkpoint, metrics) [train.overwrite]",
+    )
+    parser.add_argument(
         "--no-baseline",
         dest="baseline",
         action="store_false",
@@ -87,6 +93,7 @@ def _add_run_flags(parser: argparse.ArgumentParser) -> None:
 def _config_from_args(args: argparse.Namespace) -> Any:
     from softprompt.config import build_run_config, load_yaml, set_dotted
     from softprompt.errors import ConfigError
+    from softprompt.validate import short
 
     values = load_yaml(args.config) if args.config else {}
     for flag, (key, kind, _) in FLAGS.items():
@@ -95,10 +102,13 @@ def _config_from_args(args: argparse.Namespace) -> Any:
             continue
         try:
             set_dotted(values, key, kind(raw))
-        except ValueError as exc:
-            raise ConfigError(f"--{flag.replace('_', '-')}: cannot read {raw!r} ({exc})") from None
-    if args.bf16:
-        set_dotted(values, "train.bf16", True)
+        except (ValueError, RecursionError) as exc:
+            raise ConfigError(
+                f"--{flag.replace('_', '-')}: cannot read {short(raw)} ({short(str(exc), 80)})"
+            ) from None
+    for flag in ("bf16", "overwrite", "force_resume"):
+        if getattr(args, flag, None):
+            set_dotted(values, f"train.{flag}", True)
     if args.baseline is False:
         values["baseline"] = False
     return build_run_config(values)
@@ -108,7 +118,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from softprompt.api import run
 
     config = _config_from_args(args)
-    report = run(config, resume=args.resume)
+    report = run(config, resume=args.resume or args.force_resume)
     if os.environ.get("RANK", "0") != "0":
         return 0
     print()
@@ -183,6 +193,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if args.prompt is None:
         raise ConfigError("predict: give a prompt file (or several with --task NAME=PROMPT)")
     texts = list(args.texts) or [line.rstrip("\n") for line in sys.stdin if line.strip()]
+    if not texts:
+        raise ConfigError("predict: no texts; give them as arguments or one per line on stdin")
+    blank = [i for i, text in enumerate(texts, start=1) if not text.strip()]
+    if blank:
+        raise ConfigError(f"predict: text {blank[0]} is empty; give some text to label")
     model = load_prompt(args.prompt, args.backbone)
     for text, prediction in zip(texts, model.predict(texts), strict=True):
         print(json.dumps({"text": text, **_rounded(prediction)}, ensure_ascii=False))
@@ -221,7 +236,9 @@ def _predict_tasks(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     from softprompt.api import export_prompt
+    from softprompt.train.run_dir import check_out_file
 
+    check_out_file(args.out, "--out")  # before the backbone loads
     out = export_prompt(args.prompt, args.out, args.backbone)
     before, after = os.path.getsize(args.prompt), os.path.getsize(out)
     print(f"{out}: {after:,} bytes (was {before:,})")
@@ -279,6 +296,14 @@ def cmd_methods(args: argparse.Namespace) -> int:
     return 0
 
 
+def _positive_int(raw: str) -> int:
+    """argparse type: a count such as a batch size (argparse turns the error into a usage line)."""
+    value = int(raw)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="softprompt", description="Learn tiny prompts for a frozen transformer."
@@ -288,6 +313,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--config", help="YAML run config (flags override it)")
     train.add_argument(
         "--resume", action="store_true", help="continue from OUT/checkpoint.safetensors"
+    )
+    train.add_argument(
+        "--force-resume",
+        action="store_true",
+        help="resume even where the checkpoint's config differs from this one [train.force_resume]",
     )
     _add_run_flags(train)
     train.set_defaults(func=cmd_train)
@@ -301,7 +331,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--split", default="test", choices=["train", "validation", "test"])
     evaluate.add_argument("--text-column", default=None, help="default: as in training")
     evaluate.add_argument("--label-column", default=None, help="default: as in training")
-    evaluate.add_argument("--batch-size", type=int, default=32)
+    evaluate.add_argument("--batch-size", type=_positive_int, default=32)
     evaluate.set_defaults(func=cmd_eval)
 
     predict = sub.add_parser("predict", help="label texts (or generate) with a prompt file")
@@ -340,13 +370,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _fail(command: str, message: str) -> int:
+    """One line on stderr, exit status 2: a message may quote a multi-line parser error."""
+    print(f"softprompt {command}: error: {' '.join(message.split())}", file=sys.stderr)
+    return 2
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
     except SoftPromptError as exc:
-        print(f"softprompt {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+        return _fail(args.command, str(exc))
+    except OSError as exc:  # a disk full, a folder that vanished: the OS said why
+        return _fail(args.command, f"{exc.filename or ''}: {exc.strerror or exc}".lstrip(": "))
     except KeyboardInterrupt:
         print(
             "interrupted; the best prompt and the last checkpoint are kept on disk", file=sys.stderr

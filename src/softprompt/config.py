@@ -65,141 +65,155 @@ class RunConfig:
 
 
 _SECTIONS = {"data": DataConfig, "train": TrainConfig}
-
-
-def _typed(section: str, key: str, value: Any, annotation: Any) -> Any:
-    """Coerce flag strings to the field's type; complain with the key name."""
-    kind = getattr(annotation, "__name__", str(annotation))
-    where = f"{section}.{key}" if section else key
-    try:
-        if isinstance(value, str) and ("int" in kind and "str" not in kind):
-            return int(value)
-        if isinstance(value, str) and "float" in kind:
-            return float(value)
-        if isinstance(value, str) and "bool" in kind:
-            if value.lower() in ("1", "true", "yes", "on"):
-                return True
-            if value.lower() in ("0", "false", "no", "off"):
-                return False
-            raise ValueError(value)
-    except ValueError:
-        raise ConfigError(f"{where}: expected {kind}, got {value!r}") from None
-    return value
-
-
-def _section(name: str, values: dict[str, Any]) -> Any:
-    cls = _SECTIONS[name]
-    if not isinstance(values, dict):
-        raise ConfigError(f"{name}: expected a mapping of options, got {values!r}")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - set(fields))
-    if unknown:
-        raise ConfigError(
-            f"unknown config key(s) {', '.join(f'{name}.{k}' for k in unknown)}; known: {', '.join(fields)}"
-        )
-    typed = {k: _typed(name, k, v, fields[k].type) for k, v in values.items()}
-    return cls(**typed)
+_TOP_LEVEL = {"backbone": str, "out": str, "baseline": bool}
 
 
 def build_run_config(values: dict[str, Any]) -> RunConfig:
-    """Nested dict (from YAML and flags) -> RunConfig, naming every bad key."""
+    """Nested dict (from YAML and flags) -> RunConfig.
+
+    Every section is type-checked against its dataclass (method options against the
+    method's own config class) before anything is built, and all unknown keys and bad
+    values of all sections are reported in one error."""
+    from softprompt.validate import Invalid, coerce
+
+    if not isinstance(values, dict):
+        raise ConfigError(f"the config must be a mapping of keys, got {type(values).__name__}")
+    found = _Found()
     top = {f.name for f in dataclasses.fields(RunConfig)}
-    unknown = sorted(set(values) - top)
-    if unknown:
-        raise ConfigError(
-            f"unknown config key(s) {', '.join(unknown)}; known: {', '.join(sorted(top))}"
-        )
-    values = dict(values)
+    found.unknown += sorted(str(k) for k in values if k not in top)
+    values = {k: v for k, v in values.items() if k in top}
     if isinstance(values.get("data"), str):
         values["data"] = {"source": values["data"]}
-    for name in _SECTIONS:
-        values[name] = _section(name, values.get(name, {}) or {})
-    values["method"] = _method(values.get("method"))
-    values["task"] = _task(values.get("task"))
-    if values.get("tasks") is not None:
-        values["tasks"] = _tasks(values["tasks"])
-    if "baseline" in values:
-        values["baseline"] = _typed("", "baseline", values["baseline"], bool)
+    for name, cls in _SECTIONS.items():
+        section = values.get(name)
+        values[name] = found.add(name, cls, {} if section is None else section)
+    values["method"] = _method(values.get("method"), found)
+    values["task"] = _task(values.get("task"), found)
+    tasks = _tasks(values["tasks"], found) if values.get("tasks") is not None else None
+    for key, kind in _TOP_LEVEL.items():
+        if key in values:
+            try:
+                values[key] = coerce(values[key], kind)
+            except Invalid as exc:
+                found.problems.append(f"{key}: {exc}")
+    found.raise_if_any()
+    for name, cls in _SECTIONS.items():
+        values[name] = cls(**values[name])
+    if tasks is not None:
+        values["tasks"] = [
+            TaskSpec(t["name"], DataConfig(**t["data"]), t["method"], t["task"]) for t in tasks
+        ]
     return RunConfig(**values)
 
 
-def _method(method: Any, where: str = "method") -> dict[str, Any]:
-    """`method: soft-prompt` or a mapping; options without a name refine the default method.
+class _Found:
+    """Unknown keys and bad values gathered over every section, raised as one error."""
 
-    The options are checked against the method's typed config here, before anything loads."""
-    from softprompt.methods import make_method_config
+    def __init__(self) -> None:
+        self.unknown: list[str] = []
+        self.problems: list[str] = []
+        self.known: dict[str, list[str]] = {}
+
+    def add(
+        self, section: str, cls: type, values: Any, hints: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        from softprompt.validate import check_fields
+
+        checked = check_fields(section, cls, values, hints)
+        self.unknown += checked.unknown
+        self.problems += checked.problems
+        if checked.unknown:
+            self.known[section] = checked.known
+        return checked.values
+
+    def raise_if_any(self) -> None:
+        parts = list(self.problems)
+        if self.unknown:
+            known = "; ".join(
+                f"{s} keys are {', '.join(k) or '(none)'}" for s, k in self.known.items()
+            )
+            head = f"unknown config key(s) {', '.join(self.unknown)}"
+            parts.insert(0, head + (f" ({known})" if known else ""))
+        if parts:
+            raise ConfigError("; ".join(parts))
+
+
+def _method(method: Any, found: _Found, where: str = "method") -> dict[str, Any]:
+    """`method: soft-prompt` or a mapping; options without a name refine the default method.
+    Options are checked against the named method's config class."""
+    from softprompt.methods import method_config_class
+    from softprompt.validate import short
 
     default = RunConfig().method
     if method is None:
-        method = default
-    elif isinstance(method, str):
+        return default
+    if isinstance(method, str):
         method = {"name": method}
-    elif not isinstance(method, dict):
-        raise ConfigError(f"{where}: expected a method name or a mapping, got {method!r}")
-    else:
-        method = dict(method) if "name" in method else {**default, **method}
-    if not isinstance(method["name"], str):
-        raise ConfigError(f"{where}.name: expected a method name, got {method['name']!r}")
-    make_method_config(method["name"], {k: v for k, v in method.items() if k != "name"}, where)
-    return method
+    if not isinstance(method, dict):
+        found.problems.append(f"{where}: expected a method name or a mapping, got {short(method)}")
+        return default
+    method = dict(method) if "name" in method else {**default, **method}
+    name = method.pop("name")
+    if not isinstance(name, str):
+        found.problems.append(f"{where}.name: expected a string, got {short(name)}")
+        return {"name": name, **method}
+    try:
+        config_class = method_config_class(name)
+    except ConfigError as exc:
+        found.problems.append(where + str(exc)[len("method") :])
+        return {"name": name, **method}
+    return {"name": name, **found.add(where, config_class, method)}
 
 
-def _tasks(tasks: Any) -> list[TaskSpec]:
-    """`tasks:` a list of {name, data, method, task}; every problem named by its index."""
-    if not isinstance(tasks, list) or not tasks:
-        raise ConfigError(f"tasks: expected a non-empty list of tasks, got {tasks!r}")
-    specs, names = [], set()
-    for i, entry in enumerate(tasks):
-        where = f"tasks[{i}]"
-        if not isinstance(entry, dict):
-            raise ConfigError(
-                f"{where}: expected a mapping with data, method and task, got {entry!r}"
-            )
-        unknown = sorted(set(entry) - {"name", "data", "method", "task"})
-        if unknown:
-            raise ConfigError(
-                f"{where}: unknown key(s) {', '.join(unknown)}; known: name, data, method, task"
-            )
-        data = entry.get("data")
-        if data is None:
-            raise ConfigError(
-                f"{where}.data: every task needs its dataset (a built-in name or a file)"
-            )
-        data = _section("data", {"source": data} if isinstance(data, str) else data)
-        name = entry.get("name", data.source.replace(".", "_"))
-        if not isinstance(name, str) or not name or "." in name or "/" in name:
-            raise ConfigError(f"{where}.name: a task name without '.' or '/', got {name!r}")
-        if name in names:
-            raise ConfigError(
-                f"{where}.name: task {name!r} appears twice; give each task its own name"
-            )
-        names.add(name)
-        specs.append(
-            TaskSpec(
-                name,
-                data,
-                _method(entry.get("method"), f"{where}.method"),
-                _task(entry.get("task")),
-            )
-        )
-    return specs
-
-
-def _task(task: Any) -> dict[str, Any]:
-    """Check task keys here so a typo is named before any model loads."""
+def _task(task: Any, found: _Found) -> dict[str, Any]:
+    """Check task keys and types here so a typo is named before any model loads."""
     from softprompt.tasks import TaskConfig
 
     if task is None:
         return {}
-    if not isinstance(task, dict):
-        raise ConfigError(f"task: expected a mapping of options, got {task!r}")
-    known = {f.name for f in dataclasses.fields(TaskConfig)}
-    unknown = sorted(set(task) - known)
-    if unknown:
-        raise ConfigError(
-            f"unknown config key(s) {', '.join(f'task.{k}' for k in unknown)}; known: {', '.join(sorted(known))}"
+    # a label's words may be one string or a list of them
+    hints = {"verbalizer": dict[str, str | list[str]] | None}
+    return found.add("task", TaskConfig, task, hints)
+
+
+def _tasks(tasks: Any, found: _Found) -> list[dict[str, Any]]:
+    """`tasks:` a list of {name, data, method, task}; every problem named by its index."""
+    if not isinstance(tasks, list) or not tasks:
+        found.problems.append(f"tasks: expected a non-empty list of tasks, got {tasks!r}")
+        return []
+    specs, names = [], set()
+    for i, entry in enumerate(tasks):
+        where = f"tasks[{i}]"
+        if not isinstance(entry, dict):
+            found.problems.append(f"{where}: expected a mapping with data, method and task")
+            continue
+        unknown = sorted(str(k) for k in set(entry) - {"name", "data", "method", "task"})
+        if unknown:
+            found.problems.append(
+                f"{where}: unknown key(s) {', '.join(unknown)}; known: name, data, method, task"
+            )
+        data = entry.get("data")
+        if data is None:
+            found.problems.append(
+                f"{where}.data: every task needs its dataset (a built-in name or a file)"
+            )
+            continue
+        data = found.add(
+            f"{where}.data", DataConfig, {"source": data} if isinstance(data, str) else data
         )
-    return dict(task)
+        name = entry.get("name", str(data.get("source", "")).replace(".", "_"))
+        if not isinstance(name, str) or not name or "." in name or "/" in name:
+            found.problems.append(f"{where}.name: a task name without '.' or '/', got {name!r}")
+        elif name in names:
+            found.problems.append(
+                f"{where}.name: task {name!r} appears twice; give each task its own name"
+            )
+        names.add(name)
+        method = _method(entry.get("method"), found, f"{where}.method")
+        specs.append(
+            {"name": name, "data": data, "method": method, "task": _task(entry.get("task"), found)}
+        )
+    return specs
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
@@ -208,8 +222,13 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"--config: no such file {path}")
     try:
         values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"--config {path}: not valid YAML ({exc})") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"--config {path}: not UTF-8 text ({exc.reason}); save it as UTF-8"
+        ) from None
+    except (yaml.YAMLError, RecursionError) as exc:
+        reason = " ".join(str(exc).split()) or "nested too deeply"
+        raise ConfigError(f"--config {path}: not valid YAML ({reason})") from None
     if not isinstance(values, dict):
         raise ConfigError(f"--config {path}: the top level must be a mapping of keys")
     return values
@@ -223,4 +242,6 @@ def set_dotted(values: dict[str, Any], dotted: str, value: Any) -> None:
         if isinstance(node.get(key), str):
             node[key] = {"source" if key == "data" else "name": node[key]}
         node = node.setdefault(key, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"{key}: expected a mapping of options, got {type(node).__name__}")
     node[leaf] = value

@@ -2,10 +2,16 @@
 
 Safetensors cannot run code on load (unlike pickle) and its header holds a
 string map, where the metadata lives as one JSON document: method, task,
-labels, backbone name and fingerprint, training config and metrics. A sha256
-of the tensor bytes catches corruption that still parses. Writes go to a temp
-file in the same folder and are renamed into place, so a crash never leaves a
-half-written prompt where a good one was.
+labels, backbone name and fingerprint, training config and metrics.
+
+Format "softprompt/2": a sha256 over the header (canonical JSON: sorted keys,
+compact separators) and the tensor bytes, so a flipped byte in a template or a
+label word fails the check like one in a tensor does. "softprompt/1" files
+(checksum over tensors only) still load: they are migrated in memory. The header's
+shape is checked before use, and tensors holding NaN/inf are refused both ways.
+Writes go to a temp file in the same folder and are renamed into place (with the
+mode the umask gives, as other tools do), so a crash never leaves a half-written
+prompt where a good one was.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ from safetensors.torch import save as st_save
 
 from softprompt.errors import PromptFileError
 
-FORMAT = "softprompt/1"
+FORMAT = "softprompt/2"
 
 
 def tensor_digest(tensors: dict[str, torch.Tensor]) -> str:
@@ -42,6 +48,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~current_umask())  # mkstemp's 0600 would hide it from others
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
@@ -52,8 +59,47 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         raise
 
 
+def current_umask() -> int:
+    """The process umask, read without changing it where Linux allows (/proc)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def canonical(header: dict[str, Any]) -> bytes:
+    """The header as the checksum sees it: one spelling per document."""
+    return json.dumps(header, sort_keys=True, separators=(",", ":")).encode("utf-8")
+
+
+def file_checksum(header: dict[str, Any], tensors: dict[str, torch.Tensor]) -> str:
+    """sha256 over the canonical header (without its own checksum) and the tensors."""
+    body = {k: v for k, v in header.items() if k != "sha256"}
+    return hashlib.sha256(canonical(body) + b"\n" + tensor_digest(tensors).encode()).hexdigest()
+
+
+def refuse_non_finite(tensors: dict[str, torch.Tensor], path: str | Path) -> None:
+    """NaN/inf values are a diverged run's garbage: never written, never read."""
+    bad = sorted(
+        name
+        for name, t in tensors.items()
+        if t.is_floating_point() and not bool(torch.isfinite(t).all())
+    )
+    if bad:
+        raise PromptFileError(
+            f"{path}: tensor(s) {', '.join(bad)} hold NaN/inf values (a diverged run); "
+            "train again with a lower train.lr"
+        )
 
 
 def save_prompt_file(
@@ -62,38 +108,79 @@ def save_prompt_file(
     """Save tensors + metadata atomically; returns the path written."""
     path = Path(path)
     clean = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-    header = dict(meta, format=FORMAT, sha256=tensor_digest(clean))
-    atomic_write_bytes(
-        path, st_save(clean, metadata={"softprompt": json.dumps(header, sort_keys=True)})
-    )
+    refuse_non_finite(clean, path)
+    header = json.loads(json.dumps(dict(meta, format=FORMAT)))  # as a reader will see it
+    header["sha256"] = file_checksum(header, clean)
+    metadata = {"softprompt": canonical(header).decode("utf-8")}
+    atomic_write_bytes(path, st_save(clean, metadata=metadata))
     return path
 
 
-def read_prompt_file(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Read and verify a prompt file; every failure names the file and what to do."""
+def read_prompt_file(
+    path: str | Path, *, check_metadata: bool = True
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Read and verify a prompt file; every failure names the file and what to do.
+
+    `check_metadata=False` skips the prompt-specific header shape (method, task,
+    backbone) for files used as a plain checksummed tensor store."""
     path = Path(path)
     if not path.is_file():
         raise PromptFileError(f"{path}: no such prompt file")
-    data = path.read_bytes()
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise PromptFileError(f"{path}: cannot read it ({exc.strerror})") from None
     if not data:
         raise PromptFileError(f"{path}: the file is empty; re-save or re-train the prompt")
     try:
         tensors = st_load(data)
         header = _read_header(data)
-    except (SafetensorError, ValueError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except (SafetensorError, ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise PromptFileError(
             f"{path}: not a readable prompt file (truncated or corrupt: {exc}); "
             "re-save it or train again"
         ) from None
-    if header.get("format") != FORMAT:
-        raise PromptFileError(
-            f"{path}: not a softprompt prompt file (format {header.get('format')!r})"
-        )
+    header = _verified(path, header, tensors)
+    refuse_non_finite(tensors, path)
+    if check_metadata:
+        check_meta(path, header)
+    return tensors, header
+
+
+def _verified(
+    path: Path, header: dict[str, Any], tensors: dict[str, torch.Tensor]
+) -> dict[str, Any]:
+    """Check the checksum the header's format defines; older formats are migrated."""
+    version = header.get("format")
+    if version == FORMAT:
+        if file_checksum(header, tensors) != header.get("sha256"):
+            raise PromptFileError(
+                f"{path}: header or tensor data does not match its checksum (file corrupted); "
+                "re-train or restore it"
+            )
+        return header
+    if version in MIGRATIONS:
+        return MIGRATIONS[version](path, header, tensors)
+    raise PromptFileError(
+        f"{path}: not a softprompt prompt file this version reads (format {str(version)[:40]!r}; "
+        f"known: {', '.join([FORMAT, *MIGRATIONS])})"
+    )
+
+
+def _from_v1(
+    path: Path, header: dict[str, Any], tensors: dict[str, torch.Tensor]
+) -> dict[str, Any]:
+    """softprompt/1: the checksum covers the tensors only. Same fields otherwise."""
     if tensor_digest(tensors) != header.get("sha256"):
         raise PromptFileError(
             f"{path}: tensor data does not match its checksum (file corrupted); re-train or restore it"
         )
-    return tensors, header
+    migrated = dict(header, format=FORMAT)
+    migrated["sha256"] = file_checksum(migrated, tensors)
+    return migrated
+
+
+MIGRATIONS = {"softprompt/1": _from_v1}
 
 
 def _read_header(data: bytes) -> dict[str, Any]:
@@ -101,13 +188,67 @@ def _read_header(data: bytes) -> dict[str, Any]:
     if size <= 0 or 8 + size > len(data):
         raise ValueError("header length runs past the end of the file")
     raw = json.loads(data[8 : 8 + size].decode("utf-8"))
-    meta = raw.get("__metadata__", {}).get("softprompt")
-    if meta is None:
+    meta = raw.get("__metadata__", {}).get("softprompt") if isinstance(raw, dict) else None
+    if not isinstance(meta, str):
         raise ValueError("no softprompt metadata in the header")
     header = json.loads(meta)
     if not isinstance(header, dict):
         raise ValueError("softprompt metadata is not a JSON object")
     return header
+
+
+def check_meta(path: str | Path, meta: dict[str, Any]) -> None:
+    """The header's shape, checked before anything indexes it (no KeyError tracebacks)."""
+    from softprompt.methods import available_methods, method_config_class
+    from softprompt.tasks import TaskConfig
+    from softprompt.validate import Invalid, check_fields, coerce
+
+    problems: list[str] = []
+    for key, hint in _META_FIELDS.items():
+        try:
+            coerce(meta.get(key), hint)
+        except Invalid as exc:
+            problems.append(f"{key}: {exc}")
+    for (section, key), hint in _NESTED.items():
+        if not problems:
+            try:
+                coerce(meta[section].get(key), hint)
+            except Invalid as exc:
+                problems.append(f"{section}.{key}: {exc}")
+    if not problems:
+        task = check_fields("task", TaskConfig, meta["task"], _VERBALIZER)
+        missing = [f"task.{k}" for k in task.known if k not in meta["task"]]
+        problems += task.unknown + task.problems + [f"{k}: missing" for k in missing]
+        name, options = meta["method"]["name"], meta["method"]["options"]
+        if name not in available_methods():
+            problems.append(f"method.name: unknown method {name!r}")
+        else:
+            method = check_fields("method.options", method_config_class(name), options)
+            problems += method.unknown + method.problems
+    if problems:
+        raise PromptFileError(
+            f"{path}: the prompt file's metadata is malformed ({'; '.join(problems[:5])}); "
+            "re-save it or train again"
+        )
+
+
+_NESTED: dict[tuple[str, str], Any] = {
+    ("method", "name"): str,
+    ("method", "options"): dict[str, Any],
+    ("backbone", "name"): str,
+    ("backbone", "fingerprint"): str,
+}
+_VERBALIZER = {"verbalizer": dict[str, str | list[str]] | None}
+_META_FIELDS: dict[str, Any] = {
+    "method": dict[str, Any],
+    "task": dict[str, Any],
+    "backbone": dict[str, str],
+    "trainable_parameters": int,
+    "dataset": str | None,
+    "metrics": dict[str, Any] | None,
+    "run": dict[str, Any] | None,
+    "train": dict[str, Any] | None,
+}
 
 
 def check_backbone(path: str | Path, meta: dict[str, Any], name: str, fingerprint: str) -> None:

@@ -36,7 +36,7 @@ def test_good_file_reads(saved):
     tensors, meta = read_prompt_file(saved)
     assert list(tensors) == ["method.embeddings"] and tensors["method.embeddings"].shape == (5, 32)
     assert meta["format"] == promptfile.FORMAT
-    assert meta["sha256"] == promptfile.tensor_digest(tensors)
+    assert meta["sha256"] == promptfile.file_checksum(meta, tensors)
 
 
 def test_fingerprint_mismatch(saved, llama):

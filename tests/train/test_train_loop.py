@@ -89,15 +89,22 @@ def test_resume_equals_uninterrupted(
     ]
 
 
-def test_resume_without_checkpoint_starts_fresh(
+def test_resume_without_checkpoint_says_there_is_nothing_to_resume(
     make_model, llama, toy_dataset, fast_config, tmp_path
 ):
-    a = make_model(llama)
-    ra = train(a, toy_dataset, fast_config(), tmp_path / "a", progress=False)
-    b = make_model(llama)
-    rb = train(b, toy_dataset, fast_config(), tmp_path / "b", progress=False, resume=True)
-    _assert_same_tensors(_tensors(a), _tensors(b))
-    assert ra.history == rb.history
+    """Before: --resume on an empty folder started from scratch without a word."""
+    from softprompt.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="nothing to resume"):
+        train(
+            make_model(llama),
+            toy_dataset,
+            fast_config(),
+            tmp_path / "b",
+            progress=False,
+            resume=True,
+        )
+    assert not (tmp_path / "b" / PROMPT_FILE).exists()
 
 
 def test_same_seed_same_prompt_other_seed_differs(
@@ -209,17 +216,16 @@ def test_best_prompt_is_the_best_evaluation(make_model, llama, toy_dataset, fast
     assert all(math.isfinite(h["loss"]) for h in result.history)
 
 
-def test_resume_without_checkpoint_restarts_the_metrics_log(
+def test_resume_with_only_a_metrics_log_is_refused_and_keeps_it(
     make_model, llama, toy_dataset, fast_config, tmp_path
 ):
-    (tmp_path / "metrics.jsonl").write_text(
-        '{"kind": "train", "step": 1, "loss": 9.0, "lr": 0.1}\n'
-    )
-    result = train(
-        make_model(llama), toy_dataset, fast_config(), tmp_path, progress=False, resume=True
-    )
-    lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    assert lines == result.history
+    log = '{"kind": "train", "step": 1, "loss": 9.0, "lr": 0.1}\n'
+    (tmp_path / "metrics.jsonl").write_text(log)
+    from softprompt.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="nothing to resume"):
+        train(make_model(llama), toy_dataset, fast_config(), tmp_path, progress=False, resume=True)
+    assert (tmp_path / "metrics.jsonl").read_text() == log
 
 
 def test_resume_from_a_corrupt_checkpoint_is_a_prompt_file_error(

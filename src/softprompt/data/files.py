@@ -12,6 +12,7 @@ import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from softprompt.errors import DataError
 
@@ -83,7 +84,19 @@ def _missing_column(path: Path, role: str, name: str, present: list[str], where:
 
 
 def _read_csv(path: Path, text: str, columns: Columns) -> list[Row]:
+    # the csv module refuses fields over 131,072 characters by default; no field can be
+    # longer than the file, and a long review is data, not an error
+    csv.field_size_limit(max(csv.field_size_limit(), min(len(text) + 1, 2**31 - 1)))
     reader = csv.reader(io.StringIO(text, newline=""))
+    try:
+        return _csv_rows(path, reader, columns)
+    except csv.Error as err:
+        raise DataError(
+            f"{path}: line {reader.line_num}: not valid CSV ({err}); check quoting on that line"
+        ) from None
+
+
+def _csv_rows(path: Path, reader: Any, columns: Columns) -> list[Row]:
     header = next(reader, None)
     if not header or not any(h.strip() for h in header):
         raise DataError(f"{path}: line 1: no header row; the first line must name the columns")
@@ -128,6 +141,11 @@ def _read_jsonl(path: Path, text: str, columns: Columns) -> list[Row]:
 def _parse_json_line(path: Path, number: int, line: str) -> dict:
     try:
         record = json.loads(line)
+    except RecursionError:
+        raise DataError(
+            f"{path}: line {number}: JSON nested too deeply to read; "
+            "each line must be one flat JSON object"
+        ) from None
     except json.JSONDecodeError as err:
         hint = ""
         if number == 1 and line.lstrip().startswith("["):

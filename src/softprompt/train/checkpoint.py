@@ -18,12 +18,17 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from softprompt.errors import PromptFileError
-from softprompt.promptfile import atomic_write_bytes
+from softprompt.promptfile import atomic_write_bytes, refuse_non_finite
 
 
 def save_checkpoint(
-    path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any]
+    path: Path,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    state: dict[str, Any],
+    config: dict[str, Any] | None = None,
 ) -> None:
+    """`config`: the resumable config (train/run_dir.py), checked when the run resumes."""
     # cloned: a module shared by several tasks appears under each task's name
     tensors = {f"model.{k}": v.detach().cpu().clone() for k, v in model.state_dict().items()}
     opt = optimizer.state_dict()
@@ -31,7 +36,8 @@ def save_checkpoint(
         for slot, value in slots.items():
             value = value if torch.is_tensor(value) else torch.tensor(value)
             tensors[f"optim.{index}.{slot}"] = value.detach().cpu().contiguous()
-    header = {"state": state, "param_groups": opt["param_groups"]}
+    header = {"state": state, "param_groups": opt["param_groups"], "config": config}
+    refuse_non_finite(tensors, path)
     atomic_write_bytes(path, st_save(tensors, metadata={"checkpoint": json.dumps(header)}))
 
 
@@ -50,18 +56,31 @@ def _check_matches(path: Path, model: torch.nn.Module, saved: dict[str, torch.Te
         )
 
 
-def load_checkpoint(
-    path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer
-) -> dict[str, Any]:
-    data = Path(path).read_bytes()
+def _read(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     try:
+        data = Path(path).read_bytes()
         tensors = st_load(data)
         size = int.from_bytes(data[:8], "little")
         header = json.loads(json.loads(data[8 : 8 + size])["__metadata__"]["checkpoint"])
-    except (SafetensorError, ValueError, KeyError, json.JSONDecodeError) as exc:
+        if not isinstance(header, dict) or not isinstance(header.get("state"), dict):
+            raise ValueError("no training state in the header")
+    except (SafetensorError, ValueError, KeyError, TypeError, OSError) as exc:
         raise PromptFileError(
             f"{path}: checkpoint unreadable ({exc}); start without --resume"
         ) from None
+    return tensors, header
+
+
+def checkpoint_config(path: Path) -> dict[str, Any] | None:
+    """The resumable config a checkpoint was written with (None: an older checkpoint)."""
+    return _read(path)[1].get("config")
+
+
+def load_checkpoint(
+    path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer
+) -> dict[str, Any]:
+    tensors, header = _read(path)
+    refuse_non_finite(tensors, path)
     model_state = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
     _check_matches(path, model, model_state)
     model.load_state_dict(model_state, strict=True)

@@ -14,7 +14,11 @@ class TrainConfig:
     processes under DDP; an optimizer step sees `batch_size * grad_accum` rows.
     `eval_examples` caps the validation rows scored at each evaluation (0 = all), per task.
     `sampler` mixes several tasks' rows: "proportional" to their sizes, or "temperature"
-    (p ~ n^(1/temperature)). `device`: auto, cpu, cuda or mps (softprompt/device.py)."""
+    (p ~ n^(1/temperature)). `device`: auto, cpu, cuda or mps (softprompt/device.py).
+    `overwrite` lets a fresh run replace a finished or interrupted one in its folder,
+    `force_resume` continues a checkpoint whose config differs (see train/run_dir.py);
+    `divergence_factor` stops a run whose smoothed loss passes that many times its
+    first step's loss (see train/guard.py)."""
 
     steps: int = 160
     batch_size: int = 8
@@ -33,14 +37,21 @@ class TrainConfig:
     device: str = "auto"
     sampler: str = "proportional"
     temperature: float = 2.0
+    overwrite: bool = False
+    force_resume: bool = False
+    divergence_factor: float = 10.0
 
     def __post_init__(self) -> None:
         positive = ("steps", "batch_size", "grad_accum", "eval_every", "eval_batch_size")
         for key in positive:
             if getattr(self, key) < 1:
                 raise ConfigError(f"train.{key}: must be >= 1, got {getattr(self, key)}")
-        if not self.lr > 0:
-            raise ConfigError(f"train.lr: must be > 0, got {self.lr}")
+        if not 0 < self.lr < float("inf"):
+            raise ConfigError(f"train.lr: must be a finite number > 0, got {self.lr}")
+        if not 1 < self.divergence_factor < float("inf"):
+            raise ConfigError(
+                f"train.divergence_factor: must be a finite number > 1, got {self.divergence_factor}"
+            )
         if self.schedule not in ("linear", "cosine", "constant"):
             raise ConfigError(
                 f"train.schedule: must be linear, cosine or constant, got {self.schedule!r}"

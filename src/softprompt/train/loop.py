@@ -29,7 +29,8 @@ from softprompt.evaluate import evaluate
 from softprompt.model import MultiTaskModel, PromptModel
 from softprompt.plot import plot_curves
 from softprompt.promptfile import atomic_write_text
-from softprompt.train.checkpoint import load_checkpoint, save_checkpoint
+from softprompt.train import guard, run_dir
+from softprompt.train.checkpoint import checkpoint_config, load_checkpoint, save_checkpoint
 from softprompt.train.config import TrainConfig
 from softprompt.train.sampler import TaskSampler
 
@@ -151,6 +152,7 @@ class _Run:
         """Load the checkpoint if there is one; the metrics log restarts from what it knew."""
         path = self.out_dir / CHECKPOINT_FILE
         if path.exists():
+            run_dir.check_resume(path, checkpoint_config(path), self.resumable(), self.config)
             self.state = load_checkpoint(path, self.model, self.optimizer)
         if self.process.main:
             lines = "".join(json.dumps(r) + "\n" for r in self.state["history"])
@@ -172,7 +174,7 @@ class _Run:
                 out = self.wrapped(self.model.collate(shard))
             right, count = out.counts()
             correct, scored = correct + right, scored + count
-            self._check_finite(out.loss, step)
+            guard.check_loss(out.loss, step, cfg, self.kept_path())
             (out.loss / cfg.grad_accum).backward()
             total += out.loss.item() / cfg.grad_accum
         for group in self.model.parameter_groups():  # per task: one never rescales another
@@ -183,20 +185,6 @@ class _Run:
         total, correct, scored = distributed.all_sum([total, correct, scored], self.process)
         total /= self.process.world
         return {"loss": total, **({"accuracy": correct / scored} if scored else {})}
-
-    def _check_finite(self, loss: torch.Tensor, step: int) -> None:
-        if torch.isfinite(loss):
-            return
-        kept = [str(self.prompt_path(t)) for t in self.tasks if self.prompt_path(t).exists()]
-        where = (
-            f"the best prompt so far is kept at {', '.join(kept)}"
-            if kept
-            else "no prompt was saved yet (no evaluation had run)"
-        )
-        raise TrainingError(
-            f"loss became {loss.item()} at step {step}; {where}. "
-            f"Lower train.lr (now {self.config.lr}) or use more warmup."
-        )
 
     def evaluate_and_keep_best(self, step: int) -> dict[str, dict[str, Any]]:
         """Score every task on its validation rows; save each task's prompt that improved."""
@@ -209,6 +197,7 @@ class _Run:
                 process=self.process,
                 bf16=self.config.bf16,
             )
+            guard.check_evaluation(self.state, result, step, self.config, self.kept_path())
             best = self.state["best"][name]
             if _metric(result) > best["metric"]:
                 best.update(metric=_metric(result), step=step)
@@ -232,7 +221,13 @@ class _Run:
 
     def checkpoint(self) -> None:
         if self.process.main:
-            save_checkpoint(self.out_dir / CHECKPOINT_FILE, self.model, self.optimizer, self.state)
+            save_checkpoint(
+                self.out_dir / CHECKPOINT_FILE,
+                self.model,
+                self.optimizer,
+                self.state,
+                config=self.resumable(),
+            )
             plot_curves(self.state["history"], self.out_dir / "curves.png")
         distributed.barrier(self.process)
 
@@ -248,6 +243,21 @@ class _Run:
             prompt_paths={t: self.prompt_path(t) for t in self.tasks},
             best={t: dict(b) for t, b in best.items()},
         )
+
+    def kept_path(self) -> Path:
+        """Where a best prompt is kept, for the divergence message (the first task's)."""
+        kept = [self.prompt_path(t) for t in self.tasks if self.prompt_path(t).exists()]
+        return kept[0] if kept else self.prompt_path(self.tasks[0])
+
+    def resumable(self) -> dict[str, Any]:
+        """What a resumed run must share with this one (train/run_dir.py), per task."""
+        configs = {
+            name: run_dir.resumable_config(
+                self.config, model.describe(), self.data[name].name, self.data[name].train
+            )
+            for name, model in self.model.models.items()
+        }
+        return next(iter(configs.values())) if len(configs) == 1 else {"tasks": configs}
 
 
 def _recent_accuracy(history: list[dict[str, Any]], window: int = 20) -> dict[str, str]:
@@ -273,6 +283,9 @@ def _advance(run: _Run, step: int) -> tuple[dict[str, str], bool]:
     Returns the progress-bar fields and whether early stopping says to stop."""
     config, tick = run.config, time.perf_counter()
     figures = run.train_step(step)
+    guard.after_step(
+        run.state, figures["loss"], step, run.model.trainable_parameters(), config, run.kept_path()
+    )
     run.log({"kind": "train", "step": step + 1, **figures, "lr": config.lr_at(step)})
     rows = config.batch_size * config.grad_accum
     postfix = {"loss": f"{figures['loss']:.3f}", **_recent_accuracy(run.state["history"])}
@@ -304,6 +317,7 @@ def as_multitask(
     return MultiTaskModel.single(name, model), {name: dataset}
 
 
+@run_dir.claims_out_dir(lambda bound: (bound.arguments["out_dir"], bound.arguments["config"]))
 def train(
     model: PromptModel | MultiTaskModel,
     dataset: Dataset | dict[str, Dataset],

@@ -1,0 +1,188 @@
+"""Type checks for config sections and prompt-file metadata, driven by dataclass fields.
+
+YAML gives whatever the user typed (`steps: 2.5`, `n_tokens: ten`, `source: 5`, a
+list where a word belongs), and a prompt file's header is whatever its bytes say;
+either used as is ends in a TypeError deep in torch. Every value is checked against
+the field's annotation here, first, so the message names the key and what it expects.
+All problems of a section are gathered, so a user fixes a config in one pass.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from typing import Any, Union
+
+# Values past these bounds only ever come from typos, and would allocate or loop for
+# hours before failing; every section is checked against the entry for its key name.
+LIMITS: dict[str, tuple[int, int]] = {
+    "method.n_tokens": (1, 4096),
+    "method.hidden": (1, 65536),
+    "method.seed": (0, 2**63 - 1),
+    "task.max_text_tokens": (1, 1_000_000),
+    "task.max_new_tokens": (1, 4096),
+    "train.steps": (1, 10**9),
+    "train.batch_size": (1, 10**6),
+    "train.grad_accum": (1, 10**6),
+    "train.warmup_steps": (0, 10**9),
+    "train.eval_every": (1, 10**9),
+    "train.eval_examples": (0, 10**9),
+    "train.eval_batch_size": (1, 10**6),
+    "train.patience": (0, 10**9),
+    "train.seed": (0, 2**63 - 1),
+}
+
+
+class Invalid(Exception):
+    """One bad value; gathered by the callers into a single error."""
+
+
+def short(value: Any, limit: int = 60) -> str:
+    """repr() cut to one short line: a pasted 100 KB value must not flood the terminal."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def describe(hint: Any) -> str:
+    if hint is type(None):
+        return "null"
+    origin = typing.get_origin(hint)
+    if origin in (Union, types.UnionType):
+        return " or ".join(describe(a) for a in typing.get_args(hint))
+    if origin is list:
+        item = typing.get_args(hint)[0]
+        plural = {int: "integers", float: "numbers", str: "strings", bool: "booleans"}
+        return f"a list of {plural.get(item) or describe(item)}"
+    if origin is dict:
+        key, value = typing.get_args(hint)
+        return f"a mapping of {describe(key)} to {describe(value)}"
+    return {
+        int: "an integer",
+        float: "a number",
+        str: "a string",
+        bool: "bool (true or false)",
+    }.get(hint, getattr(hint, "__name__", str(hint)))
+
+
+def coerce(value: Any, hint: Any) -> Any:
+    """`value` as the type `hint` names; strings (from flags) are parsed. Raises Invalid."""
+    origin = typing.get_origin(hint)
+    if hint is Any:
+        return value
+    if origin in (Union, types.UnionType):
+        return _coerce_union(value, typing.get_args(hint), hint)
+    if origin is list:
+        if not isinstance(value, list):
+            raise Invalid(f"expected {describe(hint)}, got {short(value)}")
+        return [coerce(item, typing.get_args(hint)[0]) for item in value]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise Invalid(f"expected {describe(hint)}, got {short(value)}")
+        key_hint, value_hint = typing.get_args(hint)
+        return {coerce(k, key_hint): coerce(v, value_hint) for k, v in value.items()}
+    scalar = _SCALARS.get(hint)
+    if scalar is None:
+        return value
+    return scalar(value)
+
+
+def _coerce_union(value: Any, args: tuple[Any, ...], hint: Any) -> Any:
+    if value is None and type(None) in args:
+        return None
+    for arg in args:
+        if arg is type(None):
+            continue
+        try:
+            return coerce(value, arg)
+        except Invalid:
+            pass
+    raise Invalid(f"expected {describe(hint)}, got {short(value)}")
+
+
+def _to_int(value: Any) -> int:
+    if isinstance(value, str):
+        try:
+            return int(value.strip())
+        except ValueError:
+            pass
+    elif isinstance(value, int) and not isinstance(value, bool):
+        return value
+    raise Invalid(f"expected an integer, got {short(value)}")
+
+
+def _to_float(value: Any) -> float:
+    number = None
+    if isinstance(value, str):
+        try:
+            number = float(value.strip())
+        except ValueError:
+            pass
+    elif isinstance(value, int | float) and not isinstance(value, bool):
+        number = float(value)
+    if number is None:
+        raise Invalid(f"expected a number, got {short(value)}")
+    if not math.isfinite(number):
+        raise Invalid(f"expected a finite number, got {short(value)}")
+    return number
+
+
+def _to_str(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    raise Invalid(f"expected a string, got {short(value)} (quote it in YAML)")
+
+
+def _to_bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        if value.strip().lower() in ("1", "true", "yes", "on"):
+            return True
+        if value.strip().lower() in ("0", "false", "no", "off"):
+            return False
+    raise Invalid(f"expected bool (true or false), got {short(value)}")
+
+
+_SCALARS = {int: _to_int, float: _to_float, str: _to_str, bool: _to_bool}
+
+
+@dataclasses.dataclass
+class Checked:
+    """What `check_fields` found: coerced values, unknown dotted keys, other problems."""
+
+    values: dict[str, Any]
+    unknown: list[str]
+    problems: list[str]
+    known: list[str]
+
+
+def check_fields(
+    section: str, cls: type, values: Any, hints: dict[str, Any] | None = None
+) -> Checked:
+    """Check `values` against dataclass `cls`; unknown keys are named with the section
+    (e.g. `train.stpes`), every other problem names its key and what it expects."""
+    known = [f.name for f in dataclasses.fields(cls)]
+    if not isinstance(values, dict):
+        problem = f"{section}: expected a mapping of options, got {short(values)}"
+        return Checked({}, [], [problem], known)
+    hints = {**typing.get_type_hints(cls), **(hints or {})}
+    unknown = [f"{section}.{key}" for key in sorted(map(str, values)) if key not in known]
+    problems: list[str] = []
+    typed: dict[str, Any] = {}
+    for key, value in values.items():
+        if key not in known:
+            continue
+        try:
+            typed[key] = in_limits(f"{section}.{key}", coerce(value, hints[key]))
+        except Invalid as exc:
+            problems.append(f"{section}.{key}: {exc}")
+    return Checked(typed, unknown, problems, known)
+
+
+def in_limits(where: str, value: Any) -> Any:
+    bounds = LIMITS.get(where)
+    if bounds and isinstance(value, int) and not bounds[0] <= value <= bounds[1]:
+        raise Invalid(f"must be between {bounds[0]} and {bounds[1]}, got {value}")
+    return value
