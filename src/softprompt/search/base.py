@@ -110,7 +110,7 @@ _UNSCORED = Score(accuracy=float("-inf"), loss=float("inf"), examples=0)
 
 SearchFn = Callable[[TaskSpec, Budget, random.Random, dict[str, Any]], None]
 _METHODS: dict[str, SearchFn] = {}
-METHOD_MODULES = ["edits"]  # each registers its methods on import
+METHOD_MODULES = ["edits", "autoprompt", "opro", "rlprompt"]  # each registers its methods on import
 
 
 def register_search(name: str) -> Callable[[SearchFn], SearchFn]:
