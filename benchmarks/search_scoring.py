@@ -1,21 +1,20 @@
 """Candidate evaluations per second: the batched search scorer against one at a time.
 
 Search is dominated by scoring candidate prompts on a batch of labelled
-examples. Three ways, interleaved (A B C, A B C, ...) in one process on the same
+examples. Two ways, interleaved (A B, A B, ...) in one process on the same
 frozen SmolLM2-135M, the same examples and the same candidates:
 
   A  one at a time through softprompt's own path: `build_model(..., {"name": "none"},
      {"template": t})` + `evaluate` per candidate (what a user would write);
-  B  the search scorer, called with one candidate at a time (no sharing across
-     candidates, the examples still batched);
-  C  the search scorer with all candidates in one call (shared K/V).
+  B  the search scorer with all candidates in one call (shared K/V, examples in
+     length-sorted groups).
 
 Two candidate families: AutoPrompt/RLPrompt-style trigger tokens between the
 text and the answer cue (only the tail differs: the text runs once), and
 OPRO-style instructions in front of the template (each instruction runs once).
-Prints evaluations per second and the ratios, and checks the three agree.
+Prints evaluations per second and the ratios, and checks the two agree.
 
-    python benchmarks/search_scoring.py --examples 32 --candidates 16 --reps 2
+    python benchmarks/search_scoring.py --examples 32 --candidates 8 --reps 2
 """
 
 from __future__ import annotations
@@ -52,9 +51,7 @@ INSTRUCTIONS = [
 def candidates(kind: str, template: str, words: list[str], count: int, rng: random.Random):
     if kind == "triggers":  # 4 trigger words between the text and the answer cue
         head, tail = template.split("{text}")
-        return [
-            head + "{text} " + " ".join(rng.sample(words, 4)) + tail for _ in range(count)
-        ]
+        return [head + "{text} " + " ".join(rng.sample(words, 4)) + tail for _ in range(count)]
     return [  # an instruction (plus a random word, so all differ) in front of the template
         f"{INSTRUCTIONS[i % len(INSTRUCTIONS)]} {rng.choice(words).capitalize()}.\n{template}"
         for i in range(count)
@@ -70,10 +67,8 @@ def one_by_one_api(backbone, data, task, templates, examples):
     return out
 
 
-def scorer_calls(scorer, cands, together: bool):
-    if together:
-        return [(s.accuracy, s.loss) for s in scorer.score(cands)]
-    return [(s.accuracy, s.loss) for c in cands for s in scorer.score([c])]
+def scorer_calls(scorer, cands):
+    return [(s.accuracy, s.loss) for s in scorer.score(cands)]
 
 
 def main() -> None:
@@ -81,7 +76,7 @@ def main() -> None:
     parser.add_argument("--backbone", default="smollm2-135m")
     parser.add_argument("--dataset", default="movie-sentiment")
     parser.add_argument("--examples", type=int, default=32)
-    parser.add_argument("--candidates", type=int, default=16)
+    parser.add_argument("--candidates", type=int, default=8)
     parser.add_argument("--reps", type=int, default=2)
     parser.add_argument("--out", default="benchmarks/results/search_scoring.json")
     args = parser.parse_args()
@@ -97,20 +92,17 @@ def main() -> None:
     for kind in ("triggers", "instructions"):
         templates = candidates(kind, task["template"], words, args.candidates, random.Random(0))
         cands = [Candidate.from_template(t, backbone.tokenizer) for t in templates]
-        times = {"api": [], "single": [], "batched": []}
+        times = {"api": [], "batched": []}
         answers = {}
         for _ in range(args.reps):
             for name, fn in (
-                ("api", lambda: one_by_one_api(backbone, data, task, templates, examples)),
-                ("single", lambda: scorer_calls(scorer, cands, together=False)),
-                ("batched", lambda: scorer_calls(scorer, cands, together=True)),
+                ("api", lambda t=templates: one_by_one_api(backbone, data, task, t, examples)),
+                ("batched", lambda c=cands: scorer_calls(scorer, c)),
             ):
                 start = time.perf_counter()
                 answers[name] = fn()
                 times[name].append(time.perf_counter() - start)
-        gap = max(
-            abs(a[1] - b[1]) for a, b in zip(answers["api"], answers["batched"], strict=True)
-        )
+        gap = max(abs(a[1] - b[1]) for a, b in zip(answers["api"], answers["batched"], strict=True))
         same_acc = all(
             a[0] == b[0] for a, b in zip(answers["api"], answers["batched"], strict=True)
         )
@@ -118,16 +110,14 @@ def main() -> None:
         results[kind] = {
             "evals_per_s": rate,
             "batched_over_api": rate["batched"] / rate["api"],
-            "batched_over_single": rate["batched"] / rate["single"],
             "max_loss_gap": gap,
             "same_accuracy": same_acc,
             "seconds": times,
         }
         print(
-            f"{kind:12s} evals/s  one-by-one (api) {rate['api']:.2f}  one-by-one (scorer) "
-            f"{rate['single']:.2f}  batched {rate['batched']:.2f}  ->  "
-            f"{rate['batched'] / rate['api']:.1f}x vs api, {rate['batched'] / rate['single']:.1f}x "
-            f"vs single; max loss gap {gap:.1e}, same accuracies {same_acc}"
+            f"{kind:12s} evals/s  one at a time {rate['api']:.3f}  batched {rate['batched']:.3f}"
+            f"  ->  {rate['batched'] / rate['api']:.1f}x; max loss gap {gap:.1e}, "
+            f"same accuracies {same_acc}"
         )
     meta = {
         "backbone": args.backbone,

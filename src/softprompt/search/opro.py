@@ -19,9 +19,9 @@ from __future__ import annotations
 import random
 import re
 
+from softprompt.backbones import Backbone
 from softprompt.errors import ConfigError
 from softprompt.search.base import Budget, Ranked, TaskSpec, register_search
-from softprompt.backbones import Backbone
 from softprompt.search.optimizer_lm import LocalLM, OptimizerLM, optimizer_lm
 
 DEFAULTS = {

@@ -116,6 +116,7 @@ class CandidateScorer:
     examples: list[Example]
     max_text_tokens: int = 200
     max_rows: int = 256
+    example_group: int = 16
     evaluations: int = 0
     _text_ids: dict[tuple[str, str], list[int]] = field(default_factory=dict, repr=False)
 
@@ -131,6 +132,9 @@ class CandidateScorer:
         self.lm_head = self.backbone.output_embeddings()  # (V, d)
         bos = self.backbone.spec.bos_token_id
         self.bos = () if bos is None else (bos,)
+        order = sorted(range(len(self.examples)), key=lambda i: len(self.examples[i].text))
+        size = self.example_group
+        self.groups = [order[i : i + size] for i in range(0, len(order), size)]
 
     def body(self, lead: str, text: str) -> list[int]:
         """ids(lead + text) cut to the text budget, cached: the same for every candidate."""
@@ -152,43 +156,53 @@ class CandidateScorer:
 
     @torch.no_grad()
     def class_scores(self, candidates: list[Candidate]) -> torch.Tensor:
-        """(N, B, C) class scores of every candidate on every example (not counted)."""
-        per_chunk = max(1, self.max_rows // len(self.examples))
+        """(N, B, C) class scores of every candidate on every example (not counted).
+
+        Examples go in length-sorted groups (little padding); within a group,
+        candidates go in chunks of at most `max_rows` (example, candidate) rows."""
+        out = torch.empty(len(candidates), len(self.examples), len(self.verbalizer.labels))
+        for group in self.groups:
+            index = torch.tensor(group)
+            examples = [self.examples[i] for i in group]
+            out[:, index] = self._group(candidates, examples)
+        return out
+
+    def _group(self, candidates: list[Candidate], examples: list[Example]) -> torch.Tensor:
+        per_chunk = max(1, self.max_rows // len(examples))
         chunks = [candidates[i : i + per_chunk] for i in range(0, len(candidates), per_chunk)]
-        return torch.cat([self._chunk(c) for c in chunks])
+        first = candidates[0]
+        same_front = all(c.prefix == first.prefix and c.lead == first.lead for c in candidates)
+        if same_front and all(c.suffix for c in candidates):  # an empty tail answers in the text
+            texts = self._texts(first, examples)  # once for every candidate
+            return torch.cat([self._tails(texts, chunk, len(examples)) for chunk in chunks])
+        return torch.cat([self._shared_prefix(chunk, examples) for chunk in chunks])
 
     def _summary(self, scores: torch.Tensor) -> Score:
         loss = F.cross_entropy(scores, self.targets).item()
         accuracy = (scores.argmax(-1) == self.targets).float().mean().item()
         return Score(accuracy=accuracy, loss=loss, examples=len(self.examples))
 
-    def _chunk(self, candidates: list[Candidate]) -> torch.Tensor:
-        first = candidates[0]
-        if all(c.prefix == first.prefix and c.lead == first.lead for c in candidates):
-            return self._shared_text(candidates)
-        return self._shared_prefix(candidates)
-
     # -- the two layouts -----------------------------------------------------
-    def _shared_prefix(self, candidates: list[Candidate]) -> torch.Tensor:
+    def _shared_prefix(self, candidates: list[Candidate], examples: list[Example]) -> torch.Tensor:
         """Common leading ids once, each candidate's prefix once, text + tail per pair."""
         common = _common_prefix([c.prefix for c in candidates])
-        n, b = len(candidates), len(self.examples)
+        n, b = len(candidates), len(examples)
         stem = self._run(None, [list(self.bos) + list(common)])
         heads = self._run(stem, [list(c.prefix[len(common) :]) for c in candidates])
-        rows = [self.body(c.lead, e.text) + list(c.suffix) for c in candidates for e in self.examples]
+        rows = [self.body(c.lead, e.text) + list(c.suffix) for c in candidates for e in examples]
         tails = self._run(heads, rows, repeat=b)  # candidate-major: (N * B) rows
         answer = tails.last_hidden()  # (N * B, d)
         return self._to_classes(answer).view(n, b, -1)  # (N, B, C)
 
-    def _shared_text(self, candidates: list[Candidate]) -> torch.Tensor:
-        """[BOS] + prefix once, each example's text once, only the tails per pair."""
-        first, n, b = candidates[0], len(candidates), len(self.examples)
-        tails = [list(c.suffix) for c in candidates]
-        if not all(tails):  # an empty tail answers at the text's last token
-            return self._shared_prefix(candidates)
+    def _texts(self, first: Candidate, examples: list[Example]) -> _Stage:
+        """[BOS] + the shared prefix once, then each example's text once."""
         stem = self._run(None, [list(self.bos) + list(first.prefix)])
-        texts = self._run(stem, [self.body(first.lead, e.text) for e in self.examples])
-        rows = [tail for _ in self.examples for tail in tails]  # example-major: (B * N)
+        return self._run(stem, [self.body(first.lead, e.text) for e in examples])
+
+    def _tails(self, texts: _Stage, candidates: list[Candidate], b: int) -> torch.Tensor:
+        """Only the candidates' tails, for every (example, candidate) pair: (N, B, C)."""
+        n = len(candidates)
+        rows = [list(c.suffix) for _ in range(b) for c in candidates]  # example-major: (B * N)
         out = self._run(texts, rows, repeat=n)
         answer = out.last_hidden()  # (B * N, d)
         return self._to_classes(answer).view(b, n, -1).transpose(0, 1)  # (N, B, C)
@@ -196,9 +210,7 @@ class CandidateScorer:
     def _to_classes(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.verbalizer.class_scores(hidden, self.lm_head)  # (R, C)
 
-    def _run(
-        self, parent: _Stage | None, rows: list[list[int]], repeat: int = 1
-    ) -> _Stage:
+    def _run(self, parent: _Stage | None, rows: list[list[int]], repeat: int = 1) -> _Stage:
         """Run `rows` (right-padded) on top of `parent`'s cache, parent row i serving rows
         i*repeat ... i*repeat + repeat - 1 (a parent of one row serves them all)."""
         count = len(rows)
