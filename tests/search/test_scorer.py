@@ -35,12 +35,14 @@ def _reference(backbone, template, examples):
 
 @pytest.mark.parametrize("name", ["tiny_llama", "tiny_gpt2"])
 @pytest.mark.parametrize("templates", [FRONTS, TAILS], ids=["fronts", "tails"])
-@pytest.mark.parametrize("max_rows,group", [(256, 16), (20, 5)])  # one call; or 3 groups x chunks
-def test_scores_equal_softprompt_evaluate(backbones, name, templates, max_rows, group):
+@pytest.mark.parametrize("limit,group", [(256, 16), (5, 5)])  # one call; or 3 groups x chunks
+def test_scores_equal_softprompt_evaluate(backbones, name, templates, limit, group):
     backbone = backbones[name]
     examples = toy_examples(12, seed=5)
     verbalizer = Verbalizer.build(list(LABELS), WORDS, backbone.tokenizer)
-    scorer = CandidateScorer(backbone, verbalizer, examples, max_rows=max_rows, example_group=group)
+    scorer = CandidateScorer(
+        backbone, verbalizer, examples, max_rows=limit, max_tail_tokens=limit, example_group=group
+    )
     scores = scorer.score([Candidate.from_template(t, backbone.tokenizer) for t in templates])
     for template, score in zip(templates, scores, strict=True):
         reference = _reference(backbone, template, examples)

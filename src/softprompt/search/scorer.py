@@ -14,8 +14,9 @@ Two layouts, both a three-level tree run through the attention cache:
 
 * candidates differ only after the text (AutoPrompt / RLPrompt triggers, edits of
   a template's tail): [BOS] + prefix runs once, each example's text runs once
-  (batch B), and only the candidates' short tails run for every (example,
-  candidate) pair;
+  (batch B), and then all candidates' short tails run side by side in that
+  example's row, each seeing the text's cached keys/values and its own tokens
+  (a visibility mask, as `tasks/word_tree.py` does for label words);
 * otherwise (instructions in front, OPRO): the candidates' common leading tokens
   run once, each candidate's own prefix runs once (batch N), and text + tail run
   for every pair.
@@ -109,13 +110,16 @@ class Verbalizer:
 class CandidateScorer:
     """Scores candidates on fixed examples; counts every candidate it scores.
 
-    `max_rows` caps (example, candidate) rows per model call (memory)."""
+    `max_rows` caps (example, candidate) rows per model call and `max_tail_tokens` the
+    tail tokens side by side in one row (memory); examples run in length-sorted
+    groups of `example_group` (little padding)."""
 
     backbone: Backbone
     verbalizer: Verbalizer
     examples: list[Example]
     max_text_tokens: int = 200
     max_rows: int = 256
+    max_tail_tokens: int = 256
     example_group: int = 16
     evaluations: int = 0
     _text_ids: dict[tuple[str, str], list[int]] = field(default_factory=dict, repr=False)
@@ -168,13 +172,15 @@ class CandidateScorer:
         return out
 
     def _group(self, candidates: list[Candidate], examples: list[Example]) -> torch.Tensor:
-        per_chunk = max(1, self.max_rows // len(examples))
-        chunks = [candidates[i : i + per_chunk] for i in range(0, len(candidates), per_chunk)]
         first = candidates[0]
         same_front = all(c.prefix == first.prefix and c.lead == first.lead for c in candidates)
         if same_front and all(c.suffix for c in candidates):  # an empty tail answers in the text
             texts = self._texts(first, examples)  # once for every candidate
+            width = max(len(c.suffix) for c in candidates)
+            per_row = max(1, self.max_tail_tokens // width)  # tails side by side in one row
+            chunks = _chunks(candidates, per_row)
             return torch.cat([self._tails(texts, chunk, len(examples)) for chunk in chunks])
+        chunks = _chunks(candidates, max(1, self.max_rows // len(examples)))
         return torch.cat([self._shared_prefix(chunk, examples) for chunk in chunks])
 
     def _summary(self, scores: torch.Tensor) -> Score:
@@ -200,12 +206,42 @@ class CandidateScorer:
         return self._run(stem, [self.body(first.lead, e.text) for e in examples])
 
     def _tails(self, texts: _Stage, candidates: list[Candidate], b: int) -> torch.Tensor:
-        """Only the candidates' tails, for every (example, candidate) pair: (N, B, C)."""
-        n = len(candidates)
-        rows = [list(c.suffix) for _ in range(b) for c in candidates]  # example-major: (B * N)
-        out = self._run(texts, rows, repeat=n)
-        answer = out.last_hidden()  # (B * N, d)
-        return self._to_classes(answer).view(b, n, -1).transpose(0, 1)  # (N, B, C)
+        """Every candidate's tail after each example's text, side by side in one row: (N, B, C).
+
+        Row e holds tail 1, tail 2, ... after text e's cached keys/values; a visibility
+        mask lets each tail see the text and its own earlier tokens only, and gives it
+        the positions it has straight after the text (as `tasks/word_tree.py` does for
+        label words). The text's cache is used as is: no copy per candidate."""
+        n, width = len(candidates), max(len(c.suffix) for c in candidates)
+        ids = torch.full((n, width), self.backbone.spec.pad_token_id, dtype=torch.long)
+        for i, c in enumerate(candidates):
+            ids[i, : len(c.suffix)] = torch.tensor(c.suffix)
+        offset = torch.arange(width).repeat(n)  # (N * L,) position inside its tail
+        owner = torch.arange(n).repeat_interleave(width)  # (N * L,) candidate of each slot
+        sees = (owner[:, None] == owner[None, :]) & (offset[None, :] <= offset[:, None])
+        past = texts.mask.bool()  # (B, m) real text tokens
+        visible = torch.cat(
+            [past[:, None, :].expand(b, n * width, -1), sees.expand(b, -1, -1)], dim=-1
+        )  # (B, N * L, m + N * L)
+        out = self.core(
+            inputs_embeds=self.embed(ids.view(1, -1)).expand(b, -1, -1),  # (B, N * L, d)
+            attention_mask=self._attention_mask(visible.unsqueeze(1)),
+            position_ids=texts.lengths[:, None] + offset,  # (B, N * L)
+            past_key_values=_repeat_cache(texts.cache, 1, b, self.backbone.model.config),
+            use_cache=True,
+        ).last_hidden_state  # (B, N * L, d)
+        last = torch.tensor([i * width + len(c.suffix) - 1 for i, c in enumerate(candidates)])
+        answer = out[:, last]  # (B, N, d)
+        return self._to_classes(answer.reshape(b * n, -1)).view(b, n, -1).transpose(0, 1)
+
+    def _attention_mask(self, visible: torch.Tensor) -> torch.Tensor:
+        """Bool for SDPA (True = attend), additive float for eager attention."""
+        if self.backbone.model.config._attn_implementation == "sdpa":
+            return visible
+        dtype = self.embed.weight.dtype
+        return torch.zeros(visible.shape, dtype=dtype).masked_fill_(
+            ~visible, torch.finfo(dtype).min
+        )
 
     def _to_classes(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.verbalizer.class_scores(hidden, self.lm_head)  # (R, C)
@@ -258,6 +294,10 @@ class _Stage:
     def last_hidden(self) -> torch.Tensor:
         rows = torch.arange(self.hidden.shape[0])
         return self.hidden[rows, self.own - 1]  # (R, d)
+
+
+def _chunks(items: list, size: int) -> list[list]:
+    return [items[i : i + size] for i in range(0, len(items), size)]
 
 
 def _common_prefix(seqs: list[tuple[int, ...]]) -> tuple[int, ...]:
