@@ -137,3 +137,16 @@ def test_local_lm_greedy_is_deterministic(llama):
     chat = [{"role": "user", "content": "write a review"}]
     one = lm.complete(chat, temperature=0, max_tokens=5)
     assert one == lm.complete(chat, temperature=0, max_tokens=5) and one.strip()
+
+
+def test_local_lm_uses_the_chat_template():
+    from softprompt.backbones.tiny import tiny_llama
+
+    backbone = tiny_llama()  # a fresh copy: the session's tokenizer stays as it is
+    backbone.tokenizer.chat_template = (
+        "{% for m in messages %}{{ m['content'] }} answer :{% endfor %}"
+    )
+    lm = LocalLM(backbone)
+    ids = lm._prompt_ids([{"role": "user", "content": "good movie"}])
+    assert backbone.tokenizer.decode(ids) == "good movie answer :"
+    assert lm.complete([{"role": "user", "content": "good"}], temperature=0.7, max_tokens=3)

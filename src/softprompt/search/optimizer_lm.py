@@ -41,7 +41,8 @@ class LocalLM:
         tok = self.backbone.tokenizer
         if getattr(tok, "chat_template", None):
             ids = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
-            return list(ids["input_ids"] if isinstance(ids, dict) else ids)
+            ids = ids if isinstance(ids, list) else ids["input_ids"]  # a BatchEncoding in v5
+            return [int(i) for i in ids]
         text = "\n\n".join(m["content"] for m in messages) + "\n\n"
         return list(tok(text)["input_ids"])
 
