@@ -73,3 +73,19 @@ def test_encoder_backbones_are_refused(bert):
     verbalizer = Verbalizer(labels=list(LABELS), word_ids=[[5], [6]])
     with pytest.raises(ConfigError, match="causal LM"):
         CandidateScorer(bert, verbalizer, toy_examples(2, seed=1))
+
+
+def test_eager_attention_gets_an_additive_mask():
+    from softprompt.backbones.tiny import tiny_llama
+
+    backbone = tiny_llama()  # a fresh copy switched to eager attention
+    backbone.model.set_attn_implementation("eager")
+    assert backbone.model.config._attn_implementation == "eager"
+    examples = toy_examples(8, seed=5)
+    verbalizer = Verbalizer.build(list(LABELS), WORDS, backbone.tokenizer)
+    scorer = CandidateScorer(backbone, verbalizer, examples)
+    scores = scorer.score([Candidate.from_template(t, backbone.tokenizer) for t in TAILS])
+    for template, score in zip(TAILS, scores, strict=True):
+        assert score.loss == pytest.approx(
+            _reference(backbone, template, examples)["loss"], abs=1e-5
+        )
