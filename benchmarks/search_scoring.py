@@ -78,8 +78,12 @@ def main() -> None:
     parser.add_argument("--examples", type=int, default=32)
     parser.add_argument("--candidates", type=int, default=8)
     parser.add_argument("--reps", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", default="benchmarks/results/search_scoring.json")
     args = parser.parse_args()
+    # one thread each side: on a CPU shared with other jobs, two threads spend their
+    # time waiting for each other at every op's barrier, which swamps the arithmetic
+    torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     backbone = load_backbone(args.backbone)
     data = load_dataset(args.dataset)

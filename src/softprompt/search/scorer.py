@@ -13,7 +13,7 @@ equal `softprompt.evaluate.evaluate` on a `none` prompt with that template.
 Two layouts, both a three-level tree run through the attention cache:
 
 * candidates differ only after the text (AutoPrompt / RLPrompt triggers, edits of
-  a template's tail): [BOS] + prefix runs once, each example's text runs once
+  a template's tail): each example's [BOS] + prefix + text runs once
   (batch B), and then all candidates' short tails run side by side in that
   example's row, each seeing the text's cached keys/values and its own tokens
   (a visibility mask, as `tasks/word_tree.py` does for label words);
@@ -201,9 +201,9 @@ class CandidateScorer:
         return self._to_classes(answer).view(n, b, -1)  # (N, B, C)
 
     def _texts(self, first: Candidate, examples: list[Example]) -> _Stage:
-        """[BOS] + the shared prefix once, then each example's text once."""
-        stem = self._run(None, [list(self.bos) + list(first.prefix)])
-        return self._run(stem, [self.body(first.lead, e.text) for e in examples])
+        """[BOS] + the shared prefix + each example's text, once for all candidates."""
+        front = list(self.bos) + list(first.prefix)  # short: one pass with the texts
+        return self._run(None, [front + self.body(first.lead, e.text) for e in examples])
 
     def _tails(self, texts: _Stage, candidates: list[Candidate], b: int) -> torch.Tensor:
         """Every candidate's tail after each example's text, side by side in one row: (N, B, C).
