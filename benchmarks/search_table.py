@@ -25,6 +25,8 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
+import torch  # noqa: E402
+
 from softprompt.api import build_model  # noqa: E402
 from softprompt.backbones import load_backbone  # noqa: E402
 from softprompt.data import load_dataset  # noqa: E402
@@ -153,8 +155,10 @@ def main() -> None:
     parser.add_argument("--examples", type=int, default=32)
     parser.add_argument("--test-examples", type=int, default=300)
     parser.add_argument("--soft-steps", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (shared CPU)")
     parser.add_argument("--out", default="benchmarks/results/search_table.json")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     backbone = load_backbone(args.backbone)
     rows = []
     for name in args.datasets:
