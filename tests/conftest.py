@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import os
-import random
 import traceback
 import warnings
 
@@ -17,7 +16,7 @@ import torch
 
 from softprompt.backbones import Backbone
 from softprompt.backbones.tiny import tiny_bert, tiny_gpt2, tiny_llama
-from softprompt.data import Dataset, Example
+from softprompt.data import Dataset
 from softprompt.model import PromptModel
 from softprompt.tasks import TaskConfig
 from softprompt.train import TrainConfig
@@ -82,25 +81,7 @@ def no_transformers_deprecation_from_softprompt(monkeypatch):
 
 
 TINY_BUILDERS = {"tiny_llama": tiny_llama, "tiny_gpt2": tiny_gpt2, "tiny_bert": tiny_bert}
-LABELS = ["negative", "positive"]
-TEMPLATE = "review : {text} sentiment :"
-
-_POSITIVE = "good great excellent amazing best love loved enjoyed fun funny nice".split()
-_NEGATIVE = "bad terrible awful worst hate hated boring dull poor waste sad".split()
-_FILLER = "the movie film plot acting story actors was is very really so too and but".split()
-
-
-def toy_examples(count: int, seed: int) -> list[Example]:
-    """Sentiment-like rows made only of tiny-vocabulary words, of varied length."""
-    rng = random.Random(seed)
-    rows = []
-    for i in range(count):
-        label = LABELS[i % 2]
-        words = _POSITIVE if label == "positive" else _NEGATIVE
-        body = [rng.choice(_FILLER) for _ in range(rng.randint(1, 9))]
-        body.insert(rng.randint(0, len(body)), rng.choice(words))
-        rows.append(Example(" ".join(body) + " " + rng.choice(words), label))
-    return rows
+from toydata import LABELS, TEMPLATE, toy_examples  # noqa: E402,F401
 
 
 @pytest.fixture(scope="session")

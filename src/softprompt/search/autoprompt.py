@@ -1,0 +1,45 @@
+"""AutoPrompt (Shin, Razeghi, Logan, Wallace & Singh 2020, arXiv:2010.15980).
+
+Trigger tokens between the text and the answer cue are chosen by gradient:
+the first-order change of the loss when trigger i becomes token v is
+(e_v - e_i) . dL/de_i (HotFlip), so the `proposals` tokens with the most
+negative e_v . dL/de_i are the candidates for position i. They are scored
+together on the examples (one evaluation each) and the best replaces the
+current trigger if it beats it. Positions are visited round-robin.
+
+Options: `triggers` (4), `proposals` per step (8), `vocab` (tokens allowed, 2000),
+`grad_examples` (training rows per gradient, 16).
+"""
+
+from __future__ import annotations
+
+import random
+
+from softprompt.search.base import Budget, TaskSpec, register_search
+from softprompt.search.edits import _options
+from softprompt.search.triggers import Triggers
+
+
+@register_search("autoprompt")
+def autoprompt(spec: TaskSpec, budget: Budget, rng: random.Random, options: dict) -> None:
+    opts = _options(options, triggers=4, proposals=8, vocab=2000, grad_examples=16)
+    trig = Triggers(spec, opts["vocab"])
+    pool = trig.pool.tolist()
+    current = [rng.choice(pool) for _ in range(opts["triggers"])]
+    (current_score,) = budget.score([trig.candidate(current)])
+    source = spec.train or spec.examples
+    table = spec.backbone.input_embeddings().weight[trig.pool].detach()  # (K, d)
+    step = 0
+    while True:
+        position = step % len(current)
+        step += 1
+        batch = rng.sample(source, min(opts["grad_examples"], len(source)))
+        grad = trig.gradient(current, batch)  # (n, d)
+        flip = -(table @ grad[position])  # (K,) larger = loss drops more
+        order = flip.argsort(descending=True).tolist()
+        swaps = [pool[k] for k in order if pool[k] != current[position]][: opts["proposals"]]
+        trials = [current[:position] + [t] + current[position + 1 :] for t in swaps]
+        scores = budget.score([trig.candidate(t) for t in trials])
+        best = max(range(len(trials)), key=lambda i: scores[i].key)
+        if scores[best].key > current_score.key:
+            current, current_score = trials[best], scores[best]

@@ -1,0 +1,112 @@
+"""OPRO: Large Language Models as Optimizers (Yang et al. 2023, arXiv:2309.03409).
+
+An instruction-following LM is shown the instructions tried so far with their
+scores (worst to best, as in the paper, so the best sit next to the question)
+and a few labelled task examples drawn from the user's own training data, and
+asked for a new instruction. Each reply is one LM call; its instruction goes in
+front of the seed template and is scored on the examples (one evaluation).
+The first round, with no instruction tried yet but the seed, amounts to drafting
+instructions from representative examples of the corpus.
+
+Options: `optimizer` (a backbone name or an OpenAI-compatible URL; default
+`smollm2-135m`), `per_step` replies per round (4), `shown` past instructions (8),
+`examples` shown (3), `temperature` (1.0), `max_tokens` (48). Tests pass an
+`OptimizerLM` object as `optimizer`.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+
+from softprompt.backbones import Backbone
+from softprompt.errors import ConfigError
+from softprompt.search.base import Budget, Ranked, TaskSpec, register_search
+from softprompt.search.optimizer_lm import LocalLM, OptimizerLM, optimizer_lm
+
+DEFAULTS = {
+    "optimizer": "smollm2-135m",
+    "per_step": 4,
+    "shown": 8,
+    "examples": 3,
+    "temperature": 1.0,
+    "max_tokens": 48,
+}
+
+
+def meta_prompt(spec: TaskSpec, history: list[Ranked], shots: list, seed_template: str) -> str:
+    """The OPRO meta-prompt: task, examples, past instructions with scores (ascending)."""
+    labels = ", ".join(spec.labels)
+    lines = [
+        f"Write one instruction that helps a language model label texts as: {labels}.",
+        "Examples of the task:",
+    ]
+    lines += [f"Text: {e.text[:200]}\nLabel: {e.label}" for e in shots]
+    if history:
+        lines.append("Instructions tried so far, with their accuracy (higher is better):")
+        for r in history:
+            instruction = instruction_of(r.template, seed_template) or "(no instruction)"
+            lines.append(f"Instruction: {instruction}\nAccuracy: {100 * r.score.accuracy:.0f}")
+    lines.append(
+        "Write a new instruction, different from the ones above, that gets a higher accuracy. "
+        "Reply with the instruction only, one sentence."
+    )
+    return "\n\n".join(lines)
+
+
+def instruction_of(template: str, seed_template: str) -> str:
+    return template[: -len(seed_template)].strip() if template.endswith(seed_template) else ""
+
+
+def clean(reply: str) -> str:
+    """The first non-empty line of a reply, without a label or quotes."""
+    for line in reply.splitlines():
+        line = re.sub(r"^\s*(new\s+)?instruction\s*[:\-]\s*", "", line, flags=re.I).strip()
+        line = line.strip("\"'`*[]<> ").replace("{", "(").replace("}", ")")
+        if line:
+            return line[:300]
+    return ""
+
+
+def _opts(spec: TaskSpec, options: dict) -> dict:
+    unknown = sorted(set(options) - set(DEFAULTS))
+    if unknown:
+        raise ConfigError(f"search options: unknown {unknown}; known: {sorted(DEFAULTS)}")
+    opts = {**DEFAULTS, **options}
+    for key in ("per_step", "shown", "examples", "max_tokens"):
+        opts[key] = int(opts[key])
+    opts["temperature"] = float(opts["temperature"])
+    return opts
+
+
+def _lm(spec: TaskSpec, optimizer, seed: int) -> OptimizerLM:
+    if isinstance(optimizer, Backbone):
+        return LocalLM(optimizer, seed)
+    if not isinstance(optimizer, str):
+        return optimizer  # an OptimizerLM object (tests, callers with their own client)
+    if optimizer == spec.backbone.name:  # one copy in memory: the scorer's backbone
+        return optimizer_lm(spec.backbone, seed)
+    return optimizer_lm(optimizer, seed)
+
+
+@register_search("opro")
+def opro(spec: TaskSpec, budget: Budget, rng: random.Random, options: dict) -> None:
+    opts = _opts(spec, options)
+    lm = _lm(spec, opts["optimizer"], rng.randrange(2**31))
+    pool = spec.train or spec.examples
+    while True:
+        history = budget.ranked()[: opts["shown"]][::-1]  # worst shown first, best last
+        shots = rng.sample(pool, min(opts["examples"], len(pool)))
+        prompt = meta_prompt(spec, history, shots, spec.template)
+        fresh = []
+        for _ in range(opts["per_step"]):
+            budget.lm_call()
+            reply = lm.complete(
+                [{"role": "user", "content": prompt}],
+                temperature=opts["temperature"],
+                max_tokens=opts["max_tokens"],
+            )
+            instruction = clean(reply)
+            if instruction:
+                fresh.append(spec.candidate(instruction + "\n" + spec.template))
+        budget.score(fresh)

@@ -1,0 +1,332 @@
+"""Score many discrete prompts on one batch of labelled examples, sharing what they share.
+
+Search spends nearly all its time here, so candidates are never run one model
+call each. A candidate is a template cut at its `{text}` slot into token ids
+(`Candidate`). Every row is laid out as in `softprompt.tasks`:
+
+    [BOS] + prefix ids + ids(lead + text)[:max_text_tokens] + suffix ids
+
+and scored exactly as `VerbalizerTask` scores it (label-word logits at the last
+token, log-sum-exp per class, cross-entropy over classes), so accuracy and loss
+equal `softprompt.evaluate.evaluate` on a `none` prompt with that template.
+
+Two layouts, both a three-level tree run through the attention cache:
+
+* candidates differ only after the text (AutoPrompt / RLPrompt triggers, edits of
+  a template's tail): each example's [BOS] + prefix + text runs once
+  (batch B), and then all candidates' short tails run side by side in that
+  example's row, each seeing the text's cached keys/values and its own tokens
+  (a visibility mask, as `tasks/word_tree.py` does for label words);
+* otherwise (instructions in front, OPRO): the candidates' common leading tokens
+  run once, each candidate's own prefix runs once (batch N), and text + tail run
+  for every pair.
+
+Padding sits in the middle of a row (a short candidate prefix before a long
+one's text); the 2D mask hides it and explicit positions keep every real token
+at the index it has in its own unpadded row.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from transformers.cache_utils import DynamicCache
+
+from softprompt.backbones import Backbone
+from softprompt.data import Example
+from softprompt.errors import ConfigError
+from softprompt.inject.causal import cache_keyword
+from softprompt.inject.head import LMHead
+from softprompt.tasks.template import Template
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One discrete prompt at the token level.
+
+    `template` is the human-readable form (saved in prompt files); `prefix` and
+    `suffix` are the ids actually scored. They agree when the candidate was made
+    with `Candidate.from_template`; trigger methods build ids directly."""
+
+    prefix: tuple[int, ...]
+    lead: str  # whitespace the template puts before the text (moves onto the text)
+    suffix: tuple[int, ...]
+    template: str
+
+    @classmethod
+    def from_template(cls, template: str, tokenizer) -> Candidate:
+        """Cut a `{text}` template exactly as `softprompt.tasks.template.Template` does."""
+        prefix, lead, suffix = Template(template).pieces("")
+        ids = lambda s: tuple(tokenizer(s, add_special_tokens=False)["input_ids"]) if s else ()  # noqa: E731
+        return cls(prefix=ids(prefix), lead=lead, suffix=ids(suffix), template=template)
+
+
+@dataclass(frozen=True)
+class Score:
+    """A candidate's result on the scored examples. Ranked by accuracy, then loss."""
+
+    accuracy: float
+    loss: float
+    examples: int
+
+    @property
+    def key(self) -> tuple[float, float]:
+        return (self.accuracy, -self.loss)
+
+
+@dataclass
+class Verbalizer:
+    """Single-token label words per class, as `VerbalizerTask` reads them."""
+
+    labels: list[str]
+    word_ids: list[list[int]]  # class -> one id per label word
+
+    @classmethod
+    def build(cls, labels: list[str], words: dict[str, list[str]] | None, tokenizer) -> Verbalizer:
+        words = words or {label: [" " + label] for label in labels}
+        word_ids = []
+        for label in labels:
+            ids = [tokenizer(w, add_special_tokens=False)["input_ids"] for w in words[label]]
+            if any(len(i) != 1 for i in ids):
+                raise ConfigError(
+                    f"task.verbalizer: search scores single-token label words; {label!r} has "
+                    f"{words[label]!r}; pick words of one token each"
+                )
+            word_ids.append([i[0] for i in ids])
+        return cls(labels=list(labels), word_ids=word_ids)
+
+    def class_scores(self, hidden: torch.Tensor, head: LMHead) -> torch.Tensor:
+        """(R, d) answer states -> (R, C) class scores (log-sum-exp over each class's words),
+        through the model's own output head (bias, scaling and soft-capping included)."""
+        flat = [i for ids in self.word_ids for i in ids]
+        logits = head(hidden, torch.tensor(flat, device=hidden.device))  # (R, W)
+        per_class, start = [], 0
+        for ids in self.word_ids:
+            per_class.append(logits[:, start : start + len(ids)].logsumexp(-1))
+            start += len(ids)
+        return torch.stack(per_class, dim=-1)  # (R, C)
+
+
+@dataclass
+class CandidateScorer:
+    """Scores candidates on fixed examples; counts every candidate it scores.
+
+    `max_rows` caps (example, candidate) rows per model call and `max_tail_tokens` the
+    tail tokens side by side in one row (memory); examples run in length-sorted
+    groups of `example_group` (little padding)."""
+
+    backbone: Backbone
+    verbalizer: Verbalizer
+    examples: list[Example]
+    max_text_tokens: int = 200
+    max_rows: int = 256
+    max_tail_tokens: int = 256
+    example_group: int = 16
+    evaluations: int = 0
+    _text_ids: dict[tuple[str, str], list[int]] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.backbone.spec.kind != "causal-lm":
+            raise ConfigError("backbone: discrete prompt search needs a causal LM (verbalizer)")
+        if not self.examples:
+            raise ConfigError("search: no labelled examples to score candidates on")
+        lookup = {label: i for i, label in enumerate(self.verbalizer.labels)}
+        self.targets = torch.tensor([lookup[e.label] for e in self.examples])  # (B,)
+        self.core = self.backbone.core()
+        self.embed = self.backbone.input_embeddings()
+        self.lm_head = LMHead(self.backbone)  # the model's own output projection
+        self._cache_kw = cache_keyword(self.core)
+        bos = self.backbone.spec.bos_token_id
+        self.bos = () if bos is None else (bos,)
+        order = sorted(range(len(self.examples)), key=lambda i: len(self.examples[i].text))
+        size = self.example_group
+        self.groups = [order[i : i + size] for i in range(0, len(order), size)]
+
+    def body(self, lead: str, text: str) -> list[int]:
+        """ids(lead + text) cut to the text budget, cached: the same for every candidate."""
+        key = (lead, text)
+        if key not in self._text_ids:
+            ids = self.backbone.tokenizer(lead + text, add_special_tokens=False)["input_ids"]
+            self._text_ids[key] = ids[: self.max_text_tokens]
+        return self._text_ids[key]
+
+    # -- public ------------------------------------------------------------
+    @torch.no_grad()
+    def score(self, candidates: list[Candidate]) -> list[Score]:
+        """Accuracy and mean loss of each candidate on the examples (one evaluation each)."""
+        if not candidates:
+            return []
+        self.evaluations += len(candidates)
+        scores = self.class_scores(candidates)  # (N, B, C)
+        return [self._summary(s) for s in scores]
+
+    @torch.no_grad()
+    def class_scores(self, candidates: list[Candidate]) -> torch.Tensor:
+        """(N, B, C) class scores of every candidate on every example (not counted).
+
+        Examples go in length-sorted groups (little padding); within a group,
+        candidates go in chunks of at most `max_rows` (example, candidate) rows."""
+        out = torch.empty(len(candidates), len(self.examples), len(self.verbalizer.labels))
+        for group in self.groups:
+            index = torch.tensor(group)
+            examples = [self.examples[i] for i in group]
+            out[:, index] = self._group(candidates, examples)
+        return out
+
+    def _group(self, candidates: list[Candidate], examples: list[Example]) -> torch.Tensor:
+        first = candidates[0]
+        same_front = all(c.prefix == first.prefix and c.lead == first.lead for c in candidates)
+        if same_front and all(c.suffix for c in candidates):  # an empty tail answers in the text
+            texts = self._texts(first, examples)  # once for every candidate
+            width = max(len(c.suffix) for c in candidates)
+            per_row = max(1, self.max_tail_tokens // width)  # tails side by side in one row
+            chunks = _chunks(candidates, per_row)
+            return torch.cat([self._tails(texts, chunk, len(examples)) for chunk in chunks])
+        chunks = _chunks(candidates, max(1, self.max_rows // len(examples)))
+        return torch.cat([self._shared_prefix(chunk, examples) for chunk in chunks])
+
+    def _summary(self, scores: torch.Tensor) -> Score:
+        loss = F.cross_entropy(scores, self.targets).item()
+        accuracy = (scores.argmax(-1) == self.targets).float().mean().item()
+        return Score(accuracy=accuracy, loss=loss, examples=len(self.examples))
+
+    # -- the two layouts -----------------------------------------------------
+    def _shared_prefix(self, candidates: list[Candidate], examples: list[Example]) -> torch.Tensor:
+        """Common leading ids once, each candidate's prefix once, text + tail per pair."""
+        common = _common_prefix([c.prefix for c in candidates])
+        n, b = len(candidates), len(examples)
+        stem = self._run(None, [list(self.bos) + list(common)])
+        heads = self._run(stem, [list(c.prefix[len(common) :]) for c in candidates])
+        rows = [self.body(c.lead, e.text) + list(c.suffix) for c in candidates for e in examples]
+        tails = self._run(heads, rows, repeat=b)  # candidate-major: (N * B) rows
+        answer = tails.last_hidden()  # (N * B, d)
+        return self._to_classes(answer).view(n, b, -1)  # (N, B, C)
+
+    def _texts(self, first: Candidate, examples: list[Example]) -> _Stage:
+        """[BOS] + the shared prefix + each example's text, once for all candidates."""
+        front = list(self.bos) + list(first.prefix)  # short: one pass with the texts
+        return self._run(None, [front + self.body(first.lead, e.text) for e in examples])
+
+    def _tails(self, texts: _Stage, candidates: list[Candidate], b: int) -> torch.Tensor:
+        """Every candidate's tail after each example's text, side by side in one row: (N, B, C).
+
+        Row e holds tail 1, tail 2, ... after text e's cached keys/values; a visibility
+        mask lets each tail see the text and its own earlier tokens only, and gives it
+        the positions it has straight after the text (as `tasks/word_tree.py` does for
+        label words). The text's cache is used as is: no copy per candidate."""
+        n, width = len(candidates), max(len(c.suffix) for c in candidates)
+        ids = torch.full((n, width), self.backbone.spec.pad_token_id, dtype=torch.long)
+        for i, c in enumerate(candidates):
+            ids[i, : len(c.suffix)] = torch.tensor(c.suffix)
+        offset = torch.arange(width).repeat(n)  # (N * L,) position inside its tail
+        owner = torch.arange(n).repeat_interleave(width)  # (N * L,) candidate of each slot
+        sees = (owner[:, None] == owner[None, :]) & (offset[None, :] <= offset[:, None])
+        past = texts.mask.bool()  # (B, m) real text tokens
+        visible = torch.cat(
+            [past[:, None, :].expand(b, n * width, -1), sees.expand(b, -1, -1)], dim=-1
+        )  # (B, N * L, m + N * L)
+        out = self.core(
+            inputs_embeds=self.embed(ids.view(1, -1)).expand(b, -1, -1),  # (B, N * L, d)
+            attention_mask=self._attention_mask(visible.unsqueeze(1)),
+            position_ids=texts.lengths[:, None] + offset,  # (B, N * L)
+            **{self._cache_kw: _repeat_cache(texts.cache, 1, b, self.backbone.model.config)},
+            use_cache=True,
+        ).last_hidden_state  # (B, N * L, d)
+        last = torch.tensor([i * width + len(c.suffix) - 1 for i, c in enumerate(candidates)])
+        answer = out[:, last]  # (B, N, d)
+        return self._to_classes(answer.reshape(b * n, -1)).view(b, n, -1).transpose(0, 1)
+
+    def _attention_mask(self, visible: torch.Tensor) -> torch.Tensor:
+        """Bool for SDPA (True = attend), additive float for eager attention."""
+        if self.backbone.model.config._attn_implementation == "sdpa":
+            return visible
+        dtype = self.embed.weight.dtype
+        return torch.zeros(visible.shape, dtype=dtype).masked_fill_(
+            ~visible, torch.finfo(dtype).min
+        )
+
+    def _to_classes(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.verbalizer.class_scores(hidden, self.lm_head)  # (R, C)
+
+    def _run(self, parent: _Stage | None, rows: list[list[int]], repeat: int = 1) -> _Stage:
+        """Run `rows` (right-padded) on top of `parent`'s cache, parent row i serving rows
+        i*repeat ... i*repeat + repeat - 1 (a parent of one row serves them all)."""
+        count = len(rows)
+        width = max(len(r) for r in rows)
+        if width == 0 and parent is not None:
+            return parent  # nothing new: the next level repeats the parent itself
+        config = self.backbone.model.config
+        if parent is None or parent.cache is None:
+            cache, mask = DynamicCache(config=config), None
+            past = torch.zeros(count, dtype=torch.long)
+        else:
+            cache = _repeat_cache(parent.cache, repeat, count, config)
+            mask = _repeat_rows(parent.mask, repeat, count)  # (R, m)
+            past = _repeat_rows(parent.lengths, repeat, count)  # (R,)
+        ids = torch.full((count, width), self.backbone.spec.pad_token_id, dtype=torch.long)
+        own = torch.zeros((count, width), dtype=torch.long)
+        for i, row in enumerate(rows):
+            ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+            own[i, : len(row)] = 1
+        if width == 0:
+            return _Stage(None, None, past, None, None)
+        positions = past[:, None] + torch.arange(width)  # (R, T)
+        full_mask = own if mask is None else torch.cat([mask, own], dim=1)  # (R, m + T)
+        out = self.core(
+            inputs_embeds=self.embed(ids),  # (R, T, d)
+            attention_mask=full_mask,
+            position_ids=positions,
+            **{self._cache_kw: cache},
+            use_cache=True,
+        )
+        lengths = own.sum(1)  # (R,)
+        return _Stage(cache, full_mask, past + lengths, out.last_hidden_state, lengths)
+
+
+@dataclass
+class _Stage:
+    """What one level of the tree leaves for the next: its cache and mask, real lengths."""
+
+    cache: DynamicCache | None
+    mask: torch.Tensor | None  # (R, m) 1 = real token
+    lengths: torch.Tensor  # (R,) real tokens so far (the next token's position)
+    hidden: torch.Tensor | None  # (R, T, d) this level's states
+    own: torch.Tensor | None  # (R,) this level's real tokens per row
+
+    def last_hidden(self) -> torch.Tensor:
+        rows = torch.arange(self.hidden.shape[0])
+        return self.hidden[rows, self.own - 1]  # (R, d)
+
+
+def _chunks(items: list, size: int) -> list[list]:
+    return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+def _common_prefix(seqs: list[tuple[int, ...]]) -> tuple[int, ...]:
+    first = seqs[0]
+    size = len(first)
+    for s in seqs[1:]:
+        size = min(size, len(s))
+        while size and s[:size] != first[:size]:
+            size -= 1
+    return first[:size]
+
+
+def _repeat_rows(t: torch.Tensor, repeat: int, count: int) -> torch.Tensor:
+    if t.shape[0] == count:
+        return t
+    if t.shape[0] == 1:
+        return t.expand(count, *t.shape[1:])
+    return t.repeat_interleave(repeat, dim=0)
+
+
+def _repeat_cache(cache: DynamicCache, repeat: int, count: int, config) -> DynamicCache:
+    """A fresh cache whose row i*repeat + j is the parent's row i (the parent is not mutated)."""
+    fresh = DynamicCache(config=config)
+    for index, layer in enumerate(cache.layers):
+        keys = _repeat_rows(layer.keys, repeat, count)  # (R, kvh, m, hd)
+        values = _repeat_rows(layer.values, repeat, count)
+        fresh.update(keys, values, index)
+    return fresh

@@ -1,0 +1,91 @@
+"""The batched candidate scorer gives softprompt's own scores, in both layouts."""
+
+from __future__ import annotations
+
+import pytest
+from toydata import LABELS, toy_examples
+
+from softprompt.errors import ConfigError
+from softprompt.evaluate import evaluate
+from softprompt.model import PromptModel
+from softprompt.search.scorer import Candidate, CandidateScorer, Verbalizer
+from softprompt.tasks import TaskConfig
+
+WORDS = {"negative": [" bad", " awful"], "positive": [" good"]}
+FRONTS = [  # instructions differ in front: each candidate's own prefix, text per pair
+    "review : {text} sentiment :",
+    "review : {text} answer :",
+    "the movie {text} sentiment : it was",
+    "{text} :",
+    "this film . {text} so it was",
+    "review : {text}",
+]
+TAILS = [  # only the tail differs: the text runs once for every candidate
+    "review : {text} sentiment :",
+    "review : {text} it was",
+    "review : {text} so",
+    "review : {text} movie was very",
+]
+
+
+def _reference(backbone, template, examples):
+    config = TaskConfig(labels=list(LABELS), template=template, verbalizer=WORDS)
+    return evaluate(PromptModel(backbone, config, method="none"), examples, batch_size=5)
+
+
+@pytest.mark.parametrize("name", ["tiny_llama", "tiny_gpt2"])
+@pytest.mark.parametrize("templates", [FRONTS, TAILS], ids=["fronts", "tails"])
+@pytest.mark.parametrize("limit,group", [(256, 16), (5, 5)])  # one call; or 3 groups x chunks
+def test_scores_equal_softprompt_evaluate(backbones, name, templates, limit, group):
+    backbone = backbones[name]
+    examples = toy_examples(12, seed=5)
+    verbalizer = Verbalizer.build(list(LABELS), WORDS, backbone.tokenizer)
+    scorer = CandidateScorer(
+        backbone, verbalizer, examples, max_rows=limit, max_tail_tokens=limit, example_group=group
+    )
+    scores = scorer.score([Candidate.from_template(t, backbone.tokenizer) for t in templates])
+    for template, score in zip(templates, scores, strict=True):
+        reference = _reference(backbone, template, examples)
+        assert score.accuracy == reference["accuracy"]
+        assert score.loss == pytest.approx(reference["loss"], abs=1e-5)
+    assert scorer.evaluations == len(templates)
+
+
+def test_text_budget_is_applied_as_in_the_task(llama):
+    examples = toy_examples(6, seed=7)
+    verbalizer = Verbalizer.build(list(LABELS), WORDS, llama.tokenizer)
+    scorer = CandidateScorer(llama, verbalizer, examples, max_text_tokens=3)
+    (score,) = scorer.score([Candidate.from_template(FRONTS[0], llama.tokenizer)])
+    config = TaskConfig(
+        labels=list(LABELS), template=FRONTS[0], verbalizer=WORDS, max_text_tokens=3
+    )
+    reference = evaluate(PromptModel(llama, config, method="none"), examples)
+    assert score.loss == pytest.approx(reference["loss"], abs=1e-5)
+
+
+def test_multi_token_label_words_are_refused_by_name(llama):
+    with pytest.raises(ConfigError, match="single-token"):
+        Verbalizer.build(list(LABELS), {"negative": [" very bad"], "positive": [" good"]},
+                         llama.tokenizer)  # fmt: skip
+
+
+def test_encoder_backbones_are_refused(bert):
+    verbalizer = Verbalizer(labels=list(LABELS), word_ids=[[5], [6]])
+    with pytest.raises(ConfigError, match="causal LM"):
+        CandidateScorer(bert, verbalizer, toy_examples(2, seed=1))
+
+
+def test_eager_attention_gets_an_additive_mask():
+    from softprompt.backbones.tiny import tiny_llama
+
+    backbone = tiny_llama()  # a fresh copy switched to eager attention
+    backbone.model.set_attn_implementation("eager")
+    assert backbone.model.config._attn_implementation == "eager"
+    examples = toy_examples(8, seed=5)
+    verbalizer = Verbalizer.build(list(LABELS), WORDS, backbone.tokenizer)
+    scorer = CandidateScorer(backbone, verbalizer, examples)
+    scores = scorer.score([Candidate.from_template(t, backbone.tokenizer) for t in TAILS])
+    for template, score in zip(TAILS, scores, strict=True):
+        assert score.loss == pytest.approx(
+            _reference(backbone, template, examples)["loss"], abs=1e-5
+        )
