@@ -260,6 +260,18 @@ def cmd_methods(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_store(args: argparse.Namespace) -> int:
+    from softprompt.serve.commands import run_store
+
+    return run_store(args)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from softprompt.serve.commands import run_serve
+
+    return run_serve(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="softprompt", description="Learn tiny prompts for a frozen transformer."
@@ -309,6 +321,11 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("prompt")
     info.add_argument("--json", action="store_true")
     info.set_defaults(func=cmd_info)
+
+    from softprompt.serve.commands import add_serve_parser, add_store_parser
+
+    add_store_parser(sub).set_defaults(func=cmd_store)
+    add_serve_parser(sub).set_defaults(func=cmd_serve)
 
     for name, func, text in [
         ("datasets", cmd_datasets, "built-in datasets and whether they are installed"),
