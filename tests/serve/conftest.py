@@ -34,6 +34,11 @@ def trained_looking(backbone, method: str, seed: int, **task) -> PromptModel:
     return model
 
 
+@pytest.fixture(scope="session")
+def trained():
+    return trained_looking
+
+
 @pytest.fixture(scope="module")
 def prompt_files(llama, tmp_path_factory):
     """task -> (prompt file path, model) for every task in TASKS."""

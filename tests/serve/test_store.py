@@ -126,7 +126,16 @@ def test_two_processes_adding_at_once_lose_nothing(tmp_path, prompt_files):
     env = dict(os.environ, PYTHONPATH=str(Path(store_module.__file__).parents[2]))
     procs = [
         subprocess.Popen(
-            [sys.executable, "-c", WRITER, str(root), str(prompt_files[t][0]), str(count), "t", start],
+            [
+                sys.executable,
+                "-c",
+                WRITER,
+                str(root),
+                str(prompt_files[t][0]),
+                str(count),
+                "t",
+                start,
+            ],
             env=env,
         )
         for t in ("movie", "tweets")
