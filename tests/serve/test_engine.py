@@ -9,7 +9,7 @@ import torch
 from softprompt.inject import RowPrompts
 from softprompt.model import MultiTaskModel
 from softprompt.serve.cache import PromptKVCache, kv_bytes
-from softprompt.serve.engine import BadInput, Engine, RefusedTask, UnknownTask
+from softprompt.serve.engine import BadInput, Engine, RefusedTask, UnknownTask, length_groups
 
 TEXTS = {
     "movie": ["good movie", "the film was really boring and sad"],
@@ -178,3 +178,30 @@ def test_encoder_backbone_serves_without_the_kv_cache(bert, tmp_path, trained):
     out = engine.run([engine.request(t, "good fun", generate=False) for t in ("a", "b", "a")])
     for row in out:
         _same(row, models[row["task"]].predict(["good fun"])[0])
+
+
+def test_length_groups_bound_padding():
+    lengths = [10, 50, 12, 11, 48, 30, 9]
+    groups = length_groups(lengths, 0.3)
+    assert sorted(i for g in groups for i in g) == list(range(len(lengths)))
+    for group in groups:
+        longest = max(lengths[i] for i in group)
+        assert longest * len(group) <= 1.3 * sum(lengths[i] for i in group)
+    assert length_groups(lengths, None) == [list(range(len(lengths)))]
+    assert len(length_groups(lengths, 0.0)) == len(set(lengths))
+
+
+def test_length_grouped_passes_equal_one_pass(llama, store):
+    texts = ["good", "the film was really boring and sad and dull", "bad plot", "i loved it so"]
+    answers = []
+    for slack in (None, 0.0):
+        engine = Engine(llama, store, pad_slack=slack)
+        engine.load_all()
+        tasks = ["movie", "tweets", "plain", "movie"]
+        answers.append(
+            engine.run(
+                [engine.request(t, x, generate=False) for t, x in zip(tasks, texts, strict=True)]
+            )
+        )
+    for one, grouped in zip(*answers, strict=True):
+        _same(one, grouped)

@@ -146,7 +146,7 @@ class Request:
 
     served: Served
     text: str
-    tokens: int  # filled-template length, for batch budgeting
+    tokens: int  # filled-template length: batch budgets and length groups
     max_tokens: int | None = None  # generation only
     on_token: Callable[[str], None] | None = None  # streaming: called with each new piece
 
@@ -175,11 +175,13 @@ class Engine:
         *,
         cache_bytes: int = 64 << 20,
         max_input_tokens: int = 512,
+        pad_slack: float | None = 0.3,
     ) -> None:
         self.backbone = backbone
         self.store = store
         self.cache = PromptKVCache(cache_bytes)
         self.max_input_tokens = max_input_tokens
+        self.pad_slack = pad_slack
         self.tasks: dict[str, Served] = {}
         self.refused: dict[str, str] = {}  # task -> why its stored prompt is not served
         self._lock = threading.RLock()
@@ -279,7 +281,8 @@ class Engine:
             if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= 1024:
                 raise BadInput(f"max_tokens must be an integer from 1 to 1024, got {max_tokens!r}")
             max_tokens = limit
-        return Request(served, text, count + 16, max_tokens, on_token)
+        context = served.model.task.contexts([Example(text, "")])[0]
+        return Request(served, text, len(context), max_tokens, on_token)
 
     @torch.no_grad()
     def run(self, requests: list[Request]) -> list[dict[str, Any]]:
@@ -312,6 +315,16 @@ class Engine:
         return _Batch(served, self._injector)
 
     def _classify(self, requests: list[Request]) -> list[dict[str, Any]]:
+        """Rows of every task together; cut into passes of similar length when padding
+        to the longest row would waste more than `pad_slack` of the real tokens."""
+        results: list[dict[str, Any]] = [{}] * len(requests)
+        for group in length_groups([r.tokens for r in requests], self.pad_slack):
+            answers = self._classify_pass([requests[i] for i in group])
+            for i, answer in zip(group, answers, strict=True):
+                results[i] = answer
+        return results
+
+    def _classify_pass(self, requests: list[Request]) -> list[dict[str, Any]]:
         model = self._batch(requests)
         items = [(r.served.entry.ref, Example(r.text, "")) for r in requests]
         batch = model.collate(items)
@@ -349,6 +362,23 @@ class Engine:
             }
             for r, (tokens, why) in zip(requests, rows, strict=True)
         ]
+
+
+def length_groups(lengths: list[int], slack: float | None) -> list[list[int]]:
+    """Row indices in passes: sorted by length, a new pass whenever padding every row to
+    the pass's longest would exceed (1 + slack) x its real tokens (None: one pass)."""
+    if slack is None:
+        return [list(range(len(lengths)))]
+    groups: list[list[int]] = []
+    current: list[int] = []
+    real = 0
+    for i in sorted(range(len(lengths)), key=lengths.__getitem__):
+        if current and lengths[i] * (len(current) + 1) > (1 + slack) * (real + lengths[i]):
+            groups.append(current)
+            current, real = [], 0
+        current.append(i)
+        real += lengths[i]
+    return groups + [current] if current else groups
 
 
 def _prompt_of(model: PromptModel) -> Callable[[], Prompt]:
