@@ -294,3 +294,16 @@ def test_concurrent_requests_share_batches_and_get_their_own_answers(live, engin
         assert got.get("label") == want.get("label") and got.get("text") == want.get("text")
     rows = app.state.metrics.histograms["softprompt_batch_rows"]
     assert rows.n < len(jobs)  # fewer batches than requests: some shared a forward pass
+
+
+def test_upload_that_cannot_be_rebuilt_is_refused_and_not_stored(client, engine, llama, tmp_path):
+    """A well-formed file for this backbone whose metadata lacks the task: a 400, the store
+    and the served version unchanged."""
+    from softprompt.promptfile import save_prompt_file
+
+    meta = {"backbone": {"name": llama.name, "fingerprint": llama.fingerprint}, "method": {}}
+    path = save_prompt_file(tmp_path / "odd.safetensors", {}, meta)
+    response = client.post("/prompts?task=movie", content=path.read_bytes(), headers=AUTH)
+    _error(response, 400, "cannot rebuild")
+    assert [e.ref for e in engine.store.entries() if e.task == "movie"] == ["movie@1"]
+    assert engine.tasks["movie"].entry.version == 1

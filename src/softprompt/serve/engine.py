@@ -13,9 +13,11 @@ classification pass plus one decoding loop.
 
 from __future__ import annotations
 
+import tempfile
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -29,7 +31,7 @@ from softprompt.inject import CausalInjector, PrefixCache, Prompt, RowPrompts
 from softprompt.model import MixedBatch, MultiTaskModel, PromptModel
 from softprompt.promptfile import check_backbone
 from softprompt.serve.cache import Key, PromptKVCache
-from softprompt.serve.store import Entry, PromptStore, _check_prompt_bytes
+from softprompt.serve.store import Entry, PromptStore, _check_prompt_bytes, check_task_name
 from softprompt.tasks.generation import pad_left
 
 
@@ -189,7 +191,8 @@ class Engine:
 
     # -- tasks ---------------------------------------------------------------
     def load_all(self) -> None:
-        """Serve every task's newest stored version that fits this backbone."""
+        """Serve every task's newest stored version that fits this backbone; the others
+        are listed in `refused` with why (a bad entry never stops the server)."""
         for task in self.store.tasks():
             try:
                 self.load(task)
@@ -198,11 +201,24 @@ class Engine:
 
     def load(self, ref: str) -> Served:
         entry = self.store.resolve(ref)
+        return self._serve(entry, self._build(self.store.path(entry), f"task {entry.task!r}"))
+
+    def _build(self, path, what: str) -> PromptModel:
+        """The prompt file as a model on this backbone, or a SoftPromptError saying why not."""
         try:
-            _, model = self.store.load(entry.ref, self.backbone)
+            model = PromptModel.load(path, self.backbone)
         except PromptFileError as exc:
-            raise RefusedTask(f"task {entry.task!r}: {exc}") from None
-        model.eval()
+            raise RefusedTask(f"{what}: {exc}") from None
+        except SoftPromptError:
+            raise
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise BadInput(
+                f"{what}: a prompt file softprompt cannot rebuild (metadata {type(exc).__name__}: "
+                f"{exc}); save it again with this version of softprompt"
+            ) from None
+        return model.eval()
+
+    def _serve(self, entry: Entry, model: PromptModel) -> Served:
         served = Served(entry, model, labels=list(model.task.config.labels))
         if isinstance(model.injector, CausalInjector):
             if self._injector is None:
@@ -210,22 +226,25 @@ class Engine:
             key = (entry.task, entry.version, entry.sha256)
             served.prompt = CachedPrompt(key=key, source=_prompt_of(model))
             self.cache.retire(entry.task, key)
-        else:
-            served.prompt = None
         with self._lock:
             self.tasks[entry.task] = served
             self.refused.pop(entry.task, None)
         return served
 
     def install(self, task: str, data: bytes) -> Served:
-        """Hot-load an uploaded prompt file as the task's next version (checked first)."""
+        """Hot-load an uploaded prompt file as the task's next version. It is checked
+        (readable, this backbone, rebuildable) before the store or the server sees it."""
+        check_task_name(task)
         meta = _check_prompt_bytes(data, f"upload for task {task!r}")
         try:
             check_backbone("upload", meta, self.backbone.name, self.backbone.fingerprint)
         except PromptFileError as exc:
             raise RefusedTask(str(exc)) from None
-        entry = self.store.add(task, data)
-        return self.load(entry.ref)
+        with tempfile.TemporaryDirectory() as folder:
+            path = Path(folder) / "upload.safetensors"
+            path.write_bytes(data)
+            model = self._build(path, f"upload for task {task!r}")
+        return self._serve(self.store.add(task, data), model)
 
     def remove(self, task: str) -> list[Entry]:
         gone = self.store.remove(task)
