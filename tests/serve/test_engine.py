@@ -58,7 +58,8 @@ def test_prompts_are_computed_once_then_hit(engine, monkeypatch):
     assert len(calls) == 4 and engine.cache.misses == 4
     engine.run(requests)
     engine.run(requests[:1])
-    assert len(calls) == 4 and engine.cache.hits == 4 + 1
+    assert len(calls) == 4 and engine.cache.misses == 4  # no prompt ran again
+    assert engine.cache.hits >= 4 + 1  # every later pass hit (length groups may add passes)
 
 
 def test_cached_prefix_equals_the_injectors_own(engine):
