@@ -219,7 +219,8 @@ class Engine:
         return model.eval()
 
     def _serve(self, entry: Entry, model: PromptModel) -> Served:
-        served = Served(entry, model, labels=list(model.task.config.labels))
+        labels = [] if model.task.generates else list(model.task.config.labels)
+        served = Served(entry, model, labels=labels)
         if isinstance(model.injector, CausalInjector):
             if self._injector is None:
                 self._injector = CachedInjector(model.injector, self.cache)
