@@ -350,6 +350,18 @@ def cmd_search(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_store(args: argparse.Namespace) -> int:
+    from softprompt.serve.commands import run_store
+
+    return run_store(args)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from softprompt.serve.commands import run_serve
+
+    return run_serve(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="softprompt", description="Learn tiny prompts for a frozen transformer."
@@ -427,6 +439,11 @@ def build_parser() -> argparse.ArgumentParser:
     found.add_argument("--project-metric", default="both", choices=["cosine", "l2", "both"])
     found.add_argument("--out", default=None, help="folder for prompt files (runs/search)")
     found.set_defaults(func=cmd_search)
+
+    from softprompt.serve.commands import add_serve_parser, add_store_parser
+
+    add_store_parser(sub).set_defaults(func=cmd_store)
+    add_serve_parser(sub).set_defaults(func=cmd_serve)
 
     for name, func, text in [
         ("datasets", cmd_datasets, "built-in datasets and whether they are installed"),

@@ -212,6 +212,7 @@ _counter = itertools.count()
 def test_the_fuzz_covers_every_subcommand_and_flag():
     assert set(SURFACE) == {
         "train", "eval", "predict", "export", "info", "datasets", "backbones", "methods", "search",
+        "store", "serve",
     }  # fmt: skip
     train_flags = set(SURFACE["train"][0]) | set(SURFACE["train"][1])
     assert {"--overwrite", "--force-resume", "--resume", "--lr", "--verbalizer"} <= train_flags

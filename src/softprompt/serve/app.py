@@ -1,0 +1,401 @@
+"""The HTTP server: mixed-task classification and generation over one frozen backbone.
+
+Native endpoints take a list of inputs, each naming its task; OpenAI-compatible ones
+name the task in `model` (as vLLM and LoRAX name adapters), so an OpenAI client works
+unchanged. Every input is checked before it joins a batch (unknown task, wrong kind,
+too long), so a bad request gets a 4xx with a message and never touches anyone else's
+batch. Decoding is greedy: `temperature` and `top_p` are accepted and ignored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from softprompt.errors import SoftPromptError
+from softprompt.serve.batcher import Batcher
+from softprompt.serve.engine import BadInput, Engine, RefusedTask, UnknownTask
+from softprompt.serve.metrics import Metrics
+from softprompt.serve.store import StoreError
+
+MAX_INPUTS = 256  # inputs per request
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, kind: str = "invalid_request_error") -> None:
+        super().__init__(message)
+        self.status, self.message, self.kind = status, message, kind
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ClassifyInput(_Body):
+    task: str
+    text: str
+
+
+class ClassifyBody(_Body):
+    inputs: list[ClassifyInput] = Field(min_length=1, max_length=MAX_INPUTS)
+
+
+class GenerateInput(_Body):
+    task: str
+    text: str
+    max_tokens: int | None = None
+
+
+class GenerateBody(_Body):
+    inputs: list[GenerateInput] = Field(min_length=1, max_length=MAX_INPUTS)
+
+
+class _OpenAIBody(BaseModel):
+    model_config = ConfigDict(extra="ignore")  # clients send fields we do not use
+    model: str
+    max_tokens: int | None = None
+    stream: bool = False
+    n: int = 1
+    temperature: float | None = None
+    top_p: float | None = None
+
+
+class CompletionBody(_OpenAIBody):
+    prompt: str | list[str]
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    role: str
+    content: str | list[dict[str, Any]] | None = None
+
+
+class ChatBody(_OpenAIBody):
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_completion_tokens: int | None = None
+
+
+def _status(exc: SoftPromptError) -> int:
+    if isinstance(exc, UnknownTask):
+        return 404
+    if isinstance(exc, RefusedTask):
+        return 409
+    if isinstance(exc, BadInput) and "too long" in str(exc):
+        return 413
+    return 400
+
+
+def create_app(
+    engine: Engine,
+    *,
+    admin_token: str | None = None,
+    max_wait_ms: float = 5.0,
+    max_batch_tokens: int = 4096,
+    max_batch_rows: int = 64,
+    max_upload_bytes: int = 64 << 20,
+) -> FastAPI:
+    """The FastAPI app serving `engine`'s tasks (OpenAPI schema at /docs)."""
+    metrics = Metrics()
+    batcher = Batcher(
+        engine,
+        metrics,
+        max_wait_ms=max_wait_ms,
+        max_batch_tokens=max_batch_tokens,
+        max_batch_rows=max_batch_rows,
+    )
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        batcher.start()
+        yield
+        await batcher.stop()
+
+    app = FastAPI(title="softprompt", lifespan=lifespan)
+    app.state.engine, app.state.metrics, app.state.batcher = engine, metrics, batcher
+
+    # -- errors: always a 4xx with a message for what the client sent ------------------
+    def error(status: int, message: str, kind: str = "invalid_request_error") -> JSONResponse:
+        metrics.count("softprompt_errors_total", status=str(status))
+        body = {"error": {"message": message, "type": kind, "code": status}}
+        return JSONResponse(body, status_code=status)
+
+    @app.exception_handler(ApiError)
+    async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
+        return error(exc.status, exc.message, exc.kind)
+
+    @app.exception_handler(SoftPromptError)
+    async def _soft_error(request: Request, exc: SoftPromptError) -> JSONResponse:
+        return error(_status(exc), str(exc))
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = [
+            f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg')}" for e in exc.errors()
+        ]
+        return error(422, "; ".join(problems[:5]) or "invalid request body")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return error(exc.status_code, str(exc.detail))
+
+    @app.exception_handler(Exception)
+    async def _internal(request: Request, exc: Exception) -> JSONResponse:
+        metrics.count("softprompt_internal_errors_total")
+        return error(
+            500, f"internal error ({type(exc).__name__}); see the server log", "server_error"
+        )
+
+    @app.middleware("http")
+    async def _observe(request: Request, call_next: Callable) -> Any:
+        started = time.perf_counter()
+        response = await call_next(request)
+        route = request.scope.get("route")
+        path = getattr(route, "path", "unmatched")
+        metrics.count("softprompt_requests_total", path=path, status=str(response.status_code))
+        metrics.observe("softprompt_request_seconds", time.perf_counter() - started)
+        return response
+
+    # -- answering -------------------------------------------------------------------
+    async def answer(pairs: list[tuple[str, str, int | None]], generate: bool | None):
+        requests = [engine.request(t, x, generate=generate, max_tokens=m) for t, x, m in pairs]
+        return await batcher.submit(requests)
+
+    @app.post("/classify")
+    async def classify(body: ClassifyBody) -> dict[str, Any]:
+        """Label each input with its task's prompt; inputs of several tasks share a batch."""
+        results = await answer([(i.task, i.text, None) for i in body.inputs], False)
+        return {"results": results}
+
+    @app.post("/generate")
+    async def generate(body: GenerateBody) -> dict[str, Any]:
+        """Greedy continuation of each input with its task's prompt."""
+        results = await answer([(i.task, i.text, i.max_tokens) for i in body.inputs], True)
+        return {"results": [{k: v for k, v in r.items() if k != "tokens"} for r in results]}
+
+    # -- OpenAI-compatible -------------------------------------------------------------
+    def check_openai(body: _OpenAIBody, max_tokens: int | None) -> int | None:
+        if body.n != 1:
+            raise ApiError(400, "n: only n=1 is supported (decoding is greedy)")
+        served = engine.get(body.model)
+        if not served.generates:
+            return None
+        return 16 if max_tokens is None else max_tokens
+
+    async def openai_answer(
+        body: _OpenAIBody, texts: list[str], max_tokens: int | None, chat: bool
+    ) -> Any:
+        limit = check_openai(body, max_tokens)
+        ident = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}"
+        if body.stream:
+            return await stream(body.model, texts, limit, ident, chat)
+        results = await answer([(body.model, t, limit) for t in texts], None)
+        choices = []
+        for i, r in enumerate(results):
+            text = r.get("text", r.get("label"))
+            reason = r.get("finish_reason", "stop")
+            if chat:
+                message = {"role": "assistant", "content": text}
+                choice = {"index": i, "message": message, "finish_reason": reason}
+            else:
+                choice = {"index": i, "text": text, "finish_reason": reason, "logprobs": None}
+            if "scores" in r:
+                choice["scores"] = r["scores"]
+            choices.append(choice)
+        used = sum(q for q in (r.get("tokens", 1) for r in results))
+        prompt_tokens = sum(len(engine.backbone.tokenizer(t)["input_ids"]) for t in texts)
+        return {
+            "id": ident,
+            "object": "chat.completion" if chat else "text_completion",
+            "created": int(time.time()),
+            "model": body.model,
+            "system_fingerprint": f"{body.model}@{results[0]['version']}",
+            "choices": choices,
+            "usage": {
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": used,
+                "total_tokens": prompt_tokens + used,
+            },
+        }
+
+    async def stream(task: str, texts: list[str], limit: int | None, ident: str, chat: bool):
+        """Server-sent events: one chunk per new piece of text, then finish, then [DONE]."""
+        loop = asyncio.get_running_loop()
+        pieces: asyncio.Queue = asyncio.Queue()
+
+        def pusher(index: int) -> Callable[[str], None]:
+            return lambda piece: loop.call_soon_threadsafe(pieces.put_nowait, (index, piece))
+
+        requests = [
+            engine.request(task, text, generate=None, max_tokens=limit, on_token=pusher(i))
+            for i, text in enumerate(texts)
+        ]  # checked here: a bad input is a 4xx before the stream starts
+        kind = "chat.completion.chunk" if chat else "text_completion"
+        created = int(time.time())
+
+        def event(index: int, text: str | None, reason: str | None) -> str:
+            if chat:
+                delta = {"content": text} if text is not None else {}
+                choice = {"index": index, "delta": delta, "finish_reason": reason}
+            else:
+                choice = {"index": index, "text": text or "", "finish_reason": reason}
+            chunk = {
+                "id": ident,
+                "object": kind,
+                "created": created,
+                "model": task,
+                "choices": [choice],
+            }
+            return f"data: {json.dumps(chunk)}\n\n"
+
+        async def events() -> AsyncIterator[str]:
+            job = asyncio.ensure_future(batcher.submit(requests))
+            if chat:
+                for i in range(len(texts)):
+                    yield event(i, "", None).replace(
+                        '"content": ""', '"role": "assistant", "content": ""'
+                    )
+            while not (job.done() and pieces.empty()):
+                getter = asyncio.ensure_future(pieces.get())
+                await asyncio.wait({getter, job}, return_when=asyncio.FIRST_COMPLETED)
+                if getter.done():
+                    index, piece = getter.result()
+                    yield event(index, piece, None)
+                else:
+                    getter.cancel()
+            try:
+                results = job.result()
+            except Exception as exc:  # noqa: BLE001 - the stream has started: report in-band
+                message = {"error": {"message": str(exc), "type": "server_error"}}
+                yield f"data: {json.dumps(message)}\n\n"
+                return
+            for i, r in enumerate(results):
+                if "label" in r:  # a classification task answers with its label
+                    yield event(i, r["label"], None)
+                yield event(i, None, r.get("finish_reason", "stop"))
+            yield "data: [DONE]\n\n"
+
+        return StreamingResponse(events(), media_type="text/event-stream")
+
+    @app.post("/v1/completions")
+    async def completions(body: CompletionBody) -> Any:
+        """OpenAI completions; `model` names the task, `prompt` is the input text(s)."""
+        texts = [body.prompt] if isinstance(body.prompt, str) else list(body.prompt)
+        if not texts or len(texts) > MAX_INPUTS:
+            raise ApiError(400, f"prompt: give 1 to {MAX_INPUTS} texts")
+        return await openai_answer(body, texts, body.max_tokens, chat=False)
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(body: ChatBody) -> Any:
+        """OpenAI chat; the last user message is the input the task's template frames."""
+        users = [m for m in body.messages if m.role == "user"]
+        if not users:
+            raise ApiError(400, "messages: need at least one message with role 'user'")
+        content = users[-1].content
+        if isinstance(content, list):
+            content = "".join(p.get("text", "") for p in content if p.get("type") == "text")
+        limit = body.max_completion_tokens or body.max_tokens
+        return await openai_answer(body, [content or ""], limit, chat=True)
+
+    @app.get("/v1/models")
+    async def models() -> dict[str, Any]:
+        data = [
+            {
+                "id": task,
+                "object": "model",
+                "created": int(s.entry.added),
+                "owned_by": "softprompt",
+                "root": engine.backbone.name,
+            }
+            for task, s in sorted(engine.tasks.items())
+        ]
+        return {"object": "list", "data": data}
+
+    # -- inspection --------------------------------------------------------------------
+    @app.get("/tasks")
+    async def tasks() -> dict[str, Any]:
+        served = [s.describe() for _, s in sorted(engine.tasks.items())]
+        return {"backbone": engine.backbone.name, "tasks": served, "refused": engine.refused}
+
+    @app.get("/health")
+    async def health() -> dict[str, Any]:
+        return {
+            "status": "ok",
+            "backbone": engine.backbone.name,
+            "fingerprint": engine.backbone.fingerprint,
+            "tasks": len(engine.tasks),
+        }
+
+    @app.get("/metrics", response_class=PlainTextResponse)
+    async def metrics_text() -> str:
+        cache = engine.cache
+        return metrics.render(
+            {
+                "softprompt_cache_hits": cache.hits,
+                "softprompt_cache_misses": cache.misses,
+                "softprompt_cache_evictions": cache.evictions,
+                "softprompt_cache_invalidations": cache.invalidations,
+                "softprompt_cache_bytes": cache.nbytes,
+                "softprompt_cache_limit_bytes": cache.max_bytes,
+                "softprompt_queue_waiting": batcher.waiting,
+                "softprompt_tasks": len(engine.tasks),
+            }
+        )
+
+    # -- admin: hot load / unload ------------------------------------------------------
+    def authorize(request: Request) -> None:
+        if not admin_token:
+            raise ApiError(403, "admin endpoints are off; start the server with --admin-token")
+        given = request.headers.get("authorization", "")
+        scheme, _, token = given.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+            token.encode(), admin_token.encode()
+        ):
+            raise ApiError(401, "missing or wrong bearer token (Authorization: Bearer TOKEN)")
+
+    async def read_upload(request: Request) -> bytes:
+        declared = request.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > max_upload_bytes:
+            raise ApiError(
+                413, f"upload of {declared} bytes is over the {max_upload_bytes}-byte limit"
+            )
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > max_upload_bytes:
+                raise ApiError(413, f"upload is over the {max_upload_bytes}-byte limit")
+            chunks.append(chunk)
+        if not size:
+            raise ApiError(400, "empty upload: send the prompt file's bytes as the request body")
+        return b"".join(chunks)
+
+    @app.post("/prompts")
+    async def upload(request: Request, task: str) -> dict[str, Any]:
+        """Store an uploaded prompt file as TASK's next version and serve it at once."""
+        authorize(request)
+        data = await read_upload(request)
+        served = await batcher.call(engine.install, task, data)
+        return {"loaded": served.describe()}
+
+    @app.delete("/prompts/{task}")
+    async def unload(request: Request, task: str) -> dict[str, Any]:
+        """Stop serving TASK and remove it from the store."""
+        authorize(request)
+        try:
+            gone = await batcher.call(engine.remove, task)
+        except StoreError as exc:
+            raise ApiError(404, str(exc)) from None
+        return {"removed": [e.ref for e in gone]}
+
+    return app

@@ -1,0 +1,144 @@
+"""`softprompt store ...` and `softprompt serve`: argument parsing and printing only."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+from softprompt.errors import ConfigError
+
+
+def default_store() -> str:
+    return os.environ.get("SOFTPROMPT_STORE", str(Path("~/.cache/softprompt/store").expanduser()))
+
+
+def add_store_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    store = sub.add_parser("store", help="manage served prompts: add, list, show, remove, export")
+    store.add_argument(
+        "--store",
+        default=None,
+        help="store folder [$SOFTPROMPT_STORE or ~/.cache/softprompt/store]",
+    )
+    actions = store.add_subparsers(dest="action", required=True)
+    add = actions.add_parser("add", help="store a prompt file as TASK's next version")
+    add.add_argument("task")
+    add.add_argument("prompt", help="prompt file (.safetensors)")
+    actions.add_parser("list", help="every stored version")
+    show = actions.add_parser("show", help="what one version holds (TASK or TASK@VERSION)")
+    show.add_argument("ref")
+    remove = actions.add_parser("remove", help="remove TASK@VERSION, or every version of TASK")
+    remove.add_argument("ref")
+    export = actions.add_parser("export", help="copy TASK[@VERSION] out as a prompt file")
+    export.add_argument("ref")
+    export.add_argument("--out", required=True)
+    return store
+
+
+def run_store(args: argparse.Namespace) -> int:
+    from softprompt.serve.store import PromptStore
+
+    store = PromptStore(args.store or default_store())
+    if args.action == "add":
+        entry = store.add(args.task, args.prompt)
+        print(
+            f"{entry.ref}: {entry.method} {entry.kind} prompt for {entry.backbone}, {entry.bytes:,} bytes"
+        )
+    elif args.action == "list":
+        entries = store.entries()
+        latest = {e.ref for e in store.tasks().values()}
+        print("| ref | method | kind | backbone | bytes | newest |\n|---|---|---|---|---|---|")
+        for e in entries:
+            newest = "yes" if e.ref in latest else ""
+            print(f"| {e.ref} | {e.method} | {e.kind} | {e.backbone} | {e.bytes:,} | {newest} |")
+    elif args.action == "show":
+        from softprompt.model import load_prompt_meta
+
+        entry = store.resolve(args.ref)
+        meta = load_prompt_meta(store.path(entry))
+        print(json.dumps({"entry": entry.to_dict(), "meta": meta}, indent=2))
+    elif args.action == "remove":
+        for entry in store.remove(args.ref):
+            print(f"removed {entry.ref}")
+    elif args.action == "export":
+        print(store.export(args.ref, args.out))
+    return 0
+
+
+def add_serve_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    serve = sub.add_parser("serve", help="serve every stored task over HTTP (OpenAI-compatible)")
+    serve.add_argument(
+        "--store",
+        default=None,
+        help="store folder [$SOFTPROMPT_STORE or ~/.cache/softprompt/store]",
+    )
+    serve.add_argument("--backbone", default=None, help="default: the one the stored prompts name")
+    serve.add_argument("--host", default="127.0.0.1", help="bind address (default loopback only)")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--device", default="cpu", help="cpu, cuda or mps")
+    serve.add_argument("--cache-mb", type=float, default=64.0, help="bound of the prompt K/V cache")
+    serve.add_argument("--max-wait-ms", type=float, default=5.0, help="batching window")
+    serve.add_argument("--max-batch-tokens", type=int, default=4096)
+    serve.add_argument("--max-batch-rows", type=int, default=64)
+    serve.add_argument("--max-input-tokens", type=int, default=512)
+    serve.add_argument("--max-upload-mb", type=float, default=64.0)
+    serve.add_argument(
+        "--admin-token",
+        default=os.environ.get("SOFTPROMPT_ADMIN_TOKEN"),
+        help="enables POST /prompts and DELETE /prompts/TASK with this bearer token [$SOFTPROMPT_ADMIN_TOKEN]",
+    )
+    return serve
+
+
+def _backbone_name(store, given: str | None) -> str:
+    if given:
+        return given
+    names = sorted({e.backbone for e in store.tasks().values()})
+    if len(names) > 1:
+        raise ConfigError(f"--backbone: the store holds prompts for {names}; name the one to serve")
+    return names[0] if names else "smollm2-135m"
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    try:
+        import uvicorn
+
+        from softprompt.serve.app import create_app
+    except ImportError as exc:
+        raise ConfigError(
+            f"serve needs FastAPI and uvicorn: pip install 'softprompt[serve]' ({exc})"
+        ) from None
+    from softprompt.backbones import load_backbone
+    from softprompt.serve.engine import Engine
+    from softprompt.serve.store import PromptStore
+
+    for flag in ("cache_mb", "max_wait_ms", "max_upload_mb"):
+        if getattr(args, flag) < 0:
+            raise ConfigError(f"--{flag.replace('_', '-')}: must be >= 0")
+    store = PromptStore(args.store or default_store())
+    backbone = load_backbone(_backbone_name(store, args.backbone))
+    backbone.model.to(args.device)
+    engine = Engine(
+        backbone,
+        store,
+        cache_bytes=int(args.cache_mb * 2**20),
+        max_input_tokens=args.max_input_tokens,
+    )
+    engine.load_all()
+    for task, why in engine.refused.items():
+        print(f"softprompt serve: not serving {task!r}: {why}", flush=True)
+    print(
+        f"softprompt serve: {len(engine.tasks)} tasks on {backbone.name}: {sorted(engine.tasks)}",
+        flush=True,
+    )
+    app = create_app(
+        engine,
+        admin_token=args.admin_token,
+        max_wait_ms=args.max_wait_ms,
+        max_batch_tokens=args.max_batch_tokens,
+        max_batch_rows=args.max_batch_rows,
+        max_upload_bytes=int(args.max_upload_mb * 2**20),
+    )
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    return 0

@@ -1,0 +1,473 @@
+"""Mixed-task batches on one frozen backbone, each task's prompt K/V from the cache.
+
+`CachedInjector` is the causal injector with one change: the per-row prefix of a batch
+is assembled from each task's cached K/V (`cache.PromptKVCache`) instead of running the
+prompts. Everything downstream (masks, positions, scoring, decoding) is the injector's
+own code, so a row's answer equals the same row run alone through its task. Encoders
+have no input-independent prefix; they run their prompts as usual.
+
+`Engine` owns the served tasks (loaded from a `PromptStore`, checked against the
+backbone's fingerprint), hot-swaps them, and answers a list of requests in one
+classification pass plus one decoding loop.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from transformers.cache_utils import DynamicCache
+
+from softprompt.backbones import Backbone
+from softprompt.data import Example
+from softprompt.errors import PromptFileError, SoftPromptError
+from softprompt.inject import CausalInjector, PrefixCache, Prompt, RowPrompts
+from softprompt.model import MixedBatch, MultiTaskModel, PromptModel
+from softprompt.promptfile import check_backbone
+from softprompt.serve.cache import Key, PromptKVCache
+from softprompt.serve.store import Entry, PromptStore, _check_prompt_bytes, check_task_name
+from softprompt.tasks.generation import pad_left
+
+
+class UnknownTask(SoftPromptError):
+    """A request names a task the server does not serve."""
+
+
+class RefusedTask(SoftPromptError):
+    """A stored prompt was made for another backbone (or is unreadable): never served."""
+
+
+class BadInput(SoftPromptError):
+    """An input the server will not run (too long, wrong kind for the endpoint...)."""
+
+
+@dataclass(eq=False)
+class CachedPrompt(Prompt):
+    """A task's prompt as a cache key; `source()` computes the real prompt on a miss."""
+
+    key: Key | None = None
+    source: Callable[[], Prompt] | None = None
+
+
+class CachedInjector(CausalInjector):
+    """A causal injector whose prompt prefixes come from a per-task K/V cache."""
+
+    def __init__(self, base: CausalInjector, cache: PromptKVCache) -> None:
+        self.__dict__.update(base.__dict__)  # same model, head and cache keyword; no re-check
+        self.kv_cache = cache
+
+    def prompt_kv(self, prompt: Prompt) -> tuple[list[tuple[torch.Tensor, ...]], int]:
+        """One prompt's per-layer K/V at batch 1 ((1, kvh, w, hd) each) and its width w."""
+        key = getattr(prompt, "key", None)
+        if key is not None:
+            hit = self.kv_cache.get(key)
+            if hit is not None:
+                return hit.kv, hit.width
+        real = prompt.source() if isinstance(prompt, CachedPrompt) else prompt
+        with torch.no_grad():
+            kv, width = self._run_group([real])
+        kv = [(k.detach(), v.detach()) for k, v in kv]
+        if key is not None:
+            self.kv_cache.put(key, kv, width)
+        return kv, width
+
+    def prefix_cache(self, prompts: Prompt | RowPrompts, batch_size: int) -> PrefixCache:
+        """Each row's prompt K/V from the cache, left-padded to the widest: see PrefixCache."""
+        rows = RowPrompts.of(prompts, batch_size, self.device)
+        parts = [self.prompt_kv(p) for p in rows.prompts]
+        widths = torch.tensor([w for _, w in parts], device=self.device)  # (k,)
+        pick = rows.index.to(self.device)  # (B,)
+        lengths = widths[pick]  # (B,)
+        m = int(widths.max())
+        slots = torch.arange(m, device=self.device)
+        mask = (slots[None, :] >= m - lengths[:, None]).long()  # (B, m)
+        if m == 0:
+            return PrefixCache(None, mask, lengths)
+        template = next(kv for kv, w in parts if w)
+        cache = DynamicCache(config=self.config)
+        for layer in range(len(template)):
+            keys, values = (
+                self._stack(parts, template, layer, i, m, pick, batch_size) for i in (0, 1)
+            )
+            cache.update(keys, values, layer)
+        return PrefixCache(cache, mask, lengths)
+
+    @staticmethod
+    def _stack(parts, template, layer: int, i: int, m: int, pick, batch: int) -> torch.Tensor:
+        """One layer's keys (i=0) or values (i=1) for every row: (B, kvh, m, hd)."""
+        blocks = []
+        for kv, width in parts:
+            if width:
+                tensor = kv[layer][i]  # (1, kvh, w, hd)
+                blocks.append(F.pad(tensor, (0, 0, m - width, 0)) if width < m else tensor)
+            else:  # no prefix at all: zeros in slots the mask hides
+                blocks.append(torch.zeros_like(template[layer][i][:, :, :1]).expand(-1, -1, m, -1))
+        if len(blocks) == 1:
+            return blocks[0].expand(batch, -1, -1, -1)  # a view, as the injector does
+        return torch.cat(blocks)[pick]  # (B, kvh, m, hd)
+
+
+@dataclass(eq=False)
+class Served:
+    """One task as served: its store entry, model and (on decoders) cached prompt."""
+
+    entry: Entry
+    model: PromptModel
+    prompt: Prompt | None = None
+    labels: list[str] = field(default_factory=list)
+
+    @property
+    def task(self) -> str:
+        return self.entry.task
+
+    @property
+    def generates(self) -> bool:
+        return bool(self.model.task.generates)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "task": self.task,
+            "version": self.entry.version,
+            "ref": self.entry.ref,
+            "kind": "generation" if self.generates else "classification",
+            "method": self.entry.method,
+            "labels": self.labels,
+            "sha256": self.entry.sha256,
+        }
+
+
+@dataclass(eq=False)
+class Request:
+    """One input of one request, bound at arrival to the task version that answers it."""
+
+    served: Served
+    text: str
+    tokens: int  # filled-template length: batch budgets and length groups
+    max_tokens: int | None = None  # generation only
+    on_token: Callable[[str], None] | None = None  # streaming: called with each new piece
+
+
+class _Batch(MultiTaskModel):
+    """The batch's tasks, run through the caching injector with the cached prompts."""
+
+    def __init__(self, served: dict[str, Served], injector) -> None:
+        super().__init__({ref: s.model for ref, s in served.items()})
+        object.__setattr__(self, "injector", injector)
+        object.__setattr__(self, "_served", served)
+
+    def row_prompts(self, batch: MixedBatch) -> RowPrompts:
+        prompts = [self._served[ref].prompt for ref, _ in batch.parts]
+        choice = [i for i, (_, part) in enumerate(batch.parts) for _ in part["input_ids"]]
+        return RowPrompts.per_row(prompts, choice, self.device)
+
+
+class Engine:
+    """The served tasks of one backbone, and the code that answers mixed batches."""
+
+    def __init__(
+        self,
+        backbone: Backbone,
+        store: PromptStore,
+        *,
+        cache_bytes: int = 64 << 20,
+        max_input_tokens: int = 512,
+        pad_slack: float | None = 0.3,
+    ) -> None:
+        self.backbone = backbone
+        self.store = store
+        self.cache = PromptKVCache(cache_bytes)
+        self.max_input_tokens = max_input_tokens
+        self.pad_slack = pad_slack
+        self.tasks: dict[str, Served] = {}
+        self.refused: dict[str, str] = {}  # task -> why its stored prompt is not served
+        self._lock = threading.RLock()
+        self._injector = None
+
+    # -- tasks ---------------------------------------------------------------
+    def load_all(self) -> None:
+        """Serve every task's newest stored version that fits this backbone; the others
+        are listed in `refused` with why (a bad entry never stops the server)."""
+        for task in self.store.tasks():
+            try:
+                self.load(task)
+            except SoftPromptError as exc:
+                self.refused[task] = str(exc)
+
+    def load(self, ref: str) -> Served:
+        entry = self.store.resolve(ref)
+        return self._serve(entry, self._build(self.store.path(entry), f"task {entry.task!r}"))
+
+    def _build(self, path, what: str) -> PromptModel:
+        """The prompt file as a model on this backbone, or a SoftPromptError saying why not."""
+        try:
+            model = PromptModel.load(path, self.backbone)
+        except PromptFileError as exc:
+            raise RefusedTask(f"{what}: {exc}") from None
+        except SoftPromptError:
+            raise
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise BadInput(
+                f"{what}: a prompt file softprompt cannot rebuild (metadata {type(exc).__name__}: "
+                f"{exc}); save it again with this version of softprompt"
+            ) from None
+        return model.eval()
+
+    def _serve(self, entry: Entry, model: PromptModel) -> Served:
+        labels = [] if model.task.generates else list(model.task.config.labels)
+        served = Served(entry, model, labels=labels)
+        if isinstance(model.injector, CausalInjector):
+            if self._injector is None:
+                self._injector = CachedInjector(model.injector, self.cache)
+            key = (entry.task, entry.version, entry.sha256)
+            served.prompt = CachedPrompt(key=key, source=_prompt_of(model))
+            self.cache.retire(entry.task, key)
+        with self._lock:
+            self.tasks[entry.task] = served
+            self.refused.pop(entry.task, None)
+        return served
+
+    def install(self, task: str, data: bytes) -> Served:
+        """Hot-load an uploaded prompt file as the task's next version. It is checked
+        (readable, this backbone, rebuildable) before the store or the server sees it."""
+        check_task_name(task)
+        meta = _check_prompt_bytes(data, f"upload for task {task!r}")
+        try:
+            check_backbone("upload", meta, self.backbone.name, self.backbone.fingerprint)
+        except PromptFileError as exc:
+            raise RefusedTask(str(exc)) from None
+        with tempfile.TemporaryDirectory() as folder:
+            path = Path(folder) / "upload.safetensors"
+            path.write_bytes(data)
+            model = self._build(path, f"upload for task {task!r}")
+        return self._serve(self.store.add(task, data), model)
+
+    def remove(self, task: str) -> list[Entry]:
+        gone = self.store.remove(task)
+        with self._lock:
+            self.tasks.pop(task, None)
+            self.refused.pop(task, None)
+        self.cache.retire(task, None)
+        return gone
+
+    def get(self, task: Any) -> Served:
+        if not isinstance(task, str):
+            raise UnknownTask(f"task must be a string, got {task!r}")
+        with self._lock:
+            served = self.tasks.get(task)
+            if served is not None:
+                return served
+            if task in self.refused:
+                raise RefusedTask(self.refused[task])
+            names = sorted(self.tasks)
+        raise UnknownTask(f"unknown task {task!r}; served tasks: {names} (GET /tasks)")
+
+    # -- requests --------------------------------------------------------------
+    def request(
+        self,
+        task: Any,
+        text: Any,
+        *,
+        generate: bool | None,
+        max_tokens: int | None = None,
+        on_token: Callable[[str], None] | None = None,
+    ) -> Request:
+        """Check one input before it joins a batch (errors name the input and the fix)."""
+        served = self.get(task)
+        if not isinstance(text, str) or not text.strip():
+            raise BadInput(f"task {task!r}: the text must be a non-empty string")
+        if generate is not None and generate != served.generates:
+            want = "/generate" if served.generates else "/classify"
+            raise BadInput(
+                f"task {task!r} is a {served.describe()['kind']} task; send it to {want}"
+            )
+        if len(text) > 32 * self.max_input_tokens:
+            raise BadInput(
+                f"input too long: {len(text)} characters (limit {self.max_input_tokens} tokens)"
+            )
+        count = len(self.backbone.tokenizer(text, add_special_tokens=False)["input_ids"])
+        if count > self.max_input_tokens:
+            raise BadInput(
+                f"input too long: {count} tokens, the server takes at most "
+                f"{self.max_input_tokens} (--max-input-tokens)"
+            )
+        if served.generates:
+            limit = served.model.task.config.max_new_tokens if max_tokens is None else max_tokens
+            if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= 1024:
+                raise BadInput(f"max_tokens must be an integer from 1 to 1024, got {max_tokens!r}")
+            max_tokens = limit
+        context = served.model.task.contexts([Example(text, "")])[0]
+        return Request(served, text, len(context), max_tokens, on_token)
+
+    @torch.no_grad()
+    def run(self, requests: list[Request]) -> list[dict[str, Any]]:
+        """Answer requests of any tasks: one forward pass for every classification row,
+        one decoding loop for every generation row."""
+        results: list[dict[str, Any] | None] = [None] * len(requests)
+        classify = [i for i, r in enumerate(requests) if not r.served.generates]
+        generate = [i for i, r in enumerate(requests) if r.served.generates]
+        if classify:
+            for i, record in zip(
+                classify, self._classify([requests[i] for i in classify]), strict=True
+            ):
+                results[i] = record
+        if generate:
+            for i, record in zip(
+                generate, self._generate([requests[i] for i in generate]), strict=True
+            ):
+                results[i] = record
+        return [
+            dict(r, task=q.served.task, version=q.served.entry.version)
+            for r, q in zip(results, requests, strict=True)
+        ]
+
+    def _batch(self, requests: list[Request]) -> _Batch:
+        served = {r.served.entry.ref: r.served for r in requests}
+        if self._injector is None:  # encoder: plain prompts, computed per batch
+            for s in served.values():
+                s.prompt = s.prompt or s.model.prompt()
+            return _Batch(served, next(iter(served.values())).model.injector)
+        return _Batch(served, self._injector)
+
+    def _classify(self, requests: list[Request]) -> list[dict[str, Any]]:
+        """Rows of every task together; cut into passes of similar length when padding
+        to the longest row would waste more than `pad_slack` of the real tokens."""
+        results: list[dict[str, Any]] = [{}] * len(requests)
+        for group in length_groups([r.tokens for r in requests], self.pad_slack):
+            answers = self._classify_pass([requests[i] for i in group])
+            for i, answer in zip(group, answers, strict=True):
+                results[i] = answer
+        return results
+
+    def _classify_pass(self, requests: list[Request]) -> list[dict[str, Any]]:
+        model = self._batch(requests)
+        items = [(r.served.entry.ref, Example(r.text, "")) for r in requests]
+        batch = model.collate(items)
+        output = model(batch)
+        answers: dict[str, list[dict[str, Any]]] = {}
+        for ref, _ in batch.parts:
+            task = model.models[ref].task
+            answers[ref] = task.describe_scores(output.outputs[ref].scores)
+        taken = {ref: iter(rows) for ref, rows in answers.items()}
+        return [next(taken[r.served.entry.ref]) for r in requests]
+
+    def _generate(self, requests: list[Request]) -> list[dict[str, Any]]:
+        model = self._batch(requests)
+        refs = list(model.models)
+        prompts = RowPrompts.per_row(
+            [model._served[ref].prompt for ref in refs],
+            [refs.index(r.served.entry.ref) for r in requests],
+            model.device,
+        )
+        contexts = [r.served.model.task.contexts([Example(r.text, "")])[0] for r in requests]
+        rows = decode(
+            model.injector,
+            prompts,
+            contexts,
+            pad_id=self.backbone.spec.pad_token_id,
+            eos_id=self.backbone.spec.eos_token_id,
+            max_new_tokens=[r.max_tokens for r in requests],
+            on_token=[_streamer(r) for r in requests],
+        )
+        return [
+            {
+                "text": r.served.model.task.decode(tokens),
+                "finish_reason": why,
+                "tokens": len(tokens),
+            }
+            for r, (tokens, why) in zip(requests, rows, strict=True)
+        ]
+
+
+def length_groups(lengths: list[int], slack: float | None) -> list[list[int]]:
+    """Row indices in passes: sorted by length, a new pass whenever padding every row to
+    the pass's longest would exceed (1 + slack) x its real tokens (None: one pass)."""
+    if slack is None:
+        return [list(range(len(lengths)))]
+    groups: list[list[int]] = []
+    current: list[int] = []
+    real = 0
+    for i in sorted(range(len(lengths)), key=lengths.__getitem__):
+        if current and lengths[i] * (len(current) + 1) > (1 + slack) * (real + lengths[i]):
+            groups.append(current)
+            current, real = [], 0
+        current.append(i)
+        real += lengths[i]
+    return groups + [current] if current else groups
+
+
+def _prompt_of(model: PromptModel) -> Callable[[], Prompt]:
+    def compute() -> Prompt:
+        with torch.no_grad():
+            return model.prompt()
+
+    return compute
+
+
+def _streamer(request: Request) -> Callable[[list[int]], None] | None:
+    """Turn a row's growing token list into the new text since the last call."""
+    if request.on_token is None:
+        return None
+    task = request.served.model.task
+    sent = [""]
+
+    def on_tokens(tokens: list[int]) -> None:
+        text = task.decode(tokens)
+        if text.endswith("\ufffd"):  # half of a multi-byte character: wait for the rest
+            return
+        if len(text) > len(sent[0]) and text.startswith(sent[0]):
+            request.on_token(text[len(sent[0]) :])
+            sent[0] = text
+
+    return on_tokens
+
+
+@torch.no_grad()
+def decode(
+    injector,
+    prompts: RowPrompts,
+    contexts: list[list[int]],
+    *,
+    pad_id: int,
+    eos_id: int | None,
+    max_new_tokens: list[int],
+    on_token: list[Callable[[list[int]], None] | None],
+) -> list[tuple[list[int], str]]:
+    """Greedy decoding as `tasks.generation.greedy_decode` does it, with a per-row callback
+    after every token (for streaming) and why each row stopped ("stop" at EOS, "length")."""
+    device = injector.device
+    ids, mask = (t.to(device) for t in pad_left(contexts, pad_id))  # (B, T)
+    batch = ids.shape[0]
+    prefix = injector.prefix_cache(prompts, batch)
+    cache = prefix.cache if prefix.cache is not None else DynamicCache(config=injector.config)
+    positions = prefix.lengths[:, None] + (mask.cumsum(-1) - 1).clamp(min=0)  # (B, T)
+    full_mask = torch.cat([prefix.mask, mask], 1)  # (B, m + T)
+    hidden = injector.step(ids, full_mask, positions, cache)  # (B, T, d)
+    out: list[list[int]] = [[] for _ in range(batch)]
+    reasons = ["length"] * batch
+    done = [limit <= 0 for limit in max_new_tokens]
+    next_pos = positions[:, -1:]
+    for _ in range(max(max_new_tokens)):
+        token = injector.logits(hidden[:, -1]).argmax(-1).tolist()  # B ids
+        for i in range(batch):
+            if done[i]:
+                continue
+            if eos_id is not None and token[i] == eos_id:
+                done[i], reasons[i] = True, "stop"
+                continue
+            out[i].append(token[i])
+            if on_token[i] is not None:
+                on_token[i](out[i])
+            done[i] = len(out[i]) >= max_new_tokens[i]
+        if all(done):
+            break
+        next_pos = next_pos + 1
+        full_mask = torch.cat([full_mask, mask.new_ones(batch, 1)], 1)
+        step_ids = torch.tensor(token, device=device).unsqueeze(1)  # (B, 1)
+        hidden = injector.step(step_ids, full_mask, next_pos, cache)
+    return list(zip(out, reasons, strict=True))
