@@ -41,7 +41,7 @@ class PromptModel(nn.Module):
         self.method = build_method(method, self.method_options, context)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> TaskOutput:
-        rows = batch["input_ids"].shape[0]
+        rows = batch["input_ids" if "input_ids" in batch else "pixel_values"].shape[0]
         return self.task(self.injector, self.method(rows), batch)
 
     def collate(self, examples: list[Example]) -> dict[str, torch.Tensor]:

@@ -18,6 +18,10 @@ BACKBONES = ["tiny_llama", "tiny_gpt2", "tiny_bert"]
 METHODS = available_methods()
 # combos a method refuses at construction: left out of the grid, refused by name below
 UNSUPPORTED = {("prefix-tuning", "tiny_bert"): "prefix-tuning needs a causal LM"}
+# visual prompts have their own contract tests on tiny vision models (tests/vision/)
+UNSUPPORTED |= {
+    (m, b): f"{m} needs a vision backbone" for m in ("vpt-shallow", "vpt-deep") for b in BACKBONES
+}
 GRID = [(m, b) for m in METHODS for b in BACKBONES if (m, b) not in UNSUPPORTED]
 
 

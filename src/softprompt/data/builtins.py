@@ -12,6 +12,8 @@ Split sizes (identical texts are kept in one split; see `splits`):
   validation 1,129 / test 7,528 (7 train-file rows whose text is also in the test
   file are dropped)
 - election-tweets: 6,444 rows -> train 5,156 / validation 644 / test 644
+- fashion-mnist (images): train 60,000 -> train 59,000 / validation 1,000 (100 per
+  class); test 10,000 (the source test file)
 """
 
 from __future__ import annotations
@@ -25,6 +27,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from softprompt.data._paths import downloads_dir, downloads_dir_for_shell
+from softprompt.data.images import (
+    FASHION_MNIST_INSTALL,
+    FASHION_MNIST_LABELS,
+    locate_fashion_mnist,
+    read_fashion_mnist,
+)
 from softprompt.data.records import Dataset, DatasetInfo, Example
 from softprompt.data.splits import allocate, label_counts, split_by_quotas
 from softprompt.errors import DataError
@@ -265,6 +273,18 @@ BUILTINS: dict[str, Builtin] = {
             install=lambda: ORANGE_INSTALL,
             locate=lambda: _orange_file("election-tweets-2016.tab"),
             read=_read_election,
+        ),
+        Builtin(
+            name="fashion-mnist",
+            description=(
+                "Fashion-MNIST 28x28 grayscale clothing images, 10 classes (Debian's "
+                "dataset-fashion-mnist IDX files); images, for vision backbones. Split: train "
+                "59,000 / validation 1,000 (100 per class, from train) / test 10,000."
+            ),
+            labels=FASHION_MNIST_LABELS,
+            install=lambda: FASHION_MNIST_INSTALL,
+            locate=locate_fashion_mnist,
+            read=read_fashion_mnist,
         ),
     )
 }

@@ -64,7 +64,10 @@ def make_injector(backbone: Backbone) -> Injector:
     """Pick the injector for the backbone's kind (decoder or encoder)."""
     from softprompt.inject.causal import CausalInjector
     from softprompt.inject.encoder import EncoderInjector
+    from softprompt.inject.vision import VisionInjector
 
+    if backbone.spec.kind == "vision":
+        return VisionInjector(backbone)
     if backbone.spec.kind == "causal-lm":
         return CausalInjector(backbone)
     return EncoderInjector(backbone)

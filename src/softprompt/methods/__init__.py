@@ -15,6 +15,7 @@ from softprompt.methods.registry import (
 
 # Importing the modules registers them.
 from softprompt.methods import no_prompt, p_tuning, prefix_tuning, soft_prompt  # noqa: E402,F401  isort: skip
+from softprompt.methods import vpt_deep, vpt_shallow  # noqa: E402,F401  isort: skip
 
 __all__ = [
     "MethodContext",

@@ -33,6 +33,7 @@ class TaskConfig:
     pool: str = "auto"
     max_text_tokens: int = 200
     max_new_tokens: int = 32
+    image_size: int = 112  # vision backbones: images are resized to this square (tasks/image.py)
 
     def __post_init__(self) -> None:
         if self.kind not in ("classification", "generation"):
@@ -185,7 +186,7 @@ def register_task(applies: Callable[[TaskConfig, Backbone], bool]):
 
 
 def build_task(config: TaskConfig, backbone: Backbone) -> Task:
-    from softprompt.tasks import classification, generation  # noqa: F401  (registers)
+    from softprompt.tasks import classification, generation, image  # noqa: F401  (registers)
 
     for applies, task_class in _TASKS:
         if applies(config, backbone):

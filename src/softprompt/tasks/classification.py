@@ -135,6 +135,7 @@ class VerbalizerTask(ClassificationTask):
 @register_task(
     lambda c, b: (
         c.kind == "classification"
+        and b.spec.kind != "vision"  # images: tasks/image.py
         and (c.head == "linear" or (c.head == "auto" and b.spec.kind == "encoder"))
     )
 )
