@@ -146,6 +146,23 @@ def run(config: RunConfig, *, resume: bool = False, progress: bool = True) -> Ru
                 train_seconds=0.0,
             )
         )
+    if config.baseline and backbone.spec.kind == "vision" and config.method["name"] != "none":
+        from softprompt.tasks.image import head_only_baseline
+
+        probe, probe_result = head_only_baseline(
+            backbone, dataset, config, resume=resume, progress=progress
+        )
+        rows.append(
+            _test_row(
+                f"head-only linear probe (best of step {probe_result.best_step})",
+                probe,
+                dataset,
+                config.train.eval_batch_size,
+                process,
+                file_bytes=probe_result.prompt_path.stat().st_size,
+                train_seconds=probe_result.seconds,
+            )
+        )
     result = train(
         model,
         dataset,

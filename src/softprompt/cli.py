@@ -2,7 +2,7 @@
 
     softprompt train [--config run.yaml] [--backbone ...] [--dataset ...] [--steps ...]
     softprompt eval PROMPT [--dataset ...] [--split test]
-    softprompt predict PROMPT "some text" ...
+    softprompt predict PROMPT "some text" ...   (or image files, for a vision backbone)
     softprompt info PROMPT
     softprompt datasets | backbones
 
@@ -46,6 +46,9 @@ FLAGS: dict[str, tuple[str, Callable[[str], Any], str]] = {
     "template": ("task.template", _unescape, "template with one {text} slot (\\n is a newline)"),
     "verbalizer": ("task.verbalizer", json.loads, 'JSON: {"label": [" word", ...]}'),
     "head": ("task.head", str, "auto, verbalizer or linear"),
+    "image_size": ("task.image_size", int, "images: square size in pixels (a patch multiple)"),
+    "pool": ("task.pool", str, "linear head input: cls, mean (patches/tokens) or last"),
+    "lr_scale": ("method.lr_scale", float, "vpt-*: prompt lr = lr x this; the head keeps lr"),
     "steps": ("train.steps", int, "optimizer steps"),
     "batch_size": ("train.batch_size", int, "global batch per micro-step"),
     "grad_accum": ("train.grad_accum", int, "micro-steps per optimizer step"),
@@ -160,7 +163,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     for text, prediction in zip(texts, model.predict(texts), strict=True):
         if "scores" in prediction:  # four decimals: people read these lines
             prediction["scores"] = {k: round(v, 4) for k, v in prediction["scores"].items()}
-        print(json.dumps({"text": text, **prediction}, ensure_ascii=False))
+        key = "image" if model.backbone.spec.kind == "vision" else "text"
+        print(json.dumps({key: text, **prediction}, ensure_ascii=False))
     return 0
 
 
@@ -249,7 +253,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     predict = sub.add_parser("predict", help="label texts (or generate) with a prompt file")
     predict.add_argument("prompt")
-    predict.add_argument("texts", nargs="*", help="texts (default: one per line on stdin)")
+    predict.add_argument(
+        "texts", nargs="*", help="texts or image files (default: one per line on stdin)"
+    )
     predict.add_argument("--backbone", default=None)
     predict.set_defaults(func=cmd_predict)
 
