@@ -6,9 +6,9 @@ import gzip
 
 import numpy as np
 import pytest
-from conftest import tiny_dinov2, write_class_images
 
 from softprompt.api import build_model
+from softprompt.backbones.tiny_vision import tiny_dinov2, write_class_images
 from softprompt.data import load_dataset
 from softprompt.data.images import locate_fashion_mnist, open_image, read_idx
 from softprompt.errors import DataError

@@ -7,9 +7,9 @@ import json
 
 import pytest
 import torch
-from conftest import tiny_dinov2, write_class_images
 
 from softprompt.backbones import load_backbone
+from softprompt.backbones.tiny_vision import tiny_dinov2, write_class_images
 from softprompt.cli import main
 
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import tiny_dinov2, tiny_vit
 
 from softprompt.api import build_model
+from softprompt.backbones.tiny_vision import tiny_dinov2, tiny_vit
 from softprompt.data import Dataset, Example
 from softprompt.errors import ConfigError
 from softprompt.inject.vision import VisionInjector, VisionPrompt, reference_deep_states

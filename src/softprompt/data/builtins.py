@@ -281,7 +281,7 @@ BUILTINS: dict[str, Builtin] = {
                 "dataset-fashion-mnist IDX files); images, for vision backbones. Split: train "
                 "59,000 / validation 1,000 (100 per class, from train) / test 10,000."
             ),
-            labels=FASHION_MNIST_LABELS,
+            labels=tuple(sorted(FASHION_MNIST_LABELS)),  # sorted, as every dataset
             install=lambda: FASHION_MNIST_INSTALL,
             locate=locate_fashion_mnist,
             read=read_fashion_mnist,
