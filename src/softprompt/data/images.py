@@ -40,7 +40,7 @@ FASHION_MNIST_LABELS = (
 )
 FASHION_MNIST_VALIDATION_PER_LABEL = 100  # 1,000 rows cut from train, seed 0, stratified
 FASHION_MNIST_DIRS = ("/usr/share/datasets/fashion-mnist",)
-FASHION_MNIST_INSTALL = "apt-get install dataset-fashion-mnist (Debian; as root)"
+FASHION_MNIST_INSTALL = "apt-get install dataset-fashion-mnist"  # Debian, as root
 SPLIT_FOLDERS = {"train": ("train",), "validation": ("validation", "val"), "test": ("test",)}
 
 
