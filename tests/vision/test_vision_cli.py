@@ -104,3 +104,14 @@ def test_bad_image_size_flag_is_named(tmp_path, capsys):
         capsys,
     )
     assert code == 2 and "task.image_size: 18 is not a multiple" in err
+
+
+def test_a_text_method_on_images_says_what_to_use(tmp_path, capsys):
+    tiny_dinov2().model.save_pretrained(tmp_path / "vit")
+    write_class_images(tmp_path / "imgs", per_class=4)
+    code, _, err = _run(
+        ["train", "--backbone", str(tmp_path / "vit"), "--dataset", str(tmp_path / "imgs")]
+        + ["--method", "soft-prompt", "--out", str(tmp_path / "r")],
+        capsys,
+    )
+    assert code == 2 and "use --method vpt-deep, vpt-shallow or none" in err

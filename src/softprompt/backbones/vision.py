@@ -53,6 +53,11 @@ def dinov2_small_config() -> Any:
     )
 
 
+class NoTokenizerError(ConfigError, AttributeError):
+    """A text-only method asked a vision backbone for a tokenizer attribute. Also an
+    AttributeError, so `getattr(tokenizer, name, default)` and `hasattr` still work."""
+
+
 @dataclass(frozen=True)
 class ImagePreprocessor:
     """Resize to a square and normalize per channel: PIL images -> (B, 3, S, S) float32."""
@@ -60,6 +65,15 @@ class ImagePreprocessor:
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     patch_size: int = 14
+
+    def __getattr__(self, name: str) -> Any:
+        """A text method asking for a tokenizer's attribute gets a fix, not an AttributeError."""
+        if name.startswith("__"):
+            raise AttributeError(name)
+        raise NoTokenizerError(
+            f"method.name: this method reads a tokenizer ({name}), which a vision backbone does "
+            "not have; use --method vpt-deep, vpt-shallow or none"
+        )
 
     def check_size(self, size: int) -> int:
         if size < self.patch_size or size % self.patch_size:
