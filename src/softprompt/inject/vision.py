@@ -96,7 +96,14 @@ class VisionInjector:
         params = inspect.signature(self.model.embeddings.forward).parameters
         self._interpolate = "interpolate_pos_encoding" in params
 
-    def hidden_states(self, prompt, input_ids, attention_mask, positions=None):  # noqa: D102
+    def hidden_states(
+        self,
+        prompt: Prompt,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        positions: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Token ids mean nothing to a ViT; the image task calls `image_states`."""
         raise NotImplementedError("a vision backbone takes pixels: use image_states")
 
     def embed(self, pixels: torch.Tensor) -> torch.Tensor:
