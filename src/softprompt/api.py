@@ -183,6 +183,37 @@ def _zero_shot_rows(
     return rows
 
 
+def _head_only_rows(
+    config: RunConfig,
+    backbone: Backbone,
+    specs: list[TaskSpec],
+    data: dict[str, Dataset],
+    process: ProcessInfo,
+    resume: bool,
+    progress: bool,
+) -> list[dict[str, Any]]:
+    """Images have no zero-shot: a visual prompt's report shows the linear probe instead,
+    trained with the same steps into OUT/head-only (one task runs only)."""
+    if not config.baseline or backbone.spec.kind != "vision" or len(specs) != 1:
+        return []
+    if specs[0].method["name"] == "none":
+        return []
+    from softprompt.tasks.image import head_only_baseline
+
+    dataset = data[specs[0].name]
+    probe, result = head_only_baseline(backbone, dataset, config, resume=resume, progress=progress)
+    row = _test_row(
+        f"head-only linear probe (best of step {result.best_step})",
+        probe,
+        dataset,
+        config.train.eval_batch_size,
+        process,
+        file_bytes=result.prompt_path.stat().st_size,
+        train_seconds=result.seconds,
+    )
+    return [{"task": specs[0].name, **row}]
+
+
 def build_models(
     backbone: Backbone, specs: list[TaskSpec], data: dict[str, Dataset]
 ) -> MultiTaskModel:
@@ -209,6 +240,7 @@ def run(config: RunConfig, *, resume: bool = False, progress: bool = True) -> Ru
     out_dir = Path(config.out)
     model = build_models(backbone, specs, data)
     rows = _zero_shot_rows(config, backbone, data, process)
+    rows += _head_only_rows(config, backbone, specs, data, process, resume, progress)
     result = train(
         model,
         data,

@@ -2,7 +2,7 @@
 
     softprompt train [--config run.yaml] [--backbone ...] [--dataset ...] [--steps ...]
     softprompt eval PROMPT [--dataset ...] [--split test]
-    softprompt predict PROMPT "some text" ...
+    softprompt predict PROMPT "some text" ...   (or image files, for a vision backbone)
     softprompt info PROMPT
     softprompt datasets | backbones
 
@@ -47,6 +47,9 @@ FLAGS: dict[str, tuple[str, Callable[[str], Any], str]] = {
     "template": ("task.template", _unescape, "template with one {text} slot (\\n is a newline)"),
     "verbalizer": ("task.verbalizer", json.loads, 'JSON: {"label": [" word", ...]}'),
     "head": ("task.head", str, "auto, verbalizer or linear"),
+    "image_size": ("task.image_size", int, "images: square size in pixels (a patch multiple)"),
+    "pool": ("task.pool", str, "linear head input: cls, mean (patches/tokens) or last"),
+    "lr_scale": ("method.lr_scale", float, "vpt-*: prompt lr = lr x this; the head keeps lr"),
     "steps": ("train.steps", int, "optimizer steps"),
     "batch_size": ("train.batch_size", int, "global batch per micro-step"),
     "grad_accum": ("train.grad_accum", int, "micro-steps per optimizer step"),
@@ -200,7 +203,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
         raise ConfigError(f"predict: text {blank[0]} is empty; give some text to label")
     model = load_prompt(args.prompt, args.backbone)
     for text, prediction in zip(texts, model.predict(texts), strict=True):
-        print(json.dumps({"text": text, **_rounded(prediction)}, ensure_ascii=False))
+        key = "image" if model.backbone.spec.kind == "vision" else "text"
+        print(json.dumps({key: text, **_rounded(prediction)}, ensure_ascii=False))
     return 0
 
 
@@ -395,7 +399,9 @@ def build_parser() -> argparse.ArgumentParser:
     predict = sub.add_parser("predict", help="label texts (or generate) with a prompt file")
     predict.add_argument("prompt", nargs="?", help="prompt file (not with --task)")
     predict.add_argument(
-        "texts", nargs="*", help="texts, or TASK=TEXT with --task (default: lines on stdin)"
+        "texts",
+        nargs="*",
+        help="texts or image files, or TASK=TEXT with --task (default: lines on stdin)",
     )
     predict.add_argument("--backbone", default=None)
     predict.add_argument(

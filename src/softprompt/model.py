@@ -70,8 +70,8 @@ class PromptModel(nn.Module):
 
     def forward(self, batch: dict[str, torch.Tensor]) -> TaskOutput:
         batch = to_device(batch, self.device)
-        rows = RowPrompts.shared(self.prompt(), batch["input_ids"].shape[0], self.device)
-        return self.task(self.injector, rows, batch)
+        rows = batch["input_ids" if "input_ids" in batch else "pixel_values"].shape[0]
+        return self.task(self.injector, RowPrompts.shared(self.prompt(), rows, self.device), batch)
 
     def collate(self, examples: list[Example]) -> dict[str, torch.Tensor]:
         return self.task.collate(examples)
@@ -163,6 +163,11 @@ def load_prompt_meta(path: str | Path) -> dict[str, Any]:
     return meta
 
 
+def part_rows(part: dict[str, torch.Tensor]) -> int:
+    """Rows of one task's collated batch (token ids, or pixels for images)."""
+    return part["input_ids" if "input_ids" in part else "pixel_values"].shape[0]
+
+
 @dataclass
 class MixedBatch:
     """Rows grouped by task, in order: (task name, that task's collated rows)."""
@@ -171,7 +176,7 @@ class MixedBatch:
 
     @property
     def rows(self) -> int:
-        return sum(part["input_ids"].shape[0] for _, part in self.parts)
+        return sum(part_rows(part) for _, part in self.parts)
 
 
 @dataclass
@@ -237,7 +242,7 @@ class MultiTaskModel(nn.Module):
 
     def row_prompts(self, batch: MixedBatch) -> RowPrompts:
         prompts = [self.models[name].prompt() for name, _ in batch.parts]
-        choice = [i for i, (_, part) in enumerate(batch.parts) for _ in part["input_ids"]]
+        choice = [i for i, (_, part) in enumerate(batch.parts) for _ in range(part_rows(part))]
         return RowPrompts.per_row(prompts, choice, self.device)
 
     def hidden_states(self, batch: MixedBatch) -> list[torch.Tensor]:
@@ -259,6 +264,11 @@ class MultiTaskModel(nn.Module):
         return pieces
 
     def forward(self, batch: MixedBatch) -> MixedOutput:
+        if len(batch.parts) == 1:  # one task: no merging (any input kind, images too)
+            name, part = batch.parts[0]
+            part = to_device(part, self.device)
+            out = self.models[name].task(self.injector, self.row_prompts(batch), part)
+            return MixedOutput(loss=out.loss, outputs={name: out})
         outputs = {}
         for (name, part), hidden in zip(batch.parts, self.hidden_states(batch), strict=True):
             task = self.models[name].task

@@ -8,7 +8,7 @@ import copy
 import pytest
 import torch
 
-from softprompt.errors import TrainingError
+from softprompt.errors import ConfigError, TrainingError
 from softprompt.methods import available_methods
 from softprompt.model import PromptModel, load_prompt_meta
 from softprompt.tasks.classification import HeadTask
@@ -16,7 +16,17 @@ from softprompt.train import train
 
 BACKBONES = ["tiny_llama", "tiny_gpt2", "tiny_bert"]
 METHODS = available_methods()
-GRID = [(m, b) for m in METHODS for b in BACKBONES]
+# visual prompts have their own contract tests on tiny vision models (tests/vision/)
+UNSUPPORTED = {
+    (m, b): f"{m} needs a vision backbone" for m in ("vpt-shallow", "vpt-deep") for b in BACKBONES
+}
+GRID = [(m, b) for m in METHODS for b in BACKBONES if (m, b) not in UNSUPPORTED]
+
+
+@pytest.mark.parametrize("method,name", list(UNSUPPORTED))
+def test_unsupported_combinations_are_refused_by_name(make_model, backbones, method, name):
+    with pytest.raises(ConfigError, match=f"method.name: {UNSUPPORTED[method, name]}"):
+        make_model(backbones[name], method)
 
 
 def test_registry_lists_the_shipped_methods():

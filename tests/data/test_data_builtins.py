@@ -17,6 +17,7 @@ EXPECTED = {
     "movie-sentiment": (7673, 500, 1000, 2),
     "newsgroups20": (10157, 1129, 7528, 20),
     "election-tweets": (5156, 644, 644, 2),
+    "fashion-mnist": (59000, 1000, 10000, 10),
 }
 
 

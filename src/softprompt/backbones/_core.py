@@ -11,7 +11,7 @@ import torch
 
 from softprompt.errors import BackboneError
 
-KINDS = ("causal-lm", "encoder")
+KINDS = ("causal-lm", "encoder", "vision")
 
 # Bump when the fingerprint recipe changes, so cached fingerprints are not reused.
 FINGERPRINT_VERSION = 1
@@ -57,7 +57,7 @@ _CAUSAL_CLASS_SUFFIXES = ("ForCausalLM", "LMHeadModel")
 class BackboneSpec:
     """Shape facts about a backbone that prompt code needs."""
 
-    kind: str  # "causal-lm" or "encoder"
+    kind: str  # "causal-lm", "encoder" or "vision"
     architecture: str  # config.model_type, e.g. "llama", "gpt2", "bert"
     hidden_size: int
     num_layers: int
@@ -204,6 +204,8 @@ def fingerprint(model: torch.nn.Module) -> str:
 def infer_kind_from_config(config: Any) -> str:
     """``causal-lm`` if the config names an LM-head architecture (or a known decoder
     model_type), else ``encoder``."""
+    if getattr(config, "model_type", None) in ("dinov2", "vit", "deit"):
+        return "vision"
     archs = getattr(config, "architectures", None) or []
     if any(str(a).endswith(_CAUSAL_CLASS_SUFFIXES) for a in archs):
         return "causal-lm"

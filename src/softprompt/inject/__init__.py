@@ -15,6 +15,10 @@ from softprompt.inject.prompt import KV, Injector, Prompt, RowPrompts
 
 def make_injector(backbone: Backbone) -> Injector:
     """Pick the injector for the backbone's kind (decoder or encoder)."""
+    if backbone.spec.kind == "vision":
+        from softprompt.inject.vision import VisionInjector  # images: shallow/deep VPT
+
+        return VisionInjector(backbone)
     if backbone.spec.kind == "causal-lm":
         return CausalInjector(backbone)
     return EncoderInjector(backbone)

@@ -11,7 +11,7 @@ from softprompt.backbones import Backbone
 from softprompt.tasks.base import TASKS, Task, TaskConfig, TaskOutput, register_task, task_name
 
 # Importing the modules registers them.
-from softprompt.tasks import classification, generation, tagging  # noqa: E402,F401  isort: skip
+from softprompt.tasks import classification, generation, image, tagging  # noqa: E402,F401  isort: skip
 
 
 def build_task(config: TaskConfig, backbone: Backbone) -> Task:

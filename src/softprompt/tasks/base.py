@@ -39,6 +39,7 @@ class TaskConfig:
     pool: str = "auto"
     max_text_tokens: int = 200
     max_new_tokens: int = 32
+    image_size: int = 112  # vision backbones: images are resized to this square (tasks/image.py)
 
     def __post_init__(self) -> None:
         if self.kind not in ("classification", "generation", "tagging"):
@@ -288,6 +289,8 @@ def register_task(name: str):
 def task_name(config: TaskConfig, backbone: Backbone) -> str:
     """Which registered task frames `config` on this backbone."""
     causal = backbone.spec.kind == "causal-lm"
+    if backbone.spec.kind == "vision":  # images: a head over the ViT's states (tasks/image.py)
+        return "image"
     if config.kind == "tagging":  # a token-level head, on decoders and encoders alike
         return "tagging"
     if config.kind == "generation":
