@@ -39,13 +39,12 @@ def plot_curves(history: list[dict[str, Any]], path: Path) -> Path | None:
             color="tab:blue",
             label="train loss (10-step mean)",
         )
-    if evals:
+    for task, rows in _by_task(evals).items():
         left.plot(
-            [h["step"] for h in evals],
-            [h["loss"] for h in evals],
+            [h["step"] for h in rows],
+            [h["loss"] for h in rows],
             "o-",
-            color="tab:orange",
-            label="val loss",
+            label=f"val loss {task}".strip(),
         )
     left.set_xlabel("step")
     left.set_ylabel("loss")
@@ -57,6 +56,14 @@ def plot_curves(history: list[dict[str, Any]], path: Path) -> Path | None:
     plt.close(fig)
     atomic_write_bytes(path, image.getvalue())  # a crash mid-plot never leaves half a PNG
     return path
+
+
+def _by_task(evals: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """Evaluation records per task (a one-task run logs no task name: one series "")."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for record in evals:
+        groups.setdefault(record.get("task", ""), []).append(record)
+    return groups
 
 
 def _plot_accuracy(axes: Any, train: list[dict[str, Any]], evals: list[dict[str, Any]]) -> None:
@@ -71,14 +78,15 @@ def _plot_accuracy(axes: Any, train: list[dict[str, Any]], evals: list[dict[str,
             color="tab:blue",
             label="train accuracy (20-step mean)",
         )
-    if evals and "accuracy" in evals[0]:
-        axes.plot(
-            [h["step"] for h in evals],
-            [h["accuracy"] for h in evals],
-            "o-",
-            color="tab:green",
-            label="val accuracy",
-        )
+    for task, rows in _by_task(evals).items():
+        key = "entity_f1" if "entity_f1" in rows[0] else "accuracy"
+        if key in rows[0]:
+            axes.plot(
+                [h["step"] for h in rows],
+                [h[key] for h in rows],
+                "o-",
+                label=f"val {key.replace('_', ' ')} {task}".strip(),
+            )
     if scored or (evals and "accuracy" in evals[0]):
         axes.set_ylabel("accuracy")
         axes.legend()
