@@ -31,12 +31,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 from peft import PromptTuningConfig, TaskType, get_peft_model  # noqa: E402
+from peft_prompt_tuning import peft_batch  # noqa: E402  (this folder, run as a script)
 
 from softprompt.api import build_model  # noqa: E402
 from softprompt.backbones import load_backbone  # noqa: E402
 from softprompt.data import load_dataset  # noqa: E402
 from softprompt.model import MultiTaskModel  # noqa: E402
-from softprompt.tasks.base import pad_right  # noqa: E402
 from softprompt.train.sampler import micro_batch  # noqa: E402
 
 BATCH = 8
@@ -61,16 +61,9 @@ def variants(backbone, data) -> dict[str, MultiTaskModel]:
     }
 
 
-def peft_step(peft_model, task, examples) -> None:
-    rows, labels = [], []
-    for e in examples:
-        context = task.template.encode(task.tokenizer, e.text, task.config.max_text_tokens)
-        word = task.word_ids[task.config.labels.index(e.label)][0]
-        rows.append(context + word)
-        labels.append([-100] * len(context) + word)
-    ids, mask = pad_right(rows, task.pad_id)
-    lab, _ = pad_right(labels, -100)
-    peft_model(input_ids=ids, attention_mask=mask, labels=lab).loss.backward()
+def peft_step(peft_model, ours, examples) -> None:
+    """PEFT's step as benchmarks/peft_prompt_tuning.py drives it (label word appended)."""
+    peft_model(**peft_batch(ours, examples)).loss.backward()
     peft_model.zero_grad(set_to_none=True)
 
 
@@ -98,7 +91,7 @@ def main() -> None:
         "one": lambda rows: ours_step(models["one"], rows),
         "two": lambda rows: ours_step(models["two"], rows),
         "eight": lambda rows: ours_step(models["eight"], rows),
-        "peft": lambda rows: peft_step(peft_model, reference.task, rows),
+        "peft": lambda rows: peft_step(peft_model, reference, rows),
     }
     names = list(steps)
     times: dict[str, list[float]] = {name: [] for name in names}

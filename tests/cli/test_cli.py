@@ -3,7 +3,6 @@ on a tiny backbone saved as an HF folder and a small CSV."""
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import subprocess
@@ -208,37 +207,16 @@ def test_info_prints_method_and_backbone(capsys, make_model, llama, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def tiny_folder(tmp_path_factory, llama) -> Path:
-    folder = tmp_path_factory.mktemp("backbone") / "tiny-llama"
-    llama.model.save_pretrained(folder)
-    llama.tokenizer.save_pretrained(folder)
-    return folder
-
-
-@pytest.fixture(scope="module")
-def toy_csv(tmp_path_factory) -> Path:
-    rows = [("the movie was good and fun", "positive"), ("a bad and boring plot", "negative")]
-    path = tmp_path_factory.mktemp("data") / "toy.csv"
-    with open(path, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["text", "label"])
-        for i in range(40):
-            text, label = rows[i % 2]
-            writer.writerow([f"{text} {' '.join(['really'] * (i % 5))} {i}", label])
-    return path
-
-
-@pytest.fixture(scope="module")
-def trained(tiny_folder, toy_csv, tmp_path_factory) -> Path:
+def trained(tiny_backbone_folder, small_csv, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("run") / "out"
-    argv = ["train", "--backbone", str(tiny_folder), "--dataset", str(toy_csv), "--method", "soft-prompt",
+    argv = ["train", "--backbone", str(tiny_backbone_folder), "--dataset", str(small_csv), "--method", "soft-prompt",
             "--n-tokens", "3", "--steps", "4", "--eval-every", "2", "--batch-size", "4", "--lr", "0.1",
             "--template", "review : {text} sentiment :", "--out", str(out)]  # fmt: skip
     assert cli.main(argv) == 0
     return out
 
 
-def test_train_end_to_end_writes_every_output(trained, tiny_folder, llama):
+def test_train_end_to_end_writes_every_output(trained, tiny_backbone_folder, llama):
     names = {p.name for p in trained.iterdir()}
     expected = {
         "prompt.safetensors",
@@ -258,7 +236,7 @@ def test_train_end_to_end_writes_every_output(trained, tiny_folder, llama):
     assert report["config"]["train"]["steps"] == 4 and report["config"]["method"]["n_tokens"] == 3
     assert "soft-prompt (best of step" in (trained / "report.md").read_text()
     meta = load_prompt_meta(trained / "prompt.safetensors")
-    assert meta["backbone"]["name"] == str(tiny_folder)
+    assert meta["backbone"]["name"] == str(tiny_backbone_folder)
     assert meta["backbone"]["fingerprint"] == llama.fingerprint  # same weights, same fingerprint
     assert meta["task"]["template"] == "review : {text} sentiment :"
     assert PromptModel.load(trained / "prompt.safetensors", llama).method.embeddings.shape == (
@@ -267,9 +245,11 @@ def test_train_end_to_end_writes_every_output(trained, tiny_folder, llama):
     )
 
 
-def test_eval_and_predict_commands(capsys, trained, toy_csv):
+def test_eval_and_predict_commands(capsys, trained, small_csv):
     prompt = str(trained / "prompt.safetensors")
-    code, out, _ = _main(capsys, "eval", prompt, "--dataset", str(toy_csv), "--split", "validation")
+    code, out, _ = _main(
+        capsys, "eval", prompt, "--dataset", str(small_csv), "--split", "validation"
+    )
     assert code == 0
     result = json.loads(out)
     assert (
@@ -285,9 +265,9 @@ def test_eval_and_predict_commands(capsys, trained, toy_csv):
     )
 
 
-def test_export_flattens_a_p_tuning_prompt(capsys, tiny_folder, toy_csv, tmp_path):
+def test_export_flattens_a_p_tuning_prompt(capsys, tiny_backbone_folder, small_csv, tmp_path):
     out = tmp_path / "run"
-    argv = ["train", "--backbone", str(tiny_folder), "--dataset", str(toy_csv), "--method", "p-tuning",
+    argv = ["train", "--backbone", str(tiny_backbone_folder), "--dataset", str(small_csv), "--method", "p-tuning",
             "--n-tokens", "3", "--steps", "2", "--eval-every", "2", "--batch-size", "4",
             "--no-baseline", "--out", str(out)]  # fmt: skip
     assert cli.main(argv) == 0
@@ -313,17 +293,17 @@ def test_eval_defaults_to_the_training_file(capsys, trained):
     assert code == 0, err
 
 
-def test_method_option_flag_without_method_flag(capsys, tiny_folder, toy_csv, tmp_path):
-    argv = ["train", "--backbone", str(tiny_folder), "--dataset", str(toy_csv), "--n-tokens", "2",
+def test_method_option_flag_without_method_flag(capsys, tiny_backbone_folder, small_csv, tmp_path):
+    argv = ["train", "--backbone", str(tiny_backbone_folder), "--dataset", str(small_csv), "--n-tokens", "2",
             "--steps", "2", "--eval-every", "2", "--batch-size", "4", "--no-baseline", "--out", str(tmp_path / "o")]  # fmt: skip
     code, _, err = _main(capsys, *argv)
     assert code == 0, err
 
 
-def test_unknown_task_key_in_yaml_exits_2(capsys, tiny_folder, toy_csv, tmp_path):
+def test_unknown_task_key_in_yaml_exits_2(capsys, tiny_backbone_folder, small_csv, tmp_path):
     config = tmp_path / "run.yaml"
     config.write_text(
-        f"backbone: {tiny_folder}\ndata: {toy_csv}\ntask:\n  templat: '{{text}} is'\n"
+        f"backbone: {tiny_backbone_folder}\ndata: {small_csv}\ntask:\n  templat: '{{text}} is'\n"
     )
     code, _, err = _main(capsys, "train", "--config", str(config), "--out", str(tmp_path / "o"))
     assert code == 2 and "task.templat" in err
@@ -346,7 +326,7 @@ def test_template_flag_reads_shell_escapes_like_yaml(tmp_path):
 
 
 def test_multitask_yaml_trains_every_task_and_predict_serves_them_together(
-    capsys, tmp_path, monkeypatch, tiny_folder
+    capsys, tmp_path, monkeypatch, tiny_backbone_folder
 ):
     """A YAML list of tasks -> one run, a prompt file per task; `predict --task` answers
     TASK=TEXT inputs from several prompt files in one mixed batch."""
@@ -358,7 +338,7 @@ def test_multitask_yaml_trains_every_task_and_predict_serves_them_together(
         lines = [f"{row.split(',')[0]} {i},{row.split(',')[1]}" for i in range(6) for row in rows]
         (tmp_path / name).write_text("text,label\n" + "\n".join(lines) + "\n")
     (tmp_path / "multi.yaml").write_text(
-        f"backbone: {tiny_folder}\n"
+        f"backbone: {tiny_backbone_folder}\n"
         "tasks:\n"
         "  - {name: sent, data: a.csv, method: {name: soft-prompt, n_tokens: 2}}\n"
         "  - {name: topic, data: b.csv, method: {name: prefix-tuning, n_tokens: 2, hidden: 8}}\n"
@@ -374,7 +354,7 @@ def test_multitask_yaml_trains_every_task_and_predict_serves_them_together(
     )
     assert sent.exists() and topic.exists()
     code, out, err = _main(
-        capsys, "predict", "--backbone", str(tiny_folder), "--task", f"sent={sent}", "--task", f"topic={topic}",
+        capsys, "predict", "--backbone", str(tiny_backbone_folder), "--task", f"sent={sent}", "--task", f"topic={topic}",
         "sent=a good film", "topic=the vote", "sent=bad",
     )  # fmt: skip
     assert code == 0, err
@@ -426,9 +406,11 @@ def test_task_labels_that_miss_a_data_label_are_refused(toy_dataset, llama):
         build_model(llama, toy_dataset, {"name": "none"}, {"labels": ["negative", "neutral"]})
 
 
-def test_eval_several_prompt_files_reports_the_ensemble(capsys, trained, tiny_folder, tmp_path):
+def test_eval_several_prompt_files_reports_the_ensemble(
+    capsys, trained, tiny_backbone_folder, tmp_path
+):
     first = trained / "prompt.safetensors"
-    model = PromptModel.load(first, load_backbone(str(tiny_folder)))
+    model = PromptModel.load(first, load_backbone(str(tiny_backbone_folder)))
     with torch.no_grad():
         model.method.embeddings.mul_(-1.0)
     second = model.save(tmp_path / "flipped.safetensors", **{

@@ -20,7 +20,7 @@ from transformers.cache_utils import DynamicCache
 
 from softprompt.backbones import Backbone
 from softprompt.inject.head import LMHead, check_head, embed_tokens
-from softprompt.inject.prompt import Prompt, RowPrompts, row_embeddings
+from softprompt.inject.prompt import Prompt, RowPrompts, attention_mask, row_embeddings
 
 
 def cache_keyword(module: torch.nn.Module) -> str:
@@ -196,11 +196,7 @@ class CausalInjector:
         batch, length, _ = sees.shape
         own = prefix_mask.bool()[:, None, :].expand(batch, length, -1)  # (B, T, m)
         visible = torch.cat([own, sees.bool()], dim=-1).unsqueeze(1)  # (B, 1, T, m + T)
-        if self.config._attn_implementation == "sdpa":
-            return visible
-        dtype = self.head.weight.dtype
-        zeros = torch.zeros(visible.shape, dtype=dtype, device=visible.device)
-        return zeros.masked_fill_(~visible, torch.finfo(dtype).min)
+        return attention_mask(visible, self.config, self.head.weight.dtype)
 
     def step(
         self,

@@ -18,7 +18,7 @@ from transformers.cache_utils import DynamicCache
 from softprompt.backbones import Backbone
 from softprompt.errors import ConfigError
 from softprompt.inject.head import embed_tokens
-from softprompt.inject.prompt import Prompt, RowPrompts, row_embeddings
+from softprompt.inject.prompt import Prompt, RowPrompts, attention_mask, row_embeddings
 
 
 class EncoderInjector:
@@ -133,11 +133,8 @@ class EncoderInjector:
         batch, length = mask.shape
         keys = torch.cat([prefix_mask, mask], 1).bool()  # (B, m + L)
         visible = keys[:, None, None, :].expand(batch, 1, length, keys.shape[1])
-        if self.backbone.model.config._attn_implementation == "sdpa":
-            return visible
         dtype = self.backbone.input_embeddings().weight.dtype
-        zeros = torch.zeros(visible.shape, dtype=dtype, device=visible.device)
-        return zeros.masked_fill_(~visible, torch.finfo(dtype).min)
+        return attention_mask(visible, self.backbone.model.config, dtype)
 
     @torch.no_grad()
     def token_kv(self, embeds: torch.Tensor) -> tuple[tuple[torch.Tensor, torch.Tensor], ...]:

@@ -83,6 +83,15 @@ class RowPrompts:
         return self.index.shape[0]
 
 
+def attention_mask(visible: torch.Tensor, config, dtype: torch.dtype) -> torch.Tensor:
+    """A (B, 1, Q, K) bool "may attend" matrix as the model's attention wants it: bool for
+    SDPA (what transformers itself builds for it), additive float for eager attention."""
+    if config._attn_implementation == "sdpa":
+        return visible
+    zeros = torch.zeros(visible.shape, dtype=dtype, device=visible.device)
+    return zeros.masked_fill_(~visible, torch.finfo(dtype).min)
+
+
 def row_embeddings(
     rows: RowPrompts, embeds: torch.Tensor, inline_index: torch.Tensor | None
 ) -> torch.Tensor:

@@ -8,6 +8,7 @@ the initializers in `softprompt.init`; validating and building them lives here o
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -39,6 +40,8 @@ class VirtualTokensConfig:
             raise ConfigError("method.init_text: required when method.init is 'text'")
         if self.init == "file" and not self.init_file:
             raise ConfigError("method.init_file: required when method.init is 'file'")
+        if self.init == "file" and not Path(self.init_file).is_file():
+            raise ConfigError(f"method.init_file: no such prompt file {self.init_file!r}")
 
 
 def initial_embeddings(config: VirtualTokensConfig, context: MethodContext) -> torch.Tensor:

@@ -39,6 +39,7 @@ from softprompt.data import Example
 from softprompt.errors import ConfigError
 from softprompt.inject.causal import cache_keyword
 from softprompt.inject.head import LMHead
+from softprompt.inject.prompt import attention_mask
 from softprompt.tasks.template import Template
 
 
@@ -240,12 +241,7 @@ class CandidateScorer:
 
     def _attention_mask(self, visible: torch.Tensor) -> torch.Tensor:
         """Bool for SDPA (True = attend), additive float for eager attention."""
-        if self.backbone.model.config._attn_implementation == "sdpa":
-            return visible
-        dtype = self.embed.weight.dtype
-        return torch.zeros(visible.shape, dtype=dtype).masked_fill_(
-            ~visible, torch.finfo(dtype).min
-        )
+        return attention_mask(visible, self.backbone.model.config, self.embed.weight.dtype)
 
     def _to_classes(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.verbalizer.class_scores(hidden, self.lm_head)  # (R, C)
