@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from softprompt.data._paths import downloads_dir, downloads_dir_for_shell
+from softprompt.data.conll import read_conll
 from softprompt.data.images import (
     FASHION_MNIST_INSTALL,
     FASHION_MNIST_LABELS,
@@ -255,26 +256,6 @@ def _locate_wnut() -> Path | None:
         return None
     path = Path(spec.submodule_search_locations[0]) / "data" / "ner.txt"
     return path if path.is_file() else None
-
-
-def read_conll(path: Path) -> list[Example]:
-    """`token TAB tag` lines, a blank (or whitespace-only) line between sentences ->
-    one Example per sentence: words and tags each joined by single spaces."""
-    sentences, words, tags = [], [], []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            if words:
-                sentences.append(Example(" ".join(words), " ".join(tags)))
-            words, tags = [], []
-            continue
-        parts = line.rstrip("\n").split("\t")
-        if len(parts) != 2 or not parts[0].strip() or " " in parts[0].strip():
-            raise DataError(f"{path}, line {number}: expected 'token<TAB>tag', got {line!r}")
-        words.append(parts[0].strip())
-        tags.append(parts[1].strip())
-    if words:
-        sentences.append(Example(" ".join(words), " ".join(tags)))
-    return sentences
 
 
 def _read_wnut(path: Path) -> tuple[list[Example], list[Example], list[Example]]:

@@ -47,14 +47,14 @@ def read_rows(path: str | Path, columns: Columns) -> list[Row]:
             f"use one of {', '.join(SUPPORTED_EXTENSIONS)} "
             "(CSV with a header row, or JSON Lines: one object per line)"
         )
-    text = _read_text(path)
+    text = read_text(path)
     rows = _read_csv(path, text, columns) if suffix == ".csv" else _read_jsonl(path, text, columns)
     if not rows:
         raise DataError(f"{path}: no data rows (only a header or blank lines); add some rows")
     return rows
 
 
-def _read_text(path: Path) -> str:
+def read_text(path: Path) -> str:
     """Decode as UTF-8 (a BOM is fine) and point at the first undecodable line."""
     if not path.exists():
         raise DataError(f"{path}: file not found; check the path (relative to {Path.cwd()})")
@@ -62,7 +62,7 @@ def _read_text(path: Path) -> str:
         raise DataError(f"{path}: is not a file; give the path of a .csv or .jsonl file")
     raw = path.read_bytes()
     if not raw.strip():
-        raise DataError(f"{path}: file is empty; add a header row and data rows")
+        raise DataError(f"{path}: file is empty; add data rows (a CSV also needs its header row)")
     try:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as err:

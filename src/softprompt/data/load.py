@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from softprompt.data.builtins import BUILTINS
+from softprompt.data.conll import CONLL_EXTENSIONS
 from softprompt.data.files import SUPPORTED_EXTENSIONS, Columns
 from softprompt.data.images import is_image_csv, load_images
 from softprompt.data.records import Dataset, DatasetInfo
@@ -30,7 +31,8 @@ def load_dataset(
     validation: str | None = None,
     test: str | None = None,
 ) -> Dataset:
-    """Load a built-in dataset by name, or the user's .csv / .jsonl / .json (JSON Lines) file.
+    """Load a built-in dataset by name, the user's .csv / .jsonl / .json (JSON Lines) file,
+    a CoNLL file (.conll / .bio / .iob: tagging), or an image folder.
 
     Built-ins have fixed splits (seed 0, sizes in `softprompt.data.builtins`) so results
     are comparable across users; all other arguments apply to user files only. For a
@@ -55,11 +57,18 @@ def load_dataset(
             validation_fraction=validation_fraction,
             test_fraction=test_fraction,
         )
-    if not path.exists() and path.suffix.lower() not in SUPPORTED_EXTENSIONS:
+    if path.suffix.lower() in CONLL_EXTENSIONS:  # sequence labelling: see data/conll.py
+        if task not in ("classification", "tagging"):  # classification: the default
+            raise ConfigError(
+                f"{source}: a CoNLL file ({path.suffix}) is a tagging task, not {task}"
+            )
+        task = "tagging"
+    known = (*SUPPORTED_EXTENSIONS, *CONLL_EXTENSIONS)
+    if not path.exists() and path.suffix.lower() not in known:
         raise DataError(
             f"{source!r} is neither a built-in dataset ({', '.join(BUILTINS)}) nor an "
             f"existing file; give a built-in name, a path to a "
-            f"{' / '.join(SUPPORTED_EXTENSIONS)} file, or an image folder (one sub-folder per class)"
+            f"{' / '.join(known)} file, or an image folder (one sub-folder per class)"
         )
     return load_files(
         path,

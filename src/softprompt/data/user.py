@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from softprompt.data.conll import check_tags, read_conll_rows, tag_set
 from softprompt.data.files import Columns, Row, read_rows
 from softprompt.data.records import TASKS, Dataset, Example
 from softprompt.data.splits import allocate, label_counts, split_by_quotas
@@ -24,12 +25,17 @@ def load_files(
 ) -> Dataset:
     """Read the train file (and optional validation/test files) and check labels across all."""
     _check_options(task, labels, validation_fraction, test_fraction)
-    main = read_rows(source, columns)
+    read = read_conll_rows if task == "tagging" else lambda path: read_rows(path, columns)
+    main = read(source)
     extra = {name: path for name, path in (("validation", validation), ("test", test)) if path}
-    extra_rows = {name: read_rows(path, columns) for name, path in extra.items()}
+    extra_rows = {name: read(path) for name, path in extra.items()}
     label_set: list[str] = []
     if task == "classification":
         label_set = _label_set(source, main, extra, extra_rows, labels)
+    if task == "tagging":
+        label_set = tag_set(main)
+        for name, rows in extra_rows.items():
+            check_tags(extra[name], rows, label_set, f"the training file ({source})")
     fractions = {"validation": validation_fraction, "test": test_fraction}
     splits = _split(source, main, extra_rows, fractions, seed, stratify=task == "classification")
     return Dataset(
@@ -64,7 +70,7 @@ def _label_set(
 def _check_options(task: str, labels: list[str] | None, vf: float, tf: float) -> None:
     if task not in TASKS:
         raise ConfigError(f"task {task!r} is not known; use one of: {', '.join(TASKS)}")
-    if task == "generation" and labels:
+    if task != "classification" and labels:
         raise ConfigError("labels only apply to task 'classification'; drop data.labels")
     for name, value in (("validation_fraction", vf), ("test_fraction", tf)):
         if not 0.0 <= value < 1.0:
