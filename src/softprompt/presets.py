@@ -10,6 +10,18 @@ DATASET_TASKS: dict[str, dict[str, Any]] = {
         "template": "Review: {text}\nSentiment:",
         "verbalizer": {"negative": [" negative"], "positive": [" positive"]},
     },
+    "product-sentiment": {
+        "template": "Review: {text}\nSentiment:",
+        "verbalizer": {"negative": [" negative"], "positive": [" positive"]},
+    },
+    "tweet-sentiment": {
+        "template": "Tweet: {text}\nSentiment:",
+        "verbalizer": {"negative": [" negative"], "positive": [" positive"]},
+    },
+    "editorial-sentiment": {
+        "template": "Sentence: {text}\nSentiment:",
+        "verbalizer": {"negative": [" negative"], "positive": [" positive"]},
+    },
     "election-tweets": {
         "template": "Tweet: {text}\nThis tweet was written by",
         "verbalizer": {"HillaryClinton": [" Hillary"], "realDonaldTrump": [" Trump"]},

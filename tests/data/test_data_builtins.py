@@ -15,6 +15,9 @@ from softprompt.errors import DataError
 EXPECTED = {
     # name: (train, validation, test, number of labels)
     "movie-sentiment": (7673, 500, 1000, 2),
+    "product-sentiment": (2055, 100, 300, 2),
+    "tweet-sentiment": (2267, 100, 300, 2),
+    "editorial-sentiment": (1154, 100, 300, 2),
     "newsgroups20": (10157, 1129, 7528, 20),
     "election-tweets": (5156, 644, 644, 2),
     "fashion-mnist": (59000, 1000, 10000, 10),

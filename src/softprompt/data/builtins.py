@@ -8,6 +8,9 @@ users and all methods are compared on the same rows.
 Split sizes (identical texts are kept in one split; see `splits`):
 
 - movie-sentiment: 9,173 rows -> train 7,673 / validation 500 (250+250) / test 1,000 (500+500)
+- product-sentiment / tweet-sentiment / editorial-sentiment (VADER's other three rated
+  sets, |rating| >= 1): 2,455 / 2,667 / 1,554 rows -> validation 100 (50+50) / test 300
+  (150+150), the rest train (2,055 / 2,267 / 1,154; label shares as in the source)
 - newsgroups20: train file 11,293 rows, test file 7,528 rows -> train 10,157 /
   validation 1,129 / test 7,528 (7 train-file rows whose text is also in the test
   file are dropped)
@@ -26,6 +29,7 @@ import random
 import tarfile
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 from softprompt.data._paths import downloads_dir, downloads_dir_for_shell
@@ -45,6 +49,31 @@ BUILTIN_SEED = 0
 VADER_SDIST = "vaderSentiment-3.3.2.tar.gz"
 VADER_INNER = "vaderSentiment-3.3.2/additional_resources/hutto_ICWSM_2014.tar.gz"
 VADER_MOVIES = "hutto_ICWSM_2014/movieReviewSnippets_GroundTruth.txt"
+VADER_PRODUCTS = "hutto_ICWSM_2014/amazonReviewSnippets_GroundTruth.txt"
+VADER_TWEETS = "hutto_ICWSM_2014/tweets_GroundTruth.txt"
+VADER_EDITORIALS = "hutto_ICWSM_2014/nytEditorialSnippets_GroundTruth.txt"
+SMALL_TEST_PER_LABEL = 150  # the three smaller VADER sets: 1,554 to 2,667 rated sentences
+SMALL_VALIDATION_PER_LABEL = 50
+VADER_SMALL_SETS = (  # name, what the sentences are, member, split sizes
+    (
+        "product-sentiment",
+        "Amazon product-review sentences",
+        VADER_PRODUCTS,
+        "2,455 sentences. Split: train 2,055 / validation 100 / test 300, both balanced.",
+    ),
+    (
+        "tweet-sentiment",
+        "Tweets",
+        VADER_TWEETS,
+        "2,667 tweets. Split: train 2,267 / validation 100 / test 300, both balanced.",
+    ),
+    (
+        "editorial-sentiment",
+        "New York Times editorial sentences",
+        VADER_EDITORIALS,
+        "1,554 sentences. Split: train 1,154 / validation 100 / test 300, both balanced.",
+    ),
+)
 MOVIE_MIN_ABS_RATING = 1.0
 MOVIE_TEST_PER_LABEL = 500
 MOVIE_VALIDATION_PER_LABEL = 250
@@ -115,36 +144,39 @@ def _locate_vader() -> Path | None:
     return path if path.is_file() else None
 
 
-def _read_movies(sdist: Path) -> tuple[list[Example], list[Example], list[Example]]:
-    """Pang & Lee sentences rated -4..4 by people; near-neutral ones (|r| < 1) are dropped."""
-    examples = _parse_movie_ratings(_movie_file_text(sdist), sdist)
+def _read_vader(
+    member: str, test_per_label: int, validation_per_label: int, sdist: Path
+) -> tuple[list[Example], list[Example], list[Example]]:
+    """Sentences rated -4..4 by people (one of VADER's ground-truth files); near-neutral
+    ones (|r| < 1) are dropped; balanced test and validation, the rest is train."""
+    examples = _parse_vader_ratings(_vader_file_text(sdist, member), sdist, member)
     quotas = [
-        {"negative": MOVIE_TEST_PER_LABEL, "positive": MOVIE_TEST_PER_LABEL},
-        {"negative": MOVIE_VALIDATION_PER_LABEL, "positive": MOVIE_VALIDATION_PER_LABEL},
+        {"negative": test_per_label, "positive": test_per_label},
+        {"negative": validation_per_label, "positive": validation_per_label},
     ]
     test, validation, train = split_by_quotas(examples, quotas, BUILTIN_SEED)
     return train, validation, test
 
 
-def _movie_file_text(sdist: Path) -> str:
-    """Read the ratings file from the tarball inside the sdist, all in memory."""
+def _vader_file_text(sdist: Path, member: str) -> str:
+    """Read a ratings file from the tarball inside the sdist, all in memory."""
     try:
         with tarfile.open(sdist) as outer:
             inner_bytes = _member_bytes(outer, VADER_INNER)
         with tarfile.open(fileobj=io.BytesIO(inner_bytes)) as inner:
-            raw = _member_bytes(inner, VADER_MOVIES)
+            raw = _member_bytes(inner, member)
     except (tarfile.TarError, OSError, EOFError) as err:
         reason = " ".join(str(err).split())
         raise DataError(
             f"{sdist}: cannot read the archive ({reason}); delete it and run: "
             f"{vader_install_command()}"
         ) from None
-    # UTF-8 (133 lines have accented names or en dashes) with CRLF line ends.
+    # UTF-8 (133 movie lines have accented names or en dashes) with CRLF line ends.
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as err:
         raise DataError(
-            f"{sdist}: {VADER_MOVIES} is not UTF-8 at byte {err.start}; the archive may be "
+            f"{sdist}: {member} is not UTF-8 at byte {err.start}; the archive may be "
             f"damaged, delete it and run: {vader_install_command()}"
         ) from None
 
@@ -159,7 +191,7 @@ def _member_bytes(archive: tarfile.TarFile, name: str) -> bytes:
     return handle.read()
 
 
-def _parse_movie_ratings(text: str, sdist: Path) -> list[Example]:
+def _parse_vader_ratings(text: str, sdist: Path, member: str) -> list[Example]:
     examples = []
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
@@ -170,7 +202,7 @@ def _parse_movie_ratings(text: str, sdist: Path) -> list[Example]:
             sentence = fields[2].strip()
         except (IndexError, ValueError):
             raise DataError(
-                f"{sdist}: {VADER_MOVIES} line {number} is not 'id<TAB>rating<TAB>text'; "
+                f"{sdist}: {member} line {number} is not 'id<TAB>rating<TAB>text'; "
                 f"the archive may be damaged, delete it and run: {vader_install_command()}"
             ) from None
         if abs(rating) >= MOVIE_MIN_ABS_RATING and sentence:
@@ -281,7 +313,23 @@ BUILTINS: dict[str, Builtin] = {
             labels=("negative", "positive"),
             install=vader_install_command,
             locate=_locate_vader,
-            read=_read_movies,
+            read=partial(
+                _read_vader, VADER_MOVIES, MOVIE_TEST_PER_LABEL, MOVIE_VALIDATION_PER_LABEL
+            ),
+        ),
+        *(
+            Builtin(
+                name=name,
+                description=(
+                    f"{source} with mean human ratings (VADER's ground truth, from the "
+                    f"vaderSentiment 3.3.2 sdist); |rating| >= 1 kept, negative/positive. {split}"
+                ),
+                labels=("negative", "positive"),
+                install=vader_install_command,
+                locate=_locate_vader,
+                read=partial(_read_vader, member, SMALL_TEST_PER_LABEL, SMALL_VALIDATION_PER_LABEL),
+            )
+            for name, source, member, split in VADER_SMALL_SETS
         ),
         Builtin(
             name="newsgroups20",
