@@ -32,7 +32,8 @@ from softprompt.model import MixedBatch, MultiTaskModel, PromptModel
 from softprompt.promptfile import check_backbone
 from softprompt.serve.cache import Key, PromptKVCache
 from softprompt.serve.store import Entry, PromptStore, _check_prompt_bytes, check_task_name
-from softprompt.tasks.generation import pad_left
+from softprompt.tasks.classification import VerbalizerTask
+from softprompt.tasks.generation import GenerationTask, pad_left
 
 
 class UnknownTask(SoftPromptError):
@@ -177,13 +178,13 @@ class Engine:
         *,
         cache_bytes: int = 64 << 20,
         max_input_tokens: int = 512,
-        pad_slack: float | None = 0.3,
+        pass_tokens: int | None = 32,
     ) -> None:
         self.backbone = backbone
         self.store = store
         self.cache = PromptKVCache(cache_bytes)
         self.max_input_tokens = max_input_tokens
-        self.pad_slack = pad_slack
+        self.pass_tokens = pass_tokens
         self.tasks: dict[str, Served] = {}
         self.refused: dict[str, str] = {}  # task -> why its stored prompt is not served
         self._lock = threading.RLock()
@@ -225,7 +226,8 @@ class Engine:
             if self._injector is None:
                 self._injector = CachedInjector(model.injector, self.cache)
             key = (entry.task, entry.version, entry.sha256)
-            served.prompt = CachedPrompt(key=key, source=_prompt_of(model))
+            head = _head_into_prefix(model)
+            served.prompt = CachedPrompt(key=key, source=_prompt_of(model, head))
             self.cache.retire(entry.task, key)
         with self._lock:
             self.tasks[entry.task] = served
@@ -335,10 +337,10 @@ class Engine:
         return _Batch(served, self._injector)
 
     def _classify(self, requests: list[Request]) -> list[dict[str, Any]]:
-        """Rows of every task together; cut into passes of similar length when padding
-        to the longest row would waste more than `pad_slack` of the real tokens."""
+        """Rows of every task together, cut into passes of similar length where the padding
+        saved outweighs another pass (`length_groups`)."""
         results: list[dict[str, Any]] = [{}] * len(requests)
-        for group in length_groups([r.tokens for r in requests], self.pad_slack):
+        for group in length_groups([r.tokens for r in requests], self.pass_tokens):
             answers = self._classify_pass([requests[i] for i in group])
             for i, answer in zip(group, answers, strict=True):
                 results[i] = answer
@@ -384,27 +386,63 @@ class Engine:
         ]
 
 
-def length_groups(lengths: list[int], slack: float | None) -> list[list[int]]:
-    """Row indices in passes: sorted by length, a new pass whenever padding every row to
-    the pass's longest would exceed (1 + slack) x its real tokens (None: one pass)."""
-    if slack is None:
+def length_groups(lengths: list[int], pass_tokens: int | None) -> list[list[int]]:
+    """Row indices in passes that cost least: rows sorted by length, cut where padding
+    every row of a pass to its longest costs more than starting another pass.
+
+    A pass is charged its padded tokens plus `pass_tokens`: on a CPU every pass streams
+    all the weights once, which measured on SmolLM2 costs about what 30 tokens of
+    compute do (benchmarks/serve_throughput.py). Exact minimum over contiguous cuts of
+    the sorted rows (O(n^2), n <= a batch). None: one pass."""
+    if pass_tokens is None or len(lengths) <= 1:
         return [list(range(len(lengths)))]
-    groups: list[list[int]] = []
-    current: list[int] = []
-    real = 0
-    for i in sorted(range(len(lengths)), key=lengths.__getitem__):
-        if current and lengths[i] * (len(current) + 1) > (1 + slack) * (real + lengths[i]):
-            groups.append(current)
-            current, real = [], 0
-        current.append(i)
-        real += lengths[i]
-    return groups + [current] if current else groups
+    order = sorted(range(len(lengths)), key=lengths.__getitem__)
+    sizes = [lengths[i] for i in order]
+    best = [0.0] + [float("inf")] * len(sizes)  # best[j]: cost of the first j rows
+    cut = [0] * (len(sizes) + 1)
+    for j in range(1, len(sizes) + 1):
+        for i in range(j):  # rows i..j-1 in one pass, padded to sizes[j-1]
+            cost = best[i] + sizes[j - 1] * (j - i) + pass_tokens
+            if cost < best[j]:
+                best[j], cut[j] = cost, i
+    groups, j = [], len(sizes)
+    while j:
+        groups.append(order[cut[j] : j])
+        j = cut[j]
+    return groups[::-1]
 
 
-def _prompt_of(model: PromptModel) -> Callable[[], Prompt]:
+def _head_into_prefix(model: PromptModel) -> list[int]:
+    """The template's text before {text} as token ids for the cached prefix, or [].
+
+    On a decoder that text never sees the input, so its K/V belong with the prompt's:
+    computed once per task, not once per request row (performance.md #1). The task then
+    leaves it out of each row (`head_in_front`, as templates with slots already do).
+    Only for tasks whose answer is read at positions relative to the row's end (label
+    words, generation): a mean over the row's states would change."""
+    task = model.task
+    if not isinstance(task, VerbalizerTask | GenerationTask) or task.template.has_slots:
+        return []
+    head, _ = task.template.head_and_glue()
+    ids, _ = task.template.encode_pieces(task.tokenizer, head)
+    if ids:
+        task.head_in_front = True
+    return ids
+
+
+def _prompt_of(model: PromptModel, head: list[int]) -> Callable[[], Prompt]:
+    """The task's prompt, with the template head's embeddings after its virtual tokens."""
+
     def compute() -> Prompt:
         with torch.no_grad():
-            return model.prompt()
+            prompt = model.prompt()
+            if not head:
+                return prompt
+            ids = torch.tensor(head, device=model.device)
+            embeds = model.injector.embed(ids)  # (h, d)
+            if prompt.embeds is not None:
+                embeds = torch.cat([prompt.embeds, embeds.to(prompt.embeds.dtype)])  # (n + h, d)
+            return Prompt(embeds=embeds, kv=prompt.kv, inline=prompt.inline)
 
     return compute
 
