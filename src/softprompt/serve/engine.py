@@ -31,6 +31,7 @@ from softprompt.inject import CausalInjector, PrefixCache, Prompt, RowPrompts
 from softprompt.model import MixedBatch, MultiTaskModel, PromptModel
 from softprompt.promptfile import check_backbone
 from softprompt.serve.cache import Key, PromptKVCache
+from softprompt.serve.sampling import Sampling, find_stop, held_back, next_tokens
 from softprompt.serve.store import Entry, PromptStore, _check_prompt_bytes, check_task_name
 from softprompt.tasks.classification import VerbalizerTask
 from softprompt.tasks.generation import GenerationTask, pad_left
@@ -152,6 +153,7 @@ class Request:
     tokens: int  # filled-template length: batch budgets and length groups
     max_tokens: int | None = None  # generation only
     on_token: Callable[[str], None] | None = None  # streaming: called with each new piece
+    sampling: Sampling = field(default_factory=Sampling)  # generation only
 
 
 class _Batch(MultiTaskModel):
@@ -278,6 +280,7 @@ class Engine:
         generate: bool | None,
         max_tokens: int | None = None,
         on_token: Callable[[str], None] | None = None,
+        sampling: Sampling | None = None,
     ) -> Request:
         """Check one input before it joins a batch (errors name the input and the fix)."""
         served = self.get(task)
@@ -304,7 +307,7 @@ class Engine:
                 raise BadInput(f"max_tokens must be an integer from 1 to 1024, got {max_tokens!r}")
             max_tokens = limit
         context = served.model.task.contexts([Example(text, "")])[0]
-        return Request(served, text, len(context), max_tokens, on_token)
+        return Request(served, text, len(context), max_tokens, on_token, sampling or Sampling())
 
     @torch.no_grad()
     def run(self, requests: list[Request]) -> list[dict[str, Any]]:
@@ -367,6 +370,7 @@ class Engine:
             model.device,
         )
         contexts = [r.served.model.task.contexts([Example(r.text, "")])[0] for r in requests]
+        texts = [RowText(r.served.model.task.decode, r.sampling.stop, r.on_token) for r in requests]
         rows = decode(
             model.injector,
             prompts,
@@ -374,15 +378,12 @@ class Engine:
             pad_id=self.backbone.spec.pad_token_id,
             eos_id=self.backbone.spec.eos_token_id,
             max_new_tokens=[r.max_tokens for r in requests],
-            on_token=[_streamer(r) for r in requests],
+            sampling=[r.sampling for r in requests],
+            texts=texts,
         )
         return [
-            {
-                "text": r.served.model.task.decode(tokens),
-                "finish_reason": why,
-                "tokens": len(tokens),
-            }
-            for r, (tokens, why) in zip(requests, rows, strict=True)
+            {"text": text.finish(tokens), "finish_reason": why, "tokens": len(tokens)}
+            for text, (tokens, why) in zip(texts, rows, strict=True)
         ]
 
 
@@ -447,22 +448,46 @@ def _prompt_of(model: PromptModel, head: list[int]) -> Callable[[], Prompt]:
     return compute
 
 
-def _streamer(request: Request) -> Callable[[list[int]], None] | None:
-    """Turn a row's growing token list into the new text since the last call."""
-    if request.on_token is None:
-        return None
-    task = request.served.model.task
-    sent = [""]
+class RowText:
+    """One generating row's text as its tokens arrive: where a stop sequence cuts it, and
+    the new text since the last call for a stream. A stream holds back an ending that
+    could still grow into a stop sequence, and half of a multi-byte character."""
 
-    def on_tokens(tokens: list[int]) -> None:
-        text = task.decode(tokens)
-        if text.endswith("\ufffd"):  # half of a multi-byte character: wait for the rest
-            return
-        if len(text) > len(sent[0]) and text.startswith(sent[0]):
-            request.on_token(text[len(sent[0]) :])
-            sent[0] = text
+    def __init__(
+        self,
+        decode: Callable[[list[int]], str],
+        stops: list[str],
+        on_token: Callable[[str], None] | None,
+    ) -> None:
+        self.decode, self.stops, self.on_token = decode, stops, on_token
+        self.sent = ""
+        self.cut: str | None = None  # the text before the first stop sequence
 
-    return on_tokens
+    def push(self, tokens: list[int]) -> bool:
+        """After each new token: True when a stop sequence has appeared (the row is done)."""
+        if not self.stops and self.on_token is None:
+            return False
+        text = self.decode(tokens)
+        if self.stops:
+            at = find_stop(text, self.stops)
+            if at >= 0:
+                self.cut = text[:at]
+                return True
+        if self.on_token is not None and not text.endswith("\ufffd"):
+            self._send(text[: len(text) - held_back(text, self.stops)])
+        return False
+
+    def finish(self, tokens: list[int]) -> str:
+        """The row's final text; a stream gets whatever it has not been sent yet."""
+        text = self.cut if self.cut is not None else self.decode(tokens)
+        if self.on_token is not None:
+            self._send(text)
+        return text
+
+    def _send(self, text: str) -> None:
+        if len(text) > len(self.sent) and text.startswith(self.sent):
+            self.on_token(text[len(self.sent) :])
+            self.sent = text
 
 
 @torch.no_grad()
@@ -474,13 +499,17 @@ def decode(
     pad_id: int,
     eos_id: int | None,
     max_new_tokens: list[int],
-    on_token: list[Callable[[list[int]], None] | None],
+    sampling: list[Sampling] | None = None,
+    texts: list[RowText] | None = None,
 ) -> list[tuple[list[int], str]]:
-    """Greedy decoding as `tasks.generation.greedy_decode` does it, with a per-row callback
-    after every token (for streaming) and why each row stopped ("stop" at EOS, "length")."""
+    """Decoding as `tasks.generation.greedy_decode` does it, each row with its own sampling
+    parameters and random stream, and why each row stopped: "stop" at EOS or a stop
+    sequence (`texts` watch for those and stream), "length" at its token limit."""
     device = injector.device
     ids, mask = (t.to(device) for t in pad_left(contexts, pad_id))  # (B, T)
     batch = ids.shape[0]
+    sampling = sampling or [Sampling() for _ in range(batch)]
+    generators = [s.generator(device) for s in sampling]
     prefix = injector.prefix_cache(prompts, batch)
     cache = prefix.cache if prefix.cache is not None else DynamicCache(config=injector.config)
     positions = prefix.lengths[:, None] + (mask.cumsum(-1) - 1).clamp(min=0)  # (B, T)
@@ -491,7 +520,7 @@ def decode(
     done = [limit <= 0 for limit in max_new_tokens]
     next_pos = positions[:, -1:]
     for _ in range(max(max_new_tokens)):
-        token = injector.logits(hidden[:, -1]).argmax(-1).tolist()  # B ids
+        token = next_tokens(injector.logits(hidden[:, -1]), sampling, generators)  # B ids
         for i in range(batch):
             if done[i]:
                 continue
@@ -499,8 +528,9 @@ def decode(
                 done[i], reasons[i] = True, "stop"
                 continue
             out[i].append(token[i])
-            if on_token[i] is not None:
-                on_token[i](out[i])
+            if texts is not None and texts[i].push(out[i]):
+                done[i], reasons[i] = True, "stop"
+                continue
             done[i] = len(out[i]) >= max_new_tokens[i]
         if all(done):
             break
