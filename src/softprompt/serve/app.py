@@ -29,6 +29,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from softprompt.errors import SoftPromptError
 from softprompt.serve.batcher import Batcher
 from softprompt.serve.engine import BadInput, Engine, RefusedTask, UnknownTask
+from softprompt.serve.images import ImageTooLarge, decode_image
 from softprompt.serve.metrics import Metrics
 from softprompt.serve.sampling import Sampling, check_sampling
 from softprompt.serve.store import StoreError
@@ -47,8 +48,11 @@ class _Body(BaseModel):
 
 
 class ClassifyInput(_Body):
+    """`text` for a text task, `image` (base64 PNG/JPEG, or a data: URL) for an image task."""
+
     task: str
-    text: str
+    text: str | None = None
+    image: str | None = None
 
 
 class ClassifyBody(_Body):
@@ -103,6 +107,8 @@ def _status(exc: SoftPromptError) -> int:
         return 404
     if isinstance(exc, RefusedTask):
         return 409
+    if isinstance(exc, ImageTooLarge):
+        return 413
     if isinstance(exc, BadInput) and "too long" in str(exc):
         return 413
     return 400
@@ -116,6 +122,8 @@ def create_app(
     max_batch_tokens: int = 4096,
     max_batch_rows: int = 64,
     max_upload_bytes: int = 64 << 20,
+    max_image_bytes: int = 4 << 20,
+    max_image_pixels: int = 4096 * 4096,
 ) -> FastAPI:
     """The FastAPI app serving `engine`'s tasks (OpenAPI schema at /docs)."""
     metrics = Metrics()
@@ -179,7 +187,7 @@ def create_app(
         return response
 
     # -- answering -------------------------------------------------------------------
-    vocab = len(engine.backbone.tokenizer)
+    vocab = None if engine.backbone.spec.kind == "vision" else len(engine.backbone.tokenizer)
 
     def sampling(fields: SamplingFields) -> Sampling:
         return check_sampling(
@@ -193,11 +201,18 @@ def create_app(
         ]
         return await batcher.submit(requests)
 
+    def classify_request(item: ClassifyInput):
+        image = None
+        if item.image is not None:
+            engine.get(item.task)  # an unknown task is named before the image is decoded
+            image = decode_image(item.image, max_bytes=max_image_bytes, max_pixels=max_image_pixels)
+        return engine.request(item.task, item.text, generate=False, image=image)
+
     @app.post("/classify")
     async def classify(body: ClassifyBody) -> dict[str, Any]:
-        """Label each input with its task's prompt; inputs of several tasks share a batch."""
-        results = await answer([(i.task, i.text, None, Sampling()) for i in body.inputs], False)
-        return {"results": results}
+        """Label each input with its task's prompt; inputs of several tasks share a batch.
+        Image tasks take `image` (base64 PNG/JPEG) instead of `text`."""
+        return {"results": await batcher.submit([classify_request(i) for i in body.inputs])}
 
     @app.post("/generate")
     async def generate(body: GenerateBody) -> dict[str, Any]:

@@ -35,6 +35,7 @@ from softprompt.serve.sampling import Sampling, find_stop, held_back, next_token
 from softprompt.serve.store import Entry, PromptStore, _check_prompt_bytes, check_task_name
 from softprompt.tasks.classification import VerbalizerTask
 from softprompt.tasks.generation import GenerationTask, pad_left
+from softprompt.tasks.image import ImageTask
 
 
 class UnknownTask(SoftPromptError):
@@ -132,12 +133,17 @@ class Served:
     def generates(self) -> bool:
         return bool(self.model.task.generates)
 
+    @property
+    def takes_images(self) -> bool:
+        return isinstance(self.model.task, ImageTask)
+
     def describe(self) -> dict[str, Any]:
         return {
             "task": self.task,
             "version": self.entry.version,
             "ref": self.entry.ref,
             "kind": "generation" if self.generates else "classification",
+            "input": "image" if self.takes_images else "text",
             "method": self.entry.method,
             "labels": self.labels,
             "sha256": self.entry.sha256,
@@ -154,6 +160,7 @@ class Request:
     max_tokens: int | None = None  # generation only
     on_token: Callable[[str], None] | None = None  # streaming: called with each new piece
     sampling: Sampling = field(default_factory=Sampling)  # generation only
+    image: Any = None  # image tasks: a decoded PIL image (serve/images.py)
 
 
 class _Batch(MultiTaskModel):
@@ -281,9 +288,12 @@ class Engine:
         max_tokens: int | None = None,
         on_token: Callable[[str], None] | None = None,
         sampling: Sampling | None = None,
+        image: Any = None,
     ) -> Request:
         """Check one input before it joins a batch (errors name the input and the fix)."""
         served = self.get(task)
+        if served.takes_images or image is not None:
+            return self._image_request(served, text, image)
         if not isinstance(text, str) or not text.strip():
             raise BadInput(f"task {task!r}: the text must be a non-empty string")
         if generate is not None and generate != served.generates:
@@ -308,6 +318,17 @@ class Engine:
             max_tokens = limit
         context = served.model.task.contexts([Example(text, "")])[0]
         return Request(served, text, len(context), max_tokens, on_token, sampling or Sampling())
+
+    def _image_request(self, served: Served, text: Any, image: Any) -> Request:
+        task = served.task
+        if not served.takes_images:
+            raise BadInput(f"task {task!r} takes text, not an image; send {{'text': ...}}")
+        if image is None or text is not None:
+            raise BadInput(
+                f"task {task!r} is an image task; send {{'image': base64 PNG/JPEG}} to /classify"
+            )
+        size, patch = served.model.task.size, served.model.task.preprocess.patch_size
+        return Request(served, "", (size // patch) ** 2 + 1, image=image)  # tokens: patches
 
     @torch.no_grad()
     def run(self, requests: list[Request]) -> list[dict[str, Any]]:
@@ -341,13 +362,34 @@ class Engine:
 
     def _classify(self, requests: list[Request]) -> list[dict[str, Any]]:
         """Rows of every task together, cut into passes of similar length where the padding
-        saved outweighs another pass (`length_groups`)."""
+        saved outweighs another pass (`length_groups`); images one pass per task."""
         results: list[dict[str, Any]] = [{}] * len(requests)
-        for group in length_groups([r.tokens for r in requests], self.pass_tokens):
+        images: dict[str, list[int]] = {}
+        for i, r in enumerate(requests):
+            if r.image is not None:
+                images.setdefault(r.served.entry.ref, []).append(i)
+        for rows in images.values():
+            answers = self._classify_images([requests[i] for i in rows])
+            for i, answer in zip(rows, answers, strict=True):
+                results[i] = answer
+        texts = [i for i, r in enumerate(requests) if r.image is None]
+        for group in (
+            []
+            if not texts
+            else length_groups([requests[i].tokens for i in texts], self.pass_tokens)
+        ):
+            group = [texts[i] for i in group]
             answers = self._classify_pass([requests[i] for i in group])
             for i, answer in zip(group, answers, strict=True):
                 results[i] = answer
         return results
+
+    def _classify_images(self, requests: list[Request]) -> list[dict[str, Any]]:
+        """Images of one task in one pass (a ViT batch takes one visual prompt)."""
+        model = requests[0].served.model
+        pixels = model.task.preprocess([r.image for r in requests], model.task.size)
+        output = model.task.forward(model.injector, model.prompt(), {"pixel_values": pixels})
+        return model.task.describe(output, None)
 
     def _classify_pass(self, requests: list[Request]) -> list[dict[str, Any]]:
         model = self._batch(requests)
