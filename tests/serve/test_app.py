@@ -127,7 +127,7 @@ def test_inspection_endpoints(client):
     [
         ("/classify", b"{not json", 422, "JSON"),
         ("/classify", {"inputs": []}, 422, "inputs"),
-        ("/classify", {"inputs": [{"task": "movie"}]}, 422, "text"),
+        ("/classify", {"inputs": [{"task": "movie"}]}, 400, "the text must be a non-empty string"),
         ("/classify", {"inputs": [{"task": "movie", "text": "x", "extra": 1}]}, 422, "extra"),
         ("/classify", {"inputs": [{"task": "nope", "text": "good"}]}, 404, "unknown task 'nope'"),
         ("/classify", {"inputs": [{"task": "story", "text": "good"}]}, 400, "/generate"),

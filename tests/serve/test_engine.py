@@ -10,6 +10,7 @@ from softprompt.inject import RowPrompts
 from softprompt.model import MultiTaskModel
 from softprompt.serve.cache import PromptKVCache, kv_bytes
 from softprompt.serve.engine import BadInput, Engine, RefusedTask, UnknownTask, length_groups
+from softprompt.serve.packing import pack_rows
 
 TEXTS = {
     "movie": ["good movie", "the film was really boring and sad"],
@@ -232,3 +233,31 @@ def test_length_grouped_passes_equal_one_pass(llama, store):
         )
     for one, grouped in zip(*answers, strict=True):
         _same(one, grouped)
+
+
+def test_pack_rows_fill_first_fit_decreasing():
+    lengths = [5, 3, 9, 2, 4, 12]
+    rows = pack_rows(lengths, 10)
+    assert sorted(i for r in rows for i in r) == list(range(len(lengths)))
+    assert all(sum(lengths[i] for i in r) <= 10 for r in rows if len(r) > 1)
+    assert rows == [[5], [2], [0, 4], [1, 3]]  # 12 alone (over capacity) | 9 | 5 + 4 | 3 + 2
+
+
+def test_packed_rows_equal_padded_passes(llama, store):
+    """Requests of three tasks (soft prompt, prefix tuning, none: prefixes of different
+    widths) packed several to a row answer as padded passes and as each alone."""
+    texts = ["good", "the film was really boring and sad and dull", "bad plot", "i loved it so"]
+    tasks = ["movie", "tweets", "plain", "movie", "tweets", "plain"]
+    pairs = [(t, texts[i % len(texts)]) for i, t in enumerate(tasks)]
+    answers = {}
+    for pack in (None, 8, 1000):
+        engine = Engine(llama, store, pack_tokens=pack)
+        engine.load_all()
+        requests = [engine.request(t, x, generate=False) for t, x in pairs]
+        assert all(engine._packable(r) for r in requests) == (pack is not None)
+        answers[pack] = engine.run(requests)
+    alone = [engine.run([engine.request(t, x, generate=False)])[0] for t, x in pairs]
+    for padded, small, one_row, single in zip(*answers.values(), alone, strict=True):
+        _same(small, padded)
+        _same(one_row, padded)
+        _same(single, padded)

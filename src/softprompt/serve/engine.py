@@ -31,6 +31,7 @@ from softprompt.inject import CausalInjector, PrefixCache, Prompt, RowPrompts
 from softprompt.model import MixedBatch, MultiTaskModel, PromptModel
 from softprompt.promptfile import check_backbone
 from softprompt.serve.cache import Key, PromptKVCache
+from softprompt.serve.packing import packed_hidden
 from softprompt.serve.sampling import Sampling, find_stop, held_back, next_tokens
 from softprompt.serve.store import Entry, PromptStore, _check_prompt_bytes, check_task_name
 from softprompt.tasks.classification import VerbalizerTask
@@ -188,12 +189,14 @@ class Engine:
         cache_bytes: int = 64 << 20,
         max_input_tokens: int = 512,
         pass_tokens: int | None = 32,
+        pack_tokens: int | None = 128,
     ) -> None:
         self.backbone = backbone
         self.store = store
         self.cache = PromptKVCache(cache_bytes)
         self.max_input_tokens = max_input_tokens
         self.pass_tokens = pass_tokens
+        self.pack_tokens = pack_tokens  # packed row width (serve/packing.py); None: pad
         self.tasks: dict[str, Served] = {}
         self.refused: dict[str, str] = {}  # task -> why its stored prompt is not served
         self._lock = threading.RLock()
@@ -372,7 +375,12 @@ class Engine:
             answers = self._classify_images([requests[i] for i in rows])
             for i, answer in zip(rows, answers, strict=True):
                 results[i] = answer
-        texts = [i for i, r in enumerate(requests) if r.image is None]
+        packed = [i for i, r in enumerate(requests) if r.image is None and self._packable(r)]
+        if packed:
+            answers = self._classify_packed([requests[i] for i in packed])
+            for i, answer in zip(packed, answers, strict=True):
+                results[i] = answer
+        texts = [i for i, r in enumerate(requests) if r.image is None and not self._packable(r)]
         for group in (
             []
             if not texts
@@ -382,6 +390,44 @@ class Engine:
             answers = self._classify_pass([requests[i] for i in group])
             for i, answer in zip(group, answers, strict=True):
                 results[i] = answer
+        return results
+
+    def _packable(self, request: Request) -> bool:
+        """Rows scored by one label-word token at the end of the row, on a decoder."""
+        task = request.served.model.task
+        return (
+            self.pack_tokens is not None
+            and self._injector is not None
+            and isinstance(task, VerbalizerTask)
+            and task.single_token
+            and not task.template.has_slots
+        )
+
+    def _classify_packed(self, requests: list[Request]) -> list[dict[str, Any]]:
+        """Every row in one pass without padding (serve/packing.py); each task scores its
+        rows' answer states with its own label words."""
+        refs = list(dict.fromkeys(r.served.entry.ref for r in requests))
+        served = {r.served.entry.ref: r.served for r in requests}
+        contexts = [r.served.model.task.contexts([Example(r.text, "")])[0] for r in requests]
+        hidden, segments = packed_hidden(
+            self._injector,
+            [served[ref].prompt for ref in refs],
+            [refs.index(r.served.entry.ref) for r in requests],
+            contexts,
+            capacity=self.pack_tokens,
+            pad_id=self.backbone.spec.pad_token_id,
+        )  # (R, C, d)
+        rows = torch.tensor([s.row for s in segments], device=hidden.device)
+        ends = torch.tensor([s.start + s.length - 1 for s in segments], device=hidden.device)
+        answers = hidden[rows, ends]  # (B, d): each request's last token
+        results: list[dict[str, Any]] = [{}] * len(requests)
+        for ref in refs:
+            mine = [i for i, r in enumerate(requests) if r.served.entry.ref == ref]
+            task = served[ref].model.task
+            at = torch.zeros(len(mine), dtype=torch.long, device=hidden.device)
+            scores = task.score(self._injector, answers[mine].unsqueeze(1), {"answer_index": at})
+            for i, record in zip(mine, task.describe_scores(scores.scores), strict=True):
+                results[i] = record
         return results
 
     def _classify_images(self, requests: list[Request]) -> list[dict[str, Any]]:
