@@ -235,12 +235,15 @@ def test_length_grouped_passes_equal_one_pass(llama, store):
         _same(one, grouped)
 
 
-def test_pack_rows_fill_first_fit_decreasing():
+def test_pack_rows_fill_evenly_and_gather_tasks():
     lengths = [5, 3, 9, 2, 4, 12]
-    rows = pack_rows(lengths, 10)
+    rows = pack_rows(lengths, 10)  # 35 tokens: 4 rows
     assert sorted(i for r in rows for i in r) == list(range(len(lengths)))
-    assert all(sum(lengths[i] for i in r) <= 10 for r in rows if len(r) > 1)
-    assert rows == [[5], [2], [0, 4], [1, 3]]  # 12 alone (over capacity) | 9 | 5 + 4 | 3 + 2
+    assert rows == [[5], [2], [0, 3], [4, 1]]  # fills 12 | 9 | 5 + 2 | 4 + 3
+    # two tasks with 20 prompt slots each: each row holds one task's requests
+    prompts = [0, 1, 0, 1]
+    rows = pack_rows([4, 4, 4, 4], 8, prompts, [20, 20])
+    assert sorted(sorted(prompts[i] for i in r) for r in rows) == [[0, 0], [1, 1]]
 
 
 def test_packed_rows_equal_padded_passes(llama, store):

@@ -34,20 +34,33 @@ class Segment:
     length: int
 
 
-def pack_rows(lengths: list[int], capacity: int) -> list[list[int]]:
-    """First-fit decreasing: request indices per packed row, no row over `capacity`
-    (a longer request gets a row of its own)."""
-    rows: list[list[int]] = []
-    room: list[int] = []
+def pack_rows(
+    lengths: list[int],
+    capacity: int,
+    prompts: list[int] | None = None,
+    widths: list[int] | None = None,
+) -> list[list[int]]:
+    """Request indices per packed row: ceil(total / capacity) rows filled evenly (the
+    batch pads every row to the fullest), longest request first, each into the row
+    where the row's cost (its tokens plus the prompt slots it carries) stays lowest;
+    a request whose prompt (`prompts[i]`, `widths[p]` slots) the row holds already adds
+    no slots, so requests of one task gather in the same rows."""
+    prompts = prompts if prompts is not None else [0] * len(lengths)
+    widths = widths if widths is not None else [0] * (max(prompts, default=0) + 1)
+    count = max(1, -(-sum(lengths) // capacity))
+    rows: list[list[int]] = [[] for _ in range(count)]
+    cost = [0] * count
+    held: list[set[int]] = [set() for _ in range(count)]
     for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
-        fit = next((r for r, left in enumerate(room) if left >= lengths[i]), None)
-        if fit is None:
-            rows.append([i])
-            room.append(capacity - lengths[i])
-        else:
-            rows[fit].append(i)
-            room[fit] -= lengths[i]
-    return rows
+        after = [
+            cost[r] + lengths[i] + (0 if prompts[i] in held[r] else widths[prompts[i]])
+            for r in range(count)
+        ]
+        best = min(range(count), key=after.__getitem__)
+        cost[best] = after[best]
+        held[best].add(prompts[i])
+        rows[best].append(i)
+    return [r for r in rows if r]
 
 
 def _stacked(kv: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
@@ -69,7 +82,8 @@ def packed_hidden(
     packed into rows: -> hidden states (R, C, d) and where each request's are."""
     device = injector.device
     cached = [injector.prompt_kv(p) for p in prompts]  # (kv, width) per distinct prompt
-    bins = pack_rows([len(c) for c in contexts], max(capacity, max(map(len, contexts))))
+    widths = [width for _, width in cached]
+    bins = pack_rows([len(c) for c in contexts], capacity, choice, widths)
     width = max(sum(len(c) for c in (contexts[i] for i in members)) for members in bins)
     used = [list(dict.fromkeys(choice[i] for i in members)) for members in bins]
     slots = max(sum(cached[p][1] for p in row) for row in used)  # M: prefix slots per row
