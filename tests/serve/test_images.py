@@ -132,6 +132,43 @@ def test_image_tasks_refuse_text(vision_client, item, fragment):
     assert chat.status_code == 400 and "is an image task" in chat.json()["error"]["message"]
 
 
+def test_python_client_sends_images(vision_client, vision_models, tmp_path, monkeypatch):
+    """`Client.classify_images` (paths or bytes) against the app, through its transport."""
+    from softprompt import client as client_module
+
+    path = tmp_path / "a.png"
+    path.write_bytes(_png(_picture(5)))
+
+    class Response:  # urllib's response, answered by the in-process app
+        def __init__(self, body):
+            self.body = body
+
+        def read(self):
+            return self.body
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+    def urlopen(request, timeout=None):
+        response = vision_client.post(
+            request.full_url[len("http://x") :], content=request.data, headers=request.headers
+        )
+        assert response.status_code == 200, response.text
+        return Response(response.content)
+
+    monkeypatch.setattr(client_module.urllib.request, "urlopen", urlopen)
+    got = client_module.Client("http://x").classify_images(
+        [("vpt-deep", str(path)), ("vpt-shallow", path.read_bytes())]
+    )
+    for item, task in zip(got, ["vpt-deep", "vpt-shallow"], strict=True):
+        model = vision_models[task][1]
+        assert item["task"] == task
+        assert item["scores"] == pytest.approx(model.predict([str(path)])[0]["scores"], abs=1e-5)
+
+
 def test_an_image_sent_to_a_text_task_is_refused(engine):
     with TestClient(create_app(engine)) as client:
         item = {"task": "movie", "image": _b64(_png(_picture(3)))}
