@@ -4,10 +4,12 @@ A stream of classification requests spread over 8 tasks (20-token soft prompts, 
 vocab inits, movie-sentiment test sentences) arrives in windows of `--window` requests,
 as a dynamic batcher would gather them. Per window, interleaved (the order rotates):
 
-  ours     one engine call: every row in one forward pass, each task's prompt K/V from
-           the cache (computed once per task, before timing), label words scored at the
-           answer position only
-  nocache  the same, the cache bound set to 0: each distinct prompt re-run every window
+  ours     one engine call: every row in one forward pass, packed end to end without
+           padding (serve/packing.py), each task's prompt K/V (with its template head)
+           from the cache (computed once per task, before timing), label words scored at
+           the answer position only
+  padded   the same with packing off: rows padded, in least-cost passes of similar length
+  nocache  ours with the cache bound set to 0: each distinct prompt re-run every window
   peft     PEFT PromptTuningConfig with 8 adapters holding the same prompt tensors: per
            window, one forward per adapter over its rows (`set_adapter`), the virtual
            tokens recomputed each call and full-vocabulary logits, as PEFT serves them
@@ -17,7 +19,7 @@ crowded machine disturbs less), requests/s, the ratios, and checks: every mixed-
 answer equals that request run alone through our engine, and how often PEFT picks the
 same label (its input order differs: PEFT puts BOS after the virtual tokens).
 
-    python benchmarks/serve_throughput.py --windows 4 --window 16
+    OMP_NUM_THREADS=1 python benchmarks/serve_throughput.py --windows 6 --window 16
 """
 
 from __future__ import annotations
@@ -96,7 +98,7 @@ def main() -> None:
     parser.add_argument("--backbone", default="smollm2-135m")
     parser.add_argument("--windows", type=int, default=4)
     parser.add_argument("--window", type=int, default=32)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", default="benchmarks/results/serve_throughput.json")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -113,11 +115,13 @@ def main() -> None:
     ]
     engines = {
         "ours": Engine(backbone, store, cache_bytes=256 << 20),
+        "padded": Engine(backbone, store, cache_bytes=256 << 20, pack_tokens=None),
         "nocache": Engine(backbone, store, cache_bytes=0),
     }
     for engine in engines.values():
         engine.load_all()
-    engines["ours"].run([engines["ours"].request(t, "warm up", generate=False) for t in models])
+    for name in ("ours", "padded"):
+        engines[name].run([engines[name].request(t, "warm up", generate=False) for t in models])
     peft_model = make_peft(backbone, models)
 
     def run_ours(name, window):
@@ -126,6 +130,7 @@ def main() -> None:
 
     arms = {
         "ours": lambda w: [r["label"] for r in run_ours("ours", w)],
+        "padded": lambda w: [r["label"] for r in run_ours("padded", w)],
         "nocache": lambda w: [r["label"] for r in run_ours("nocache", w)],
         "peft": lambda w: peft_window(peft_model, models, w),
     }
@@ -134,7 +139,7 @@ def main() -> None:
     answers: dict[str, list[str]] = {a: [] for a in arms}
     order = list(arms)
     for k, window in enumerate(stream):
-        rotated = order[k % 3 :] + order[: k % 3]
+        rotated = order[k % len(order) :] + order[: k % len(order)]
         for arm in rotated:
             tick, cpu = time.perf_counter(), time.process_time()
             labels = arms[arm](window)
@@ -164,8 +169,13 @@ def main() -> None:
         "median_window_cpu_seconds": cpu,
         "peft_over_ours": med["peft"] / med["ours"],
         "nocache_over_ours": med["nocache"] / med["ours"],
+        "padded_over_ours": med["padded"] / med["ours"],
         "peft_over_ours_cpu": cpu["peft"] / cpu["ours"],
         "nocache_over_ours_cpu": cpu["nocache"] / cpu["ours"],
+        "padded_over_ours_cpu": cpu["padded"] / cpu["ours"],
+        "per_window_peft_over_ours_cpu": [
+            p / o for p, o in zip(cpu_times["peft"], cpu_times["ours"], strict=True)
+        ],
         "per_window_peft_over_ours": [
             p / o for p, o in zip(times["peft"], times["ours"], strict=True)
         ],

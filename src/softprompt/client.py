@@ -4,7 +4,8 @@
     client = Client("http://127.0.0.1:8000")
     client.classify([("movie", "A gorgeous, heartfelt film.")])
     # [{'label': 'positive', 'scores': {...}, 'task': 'movie', 'version': 1}]
-    client.generate([("summary", "some text")], max_tokens=20)
+    client.generate([("summary", "some text")], max_tokens=20, temperature=0.7, seed=1)
+    client.classify_images([("fashion", "shoe.png")])
     for piece in client.stream("summary", "some text"): print(piece, end="")
 
 Errors come back as `ServerError` carrying the HTTP status and the server's message.
@@ -12,10 +13,12 @@ Errors come back as `ServerError` carrying the HTTP status and the server's mess
 
 from __future__ import annotations
 
+import base64
 import json
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 from softprompt.errors import SoftPromptError
@@ -59,16 +62,31 @@ class Client:
         inputs = [{"task": t, "text": x} for t, x in pairs]
         return self._call("POST", "/classify", {"inputs": inputs})["results"]
 
+    def classify_images(self, pairs: list[tuple[str, str | bytes]]) -> list[dict[str, Any]]:
+        """(task, PNG/JPEG path or bytes) pairs -> one {label, scores, ...} per pair."""
+        inputs = []
+        for task, image in pairs:
+            data = image if isinstance(image, bytes) else Path(image).read_bytes()
+            inputs.append({"task": task, "image": base64.b64encode(data).decode()})
+        return self._call("POST", "/classify", {"inputs": inputs})["results"]
+
     def generate(
-        self, pairs: list[tuple[str, str]], max_tokens: int | None = None
+        self, pairs: list[tuple[str, str]], max_tokens: int | None = None, **sampling: Any
     ) -> list[dict[str, Any]]:
-        """(task, text) pairs -> one {text, finish_reason, task, version} per pair."""
-        inputs = [{"task": t, "text": x, "max_tokens": max_tokens} for t, x in pairs]
+        """(task, text) pairs -> one {text, finish_reason, task, version} per pair.
+        `sampling`: temperature, top_p, top_k, seed, stop (greedy when left out)."""
+        inputs = [{"task": t, "text": x, "max_tokens": max_tokens, **sampling} for t, x in pairs]
         return self._call("POST", "/generate", {"inputs": inputs})["results"]
 
-    def stream(self, task: str, text: str, max_tokens: int = 16) -> Iterator[str]:
+    def stream(self, task: str, text: str, max_tokens: int = 16, **sampling: Any) -> Iterator[str]:
         """Pieces of generated text as the server decodes them (OpenAI SSE underneath)."""
-        payload = {"model": task, "prompt": text, "max_tokens": max_tokens, "stream": True}
+        payload = {
+            "model": task,
+            "prompt": text,
+            "max_tokens": max_tokens,
+            "stream": True,
+            **sampling,
+        }
         with self._open("POST", "/v1/completions", json.dumps(payload).encode()) as response:
             for raw in response:
                 line = raw.decode().strip()

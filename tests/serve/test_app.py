@@ -15,6 +15,7 @@ from fastapi.testclient import TestClient
 
 from softprompt.client import Client, ServerError
 from softprompt.serve.app import create_app
+from softprompt.serve.sampling import check_sampling
 
 TOKEN = "s3cret-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -127,7 +128,7 @@ def test_inspection_endpoints(client):
     [
         ("/classify", b"{not json", 422, "JSON"),
         ("/classify", {"inputs": []}, 422, "inputs"),
-        ("/classify", {"inputs": [{"task": "movie"}]}, 422, "text"),
+        ("/classify", {"inputs": [{"task": "movie"}]}, 400, "the text must be a non-empty string"),
         ("/classify", {"inputs": [{"task": "movie", "text": "x", "extra": 1}]}, 422, "extra"),
         ("/classify", {"inputs": [{"task": "nope", "text": "good"}]}, 404, "unknown task 'nope'"),
         ("/classify", {"inputs": [{"task": "story", "text": "good"}]}, 400, "/generate"),
@@ -253,6 +254,29 @@ def test_openai_client_round_trip_on_loopback(live, engine):
         client.completions.create(model="nope", prompt="x")
 
 
+def test_openai_client_sampling_and_stop_on_loopback(live, engine):
+    """The `openai` package's own fields (temperature, top_p, seed, stop; top_k through
+    extra_body as vLLM takes it) reach the sampler: the answer equals the engine's."""
+    openai = pytest.importorskip("openai")
+    url, _ = live
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused")
+    params = {"temperature": 1.5, "top_p": 0.95, "seed": 11, "max_tokens": 16}
+    full = client.completions.create(model="story", prompt="good", **params).choices[0]
+    sampling = check_sampling(temperature=1.5, top_p=0.95, seed=11)
+    want = _alone(engine, "story", "good", max_tokens=16, sampling=sampling)
+    assert full.text == want["text"]
+    stop = full.text[2:4]
+    cut = client.completions.create(model="story", prompt="good", stop=[stop], **params)
+    assert cut.choices[0].text == full.text[: full.text.find(stop)]
+    assert cut.choices[0].finish_reason == "stop"
+    greedy = client.completions.create(
+        model="story", prompt="good", max_tokens=4, temperature=1.0, extra_body={"top_k": 1}
+    )
+    assert greedy.choices[0].text == _alone(engine, "story", "good", max_tokens=4)["text"]
+    with pytest.raises(openai.BadRequestError, match="temperature must be from 0"):
+        client.completions.create(model="story", prompt="good", temperature=5)
+
+
 def test_python_client_on_loopback(live, engine, prompt_files):
     url, _ = live
     client = Client(url, token=TOKEN)
@@ -263,6 +287,9 @@ def test_python_client_on_loopback(live, engine, prompt_files):
     ]
     text = client.generate([("story", "good")], max_tokens=3)[0]["text"]
     assert "".join(client.stream("story", "good", max_tokens=3)) == text
+    drawn = client.generate([("story", "good")], max_tokens=6, temperature=1.5, seed=4)[0]
+    streamed = client.stream("story", "good", max_tokens=6, temperature=1.5, seed=4)
+    assert "".join(streamed) == drawn["text"]
     assert client.upload("copy", str(prompt_files["movie"][0]))["ref"] == "copy@1"
     assert client.remove("copy") == ["copy@1"]
     with pytest.raises(ServerError, match="HTTP 404"):

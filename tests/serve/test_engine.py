@@ -10,6 +10,7 @@ from softprompt.inject import RowPrompts
 from softprompt.model import MultiTaskModel
 from softprompt.serve.cache import PromptKVCache, kv_bytes
 from softprompt.serve.engine import BadInput, Engine, RefusedTask, UnknownTask, length_groups
+from softprompt.serve.packing import pack_rows
 
 TEXTS = {
     "movie": ["good movie", "the film was really boring and sad"],
@@ -63,13 +64,14 @@ def test_prompts_are_computed_once_then_hit(engine, monkeypatch):
 
 
 def test_cached_prefix_equals_the_injectors_own(engine):
-    """The assembled per-row prefix (cache, mask, lengths) matches CausalInjector's."""
+    """The assembled per-row prefix (cache, mask, lengths) matches CausalInjector's run on
+    the same prompts (each with its template head "review :" after the virtual tokens)."""
     served = [engine.tasks[t] for t in ("movie", "tweets", "plain")]
     choice = [0, 2, 1, 1, 0]
     cached = engine._injector.prefix_cache(
         RowPrompts.per_row([s.prompt for s in served], choice), len(choice)
     )
-    real = RowPrompts.per_row([s.model.prompt() for s in served], choice)
+    real = RowPrompts.per_row([s.prompt.source() for s in served], choice)
     base = served[0].model.injector.prefix_cache(real, len(choice))
     torch.testing.assert_close(cached.mask, base.mask)
     torch.testing.assert_close(cached.lengths, base.lengths)
@@ -79,6 +81,18 @@ def test_cached_prefix_equals_the_injectors_own(engine):
         torch.testing.assert_close(
             mine.values * visible, theirs.values * visible, atol=1e-6, rtol=0
         )
+
+
+def test_template_head_rides_in_the_cached_prefix(engine):
+    """ "review :" is computed once per task with the prompt; rows hold only text and tail."""
+    served = engine.tasks["movie"]
+    tokenizer = engine.backbone.tokenizer
+    head_ids = tokenizer("review :", add_special_tokens=False)["input_ids"]
+    prompt = served.prompt.source()
+    assert prompt.n_embeds == 3 + len(head_ids)  # 3 virtual tokens, then the head
+    row = engine.request("movie", "good", generate=False)
+    tail = tokenizer(" :", add_special_tokens=False)["input_ids"]
+    assert row.tokens == len(tokenizer(" good", add_special_tokens=False)["input_ids"]) + len(tail)
 
 
 def test_cache_stays_under_its_bound_and_evicts_least_recent(llama, store):
@@ -181,22 +195,35 @@ def test_encoder_backbone_serves_without_the_kv_cache(bert, tmp_path, trained):
         _same(row, models[row["task"]].predict(["good fun"])[0])
 
 
-def test_length_groups_bound_padding():
+def test_length_groups_cost_least():
+    """Against brute force over every contiguous cut of the sorted rows."""
     lengths = [10, 50, 12, 11, 48, 30, 9]
-    groups = length_groups(lengths, 0.3)
+    sizes = sorted(lengths)
+
+    def cost(groups):
+        return sum(max(lengths[i] for i in g) * len(g) + 16 for g in groups)
+
+    def brute(start):
+        if start == len(sizes):
+            return 0
+        return min(
+            sizes[end - 1] * (end - start) + 16 + brute(end)
+            for end in range(start + 1, len(sizes) + 1)
+        )
+
+    groups = length_groups(lengths, 16)
     assert sorted(i for g in groups for i in g) == list(range(len(lengths)))
-    for group in groups:
-        longest = max(lengths[i] for i in group)
-        assert longest * len(group) <= 1.3 * sum(lengths[i] for i in group)
+    assert cost(groups) == brute(0) and len(groups) > 1
     assert length_groups(lengths, None) == [list(range(len(lengths)))]
-    assert len(length_groups(lengths, 0.0)) == len(set(lengths))
+    assert len(length_groups(lengths, 0)) == len(set(lengths))
+    assert length_groups(lengths, 10_000) == [sorted(range(7), key=lengths.__getitem__)]
 
 
 def test_length_grouped_passes_equal_one_pass(llama, store):
     texts = ["good", "the film was really boring and sad and dull", "bad plot", "i loved it so"]
     answers = []
-    for slack in (None, 0.0):
-        engine = Engine(llama, store, pad_slack=slack)
+    for pass_tokens in (None, 0):
+        engine = Engine(llama, store, pass_tokens=pass_tokens)
         engine.load_all()
         tasks = ["movie", "tweets", "plain", "movie"]
         answers.append(
@@ -206,3 +233,34 @@ def test_length_grouped_passes_equal_one_pass(llama, store):
         )
     for one, grouped in zip(*answers, strict=True):
         _same(one, grouped)
+
+
+def test_pack_rows_fill_evenly_and_gather_tasks():
+    lengths = [5, 3, 9, 2, 4, 12]
+    rows = pack_rows(lengths, 10)  # 35 tokens: 4 rows
+    assert sorted(i for r in rows for i in r) == list(range(len(lengths)))
+    assert rows == [[5], [2], [0, 3], [4, 1]]  # fills 12 | 9 | 5 + 2 | 4 + 3
+    # two tasks with 20 prompt slots each: each row holds one task's requests
+    prompts = [0, 1, 0, 1]
+    rows = pack_rows([4, 4, 4, 4], 8, prompts, [20, 20])
+    assert sorted(sorted(prompts[i] for i in r) for r in rows) == [[0, 0], [1, 1]]
+
+
+def test_packed_rows_equal_padded_passes(llama, store):
+    """Requests of three tasks (soft prompt, prefix tuning, none: prefixes of different
+    widths) packed several to a row answer as padded passes and as each alone."""
+    texts = ["good", "the film was really boring and sad and dull", "bad plot", "i loved it so"]
+    tasks = ["movie", "tweets", "plain", "movie", "tweets", "plain"]
+    pairs = [(t, texts[i % len(texts)]) for i, t in enumerate(tasks)]
+    answers = {}
+    for pack in (None, 8, 1000):
+        engine = Engine(llama, store, pack_tokens=pack)
+        engine.load_all()
+        requests = [engine.request(t, x, generate=False) for t, x in pairs]
+        assert all(engine._packable(r) for r in requests) == (pack is not None)
+        answers[pack] = engine.run(requests)
+    alone = [engine.run([engine.request(t, x, generate=False)])[0] for t, x in pairs]
+    for padded, small, one_row, single in zip(*answers.values(), alone, strict=True):
+        _same(small, padded)
+        _same(one_row, padded)
+        _same(single, padded)

@@ -4,7 +4,9 @@ Native endpoints take a list of inputs, each naming its task; OpenAI-compatible 
 name the task in `model` (as vLLM and LoRAX name adapters), so an OpenAI client works
 unchanged. Every input is checked before it joins a batch (unknown task, wrong kind,
 too long), so a bad request gets a 4xx with a message and never touches anyone else's
-batch. Decoding is greedy: `temperature` and `top_p` are accepted and ignored.
+batch. Generation is greedy unless a request sets a temperature; `temperature`, `top_p`,
+`top_k`, `seed`, `max_tokens` and `stop` are checked (serve/sampling.py) and a bad value
+is a 400 naming the field. Classification ignores them (it answers with a label).
 """
 
 from __future__ import annotations
@@ -27,7 +29,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from softprompt.errors import SoftPromptError
 from softprompt.serve.batcher import Batcher
 from softprompt.serve.engine import BadInput, Engine, RefusedTask, UnknownTask
+from softprompt.serve.images import ImageTooLarge, decode_image
 from softprompt.serve.metrics import Metrics
+from softprompt.serve.sampling import Sampling, check_sampling
 from softprompt.serve.store import StoreError
 
 MAX_INPUTS = 256  # inputs per request
@@ -44,15 +48,28 @@ class _Body(BaseModel):
 
 
 class ClassifyInput(_Body):
+    """`text` for a text task, `image` (base64 PNG/JPEG, or a data: URL) for an image task."""
+
     task: str
-    text: str
+    text: str | None = None
+    image: str | None = None
 
 
 class ClassifyBody(_Body):
     inputs: list[ClassifyInput] = Field(min_length=1, max_length=MAX_INPUTS)
 
 
-class GenerateInput(_Body):
+class SamplingFields(BaseModel):
+    """Generation only; defaults: greedy (temperature 0), no top-k/top-p cut, no stop."""
+
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    seed: int | None = None
+    stop: str | list[str] | None = None
+
+
+class GenerateInput(_Body, SamplingFields):
     task: str
     text: str
     max_tokens: int | None = None
@@ -62,14 +79,12 @@ class GenerateBody(_Body):
     inputs: list[GenerateInput] = Field(min_length=1, max_length=MAX_INPUTS)
 
 
-class _OpenAIBody(BaseModel):
+class _OpenAIBody(SamplingFields):
     model_config = ConfigDict(extra="ignore")  # clients send fields we do not use
     model: str
     max_tokens: int | None = None
     stream: bool = False
     n: int = 1
-    temperature: float | None = None
-    top_p: float | None = None
 
 
 class CompletionBody(_OpenAIBody):
@@ -92,6 +107,8 @@ def _status(exc: SoftPromptError) -> int:
         return 404
     if isinstance(exc, RefusedTask):
         return 409
+    if isinstance(exc, ImageTooLarge):
+        return 413
     if isinstance(exc, BadInput) and "too long" in str(exc):
         return 413
     return 400
@@ -105,6 +122,8 @@ def create_app(
     max_batch_tokens: int = 4096,
     max_batch_rows: int = 64,
     max_upload_bytes: int = 64 << 20,
+    max_image_bytes: int = 4 << 20,
+    max_image_pixels: int = 4096 * 4096,
 ) -> FastAPI:
     """The FastAPI app serving `engine`'s tasks (OpenAPI schema at /docs)."""
     metrics = Metrics()
@@ -168,26 +187,45 @@ def create_app(
         return response
 
     # -- answering -------------------------------------------------------------------
-    async def answer(pairs: list[tuple[str, str, int | None]], generate: bool | None):
-        requests = [engine.request(t, x, generate=generate, max_tokens=m) for t, x, m in pairs]
+    vocab = None if engine.backbone.spec.kind == "vision" else len(engine.backbone.tokenizer)
+
+    def sampling(fields: SamplingFields) -> Sampling:
+        return check_sampling(
+            fields.temperature, fields.top_p, fields.top_k, fields.seed, fields.stop, vocab=vocab
+        )
+
+    async def answer(pairs: list[tuple[str, str, int | None, Sampling]], generate: bool | None):
+        requests = [
+            engine.request(t, x, generate=generate, max_tokens=m, sampling=s)
+            for t, x, m, s in pairs
+        ]
         return await batcher.submit(requests)
+
+    def classify_request(item: ClassifyInput):
+        image = None
+        if item.image is not None:
+            engine.get(item.task)  # an unknown task is named before the image is decoded
+            image = decode_image(item.image, max_bytes=max_image_bytes, max_pixels=max_image_pixels)
+        return engine.request(item.task, item.text, generate=False, image=image)
 
     @app.post("/classify")
     async def classify(body: ClassifyBody) -> dict[str, Any]:
-        """Label each input with its task's prompt; inputs of several tasks share a batch."""
-        results = await answer([(i.task, i.text, None) for i in body.inputs], False)
-        return {"results": results}
+        """Label each input with its task's prompt; inputs of several tasks share a batch.
+        Image tasks take `image` (base64 PNG/JPEG) instead of `text`."""
+        return {"results": await batcher.submit([classify_request(i) for i in body.inputs])}
 
     @app.post("/generate")
     async def generate(body: GenerateBody) -> dict[str, Any]:
-        """Greedy continuation of each input with its task's prompt."""
-        results = await answer([(i.task, i.text, i.max_tokens) for i in body.inputs], True)
+        """Continuation of each input with its task's prompt (greedy unless a temperature is
+        set; each input has its own sampling parameters and stop sequences)."""
+        pairs = [(i.task, i.text, i.max_tokens, sampling(i)) for i in body.inputs]
+        results = await answer(pairs, True)
         return {"results": [{k: v for k, v in r.items() if k != "tokens"} for r in results]}
 
     # -- OpenAI-compatible -------------------------------------------------------------
     def check_openai(body: _OpenAIBody, max_tokens: int | None) -> int | None:
         if body.n != 1:
-            raise ApiError(400, "n: only n=1 is supported (decoding is greedy)")
+            raise ApiError(400, f"n: only n=1 is supported, got {body.n}")
         served = engine.get(body.model)
         if not served.generates:
             return None
@@ -197,10 +235,11 @@ def create_app(
         body: _OpenAIBody, texts: list[str], max_tokens: int | None, chat: bool
     ) -> Any:
         limit = check_openai(body, max_tokens)
+        params = sampling(body)
         ident = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}"
         if body.stream:
-            return await stream(body.model, texts, limit, ident, chat)
-        results = await answer([(body.model, t, limit) for t in texts], None)
+            return await stream(body.model, texts, limit, params, ident, chat)
+        results = await answer([(body.model, t, limit, params) for t in texts], None)
         choices = []
         for i, r in enumerate(results):
             text = r.get("text", r.get("label"))
@@ -229,7 +268,9 @@ def create_app(
             },
         }
 
-    async def stream(task: str, texts: list[str], limit: int | None, ident: str, chat: bool):
+    async def stream(
+        task: str, texts: list[str], limit: int | None, params: Sampling, ident: str, chat: bool
+    ):
         """Server-sent events: one chunk per new piece of text, then finish, then [DONE]."""
         loop = asyncio.get_running_loop()
         pieces: asyncio.Queue = asyncio.Queue()
@@ -238,7 +279,9 @@ def create_app(
             return lambda piece: loop.call_soon_threadsafe(pieces.put_nowait, (index, piece))
 
         requests = [
-            engine.request(task, text, generate=None, max_tokens=limit, on_token=pusher(i))
+            engine.request(
+                task, text, generate=None, max_tokens=limit, on_token=pusher(i), sampling=params
+            )
             for i, text in enumerate(texts)
         ]  # checked here: a bad input is a 4xx before the stream starts
         kind = "chat.completion.chunk" if chat else "text_completion"

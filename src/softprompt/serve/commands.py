@@ -84,6 +84,12 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
     serve.add_argument("--max-input-tokens", type=int, default=512)
     serve.add_argument("--max-upload-mb", type=float, default=64.0)
     serve.add_argument(
+        "--max-image-mb", type=float, default=4.0, help="largest encoded image /classify takes"
+    )
+    serve.add_argument(
+        "--max-image-pixels", type=int, default=4096 * 4096, help="largest width x height"
+    )
+    serve.add_argument(
         "--admin-token",
         default=os.environ.get("SOFTPROMPT_ADMIN_TOKEN"),
         help="enables POST /prompts and DELETE /prompts/TASK with this bearer token [$SOFTPROMPT_ADMIN_TOKEN]",
@@ -113,7 +119,7 @@ def run_serve(args: argparse.Namespace) -> int:
     from softprompt.serve.engine import Engine
     from softprompt.serve.store import PromptStore
 
-    for flag in ("cache_mb", "max_wait_ms", "max_upload_mb"):
+    for flag in ("cache_mb", "max_wait_ms", "max_upload_mb", "max_image_mb", "max_image_pixels"):
         if getattr(args, flag) < 0:
             raise ConfigError(f"--{flag.replace('_', '-')}: must be >= 0")
     store = PromptStore(args.store or default_store())
@@ -139,6 +145,8 @@ def run_serve(args: argparse.Namespace) -> int:
         max_batch_tokens=args.max_batch_tokens,
         max_batch_rows=args.max_batch_rows,
         max_upload_bytes=int(args.max_upload_mb * 2**20),
+        max_image_bytes=int(args.max_image_mb * 2**20),
+        max_image_pixels=args.max_image_pixels,
     )
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0

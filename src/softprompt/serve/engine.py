@@ -31,8 +31,12 @@ from softprompt.inject import CausalInjector, PrefixCache, Prompt, RowPrompts
 from softprompt.model import MixedBatch, MultiTaskModel, PromptModel
 from softprompt.promptfile import check_backbone
 from softprompt.serve.cache import Key, PromptKVCache
+from softprompt.serve.packing import packed_hidden
+from softprompt.serve.sampling import Sampling, find_stop, held_back, next_tokens
 from softprompt.serve.store import Entry, PromptStore, _check_prompt_bytes, check_task_name
-from softprompt.tasks.generation import pad_left
+from softprompt.tasks.classification import VerbalizerTask
+from softprompt.tasks.generation import GenerationTask, pad_left
+from softprompt.tasks.image import ImageTask
 
 
 class UnknownTask(SoftPromptError):
@@ -130,12 +134,17 @@ class Served:
     def generates(self) -> bool:
         return bool(self.model.task.generates)
 
+    @property
+    def takes_images(self) -> bool:
+        return isinstance(self.model.task, ImageTask)
+
     def describe(self) -> dict[str, Any]:
         return {
             "task": self.task,
             "version": self.entry.version,
             "ref": self.entry.ref,
             "kind": "generation" if self.generates else "classification",
+            "input": "image" if self.takes_images else "text",
             "method": self.entry.method,
             "labels": self.labels,
             "sha256": self.entry.sha256,
@@ -151,6 +160,8 @@ class Request:
     tokens: int  # filled-template length: batch budgets and length groups
     max_tokens: int | None = None  # generation only
     on_token: Callable[[str], None] | None = None  # streaming: called with each new piece
+    sampling: Sampling = field(default_factory=Sampling)  # generation only
+    image: Any = None  # image tasks: a decoded PIL image (serve/images.py)
 
 
 class _Batch(MultiTaskModel):
@@ -177,13 +188,15 @@ class Engine:
         *,
         cache_bytes: int = 64 << 20,
         max_input_tokens: int = 512,
-        pad_slack: float | None = 0.3,
+        pass_tokens: int | None = 32,
+        pack_tokens: int | None = 128,
     ) -> None:
         self.backbone = backbone
         self.store = store
         self.cache = PromptKVCache(cache_bytes)
         self.max_input_tokens = max_input_tokens
-        self.pad_slack = pad_slack
+        self.pass_tokens = pass_tokens
+        self.pack_tokens = pack_tokens  # packed row width (serve/packing.py); None: pad
         self.tasks: dict[str, Served] = {}
         self.refused: dict[str, str] = {}  # task -> why its stored prompt is not served
         self._lock = threading.RLock()
@@ -225,7 +238,8 @@ class Engine:
             if self._injector is None:
                 self._injector = CachedInjector(model.injector, self.cache)
             key = (entry.task, entry.version, entry.sha256)
-            served.prompt = CachedPrompt(key=key, source=_prompt_of(model))
+            head = _head_into_prefix(model)
+            served.prompt = CachedPrompt(key=key, source=_prompt_of(model, head))
             self.cache.retire(entry.task, key)
         with self._lock:
             self.tasks[entry.task] = served
@@ -276,9 +290,13 @@ class Engine:
         generate: bool | None,
         max_tokens: int | None = None,
         on_token: Callable[[str], None] | None = None,
+        sampling: Sampling | None = None,
+        image: Any = None,
     ) -> Request:
         """Check one input before it joins a batch (errors name the input and the fix)."""
         served = self.get(task)
+        if served.takes_images or image is not None:
+            return self._image_request(served, text, image)
         if not isinstance(text, str) or not text.strip():
             raise BadInput(f"task {task!r}: the text must be a non-empty string")
         if generate is not None and generate != served.generates:
@@ -302,7 +320,18 @@ class Engine:
                 raise BadInput(f"max_tokens must be an integer from 1 to 1024, got {max_tokens!r}")
             max_tokens = limit
         context = served.model.task.contexts([Example(text, "")])[0]
-        return Request(served, text, len(context), max_tokens, on_token)
+        return Request(served, text, len(context), max_tokens, on_token, sampling or Sampling())
+
+    def _image_request(self, served: Served, text: Any, image: Any) -> Request:
+        task = served.task
+        if not served.takes_images:
+            raise BadInput(f"task {task!r} takes text, not an image; send {{'text': ...}}")
+        if image is None or text is not None:
+            raise BadInput(
+                f"task {task!r} is an image task; send {{'image': base64 PNG/JPEG}} to /classify"
+            )
+        size, patch = served.model.task.size, served.model.task.preprocess.patch_size
+        return Request(served, "", (size // patch) ** 2 + 1, image=image)  # tokens: patches
 
     @torch.no_grad()
     def run(self, requests: list[Request]) -> list[dict[str, Any]]:
@@ -335,14 +364,78 @@ class Engine:
         return _Batch(served, self._injector)
 
     def _classify(self, requests: list[Request]) -> list[dict[str, Any]]:
-        """Rows of every task together; cut into passes of similar length when padding
-        to the longest row would waste more than `pad_slack` of the real tokens."""
+        """Rows of every task together, cut into passes of similar length where the padding
+        saved outweighs another pass (`length_groups`); images one pass per task."""
         results: list[dict[str, Any]] = [{}] * len(requests)
-        for group in length_groups([r.tokens for r in requests], self.pad_slack):
+        images: dict[str, list[int]] = {}
+        for i, r in enumerate(requests):
+            if r.image is not None:
+                images.setdefault(r.served.entry.ref, []).append(i)
+        for rows in images.values():
+            answers = self._classify_images([requests[i] for i in rows])
+            for i, answer in zip(rows, answers, strict=True):
+                results[i] = answer
+        packed = [i for i, r in enumerate(requests) if r.image is None and self._packable(r)]
+        if packed:
+            answers = self._classify_packed([requests[i] for i in packed])
+            for i, answer in zip(packed, answers, strict=True):
+                results[i] = answer
+        texts = [i for i, r in enumerate(requests) if r.image is None and not self._packable(r)]
+        for group in (
+            []
+            if not texts
+            else length_groups([requests[i].tokens for i in texts], self.pass_tokens)
+        ):
+            group = [texts[i] for i in group]
             answers = self._classify_pass([requests[i] for i in group])
             for i, answer in zip(group, answers, strict=True):
                 results[i] = answer
         return results
+
+    def _packable(self, request: Request) -> bool:
+        """Rows scored by one label-word token at the end of the row, on a decoder."""
+        task = request.served.model.task
+        return (
+            self.pack_tokens is not None
+            and self._injector is not None
+            and isinstance(task, VerbalizerTask)
+            and task.single_token
+            and not task.template.has_slots
+        )
+
+    def _classify_packed(self, requests: list[Request]) -> list[dict[str, Any]]:
+        """Every row in one pass without padding (serve/packing.py); each task scores its
+        rows' answer states with its own label words."""
+        refs = list(dict.fromkeys(r.served.entry.ref for r in requests))
+        served = {r.served.entry.ref: r.served for r in requests}
+        contexts = [r.served.model.task.contexts([Example(r.text, "")])[0] for r in requests]
+        hidden, segments = packed_hidden(
+            self._injector,
+            [served[ref].prompt for ref in refs],
+            [refs.index(r.served.entry.ref) for r in requests],
+            contexts,
+            capacity=self.pack_tokens,
+            pad_id=self.backbone.spec.pad_token_id,
+        )  # (R, C, d)
+        rows = torch.tensor([s.row for s in segments], device=hidden.device)
+        ends = torch.tensor([s.start + s.length - 1 for s in segments], device=hidden.device)
+        answers = hidden[rows, ends]  # (B, d): each request's last token
+        results: list[dict[str, Any]] = [{}] * len(requests)
+        for ref in refs:
+            mine = [i for i, r in enumerate(requests) if r.served.entry.ref == ref]
+            task = served[ref].model.task
+            at = torch.zeros(len(mine), dtype=torch.long, device=hidden.device)
+            scores = task.score(self._injector, answers[mine].unsqueeze(1), {"answer_index": at})
+            for i, record in zip(mine, task.describe_scores(scores.scores), strict=True):
+                results[i] = record
+        return results
+
+    def _classify_images(self, requests: list[Request]) -> list[dict[str, Any]]:
+        """Images of one task in one pass (a ViT batch takes one visual prompt)."""
+        model = requests[0].served.model
+        pixels = model.task.preprocess([r.image for r in requests], model.task.size)
+        output = model.task.forward(model.injector, model.prompt(), {"pixel_values": pixels})
+        return model.task.describe(output, None)
 
     def _classify_pass(self, requests: list[Request]) -> list[dict[str, Any]]:
         model = self._batch(requests)
@@ -365,6 +458,7 @@ class Engine:
             model.device,
         )
         contexts = [r.served.model.task.contexts([Example(r.text, "")])[0] for r in requests]
+        texts = [RowText(r.served.model.task.decode, r.sampling.stop, r.on_token) for r in requests]
         rows = decode(
             model.injector,
             prompts,
@@ -372,59 +466,116 @@ class Engine:
             pad_id=self.backbone.spec.pad_token_id,
             eos_id=self.backbone.spec.eos_token_id,
             max_new_tokens=[r.max_tokens for r in requests],
-            on_token=[_streamer(r) for r in requests],
+            sampling=[r.sampling for r in requests],
+            texts=texts,
         )
         return [
-            {
-                "text": r.served.model.task.decode(tokens),
-                "finish_reason": why,
-                "tokens": len(tokens),
-            }
-            for r, (tokens, why) in zip(requests, rows, strict=True)
+            {"text": text.finish(tokens), "finish_reason": why, "tokens": len(tokens)}
+            for text, (tokens, why) in zip(texts, rows, strict=True)
         ]
 
 
-def length_groups(lengths: list[int], slack: float | None) -> list[list[int]]:
-    """Row indices in passes: sorted by length, a new pass whenever padding every row to
-    the pass's longest would exceed (1 + slack) x its real tokens (None: one pass)."""
-    if slack is None:
+def length_groups(lengths: list[int], pass_tokens: int | None) -> list[list[int]]:
+    """Row indices in passes that cost least: rows sorted by length, cut where padding
+    every row of a pass to its longest costs more than starting another pass.
+
+    A pass is charged its padded tokens plus `pass_tokens`: on a CPU every pass streams
+    all the weights once, which measured on SmolLM2 costs about what 30 tokens of
+    compute do (benchmarks/serve_throughput.py). Exact minimum over contiguous cuts of
+    the sorted rows (O(n^2), n <= a batch). None: one pass."""
+    if pass_tokens is None or len(lengths) <= 1:
         return [list(range(len(lengths)))]
-    groups: list[list[int]] = []
-    current: list[int] = []
-    real = 0
-    for i in sorted(range(len(lengths)), key=lengths.__getitem__):
-        if current and lengths[i] * (len(current) + 1) > (1 + slack) * (real + lengths[i]):
-            groups.append(current)
-            current, real = [], 0
-        current.append(i)
-        real += lengths[i]
-    return groups + [current] if current else groups
+    order = sorted(range(len(lengths)), key=lengths.__getitem__)
+    sizes = [lengths[i] for i in order]
+    best = [0.0] + [float("inf")] * len(sizes)  # best[j]: cost of the first j rows
+    cut = [0] * (len(sizes) + 1)
+    for j in range(1, len(sizes) + 1):
+        for i in range(j):  # rows i..j-1 in one pass, padded to sizes[j-1]
+            cost = best[i] + sizes[j - 1] * (j - i) + pass_tokens
+            if cost < best[j]:
+                best[j], cut[j] = cost, i
+    groups, j = [], len(sizes)
+    while j:
+        groups.append(order[cut[j] : j])
+        j = cut[j]
+    return groups[::-1]
 
 
-def _prompt_of(model: PromptModel) -> Callable[[], Prompt]:
+def _head_into_prefix(model: PromptModel) -> list[int]:
+    """The template's text before {text} as token ids for the cached prefix, or [].
+
+    On a decoder that text never sees the input, so its K/V belong with the prompt's:
+    computed once per task, not once per request row (performance.md #1). The task then
+    leaves it out of each row (`head_in_front`, as templates with slots already do).
+    Only for tasks whose answer is read at positions relative to the row's end (label
+    words, generation): a mean over the row's states would change."""
+    task = model.task
+    if not isinstance(task, VerbalizerTask | GenerationTask) or task.template.has_slots:
+        return []
+    head, _ = task.template.head_and_glue()
+    ids, _ = task.template.encode_pieces(task.tokenizer, head)
+    if ids:
+        task.head_in_front = True
+    return ids
+
+
+def _prompt_of(model: PromptModel, head: list[int]) -> Callable[[], Prompt]:
+    """The task's prompt, with the template head's embeddings after its virtual tokens."""
+
     def compute() -> Prompt:
         with torch.no_grad():
-            return model.prompt()
+            prompt = model.prompt()
+            if not head:
+                return prompt
+            ids = torch.tensor(head, device=model.device)
+            embeds = model.injector.embed(ids)  # (h, d)
+            if prompt.embeds is not None:
+                embeds = torch.cat([prompt.embeds, embeds.to(prompt.embeds.dtype)])  # (n + h, d)
+            return Prompt(embeds=embeds, kv=prompt.kv, inline=prompt.inline)
 
     return compute
 
 
-def _streamer(request: Request) -> Callable[[list[int]], None] | None:
-    """Turn a row's growing token list into the new text since the last call."""
-    if request.on_token is None:
-        return None
-    task = request.served.model.task
-    sent = [""]
+class RowText:
+    """One generating row's text as its tokens arrive: where a stop sequence cuts it, and
+    the new text since the last call for a stream. A stream holds back an ending that
+    could still grow into a stop sequence, and half of a multi-byte character."""
 
-    def on_tokens(tokens: list[int]) -> None:
-        text = task.decode(tokens)
-        if text.endswith("\ufffd"):  # half of a multi-byte character: wait for the rest
-            return
-        if len(text) > len(sent[0]) and text.startswith(sent[0]):
-            request.on_token(text[len(sent[0]) :])
-            sent[0] = text
+    def __init__(
+        self,
+        decode: Callable[[list[int]], str],
+        stops: list[str],
+        on_token: Callable[[str], None] | None,
+    ) -> None:
+        self.decode, self.stops, self.on_token = decode, stops, on_token
+        self.sent = ""
+        self.cut: str | None = None  # the text before the first stop sequence
 
-    return on_tokens
+    def push(self, tokens: list[int]) -> bool:
+        """After each new token: True when a stop sequence has appeared (the row is done)."""
+        if not self.stops and self.on_token is None:
+            return False
+        text = self.decode(tokens)
+        if self.stops:
+            at = find_stop(text, self.stops)
+            if at >= 0:
+                self.cut = text[:at]
+                return True
+        if self.on_token is not None and not text.endswith("\ufffd"):
+            self._send(text[: len(text) - held_back(text, self.stops)])
+        return False
+
+    def finish(self, tokens: list[int]) -> str:
+        """The row's final text; a stream gets whatever it has not been sent yet."""
+        text = self.cut if self.cut is not None else self.decode(tokens)
+        if self.on_token is not None:
+            self._send(text)
+        return text
+
+    def _send(self, text: str) -> None:
+        if len(text) > len(self.sent) and text.startswith(self.sent):
+            self.on_token(text[len(self.sent) :])
+            self.sent = text
 
 
 @torch.no_grad()
@@ -436,13 +587,17 @@ def decode(
     pad_id: int,
     eos_id: int | None,
     max_new_tokens: list[int],
-    on_token: list[Callable[[list[int]], None] | None],
+    sampling: list[Sampling] | None = None,
+    texts: list[RowText] | None = None,
 ) -> list[tuple[list[int], str]]:
-    """Greedy decoding as `tasks.generation.greedy_decode` does it, with a per-row callback
-    after every token (for streaming) and why each row stopped ("stop" at EOS, "length")."""
+    """Decoding as `tasks.generation.greedy_decode` does it, each row with its own sampling
+    parameters and random stream, and why each row stopped: "stop" at EOS or a stop
+    sequence (`texts` watch for those and stream), "length" at its token limit."""
     device = injector.device
     ids, mask = (t.to(device) for t in pad_left(contexts, pad_id))  # (B, T)
     batch = ids.shape[0]
+    sampling = sampling or [Sampling() for _ in range(batch)]
+    generators = [s.generator(device) for s in sampling]
     prefix = injector.prefix_cache(prompts, batch)
     cache = prefix.cache if prefix.cache is not None else DynamicCache(config=injector.config)
     positions = prefix.lengths[:, None] + (mask.cumsum(-1) - 1).clamp(min=0)  # (B, T)
@@ -453,7 +608,7 @@ def decode(
     done = [limit <= 0 for limit in max_new_tokens]
     next_pos = positions[:, -1:]
     for _ in range(max(max_new_tokens)):
-        token = injector.logits(hidden[:, -1]).argmax(-1).tolist()  # B ids
+        token = next_tokens(injector.logits(hidden[:, -1]), sampling, generators)  # B ids
         for i in range(batch):
             if done[i]:
                 continue
@@ -461,8 +616,9 @@ def decode(
                 done[i], reasons[i] = True, "stop"
                 continue
             out[i].append(token[i])
-            if on_token[i] is not None:
-                on_token[i](out[i])
+            if texts is not None and texts[i].push(out[i]):
+                done[i], reasons[i] = True, "stop"
+                continue
             done[i] = len(out[i]) >= max_new_tokens[i]
         if all(done):
             break
