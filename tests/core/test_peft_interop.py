@@ -2,8 +2,8 @@
 the logits of the other side, checked with the installed PEFT on tiny random decoders.
 
 Llama's and Gemma 3's tokenizers add BOS (PEFT's virtual tokens go before it, ours after
-it), GPT-2's and Qwen2's do not; every type is covered both ways on each. (All ten tiny
-families, `softprompt.backbones.tiny.FAMILIES`, matched to 2.2e-7 in a one-off sweep.)
+it), GPT-2's and Qwen2's do not; every type is covered both ways on each, and soft
+prompts / prompt tuning on the other tiny families.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import peft  # a dev dependency: the interop checks are not optional
 import pytest
 import torch
 
+from softprompt.backbones.tiny import FAMILIES as ALL_FAMILIES
 from softprompt.backbones.tiny import tiny_causal
 from softprompt.interop.peft import PeftAdapterError, export_peft, import_peft
 from softprompt.model import PromptModel
@@ -144,6 +145,25 @@ def test_imported_adapter_gives_peft_logits(tmp_path, family, peft_type):
         assert method == "prefix-tuning"
     else:
         assert method == ("multitask-prompt" if task_id else "soft-prompt")
+
+
+@pytest.mark.parametrize("family", [f for f in ALL_FAMILIES if f not in FAMILIES])
+def test_other_families_match_peft_both_ways(make_model, tmp_path, family):
+    """Gemma 2's soft-capping, Phi's head bias, Mistral's window, Cohere's logit scale..."""
+    backbone = tiny_causal(family)
+    ours = _perturbed(make_model(backbone, n_tokens=N))
+    export_peft(ours, tmp_path / "ours")
+    theirs = peft.PeftModel.from_pretrained(tiny_causal(family).model, tmp_path / "ours")
+    ids = _ids(backbone)
+    front = theirs.active_peft_config.num_virtual_tokens
+    expected = _peft_logits(theirs, ids, bos=None, front=front)
+    torch.testing.assert_close(_our_logits(ours, ids), expected, atol=ATOL, rtol=ATOL)
+
+    theirs = _peft_adapter(family, "PROMPT_TUNING", tmp_path / "theirs")
+    out = import_peft(tmp_path / "theirs", backbone, tmp_path / "p.safetensors")
+    expected = _peft_logits(theirs, ids, bos=backbone.spec.bos_token_id, front=N)
+    imported = PromptModel.load(out, backbone)
+    torch.testing.assert_close(_our_logits(imported, ids), expected, atol=ATOL, rtol=ATOL)
 
 
 @pytest.mark.parametrize("method", ["soft-prompt", "multitask-prompt", "prefix-tuning"])
