@@ -314,3 +314,26 @@ def test_prompts_peft_cannot_hold_are_refused(make_model, llama, bert, tmp_path)
     _refused(lambda: export_peft(head, tmp_path / "c"), "task head", "verbalizer")
     none = make_model(llama, "none")
     _refused(lambda: export_peft(none, tmp_path / "d"), "'none'", "soft-prompt")
+
+
+def test_peft_lstm_encoder_of_width_h_is_ours_of_width_2h(make_model, gpt2):
+    """Why an LSTM P-tuning export names encoder_hidden_size = hidden / 2 (the weights
+    themselves have no place in PEFT's adapter file)."""
+    ours = _perturbed(make_model(gpt2, "p-tuning", n_tokens=N, hidden=16, encoder="lstm"))
+    config = peft.PromptEncoderConfig(
+        task_type=peft.TaskType.CAUSAL_LM,
+        num_virtual_tokens=N,
+        token_dim=gpt2.spec.hidden_size,
+        encoder_reparameterization_type="LSTM",
+        encoder_hidden_size=8,
+        num_transformer_submodules=1,
+    )
+    theirs = peft.tuners.p_tuning.PromptEncoder(config)
+    renamed = {  # lstm.* -> lstm_head.*, head.* -> mlp_head.*
+        ("lstm_head." + k[5:] if k.startswith("lstm.") else "mlp_" + k): v
+        for k, v in ours.method.encoder.state_dict().items()
+    }
+    theirs.load_state_dict(renamed | {"embedding.weight": ours.method.embeddings.detach()})
+    with torch.no_grad():
+        expected = theirs(torch.arange(N)[None])[0]  # (n, d)
+    torch.testing.assert_close(ours.prompt().embeds.detach(), expected, atol=1e-6, rtol=1e-5)

@@ -146,10 +146,13 @@ def _export_soft_prompt(model: PromptModel, fold: bool):
 
 
 def _export_p_tuning(model: PromptModel, fold: bool):
+    """The encoder's output. The config names the encoder for the record: PEFT's LSTM
+    encoder of width h is ours of width 2h exactly; its MLP has a third layer."""
     config = model.method.config
+    lstm = config.encoder == "lstm"
     fields = {
         "encoder_reparameterization_type": config.encoder.upper(),
-        "encoder_hidden_size": config.hidden,
+        "encoder_hidden_size": config.hidden // 2 if lstm else config.hidden,
         "encoder_num_layers": 2,
         "encoder_dropout": 0.0,
     }
@@ -182,10 +185,10 @@ def _export_multitask_prompt(model: PromptModel, fold: bool):
     if fold:
         n, r = rows.shape
         shared = torch.cat([_bos_embedding(model.backbone), shared])  # (n + 1, d)
-        rows = torch.zeros(n + 1, r + 1)  # (n + 1, r + 1)
+        rows = shared.new_zeros(n + 1, r + 1)  # (n + 1, r + 1)
         rows[0, r] = 1.0  # BOS row: scale 1 from the extra rank alone
         rows[1:, :r] = method.task_rows.float()
-        cols = torch.cat([cols, torch.ones(1, cols.shape[1])])  # (r + 1, d)
+        cols = torch.cat([cols, cols.new_ones(1, cols.shape[1])])  # (r + 1, d)
     tensors = {
         "prompt_embeddings": shared,
         "prefix_task_cols": rows.unsqueeze(0),  # (1, n, r)
@@ -332,10 +335,9 @@ def read_adapter(folder: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]
             f"{config['num_transformer_submodules']} (an encoder-decoder adapter); softprompt "
             "imports decoder-only adapters"
         )
-    n = config.get("num_virtual_tokens")
-    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+    if _int_field(folder, config, "num_virtual_tokens", None) is None:
         raise PeftAdapterError(
-            f"{folder / CONFIG}: num_virtual_tokens must be a positive integer, got {n!r}"
+            f"{folder / CONFIG}: num_virtual_tokens missing; re-save the adapter"
         )
     return config, _read_weights(folder)
 
@@ -451,10 +453,23 @@ def _tensor(
     return tensors[name]
 
 
+def _int_field(folder: Path, config: dict[str, Any], key: str, default: int | None) -> int | None:
+    """An optional positive integer of adapter_config.json."""
+    value = config.get(key)
+    if value is None:
+        return default
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise PeftAdapterError(
+            f"{folder / CONFIG}: {key} must be a positive integer, got {value!r}; re-save the "
+            "adapter with save_pretrained"
+        )
+    return value
+
+
 def _check_dims(folder: Path, config: dict[str, Any], backbone: Backbone, token_dim: int) -> None:
     spec = backbone.spec
     for key, want in (("token_dim", token_dim), ("num_layers", spec.num_layers)):
-        got = config.get(key)
+        got = _int_field(folder, config, key, None)
         if got is not None and got != want:
             raise PeftAdapterError(
                 f"{folder / CONFIG}: {key} {got} but backbone {backbone.name!r} has {want}; the "
@@ -514,7 +529,8 @@ def _import_multitask(folder, config, tensors, backbone, unfold, task_id):
     layouts agree (P* kept to start new tasks from), else as its K/V."""
     d, n = backbone.spec.hidden_size, config["num_virtual_tokens"]
     _check_dims(folder, config, backbone, d)
-    tasks, rank = config.get("num_tasks") or 1, config.get("num_ranks") or 1
+    tasks = _int_field(folder, config, "num_tasks", 1)
+    rank = _int_field(folder, config, "num_ranks", 1)
     if task_id is None and tasks > 1:
         raise PeftAdapterError(
             f"{folder / CONFIG}: holds {tasks} tasks; pick one with --task-id 0..{tasks - 1}"
