@@ -51,6 +51,7 @@ from softprompt.inject import make_injector
 from softprompt.model import PromptModel
 from softprompt.promptfile import atomic_write_bytes, atomic_write_text
 from softprompt.tasks import TaskConfig
+from softprompt.validate import check_fields
 
 CONFIG = "adapter_config.json"
 WEIGHTS = "adapter_model.safetensors"
@@ -287,20 +288,17 @@ def import_peft(
             f"{folder}: --backbone {backbone.name} is not a causal LM (kind "
             f"{backbone.spec.kind}); PEFT import covers causal LMs only"
         )
+    if task_id is not None and config["peft_type"] != "MULTITASK_PROMPT_TUNING":
+        raise ConfigError(
+            f"--task-id: {folder} holds a {config['peft_type']} adapter (one prompt); leave it out"
+        )
     unfold = bool(
         sidecar and sidecar.get("bos_folded") and sidecar.get("exported_as") == config["peft_type"]
     )
     method, options, state = _IMPORTERS[config["peft_type"]](
         folder, config, tensors, backbone, unfold, task_id
     )
-    task_values = (
-        task or (sidecar or {}).get("task") or {"kind": "generation", "template": "{text}"}
-    )
-    try:
-        task_config = TaskConfig(**task_values)
-    except TypeError as exc:  # an unknown field
-        raise ConfigError(f"--task: {exc}") from None
-    model = PromptModel(backbone, task_config, method, options)
+    model = PromptModel(backbone, _task_config(task, sidecar), method, options)
     model.load_tensors(state, source=str(folder / WEIGHTS))
     origin = {
         "peft_type": config["peft_type"],
@@ -309,6 +307,17 @@ def import_peft(
         "task_id": task_id,
     }
     return model.save(out, imported_from=origin)
+
+
+def _task_config(task: dict[str, Any] | None, sidecar: dict[str, Any] | None) -> TaskConfig:
+    """The user's framing, else the exporter's, else plain text generation."""
+    values = task or (sidecar or {}).get("task") or {"kind": "generation", "template": "{text}"}
+    hints = {"verbalizer": dict[str, str | list[str]] | None}
+    checked = check_fields("task", TaskConfig, values, hints)
+    problems = checked.unknown + checked.problems
+    if problems:
+        raise ConfigError(f"--task: {'; '.join(problems[:5])}")
+    return TaskConfig(**checked.values)
 
 
 def read_adapter(folder: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
