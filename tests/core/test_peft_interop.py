@@ -166,12 +166,17 @@ def test_other_families_match_peft_both_ways(make_model, tmp_path, family):
     torch.testing.assert_close(_our_logits(imported, ids), expected, atol=ATOL, rtol=ATOL)
 
 
-@pytest.mark.parametrize("method", ["soft-prompt", "multitask-prompt", "prefix-tuning"])
+ROUND_TRIP = {
+    "soft-prompt": {},
+    "multitask-prompt": {"rank": 2},
+    "prefix-tuning": {"reparameterize": False},
+}
+
+
+@pytest.mark.parametrize("method", list(ROUND_TRIP))
 def test_round_trip_through_peft_gives_back_the_prompt(make_model, llama, tmp_path, method):
     """Export then import on a BOS backbone: the folded BOS comes off, same method and tensors."""
-    options = {"soft-prompt": {}, "multitask-prompt": {"rank": 2}, "prefix-tuning": {}}[method]
-    ours = _perturbed(make_model(llama, method, n_tokens=N, reparameterize=False, **options)
-                      if method == "prefix-tuning" else make_model(llama, method, n_tokens=N, **options))  # fmt: skip
+    ours = _perturbed(make_model(llama, method, n_tokens=N, **ROUND_TRIP[method]))
     export_peft(ours, tmp_path / "adapter")
     back = PromptModel.load(
         import_peft(tmp_path / "adapter", llama, tmp_path / "p.safetensors"), llama
