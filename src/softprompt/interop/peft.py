@@ -168,7 +168,7 @@ def _export_prefix_tuning(model: PromptModel, fold: bool):
     flat = stacked.permute(3, 0, 1, 2, 4).reshape(n, -1)  # (n, L * 2 * kvh * hd)
     spec = model.backbone.spec
     fields = {
-        "prefix_projection": False,  # the table is the K/V itself: loadable trainable too
+        "prefix_projection": False,  # the table is the K/V itself, not an MLP's input
         "encoder_hidden_size": spec.num_kv_heads * spec.head_dim,
         "token_dim": spec.num_kv_heads * spec.head_dim,
         "num_attention_heads": spec.num_kv_heads,
