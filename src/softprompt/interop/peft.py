@@ -14,8 +14,10 @@ and `from_pretrained` loads only `prompt_embeddings`):
 |                   |                         | U (1, n, r), prefix_task_rows Vᵀ (1, r, d)    |
 
 So P-tuning's encoder and prefix tuning's MLP are exported as what they compute: PEFT's
-format has no place for encoder weights, and its encoders differ from ours anyway (its
-P-tuning MLP has three layers, its prefix MLP maps a kvh * hd input on GQA models). A
+format has no place for encoder weights (`_load_adapter_state_dict` loads the embedding
+table alone), and where the architectures agree they agree only in part: PEFT's LSTM
+encoder of width h is ours of width 2h (tested), its MLP encoder has a third layer, and
+its prefix MLP maps a kvh * hd input, ours a d one (equal only without GQA). A
 multitask prompt keeps its structure (one task, task id 0): PEFT computes
 P* ∘ (U Vᵀ) as we do, and P* stays available to start a new task from.
 
