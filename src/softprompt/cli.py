@@ -242,6 +242,10 @@ def cmd_export(args: argparse.Namespace) -> int:
     from softprompt.api import export_prompt
     from softprompt.train.run_dir import check_out_file
 
+    if args.format == "peft":
+        from softprompt.interop.commands import cmd_export_peft
+
+        return cmd_export_peft(args)
     check_out_file(args.out, "--out")  # before the backbone loads
     out = export_prompt(args.prompt, args.out, args.backbone)
     before, after = os.path.getsize(args.prompt), os.path.getsize(out)
@@ -418,6 +422,8 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("prompt")
     export.add_argument("--out", required=True, help="where to write the flat prompt file")
     export.add_argument("--backbone", default=None)
+    export.add_argument("--format", default="softprompt", choices=["softprompt", "peft"],
+                        help="peft: a PEFT adapter folder at --out (PeftModel.from_pretrained)")  # fmt: skip
     export.set_defaults(func=cmd_export)
 
     info = sub.add_parser("info", help="show what a prompt file holds")
@@ -450,6 +456,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_store_parser(sub).set_defaults(func=cmd_store)
     add_serve_parser(sub).set_defaults(func=cmd_serve)
+    from softprompt.interop.commands import add_import_peft_parser
+
+    add_import_peft_parser(sub)
 
     for name, func, text in [
         ("datasets", cmd_datasets, "built-in datasets and whether they are installed"),

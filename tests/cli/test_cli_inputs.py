@@ -212,7 +212,7 @@ _counter = itertools.count()
 def test_the_fuzz_covers_every_subcommand_and_flag():
     assert set(SURFACE) == {
         "train", "eval", "predict", "export", "info", "datasets", "backbones", "methods", "search",
-        "store", "serve",
+        "store", "serve", "import-peft",
     }  # fmt: skip
     train_flags = set(SURFACE["train"][0]) | set(SURFACE["train"][1])
     assert {"--overwrite", "--force-resume", "--resume", "--lr", "--verbalizer"} <= train_flags
@@ -300,6 +300,23 @@ def test_fuzz_prompt_commands(capsys, fuzz_env, fuzz_prompt, command, data):
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr("sys.stdin", io.StringIO(stdin))  # predict reads texts from it by default
         _check(capsys, [command, *positional, *extra])
+
+
+@pytest.fixture(scope="module")
+def fuzz_adapter(tmp_path_factory, fuzz_prompt) -> Path:
+    out = tmp_path_factory.mktemp("fuzz-adapter") / "adapter"
+    assert cli.main(["export", str(fuzz_prompt), "--format", "peft", "--out", str(out)]) == 0
+    return out
+
+
+@given(data=st.data())
+@FUZZ
+def test_fuzz_import_peft(capsys, fuzz_env, fuzz_adapter, tiny_backbone_folder, data):
+    valid = st.just(str(fuzz_adapter))  # mostly the real adapter, so the flags get to act
+    adapter = data.draw(st.one_of(valid, valid, VALUES.map(lambda v: _safe("--out", v))))
+    adapter = adapter if not adapter.startswith("-") else " " + adapter
+    fixed = ["--backbone", str(tiny_backbone_folder), f"--out=imported-{next(_counter)}"]
+    _check(capsys, ["import-peft", adapter, *fixed, *data.draw(_flags("import-peft"))])
 
 
 @given(data=st.data())

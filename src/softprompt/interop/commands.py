@@ -1,0 +1,75 @@
+"""The PEFT commands: `softprompt export --format peft` and `softprompt import-peft`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from softprompt.errors import ConfigError
+
+
+def add_import_peft_parser(sub: Any) -> argparse.ArgumentParser:
+    parser = sub.add_parser(
+        "import-peft", help="turn a PEFT prompt adapter folder into a prompt file (same logits)"
+    )
+    parser.add_argument(
+        "adapter", help="folder with adapter_config.json + adapter_model.safetensors"
+    )
+    parser.add_argument("--backbone", required=True, help="the adapter's base model (name or path)")
+    parser.add_argument("--out", required=True, help="the prompt file to write")
+    parser.add_argument("--task-id", type=int, default=None, help="multitask adapters: which task")
+    parser.add_argument(
+        "--task",
+        default=None,
+        help='task framing as JSON, e.g. \'{"labels": ["neg", "pos"], "template": "{text} :"}\' '
+        "(default: the exporter's, else generation with template {text})",
+    )
+    parser.add_argument(
+        "--trust-base",
+        action="store_true",
+        help="accept an adapter whose base model has another name (same weights)",
+    )
+    parser.set_defaults(func=cmd_import_peft)
+    return parser
+
+
+def cmd_import_peft(args: argparse.Namespace) -> int:
+    from softprompt import api  # its load_backbone, which tests may stand in for
+    from softprompt.interop.peft import import_peft, read_adapter
+    from softprompt.train.run_dir import check_out_file
+
+    check_out_file(args.out, "--out")
+    config, _ = read_adapter(Path(args.adapter))  # a bad folder is named before the model loads
+    task = None
+    if args.task:
+        try:
+            task = json.loads(args.task)
+        except ValueError as exc:
+            raise ConfigError(f"--task: not JSON ({exc})") from None
+        if not isinstance(task, dict):
+            raise ConfigError("--task: give a JSON object of task fields")
+    out = import_peft(
+        args.adapter,
+        api.load_backbone(args.backbone),
+        args.out,
+        task_id=args.task_id,
+        task=task,
+        trust_base=args.trust_base,
+    )
+    print(f"{out}: prompt file from PEFT {config['peft_type']} adapter {args.adapter}")
+    return 0
+
+
+def cmd_export_peft(args: argparse.Namespace) -> int:
+    from softprompt.interop.peft import CONFIG, WEIGHTS, export_peft
+
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out}: is a file; --format peft writes a folder")
+    folder = export_peft(args.prompt, out, args.backbone)
+    kind = json.loads((folder / CONFIG).read_text(encoding="utf-8"))["peft_type"]
+    size = (folder / WEIGHTS).stat().st_size
+    print(f"{folder}: PEFT {kind} adapter ({WEIGHTS} {size:,} bytes)")
+    return 0
