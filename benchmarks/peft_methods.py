@@ -174,7 +174,10 @@ def peft_inputs(method: str, side: Side, rows) -> dict:
     fills = {"input_ids": pad, "attention_mask": 0, "labels": -100}
     batch = {
         key: torch.cat(
-            [torch.nn.functional.pad(b[key], (0, width - b[key].shape[1]), value=v) for b in batches]
+            [
+                torch.nn.functional.pad(b[key], (0, width - b[key].shape[1]), value=v)
+                for b in batches
+            ]
         )
         for key, v in fills.items()
     }
