@@ -321,9 +321,28 @@ def run(args) -> dict:
     }
 
 
+def table(path: Path) -> None:
+    """The recorded results as a markdown table (README)."""
+    print(
+        "| method | PEFT config | median step ours / PEFT | PEFT / ours | saved activations "
+        "ours / PEFT | peak RSS growth ours / PEFT | test accuracy ours / PEFT |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    for name, r in json.loads(path.read_text()).items():
+        med, act, rss = r["median_step_seconds"], r["saved_activation_mb"], r["peak_rss_growth_mb"]
+        acc = ", ".join(f"{a['softprompt']:.2f} / {a['peft']:.2f}" for a in r["accuracy"].values())
+        print(
+            f"| {name} | {r['peft']} | {med['softprompt']:.1f} s / {med['peft']:.1f} s | "
+            f"**{r['step_time_ratio_peft_over_softprompt']:.2f}x** | "
+            f"{act['softprompt']:.0f} / {act['peft']:.0f} MB | "
+            f"{rss['softprompt']:.0f} / {rss['peft']:.0f} MB | {acc} |"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--method", choices=sorted(METHODS), required=True)
+    parser.add_argument("--method", choices=sorted(METHODS))
+    parser.add_argument("--table", action="store_true", help="print the recorded results")
     parser.add_argument("--backbone", default="smollm2-135m")
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--eval-examples", type=int, default=200, help="test rows per task")
@@ -331,6 +350,10 @@ def main() -> None:
     parser.add_argument("--child", choices=["softprompt", "peft"])
     parser.add_argument("--out", default="benchmarks/results/peft_methods.json")
     args = parser.parse_args()
+    if args.table:
+        return table(Path(args.out))
+    if not args.method:
+        parser.error("--method is required (or --table)")
     if args.child:
         return child(args.method, args.child, args.backbone, args.memory_steps)
     result = run(args)
