@@ -324,7 +324,8 @@ def run(args) -> dict:
 def table(path: Path) -> None:
     """The recorded results as a markdown table (README)."""
     print(
-        "| method | PEFT config | median step ours / PEFT | PEFT / ours | saved activations "
+        "| method | PEFT config | median step ours / PEFT | PEFT / ours (medians; per pair) "
+        "| saved activations "
         "ours / PEFT | peak RSS growth ours / PEFT | test accuracy ours / PEFT |"
     )
     print("|---|---|---|---|---|---|---|")
@@ -333,7 +334,8 @@ def table(path: Path) -> None:
         acc = ", ".join(f"{a['softprompt']:.2f} / {a['peft']:.2f}" for a in r["accuracy"].values())
         print(
             f"| {name} | {r['peft']} | {med['softprompt']:.1f} s / {med['peft']:.1f} s | "
-            f"**{r['step_time_ratio_peft_over_softprompt']:.2f}x** | "
+            f"**{r['step_time_ratio_peft_over_softprompt']:.2f}x**; "
+            f"{r['step_ratio_per_pair']:.2f}x | "
             f"{act['softprompt']:.0f} / {act['peft']:.0f} MB | "
             f"{rss['softprompt']:.0f} / {rss['peft']:.0f} MB | {acc} |"
         )
