@@ -1,5 +1,5 @@
 """Gradient checkpointing of the frozen backbone (`train.gradient_checkpointing`): every
-prompt method on causal decoders gets the gradients it gets without it, the layers'
+prompt method on causal decoders (and on BERT) gets the gradients it gets without it, the layers'
 activations are really freed, the training loop ends at the same prompt, and the reason
 transformers' own switch is not used (it drops a prefix passed as a cache)."""
 
@@ -18,6 +18,7 @@ from softprompt.model import MultiTaskModel
 from softprompt.train import train
 
 CAUSAL = ["tiny_llama", "tiny_gpt2"]
+ENCODERS = ["tiny_bert"]  # deep prompts (P-tuning v2) reach BERT as a cache too
 METHODS = [
     ("soft-prompt", {"n_tokens": 4}),
     ("prefix-tuning", {"n_tokens": 3}),
@@ -46,7 +47,7 @@ def _assert_same(plain, checkpointed):
         torch.testing.assert_close(grads_b[name], grad, rtol=1e-5, atol=1e-7, msg=name)
 
 
-@pytest.mark.parametrize("name", CAUSAL)
+@pytest.mark.parametrize("name", CAUSAL + ENCODERS)
 @pytest.mark.parametrize("method,options", METHODS, ids=lambda v: str(v))
 def test_gradients_equal_with_and_without_checkpointing(
     backbones, make_model, toy_dataset, name, method, options
