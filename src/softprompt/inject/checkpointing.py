@@ -27,6 +27,7 @@ activations are freed. Evaluation (no gradients) runs the layers as they are.
 from __future__ import annotations
 
 import contextlib
+import types
 from collections.abc import Iterator
 
 import torch
@@ -61,26 +62,27 @@ def _restore(caches: list[Cache], states: list[list[dict]]) -> None:
             vars(layer).update(state)
 
 
+def _checkpointed_forward(self: nn.Module, *args, **kwargs):
+    """A layer's forward, checkpointed while switched on (bound to the layer, so a copy of
+    the model gets a wrapper bound to the copy)."""
+    forward = type(self).forward.__get__(self)
+    if not (getattr(self, _ACTIVE, False) and torch.is_grad_enabled()):
+        return forward(*args, **kwargs)
+    caches = [v for v in (*args, *kwargs.values()) if isinstance(v, Cache)]
+    states = _cache_states(caches)
+
+    def replayable(*inputs):
+        _restore(caches, states)  # a no-op the first time; the replay sees the same cache
+        return forward(*inputs, **kwargs)
+
+    return checkpoint(replayable, *args, use_reentrant=False)
+
+
 def _install(layer: nn.Module) -> None:
     """Wrap `layer.forward` once; the wrapper checkpoints only while switched on."""
-    if getattr(layer, _WRAPPED, False):
-        return
-    forward = layer.forward
-
-    def checkpointed_forward(*args, **kwargs):
-        if not (getattr(layer, _ACTIVE, False) and torch.is_grad_enabled()):
-            return forward(*args, **kwargs)
-        caches = [v for v in (*args, *kwargs.values()) if isinstance(v, Cache)]
-        states = _cache_states(caches)
-
-        def replayable(*inputs):
-            _restore(caches, states)  # a no-op the first time; the replay sees the same cache
-            return forward(*inputs, **kwargs)
-
-        return checkpoint(replayable, *args, use_reentrant=False)
-
-    layer.forward = checkpointed_forward
-    setattr(layer, _WRAPPED, True)
+    if not getattr(layer, _WRAPPED, False):
+        layer.forward = types.MethodType(_checkpointed_forward, layer)
+        setattr(layer, _WRAPPED, True)
 
 
 @contextlib.contextmanager
