@@ -79,6 +79,13 @@ def _add_run_flags(parser: argparse.ArgumentParser) -> None:
         "--bf16", action="store_true", default=None, help="bf16 autocast on CPU [train.bf16]"
     )
     parser.add_argument(
+        "--gradient-checkpointing",
+        action="store_true",
+        default=None,
+        help="recompute the backbone's layers in the backward pass: less memory, more time "
+        "[train.gradient_checkpointing]",
+    )
+    parser.add_argument(
         "--overwrite",
         action="store_true",
         default=None,
@@ -109,7 +116,7 @@ def _config_from_args(args: argparse.Namespace) -> Any:
             raise ConfigError(
                 f"--{flag.replace('_', '-')}: cannot read {short(raw)} ({short(str(exc), 80)})"
             ) from None
-    for flag in ("bf16", "overwrite", "force_resume"):
+    for flag in ("bf16", "overwrite", "force_resume", "gradient_checkpointing"):
         if getattr(args, flag, None):
             set_dotted(values, f"train.{flag}", True)
     if args.baseline is False:

@@ -18,7 +18,9 @@ class TrainConfig:
     `overwrite` lets a fresh run replace a finished or interrupted one in its folder,
     `force_resume` continues a checkpoint whose config differs (see train/run_dir.py);
     `divergence_factor` stops a run whose smoothed loss passes that many times its
-    first step's loss (see train/guard.py)."""
+    first step's loss (see train/guard.py). `gradient_checkpointing` recomputes each
+    backbone layer in the backward pass instead of keeping its activations: less memory,
+    more time, the same gradients (see inject/checkpointing.py)."""
 
     steps: int = 160
     batch_size: int = 8
@@ -40,6 +42,7 @@ class TrainConfig:
     overwrite: bool = False
     force_resume: bool = False
     divergence_factor: float = 10.0
+    gradient_checkpointing: bool = False
 
     def __post_init__(self) -> None:
         positive = ("steps", "batch_size", "grad_accum", "eval_every", "eval_batch_size")

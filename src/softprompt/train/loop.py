@@ -26,6 +26,7 @@ from softprompt.data import Dataset
 from softprompt.device import autocast, resolve_device
 from softprompt.errors import DataError, TrainingError
 from softprompt.evaluate import evaluate
+from softprompt.inject.checkpointing import layer_checkpointing
 from softprompt.model import MultiTaskModel, PromptModel
 from softprompt.plot import plot_curves
 from softprompt.promptfile import atomic_write_text
@@ -170,7 +171,8 @@ class _Run:
         for micro in range(cfg.grad_accum):
             rows = self.sampler.micro_batch(step * cfg.grad_accum + micro)
             shard = rows[rank * len(rows) // world : (rank + 1) * len(rows) // world]
-            with autocast(self.device, cfg.bf16):
+            checkpointing = layer_checkpointing(self.model.backbone, cfg.gradient_checkpointing)
+            with autocast(self.device, cfg.bf16), checkpointing:
                 out = self.wrapped(self.model.collate(shard))
             right, count = out.counts()
             correct, scored = correct + right, scored + count

@@ -60,6 +60,7 @@ SAFE_TO_CHANGE = frozenset(
         "overwrite",
         "force_resume",
         "divergence_factor",
+        "gradient_checkpointing",  # memory for time; the gradients are the same
     }
 )
 
