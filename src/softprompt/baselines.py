@@ -29,12 +29,11 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from softprompt.backbones import Backbone
+from softprompt.config import BASELINE_KINDS
 from softprompt.errors import ConfigError, PromptFileError
 from softprompt.model import PromptModel
 from softprompt.promptfile import check_backbone, read_prompt_file, save_prompt_file
 from softprompt.tasks.base import TaskConfig
-
-BASELINE_KINDS = ("lora", "full")
 
 
 @dataclass
@@ -167,3 +166,52 @@ def tuned_baseline(
         model, dataset, config.train, out, resume=resume, meta={"run": run}, progress=progress
     )
     return TunedModel.load(result.prompt_path, backbone), result
+
+
+def tuned_rows(
+    config: Any,
+    backbone: Backbone,
+    specs: list[Any],
+    data: dict[str, Any],
+    process: Any,
+    resume: bool,
+    progress: bool,
+) -> list[dict[str, Any]]:
+    """Report rows for the run's `compare` baselines (LoRA, full fine-tuning): each
+    trained with the run's task and training config into OUT/<kind>, then scored on the
+    test split like the prompt. One vision task only (a ConfigError otherwise)."""
+    if not config.compare:
+        return []
+    if backbone.spec.kind != "vision" or len(specs) != 1:
+        raise ConfigError(
+            "compare: LoRA / full fine-tuning rows are for one image task on a vision "
+            "backbone; drop --compare for this run"
+        )
+    from softprompt.evaluate import evaluate
+
+    spec, rows = specs[0], []
+    dataset = data[spec.name]
+    for kind in config.compare:
+        tune = TuneConfig(kind=kind)
+        model, result = tuned_baseline(
+            backbone, dataset, config, tune, resume=resume, progress=progress
+        )
+        scores = evaluate(
+            model,
+            dataset.test,
+            batch_size=config.train.eval_batch_size,
+            process=process,
+            progress=progress,
+        )
+        label = "LoRA r=8 on q,v (PEFT)" if kind == "lora" else "full fine-tuning"
+        rows.append(
+            {
+                "task": spec.name,
+                "name": f"{label} (best of step {result.best_step})",
+                **scores,
+                "trainable_parameters": model.num_trainable(),
+                "file_bytes": result.prompt_path.stat().st_size,
+                "train_seconds": result.seconds,
+            }
+        )
+    return rows
