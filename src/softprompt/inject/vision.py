@@ -95,7 +95,6 @@ class VisionInjector:
         self.front = 2 if hasattr(self.model.embeddings, "distillation_token") else 1
         params = inspect.signature(self.model.embeddings.forward).parameters
         self._interpolate = "interpolate_pos_encoding" in params
-        self._qkv: dict[int, tuple] = {}  # layer -> (weights' identity, fused (W, b))
 
     def hidden_states(
         self,
@@ -149,24 +148,6 @@ class VisionInjector:
             x = torch.cat([x[:, : self.front], x[:, self.front + n :]], 1)  # (B, F + N, d)
         return x
 
-    def _fused_qkv(self, index: int) -> tuple[torch.Tensor, torch.Tensor | None] | None:
-        """Layer `index`'s q/k/v weights stacked (3d, d) for one GEMM, built once and
-        rebuilt if the weights move or change; None unless all three are plain frozen
-        nn.Linear (LoRA and full fine-tuning change them, so they run unfused)."""
-        attn = self.parts[index].attention
-        projections = (attn.q_proj, attn.k_proj, attn.v_proj)
-        if any(type(m) is not nn.Linear or m.weight.requires_grad for m in projections):
-            return None
-        weights = [m.weight for m in projections]
-        key = tuple((w.data_ptr(), w._version, w.dtype, w.device) for w in weights)
-        cached = self._qkv.get(index)
-        if cached is None or cached[0] != key:
-            biases = [m.bias for m in projections]
-            bias = None if any(b is None for b in biases) else torch.cat(biases).detach()
-            cached = (key, (torch.cat(weights).detach(), bias))
-            self._qkv[index] = cached
-        return cached[1]
-
     def prefixed_layer(
         self,
         index: int,
@@ -189,13 +170,8 @@ class VisionInjector:
         def split(t: torch.Tensor) -> torch.Tensor:  # (R, T, H * hd) -> (R, H, T, hd)
             return t.view(t.shape[0], t.shape[1], heads, head_dim).transpose(1, 2)
 
-        fused = self._fused_qkv(index) if queries is None else None
-        if fused is not None:  # one GEMM for q, k and v of the real tokens
-            qkv = F.linear(h, *fused).view(batch, h.shape[1], 3, heads, head_dim)
-            q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, H, T, hd)
-        else:
-            q = split(attn.q_proj(h if queries is None else h[:, :queries]))  # (B, H, Q, hd)
-            k, v = split(attn.k_proj(h)), split(attn.v_proj(h))  # (B, H, T, hd)
+        q = split(attn.q_proj(h if queries is None else h[:, :queries]))  # (B, H, Q, hd)
+        k, v = split(attn.k_proj(h)), split(attn.v_proj(h))  # (B, H, T, hd)
         if tokens is not None:
             p = parts.norm1(tokens)  # (P, n, d): once per distinct prompt, not per row
             pk, pv = split(attn.k_proj(p)), split(attn.v_proj(p))  # (P, H, n, hd)
