@@ -15,6 +15,7 @@ from typing import Any
 
 from softprompt import distributed
 from softprompt.backbones import Backbone, load_backbone
+from softprompt.baselines import tuned_rows
 from softprompt.config import DataConfig, RunConfig, TaskSpec
 from softprompt.data import Dataset, load_dataset
 from softprompt.device import resolve_device
@@ -252,6 +253,7 @@ def run(config: RunConfig, *, resume: bool = False, progress: bool = True) -> Ru
     model = build_models(backbone, specs, data)
     rows = _zero_shot_rows(config, backbone, data, process)
     rows += _head_only_rows(config, backbone, specs, data, process, resume, progress)
+    rows += tuned_rows(config, backbone, specs, data, process, resume, progress)
     result = train(
         model,
         data,

@@ -63,6 +63,11 @@ FLAGS: dict[str, tuple[str, Callable[[str], Any], str]] = {
     "sampler": ("train.sampler", str, "mixing several tasks: proportional or temperature"),
     "temperature": ("train.temperature", float, "p ~ n^(1/T) with --sampler temperature"),
     "out": ("out", str, "output folder"),
+    "compare": (
+        "compare",
+        lambda raw: [part.strip() for part in raw.split(",") if part.strip()],
+        "images: also train lora and/or full fine-tuning (e.g. lora,full) as report rows",
+    ),
 }
 
 

@@ -40,6 +40,9 @@ class TaskSpec:
     task: dict[str, Any]
 
 
+BASELINE_KINDS = ("lora", "full")  # RunConfig.compare; softprompt.baselines trains them
+
+
 @dataclass
 class RunConfig:
     backbone: str = "smollm2-135m"
@@ -52,6 +55,16 @@ class RunConfig:
     out: str = "runs/movie-sentiment"
     baseline: bool = True
     tasks: list[TaskSpec] | None = None  # several tasks at once; then data/method/task unused
+    # baselines that tune the backbone itself, trained with the same config as report rows
+    compare: list[str] = field(default_factory=list)  # "lora", "full" (softprompt.baselines)
+
+    def __post_init__(self) -> None:
+        wrong = [c for c in self.compare if c not in BASELINE_KINDS]
+        if wrong:
+            raise ConfigError(
+                f"compare: unknown baseline(s) {', '.join(map(repr, wrong))}; "
+                f"use {' and/or '.join(BASELINE_KINDS)}"
+            )
 
     def task_specs(self) -> list[TaskSpec]:
         """The run's tasks: the `tasks` list, or the one task given by data/method/task."""
@@ -65,7 +78,7 @@ class RunConfig:
 
 
 _SECTIONS = {"data": DataConfig, "train": TrainConfig}
-_TOP_LEVEL = {"backbone": str, "out": str, "baseline": bool}
+_TOP_LEVEL = {"backbone": str, "out": str, "baseline": bool, "compare": list[str]}
 
 
 def build_run_config(values: dict[str, Any]) -> RunConfig:

@@ -116,47 +116,173 @@ class VisionInjector:
             return self.model.embeddings(pixels, interpolate_pos_encoding=True)
         return self.model.embeddings(pixels)  # DINOv2 always interpolates
 
-    def image_states(self, prompt: Prompt, pixels: torch.Tensor) -> torch.Tensor:
-        """(B, 3, S, S) -> (B, F + N, d) final (layer-normed) states of the real tokens."""
-        if isinstance(prompt, RowPrompts):
-            if len(prompt.prompts) != 1:
-                raise ConfigError(
-                    "tasks: one batch of images takes one visual prompt for now; "
-                    "score image tasks in separate batches"
-                )
-            prompt = prompt.prompts[0]
-        deep = getattr(prompt, "deep", None)
-        shallow = prompt.embeds
+    def image_states(
+        self, prompt: Prompt | RowPrompts, pixels: torch.Tensor, *, front_only: bool = False
+    ) -> torch.Tensor:
+        """(B, 3, S, S) -> (B, F + N, d) final (layer-normed) states of the real tokens.
+
+        `prompt` may be one prompt or k distinct ones with a per-row index (RowPrompts);
+        each row's states are those it gets run alone with its own prompt. Prompts of
+        other lengths are padded and the padding masked out of every attention; with
+        no padding no mask is built at all. `front_only`: only [CLS] (and DeiT's
+        distillation token) are read, so the last layer computes only their rows
+        (queries, output projection and MLP of the patches are skipped) -> (B, F, d)."""
+        batch = pixels.shape[0]
+        stack = _stack_prompts(RowPrompts.of(prompt, batch, pixels.device), batch)
         x = self.embed(pixels)  # (B, F + N, d)
-        batch, n = x.shape[0], 0 if shallow is None else shallow.shape[1]
+        n = 0 if stack.shallow is None else stack.shallow.shape[1]
         if n:
-            x = torch.cat([x[:, : self.front], _rows(shallow, batch), x[:, self.front :]], 1)
+            shallow = stack.rows(stack.shallow).to(x.dtype)  # (B, n, d)
+            x = torch.cat([x[:, : self.front], shallow, x[:, self.front :]], 1)
+        keep = stack.key_mask(self.front, x.shape[1] - self.front - n)  # (B, 1, 1, K) | None
+        last = len(self.layers) - 1
         for i, layer in enumerate(self.layers):
-            x = layer(x) if deep is None else self.prefixed_layer(i, x, deep[i])  # (B, T, d)
+            queries = self.front if front_only and i == last else None
+            if stack.deep is None and keep is None and queries is None:
+                x = layer(x)  # (B, T, d): transformers' own block
+            else:
+                tokens = None if stack.deep is None else stack.deep[i]
+                x = self.prefixed_layer(i, x, tokens, stack, keep, queries)
         x = self.model.layernorm(x)
-        if n:
+        if n and not front_only:
             x = torch.cat([x[:, : self.front], x[:, self.front + n :]], 1)  # (B, F + N, d)
         return x
 
-    def prefixed_layer(self, index: int, x: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-        """One block where the real tokens x (B, T, d) also attend to `tokens` (P, n, d)."""
+    def prefixed_layer(
+        self,
+        index: int,
+        x: torch.Tensor,
+        tokens: torch.Tensor | None,
+        stack: _PromptStack | None = None,
+        keep: torch.Tensor | None = None,
+        queries: int | None = None,
+    ) -> torch.Tensor:
+        """One block where the real tokens x (B, T, d) also attend to `tokens` (P, n, d),
+        P == 1 (shared), P == B (per row) or P == k distinct prompts picked by `stack`.
+        `keep` (B, 1, 1, n + T) masks padding out of the keys; `queries`: only the first
+        rows of x are needed, so only they get queries, output projection and MLP."""
         parts = self.parts[index]
         attn = parts.attention
-        batch, length, _ = x.shape
+        batch = x.shape[0]
         heads, head_dim = attn.num_attention_heads, attn.head_dim
         h = parts.norm1(x)  # (B, T, d)
-        p = parts.norm1(tokens)  # (P, n, d): computed once for a shared prompt
 
         def split(t: torch.Tensor) -> torch.Tensor:  # (R, T, H * hd) -> (R, H, T, hd)
             return t.view(t.shape[0], t.shape[1], heads, head_dim).transpose(1, 2)
 
-        q = split(attn.q_proj(h))  # (B, H, T, hd)
-        k = torch.cat([_rows(split(attn.k_proj(p)), batch), split(attn.k_proj(h))], 2)
-        v = torch.cat([_rows(split(attn.v_proj(p)), batch), split(attn.v_proj(h))], 2)
-        out = F.scaled_dot_product_attention(q, k, v, scale=attn.scaling)  # (B, H, T, hd)
+        q = split(attn.q_proj(h if queries is None else h[:, :queries]))  # (B, H, Q, hd)
+        k, v = split(attn.k_proj(h)), split(attn.v_proj(h))  # (B, H, T, hd)
+        if tokens is not None:
+            p = parts.norm1(tokens)  # (P, n, d): once per distinct prompt, not per row
+            pk, pv = split(attn.k_proj(p)), split(attn.v_proj(p))  # (P, H, n, hd)
+            if stack is not None and stack.index is not None:
+                pk, pv = pk[stack.index], pv[stack.index]  # (B, H, n, hd)
+            k = torch.cat([_rows(pk, batch), k], 2)  # (B, H, n + T, hd)
+            v = torch.cat([_rows(pv, batch), v], 2)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=keep, scale=attn.scaling)
+        length = out.shape[2]
         out = attn.o_proj(out.transpose(1, 2).reshape(batch, length, heads * head_dim))
-        x = x + parts.scale1(out)  # (B, T, d)
+        x = x if queries is None else x[:, :queries]  # (B, Q, d)
+        x = x + parts.scale1(out)
         return x + parts.scale2(parts.mlp(parts.norm2(x)))
+
+
+@dataclass
+class _PromptStack:
+    """The batch's distinct visual prompts, stacked once (not per row).
+
+    shallow: (P, n, d) input tokens; deep: (L, P, m, d) per-layer tokens. P == 1 when
+    every row shares one prompt (or P == B for a per-row tensor), else P == k distinct
+    prompts and `index` (B,) picks each row's. Shorter prompts are zero-padded; the
+    (k, n) / (k, m) `*_keep` masks say which entries are real (None: nothing padded)."""
+
+    batch: int
+    shallow: torch.Tensor | None = None
+    deep: torch.Tensor | None = None
+    shallow_keep: torch.Tensor | None = None
+    deep_keep: torch.Tensor | None = None
+    index: torch.Tensor | None = None  # (B,) when k > 1
+
+    def rows(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(P, n, ...) -> (B, n, ...): a view when shared, a gather when mixed."""
+        if self.index is not None:
+            return tokens[self.index]
+        return _rows(tokens, self.batch)
+
+    def key_mask(self, front: int, patches: int) -> torch.Tensor | None:
+        """(B, 1, 1, m + F + n + N) "may attend" over [deep prefix, front, shallow,
+        patches], or None when nothing is padded (SDPA then runs without a mask)."""
+        if self.shallow_keep is None and self.deep_keep is None:
+            return None
+        some = self.deep if self.deep is not None else self.shallow
+        count, device = some.shape[-3], some.device
+
+        def real(keep: torch.Tensor | None, length: int) -> torch.Tensor:
+            if keep is None:
+                return torch.ones(count, length, dtype=torch.bool, device=device)
+            return keep.to(device)
+
+        parts = [real(self.deep_keep, self.deep.shape[2])] if self.deep is not None else []
+        parts.append(real(None, front))
+        if self.shallow is not None:
+            parts.append(real(self.shallow_keep, self.shallow.shape[1]))
+        parts.append(real(None, patches))
+        return self.rows(torch.cat(parts, 1))[:, None, None, :]  # (B, 1, 1, K)
+
+
+def _padded(
+    tensors: list[torch.Tensor | None], dim: int
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Stack along a new axis 0, zero-padding axis `dim` of each tensor (None: length 0)
+    to the longest. Returns the (k, ...) stack and a (k, longest) keep mask, or None
+    for the mask when every tensor had the longest length."""
+    real = next(t for t in tensors if t is not None)
+    lengths = [0 if t is None else t.shape[dim] for t in tensors]
+    longest = max(lengths)
+    rows = []
+    for t, length in zip(tensors, lengths, strict=True):
+        shape = list(real.shape)
+        shape[dim] = longest - length
+        pad = real.new_zeros(shape)
+        rows.append(pad if t is None else torch.cat([t, pad], dim))
+    stacked = torch.stack(rows)  # (k, ..., longest, ...)
+    if min(lengths) == longest:
+        return stacked, None
+    keep = torch.arange(longest)[None, :] < torch.tensor(lengths)[:, None]  # (k, longest)
+    return stacked, keep.to(real.device)
+
+
+def _stack_prompts(rows: RowPrompts, batch: int) -> _PromptStack:
+    """One prompt (P == 1 or B) passes through as is; k > 1 prompts are stacked and padded."""
+    if len(rows.prompts) == 1:
+        prompt = rows.prompts[0]
+        shallow = prompt.embeds
+        if shallow is not None and shallow.dim() == 2:
+            shallow = shallow.unsqueeze(0)  # (1, n, d)
+        return _PromptStack(batch, shallow, getattr(prompt, "deep", None))
+    shallows, deeps = [], []
+    for j, prompt in enumerate(rows.prompts):
+        embeds, deep = prompt.embeds, getattr(prompt, "deep", None)
+        if embeds is not None and embeds.dim() == 3:
+            if embeds.shape[0] != 1:
+                raise ConfigError(f"prompts: prompt {j} of a mixed batch has per-row tokens")
+            embeds = embeds[0]  # (n, d)
+        if deep is not None:
+            if deep.shape[1] != 1:
+                raise ConfigError(f"prompts: prompt {j} of a mixed batch has per-row deep tokens")
+            deep = deep[:, 0]  # (L, m, d)
+        shallows.append(embeds)
+        deeps.append(deep)
+    stack = _PromptStack(batch, index=rows.index)
+    if any(t is not None for t in shallows):
+        stack.shallow, stack.shallow_keep = _padded(shallows, 0)  # (k, n, d)
+    if any(t is not None for t in deeps):
+        deep_stack, stack.deep_keep = _padded(deeps, 1)  # (k, L, m, d)
+        stack.deep = deep_stack.transpose(0, 1)  # (L, k, m, d)
+    device = stack.deep if stack.deep is not None else stack.shallow
+    if device is not None:
+        stack.index = rows.index.to(device.device)
+    return stack
 
 
 def reference_deep_states(

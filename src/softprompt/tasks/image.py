@@ -55,9 +55,9 @@ class ImageTask(Task):
     def forward(
         self, injector: Injector, prompt: Prompt, batch: dict[str, torch.Tensor]
     ) -> TaskOutput:
-        states = injector.image_states(prompt, batch["pixel_values"])  # (B, F + N, d)
-        front = injector.front
-        pooled = states[:, 0] if self.pool == "cls" else states[:, front:].mean(1)  # (B, d)
+        cls = self.pool == "cls"  # then the last layer computes the front rows only
+        states = injector.image_states(prompt, batch["pixel_values"], front_only=cls)
+        pooled = states[:, 0] if cls else states[:, injector.front :].mean(1)  # (B, d)
         scores = self.head(pooled)  # (B, C)
         targets = batch.get("targets")
         loss = F.cross_entropy(scores, targets) if targets is not None else scores.new_zeros(())

@@ -1,0 +1,217 @@
+"""Baselines that change the backbone itself: LoRA (through PEFT) and full fine-tuning.
+
+A prompt method never touches the frozen backbone; these two do, so they run on a private
+copy of it and train with the same loop, task head, steps and data as the prompts they
+are compared with. `TunedModel` is a `PromptModel` (method `none`) whose copied backbone
+is a registered submodule, so its trainable weights join `trainable_parameters()` and
+the loop needs no change. Its file holds only what trained (LoRA's A/B matrices, or every
+backbone weight's delta, plus the head): the honest file size of each baseline.
+
+Learning rates: the loop has one Adam learning rate (right for the prompt and head). A
+backbone weight needs a far smaller one, so both baselines scale their update instead:
+
+* full fine-tuning stores each weight as ``W0 + s * D`` with ``D`` trainable and starting
+  at zero; Adam moves ``D`` by about ``lr`` a step, so ``W`` moves by ``s * lr``
+  (``backbone_lr = s * lr``). Weight decay pulls ``W`` back to ``W0`` (L2-SP), not to 0.
+* LoRA's own ``alpha / r`` scale does the same for its ``B A`` product.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from softprompt.backbones import Backbone
+from softprompt.config import BASELINE_KINDS
+from softprompt.errors import ConfigError, PromptFileError
+from softprompt.model import PromptModel
+from softprompt.promptfile import check_backbone, read_prompt_file, save_prompt_file
+from softprompt.tasks.base import TaskConfig
+
+
+@dataclass
+class TuneConfig:
+    """`kind`: lora or full. LoRA: rank `r`, `alpha` (update scale alpha / r) on the
+    attention modules named in `targets`. Full: `backbone_lr_scale` = backbone lr / head lr."""
+
+    kind: str = "lora"
+    r: int = 8
+    alpha: float = 2.0
+    targets: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
+    backbone_lr_scale: float = 3e-3
+
+    def __post_init__(self) -> None:
+        if self.kind not in BASELINE_KINDS:
+            raise ConfigError(
+                f"baseline.kind: use one of {', '.join(BASELINE_KINDS)}, not {self.kind!r}"
+            )
+        if self.r < 1 or not self.alpha > 0 or not self.backbone_lr_scale > 0:
+            raise ConfigError("baseline: r must be >= 1, alpha and backbone_lr_scale > 0")
+
+
+class _Delta(nn.Module):
+    """W = W0 + scale * D: D is the stored (trainable) tensor, W0 a fixed buffer."""
+
+    def __init__(self, base: torch.Tensor, scale: float) -> None:
+        super().__init__()
+        self.register_buffer("base", base.detach().clone(), persistent=False)
+        self.scale = scale
+
+    def forward(self, delta: torch.Tensor) -> torch.Tensor:
+        return self.base + self.scale * delta
+
+    def right_inverse(self, weight: torch.Tensor) -> torch.Tensor:
+        return torch.zeros_like(weight)  # D starts at zero: W starts at W0
+
+
+def unfreeze_full(model: nn.Module, scale: float) -> nn.Module:
+    """Every parameter of `model` trains as W0 + scale * D (see the module docstring)."""
+    for module in list(model.modules()):
+        for name, param in list(module.named_parameters(recurse=False)):
+            parametrize.register_parametrization(module, name, _Delta(param, scale))
+            getattr(module.parametrizations, name).original.requires_grad_(True)
+    return model
+
+
+def add_lora(model: nn.Module, config: TuneConfig) -> nn.Module:
+    """PEFT LoRA adapters, in place, on the attention projections named in `config.targets`."""
+    from peft import LoraConfig, inject_adapter_in_model
+
+    lora = LoraConfig(r=config.r, lora_alpha=config.alpha, target_modules=list(config.targets))
+    try:
+        inject_adapter_in_model(lora, model)
+    except ValueError as e:
+        raise ConfigError(f"baseline.targets: {e}") from e
+    for name, param in model.named_parameters():
+        param.requires_grad_("lora_" in name)
+    return model
+
+
+class TunedModel(PromptModel):
+    """The task head on a private, partly (LoRA) or wholly (full) trainable backbone copy."""
+
+    def __init__(self, backbone: Backbone, task_config: TaskConfig, tune: TuneConfig) -> None:
+        if backbone.spec.kind != "vision":
+            raise ConfigError(
+                f"baseline: LoRA / full fine-tuning baselines run on vision backbones; "
+                f"{backbone.name!r} is a {backbone.spec.kind}"
+            )
+        tuned = copy.deepcopy(backbone.model)
+        if tune.kind == "lora":
+            add_lora(tuned, tune)
+        else:
+            unfreeze_full(tuned, tune.backbone_lr_scale)
+        super().__init__(dataclasses.replace(backbone, model=tuned), task_config, "none")
+        self.tune = tune
+        self.tuned = tuned  # a submodule: its trainable weights are trainable_parameters()
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "baseline": dataclasses.asdict(self.tune)}
+
+    def trained_state(self) -> dict[str, torch.Tensor]:
+        """Only the tensors that train (the rest is the backbone, fingerprinted)."""
+        names = {n for n, p in self.named_parameters() if p.requires_grad}
+        return {k: v for k, v in self.state_dict().items() if k in names}
+
+    def save(self, path: str | Path, **extra: Any) -> Path:
+        return save_prompt_file(path, self.trained_state(), dict(self.describe(), **extra))
+
+    @classmethod
+    def load(  # type: ignore[override]
+        cls, path: str | Path, backbone: Backbone, *, check_fingerprint: bool = True
+    ) -> TunedModel:
+        """A baseline file back on the backbone it was trained from."""
+        tensors, meta = read_prompt_file(path)
+        if "baseline" not in meta:
+            raise PromptFileError(
+                f"{path}: not a LoRA / full fine-tuning file; load it as a prompt"
+            )
+        if check_fingerprint:
+            check_backbone(path, meta, backbone.name, backbone.fingerprint)
+        model = cls(backbone, TaskConfig(**meta["task"]), TuneConfig(**meta["baseline"]))
+        expected = model.trained_state()
+        if set(expected) != set(tensors):
+            raise PromptFileError(
+                f"{path}: tensors do not match the {meta['baseline']['kind']} baseline"
+            )
+        model.load_state_dict(tensors, strict=False)
+        return model
+
+
+def tuned_baseline(
+    backbone: Backbone,
+    dataset: Any,
+    config: Any,
+    tune: TuneConfig,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+) -> tuple[TunedModel, Any]:
+    """Train LoRA or full fine-tuning (same task, same training config) into OUT/<kind>;
+    returns the best model, loaded back, and its `TrainResult`."""
+    from softprompt.api import task_config_for
+    from softprompt.train import train
+
+    model = TunedModel(backbone, task_config_for(dataset, config.task), tune)
+    out = Path(config.out) / tune.kind
+    run = {**config.to_dict(), "baseline": dataclasses.asdict(tune), "out": str(out)}
+    result = train(
+        model, dataset, config.train, out, resume=resume, meta={"run": run}, progress=progress
+    )
+    return TunedModel.load(result.prompt_path, backbone), result
+
+
+def tuned_rows(
+    config: Any,
+    backbone: Backbone,
+    specs: list[Any],
+    data: dict[str, Any],
+    process: Any,
+    resume: bool,
+    progress: bool,
+) -> list[dict[str, Any]]:
+    """Report rows for the run's `compare` baselines (LoRA, full fine-tuning): each
+    trained with the run's task and training config into OUT/<kind>, then scored on the
+    test split like the prompt. One vision task only (a ConfigError otherwise)."""
+    if not config.compare:
+        return []
+    if backbone.spec.kind != "vision" or len(specs) != 1:
+        raise ConfigError(
+            "compare: LoRA / full fine-tuning rows are for one image task on a vision "
+            "backbone; drop --compare for this run"
+        )
+    from softprompt.evaluate import evaluate
+
+    spec, rows = specs[0], []
+    dataset = data[spec.name]
+    for kind in config.compare:
+        tune = TuneConfig(kind=kind)
+        model, result = tuned_baseline(
+            backbone, dataset, config, tune, resume=resume, progress=progress
+        )
+        scores = evaluate(
+            model,
+            dataset.test,
+            batch_size=config.train.eval_batch_size,
+            process=process,
+            progress=progress,
+        )
+        label = "LoRA r=8 on q,v (PEFT)" if kind == "lora" else "full fine-tuning"
+        rows.append(
+            {
+                "task": spec.name,
+                "name": f"{label} (best of step {result.best_step})",
+                **scores,
+                "trainable_parameters": model.num_trainable(),
+                "file_bytes": result.prompt_path.stat().st_size,
+                "train_seconds": result.seconds,
+            }
+        )
+    return rows
