@@ -2,7 +2,7 @@
 soft prompts from every init (one from the best hard prompt), and their projections.
 
     python benchmarks/search_table.py --datasets movie-sentiment election-tweets \\
-        --budget 8 --seeds 0 1 2 --examples 32 --test-examples 150 --soft-steps 30
+        --budget 6 --seeds 0 1 2 --examples 16 --test-examples 100 --soft-steps 20
 
 Every search scores candidates on the same `--examples` validation rows; the best
 prompt of each run (by validation) is scored on the same `--test-examples` test
@@ -152,11 +152,15 @@ def soft_unit(ctx: Context, init: str, done: dict) -> dict:
         result = train(model, ctx.data, config, Path(folder) / "run", progress=False)
         tuned = type(model).load(result.prompt_path, ctx.backbone)
         score = evaluate(tuned, ctx.test)["accuracy"]
-        projections = {}
+        projections, scored = {}, {}
         for metric in ("cosine", "l2"):
             projection = project(tuned, metric)
-            (kept,) = ctx.test_scorer.score([projected_candidate(tuned, projection)])
+            ids = tuple(projection.ids)  # both metrics often pick the same tokens: score once
+            if ids not in scored:
+                (scored[ids],) = ctx.test_scorer.score([projected_candidate(tuned, projection)])
+            kept = scored[ids]
             projections[metric] = {"tokens": "".join(projection.tokens), "test": kept.accuracy,
+                                   "ids": list(ids),
                                    "mean_cosine": statistics.mean(projection.similarity)}  # fmt: skip
     return {"params": model.num_trainable(), "test": score,
             "template": task["template"], "projections": projections, **extra}  # fmt: skip
@@ -227,11 +231,11 @@ def main() -> None:
     parser.add_argument("--backbone", default="smollm2-135m")
     parser.add_argument("--methods", nargs="+", default=METHODS)
     parser.add_argument("--inits", nargs="+", default=INITS)
-    parser.add_argument("--budget", type=int, default=8)
+    parser.add_argument("--budget", type=int, default=6)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--examples", type=int, default=32)
-    parser.add_argument("--test-examples", type=int, default=150)
-    parser.add_argument("--soft-steps", type=int, default=30)
+    parser.add_argument("--examples", type=int, default=16)
+    parser.add_argument("--test-examples", type=int, default=100)
+    parser.add_argument("--soft-steps", type=int, default=20)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (shared CPU)")
     parser.add_argument("--render", action="store_true", help="print the table of --out only")
     parser.add_argument("--out", default="benchmarks/results/search_table.json")
