@@ -9,11 +9,13 @@ frozen SmolLM2-135M, the same examples and the same candidates:
   B  the search scorer with all candidates in one call (shared K/V, examples in
      length-sorted groups).
 
-Three candidate families: AutoPrompt/RLPrompt-style trigger tokens between the
+Four candidate families: AutoPrompt/RLPrompt-style trigger tokens between the
 text and the answer cue (only the tail differs: the text runs once), OPRO-style
-instructions in front of the template (each instruction runs once), and the
-same instructions followed by four labelled training examples (a few-shot
-prompt in front, as prompts drafted from a corpus sample are).
+instructions in front of the template (each instruction runs once), the same
+instructions after the text (OPRO's `position: end`, the paper's Q_end: the
+text runs once again), and the front instructions followed by four labelled
+training examples (a few-shot prompt in front, as prompts drafted from a corpus
+sample are).
 Prints evaluations per second and the ratios, and checks the two agree.
 
 It also counts the tokens each side feeds through the transformer (padding
@@ -66,6 +68,9 @@ def candidates(kind: str, template: str, words: list[str], count: int, rng: rand
     ]
     if kind == "instructions":
         return out
+    if kind == "instructions-after":  # the same instructions after the text (OPRO Q_end)
+        head, tail = template.split("{text}")
+        return [head + "{text}\n" + t[: -len(template) - 1] + tail for t in out]
     # "demonstrations": the instruction, then 4 labelled training rows, then the template
     shots = lambda: "".join(  # noqa: E731
         template.replace("{text}", e.text.replace("{", "(").replace("}", ")")) + f" {e.label}\n\n"
@@ -110,7 +115,9 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument(
-        "--kinds", nargs="+", default=["triggers", "instructions", "demonstrations"]
+        "--kinds",
+        nargs="+",
+        default=["triggers", "instructions", "instructions-after", "demonstrations"],
     )
     parser.add_argument("--out", default="benchmarks/results/search_scoring.json")
     args = parser.parse_args()
@@ -177,7 +184,8 @@ def main() -> None:
 
 
 def write(args, results: dict) -> None:
-    """Rewritten after each family, so a cut run keeps the families it finished."""
+    """Rewritten after each family, so a cut run keeps the families it finished; families
+    measured by an earlier run with the same settings are kept (`--kinds` runs a few)."""
     meta = {
         "backbone": args.backbone,
         "dataset": args.dataset,
@@ -187,8 +195,13 @@ def write(args, results: dict) -> None:
         "threads": torch.get_num_threads(),
         "date": time.strftime("%Y-%m-%d"),
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"meta": meta, "results": results}, indent=2))
+    path = Path(args.out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    old = json.loads(path.read_text()) if path.is_file() else {}
+    same = {k: v for k, v in meta.items() if k != "date"}
+    if {k: old.get("meta", {}).get(k) for k in same} == same:  # families run separately
+        results = {**old.get("results", {}), **results}
+    path.write_text(json.dumps({"meta": meta, "results": results}, indent=2))
 
 
 if __name__ == "__main__":
