@@ -8,7 +8,7 @@ Every search scores candidates on the same `--examples` validation rows; the bes
 prompt of each run (by validation) is scored on the same `--test-examples` test
 rows as everything else. Search rows give mean and spread (min-max) over seeds.
 Soft prompts (20 virtual tokens; the hard-prompt init takes as many as its words)
-train `--soft-steps` steps (batch 8, lr 3e-2, seed 0) and are scored on the same
+train `--soft-steps` steps (batch `--soft-batch`, lr 3e-2, seed 0) and are scored on the same
 test rows; each is then projected to its nearest tokens (cosine and L2).
 
 The run is cut into units (the manual prompts, one search at one seed, one soft
@@ -72,7 +72,7 @@ INIT_TEXT = {
 METHODS = ["random-edit", "greedy-edit", "autoprompt", "rlprompt", "opro"]
 INITS = ["random", "vocab", "text", "labels", "best hard prompt"]
 # what must match for a results file to be resumed
-SAME_RUN = ("backbone", "budget", "examples", "test_examples", "soft_steps")
+SAME_RUN = ("backbone", "budget", "examples", "test_examples")
 
 
 def spread(values: list[float]) -> str:
@@ -147,8 +147,8 @@ def soft_unit(ctx: Context, init: str, done: dict) -> dict:
             extra = {"hard_template": template, "hard_validation": val}
         model = build_model(ctx.backbone, ctx.data, method, task)
         steps = ctx.args.soft_steps
-        config = TrainConfig(steps=steps, batch_size=8, lr=3e-2, eval_every=steps,
-                             eval_examples=ctx.args.examples, seed=0)  # fmt: skip
+        config = TrainConfig(steps=steps, batch_size=ctx.args.soft_batch, lr=3e-2,
+                             eval_every=steps, eval_examples=ctx.args.examples, seed=0)  # fmt: skip
         result = train(model, ctx.data, config, Path(folder) / "run", progress=False)
         tuned = type(model).load(result.prompt_path, ctx.backbone)
         score = evaluate(tuned, ctx.test)["accuracy"]
@@ -162,7 +162,8 @@ def soft_unit(ctx: Context, init: str, done: dict) -> dict:
             projections[metric] = {"tokens": "".join(projection.tokens), "test": kept.accuracy,
                                    "ids": list(ids),
                                    "mean_cosine": statistics.mean(projection.similarity)}  # fmt: skip
-    return {"params": model.num_trainable(), "test": score,
+    return {"params": model.num_trainable(), "test": score, "steps": steps,
+            "batch": ctx.args.soft_batch,
             "template": task["template"], "projections": projections, **extra}  # fmt: skip
 
 
@@ -217,7 +218,7 @@ def table(done: dict, args) -> str:
                 continue
             lines.append(f"| {d} | soft prompt, init {i} | {r['params']:,} params | - "
                          f"| {r['test']:.3f} "
-                         f"| {args.soft_steps} steps |")  # fmt: skip
+                         f"| {r['steps']} steps x {r['batch']} rows |")  # fmt: skip
             for metric, p in r["projections"].items():
                 keep = p["test"] / r["test"] if r["test"] else 0.0
                 lines.append(f"| {d} | ... projected ({metric}) | `{p['tokens']!r}` | - "
@@ -236,6 +237,7 @@ def main() -> None:
     parser.add_argument("--examples", type=int, default=16)
     parser.add_argument("--test-examples", type=int, default=100)
     parser.add_argument("--soft-steps", type=int, default=20)
+    parser.add_argument("--soft-batch", type=int, default=8)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (shared CPU)")
     parser.add_argument("--render", action="store_true", help="print the table of --out only")
     parser.add_argument("--out", default="benchmarks/results/search_table.json")

@@ -22,7 +22,7 @@ def table():
 
 def _args(tmp_path, **kw) -> argparse.Namespace:
     base = dict(datasets=["a", "b"], backbone="m", methods=["x", "y"], inits=["vocab"],
-                budget=8, seeds=[0, 1], examples=4, test_examples=6, soft_steps=3,
+                budget=8, seeds=[0, 1], examples=4, test_examples=6, soft_steps=3, soft_batch=2,
                 threads=1, render=False, out=str(tmp_path / "t.json"))  # fmt: skip
     return argparse.Namespace(**{**base, **kw})
 
@@ -57,7 +57,7 @@ def test_table_of_a_cut_run_shows_seeds_done_and_soft_share_kept(table, tmp_path
         "a|manual": {"prompts": [prompt, {**prompt, "validation": 0.75, "test": 0.4}]},
         "a|search|x|0": {**prompt, "evaluations": 8},
         "a|search|x|1": {**prompt, "test": 0.8, "evaluations": 7},
-        "a|soft|vocab": {"params": 11520, "test": 0.8, "template": "T {text}",
+        "a|soft|vocab": {"params": 11520, "test": 0.8, "template": "T {text}", "steps": 3, "batch": 2,
                          "projections": {"cosine": {"tokens": "ab", "test": 0.6}}},
     }  # fmt: skip
     text = table.table(done, args)
@@ -65,4 +65,5 @@ def test_table_of_a_cut_run_shows_seeds_done_and_soft_share_kept(table, tmp_path
     assert "| best of 3 manual prompts | `'T {text}'` | 0.750 | 0.400 |" in text
     assert "| x (2 seeds) |" in text and "| 0.700 (0.600-0.800) | 8/8 |" in text
     assert "| y" not in text  # not run yet
+    assert "| 0.800 | 3 steps x 2 rows |" in text
     assert "| 0.600 (75% of soft) |" in text
