@@ -8,7 +8,8 @@ Every search scores candidates on the same `--examples` validation rows; the bes
 prompt of each run (by validation) is scored on the same `--test-examples` test
 rows as everything else. Search rows give mean and spread (min-max) over seeds.
 Soft prompts (20 virtual tokens; the hard-prompt init takes as many as its words)
-train `--soft-steps` steps (batch `--soft-batch`, lr 3e-2, seed 0) and are scored on the same
+train `--soft-steps` steps (batch `--soft-batch`, lr 3e-2 after a warm-up of a
+quarter of the steps up to 10, seed 0) and are scored on the same
 test rows; each is then projected to its nearest tokens (cosine and L2).
 
 The run is cut into units (the manual prompts, one search at one seed, one soft
@@ -16,8 +17,10 @@ prompt with its projections), and the JSON at --out is rewritten after each, so 
 run cut by a timeout keeps what it finished; run the same command again to go on
 from there (`--render` prints the table of whatever is in the file). Units run
 in this order: manual prompts, every search at the first seed, the soft prompts
-(the best hard prompt is the best by validation among those rows), then the
-other seeds.
+(the best hard prompt is the best by validation among the rows done by then),
+then the other seeds. `--only search` / `--only soft` split the units over two
+processes with two --out files; `--also FILE` reads the other's units (for the
+best hard prompt, and to render one table).
 """
 
 from __future__ import annotations
@@ -123,12 +126,13 @@ def search_unit(ctx: Context, method: str, seed: int) -> dict:
             "evaluations": result.evaluations, "lm_calls": result.lm_calls}  # fmt: skip
 
 
-def best_hard(done: dict, name: str) -> tuple[str, float]:
-    """The best template by validation (accuracy, then loss) among the rows done so far."""
-    found = list(done[f"{name}|manual"]["prompts"])
-    found += [r for k, r in done.items() if k.startswith(f"{name}|search|")]
+def best_hard(done: dict, name: str) -> tuple[str, float, int]:
+    """The best template by validation (accuracy, then loss) among the rows done so far
+    (and how many searches were done by then)."""
+    searches = [r for k, r in done.items() if k.startswith(f"{name}|search|")]
+    found = list(done[f"{name}|manual"]["prompts"]) + searches
     best = max(found, key=lambda r: (r["validation"], -r["validation_loss"]))
-    return best["template"], best["validation"]
+    return best["template"], best["validation"], len(searches)
 
 
 def soft_unit(ctx: Context, init: str, done: dict) -> dict:
@@ -139,16 +143,17 @@ def soft_unit(ctx: Context, init: str, done: dict) -> dict:
         if init == "text":
             method["init_text"] = INIT_TEXT[ctx.name]
         if init == "best hard prompt":
-            template, val = best_hard(done, ctx.name)
+            template, val, searches = best_hard(with_also(done, ctx.args), ctx.name)
             config = build_model(ctx.backbone, ctx.data, {"name": "none"}, task).task.config
             path = save_search_prompt(Path(folder) / "hard.safetensors", ctx.backbone, config,
                                       template)  # fmt: skip
             method, task = soft_init_from_prompt(path, ctx.backbone)
-            extra = {"hard_template": template, "hard_validation": val}
+            extra = {"hard_template": template, "hard_validation": val, "searches_done": searches}
         model = build_model(ctx.backbone, ctx.data, method, task)
         steps = ctx.args.soft_steps
-        config = TrainConfig(steps=steps, batch_size=ctx.args.soft_batch, lr=3e-2,
-                             eval_every=steps, eval_examples=ctx.args.examples, seed=0)  # fmt: skip
+        config = TrainConfig(steps=steps, batch_size=ctx.args.soft_batch, lr=3e-2, seed=0,
+                             warmup_steps=min(10, steps // 4), eval_every=steps,
+                             eval_examples=ctx.args.examples)  # fmt: skip
         result = train(model, ctx.data, config, Path(folder) / "run", progress=False)
         tuned = type(model).load(result.prompt_path, ctx.backbone)
         score = evaluate(tuned, ctx.test)["accuracy"]
@@ -173,9 +178,21 @@ def units(args) -> list[tuple]:
     first, *rest = args.seeds
     out += [(d, "search", m, first) for d in args.datasets for m in args.methods]
     if args.soft_steps:
-        out += [(d, "soft", i) for d in args.datasets for i in args.inits]
+        out += [(d, "soft", i) for i in args.inits for d in args.datasets]
     out += [(d, "search", m, s) for s in rest for d in args.datasets for m in args.methods]
+    if args.only != "all":  # one kind of unit (the other run in another process)
+        keep = {"search": ("manual", "search"), "soft": ("soft",)}[args.only]
+        out = [u for u in out if u[1] in keep]
     return out
+
+
+def with_also(done: dict, args) -> dict:
+    """`done` plus the units of the --also files (read fresh: another run may be adding)."""
+    merged = {}
+    for extra in args.also:
+        if Path(extra).is_file():
+            merged.update(json.loads(Path(extra).read_text()).get("units", {}))
+    return {**merged, **done}
 
 
 def load_done(args) -> dict:
@@ -238,13 +255,15 @@ def main() -> None:
     parser.add_argument("--test-examples", type=int, default=100)
     parser.add_argument("--soft-steps", type=int, default=20)
     parser.add_argument("--soft-batch", type=int, default=8)
+    parser.add_argument("--only", choices=["all", "search", "soft"], default="all")
+    parser.add_argument("--also", nargs="*", default=[], help="other results files to read")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (shared CPU)")
     parser.add_argument("--render", action="store_true", help="print the table of --out only")
     parser.add_argument("--out", default="benchmarks/results/search_table.json")
     args = parser.parse_args()
     done = load_done(args)
     if args.render:
-        print(table(done, args))
+        print(table(with_also(done, args), args))
         return
     torch.set_num_threads(args.threads)
     backbone = load_backbone(args.backbone)
@@ -267,7 +286,7 @@ def main() -> None:
         done[key] = row
         atomic_write_text(Path(args.out), json.dumps({"args": vars(args), "units": done}, indent=2))
         print(f"{key}: {row.get('test', '')} ({row['seconds']:.0f} s)", flush=True)
-    print(table(done, args))
+    print(table(with_also(done, args), args))
 
 
 if __name__ == "__main__":

@@ -23,7 +23,8 @@ def table():
 def _args(tmp_path, **kw) -> argparse.Namespace:
     base = dict(datasets=["a", "b"], backbone="m", methods=["x", "y"], inits=["vocab"],
                 budget=8, seeds=[0, 1], examples=4, test_examples=6, soft_steps=3, soft_batch=2,
-                threads=1, render=False, out=str(tmp_path / "t.json"))  # fmt: skip
+                threads=1, render=False, out=str(tmp_path / "t.json"), only="all",
+                also=[])  # fmt: skip
     return argparse.Namespace(**{**base, **kw})
 
 
@@ -38,6 +39,22 @@ def test_first_seed_then_soft_then_other_seeds(table, tmp_path):
         ("b", "search", "x", 1), ("b", "search", "y", 1),
     ]  # fmt: skip
     assert all(u[1] != "soft" for u in table.units(_args(tmp_path, soft_steps=0)))
+    assert table.units(_args(tmp_path, only="soft")) == [
+        ("a", "soft", "vocab"),
+        ("b", "soft", "vocab"),
+    ]
+    searches = table.units(_args(tmp_path, only="search"))
+    assert searches == [u for u in order if u[1] != "soft"]
+
+
+def test_best_hard_prompt_reads_the_other_process_file(table, tmp_path):
+    other = tmp_path / "search.json"
+    prompt = {"template": "T {text}", "validation": 0.5, "validation_loss": 1.0, "test": 0.6}
+    found = {**prompt, "template": "Found {text}", "validation": 0.9, "evaluations": 8}
+    units = {"a|manual": {"prompts": [prompt]}, "a|search|x|0": found}
+    other.write_text(json.dumps({"units": units}))
+    done = table.with_also({}, _args(tmp_path, also=[str(other)]))
+    assert table.best_hard(done, "a") == ("Found {text}", 0.9, 1)
 
 
 def test_resume_keeps_done_units_and_refuses_other_settings(table, tmp_path):
