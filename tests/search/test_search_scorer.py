@@ -89,3 +89,15 @@ def test_eager_attention_gets_an_additive_mask():
         assert score.loss == pytest.approx(
             _reference(backbone, template, examples)["loss"], abs=1e-5
         )
+
+
+def test_each_candidate_prefix_runs_once_for_all_example_groups(llama, monkeypatch):
+    """Front candidates: the prefix pass is shared by every example group (3 here)."""
+    examples = toy_examples(12, seed=5)
+    verbalizer = Verbalizer.build(list(LABELS), WORDS, llama.tokenizer)
+    scorer = CandidateScorer(llama, verbalizer, examples, max_rows=10, example_group=5)
+    calls = []
+    heads = scorer._heads
+    monkeypatch.setattr(scorer, "_heads", lambda chunk: calls.append(len(chunk)) or heads(chunk))
+    scorer.score([Candidate.from_template(t, llama.tokenizer) for t in FRONTS])
+    assert calls == [2, 2, 2]  # 6 candidates, 10 // 5 = 2 per chunk, one prefix pass each

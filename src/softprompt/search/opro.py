@@ -3,14 +3,22 @@
 An instruction-following LM is shown the instructions tried so far with their
 scores (worst to best, as in the paper, so the best sit next to the question)
 and a few labelled task examples drawn from the user's own training data, and
-asked for a new instruction. Each reply is one LM call; its instruction goes in
-front of the seed template and is scored on the examples (one evaluation).
+asked for a new instruction. Each reply is one LM call; its instruction goes
+into the seed template and is scored on the examples (one evaluation).
+
+Where it goes is option `position`: `begin` (default) puts it in front of the
+template (the paper's "Q_begin"), `end` between the text and the answer cue
+("Q_end": `Review: {text}\n<instruction>\nSentiment:`). The paper reports
+either can win depending on the model; `end` is also much cheaper to score,
+since candidates then differ only after the text and the scorer runs each
+example's text once for all of them instead of once per candidate.
 The first round, with no instruction tried yet but the seed, amounts to drafting
 instructions from representative examples of the corpus.
 
 Options: `optimizer` (a backbone name or an OpenAI-compatible URL; default
 `smollm2-135m`), `per_step` replies per round (4), `shown` past instructions (8),
-`examples` shown (3), `temperature` (1.0), `max_tokens` (48). Tests pass an
+`examples` shown (3), `temperature` (1.0), `max_tokens` (48), `position`
+(begin or end). Tests pass an
 `OptimizerLM` object as `optimizer`.
 """
 
@@ -31,10 +39,18 @@ DEFAULTS = {
     "examples": 3,
     "temperature": 1.0,
     "max_tokens": 48,
+    "position": "begin",
 }
+POSITIONS = ("begin", "end")
 
 
-def meta_prompt(spec: TaskSpec, history: list[Ranked], shots: list, seed_template: str) -> str:
+def meta_prompt(
+    spec: TaskSpec,
+    history: list[Ranked],
+    shots: list,
+    seed_template: str,
+    position: str = "begin",
+) -> str:
     """The OPRO meta-prompt: task, examples, past instructions with scores (ascending)."""
     labels = ", ".join(spec.labels)
     lines = [
@@ -45,7 +61,8 @@ def meta_prompt(spec: TaskSpec, history: list[Ranked], shots: list, seed_templat
     if history:
         lines.append("Instructions tried so far, with their accuracy (higher is better):")
         for r in history:
-            instruction = instruction_of(r.template, seed_template) or "(no instruction)"
+            instruction = instruction_of(r.template, seed_template, position)
+            instruction = instruction or "(no instruction)"
             lines.append(f"Instruction: {instruction}\nAccuracy: {100 * r.score.accuracy:.0f}")
     lines.append(
         "Write a new instruction, different from the ones above, that gets a higher accuracy. "
@@ -54,8 +71,24 @@ def meta_prompt(spec: TaskSpec, history: list[Ranked], shots: list, seed_templat
     return "\n\n".join(lines)
 
 
-def instruction_of(template: str, seed_template: str) -> str:
-    return template[: -len(seed_template)].strip() if template.endswith(seed_template) else ""
+def place(instruction: str, seed_template: str, position: str = "begin") -> str:
+    """The seed template with `instruction` in front of it or just after `{text}`."""
+    if position == "begin":
+        return instruction + "\n" + seed_template
+    head, tail = seed_template.split("{text}", 1)
+    return head + "{text}\n" + instruction + tail
+
+
+def instruction_of(template: str, seed_template: str, position: str = "begin") -> str:
+    """The instruction `place` put into `seed_template` ("" for the seed itself)."""
+    if position == "begin":
+        found = template.endswith(seed_template)
+        return template[: -len(seed_template)].strip() if found else ""
+    head, tail = seed_template.split("{text}", 1)
+    start, end = head + "{text}\n", len(template) - len(tail)
+    if template.startswith(start) and template.endswith(tail) and end >= len(start):
+        return template[len(start) : end].strip()
+    return ""
 
 
 def clean(reply: str) -> str:
@@ -76,6 +109,10 @@ def _opts(spec: TaskSpec, options: dict) -> dict:
     for key in ("per_step", "shown", "examples", "max_tokens"):
         opts[key] = int(opts[key])
     opts["temperature"] = float(opts["temperature"])
+    if opts["position"] not in POSITIONS:
+        raise ConfigError(
+            f"search options: position {opts['position']!r}; choose one of {', '.join(POSITIONS)}"
+        )
     return opts
 
 
@@ -97,7 +134,7 @@ def opro(spec: TaskSpec, budget: Budget, rng: random.Random, options: dict) -> N
     while True:
         history = budget.ranked()[: opts["shown"]][::-1]  # worst shown first, best last
         shots = rng.sample(pool, min(opts["examples"], len(pool)))
-        prompt = meta_prompt(spec, history, shots, spec.template)
+        prompt = meta_prompt(spec, history, shots, spec.template, opts["position"])
         fresh = []
         for _ in range(opts["per_step"]):
             budget.lm_call()
@@ -108,5 +145,5 @@ def opro(spec: TaskSpec, budget: Budget, rng: random.Random, options: dict) -> N
             )
             instruction = clean(reply)
             if instruction:
-                fresh.append(spec.candidate(instruction + "\n" + spec.template))
+                fresh.append(spec.candidate(place(instruction, spec.template, opts["position"])))
         budget.score(fresh)

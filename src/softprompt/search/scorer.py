@@ -18,8 +18,11 @@ Two layouts, both a three-level tree run through the attention cache:
   example's row, each seeing the text's cached keys/values and its own tokens
   (a visibility mask, as `tasks/word_tree.py` does for label words);
 * otherwise (instructions in front, OPRO): the candidates' common leading tokens
-  run once, each candidate's own prefix runs once (batch N), and text + tail run
-  for every pair.
+  run once, each candidate's own prefix runs once (batch N, reused by every
+  example group), and text + tail run for every pair. The text's keys/values
+  depend on the instruction before it, so this per-pair work is the floor of any
+  exact scorer: batching here saves the prefix tokens, not the text's
+  (`benchmarks/search_scoring.py` counts both).
 
 Padding sits in the middle of a row (a short candidate prefix before a long
 one's text); the 2D mask hides it and explicit positions keep every real token
@@ -167,26 +170,40 @@ class CandidateScorer:
     def class_scores(self, candidates: list[Candidate]) -> torch.Tensor:
         """(N, B, C) class scores of every candidate on every example (not counted).
 
-        Examples go in length-sorted groups (little padding); within a group,
-        candidates go in chunks of at most `max_rows` (example, candidate) rows."""
+        Examples go in length-sorted groups (little padding). Candidates that differ
+        only after the text share each group's text pass; otherwise they go in chunks
+        of at most `max_rows // example_group` candidates, each candidate's own prefix
+        running once per chunk (not once per example group)."""
         out = torch.empty(len(candidates), len(self.examples), len(self.verbalizer.labels))
-        for group in self.groups:
-            index = torch.tensor(group)
-            examples = [self.examples[i] for i in group]
-            out[:, index] = self._group(candidates, examples)
+        if self._tails_differ_only(candidates):
+            for group in self.groups:
+                examples = [self.examples[i] for i in group]
+                out[:, torch.tensor(group)] = self._tail_group(candidates, examples)
+            return out
+        size = max(1, self.max_rows // self.example_group)
+        for start in range(0, len(candidates), size):
+            chunk = candidates[start : start + size]
+            heads = self._heads(chunk)  # once for every example group
+            for group in self.groups:
+                examples = [self.examples[i] for i in group]
+                scores = self._pairs(heads, chunk, examples)  # (n, b, C)
+                out[start : start + len(chunk), torch.tensor(group)] = scores
         return out
 
-    def _group(self, candidates: list[Candidate], examples: list[Example]) -> torch.Tensor:
+    @staticmethod
+    def _tails_differ_only(candidates: list[Candidate]) -> bool:
+        """Same prefix and lead everywhere, and a tail to answer in (an empty tail
+        answers in the text itself)."""
         first = candidates[0]
         same_front = all(c.prefix == first.prefix and c.lead == first.lead for c in candidates)
-        if same_front and all(c.suffix for c in candidates):  # an empty tail answers in the text
-            texts = self._texts(first, examples)  # once for every candidate
-            width = max(len(c.suffix) for c in candidates)
-            per_row = max(1, self.max_tail_tokens // width)  # tails side by side in one row
-            chunks = _chunks(candidates, per_row)
-            return torch.cat([self._tails(texts, chunk, len(examples)) for chunk in chunks])
-        chunks = _chunks(candidates, max(1, self.max_rows // len(examples)))
-        return torch.cat([self._shared_prefix(chunk, examples) for chunk in chunks])
+        return same_front and all(c.suffix for c in candidates)
+
+    def _tail_group(self, candidates: list[Candidate], examples: list[Example]) -> torch.Tensor:
+        texts = self._texts(candidates[0], examples)  # once for every candidate
+        width = max(len(c.suffix) for c in candidates)
+        per_row = max(1, self.max_tail_tokens // width)  # tails side by side in one row
+        chunks = _chunks(candidates, per_row)
+        return torch.cat([self._tails(texts, chunk, len(examples)) for chunk in chunks])
 
     def _summary(self, scores: torch.Tensor) -> Score:
         loss = F.cross_entropy(scores, self.targets).item()
@@ -194,12 +211,18 @@ class CandidateScorer:
         return Score(accuracy=accuracy, loss=loss, examples=len(self.examples))
 
     # -- the two layouts -----------------------------------------------------
-    def _shared_prefix(self, candidates: list[Candidate], examples: list[Example]) -> torch.Tensor:
-        """Common leading ids once, each candidate's prefix once, text + tail per pair."""
+    def _heads(self, candidates: list[Candidate]) -> _Stage:
+        """[BOS] + the candidates' common leading ids once, then each candidate's own
+        prefix once: a stage of N rows for `_pairs` to put every example after."""
         common = _common_prefix([c.prefix for c in candidates])
-        n, b = len(candidates), len(examples)
         stem = self._run(None, [list(self.bos) + list(common)])
-        heads = self._run(stem, [list(c.prefix[len(common) :]) for c in candidates])
+        return self._run(stem, [list(c.prefix[len(common) :]) for c in candidates])
+
+    def _pairs(
+        self, heads: _Stage, candidates: list[Candidate], examples: list[Example]
+    ) -> torch.Tensor:
+        """Text + tail of every (candidate, example) pair after its candidate's prefix."""
+        n, b = len(candidates), len(examples)
         rows = [self.body(c.lead, e.text) + list(c.suffix) for c in candidates for e in examples]
         tails = self._run(heads, rows, repeat=b)  # candidate-major: (N * B) rows
         answer = tails.last_hidden()  # (N * B, d)
