@@ -75,7 +75,8 @@ def main() -> None:
                 continue
             model = build_model(backbone, data, {**method, "n_tokens": N_TOKENS}, task)
             tick = time.perf_counter()
-            result = train(model, data, _config(args.target_steps, 20), Path(args.work) / "target")
+            folder = Path(args.work) / "target" / f"{size}-{method['name']}-{method['init']}"
+            result = train(model, data, _config(args.target_steps, 20), folder)
             best = PromptModel.load(result.prompt_path, backbone)
             seconds = time.perf_counter() - tick
             rows.append(_row(size, start, evaluate(best, data.test), seconds, result.best_step))
