@@ -48,7 +48,13 @@ from peft import (  # noqa: E402
     TaskType,
     get_peft_model,
 )
-from peft_prompt_tuning import _status_kb, peft_batch, saved_bytes, timed_step  # noqa: E402
+from peft_prompt_tuning import (  # noqa: E402
+    _status_kb,
+    peft_batch,
+    saved_bytes,
+    side_by_side,
+    timed_step,
+)
 
 from softprompt.api import build_model  # noqa: E402
 from softprompt.backbones import load_backbone  # noqa: E402
@@ -295,7 +301,6 @@ def run(args) -> dict:
             print(f"{args.method} step {step + 1}: {med}", flush=True)
     acc = accuracy(args.method, side, peft_model, args.eval_examples)
     memory = measure_memory(args.method, args.backbone, args.memory_steps)
-    med = {s: statistics.median(v) for s, v in times.items()}
     return {
         "method": args.method,
         "ours": METHODS[args.method],
@@ -307,17 +312,7 @@ def run(args) -> dict:
         "lr": config.lr,
         "initial_prompt_max_difference": gap,
         "trainable_parameters": {s: sum(p.numel() for p in v) for s, v in params.items()},
-        "median_step_seconds": med,
-        "step_time_ratio_peft_over_softprompt": med["peft"] / med["softprompt"],
-        "step_ratio_per_pair": statistics.median(
-            b / a for a, b in zip(times["softprompt"], times["peft"], strict=True)
-        ),
-        "accuracy": acc,
-        "saved_activation_mb": {k: v / 2**20 for k, v in activation.items()},
-        "activation_ratio_peft_over_softprompt": activation["peft"] / activation["softprompt"],
-        "peak_rss_growth_mb": memory,
-        "peak_rss_ratio_peft_over_softprompt": memory["peft"] / max(memory["softprompt"], 1e-9),
-        "torch_threads": torch.get_num_threads(),
+        **side_by_side(times, acc, activation, memory),
     }
 
 

@@ -10,6 +10,7 @@ import logging
 import os
 import traceback
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -103,6 +104,24 @@ def gpt2(backbones) -> Backbone:
 @pytest.fixture(scope="session")
 def bert(backbones) -> Backbone:
     return backbones["tiny_bert"]
+
+
+def _saved_folder(tmp_path_factory, backbone: Backbone, name: str) -> Path:
+    """A tiny backbone saved as the HF folder a user passes with --backbone."""
+    folder = tmp_path_factory.mktemp("backbone") / name
+    backbone.model.save_pretrained(folder)
+    backbone.tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def llama_folder(tmp_path_factory, llama) -> Path:
+    return _saved_folder(tmp_path_factory, llama, "tiny-llama")
+
+
+@pytest.fixture(scope="session")
+def bert_folder(tmp_path_factory, bert) -> Path:
+    return _saved_folder(tmp_path_factory, bert, "tiny-bert")
 
 
 @pytest.fixture(scope="session")

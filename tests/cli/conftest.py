@@ -9,11 +9,8 @@ import pytest
 
 
 @pytest.fixture(scope="session")
-def tiny_backbone_folder(tmp_path_factory, llama) -> Path:
-    folder = tmp_path_factory.mktemp("backbone") / "tiny-llama"
-    llama.model.save_pretrained(folder)
-    llama.tokenizer.save_pretrained(folder)
-    return folder
+def tiny_backbone_folder(llama_folder) -> Path:
+    return llama_folder
 
 
 @pytest.fixture(scope="session")

@@ -79,14 +79,6 @@ def test_labels_and_generation_are_refused_for_conll(tmp_path):
         load_dataset(str(path), task="generation")
 
 
-@pytest.fixture(scope="module")
-def bert_folder(tmp_path_factory, bert) -> Path:
-    folder = tmp_path_factory.mktemp("backbone") / "tiny-bert"
-    bert.model.save_pretrained(folder)
-    bert.tokenizer.save_pretrained(folder)
-    return folder
-
-
 def test_cli_trains_a_tagger_on_a_conll_file_and_reports_entity_f1(tmp_path, bert_folder):
     data = _write(tmp_path / "ner.conll", _many(40))
     out = tmp_path / "run"

@@ -16,14 +16,6 @@ TEMPLATE = "review : {text} sentiment :"
 
 
 @pytest.fixture(scope="module")
-def tiny_folder(tmp_path_factory, llama) -> Path:
-    folder = tmp_path_factory.mktemp("backbone") / "tiny-llama"
-    llama.model.save_pretrained(folder)
-    llama.tokenizer.save_pretrained(folder)
-    return folder
-
-
-@pytest.fixture(scope="module")
 def toy_csv(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("data") / "toy.csv"
     with open(path, "w", newline="", encoding="utf-8") as handle:
@@ -34,9 +26,9 @@ def toy_csv(tmp_path_factory) -> Path:
     return path
 
 
-def test_search_prints_the_table_and_saves_prompt_files(capsys, tiny_folder, toy_csv, tmp_path):
+def test_search_prints_the_table_and_saves_prompt_files(capsys, llama_folder, toy_csv, tmp_path):
     out = tmp_path / "found"
-    argv = ["search", "--backbone", str(tiny_folder), "--dataset", str(toy_csv), "--method",
+    argv = ["search", "--backbone", str(llama_folder), "--dataset", str(toy_csv), "--method",
             "autoprompt", "--budget", "12", "--option", "triggers=2", "--template", TEMPLATE,
             "--top", "2", "--out", str(out)]  # fmt: skip
     assert cli.main(argv) == 0
@@ -47,20 +39,20 @@ def test_search_prints_the_table_and_saves_prompt_files(capsys, tiny_folder, toy
     meta = load_prompt_meta(files[0])
     assert meta["method"]["name"] == "none" and meta["search"]["evaluations"] <= 12
     # a found prompt is a prompt file like any other: `softprompt eval` scores it the same
-    assert cli.main(["eval", str(files[0]), "--backbone", str(tiny_folder), "--dataset",
+    assert cli.main(["eval", str(files[0]), "--backbone", str(llama_folder), "--dataset",
                      str(toy_csv), "--split", "test"]) == 0  # fmt: skip
     evaluated = json.loads(capsys.readouterr().out)
     assert evaluated["accuracy"] == pytest.approx(meta["search"]["test_accuracy"])
     assert evaluated["loss"] == pytest.approx(meta["search"]["test_loss"], abs=1e-5)
 
 
-def test_project_a_soft_prompt(capsys, tiny_folder, toy_csv, tmp_path, llama):
+def test_project_a_soft_prompt(capsys, llama_folder, toy_csv, tmp_path, llama):
     from softprompt.tasks import TaskConfig
 
     config = TaskConfig(labels=["negative", "positive"], template=TEMPLATE)
     soft = PromptModel(llama, config, method="soft-prompt",
                        method_options={"n_tokens": 3, "init": "text", "init_text": "good fun movie"})  # fmt: skip
-    backbone_path = str(tiny_folder)
+    backbone_path = str(llama_folder)
     from softprompt.backbones import load_backbone
 
     path = PromptModel(load_backbone(backbone_path), config, method="soft-prompt",
@@ -74,8 +66,8 @@ def test_project_a_soft_prompt(capsys, tiny_folder, toy_csv, tmp_path, llama):
     assert (tmp_path / "projected-cosine.safetensors").exists()
 
 
-def test_bad_option_exits_2_naming_it(capsys, tiny_folder, toy_csv):
-    argv = ["search", "--backbone", str(tiny_folder), "--dataset", str(toy_csv),
+def test_bad_option_exits_2_naming_it(capsys, llama_folder, toy_csv):
+    argv = ["search", "--backbone", str(llama_folder), "--dataset", str(toy_csv),
             "--option", "triggers"]  # fmt: skip
     assert cli.main(argv) == 2
     err = capsys.readouterr().err

@@ -35,16 +35,13 @@ def test_lr_1e6_explodes_and_stops_before_keeping_a_prompt(
     assert not (tmp_path / PROMPT_FILE).exists()
 
 
-def test_lr_1e6_on_the_cli_is_one_line_and_exit_2(capsys, tmp_path, bert):
-    folder = tmp_path / "tiny-bert"
-    bert.model.save_pretrained(folder)
-    bert.tokenizer.save_pretrained(folder)
+def test_lr_1e6_on_the_cli_is_one_line_and_exit_2(capsys, tmp_path, bert_folder):
     csv = tmp_path / "d.csv"
     csv.write_text(
         "text,label\n"
         + "".join(f"good fun {i},positive\nbad dull {i},negative\n" for i in range(20))
     )
-    argv = ["train", "--backbone", str(folder), "--dataset", str(csv), "--n-tokens", "2",
+    argv = ["train", "--backbone", str(bert_folder), "--dataset", str(csv), "--n-tokens", "2",
             "--steps", "12", "--eval-every", "6", "--batch-size", "4", "--lr", "1e6",
             "--no-baseline", "--out", str(tmp_path / "run")]  # fmt: skip
     assert cli.main(argv) == 2
