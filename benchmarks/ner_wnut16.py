@@ -48,6 +48,11 @@ PROMPT_ROWS = {  # key -> (label, method options, lr)
         {"name": "prefix-tuning", "n_tokens": 16, "reparameterize": True},
         0.001,
     ),
+    "deep-mlp-scaled": (
+        "P-tuning v2: deep prompts, 16 tokens, MLP, prefix lr x 0.01",
+        {"name": "prefix-tuning", "n_tokens": 16, "reparameterize": True, "lr_scale": 0.01},
+        0.01,
+    ),
 }
 TUNED_ROWS = {  # key -> (label, backbone lr); the head keeps --lr
     "lora": ("LoRA r=8 on query/value (PEFT)", 5e-4),

@@ -49,7 +49,11 @@ FLAGS: dict[str, tuple[str, Callable[[str], Any], str]] = {
     "head": ("task.head", str, "auto, verbalizer or linear"),
     "image_size": ("task.image_size", int, "images: square size in pixels (a patch multiple)"),
     "pool": ("task.pool", str, "linear head input: cls, mean (patches/tokens) or last"),
-    "lr_scale": ("method.lr_scale", float, "vpt-*: prompt lr = lr x this; the head keeps lr"),
+    "lr_scale": (
+        "method.lr_scale",
+        float,
+        "vpt-*, prefix-tuning: prompt lr = lr x this; a task head keeps lr",
+    ),
     "steps": ("train.steps", int, "optimizer steps"),
     "batch_size": ("train.batch_size", int, "global batch per micro-step"),
     "grad_accum": ("train.grad_accum", int, "micro-steps per optimizer step"),

@@ -34,6 +34,8 @@ def _kv_params(spec, n: int) -> int:
         ({"reparameterize": "yes"}, "method.reparameterize"),
         ({"init": "zeros"}, "method.init"),
         ({"init": "text"}, "method.init_text"),
+        ({"lr_scale": 0.0}, "method.lr_scale"),
+        ({"lr_scale": float("inf")}, "method.lr_scale"),
     ],
 )
 def test_config_errors_name_the_key(options, key):
@@ -137,6 +139,58 @@ def test_direct_prefix_save_load_round_trip(make_model, gpt2, toy_dataset, tmp_p
     batch = model.collate(toy_dataset.test)
     with torch.no_grad():
         assert torch.equal(loaded(batch).scores, model(batch).scores)
+
+
+def _one_adam_step(model, batch, lr: float = 1e-3) -> dict[str, torch.Tensor]:
+    """How far one Adam step on `batch` moves each prefix parameter as the model uses it
+    (stored value x lr_scale)."""
+    scale = model.method.config.lr_scale
+    before = {k: p.detach().clone() for k, p in model.method.named_parameters()}
+    optimizer = torch.optim.Adam(model.trainable_parameters(), lr=lr, eps=1e-30)
+    model(batch).loss.backward()
+    optimizer.step()
+    return {k: (p.detach() - before[k]) * scale for k, p in model.method.named_parameters()}
+
+
+@pytest.mark.parametrize("reparameterize", [True, False], ids=["mlp", "direct"])
+def test_lr_scale_keeps_the_init_and_scales_every_prefix_step(
+    make_model, gpt2, toy_dataset, reparameterize
+):
+    """Same K/V at init; Adam's first step (lr x sign of the gradient, eps ~0) then moves
+    every prefix parameter, as used, lr_scale as far."""
+    models = {}
+    for scale in (1.0, 0.01):
+        torch.manual_seed(0)
+        models[scale] = make_model(
+            gpt2, "prefix-tuning", n_tokens=3, hidden=16, reparameterize=reparameterize,
+            lr_scale=scale,
+        )  # fmt: skip
+    kv = {scale: model.method.kv_tensor().detach() for scale, model in models.items()}
+    torch.testing.assert_close(kv[0.01], kv[1.0], atol=1e-6, rtol=1e-5)
+    batch = models[1.0].collate(toy_dataset.train[:8])
+    step = {scale: _one_adam_step(model, batch) for scale, model in models.items()}
+    for name, full in step[1.0].items():
+        moved = full.abs() > 0.5e-3  # a nonzero gradient: a step of lr (eps is ~0)
+        assert moved.float().mean() > 0.5, name
+        # rtol: the stored values are 100x larger at lr_scale 0.01, so float32 keeps ~1% of lr
+        torch.testing.assert_close(step[0.01][name][moved], 0.01 * full[moved], rtol=2e-2, atol=0)
+
+
+@pytest.mark.parametrize("reparameterize", [True, False], ids=["mlp", "direct"])
+def test_lr_scaled_prefix_saves_loads_and_flattens_to_the_same_scores(
+    make_model, gpt2, toy_dataset, tmp_path, reparameterize
+):
+    model = make_model(
+        gpt2, "prefix-tuning", n_tokens=3, hidden=16, reparameterize=reparameterize, lr_scale=0.1
+    )
+    batch = model.collate(toy_dataset.test)
+    _one_adam_step(model, model.collate(toy_dataset.train[:8]))  # away from the init
+    loaded = PromptModel.load(model.save(tmp_path / "p.safetensors"), gpt2)
+    flat = model.flattened()
+    assert flat.method.config.lr_scale == 1.0 and not flat.method.config.reparameterize
+    with torch.no_grad():
+        assert torch.equal(loaded(batch).scores, model(batch).scores)
+        torch.testing.assert_close(flat(batch).scores, model(batch).scores, atol=ATOL, rtol=0)
 
 
 # -- the K/V path of the causal injector -----------------------------------------------

@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.func import functional_call
 
 from softprompt.errors import ConfigError
 from softprompt.inject import Prompt
@@ -36,11 +37,18 @@ from softprompt.methods.virtual_tokens import VirtualTokensConfig, initial_embed
 class PrefixTuningConfig(VirtualTokensConfig):
     """`reparameterize`: K/V from an MLP of width `hidden` over n embeddings (the paper's
     setting) instead of learned directly. The init options set the MLP's input
-    embeddings, or the tokens whose K/V start the direct prefix."""
+    embeddings, or the tokens whose K/V start the direct prefix.
+
+    `lr_scale` multiplies the prefix's learning rate while a task head keeps train.lr:
+    every prefix parameter (the MLP and its input embeddings, or the direct prefix) is
+    stored divided by it and used multiplied by it, which under Adam moves each one
+    lr_scale times as fast and leaves the training loop one lr. On MiniLM tagging the MLP's keys outgrew the model's own
+    within 30 steps at the head's lr, so the prefix wants a much smaller one there."""
 
     n_tokens: int = 10
     reparameterize: bool = True
     hidden: int = 512
+    lr_scale: float = 1.0
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -50,6 +58,8 @@ class PrefixTuningConfig(VirtualTokensConfig):
             )
         if self.hidden < 1:
             raise ConfigError(f"method.hidden: must be >= 1, got {self.hidden}")
+        if not 0 < self.lr_scale < float("inf"):
+            raise ConfigError(f"method.lr_scale: must be a finite number > 0, got {self.lr_scale}")
 
 
 @register_method("prefix-tuning", PrefixTuningConfig)
@@ -63,7 +73,7 @@ class PrefixTuning(nn.Module):
         self.head_dim = spec.head_dim
         initial = initial_embeddings(config, context)  # (n, d)
         if config.reparameterize:
-            self.embeddings = nn.Parameter(initial)  # (n, d)
+            self.embeddings = nn.Parameter(initial / config.lr_scale)  # (n, d)
             width = self.layers * 2 * self.kv_heads * self.head_dim
             with torch.random.fork_rng(devices=[]):  # seeded, global RNG untouched
                 torch.manual_seed(config.seed)
@@ -72,16 +82,24 @@ class PrefixTuning(nn.Module):
                     nn.Tanh(),
                     nn.Linear(config.hidden, width),
                 )
+            with torch.no_grad():  # stored / lr_scale, used * lr_scale: same K/V at init
+                for weight in self.mlp.parameters():
+                    weight.div_(config.lr_scale)
         else:
             kv = context.injector.token_kv(initial)  # L x 2 x (kvh, n, hd)
-            self.prefix = nn.Parameter(torch.stack([torch.stack(pair) for pair in kv]).float())
+            stacked = torch.stack([torch.stack(pair) for pair in kv]).float()  # (L, 2, kvh, n, hd)
+            self.prefix = nn.Parameter(stacked / config.lr_scale)
 
     def kv_tensor(self) -> torch.Tensor:
         """All layers' keys and values in one tensor: (L, 2, kvh, n, hd)."""
         if not self.config.reparameterize:
-            return self.prefix
-        n = self.config.n_tokens
-        flat = self.mlp(self.embeddings)  # (n, L * 2 * kvh * hd), once for the whole batch
+            return self.prefix * self.config.lr_scale  # (L, 2, kvh, n, hd)
+        n, scale = self.config.n_tokens, self.config.lr_scale
+        if scale == 1.0:
+            flat = self.mlp(self.embeddings)  # (n, L * 2 * kvh * hd), once for the whole batch
+        else:
+            weights = {name: w * scale for name, w in self.mlp.named_parameters()}
+            flat = functional_call(self.mlp, weights, (self.embeddings * scale,))  # (n, L*2*kvh*hd)
         kv = flat.view(n, self.layers, 2, self.kv_heads, self.head_dim)  # (n, L, 2, kvh, hd)
         return kv.permute(1, 2, 3, 0, 4)  # (L, 2, kvh, n, hd)
 
@@ -92,9 +110,9 @@ class PrefixTuning(nn.Module):
 
         The MLP helps optimisation only; serving needs the (L, 2, kvh, n, hd) K/V alone
         (n x 11,520 numbers on SmolLM2 instead of ~6M MLP weights)."""
-        if not self.config.reparameterize:
+        if not self.config.reparameterize and self.config.lr_scale == 1.0:
             return None
-        options = {**dataclasses.asdict(self.config), "reparameterize": False}
+        options = {**dataclasses.asdict(self.config), "reparameterize": False, "lr_scale": 1.0}
         return "prefix-tuning", options, {"prefix": self.kv_tensor().detach().clone()}
 
     def forward(self) -> Prompt:
