@@ -15,8 +15,10 @@ import torch.nn.functional as F
 
 from softprompt.backbones.tiny import FAMILIES, tiny_causal
 from softprompt.data import Example
+from softprompt.evaluate import evaluate
 from softprompt.inject import Prompt, RowPrompts
 from softprompt.model import PromptModel
+from softprompt.search.scorer import Candidate, CandidateScorer, Verbalizer
 from softprompt.tasks import TaskConfig
 
 ATOL = 1e-5
@@ -115,3 +117,24 @@ def test_mixed_prompts_equal_each_row_alone(family):
             ids = batch["input_ids"][row : row + 1, :length]
             alone = soft.injector.hidden_states(prompt, ids, torch.ones_like(ids))
             torch.testing.assert_close(together[row, :length], alone[0], atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize(
+    "templates",
+    [
+        ["review : {text} sentiment :", "{text} it was", "a film . {text} sentiment :"],
+        ["review : {text} sentiment :", "review : {text} so it was"],
+    ],
+    ids=["fronts-packed", "tails"],
+)
+def test_search_scorer_equals_evaluate(family, templates):
+    """The candidate scorer's shared-prefix, packed and side-by-side-tail layouts give
+    the scores `evaluate` gives (itself checked against plain logits above)."""
+    verbalizer = Verbalizer.build(LABELS, None, family.tokenizer)
+    scorer = CandidateScorer(family, verbalizer, ROWS, pack_tokens=16)
+    scores = scorer.score([Candidate.from_template(t, family.tokenizer) for t in templates])
+    for template, score in zip(templates, scores, strict=True):
+        model = PromptModel(family, TaskConfig(labels=list(LABELS), template=template), "none")
+        reference = evaluate(model, ROWS)
+        assert score.accuracy == pytest.approx(reference["accuracy"], abs=1e-6)
+        assert score.loss == pytest.approx(reference["loss"], abs=ATOL)

@@ -101,3 +101,40 @@ def test_each_candidate_prefix_runs_once_for_all_example_groups(llama, monkeypat
     monkeypatch.setattr(scorer, "_heads", lambda chunk: calls.append(len(chunk)) or heads(chunk))
     scorer.score([Candidate.from_template(t, llama.tokenizer) for t in FRONTS])
     assert calls == [2, 2, 2]  # 6 candidates, 10 // 5 = 2 per chunk, one prefix pass each
+
+
+@pytest.mark.parametrize("name", ["tiny_llama", "tiny_gpt2"])
+@pytest.mark.parametrize("pack,per_call", [(10, 64), (40, 64), (40, 1)])
+def test_packed_front_pairs_equal_softprompt_evaluate(backbones, name, pack, per_call):
+    """Pairs packed end to end (one per row, several per row, one row per call)."""
+    backbone = backbones[name]
+    examples = toy_examples(12, seed=5)
+    verbalizer = Verbalizer.build(list(LABELS), WORDS, backbone.tokenizer)
+    scorer = CandidateScorer(
+        backbone, verbalizer, examples, pack_tokens=pack, max_packed_rows=per_call
+    )
+    scores = scorer.score([Candidate.from_template(t, backbone.tokenizer) for t in FRONTS])
+    for template, score in zip(FRONTS, scores, strict=True):
+        reference = _reference(backbone, template, examples)
+        assert score.accuracy == reference["accuracy"]
+        assert score.loss == pytest.approx(reference["loss"], abs=1e-5)
+
+
+def test_packed_front_pairs_run_no_padding_rows(llama, monkeypatch):
+    """Several pairs share a packed row, so fewer rows run than there are pairs, and
+    the tokens run are the pairs' real tokens plus the prefixes (no padding per pair)."""
+    examples = toy_examples(12, seed=5)
+    verbalizer = Verbalizer.build(list(LABELS), WORDS, llama.tokenizer)
+    scorer = CandidateScorer(llama, verbalizer, examples, pack_tokens=64)
+    candidates = [Candidate.from_template(t, llama.tokenizer) for t in FRONTS[:3]]
+    real = sum(len(scorer.body(c.lead, e.text)) + len(c.suffix)
+               for c in candidates for e in examples)  # fmt: skip
+    shapes = []
+    core = scorer.core
+    monkeypatch.setattr(
+        scorer, "core", lambda **kw: shapes.append(kw["inputs_embeds"].shape[:2]) or core(**kw)
+    )
+    scorer.score(candidates)
+    rows, width = shapes[-1]
+    assert rows < len(candidates) * len(examples)
+    assert real <= rows * width < real + rows * 64

@@ -18,14 +18,17 @@ Two layouts, both a three-level tree run through the attention cache:
   example's row, each seeing the text's cached keys/values and its own tokens
   (a visibility mask, as `tasks/word_tree.py` does for label words);
 * otherwise (instructions in front, OPRO): the candidates' common leading tokens
-  run once, each candidate's own prefix runs once (batch N, reused by every
-  example group), and text + tail run for every pair. The text's keys/values
-  depend on the instruction before it, so this per-pair work is the floor of any
-  exact scorer: batching here saves the prefix tokens, not the text's
-  (`benchmarks/search_scoring.py` counts both).
+  run once, each candidate's own prefix runs once (batch N), and text + tail run
+  for every pair. The text's keys/values depend on the instruction before it, so
+  the pairs' real tokens are the floor of any exact scorer: batching here saves
+  the prefix tokens, not the text's (`benchmarks/search_scoring.py` counts both).
+  So that the pairs cost no more than their real tokens, one candidate's pairs are
+  packed end to end in rows of `pack_tokens` (as `serve/packing.py` packs
+  requests): no padding, and the candidate's prefix keys/values copied once per
+  packed row instead of once per example.
 
 Padding sits in the middle of a row (a short candidate prefix before a long
-one's text); the 2D mask hides it and explicit positions keep every real token
+one's text); the mask hides it and explicit positions keep every real token
 at the index it has in its own unpadded row.
 """
 
@@ -43,6 +46,7 @@ from softprompt.errors import ConfigError
 from softprompt.inject.causal import cache_keyword
 from softprompt.inject.head import LMHead
 from softprompt.inject.prompt import attention_mask
+from softprompt.serve.packing import pack_rows
 from softprompt.tasks.template import Template
 
 
@@ -119,7 +123,8 @@ class CandidateScorer:
 
     `max_rows` caps (example, candidate) rows per model call and `max_tail_tokens` the
     tail tokens side by side in one row (memory); examples run in length-sorted
-    groups of `example_group` (little padding)."""
+    groups of `example_group` (little padding). Front candidates' pairs are packed
+    into rows of `pack_tokens`, at most `max_packed_rows` rows per model call."""
 
     backbone: Backbone
     verbalizer: Verbalizer
@@ -128,6 +133,8 @@ class CandidateScorer:
     max_rows: int = 256
     max_tail_tokens: int = 256
     example_group: int = 16
+    pack_tokens: int = 128
+    max_packed_rows: int = 64
     evaluations: int = 0
     _text_ids: dict[tuple[str, str], list[int]] = field(default_factory=dict, repr=False)
 
@@ -170,10 +177,10 @@ class CandidateScorer:
     def class_scores(self, candidates: list[Candidate]) -> torch.Tensor:
         """(N, B, C) class scores of every candidate on every example (not counted).
 
-        Examples go in length-sorted groups (little padding). Candidates that differ
-        only after the text share each group's text pass; otherwise they go in chunks
-        of at most `max_rows // example_group` candidates, each candidate's own prefix
-        running once per chunk (not once per example group)."""
+        Candidates that differ only after the text share each length-sorted example
+        group's text pass; otherwise they go in chunks of at most
+        `max_rows // example_group` candidates, each candidate's own prefix running
+        once per chunk and its pairs with every example packed after it."""
         out = torch.empty(len(candidates), len(self.examples), len(self.verbalizer.labels))
         if self._tails_differ_only(candidates):
             for group in self.groups:
@@ -183,11 +190,7 @@ class CandidateScorer:
         size = max(1, self.max_rows // self.example_group)
         for start in range(0, len(candidates), size):
             chunk = candidates[start : start + size]
-            heads = self._heads(chunk)  # once for every example group
-            for group in self.groups:
-                examples = [self.examples[i] for i in group]
-                scores = self._pairs(heads, chunk, examples)  # (n, b, C)
-                out[start : start + len(chunk), torch.tensor(group)] = scores
+            out[start : start + len(chunk)] = self._pairs(self._heads(chunk), chunk)
         return out
 
     @staticmethod
@@ -218,15 +221,65 @@ class CandidateScorer:
         stem = self._run(None, [list(self.bos) + list(common)])
         return self._run(stem, [list(c.prefix[len(common) :]) for c in candidates])
 
-    def _pairs(
-        self, heads: _Stage, candidates: list[Candidate], examples: list[Example]
-    ) -> torch.Tensor:
-        """Text + tail of every (candidate, example) pair after its candidate's prefix."""
-        n, b = len(candidates), len(examples)
-        rows = [self.body(c.lead, e.text) + list(c.suffix) for c in candidates for e in examples]
-        tails = self._run(heads, rows, repeat=b)  # candidate-major: (N * B) rows
-        answer = tails.last_hidden()  # (N * B, d)
+    def _pairs(self, heads: _Stage, candidates: list[Candidate]) -> torch.Tensor:
+        """Text + tail of every (candidate, example) pair after its candidate's prefix:
+        (N, B, C). One candidate's pairs go end to end in packed rows; a token sees its
+        candidate's prefix and the earlier tokens of its own pair, at the positions it
+        has in its own unpadded row."""
+        n, b = len(candidates), len(self.examples)
+        bodies = [[self.body(c.lead, e.text) + list(c.suffix) for e in self.examples]
+                  for c in candidates]  # fmt: skip
+        rows = [  # (candidate, examples in this row)
+            (j, members)
+            for j, pairs in enumerate(bodies)
+            for members in pack_rows([len(p) for p in pairs], self.pack_tokens)
+        ]
+        answer = torch.empty(n * b, self.embed.weight.shape[1])  # (N * B, d)
+        for start in range(0, len(rows), self.max_packed_rows):
+            part = rows[start : start + self.max_packed_rows]
+            hidden, where = self._packed(heads, bodies, part)
+            answer[[j * b + i for j, i in where]] = hidden
         return self._to_classes(answer).view(n, b, -1)  # (N, B, C)
+
+    def _packed(
+        self, heads: _Stage, bodies: list[list[list[int]]], rows: list[tuple[int, list[int]]]
+    ) -> tuple[torch.Tensor, list[tuple[int, int]]]:
+        """Run packed rows after their candidates' prefixes: -> the answer states (P, d)
+        of the pairs they hold, and which (candidate, example) each is."""
+        width = max(sum(len(bodies[j][i]) for i in members) for j, members in rows)
+        count = len(rows)
+        owner = torch.tensor([j for j, _ in rows])  # (R,) candidate of each row
+        if heads.lengths.shape[0] == 1:
+            owner = torch.zeros_like(owner)  # one shared prefix serves every row
+        ids = torch.full((count, width), self.backbone.spec.pad_token_id, dtype=torch.long)
+        positions = torch.zeros((count, width), dtype=torch.long)
+        sees = torch.eye(width, dtype=torch.bool).repeat(count, 1, 1)  # (R, T, T) padding
+        where, last = [], []
+        for r, (j, members) in enumerate(rows):
+            at, past = 0, int(heads.lengths[owner[r]])
+            for i in members:
+                pair = bodies[j][i]
+                k = len(pair)
+                ids[r, at : at + k] = torch.tensor(pair, dtype=torch.long)
+                positions[r, at : at + k] = past + torch.arange(k)
+                sees[r, at : at + k, at : at + k] = torch.ones(k, k, dtype=torch.bool).tril()
+                where.append((j, i))
+                last.append((r, at + k - 1))
+                at += k
+        kwargs = {}
+        if heads.cache is not None:
+            prefix = heads.mask[owner].bool()  # (R, m) the row's candidate prefix
+            sees = torch.cat([prefix[:, None, :].expand(-1, width, -1), sees], dim=-1)
+            kwargs[self._cache_kw] = _select_cache(heads.cache, owner, self.backbone.model.config)
+        out = self.core(
+            inputs_embeds=self.embed(ids),  # (R, T, d)
+            attention_mask=self._attention_mask(sees.unsqueeze(1)),  # (R, 1, T, m + T)
+            position_ids=positions,  # (R, T)
+            use_cache=heads.cache is not None,
+            **kwargs,
+        ).last_hidden_state  # (R, T, d)
+        index = torch.tensor(last)  # (P, 2) row, column of each pair's answer token
+        return out[index[:, 0], index[:, 1]], where  # (P, d)
 
     def _texts(self, first: Candidate, examples: list[Example]) -> _Stage:
         """[BOS] + the shared prefix + each example's text, once for all candidates."""
@@ -339,6 +392,14 @@ def _repeat_rows(t: torch.Tensor, repeat: int, count: int) -> torch.Tensor:
     if t.shape[0] == 1:
         return t.expand(count, *t.shape[1:])
     return t.repeat_interleave(repeat, dim=0)
+
+
+def _select_cache(cache: DynamicCache, index: torch.Tensor, config) -> DynamicCache:
+    """A fresh cache whose row r is the parent's row index[r] (the parent is not mutated)."""
+    fresh = DynamicCache(config=config)
+    for layer_index, layer in enumerate(cache.layers):
+        fresh.update(layer.keys[index], layer.values[index], layer_index)  # (R, kvh, m, hd)
+    return fresh
 
 
 def _repeat_cache(cache: DynamicCache, repeat: int, count: int, config) -> DynamicCache:
