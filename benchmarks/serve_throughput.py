@@ -1,8 +1,8 @@
 """Serving 8 tasks on one SmolLM2: our mixed batches vs PEFT's one batch per adapter.
 
-A stream of classification requests spread over 8 tasks (20-token soft prompts, seeded
-vocab inits, movie-sentiment test sentences) arrives in windows of `--window` requests,
-as a dynamic batcher would gather them. Per window, interleaved (the order rotates):
+A stream of classification requests spread over 8 tasks (soft prompts of `--n-tokens`,
+20 by default, seeded vocab inits; movie-sentiment test sentences) arrives in windows
+of `--window` requests, as a dynamic batcher would gather them. Per window, interleaved (the order rotates):
 
   ours     one engine call: every row in one forward pass, packed end to end without
            padding (serve/packing.py), each task's prompt K/V (with its template head)
@@ -47,21 +47,20 @@ from softprompt.serve.engine import Engine  # noqa: E402
 from softprompt.serve.store import PromptStore  # noqa: E402
 
 TASKS = 8
-N_TOKENS = 20
 
 
-def build(backbone, data, folder: Path):
+def build(backbone, data, folder: Path, n_tokens: int):
     store = PromptStore(folder / "store")
     models = {}
     for i in range(TASKS):
-        method = {"name": "soft-prompt", "n_tokens": N_TOKENS, "init": "vocab", "seed": i}
+        method = {"name": "soft-prompt", "n_tokens": n_tokens, "init": "vocab", "seed": i}
         models[f"task{i}"] = build_model(backbone, data, method, {})
         store.add(f"task{i}", models[f"task{i}"].save(folder / f"task{i}.safetensors"))
     return store, models
 
 
-def make_peft(backbone, models):
-    config = PromptTuningConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=N_TOKENS)
+def make_peft(backbone, models, n_tokens: int):
+    config = PromptTuningConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=n_tokens)
     peft_model = get_peft_model(backbone.model, config, adapter_name="task0")
     for name in list(models)[1:]:
         peft_model.add_adapter(name, config)
@@ -73,7 +72,7 @@ def make_peft(backbone, models):
 
 
 @torch.no_grad()
-def peft_window(peft_model, models, window):
+def peft_window(peft_model, models, window, n_tokens: int):
     """One forward per adapter present in the window; the label with the higher logit."""
     labels = [None] * len(window)
     by_task: dict[str, list[int]] = {}
@@ -87,7 +86,7 @@ def peft_window(peft_model, models, window):
             input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
         ).logits  # (b, n + T, V)
         words = torch.tensor([ws[0][0] for ws in task_obj.word_ids])
-        answer = logits[torch.arange(len(rows)), N_TOKENS + batch["answer_index"]][:, words]
+        answer = logits[torch.arange(len(rows)), n_tokens + batch["answer_index"]][:, words]
         for i, best in zip(rows, answer.argmax(-1).tolist(), strict=True):
             labels[i] = task_obj.config.labels[best]
     return labels
@@ -99,6 +98,7 @@ def main() -> None:
     parser.add_argument("--windows", type=int, default=4)
     parser.add_argument("--window", type=int, default=32)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--n-tokens", type=int, default=20, help="soft prompt length per task")
     parser.add_argument("--out", default="benchmarks/results/serve_throughput.json")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -106,7 +106,7 @@ def main() -> None:
     backbone = load_backbone(args.backbone)
     data = load_dataset("movie-sentiment")
     folder = Path(tempfile.mkdtemp(prefix="serve-bench-"))
-    store, models = build(backbone, data, folder)
+    store, models = build(backbone, data, folder, args.n_tokens)
     rng = random.Random(0)
     texts = [e.text for e in data.test]
     stream = [
@@ -122,7 +122,7 @@ def main() -> None:
         engine.load_all()
     for name in ("ours", "padded"):
         engines[name].run([engines[name].request(t, "warm up", generate=False) for t in models])
-    peft_model = make_peft(backbone, models)
+    peft_model = make_peft(backbone, models, args.n_tokens)
 
     def run_ours(name, window):
         engine = engines[name]
@@ -132,7 +132,7 @@ def main() -> None:
         "ours": lambda w: [r["label"] for r in run_ours("ours", w)],
         "padded": lambda w: [r["label"] for r in run_ours("padded", w)],
         "nocache": lambda w: [r["label"] for r in run_ours("nocache", w)],
-        "peft": lambda w: peft_window(peft_model, models, w),
+        "peft": lambda w: peft_window(peft_model, models, w, args.n_tokens),
     }
     times: dict[str, list[float]] = {a: [] for a in arms}
     cpu_times: dict[str, list[float]] = {a: [] for a in arms}  # this process's CPU seconds
@@ -160,7 +160,7 @@ def main() -> None:
     result = {
         "backbone": args.backbone,
         "tasks": TASKS,
-        "n_tokens": N_TOKENS,
+        "n_tokens": args.n_tokens,
         "window_requests": args.window,
         "windows": args.windows,
         "threads": args.threads,
