@@ -8,9 +8,10 @@ import torch
 
 from softprompt.inject import RowPrompts
 from softprompt.model import MultiTaskModel
+from softprompt.serve import engine as engine_module
 from softprompt.serve.cache import PromptKVCache, kv_bytes
 from softprompt.serve.engine import BadInput, Engine, RefusedTask, UnknownTask, length_groups
-from softprompt.serve.packing import pack_rows
+from softprompt.serve.packing import pack_rows, worth_packing
 
 TEXTS = {
     "movie": ["good movie", "the film was really boring and sad"],
@@ -246,12 +247,18 @@ def test_pack_rows_fill_evenly_and_gather_tasks():
     assert sorted(sorted(prompts[i] for i in r) for r in rows) == [[0, 0], [1, 1]]
 
 
-def test_packed_rows_equal_padded_passes(llama, store):
+def test_packed_rows_equal_padded_passes(llama, store, monkeypatch):
     """Requests of three tasks (soft prompt, prefix tuning, none: prefixes of different
     widths) packed several to a row answer as padded passes and as each alone."""
     texts = ["good", "the film was really boring and sad and dull", "bad plot", "i loved it so"]
     tasks = ["movie", "tweets", "plain", "movie", "tweets", "plain"]
     pairs = [(t, texts[i % len(texts)]) for i, t in enumerate(tasks)]
+    monkeypatch.setattr(engine_module, "worth_packing", lambda *args: True)  # pack always
+    packed = []
+    run = engine_module.packed_hidden
+    monkeypatch.setattr(
+        engine_module, "packed_hidden", lambda *a, **k: packed.append(a[2]) or run(*a, **k)
+    )
     answers = {}
     for pack in (None, 8, 1000):
         engine = Engine(llama, store, pack_tokens=pack)
@@ -259,8 +266,34 @@ def test_packed_rows_equal_padded_passes(llama, store):
         requests = [engine.request(t, x, generate=False) for t, x in pairs]
         assert all(engine._packable(r) for r in requests) == (pack is not None)
         answers[pack] = engine.run(requests)
+    small, one_row = packed  # rows of 8 tokens hold several requests; then one row
+    assert 1 < len(small) < len(pairs) and len(one_row) == 1
     alone = [engine.run([engine.request(t, x, generate=False)])[0] for t, x in pairs]
     for padded, small, one_row, single in zip(*answers.values(), alone, strict=True):
         _same(small, padded)
         _same(one_row, padded)
         _same(single, padded)
+
+
+def test_packing_is_declined_when_rows_would_carry_more_prompt_slots_than_tokens():
+    bins = [[0, 1], [2, 3]]  # two rows, each holding requests of two tasks
+    assert worth_packing(bins, [0, 1, 0, 1], [30, 30], 64)  # 60 slots in rows of 64
+    assert not worth_packing(bins, [0, 1, 0, 1], [40, 40], 64)  # 80 slots
+    assert worth_packing(bins, [0, 0, 1, 1], [40, 40], 64)  # one task a row: 40
+
+
+def test_long_prompts_of_many_tasks_fall_back_to_padded_passes(llama, store, monkeypatch):
+    """When packing is declined the same requests go through padded passes, answered
+    as each alone."""
+    pairs = [("movie", "good"), ("tweets", "bad plot"), ("plain", "i loved it so")]
+    engine = Engine(llama, store, pack_tokens=8)  # rows of 8: any two tasks overflow
+    engine.load_all()
+    packed = []
+    run = engine_module.packed_hidden
+    monkeypatch.setattr(
+        engine_module, "packed_hidden", lambda *a, **k: packed.append(1) or run(*a, **k)
+    )
+    together = engine.run([engine.request(t, x, generate=False) for t, x in pairs])
+    assert not packed
+    for (task, text), got in zip(pairs, together, strict=True):
+        _same(got, engine.run([engine.request(task, text, generate=False)])[0])

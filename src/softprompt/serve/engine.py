@@ -31,7 +31,7 @@ from softprompt.inject import CausalInjector, PrefixCache, Prompt, RowPrompts
 from softprompt.model import MixedBatch, MultiTaskModel, PromptModel
 from softprompt.promptfile import check_backbone
 from softprompt.serve.cache import Key, PromptKVCache
-from softprompt.serve.packing import packed_hidden
+from softprompt.serve.packing import pack_rows, packed_hidden, worth_packing
 from softprompt.serve.sampling import Sampling, find_stop, held_back, next_tokens
 from softprompt.serve.store import Entry, PromptStore, _check_prompt_bytes, check_task_name
 from softprompt.tasks.classification import VerbalizerTask
@@ -376,11 +376,11 @@ class Engine:
             for i, answer in zip(rows, answers, strict=True):
                 results[i] = answer
         packed = [i for i, r in enumerate(requests) if r.image is None and self._packable(r)]
-        if packed:
-            answers = self._classify_packed([requests[i] for i in packed])
-            for i, answer in zip(packed, answers, strict=True):
-                results[i] = answer
-        texts = [i for i, r in enumerate(requests) if r.image is None and not self._packable(r)]
+        answers = self._classify_packed([requests[i] for i in packed]) if packed else None
+        for i, answer in zip(packed, answers or [], strict=False):
+            results[i] = answer
+        done = set(packed) if answers is not None else set()
+        texts = [i for i, r in enumerate(requests) if r.image is None and i not in done]
         for group in (
             []
             if not texts
@@ -403,19 +403,21 @@ class Engine:
             and not task.template.has_slots
         )
 
-    def _classify_packed(self, requests: list[Request]) -> list[dict[str, Any]]:
+    def _classify_packed(self, requests: list[Request]) -> list[dict[str, Any]] | None:
         """Every row in one pass without padding (serve/packing.py); each task scores its
-        rows' answer states with its own label words."""
+        rows' answer states with its own label words. None when packing would cost more
+        than padded passes (`worth_packing`: long prompts of many tasks)."""
         refs = list(dict.fromkeys(r.served.entry.ref for r in requests))
         served = {r.served.entry.ref: r.served for r in requests}
         contexts = [r.served.model.task.contexts([Example(r.text, "")])[0] for r in requests]
+        choice = [refs.index(r.served.entry.ref) for r in requests]
+        cached = [self._injector.prompt_kv(served[ref].prompt) for ref in refs]  # (kv, width)
+        widths = [width for _, width in cached]
+        bins = pack_rows([len(c) for c in contexts], self.pack_tokens, choice, widths)
+        if not worth_packing(bins, choice, widths, self.pack_tokens):
+            return None
         hidden, segments = packed_hidden(
-            self._injector,
-            [served[ref].prompt for ref in refs],
-            [refs.index(r.served.entry.ref) for r in requests],
-            contexts,
-            capacity=self.pack_tokens,
-            pad_id=self.backbone.spec.pad_token_id,
+            self._injector, cached, bins, choice, contexts, pad_id=self.backbone.spec.pad_token_id
         )  # (R, C, d)
         rows = torch.tensor([s.row for s in segments], device=hidden.device)
         ends = torch.tensor([s.start + s.length - 1 for s in segments], device=hidden.device)

@@ -21,7 +21,6 @@ from dataclasses import dataclass
 import torch
 from transformers.cache_utils import DynamicCache
 
-from softprompt.inject import Prompt
 from softprompt.inject.prompt import attention_mask
 
 
@@ -68,22 +67,37 @@ def _stacked(kv: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
     return torch.stack([torch.cat([k, v]) for k, v in kv])
 
 
+def worth_packing(
+    bins: list[list[int]], prompts: list[int], widths: list[int], capacity: int
+) -> bool:
+    """Whether packed rows beat padded passes: not when a row would carry more prompt
+    slots than its capacity in tokens.
+
+    Every token of a packed row attends to the slots of every task in the row (and
+    the rows share the widest row's slot count), where a padded row attends to its
+    own prompt only. With short prompts packing wins (SmolLM2, 8 tasks, windows of
+    16: 1.52 s against 1.57 s at 20-token prompts); with long ones the slots swamp
+    it (1.80 s against 1.64 s at 50 tokens, 2.01 s against 1.71 s at 100;
+    `benchmarks/serve_throughput.py --n-tokens`). There the most slots a packed row
+    carried were 66-88 at 20 tokens and 104-306 at 50-100, against rows of 128."""
+    carried = max(sum(widths[p] for p in {prompts[i] for i in members}) for members in bins)
+    return carried <= capacity
+
+
 @torch.no_grad()
 def packed_hidden(
     injector,
-    prompts: list[Prompt],
+    cached: list[tuple[list[tuple[torch.Tensor, torch.Tensor]], int]],
+    bins: list[list[int]],
     choice: list[int],
     contexts: list[list[int]],
     *,
-    capacity: int,
     pad_id: int,
 ) -> tuple[torch.Tensor, list[Segment]]:
-    """Run requests (`contexts`, ids without BOS; request i uses `prompts[choice[i]]`)
-    packed into rows: -> hidden states (R, C, d) and where each request's are."""
+    """Run requests (`contexts`, ids without BOS; request i uses prompt `choice[i]`,
+    whose K/V and width are `cached[choice[i]]`) packed into the rows `bins` (from
+    `pack_rows`): -> hidden states (R, C, d) and where each request's are."""
     device = injector.device
-    cached = [injector.prompt_kv(p) for p in prompts]  # (kv, width) per distinct prompt
-    widths = [width for _, width in cached]
-    bins = pack_rows([len(c) for c in contexts], capacity, choice, widths)
     width = max(sum(len(c) for c in (contexts[i] for i in members)) for members in bins)
     used = [list(dict.fromkeys(choice[i] for i in members)) for members in bins]
     slots = max(sum(cached[p][1] for p in row) for row in used)  # M: prefix slots per row
