@@ -282,12 +282,13 @@ def test_packing_is_declined_when_rows_would_carry_more_prompt_slots_than_tokens
     assert worth_packing(bins, [0, 0, 1, 1], [40, 40], 64)  # one task a row: 40
 
 
-def test_long_prompts_of_many_tasks_fall_back_to_padded_passes(llama, store, monkeypatch):
+def test_declined_packing_falls_back_to_padded_passes(llama, store, monkeypatch):
     """When packing is declined the same requests go through padded passes, answered
     as each alone."""
     pairs = [("movie", "good"), ("tweets", "bad plot"), ("plain", "i loved it so")]
-    engine = Engine(llama, store, pack_tokens=8)  # rows of 8: any two tasks overflow
+    engine = Engine(llama, store, pack_tokens=8)
     engine.load_all()
+    monkeypatch.setattr(engine_module, "worth_packing", lambda *args: False)
     packed = []
     run = engine_module.packed_hidden
     monkeypatch.setattr(
@@ -295,5 +296,24 @@ def test_long_prompts_of_many_tasks_fall_back_to_padded_passes(llama, store, mon
     )
     together = engine.run([engine.request(t, x, generate=False) for t, x in pairs])
     assert not packed
+    monkeypatch.undo()
     for (task, text), got in zip(pairs, together, strict=True):
         _same(got, engine.run([engine.request(task, text, generate=False)])[0])
+
+
+def test_each_prompt_runs_once_per_call_even_with_the_cache_off(llama, store, monkeypatch):
+    """Declined packing reads the prompts' widths, then padded passes read their K/V:
+    with no cache to keep them, the call itself keeps them until it returns."""
+    engine = Engine(llama, store, cache_bytes=0, pack_tokens=8)
+    engine.load_all()
+    monkeypatch.setattr(engine_module, "worth_packing", lambda *args: False)
+    calls = []
+    original = type(engine._injector)._run_group
+    monkeypatch.setattr(
+        type(engine._injector), "_run_group", lambda s, p: calls.append(1) or original(s, p)
+    )
+    pairs = [("movie", "good"), ("tweets", "bad plot"), ("movie", "i loved it so")]
+    engine.run([engine.request(t, x, generate=False) for t, x in pairs])
+    assert len(calls) == 2  # two tasks, once each
+    engine.run([engine.request(t, x, generate=False) for t, x in pairs])
+    assert len(calls) == 4  # nothing kept between calls: the cache is off

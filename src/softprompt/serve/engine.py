@@ -65,10 +65,21 @@ class CachedInjector(CausalInjector):
     def __init__(self, base: CausalInjector, cache: PromptKVCache) -> None:
         self.__dict__.update(base.__dict__)  # same model, head and cache keyword; no re-check
         self.kv_cache = cache
+        # K/V used in the current engine call, whatever the cache bound: a prompt is
+        # computed at most once per call even when the cache is off or evicts it
+        self.in_use: dict[Key, tuple[list[tuple[torch.Tensor, ...]], int]] | None = None
 
     def prompt_kv(self, prompt: Prompt) -> tuple[list[tuple[torch.Tensor, ...]], int]:
         """One prompt's per-layer K/V at batch 1 ((1, kvh, w, hd) each) and its width w."""
         key = getattr(prompt, "key", None)
+        if key is not None and self.in_use is not None and key in self.in_use:
+            return self.in_use[key]
+        found = self._cached_or_run(prompt, key)
+        if key is not None and self.in_use is not None:
+            self.in_use[key] = found
+        return found
+
+    def _cached_or_run(self, prompt: Prompt, key: Key | None):
         if key is not None:
             hit = self.kv_cache.get(key)
             if hit is not None:
@@ -337,6 +348,15 @@ class Engine:
     def run(self, requests: list[Request]) -> list[dict[str, Any]]:
         """Answer requests of any tasks: one forward pass for every classification row,
         one decoding loop for every generation row."""
+        if self._injector is not None:
+            self._injector.in_use = {}
+        try:
+            return self._run(requests)
+        finally:
+            if self._injector is not None:
+                self._injector.in_use = None
+
+    def _run(self, requests: list[Request]) -> list[dict[str, Any]]:
         results: list[dict[str, Any] | None] = [None] * len(requests)
         classify = [i for i, r in enumerate(requests) if not r.served.generates]
         generate = [i for i, r in enumerate(requests) if r.served.generates]
