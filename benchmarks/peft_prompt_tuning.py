@@ -7,14 +7,20 @@ rate schedule and steps. Each step runs both, alternating who goes first
 
 PEFT is used the way its docs train a causal LM: the label word appended to
 the templated input, labels -100 everywhere else, `model(**batch).loss` (a
-full-vocabulary loss over every position). Accuracy is scored identically for
-both: the label-word logits at the answer position of 300 held-out sentences.
+full-vocabulary loss over every position). `--peft-loss verbalizer` gives PEFT
+our objective instead (cross-entropy over the label words' logits at the answer
+position), so the two sides differ only in where BOS sits (PEFT puts the virtual
+tokens before it, we after it): a like-for-like accuracy comparison. Accuracy is
+scored identically for both: the label-word logits at the answer position of 300
+held-out sentences.
 
 Peak memory: each side runs a few steps in a fresh child process and reports
 the growth of its peak RSS over the loaded-model baseline, plus the bytes the
 autograd graph saves for backward in one step (exact, not noisy).
 
     python benchmarks/peft_prompt_tuning.py --steps 100
+    python benchmarks/peft_prompt_tuning.py --steps 100 --peft-loss verbalizer \
+        --out benchmarks/results/peft_prompt_tuning_verbalizer.json
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ import time
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -75,8 +82,22 @@ def peft_batch(ours, examples):
     return {"input_ids": ids, "attention_mask": mask, "labels": lab}
 
 
-def peft_loss(peft_model, ours, examples):
-    return peft_model(**peft_batch(ours, examples)).loss
+def peft_loss(peft_model, ours, examples, kind: str = "lm"):
+    """PEFT's loss: its docs' full-vocabulary LM loss on the label word, or ours."""
+    if kind == "lm":
+        return peft_model(**peft_batch(ours, examples)).loss
+    batch = ours.task.collate(examples)
+    return F.cross_entropy(peft_answer_scores(peft_model, ours, batch), batch["targets"])
+
+
+def peft_answer_scores(peft_model, ours, batch, n_tokens: int = N_TOKENS) -> torch.Tensor:
+    """(B, C) label-word logits at the answer position, read as our verbalizer reads them."""
+    word_rows = torch.tensor([ws[0][0] for ws in ours.task.word_ids])
+    logits = peft_model(
+        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+    ).logits  # (B, n + T, V)
+    rows = torch.arange(len(batch["input_ids"]))
+    return logits[rows, n_tokens + batch["answer_index"]][:, word_rows]  # (B, C)
 
 
 def ours_loss(ours, examples):
@@ -94,17 +115,10 @@ def ours_accuracy(ours, examples, batch_size=32):
 
 @torch.no_grad()
 def peft_accuracy(peft_model, ours, examples, n_tokens, batch_size=32):
-    task, correct = ours.task, 0
-    word_rows = torch.tensor([ws[0][0] for ws in task.word_ids])
+    correct = 0
     for i in range(0, len(examples), batch_size):
-        chunk = examples[i : i + batch_size]
-        batch = task.collate(chunk)
-        logits = peft_model(
-            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
-        ).logits
-        answer = logits[torch.arange(len(chunk)), n_tokens + batch["answer_index"]][
-            :, word_rows
-        ]  # (B, C)
+        batch = ours.task.collate(examples[i : i + batch_size])
+        answer = peft_answer_scores(peft_model, ours, batch, n_tokens)  # (B, C)
         correct += int((answer.argmax(-1) == batch["targets"]).sum())
     return correct / len(examples)
 
@@ -140,7 +154,7 @@ def saved_bytes(loss_fn) -> int:
     return total
 
 
-def child(side: str, backbone_name: str, steps: int) -> None:
+def child(side: str, backbone_name: str, steps: int, kind: str) -> None:
     """Fresh process: peak-RSS growth of `steps` training steps of one side."""
     backbone, data, ours, peft_model = setup(backbone_name, N_TOKENS)
     Path("/proc/self/clear_refs").write_text("5")  # reset the peak (VmHWM) to the current RSS
@@ -156,7 +170,7 @@ def child(side: str, backbone_name: str, steps: int) -> None:
         fn = (
             (lambda rows=rows: ours_loss(ours, rows))
             if side == "softprompt"
-            else (lambda rows=rows: peft_loss(peft_model, ours, rows))
+            else (lambda rows=rows: peft_loss(peft_model, ours, rows, kind))
         )
         timed_step(fn, params, opt, 3e-2)
     peak = _status_kb("VmHWM")
@@ -170,7 +184,7 @@ def _status_kb(field: str) -> int:
     raise RuntimeError(f"{field} not in /proc/self/status")
 
 
-def measure_memory(backbone_name: str, steps: int) -> dict[str, float]:
+def measure_memory(backbone_name: str, steps: int, kind: str) -> dict[str, float]:
     out = {}
     for side in ("softprompt", "peft"):
         proc = subprocess.run(
@@ -183,6 +197,8 @@ def measure_memory(backbone_name: str, steps: int) -> dict[str, float]:
                 backbone_name,
                 "--memory-steps",
                 str(steps),
+                "--peft-loss",
+                kind,
             ],
             capture_output=True,
             text=True,
@@ -199,10 +215,11 @@ def main() -> None:
     parser.add_argument("--eval-examples", type=int, default=300)
     parser.add_argument("--memory-steps", type=int, default=3)
     parser.add_argument("--child", choices=["softprompt", "peft"])
+    parser.add_argument("--peft-loss", choices=["lm", "verbalizer"], default="lm")
     parser.add_argument("--out", default="benchmarks/results/peft_prompt_tuning.json")
     args = parser.parse_args()
     if args.child:
-        return child(args.child, args.backbone, args.memory_steps)
+        return child(args.child, args.backbone, args.memory_steps, args.peft_loss)
 
     torch.manual_seed(0)
     backbone, data, ours, peft_model = setup(args.backbone, N_TOKENS)
@@ -220,7 +237,7 @@ def main() -> None:
     first = micro_batch(data.train, BATCH, config.seed, 0)
     activation = {
         "softprompt": saved_bytes(lambda: ours_loss(ours, first)),
-        "peft": saved_bytes(lambda: peft_loss(peft_model, ours, first)),
+        "peft": saved_bytes(lambda: peft_loss(peft_model, ours, first, args.peft_loss)),
     }
     ours.zero_grad(set_to_none=True)
     peft_model.zero_grad(set_to_none=True)
@@ -231,7 +248,12 @@ def main() -> None:
         lr = config.lr_at(step)
         sides = [
             ("softprompt", lambda rows=rows: ours_loss(ours, rows), ours_params, opt_a),
-            ("peft", lambda rows=rows: peft_loss(peft_model, ours, rows), peft_params, opt_b),
+            (
+                "peft",
+                lambda rows=rows: peft_loss(peft_model, ours, rows, args.peft_loss),
+                peft_params,
+                opt_b,
+            ),
         ]
         for name, fn, params, opt in sides if step % 2 == 0 else sides[::-1]:
             seconds, loss = timed_step(fn, params, opt, lr)
@@ -247,12 +269,13 @@ def main() -> None:
         "softprompt": ours_accuracy(ours, held_out),
         "peft": peft_accuracy(peft_model, ours, held_out, N_TOKENS),
     }
-    memory = measure_memory(args.backbone, args.memory_steps)
+    memory = measure_memory(args.backbone, args.memory_steps, args.peft_loss)
     result = {
         "backbone": args.backbone,
         "steps": args.steps,
         "batch_size": BATCH,
         "n_tokens": N_TOKENS,
+        "peft_loss": args.peft_loss,
         "total_seconds": {k: sum(v) for k, v in times.items()},
         **side_by_side(times, acc, activation, memory),
     }
