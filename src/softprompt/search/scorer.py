@@ -308,7 +308,7 @@ class CandidateScorer:
             inputs_embeds=self.embed(ids.view(1, -1)).expand(b, -1, -1),  # (B, N * L, d)
             attention_mask=self._attention_mask(visible.unsqueeze(1)),
             position_ids=texts.lengths[:, None] + offset,  # (B, N * L)
-            **{self._cache_kw: _repeat_cache(texts.cache, 1, b, self.backbone.model.config)},
+            **{self._cache_kw: _copy_cache(texts.cache, b, self.backbone.model.config)},
             use_cache=True,
         ).last_hidden_state  # (B, N * L, d)
         last = torch.tensor([i * width + len(c.suffix) - 1 for i, c in enumerate(candidates)])
@@ -322,9 +322,9 @@ class CandidateScorer:
     def _to_classes(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.verbalizer.class_scores(hidden, self.lm_head)  # (R, C)
 
-    def _run(self, parent: _Stage | None, rows: list[list[int]], repeat: int = 1) -> _Stage:
-        """Run `rows` (right-padded) on top of `parent`'s cache, parent row i serving rows
-        i*repeat ... i*repeat + repeat - 1 (a parent of one row serves them all)."""
+    def _run(self, parent: _Stage | None, rows: list[list[int]]) -> _Stage:
+        """Run `rows` (right-padded) on top of `parent`'s cache, parent row i serving row i
+        (a parent of one row serves them all)."""
         count = len(rows)
         width = max(len(r) for r in rows)
         if width == 0 and parent is not None:
@@ -334,27 +334,26 @@ class CandidateScorer:
             cache, mask = DynamicCache(config=config), None
             past = torch.zeros(count, dtype=torch.long)
         else:
-            cache = _repeat_cache(parent.cache, repeat, count, config)
-            mask = _repeat_rows(parent.mask, repeat, count)  # (R, m)
-            past = _repeat_rows(parent.lengths, repeat, count)  # (R,)
+            cache = _copy_cache(parent.cache, count, config)
+            mask = _broadcast_rows(parent.mask, count)  # (R, m)
+            past = _broadcast_rows(parent.lengths, count)  # (R,)
         ids = torch.full((count, width), self.backbone.spec.pad_token_id, dtype=torch.long)
         own = torch.zeros((count, width), dtype=torch.long)
         for i, row in enumerate(rows):
             ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
             own[i, : len(row)] = 1
         if width == 0:
-            return _Stage(None, None, past, None, None)
+            return _Stage(None, None, past)
         positions = past[:, None] + torch.arange(width)  # (R, T)
         full_mask = own if mask is None else torch.cat([mask, own], dim=1)  # (R, m + T)
-        out = self.core(
+        self.core(  # fills `cache`: the next level reads only keys and values
             inputs_embeds=self.embed(ids),  # (R, T, d)
             attention_mask=full_mask,
             position_ids=positions,
             **{self._cache_kw: cache},
             use_cache=True,
         )
-        lengths = own.sum(1)  # (R,)
-        return _Stage(cache, full_mask, past + lengths, out.last_hidden_state, lengths)
+        return _Stage(cache, full_mask, past + own.sum(1))
 
 
 @dataclass
@@ -364,12 +363,6 @@ class _Stage:
     cache: DynamicCache | None
     mask: torch.Tensor | None  # (R, m) 1 = real token
     lengths: torch.Tensor  # (R,) real tokens so far (the next token's position)
-    hidden: torch.Tensor | None  # (R, T, d) this level's states
-    own: torch.Tensor | None  # (R,) this level's real tokens per row
-
-    def last_hidden(self) -> torch.Tensor:
-        rows = torch.arange(self.hidden.shape[0])
-        return self.hidden[rows, self.own - 1]  # (R, d)
 
 
 def _chunks(items: list, size: int) -> list[list]:
@@ -386,12 +379,9 @@ def _common_prefix(seqs: list[tuple[int, ...]]) -> tuple[int, ...]:
     return first[:size]
 
 
-def _repeat_rows(t: torch.Tensor, repeat: int, count: int) -> torch.Tensor:
-    if t.shape[0] == count:
-        return t
-    if t.shape[0] == 1:
-        return t.expand(count, *t.shape[1:])
-    return t.repeat_interleave(repeat, dim=0)
+def _broadcast_rows(t: torch.Tensor, count: int) -> torch.Tensor:
+    """A tensor of `count` rows, or of one row, as `count` rows."""
+    return t if t.shape[0] == count else t.expand(count, *t.shape[1:])
 
 
 def _select_cache(cache: DynamicCache, index: torch.Tensor, config) -> DynamicCache:
@@ -402,11 +392,12 @@ def _select_cache(cache: DynamicCache, index: torch.Tensor, config) -> DynamicCa
     return fresh
 
 
-def _repeat_cache(cache: DynamicCache, repeat: int, count: int, config) -> DynamicCache:
-    """A fresh cache whose row i*repeat + j is the parent's row i (the parent is not mutated)."""
+def _copy_cache(cache: DynamicCache, count: int, config) -> DynamicCache:
+    """A fresh cache of `count` rows from one of `count` rows or of one (the parent is
+    not mutated: the next level appends to the copy)."""
     fresh = DynamicCache(config=config)
     for index, layer in enumerate(cache.layers):
-        keys = _repeat_rows(layer.keys, repeat, count)  # (R, kvh, m, hd)
-        values = _repeat_rows(layer.values, repeat, count)
+        keys = _broadcast_rows(layer.keys, count)  # (R, kvh, m, hd)
+        values = _broadcast_rows(layer.values, count)
         fresh.update(keys, values, index)
     return fresh

@@ -397,9 +397,11 @@ class Engine:
                 results[i] = answer
         packed = [i for i, r in enumerate(requests) if r.image is None and self._packable(r)]
         answers = self._classify_packed([requests[i] for i in packed]) if packed else None
-        for i, answer in zip(packed, answers or [], strict=False):
+        if answers is None:  # nothing packable, or packing declined: padded passes
+            packed, answers = [], []
+        for i, answer in zip(packed, answers, strict=True):
             results[i] = answer
-        done = set(packed) if answers is not None else set()
+        done = set(packed)
         texts = [i for i, r in enumerate(requests) if r.image is None and i not in done]
         for group in (
             []
