@@ -101,6 +101,10 @@ def main() -> None:
     parser.add_argument("--n-tokens", type=int, default=20, help="soft prompt length per task")
     parser.add_argument("--out", default="benchmarks/results/serve_throughput.json")
     args = parser.parse_args()
+    if args.windows < 1 or args.window < 1:
+        parser.error("--windows and --window: expected positive integers")
+    if not 1 <= args.n_tokens <= 512:
+        parser.error(f"--n-tokens: expected 1 to 512 virtual tokens, got {args.n_tokens}")
     torch.set_num_threads(args.threads)
 
     backbone = load_backbone(args.backbone)

@@ -32,10 +32,19 @@ from softprompt.train import TrainConfig, train  # noqa: E402
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--dataset", default="movie-sentiment")
-    parser.add_argument("--inits", nargs=2, default=["random", "labels"])
+    parser.add_argument(
+        "--inits",
+        nargs=2,
+        default=["random", "labels"],
+        choices=["random", "vocab", "labels"],
+    )
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--test-examples", type=int, default=200)
     args = parser.parse_args()
+    if args.steps < 1 or args.test_examples < 1:
+        parser.error("--steps and --test-examples: expected positive integers")
+    if args.inits[0] == args.inits[1]:
+        parser.error(f"--inits: name two different inits, got {args.inits[0]!r} twice")
     torch.set_num_threads(1)
     backbone = load_backbone("smollm2-135m")
     data = load_dataset(args.dataset)
