@@ -42,8 +42,8 @@ from softprompt.api import build_model  # noqa: E402
 from softprompt.backbones import load_backbone  # noqa: E402
 from softprompt.data import load_dataset  # noqa: E402
 from softprompt.evaluate import evaluate  # noqa: E402
+from softprompt.files import atomic_write_text  # noqa: E402
 from softprompt.presets import task_defaults  # noqa: E402
-from softprompt.promptfile import atomic_write_text  # noqa: E402
 from softprompt.search import TaskSpec, search  # noqa: E402
 from softprompt.search.bridge import (  # noqa: E402
     project,

@@ -22,9 +22,9 @@ from softprompt.device import resolve_device
 from softprompt.distributed import ProcessInfo
 from softprompt.errors import ConfigError
 from softprompt.evaluate import evaluate
+from softprompt.files import atomic_write_text
 from softprompt.model import MultiTaskModel, PromptModel, load_prompt_meta
 from softprompt.presets import task_defaults
-from softprompt.promptfile import atomic_write_text
 from softprompt.tasks import TaskConfig
 from softprompt.train import TrainResult, run_dir, train
 

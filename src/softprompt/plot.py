@@ -6,7 +6,7 @@ import io
 from pathlib import Path
 from typing import Any
 
-from softprompt.promptfile import atomic_write_bytes
+from softprompt.files import atomic_write_bytes
 
 
 def _moving_average(values: list[float], window: int) -> list[float]:

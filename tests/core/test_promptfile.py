@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import save as st_save
 
-from softprompt import promptfile
+from softprompt import files, promptfile
 from softprompt.api import load_prompt
 from softprompt.backbones.tiny import tiny_llama
 from softprompt.errors import PromptFileError
@@ -155,7 +155,7 @@ def test_save_is_atomic_when_replace_fails(saved, make_model, llama, monkeypatch
     def broken_replace(src, dst):
         raise OSError("disk full")
 
-    monkeypatch.setattr(promptfile.os, "replace", broken_replace)
+    monkeypatch.setattr(files.os, "replace", broken_replace)
     with pytest.raises(OSError, match="disk full"):
         make_model(llama, n_tokens=2).save(saved)
     monkeypatch.undo()
@@ -170,7 +170,7 @@ def test_save_is_atomic_when_write_fails_midway(saved, make_model, llama, monkey
     def broken_fsync(fd):
         raise OSError("I/O error")
 
-    monkeypatch.setattr(promptfile.os, "fsync", broken_fsync)
+    monkeypatch.setattr(files.os, "fsync", broken_fsync)
     with pytest.raises(OSError, match="I/O error"):
         make_model(llama, n_tokens=2).save(saved)
     monkeypatch.undo()

@@ -34,6 +34,7 @@ from softprompt.backbones._core import (
 )
 from softprompt.backbones._paths import backbone_cache_root
 from softprompt.errors import BackboneError
+from softprompt.files import atomic_write_text
 
 # Never reach a model hub: every backbone comes from a local folder or package.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -244,18 +245,6 @@ def _weight_files_key(folder: Path) -> list[list[Any]]:
     return [[f.name, f.stat().st_size, f.stat().st_mtime_ns] for f in files]
 
 
-def _atomic_write_json(path: Path, data: Any) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=1, sort_keys=True)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _cached_fingerprint(folder: Path, model: torch.nn.Module, kind: str, dtype: torch.dtype) -> str:
     """The model's fingerprint, read from the folder's fingerprint file when that was
     written for the same weight files (size + mtime), else computed and stored."""
@@ -285,7 +274,7 @@ def _cached_fingerprint(folder: Path, model: torch.nn.Module, kind: str, dtype: 
         data = {"fingerprint_version": FINGERPRINT_VERSION, "weights": weights, "fingerprints": {}}
     data["fingerprints"][slot] = fp
     try:
-        _atomic_write_json(store, data)
+        atomic_write_text(store, json.dumps(data, indent=1, sort_keys=True))
     except OSError as e:  # a read-only cache still loads, it just rehashes next time
         log.debug("could not store fingerprint in %s: %s", store, e)
     return fp

@@ -49,9 +49,9 @@ from transformers.cache_utils import DynamicCache
 
 from softprompt.backbones import Backbone
 from softprompt.errors import ConfigError, SoftPromptError
+from softprompt.files import atomic_write_bytes, atomic_write_text
 from softprompt.inject import make_injector
 from softprompt.model import PromptModel
-from softprompt.promptfile import atomic_write_bytes, atomic_write_text
 from softprompt.tasks import TaskConfig
 from softprompt.validate import check_fields
 

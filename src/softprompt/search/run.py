@@ -19,8 +19,8 @@ from softprompt.config import DataConfig
 from softprompt.data import Dataset, Example
 from softprompt.errors import ConfigError
 from softprompt.evaluate import evaluate
+from softprompt.files import atomic_write_text
 from softprompt.model import PromptModel
-from softprompt.promptfile import atomic_write_text
 from softprompt.search import SearchResult, TaskSpec, search
 from softprompt.search.bridge import (
     project,

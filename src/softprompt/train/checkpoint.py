@@ -18,7 +18,8 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from softprompt.errors import PromptFileError
-from softprompt.promptfile import atomic_write_bytes, refuse_non_finite
+from softprompt.files import atomic_write_bytes
+from softprompt.promptfile import refuse_non_finite
 
 
 def save_checkpoint(

@@ -26,10 +26,10 @@ from softprompt.data import Dataset
 from softprompt.device import autocast, resolve_device
 from softprompt.errors import DataError, TrainingError
 from softprompt.evaluate import evaluate
+from softprompt.files import atomic_write_text
 from softprompt.inject.checkpointing import layer_checkpointing
 from softprompt.model import MultiTaskModel, PromptModel
 from softprompt.plot import plot_curves
-from softprompt.promptfile import atomic_write_text
 from softprompt.train import guard, run_dir
 from softprompt.train.checkpoint import checkpoint_config, load_checkpoint, save_checkpoint
 from softprompt.train.config import TrainConfig
