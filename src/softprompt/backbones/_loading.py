@@ -32,6 +32,7 @@ from softprompt.backbones._core import (
     infer_kind_from_config,
     make_backbone,
 )
+from softprompt.backbones._hf import from_pretrained as _from_pretrained
 from softprompt.backbones._paths import backbone_cache_root
 from softprompt.errors import BackboneError
 from softprompt.files import atomic_write_text
@@ -154,15 +155,6 @@ def _missing_package(b: _Builtin, what: str) -> BackboneError:
 
 # ---------------------------------------------------------------------------
 # loading an HF folder
-
-
-def _from_pretrained(cls: Any, path: str | Path, **kwargs: Any) -> torch.nn.Module:
-    try:
-        return cls.from_pretrained(path, attn_implementation="sdpa", **kwargs)
-    except ValueError as e:
-        if "sdpa" not in str(e).lower():
-            raise
-        return cls.from_pretrained(path, attn_implementation="eager", **kwargs)
 
 
 def _load_hf_dir(

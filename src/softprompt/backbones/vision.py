@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from softprompt.backbones._core import Backbone, BackboneSpec, arch_fields, freeze
+from softprompt.backbones._hf import from_pretrained
 from softprompt.errors import BackboneError, ConfigError
 
 # model_type values whose layers softprompt's vision injector knows (inject/vision.py)
@@ -140,10 +141,8 @@ def load_vision_dir(
     """A local transformers ViT / DINOv2 / DeiT folder as a frozen vision backbone."""
     from transformers import AutoModel
 
-    from softprompt.backbones._loading import _from_pretrained
-
     try:
-        model = _from_pretrained(AutoModel, path, config=config, dtype=dtype, local_files_only=True)
+        model = from_pretrained(AutoModel, path, config=config, dtype=dtype, local_files_only=True)
     except Exception as e:
         raise BackboneError(f"cannot load the vision model in {path}: {e}") from e
     return make_vision_backbone(

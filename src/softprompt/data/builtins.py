@@ -41,10 +41,8 @@ from softprompt.data.images import (
     read_fashion_mnist,
 )
 from softprompt.data.records import Dataset, DatasetInfo, Example
-from softprompt.data.splits import allocate, label_counts, split_by_quotas
+from softprompt.data.splits import BUILTIN_SEED, allocate, label_counts, split_by_quotas
 from softprompt.errors import DataError
-
-BUILTIN_SEED = 0
 
 VADER_SDIST = "vaderSentiment-3.3.2.tar.gz"
 VADER_INNER = "vaderSentiment-3.3.2/additional_resources/hutto_ICWSM_2014.tar.gz"

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from softprompt.data.records import Dataset, Example
-from softprompt.data.splits import allocate, label_counts, split_by_quotas
+from softprompt.data.splits import BUILTIN_SEED, allocate, label_counts, split_by_quotas
 from softprompt.errors import DataError
 
 IDX_PREFIX = "idx:"
@@ -95,7 +95,6 @@ def locate_fashion_mnist() -> Path | None:
 
 def read_fashion_mnist(folder: Path) -> tuple[list[Example], list[Example], list[Example]]:
     """Train 59,000 / validation 1,000 (100 per class, seeded, from train) / test 10,000."""
-    from softprompt.data.builtins import BUILTIN_SEED
 
     def split(images: str, labels: str) -> list[Example]:
         image_file, label_file = folder / images, folder / labels

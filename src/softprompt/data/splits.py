@@ -11,6 +11,10 @@ from collections.abc import Sequence
 
 from softprompt.data.records import Example
 
+# Built-in datasets split with this seed whatever seed a run trains with, so every run
+# of a built-in set sees the same test rows.
+BUILTIN_SEED = 0
+
 Group = list[Example]
 Quota = dict[str, int]
 

@@ -1,0 +1,19 @@
+"""Loading a transformers model from a folder, shared by the text and vision loaders."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+def from_pretrained(cls: Any, path: str | Path, **kwargs: Any) -> torch.nn.Module:
+    """`cls.from_pretrained` with PyTorch's fused attention (sdpa), falling back to the
+    eager implementation for architectures that do not offer it."""
+    try:
+        return cls.from_pretrained(path, attn_implementation="sdpa", **kwargs)
+    except ValueError as e:
+        if "sdpa" not in str(e).lower():
+            raise
+        return cls.from_pretrained(path, attn_implementation="eager", **kwargs)
