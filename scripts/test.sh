@@ -5,4 +5,6 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 .venv/bin/ruff check src tests benchmarks
+# the docs: --strict fails on a broken link or API page; -q would hide the warnings it counts
+NO_MKDOCS_2_WARNING=1 .venv/bin/mkdocs build --strict -d /tmp/softprompt-site >/tmp/softprompt-mkdocs.log 2>&1 || { cat /tmp/softprompt-mkdocs.log; exit 1; }
 .venv/bin/python -m pytest -q "$@"

@@ -1,5 +1,6 @@
-"""Every `softprompt train` command the README shows parses into a valid run config,
-and every YAML in configs/ loads: a renamed flag or option breaks this test, not a user."""
+"""Every `softprompt train` command the README and the docs pages (docs/**/*.md) show
+parses into a valid run config, and every YAML in configs/ loads: a renamed flag or
+option breaks this test, not a user."""
 
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def _readme_train_commands() -> list[str]:
-    text = (ROOT / "README.md").read_text(encoding="utf-8").replace("\\\n", " ")
+    pages = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
+    text = "\n".join(page.read_text(encoding="utf-8") for page in pages).replace("\\\n", " ")
     lines = [line.split("#")[0].strip() for line in text.splitlines()]
     return [line for line in lines if line.startswith("softprompt train ")]
 
