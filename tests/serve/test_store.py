@@ -78,22 +78,25 @@ def test_bad_prompt_bytes_are_refused_and_nothing_written(store, tmp_path):
 
 
 def test_crash_while_writing_the_index_keeps_the_old_one(store, prompt_files, monkeypatch):
-    """The new file lands first, the index swap fails: the old index is intact, and the
-    orphan file is swept by the next writer."""
-    before = store.index_path.read_bytes()
+    """The journal lands, the new file lands, the index swap fails: the entries are the
+    old ones, the new file is removed at once (no orphan), and later writes work."""
+    before = store.entries()
+    writes = []
 
-    def crash(path, text):
-        raise OSError("disk full (simulated)")
+    def crash_on_second(path, text):
+        writes.append(path)
+        if len(writes) == 2:
+            raise OSError(28, "No space left on device")
+        store_module.atomic_write_bytes(path, text.encode())
 
-    monkeypatch.setattr(store_module, "atomic_write_text", crash)
-    with pytest.raises(OSError, match="simulated"):
+    monkeypatch.setattr(store_module, "atomic_write_text", crash_on_second)
+    with pytest.raises(StoreError, match=r"index.json: cannot write the store index \(No space"):
         store.add("movie", prompt_files["tweets"][0])
-    assert store.index_path.read_bytes() == before
-    assert (store.root / "files" / "movie@2.safetensors").exists()  # the orphan
     monkeypatch.undo()
-    assert store.resolve("movie").ref == "movie@1"
-    store.add("other", prompt_files["movie"][0])
+    assert store.entries() == before
     assert not (store.root / "files" / "movie@2.safetensors").exists()
+    assert store.add("other", prompt_files["movie"][0]).ref == "other@1"
+    assert store.add("movie", prompt_files["tweets"][0]).ref == "movie@3"  # 2 was handed out
 
 
 def test_a_corrupt_index_is_reported_not_guessed(store):

@@ -25,6 +25,11 @@ def add_store_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
     add = actions.add_parser("add", help="store a prompt file as TASK's next version")
     add.add_argument("task")
     add.add_argument("prompt", help="prompt file (.safetensors)")
+    add.add_argument(
+        "--init",
+        action="store_true",
+        help="make a store in a folder that already holds other files (they are never touched)",
+    )
     actions.add_parser("list", help="every stored version")
     show = actions.add_parser("show", help="what one version holds (TASK or TASK@VERSION)")
     show.add_argument("ref")
@@ -33,13 +38,14 @@ def add_store_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
     export = actions.add_parser("export", help="copy TASK[@VERSION] out as a prompt file")
     export.add_argument("ref")
     export.add_argument("--out", required=True)
+    export.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     return store
 
 
 def run_store(args: argparse.Namespace) -> int:
     from softprompt.serve.store import PromptStore
 
-    store = PromptStore(args.store or default_store())
+    store = PromptStore(args.store or default_store(), init=getattr(args, "init", False))
     if args.action == "add":
         entry = store.add(args.task, args.prompt)
         print(
@@ -62,7 +68,7 @@ def run_store(args: argparse.Namespace) -> int:
         for entry in store.remove(args.ref):
             print(f"removed {entry.ref}")
     elif args.action == "export":
-        print(store.export(args.ref, args.out))
+        print(store.export(args.ref, args.out, overwrite=args.overwrite))
     return 0
 
 
