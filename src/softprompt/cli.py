@@ -15,8 +15,11 @@ import argparse
 import json
 import os
 import re
+import signal
 import sys
+import threading
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from softprompt.errors import SoftPromptError
@@ -220,8 +223,16 @@ def cmd_predict(args: argparse.Namespace) -> int:
     model = load_prompt(args.prompt, args.backbone)
     for text, prediction in zip(texts, model.predict(texts), strict=True):
         key = "image" if model.backbone.spec.kind == "vision" else "text"
-        print(json.dumps({key: text, **_rounded(prediction)}, ensure_ascii=False))
+        print(json.dumps({key: text, **_answer(prediction)}, ensure_ascii=False))
     return 0
+
+
+def _answer(prediction: dict[str, Any]) -> dict[str, Any]:
+    """A prediction as printed beside its input: generated text goes under `output`, so
+    the input keeps its `text` key (it was overwritten by the output once)."""
+    if "text" in prediction:
+        prediction["output"] = prediction.pop("text")
+    return _rounded(prediction)
 
 
 def _rounded(prediction: dict[str, Any]) -> dict[str, Any]:
@@ -250,12 +261,13 @@ def _predict_tasks(args: argparse.Namespace) -> int:
     model = load_prompts(paths, args.backbone)
     for (task, text), prediction in zip(pairs, model.predict(pairs), strict=True):
         prediction.pop("task")
-        print(json.dumps({"task": task, "text": text, **_rounded(prediction)}, ensure_ascii=False))
+        print(json.dumps({"task": task, "text": text, **_answer(prediction)}, ensure_ascii=False))
     return 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:
     from softprompt.api import export_prompt
+    from softprompt.interop.commands import refuse_existing
     from softprompt.train.run_dir import check_out_file
 
     if args.format == "peft":
@@ -263,6 +275,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
         return cmd_export_peft(args)
     check_out_file(args.out, "--out")  # before the backbone loads
+    refuse_existing(Path(args.out), "--out", overwrite=args.overwrite)
     out = export_prompt(args.prompt, args.out, args.backbone)
     before, after = os.path.getsize(args.prompt), os.path.getsize(out)
     print(f"{out}: {after:,} bytes (was {before:,})")
@@ -440,6 +453,8 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--backbone", default=None)
     export.add_argument("--format", default="softprompt", choices=["softprompt", "peft"],
                         help="peft: a PEFT adapter folder at --out (PeftModel.from_pretrained)")  # fmt: skip
+    export.add_argument("--overwrite", action="store_true",
+                        help="replace an existing --out file (peft: write into a non-empty folder)")  # fmt: skip
     export.set_defaults(func=cmd_export)
 
     info = sub.add_parser("info", help="show what a prompt file holds")
@@ -491,19 +506,56 @@ def _fail(command: str, message: str) -> int:
     return 2
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler's stop, `kill`) raised as an interrupt, so training stops the
+    way Ctrl-C stops it: temp files removed, the run's lock released, what was kept said."""
+
+
+def _raise_terminated(signum: int, frame: Any) -> None:
+    raise Terminated
+
+
+def _catch_sigterm() -> Any:
+    """Route SIGTERM to `Terminated`; returns the handler to restore (None: not installed,
+    as outside the main thread, where Python allows no handler)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    return signal.SIG_DFL if previous is None else previous
+
+
+def _kept(args: argparse.Namespace) -> str:
+    """What an interrupted `train` left in its folder, from the files that exist (a run
+    stopped before its first evaluation has written none)."""
+    if args.command != "train":
+        return ""
+    try:
+        out = Path(_config_from_args(args).out)
+    except (SoftPromptError, OSError, ValueError):
+        return ""
+    prompts = [out / "prompt.safetensors", *sorted(out.glob("*/prompt.safetensors"))]
+    kept = [f"{p} (best prompt so far)" for p in prompts if p.is_file()]
+    if (out / "checkpoint.safetensors").is_file():
+        kept.append(f"{out / 'checkpoint.safetensors'} (last checkpoint; add --resume to go on)")
+    return f"; kept: {', '.join(kept)}" if kept else f"; nothing was written to {out} yet"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    previous = _catch_sigterm() if args.command == "train" else None
     try:
         return args.func(args)
     except SoftPromptError as exc:
         return _fail(args.command, str(exc))
     except OSError as exc:  # a disk full, a folder that vanished: the OS said why
         return _fail(args.command, f"{exc.filename or ''}: {exc.strerror or exc}".lstrip(": "))
-    except KeyboardInterrupt:
-        print(
-            "interrupted; the best prompt and the last checkpoint are kept on disk", file=sys.stderr
-        )
-        return 130
+    except KeyboardInterrupt as exc:
+        stopped = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
+        print(f"softprompt {args.command}: {stopped}{_kept(args)}", file=sys.stderr)
+        return 143 if isinstance(exc, Terminated) else 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -14,10 +14,16 @@ from pathlib import Path
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write bytes so readers see the old file or the new one, never a mix."""
+    """Write bytes so readers see the old file or the new one, never a mix.
+
+    An OSError (a full disk, a read-only folder) is raised again naming `path`: a failed
+    write to an open file names no file, and the temp file's name means nothing to a user."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    except OSError as exc:
+        raise _naming(exc, path) from exc
     try:
         os.fchmod(fd, 0o666 & ~current_umask())  # mkstemp's 0600 would hide it from others
         with os.fdopen(fd, "wb") as handle:
@@ -25,9 +31,16 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise _naming(exc, path) from exc
         raise
+
+
+def _naming(exc: OSError, path: Path) -> OSError:
+    """The same error (same errno, so the same OSError subclass) with `path` as its file."""
+    return OSError(exc.errno, exc.strerror or str(exc), str(path))
 
 
 def atomic_write_text(path: Path, text: str) -> None:

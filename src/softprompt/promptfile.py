@@ -88,6 +88,8 @@ def read_prompt_file(
     `check_metadata=False` skips the prompt-specific header shape (method, task,
     backbone) for files used as a plain checksummed tensor store."""
     path = Path(path)
+    if path.is_dir():
+        raise PromptFileError(_folder_message(path))
     if not path.is_file():
         raise PromptFileError(f"{path}: no such prompt file")
     try:
@@ -100,6 +102,12 @@ def read_prompt_file(
         tensors = st_load(data)
         header = _read_header(data)
     except (SafetensorError, ValueError, UnicodeDecodeError, RecursionError) as exc:
+        if _looks_pickled(data):
+            raise PromptFileError(
+                f"{path}: this is a pickle (torch.save, .bin, .pt), not a safetensors file; "
+                "softprompt never loads pickles (unpickling can run code); give the "
+                ".safetensors prompt file softprompt wrote"
+            ) from None
         raise PromptFileError(
             f"{path}: not a readable prompt file (truncated or corrupt: {exc}); "
             "re-save it or train again"
@@ -109,6 +117,28 @@ def read_prompt_file(
     if check_metadata:
         check_meta(path, header)
     return tensors, header
+
+
+def _looks_pickled(data: bytes) -> bool:
+    """A pickle (protocol 2-5: PROTO 0x80, the protocol, then an opcode, never 0x00) or
+    torch.save's zip archive holding one. Asked only once safetensors failed: its header
+    length may start 80 02 too, but is then followed by zeros (any header under 64 KiB)."""
+    if data.startswith(b"PK\x03\x04"):
+        return True
+    return len(data) > 2 and data[0] == 0x80 and 2 <= data[1] <= 5 and data[2] != 0
+
+
+def _folder_message(path: Path) -> str:
+    """A folder given where a prompt file goes: say so, and what to give instead."""
+    if (path / "adapter_config.json").is_file():
+        return (
+            f"{path}: is a folder holding a PEFT adapter (adapter_config.json), not a prompt "
+            f"file; turn it into one with `softprompt import-peft {path} --backbone BASE "
+            "--out prompt.safetensors`"
+        )
+    inside = path / "prompt.safetensors"
+    hint = f"give {inside}" if inside.is_file() else "give the .safetensors prompt file"
+    return f"{path}: is a folder, not a prompt file; {hint}"
 
 
 def _verified(

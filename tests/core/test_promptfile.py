@@ -110,7 +110,7 @@ def test_missing_file(tmp_path, llama):
 
 
 def test_directory_is_not_a_prompt_file(tmp_path, llama):
-    assert "no such prompt file" in _load_error(tmp_path, llama)
+    assert "is a folder, not a prompt file" in _load_error(tmp_path, llama)
 
 
 def test_safetensors_without_softprompt_metadata(tmp_path, llama):

@@ -51,7 +51,7 @@ from softprompt.backbones import Backbone
 from softprompt.errors import ConfigError, SoftPromptError
 from softprompt.files import atomic_write_bytes, atomic_write_text
 from softprompt.inject import make_injector
-from softprompt.model import PromptModel
+from softprompt.model import PromptModel, load_prompt
 from softprompt.tasks import TaskConfig
 from softprompt.validate import check_fields
 
@@ -84,8 +84,6 @@ def export_peft(
 ) -> Path:
     """Write `prompt` (a prompt file or a loaded model) as a PEFT adapter folder that
     `PeftModel.from_pretrained(base_model, out_dir)` loads with the same logits."""
-    from softprompt.api import load_prompt
-
     source = "the prompt" if isinstance(prompt, PromptModel) else str(prompt)
     model = prompt if isinstance(prompt, PromptModel) else load_prompt(prompt, backbone)
     _check_exportable(model, source)
@@ -358,6 +356,10 @@ def _read_json(path: Path, why: str) -> dict[str, Any]:
         raise PeftAdapterError(f"{path}: missing; {why}")
     try:
         value = json.loads(path.read_text(encoding="utf-8"))
+    except RecursionError:  # hostile nesting: json recurses once per level
+        raise PeftAdapterError(
+            f"{path}: JSON nested too deeply to read; re-save the adapter with save_pretrained"
+        ) from None
     except (OSError, ValueError, UnicodeDecodeError) as exc:
         raise PeftAdapterError(
             f"{path}: not readable JSON ({exc}); re-save the adapter with save_pretrained"
