@@ -43,6 +43,8 @@ def test_the_issue_repro_refuses_a_project_folder_and_keeps_the_thesis(
     err = capsys.readouterr().err
     assert "not a prompt store" in err and "files/thesis.txt" in err and "--init" in err
     assert listing(proj) == ["files", "files/thesis.txt"]  # not even a lock file
+    assert main(["store", "--store", str(proj), "add", "--init", "movie", prompt]) == 0
+    assert main(["store", "--store", str(proj), "remove", "movie"]) == 0
     assert (proj / "files" / "thesis.txt").read_text() == "draft"
 
 
@@ -283,3 +285,21 @@ def test_a_swapped_stored_file_is_refused_with_how_to_fix(store, llama, tmp_path
     assert "tweets" in engine.tasks
     assert main(["store", "--store", str(store.root), "show", "movie"]) == 2
     assert "changed since it was added" in capsys.readouterr().err
+
+
+def test_no_space_for_the_uploads_temp_copy_names_the_store(store, prompt_files, monkeypatch):
+    real = os.fdopen
+
+    def fdopen(fd, mode="r", *args, **kwargs):
+        handle = real(fd, mode, *args, **kwargs)
+        if "w" in mode:
+            handle.write = lambda data: (_ for _ in ()).throw(OSError(errno.ENOSPC, "No space"))
+        return handle
+
+    before = listing(store.root)
+    monkeypatch.setattr(os, "fdopen", fdopen)
+    with pytest.raises(StoreWriteError, match="cannot write a temp copy") as caught:
+        store.add("movie", prompt_files["tweets"][0])
+    monkeypatch.undo()
+    assert str(caught.value).startswith(str(store.root)) and "No space" in str(caught.value)
+    assert listing(store.root) == before

@@ -501,7 +501,11 @@ def _exists(path: Path) -> StoreError:
 def _check_prompt_bytes(data: bytes, what: str, *, folder: Path | None = None) -> dict[str, Any]:
     """Verify a prompt file's bytes (format, checksum) before it enters the store; the temp
     copy goes in `folder` (a store's `scratch()`), or the system temp folder."""
-    fd, tmp = tempfile.mkstemp(suffix=".safetensors", dir=folder)
+    where = Path(folder or tempfile.gettempdir())
+    try:
+        fd, tmp = tempfile.mkstemp(suffix=".safetensors", dir=where)
+    except OSError as exc:
+        raise _write_error(where, exc, "write a temp copy of the prompt in") from None
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
@@ -509,7 +513,7 @@ def _check_prompt_bytes(data: bytes, what: str, *, folder: Path | None = None) -
     except PromptFileError as exc:
         raise StoreError(f"{what}: {str(exc).replace(tmp, 'the uploaded file')}") from None
     except OSError as exc:
-        raise _write_error(Path(tmp), exc, "write a temp copy to") from None
+        raise _write_error(where, exc, "write a temp copy of the prompt in") from None
     finally:
         Path(tmp).unlink(missing_ok=True)
     return meta
