@@ -133,6 +133,33 @@ def test_an_index_naming_files_outside_its_own_names_is_refused(store, tmp_path,
     assert (tmp_path / "victim.txt").read_text() == "keep me"
 
 
+def edited(key, value, entry=False):
+    """The index text with one field changed (in the first movie entry if `entry`)."""
+
+    def change(raw):
+        (raw["tasks"]["movie"][0] if entry else raw)[key] = value
+        return json.dumps(raw)
+
+    return change
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        edited("version", "1", entry=True),
+        edited("version", True, entry=True),
+        edited("pending", ["../victim.txt"]),
+        edited("high", {"movie": "many"}),
+        lambda raw: '{"format": "softprompt-store/1", "tasks": ' + "[" * 100_000 + "]" * 100_000,
+    ],
+    ids=["version-str", "version-bool", "pending-outside", "high-not-int", "deep-nesting"],
+)
+def test_a_malformed_index_is_one_clear_error(store, change):
+    store.index_path.write_text(change(json.loads(store.index_path.read_text())))
+    with pytest.raises(StoreError, match="not a readable store index"):
+        store.add("movie", store.root / "files" / "tweets@1.safetensors")
+
+
 # -- 2. export never overwrites unasked --------------------------------------------------
 def test_store_export_refuses_an_existing_file_unless_overwrite(store, tmp_path, capsys):
     out = tmp_path / "checkpoint.safetensors"
@@ -303,3 +330,24 @@ def test_no_space_for_the_uploads_temp_copy_names_the_store(store, prompt_files,
     monkeypatch.undo()
     assert str(caught.value).startswith(str(store.root)) and "No space" in str(caught.value)
     assert listing(store.root) == before
+
+
+def test_a_removed_file_that_cannot_be_unlinked_stays_journaled(store, prompt_files, monkeypatch):
+    """An unlink that fails (busy, permissions) leaves the name in the journal, so a later
+    writer deletes the file instead of forgetting it."""
+    real = Path.unlink
+
+    def unlink(self, missing_ok=False):
+        if self.name == "movie@1.safetensors":
+            raise PermissionError(errno.EACCES, "busy")
+        return real(self, missing_ok=missing_ok)
+
+    monkeypatch.setattr(Path, "unlink", unlink)
+    store.remove("movie")
+    store.add("other", prompt_files["movie"][0])  # recovery fails again: still journaled
+    monkeypatch.undo()
+    assert json.loads(store.index_path.read_text())["pending"] == ["files/movie@1.safetensors"]
+    assert (store.root / "files" / "movie@1.safetensors").exists()
+    store.add("other", prompt_files["movie"][0])
+    assert not (store.root / "files" / "movie@1.safetensors").exists()
+    assert json.loads(store.index_path.read_text())["pending"] == []

@@ -230,8 +230,6 @@ class PromptStore:
             )
         return path
 
-    checked_path = path
-
     def load(self, ref: str, backbone: Any) -> tuple[Entry, Any]:
         """(entry, PromptModel) checked against the index's sha256 and `backbone`'s
         fingerprint (refused on mismatch)."""
@@ -301,9 +299,10 @@ class PromptStore:
     def _recover(self, index: _Index) -> None:
         """Delete what a killed or failed writer left: files the journal names, temp files
         with the store's own names, and upload folders no live process holds."""
-        for name in index.pending:
+        for name in list(index.pending):
             with contextlib.suppress(OSError):
                 (self.root / name).unlink(missing_ok=True)
+                index.pending.remove(name)  # kept in the journal if the unlink failed
         for folder, pattern in ((self.root, _INDEX_TMP), (self.root / "files", _FILE_TMP)):
             for path in folder.iterdir():
                 if pattern.match(path.name) and not path.is_dir():
@@ -332,12 +331,13 @@ class PromptStore:
             while os.path.lexists(self.root / _file_name(task, version)):
                 version += 1  # a file the store did not write: never overwritten
             name = _file_name(task, version)
-            index.high[task], index.pending = version, [name]
+            index.high[task] = version
+            index.pending.append(name)
             self._write_index(index)  # journal first: a crash leaves a name to clean up
             try:
                 entry = self._write_entry(task, version, name, data, meta)
                 index.tasks.setdefault(task, []).append(entry)
-                index.pending = []
+                index.pending.remove(name)
                 self._write_index(index)
             except BaseException:
                 (self.root / name).unlink(missing_ok=True)  # ours: the journal names it
@@ -378,7 +378,7 @@ class PromptStore:
                 )
             index.high[task] = index.next_version(task) - 1  # before the entries go
             index.tasks[task] = [e for e in versions if e not in gone]
-            index.pending = [e.file for e in gone]  # deleted next; a crash leaves the names
+            index.pending += [e.file for e in gone]  # deleted next; a crash leaves the names
             self._write_index(index)
             for entry in gone:
                 with contextlib.suppress(OSError):  # still journaled: the next writer retries
@@ -412,6 +412,8 @@ def _parse_index(raw: Any) -> _Index:
     for task, versions in raw["tasks"].items():
         entries = [Entry(**e) for e in versions]
         for e in entries:
+            if not isinstance(e.version, int) or isinstance(e.version, bool) or e.version < 1:
+                raise ValueError(f"entry {task!r} has the version {str(e.version)[:20]!r}")
             if e.task != task or e.file != _file_name(task, e.version):
                 raise ValueError(f"entry {task!r} names the file {str(e.file)[:80]!r}")
         tasks[check_task_name(task)] = entries
