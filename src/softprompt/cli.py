@@ -12,6 +12,7 @@ Errors a user can fix print one line naming the flag or key, and exit 2.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import re
@@ -506,6 +507,21 @@ def _fail(command: str, message: str) -> int:
     return 2
 
 
+_OS_HINTS = {
+    errno.ENOSPC: "free some disk space or write elsewhere",
+    errno.EDQUOT: "free some of your disk quota or write elsewhere",
+    errno.EACCES: "fix the permissions or write elsewhere",
+    errno.EROFS: "the file system is read-only; write elsewhere",
+}
+
+
+def _os_message(exc: OSError) -> str:
+    """The file, what the OS said, and what to do where that is known."""
+    said = f"{exc.filename or ''}: {exc.strerror or exc}".lstrip(": ")
+    hint = _OS_HINTS.get(exc.errno) if exc.errno is not None else None
+    return f"{said}; {hint}" if hint else said
+
+
 class Terminated(KeyboardInterrupt):
     """SIGTERM (a scheduler's stop, `kill`) raised as an interrupt, so training stops the
     way Ctrl-C stops it: temp files removed, the run's lock released, what was kept said."""
@@ -548,7 +564,7 @@ def main(argv: list[str] | None = None) -> int:
     except SoftPromptError as exc:
         return _fail(args.command, str(exc))
     except OSError as exc:  # a disk full, a folder that vanished: the OS said why
-        return _fail(args.command, f"{exc.filename or ''}: {exc.strerror or exc}".lstrip(": "))
+        return _fail(args.command, _os_message(exc))
     except KeyboardInterrupt as exc:
         stopped = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
         print(f"softprompt {args.command}: {stopped}{_kept(args)}", file=sys.stderr)

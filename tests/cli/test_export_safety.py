@@ -137,7 +137,8 @@ def test_a_full_disk_names_the_file_and_leaves_no_temp(capsys, prompt_file, tmp_
     target = tmp_path / "out" / "flat.safetensors"
     code, _, err = _main(capsys, "export", prompt_file, "--out", target)
     assert code == 2
-    assert f"{target}: No space left on device" in _error_line(err)
+    line = _error_line(err)
+    assert f"{target}: No space left on device" in line and "free some disk space" in line
     assert list(target.parent.iterdir()) == []
 
 
