@@ -23,7 +23,7 @@ Two layouts, both a three-level tree run through the attention cache:
   the pairs' real tokens are the floor of any exact scorer: batching here saves
   the prefix tokens, not the text's (`benchmarks/search_scoring.py` counts both).
   So that the pairs cost no more than their real tokens, one candidate's pairs are
-  packed end to end in rows of `pack_tokens` (as `serve/packing.py` packs
+  packed end to end in rows of `pack_tokens` (as `inject/packing.py` packs
   requests): no padding, and the candidate's prefix keys/values copied once per
   packed row instead of once per example.
 
@@ -45,8 +45,8 @@ from softprompt.data import Example
 from softprompt.errors import ConfigError
 from softprompt.inject.causal import cache_keyword
 from softprompt.inject.head import LMHead
+from softprompt.inject.packing import pack_rows
 from softprompt.inject.prompt import attention_mask
-from softprompt.serve.packing import pack_rows
 from softprompt.tasks.template import Template
 
 
