@@ -15,8 +15,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from softprompt.backbones import Backbone, load_backbone
-from softprompt.config import DataConfig
-from softprompt.data import Dataset, Example
+from softprompt.data import Dataset, Example, load_dataset
 from softprompt.errors import ConfigError
 from softprompt.evaluate import evaluate
 from softprompt.files import atomic_write_text
@@ -194,7 +193,5 @@ def _backbone_name(path: str | Path) -> str:
 
 
 def load_search_data(source: str, text_column: str | None, label_column: str | None) -> Dataset:
-    from softprompt.api import load_data
-
     columns = {"text_column": text_column, "label_column": label_column}
-    return load_data(DataConfig(source=source, **{k: v for k, v in columns.items() if v}))
+    return load_dataset(source, **{k: v for k, v in columns.items() if v})
