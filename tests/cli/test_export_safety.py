@@ -159,6 +159,11 @@ def test_predict_on_a_generation_prompt_keeps_the_input_text(
     assert line["text"] == "the movie was good"
     assert isinstance(line["output"], str)
     assert line["output"] == model.predict(["the movie was good"])[0]["text"]
+    code, out, err = _main(capsys, "predict", "--task", f"gen={path}", "gen=the movie was good")
+    assert code == 0, err
+    line = json.loads(out)
+    assert line["task"] == "gen" and line["text"] == "the movie was good"
+    assert line["output"] == model.predict(["the movie was good"])[0]["text"]
 
 
 # -- SIGTERM and Ctrl-C during train ---------------------------------------------------
