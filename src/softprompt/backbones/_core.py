@@ -13,6 +13,15 @@ from softprompt.errors import BackboneError
 
 KINDS = ("causal-lm", "encoder", "vision")
 
+# The dtypes a frozen backbone may be held in (`--dtype`, `backbone.dtype`).
+DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+}
+DTYPE_CHOICES = ("auto", *DTYPES)
+QUANTIZATIONS = ("int8", "nf4")  # `--quantize`: torchao int8 weight-only, bitsandbytes NF4
+
 # Bump when the fingerprint recipe changes, so cached fingerprints are not reused.
 FINGERPRINT_VERSION = 1
 
@@ -80,7 +89,25 @@ class Backbone:
     model: torch.nn.Module = field(repr=False)  # frozen, eval mode
     tokenizer: Any = field(repr=False)  # a transformers PreTrainedTokenizerBase
     spec: BackboneSpec
+    # Identifies the SOURCE weights (hashed as float32 before any cast or quantization), so a
+    # prompt trained on a bf16 or int8 copy of a checkpoint loads on its float32 copy.
     fingerprint: str
+    quantize: str | None = None  # "int8", "nf4" or None: how the held weights were reduced
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype the frozen model computes in (its input embeddings' dtype)."""
+        return self.input_embeddings().weight.dtype
+
+    def describe(self) -> dict[str, str]:
+        """What a prompt file records about its backbone: the fingerprint decides whether a
+        prompt loads; dtype and quantization say how it was trained (informational)."""
+        return {
+            "name": self.name,
+            "fingerprint": self.fingerprint,
+            "dtype": dtype_name(self.dtype),
+            "quantize": self.quantize or "none",
+        }
 
     def input_embeddings(self) -> torch.nn.Embedding:
         """The token embedding table (``model.get_input_embeddings()``)."""
@@ -147,6 +174,23 @@ def arch_fields(config: Any) -> dict[str, Any]:
     }
 
 
+def dtype_name(dtype: torch.dtype) -> str:
+    """torch.bfloat16 -> "bfloat16"."""
+    return str(dtype).removeprefix("torch.")
+
+
+def hashed_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype the fingerprint hashes a tensor of `dtype` in: bf16/fp16 as float32 (an
+    exact upcast), so the same weights hash alike whichever of those dtypes holds them."""
+    return torch.float32 if dtype in (torch.bfloat16, torch.float16) else dtype
+
+
+def hashed(t: torch.Tensor) -> torch.Tensor:
+    """The tensor as the fingerprint sees it (see `hashed_dtype`)."""
+    t = t.detach()
+    return t.to(hashed_dtype(t.dtype))
+
+
 def _tensor_bytes(t: torch.Tensor) -> memoryview:
     """A zero-copy view of the raw bytes of a (CPU, contiguous) tensor."""
     t = t.detach()
@@ -161,6 +205,42 @@ def _tensor_bytes(t: torch.Tensor) -> memoryview:
     return memoryview(t.reshape(-1).view(torch.uint8).numpy())
 
 
+class Fingerprinter:
+    """The fingerprint recipe, fed one tensor at a time in sorted-name order, so a GGUF
+    conversion can hash each dequantized tensor and drop it (see `fingerprint`)."""
+
+    def __init__(self, fields: dict[str, Any]) -> None:
+        self.model_type = fields.get("model_type")
+        self._hash = hashlib.sha256()
+        header = {"fingerprint_version": FINGERPRINT_VERSION, "config": fields}
+        self._hash.update(json.dumps(header, sort_keys=True, separators=(",", ":")).encode())
+
+    def _meta(self, meta: dict[str, Any]) -> None:
+        self._hash.update(b"\n" + json.dumps(meta, sort_keys=True, separators=(",", ":")).encode())
+
+    def add(self, name: str, t: torch.Tensor) -> None:
+        """Hash a tensor's name, shape, dtype and bytes (bf16/fp16 as float32)."""
+        t = hashed(t)
+        self.begin(name, list(t.shape), dtype_name(t.dtype))
+        self.update(t)
+
+    def begin(self, name: str, shape: list[int], dtype: str) -> None:
+        """Start a tensor whose bytes follow in one or more `update` calls (row chunks)."""
+        self._meta({"name": name, "shape": shape, "dtype": dtype})
+
+    def update(self, t: torch.Tensor) -> None:
+        self._hash.update(_tensor_bytes(hashed(t)))
+
+    def alias(self, name: str, of: str, t: torch.Tensor) -> None:
+        """A tied tensor: only its name and which earlier name it shares storage with."""
+        dtype = dtype_name(hashed_dtype(t.dtype))
+        meta = {"name": name, "shape": list(t.shape), "dtype": dtype}
+        self._meta(dict(meta, alias_of=of))
+
+    def hexdigest(self) -> str:
+        return f"{self.model_type}-{self._hash.hexdigest()[:16]}"
+
+
 def fingerprint(model: torch.nn.Module) -> str:
     """A content hash of a model: ``<model_type>-<16 hex>``.
 
@@ -169,13 +249,14 @@ def fingerprint(model: torch.nn.Module) -> str:
     shape, dtype and raw bytes. A tensor reached under several names (tied weights) is
     hashed once; later names record only which name they alias. Non-persistent buffers
     (e.g. rotary ``inv_freq``) are derived from the config and left out, so the value does
-    not move with the transformers version. Always hashes (about 0.3 s for 0.5 GB).
+    not move with the transformers version. bf16/fp16 tensors are hashed as float32 (an
+    exact upcast), so a checkpoint stored in bf16 has one fingerprint whether it is held
+    in bf16 or float32. Hash before quantizing: it identifies the source weights.
+    Always hashes (about 0.3 s for 0.5 GB).
     """
     config = getattr(model, "config", None)
     fields = arch_fields(config) if config is not None else {"model_type": type(model).__name__}
-    h = hashlib.sha256()
-    header = {"fingerprint_version": FINGERPRINT_VERSION, "config": fields}
-    h.update(json.dumps(header, sort_keys=True, separators=(",", ":")).encode())
+    hasher = Fingerprinter(fields)
     seen: dict[tuple, str] = {}
     state = model.state_dict(keep_vars=False)
     for name in sorted(state):
@@ -189,16 +270,13 @@ def fingerprint(model: torch.nn.Module) -> str:
             tuple(t.stride()),
             t.dtype,
         )
-        meta = {"name": name, "shape": list(t.shape), "dtype": str(t.dtype).removeprefix("torch.")}
         alias = seen.get(key)
         if alias is not None and t.numel():
-            meta["alias_of"] = alias
-            h.update(b"\n" + json.dumps(meta, sort_keys=True, separators=(",", ":")).encode())
+            hasher.alias(name, alias, t)
             continue
         seen[key] = name
-        h.update(b"\n" + json.dumps(meta, sort_keys=True, separators=(",", ":")).encode())
-        h.update(_tensor_bytes(t))
-    return f"{fields.get('model_type')}-{h.hexdigest()[:16]}"
+        hasher.add(name, t)
+    return hasher.hexdigest()
 
 
 def infer_kind_from_config(config: Any) -> str:
@@ -279,6 +357,7 @@ def make_backbone(
     name: str,
     kind: str | None = None,
     known_fingerprint: str | None = None,
+    quantize: str | None = None,
 ) -> Backbone:
     check_kind(kind)
     if kind is None:
@@ -286,7 +365,9 @@ def make_backbone(
     freeze(model)
     spec = make_spec(model, tokenizer, kind)
     fp = known_fingerprint if known_fingerprint is not None else fingerprint(model)
-    return Backbone(name=name, model=model, tokenizer=tokenizer, spec=spec, fingerprint=fp)
+    return Backbone(
+        name=name, model=model, tokenizer=tokenizer, spec=spec, fingerprint=fp, quantize=quantize
+    )
 
 
 def from_pretrained_model(

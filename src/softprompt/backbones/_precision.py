@@ -1,0 +1,132 @@
+"""How the frozen weights are held: their dtype (`--dtype`) and quantization (`--quantize`).
+
+Prompt learning trains a few thousand float32 parameters against a frozen model of
+millions to billions; the frozen weights dominate memory, so holding them in bf16
+(2 bytes a parameter) or int8 (about 1) is what lets a larger backbone fit. Only the
+backbone is reduced: prompt parameters and optimizer state stay float32, and
+`softprompt.inject` casts at the boundary into the backbone and back out.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+import torch
+
+from softprompt.backbones._core import DTYPE_CHOICES, DTYPES, QUANTIZATIONS
+from softprompt.errors import BackboneError, ConfigError
+
+TORCHAO_INSTALL = "pip install torchao"
+BITSANDBYTES_INSTALL = "pip install bitsandbytes"
+
+
+def resolve_dtype(name: str | torch.dtype, device: str | torch.device = "cpu") -> torch.dtype:
+    """`backbone.dtype` -> a torch dtype; ``auto`` picks per device.
+
+    ``auto`` is float32 on CPU: the built-in backbones are small (135M parameters, 0.5 GB
+    in float32), this CPU has no fast bf16 path for the attention and element-wise work
+    around the GEMMs, and float32 keeps scores identical to earlier runs; ask for
+    ``bfloat16`` to halve the memory of a large backbone. On CUDA ``auto`` is bfloat16
+    (float16 where the GPU lacks bf16), what GPU users expect and what PEFT users load
+    large models in: half the memory and tensor-core speed, with bf16's float32 range.
+    """
+    if isinstance(name, torch.dtype):
+        if name not in DTYPES.values():
+            raise ConfigError(f"backbone.dtype: {name} is not one of {', '.join(DTYPE_CHOICES)}")
+        return name
+    if name not in DTYPE_CHOICES:
+        raise ConfigError(
+            f"backbone.dtype: must be one of {', '.join(DTYPE_CHOICES)}, got {name!r}"
+        )
+    if name != "auto":
+        return DTYPES[name]
+    if torch.device(device).type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float32
+
+
+def check_quantize(quantize: str | None) -> str | None:
+    """`backbone.quantize`: None / "none", "int8" or "nf4"; anything else is named."""
+    if quantize in (None, "none"):
+        return None
+    if quantize not in QUANTIZATIONS:
+        raise ConfigError(
+            f"backbone.quantize: must be one of none, {', '.join(QUANTIZATIONS)}, got {quantize!r}"
+        )
+    return quantize
+
+
+def _installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def _linear_filter(model: torch.nn.Module):
+    """Quantize the transformer's Linear layers, never the embeddings or the LM head: the
+    prompt code reads rows of those directly, and they are a small share of a large model."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+
+    def keep(module: torch.nn.Module, fqn: str) -> bool:
+        return isinstance(module, torch.nn.Linear) and module is not head
+
+    return keep
+
+
+def quantize_model(model: torch.nn.Module, how: str, device: torch.device) -> torch.nn.Module:
+    """Reduce the frozen Linear weights in place: int8 weight-only (torchao) or NF4
+    (bitsandbytes, CUDA). Call after fingerprinting: the fingerprint names the source."""
+    if how == "int8":
+        return _int8(model)
+    if how == "nf4":
+        return _nf4(model, device)
+    raise ConfigError(f"backbone.quantize: unknown quantization {how!r}")
+
+
+def _int8(model: torch.nn.Module) -> torch.nn.Module:
+    if not _installed("torchao"):
+        raise BackboneError(
+            f"--quantize int8 needs the torchao package, which is not installed; "
+            f"install it with: {TORCHAO_INSTALL}"
+        )
+    from torchao.quantization import Int8WeightOnlyConfig, quantize_
+
+    quantize_(model, Int8WeightOnlyConfig(), filter_fn=_linear_filter(model))
+    return model
+
+
+def _nf4(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """Swap each Linear for a bitsandbytes NF4 Linear4bit; moving it to CUDA quantizes it."""
+    if device.type != "cuda" or not torch.cuda.is_available():
+        raise BackboneError(
+            "--quantize nf4 needs a CUDA GPU (bitsandbytes' 4-bit kernels); "
+            "use --quantize int8 on this machine, or run on a GPU with --device cuda"
+        )
+    if not _installed("bitsandbytes"):
+        raise BackboneError(
+            f"--quantize nf4 needs the bitsandbytes package, which is not installed; "
+            f"install it with: {BITSANDBYTES_INSTALL}"
+        )
+    import bitsandbytes as bnb
+
+    keep = _linear_filter(model)
+    for parent_name, parent in list(model.named_modules()):
+        for child_name, child in list(parent.named_children()):
+            if not keep(child, f"{parent_name}.{child_name}"):
+                continue
+            swapped = bnb.nn.Linear4bit(
+                child.in_features,
+                child.out_features,
+                bias=child.bias is not None,
+                compute_dtype=child.weight.dtype,
+                quant_type="nf4",
+                device="meta",
+            )
+            swapped.weight = bnb.nn.Params4bit(
+                child.weight.data, requires_grad=False, quant_type="nf4"
+            )
+            if child.bias is not None:
+                swapped.bias = torch.nn.Parameter(child.bias.data, requires_grad=False)
+            setattr(parent, child_name, swapped)
+    return model.to(device)  # Params4bit quantizes as it moves to the GPU
