@@ -205,9 +205,9 @@ def test_malformed_json_names_line(write):
         load_dataset(str(write("d.jsonl", content)))
 
 
-def test_json_array_gets_a_hint(write):
-    with pytest.raises(DataError, match="looks like a JSON array"):
-        load_dataset(str(write("d.json", '[{"text": "a",\n "label": "b"}]\n')))
+def test_json_array_in_a_jsonl_file_gets_a_hint(write):
+    with pytest.raises(DataError, match="looks like a JSON array: name the file .json"):
+        load_dataset(str(write("d.jsonl", '[{"text": "a",\n "label": "b"}]\n')))
 
 
 def test_json_line_that_is_not_an_object(write):

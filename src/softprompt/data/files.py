@@ -1,8 +1,10 @@
-"""Reading the user's own CSV / JSON Lines files.
+"""Reading the user's own CSV / JSON Lines / JSON array files.
 
 Files are small, so each is read whole; every problem is reported with the file,
-the line and the column or key, plus what to change, because users fix their data
-from the error message alone.
+the line (or the item of a JSON array, the row of a table) and the column or key,
+plus what to change, because users fix their data from the error message alone.
+Parquet files and `datasets` folders are read in `softprompt.data.hf` and checked
+here by `value_rows`, so every format gets the same messages.
 """
 
 from __future__ import annotations
@@ -16,17 +18,27 @@ from typing import Any
 
 from softprompt.errors import DataError
 
-SUPPORTED_EXTENSIONS = (".csv", ".jsonl", ".json")
+SUPPORTED_EXTENSIONS = (".csv", ".jsonl", ".json")  # text formats read here; see data/hf.py
 COLUMN_FLAGS = {"text": "--text-column", "label": "--label-column"}
 
 
 @dataclass(frozen=True)
 class Row:
-    """A raw row with its 1-based line number, kept so later checks can point at it."""
+    """A raw row with its 1-based position, kept so later checks can point at it.
+
+    `unit` names what `line` counts: a file's "line", a JSON array's "item", or a
+    table's "row" (Parquet, `datasets`), so messages point where the user can look.
+    """
 
     line: int
     text: str
     label: str
+    unit: str = "line"
+
+    @property
+    def place(self) -> str:
+        """Where the row is, as messages print it: "line 3", "item 2", "row 7"."""
+        return f"{self.unit} {self.line}"
 
 
 @dataclass(frozen=True)
@@ -38,19 +50,34 @@ class Columns:
 
 
 def read_rows(path: str | Path, columns: Columns) -> list[Row]:
-    """Read every row of a .csv / .jsonl / .json (JSON Lines) file, checking as it goes."""
+    """Read every row of a .csv / .jsonl / .json file, checking as it goes.
+
+    A .json file holds either one JSON array of objects or JSON Lines: both are common
+    exports (pandas `to_json(orient="records")`, `datasets` `to_json`).
+    """
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in SUPPORTED_EXTENSIONS:
         raise DataError(
             f"{path}: unsupported file type {path.suffix or '(no extension)'!r}; "
-            f"use one of {', '.join(SUPPORTED_EXTENSIONS)} "
-            "(CSV with a header row, or JSON Lines: one object per line)"
+            f"use one of {', '.join(SUPPORTED_EXTENSIONS)}, .parquet "
+            "(CSV with a header row, JSON Lines: one object per line, or a JSON array), "
+            "or a `datasets` save_to_disk folder"
         )
     text = read_text(path)
-    rows = _read_csv(path, text, columns) if suffix == ".csv" else _read_jsonl(path, text, columns)
+    if suffix == ".csv":
+        rows = _read_csv(path, text, columns)
+    elif suffix == ".json" and text.lstrip("\ufeff \t\r\n").startswith("["):
+        rows = _read_json_array(path, text, columns)
+    else:
+        rows = _read_jsonl(path, text, columns)
+    return check_not_empty(path, rows)
+
+
+def check_not_empty(where: str | Path, rows: list[Row]) -> list[Row]:
+    """A file or split without rows is refused: nothing could be trained or scored on it."""
     if not rows:
-        raise DataError(f"{path}: no data rows (only a header or blank lines); add some rows")
+        raise DataError(f"{where}: no data rows (only a header or blank lines); add some rows")
     return rows
 
 
@@ -74,7 +101,9 @@ def read_text(path: Path) -> str:
         ) from None
 
 
-def _missing_column(path: Path, role: str, name: str, present: list[str], where: str) -> DataError:
+def _missing_column(
+    path: str | Path, role: str, name: str, present: list[str], where: str
+) -> DataError:
     flag = COLUMN_FLAGS[role]
     listing = ", ".join(repr(c) for c in present) or "(none)"
     return DataError(
@@ -129,13 +158,70 @@ def _read_jsonl(path: Path, text: str, columns: Columns) -> list[Row]:
         if not line.strip():
             continue
         record = _parse_json_line(path, number, line)
-        values = []
-        for role, key in (("text", columns.text), ("label", columns.label)):
-            if key not in record or record[key] is None:
-                raise _missing_column(path, role, key, list(record), f"line {number}: ")
-            values.append(_json_value(path, number, key, record[key]))
-        rows.append(_row(path, number, values[0], values[1], columns))
+        rows.append(_record_row(path, number, "line", record, columns))
     return rows
+
+
+def _read_json_array(path: Path, text: str, columns: Columns) -> list[Row]:
+    """One JSON array of objects; positions are items (1-based) as arrays have no lines."""
+    try:
+        records = json.loads(text)
+    except RecursionError:
+        raise DataError(
+            f"{path}: JSON nested too deeply to read; use an array of flat objects"
+        ) from None
+    except json.JSONDecodeError as err:
+        raise DataError(
+            f"{path}: line {err.lineno}, column {err.colno}: malformed JSON ({err.msg}); "
+            "the file must be one JSON array of objects, or JSON Lines"
+        ) from None
+    if not isinstance(records, list):
+        raise DataError(f"{path}: expected a JSON array of objects, got {type(records).__name__}")
+    rows = []
+    for number, record in enumerate(records, start=1):
+        if not isinstance(record, dict):
+            raise DataError(
+                f"{path}: item {number}: expected a JSON object like "
+                f'{{"text": ..., "label": ...}}, got {type(record).__name__}'
+            )
+        rows.append(_record_row(path, number, "item", record, columns))
+    return rows
+
+
+def _record_row(path: Path, number: int, unit: str, record: dict, columns: Columns) -> Row:
+    values = []
+    for role, key in (("text", columns.text), ("label", columns.label)):
+        if key not in record or record[key] is None:
+            raise _missing_column(path, role, key, list(record), f"{unit} {number}: ")
+        values.append(_json_value(path, f"{unit} {number}", key, record[key]))
+    return _row(path, number, values[0], values[1], columns, unit)
+
+
+def value_rows(
+    where: str | Path, texts: list[Any], labels: list[Any], columns: Columns
+) -> list[Row]:
+    """Rows from a table's two columns (Parquet, `datasets`): the same checks as a file.
+
+    Missing values (None) are empty cells, refused like an empty CSV field.
+    """
+    return [
+        _row(
+            where,
+            number,
+            "" if text is None else _json_value(where, f"row {number}", columns.text, text),
+            "" if label is None else _json_value(where, f"row {number}", columns.label, label),
+            columns,
+            "row",
+        )
+        for number, (text, label) in enumerate(zip(texts, labels, strict=True), start=1)
+    ]
+
+
+def check_columns(where: str | Path, present: list[str], columns: Columns) -> None:
+    """A table must hold both named columns; the message lists the ones it has."""
+    for role, name in (("text", columns.text), ("label", columns.label)):
+        if name not in present:
+            raise _missing_column(where, role, name, present, "")
 
 
 def _parse_json_line(path: Path, number: int, line: str) -> dict:
@@ -149,7 +235,9 @@ def _parse_json_line(path: Path, number: int, line: str) -> dict:
     except json.JSONDecodeError as err:
         hint = ""
         if number == 1 and line.lstrip().startswith("["):
-            hint = " (this looks like a JSON array; write one JSON object per line instead)"
+            hint = (
+                " (this looks like a JSON array: name the file .json, or write one object per line)"
+            )
         raise DataError(
             f"{path}: line {number}, column {err.colno}: malformed JSON ({err.msg}){hint}; "
             "each line must be one complete JSON object"
@@ -162,27 +250,29 @@ def _parse_json_line(path: Path, number: int, line: str) -> dict:
     return record
 
 
-def _json_value(path: Path, number: int, key: str, value: object) -> str:
+def _json_value(path: str | Path, place: str, key: str, value: object) -> str:
     """Labels are names: numbers and booleans become their JSON spelling ("0", "true")."""
     if isinstance(value, str):
         return value
     if isinstance(value, bool | int | float):
         return json.dumps(value)
     raise DataError(
-        f"{path}: line {number}, key {key!r}: expected a string or number, "
-        f"got {type(value).__name__}"
+        f"{path}: {place}, key {key!r}: expected a string or number, got {type(value).__name__}"
     )
 
 
-def _row(path: Path, line: int, text: str, label: str, columns: Columns) -> Row:
+def _row(
+    path: str | Path, line: int, text: str, label: str, columns: Columns, unit: str = "line"
+) -> Row:
     text, label = text.strip(), label.strip()
     if not text:
         raise DataError(
-            f"{path}: line {line}, column {columns.text!r}: empty text; fill it in or delete the row"
+            f"{path}: {unit} {line}, column {columns.text!r}: empty text; "
+            "fill it in or delete the row"
         )
     if not label:
         raise DataError(
-            f"{path}: line {line}, column {columns.label!r}: empty label; "
+            f"{path}: {unit} {line}, column {columns.label!r}: empty label; "
             "fill it in or delete the row"
         )
-    return Row(line, text, label)
+    return Row(line, text, label, unit)

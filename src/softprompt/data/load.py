@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from softprompt.data.builtins import BUILTINS
 from softprompt.data.conll import CONLL_EXTENSIONS
 from softprompt.data.files import SUPPORTED_EXTENSIONS, Columns
+from softprompt.data.hf import PARQUET_EXTENSIONS, is_hf_folder, is_hf_object, read_folder
+from softprompt.data.hf import read_object as read_hf_object
 from softprompt.data.images import is_image_csv, load_images
 from softprompt.data.records import Dataset, DatasetInfo
-from softprompt.data.user import load_files
+from softprompt.data.user import Given, load_files, load_splits
 from softprompt.errors import ConfigError, DataError
 
 
@@ -19,7 +22,7 @@ def builtin_datasets() -> list[DatasetInfo]:
 
 
 def load_dataset(
-    source: str,
+    source: str | Path | Any,
     *,
     text_column: str = "text",
     label_column: str = "label",
@@ -31,23 +34,53 @@ def load_dataset(
     validation: str | None = None,
     test: str | None = None,
 ) -> Dataset:
-    """Load a built-in dataset by name, the user's .csv / .jsonl / .json (JSON Lines) file,
-    a CoNLL file (.conll / .bio / .iob: tagging), or an image folder.
+    """Load a built-in dataset by name, the user's .csv / .jsonl / .json (JSON Lines or
+    one JSON array) / .parquet file, a `datasets` `save_to_disk` folder, a
+    `datasets.Dataset` / `DatasetDict` object, a CoNLL file (.conll / .bio / .iob:
+    tagging), or an image folder.
 
     Built-ins have fixed splits (seed 0, sizes in `softprompt.data.builtins`) so results
     are comparable across users; all other arguments apply to user files only. For a
     user file, `validation` / `test` may name separate files; splits not given as files
     are cut from `source` by the fractions (seeded, stratified by label, identical
     texts kept together). Labels are always strings; without `labels` the label set is
-    the sorted distinct labels of `source`. Raises `DataError` naming file, line and
-    column for any data problem.
+    the sorted distinct labels of `source`. A `DatasetDict` (or a folder of one) gives
+    its train / validation (or valid, val, dev) / test splits; other splits are unused.
+    `ClassLabel` columns give label names. Parquet and `datasets` need the `hf` extra.
+    Raises `DataError` naming file, line (or row) and column for any data problem.
     """
+    columns = Columns(text=text_column, label=label_column)
+    split_options: dict[str, Any] = {
+        "columns": columns,
+        "task": task,
+        "labels": labels,
+        "seed": seed,
+        "validation_fraction": validation_fraction,
+        "test_fraction": test_fraction,
+        "validation": Path(validation).expanduser() if validation else None,
+        "test": Path(test).expanduser() if test else None,
+    }
+    if is_hf_object(source):
+        name = _hf_name(source)
+        given: Given = dict(read_hf_object(source, columns, f"datasets object {name!r}"))
+        return load_splits(name, given, description=f"datasets object {name}", **split_options)
+    if not isinstance(source, str | Path):
+        raise DataError(
+            f"load_dataset takes a dataset name, a path or a datasets.Dataset / DatasetDict, "
+            f"got {type(source).__name__}"
+        )
+    source = str(source)
     if source in BUILTINS:
         builtin = BUILTINS[source]
         if task not in ("classification", builtin.task):  # classification: the default
             raise ConfigError(f"built-in dataset {source!r} is a {builtin.task} task")
         return builtin.load()
     path = Path(source).expanduser()
+    if is_hf_folder(path):
+        given: Given = dict(read_folder(path, columns))
+        return load_splits(
+            path.name, given, description=f"datasets folder {source}", **split_options
+        )
     if path.is_dir() or is_image_csv(path, text_column):  # images: see data/images.py
         return load_images(
             path,
@@ -62,22 +95,20 @@ def load_dataset(
             raise ConfigError(
                 f"{source}: a CoNLL file ({path.suffix}) is a tagging task, not {task}"
             )
-        task = "tagging"
-    known = (*SUPPORTED_EXTENSIONS, *CONLL_EXTENSIONS)
+        split_options["task"] = "tagging"
+    known = (*SUPPORTED_EXTENSIONS, *PARQUET_EXTENSIONS, *CONLL_EXTENSIONS)
     if not path.exists() and path.suffix.lower() not in known:
         raise DataError(
             f"{source!r} is neither a built-in dataset ({', '.join(BUILTINS)}) nor an "
             f"existing file; give a built-in name, a path to a "
-            f"{' / '.join(known)} file, or an image folder (one sub-folder per class)"
+            f"{' / '.join(known)} file, a `datasets` save_to_disk folder, or an image "
+            "folder (one sub-folder per class)"
         )
-    return load_files(
-        path,
-        columns=Columns(text=text_column, label=label_column),
-        task=task,
-        labels=labels,
-        seed=seed,
-        validation_fraction=validation_fraction,
-        test_fraction=test_fraction,
-        validation=Path(validation).expanduser() if validation else None,
-        test=Path(test).expanduser() if test else None,
-    )
+    return load_files(path, **split_options)
+
+
+def _hf_name(source: Any) -> str:
+    """The dataset's own name when `datasets` recorded one (it names the run), else "dataset"."""
+    first = next(iter(source.values()), None) if hasattr(source, "values") else source
+    info = getattr(first, "info", None)
+    return getattr(info, "dataset_name", None) or "dataset"

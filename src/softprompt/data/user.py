@@ -1,14 +1,24 @@
-"""Turning the user's files into a `Dataset`: splits and label checks."""
+"""Turning the user's rows into a `Dataset`: splits and label checks.
+
+Every source (CSV / JSON files, Parquet, a `datasets` folder or object) arrives as rows
+per split, each with where it came from, so the label checks and the splitting are one
+code path whatever the format.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from softprompt.data.conll import check_tags, read_conll_rows, tag_set
 from softprompt.data.files import Columns, Row, read_rows
+from softprompt.data.hf import PARQUET_EXTENSIONS, read_parquet
 from softprompt.data.records import TASKS, Dataset, Example
 from softprompt.data.splits import allocate, label_counts, split_by_quotas
 from softprompt.errors import ConfigError, DataError
+
+# split name -> (where the rows came from, as messages print it; the rows)
+Given = dict[str, tuple[str | Path, list[Row]]]
 
 
 def load_files(
@@ -25,36 +35,79 @@ def load_files(
 ) -> Dataset:
     """Read the train file (and optional validation/test files) and check labels across all."""
     _check_options(task, labels, validation_fraction, test_fraction)
-    read = read_conll_rows if task == "tagging" else lambda path: read_rows(path, columns)
-    main = read(source)
-    extra = {name: path for name, path in (("validation", validation), ("test", test)) if path}
-    extra_rows = {name: read(path) for name, path in extra.items()}
-    label_set: list[str] = []
-    if task == "classification":
-        label_set = _label_set(source, main, extra, extra_rows, labels)
-    if task == "tagging":
-        label_set = tag_set(main)
-        for name, rows in extra_rows.items():
-            check_tags(extra[name], rows, label_set, f"the training file ({source})")
-    fractions = {"validation": validation_fraction, "test": test_fraction}
-    splits = _split(source, main, extra_rows, fractions, seed, stratify=task == "classification")
-    return Dataset(
-        name=Path(source).stem,
-        task=task,
-        labels=label_set,
+    given: Given = {"train": (source, _reader(task, columns)(Path(source)))}
+    return load_splits(
+        Path(source).stem,
+        given,
         description=f"user data from {source}",
-        **splits,
+        columns=columns,
+        task=task,
+        labels=labels,
+        seed=seed,
+        validation_fraction=validation_fraction,
+        test_fraction=test_fraction,
+        validation=validation,
+        test=test,
     )
 
 
-def _label_set(
-    source: str | Path,
-    main: list[Row],
-    extra: dict[str, str | Path],
-    extra_rows: dict[str, list[Row]],
+def load_splits(
+    name: str,
+    given: Given,
+    *,
+    description: str,
+    columns: Columns,
+    task: str,
     labels: list[str] | None,
-) -> list[str]:
-    """The given labels (in the caller's order) or the sorted labels of the train file."""
+    seed: int,
+    validation_fraction: float,
+    test_fraction: float,
+    validation: str | Path | None,
+    test: str | Path | None,
+) -> Dataset:
+    """Rows already read per split, plus optional validation/test files; splits not
+    given are cut from train by the fractions. A split given twice (in the source and
+    as a file) is refused rather than one silently winning."""
+    _check_options(task, labels, validation_fraction, test_fraction)
+    read = _reader(task, columns)
+    for split, path in (("validation", validation), ("test", test)):
+        if path is not None and split in given:
+            raise ConfigError(
+                f"{given[split][0]} already has a {split} split and a {split} file was given "
+                f"too ({path}); drop one of them"
+            )
+        if path is not None:
+            given[split] = (path, read(Path(path)))
+    label_set: list[str] = []
+    if task == "classification":
+        label_set = _label_set(given, labels)
+    if task == "tagging":
+        label_set = tag_set(given["train"][1])
+        for split in ("validation", "test"):
+            if split in given:
+                where, rows = given[split]
+                check_tags(where, rows, label_set, f"the training file ({given['train'][0]})")
+    fractions = {"validation": validation_fraction, "test": test_fraction}
+    splits = _split(given, fractions, seed, stratify=task == "classification")
+    return Dataset(name=name, task=task, labels=label_set, description=description, **splits)
+
+
+def _reader(task: str, columns: Columns) -> Callable[[Path], list[Row]]:
+    """Tagging reads CoNLL files; other tasks read tables (.parquet, .csv, .json(l))."""
+    if task == "tagging":
+        return read_conll_rows
+
+    def read(path: Path) -> list[Row]:
+        if path.suffix.lower() in PARQUET_EXTENSIONS:
+            return read_parquet(path, columns)
+        return read_rows(path, columns)
+
+    return read
+
+
+def _label_set(given: Given, labels: list[str] | None) -> list[str]:
+    """The given labels (in the caller's order) or the sorted labels of the train rows."""
+    source, main = given["train"]
     if labels is not None:
         label_set = _dedupe(labels)
         origin = "the given labels (data.labels in a run config; the prompt's own labels in eval)"
@@ -62,8 +115,10 @@ def _label_set(
     else:
         label_set, origin = sorted({row.label for row in main}), f"train ({source})"
     _check_label_count(source, label_set)
-    for name, rows in extra_rows.items():
-        _check_labels(extra[name], rows, label_set, origin)
+    for split in ("validation", "test"):
+        if split in given:
+            where, rows = given[split]
+            _check_labels(where, rows, label_set, origin)
     return label_set
 
 
@@ -93,7 +148,7 @@ def _check_labels(path: str | Path, rows: list[Row], allowed: list[str], origin:
     for row in rows:
         if row.label not in known:
             raise DataError(
-                f"{path}: line {row.line}: label {row.label!r} is not among {origin}: "
+                f"{path}: {row.place}: label {row.label!r} is not among {origin}: "
                 f"{', '.join(repr(label) for label in allowed)}. "
                 "Fix the row, or add the label to the label set / to the train file"
             )
@@ -109,16 +164,12 @@ def _check_label_count(path: str | Path, label_set: list[str]) -> None:
 
 
 def _split(
-    source: str | Path,
-    main: list[Row],
-    extra_rows: dict[str, list[Row]],
-    fractions: dict[str, float],
-    seed: int,
-    stratify: bool,
+    given: Given, fractions: dict[str, float], seed: int, stratify: bool
 ) -> dict[str, list[Example]]:
-    """Carve missing validation/test splits out of the main file; the rest is train."""
+    """Carve missing validation/test splits out of the train rows; the rest is train."""
+    source, main = given["train"]
     pool = [Example(row.text, row.label) for row in main]
-    wanted = [name for name in ("test", "validation") if name not in extra_rows]
+    wanted = [name for name in ("test", "validation") if name not in given]
     sizes = {name: _size(len(pool), fractions[name]) for name in wanted}
     if len(pool) - sum(sizes.values()) < 1:
         raise DataError(
@@ -138,8 +189,9 @@ def _split(
                 "texts and identical texts stay in one split; add more distinct rows or give a "
                 f"separate --{name}-file"
             )
-    for name, rows in extra_rows.items():
-        result[name] = [Example(row.text, row.label) for row in rows]
+    for name in ("validation", "test"):
+        if name in given:
+            result[name] = [Example(row.text, row.label) for row in given[name][1]]
     return {"train": train, "validation": result["validation"], "test": result["test"]}
 
 
