@@ -36,6 +36,7 @@ def test_store_commands_round_trip(tmp_path, prompt_files, capsys):
         (["show", "movie@9"], "no task 'movie'"),
         (["add", "bad name", "x.safetensors"], "task name 'bad name'"),
         (["add", "movie", "missing.safetensors"], "no such prompt file"),
+        (["add", "movie", "."], ".: is a folder, not a prompt file"),
         (["remove", "movie@x"], "version after '@'"),
     ],
 )
