@@ -37,7 +37,7 @@ def _unescape(raw: str) -> str:
 # flag -> dotted config key; one table so flags and YAML keys never drift apart
 FLAGS: dict[str, tuple[str, Callable[[str], Any], str]] = {
     "backbone": ("backbone", str, "built-in name, HF model folder or .gguf file"),
-    "dataset": ("data.source", str, "built-in dataset name or a CSV/JSONL file"),
+    "dataset": ("data.source", str, "built-in name, .csv/.jsonl/.json/.parquet or datasets dir"),
     "text_column": ("data.text_column", str, "text column of a user file"),
     "label_column": ("data.label_column", str, "label (or target text) column of a user file"),
     "task_kind": ("data.task", str, "classification or generation"),
@@ -79,6 +79,59 @@ FLAGS: dict[str, tuple[str, Callable[[str], Any], str]] = {
 }
 
 
+# What each run flag defaults to when neither it nor the YAML config sets it: RunConfig()'s
+# values (tests/cli/test_help.py checks they agree), kept here so `--help` needs no torch.
+# method options other than the name are soft-prompt's; other methods have their own.
+FLAG_DEFAULTS: dict[str, Any] = {
+    "backbone": "smollm2-135m",
+    "data.source": "movie-sentiment",
+    "data.text_column": "text",
+    "data.label_column": "label",
+    "data.task": "classification",
+    "method.name": "soft-prompt",
+    "method.n_tokens": 20,
+    "method.init": "vocab",
+    "task.head": "auto",
+    "task.image_size": 112,
+    "task.pool": "auto",
+    "train.steps": 160,
+    "train.batch_size": 8,
+    "train.grad_accum": 1,
+    "train.lr": 0.03,
+    "train.warmup_steps": 10,
+    "train.eval_every": 40,
+    "train.eval_examples": 300,
+    "train.patience": 0,
+    "train.seed": 0,
+    "train.device": "auto",
+    "train.sampler": "proportional",
+    "train.temperature": 2.0,
+    "out": "runs/movie-sentiment",
+}
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """`--help` shows each flag's default where it says something: not for None, False or
+    [] (run flags default to None so a YAML config can set them; their help names the
+    value RunConfig gives them instead)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        default = action.default
+        said = "default:" in (action.help or "")  # the help names it already
+        if said or default is None or default is False or default == []:
+            return action.help
+        return super()._get_help_string(action)
+
+
+def _run_flag_help(key: str, help_text: str) -> str:
+    if key not in FLAG_DEFAULTS:
+        return f"{help_text} [{key}]"
+    default = FLAG_DEFAULTS[key]
+    if key.startswith("method.") and key != "method.name":
+        return f"{help_text} [{key}; default: {default} with soft-prompt, else the method's]"
+    return f"{help_text} [{key}; default: {default}]"
+
+
 def _add_run_flags(parser: argparse.ArgumentParser) -> None:
     for flag, (key, _kind, help_text) in FLAGS.items():
         parser.add_argument(
@@ -86,7 +139,7 @@ def _add_run_flags(parser: argparse.ArgumentParser) -> None:
             dest=flag,
             type=str,
             default=None,
-            help=f"{help_text} [{key}]",
+            help=_run_flag_help(key, help_text),
         )
     parser.add_argument(
         "--bf16", action="store_true", default=None, help="bf16 autocast on CPU [train.bf16]"
@@ -328,9 +381,14 @@ def cmd_backbones(args: argparse.Namespace) -> int:
 
 
 def cmd_methods(args: argparse.Namespace) -> int:
-    from softprompt.methods import available_methods
+    """One line per registered method: its name, what it is and when to pick it."""
+    from softprompt.methods import METHODS, available_methods
 
-    print("\n".join(available_methods()))
+    names = available_methods()
+    width = max(map(len, names))
+    for name in names:
+        summary = getattr(METHODS.builder(name), "summary", "")
+        print(f"{name:<{width}}  {summary}".rstrip())
     return 0
 
 
@@ -464,7 +522,7 @@ def build_parser() -> argparse.ArgumentParser:
     info.set_defaults(func=cmd_info)
 
     found = sub.add_parser("search", help="search discrete prompts; --project a soft prompt")
-    found.add_argument("--dataset", default="movie-sentiment", help="built-in name or CSV/JSONL")
+    found.add_argument("--dataset", default="movie-sentiment", help="built-in name or data path")
     found.add_argument("--backbone", default=None, help="default smollm2-135m")
     found.add_argument("--method", default="greedy-edit",
                        help="autoprompt, opro, rlprompt, random-edit or greedy-edit")  # fmt: skip
@@ -495,10 +553,23 @@ def build_parser() -> argparse.ArgumentParser:
     for name, func, text in [
         ("datasets", cmd_datasets, "built-in datasets and whether they are installed"),
         ("backbones", cmd_backbones, "built-in backbones and whether they are installed"),
-        ("methods", cmd_methods, "registered prompt methods"),
+        ("methods", cmd_methods, "registered prompt methods and when to pick each"),
     ]:
         sub.add_parser(name, help=text).set_defaults(func=func)
+    for command in (parser, *sub.choices.values()):  # serve/store/import-peft parsers too
+        _show_defaults(command)
     return parser
+
+
+def _show_defaults(parser: argparse.ArgumentParser) -> None:
+    """Defaults in `--help`, also for flags without a help text (argparse prints no help
+    line for those, so give them one that is just the default)."""
+    parser.formatter_class = HelpFormatter
+    for action in parser._actions:
+        default = action.default
+        trivial = default is None or default is False or default == []
+        if action.option_strings and not action.help and not trivial:
+            action.help = "(default: %(default)s)"
 
 
 def _fail(command: str, message: str) -> int:

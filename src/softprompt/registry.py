@@ -101,6 +101,10 @@ class Registry(Generic[T]):
     def config_class(self, name: str) -> type:
         return self._entry(name)[0]
 
+    def builder(self, name: str) -> Callable[..., T]:
+        """What `name` builds (for methods, the class), e.g. to read its `summary`."""
+        return self._entry(name)[1]
+
     def config(self, name: str, options: dict[str, Any], where: str | None = None) -> Any:
         """Typed config of `name` from options; errors are prefixed with `where` (the
         config key the options sit under, e.g. tasks[1].method)."""

@@ -52,6 +52,12 @@ class SharedPrompt(nn.Module):
 
 @register_method("multitask-prompt", MultitaskPromptConfig)
 class MultitaskPrompt(nn.Module):
+    # `softprompt methods` prints this: what it is, and when to pick it
+    summary = (
+        "a prompt shared by several tasks times a low-rank part per task; pick it for related"
+        " tasks trained together, more added later"
+    )
+
     def __init__(self, config: MultitaskPromptConfig, context: MethodContext) -> None:
         super().__init__()
         self.config = config

@@ -21,6 +21,12 @@ class NoPromptConfig:
 
 @register_method("none", NoPromptConfig)
 class NoPrompt(nn.Module):
+    # `softprompt methods` prints this: what it is, and when to pick it
+    summary = (
+        "no prompt: template and label words alone (zero-shot), or a task head alone (linear "
+        "probe); the baseline to beat"
+    )
+
     def __init__(self, config: NoPromptConfig, context: MethodContext) -> None:
         super().__init__()
         self.config = config

@@ -70,6 +70,13 @@ def make_encoder(kind: str, width: int, hidden: int) -> nn.Module:
 
 @register_method("p-tuning", PTuningConfig)
 class PTuning(nn.Module):
+    # `softprompt methods` prints this: what it is, and when to pick it
+    summary = (
+        "virtual tokens from an LSTM/MLP encoder, placed in template slots {p:N}; pick it for"
+        " tokens between template pieces, or when a soft prompt trains unevenly (export "
+        "flattens it)"
+    )
+
     def __init__(self, config: PTuningConfig, context: MethodContext) -> None:
         super().__init__()
         self.config = config

@@ -64,6 +64,12 @@ class PrefixTuningConfig(VirtualTokensConfig):
 
 @register_method("prefix-tuning", PrefixTuningConfig)
 class PrefixTuning(nn.Module):
+    # `softprompt methods` prints this: what it is, and when to pick it
+    summary = (
+        "learned keys/values at every layer (P-tuning v2); pick it when a soft prompt lacks "
+        "capacity: generation, tagging, small backbones"
+    )
+
     def __init__(self, config: PrefixTuningConfig, context: MethodContext) -> None:
         super().__init__()
         spec = context.backbone.spec

@@ -23,6 +23,11 @@ class SoftPromptConfig(VirtualTokensConfig):
 
 @register_method("soft-prompt", SoftPromptConfig)
 class SoftPrompt(nn.Module):
+    # `softprompt methods` prints this: what it is, and when to pick it
+    summary = (
+        "the default: n learned vectors before the input; smallest file, any decoder or encoder"
+    )
+
     def __init__(self, config: SoftPromptConfig, context: MethodContext) -> None:
         super().__init__()
         self.config = config

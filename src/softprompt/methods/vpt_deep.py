@@ -16,6 +16,12 @@ from softprompt.methods.vpt_shallow import VptConfig, vpt_init
 
 @register_method("vpt-deep", VptConfig)
 class VptDeep(nn.Module):
+    # `softprompt methods` prints this: what it is, and when to pick it
+    summary = (
+        "images: n tokens at every ViT layer with a linear head; pick it for image "
+        "classification on a frozen ViT"
+    )
+
     def __init__(self, config: VptConfig, context: MethodContext) -> None:
         super().__init__()
         self.config = config

@@ -54,6 +54,12 @@ def vpt_init(config: VptConfig, context: MethodContext, layers: int, name: str) 
 
 @register_method("vpt-shallow", VptConfig)
 class VptShallow(nn.Module):
+    # `softprompt methods` prints this: what it is, and when to pick it
+    summary = (
+        "images: n tokens at a ViT's input with a linear head; about the linear probe, pick "
+        "vpt-deep to gain"
+    )
+
     def __init__(self, config: VptConfig, context: MethodContext) -> None:
         super().__init__()
         self.config = config
