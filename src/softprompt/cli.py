@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from softprompt.errors import SoftPromptError
+from softprompt.validate import load_json_bounded
 
 _ESCAPES = {"n": "\n", "t": "\t", "\\": "\\"}
 
@@ -49,7 +50,11 @@ FLAGS: dict[str, tuple[str, Callable[[str], Any], str]] = {
     "init_file": ("method.init_file", str, "prompt file for --init file"),
     "init_text": ("method.init_text", _unescape, "text for --init text"),
     "template": ("task.template", _unescape, "template with one {text} slot (\\n is a newline)"),
-    "verbalizer": ("task.verbalizer", json.loads, 'JSON: {"label": [" word", ...]}'),
+    "verbalizer": (
+        "task.verbalizer",
+        lambda raw: load_json_bounded(raw, "--verbalizer"),
+        'JSON: {"label": [" word", ...]}',
+    ),
     "head": ("task.head", str, "auto, verbalizer or linear"),
     "image_size": ("task.image_size", int, "images: square size in pixels (a patch multiple)"),
     "pool": ("task.pool", str, "linear head input: cls, mean (patches/tokens) or last"),
@@ -421,10 +426,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     if args.template:
         overrides["template"] = _unescape(args.template)
     if args.verbalizer:
-        try:
-            overrides["verbalizer"] = json.loads(args.verbalizer)
-        except ValueError as exc:
-            raise ConfigError(f"--verbalizer: cannot read {args.verbalizer!r} ({exc})") from None
+        overrides["verbalizer"] = load_json_bounded(args.verbalizer, "--verbalizer")
     options: dict[str, Any] = {}
     for item in args.option:
         key, sep, value = item.partition("=")

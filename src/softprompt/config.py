@@ -15,6 +15,7 @@ import yaml
 
 from softprompt.errors import ConfigError
 from softprompt.train.config import TrainConfig
+from softprompt.validate import MAX_CONFIG_BYTES, check_expanded_size
 
 
 @dataclass
@@ -91,6 +92,7 @@ def build_run_config(values: dict[str, Any]) -> RunConfig:
 
     if not isinstance(values, dict):
         raise ConfigError(f"the config must be a mapping of keys, got {type(values).__name__}")
+    check_expanded_size(values, "config")  # shared parts expand in the walks below
     found = _Found()
     top = {f.name for f in dataclasses.fields(RunConfig)}
     found.unknown += sorted(str(k) for k in values if k not in top)
@@ -230,9 +232,18 @@ def _tasks(tasks: Any, found: _Found) -> list[dict[str, Any]]:
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
+    """A YAML run config, bounded: at most MAX_CONFIG_BYTES of text, and at most
+    MAX_CONFIG_NODES values once aliases are expanded (an alias bomb is refused before
+    anything walks it)."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"--config: no such file {path}")
+    size = path.stat().st_size
+    if size > MAX_CONFIG_BYTES:
+        raise ConfigError(
+            f"--config {path}: {size:,} bytes (a run config is at most {MAX_CONFIG_BYTES:,}); "
+            "is this the right file?"
+        )
     try:
         values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except UnicodeDecodeError as exc:
@@ -244,6 +255,7 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"--config {path}: not valid YAML ({reason})") from None
     if not isinstance(values, dict):
         raise ConfigError(f"--config {path}: the top level must be a mapping of keys")
+    check_expanded_size(values, f"--config {path}")
     return values
 
 

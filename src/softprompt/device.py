@@ -18,22 +18,38 @@ from softprompt.errors import ConfigError
 DEVICES = ("auto", "cpu", "cuda", "mps")
 
 
-def resolve_device(name: str = "auto") -> torch.device:
-    """'auto' -> cuda if present, else mps, else cpu; an unavailable device is an error."""
-    if name not in DEVICES and not name.startswith("cuda:"):
-        raise ConfigError(f"train.device: must be one of {', '.join(DEVICES)}, got {name!r}")
+def resolve_device(name: str = "auto", where: str = "train.device") -> torch.device:
+    """'auto' -> cuda if present, else mps, else cpu. A device this machine lacks is a
+    ConfigError naming `where` (the key or flag), raised before any model loads: torch
+    would fail later with a traceback ("Torch not compiled with CUDA enabled")."""
+    if not isinstance(name, str) or (name not in DEVICES and not name.startswith("cuda:")):
+        raise ConfigError(f"{where}: must be one of {', '.join(DEVICES)}, got {name!r}")
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
         if torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(
-            "train.device: cuda was asked for but no CUDA GPU is visible; use --device cpu"
-        )
+    if name.startswith("cuda"):
+        return _cuda(name, where)
     if name == "mps" and not torch.backends.mps.is_available():
-        raise ConfigError("train.device: mps was asked for but is not available; use --device cpu")
+        raise ConfigError(f"{where}: mps was asked for but is not available; use --device cpu")
+    return torch.device(name)
+
+
+def _cuda(name: str, where: str) -> torch.device:
+    """`cuda` or `cuda:N`, checked against the GPUs this process can see."""
+    if not torch.cuda.is_available():
+        raise ConfigError(
+            f"{where}: {name} was asked for but no CUDA GPU is visible; use --device cpu"
+        )
+    index = name.partition(":")[2]
+    count = torch.cuda.device_count()
+    if index and not (index.isdigit() and int(index) < count):
+        raise ConfigError(
+            f"{where}: {name} names no GPU here; this machine has {count} (cuda:0 to "
+            f"cuda:{count - 1})"
+        )
     return torch.device(name)
 
 

@@ -27,8 +27,10 @@ from softprompt.inject import Prompt, RowPrompts, make_injector
 from softprompt.methods import MethodContext, build_method
 from softprompt.promptfile import check_backbone, read_prompt_file, save_prompt_file
 from softprompt.tasks import TaskConfig, TaskOutput, build_task
+from softprompt.tasks.base import TemplatedTask
 from softprompt.tasks.generation import greedy_decode
 from softprompt.tasks.mixed import merge
+from softprompt.validate import check_positions, position_limit
 
 
 class PromptModel(nn.Module):
@@ -58,11 +60,32 @@ class PromptModel(nn.Module):
         self.method = build_method(method, self.method_options, context)
         self.to(self.device)
         with torch.no_grad():  # a template whose slots the method cannot fill fails here
-            self.prompt()
+            self._check_positions(self.prompt())
 
     @property
     def device(self) -> torch.device:
         return self.injector.device
+
+    def _check_positions(self, prompt: Prompt) -> None:
+        """A backbone with learned positions (BERT: 512) fails mid-training with an
+        IndexError once a row is longer; check the prompt plus the longest row the
+        task can build (its text cut to max_text_tokens) before any training."""
+        limit = position_limit(self.backbone.model)
+        if limit is None or not isinstance(self.task, TemplatedTask):
+            return
+        config, causal = self.task.config, self.backbone.spec.kind == "causal-lm"
+        words = min(config.max_text_tokens, limit + 1)  # at least one token per word
+        label = config.labels[0] if config.labels else ""
+        row = self.task.collate([Example(text=" ".join(["a"] * words), label=label)])
+        front = int(causal and self.backbone.spec.bos_token_id is not None)
+        generated = config.max_new_tokens if getattr(self.task, "generates", False) else 0
+        cut = f"text cut to task.max_text_tokens={config.max_text_tokens}"
+        parts = {
+            "prompt positions": prompt.n_embeds + (prompt.n_kv if causal else 0) + front,
+            f"template and text tokens ({cut})": row["input_ids"].shape[1],
+            "generated tokens (task.max_new_tokens)": generated,
+        }
+        check_positions(self.backbone.name, limit, parts)
 
     def prompt(self) -> Prompt:
         """This model's prompt as its task places it, computed once for all rows using it."""

@@ -10,10 +10,14 @@ All problems of a section are gathered, so a user fixes a config in one pass.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
+import re
 import types
 import typing
 from typing import Any, Union
+
+from softprompt.errors import ConfigError
 
 # Values past these bounds only ever come from typos, and would allocate or loop for
 # hours before failing; every section is checked against the entry for its key name.
@@ -186,3 +190,121 @@ def in_limits(where: str, value: Any) -> Any:
     if bounds and isinstance(value, int) and not bounds[0] <= value <= bounds[1]:
         raise Invalid(f"must be between {bounds[0]} and {bounds[1]}, got {value}")
     return value
+
+
+# -- bounded input --------------------------------------------------------------------
+
+# A config's or a flag's JSON is a few kilobytes with a handful of levels; these bounds sit
+# far above that and far below what exhausts the stack (RecursionError) or the memory.
+MAX_JSON_DEPTH = 32
+MAX_JSON_CHARS = 1_000_000
+MAX_CONFIG_BYTES = 1 << 20
+MAX_CONFIG_NODES = 1_000_000  # lists, mappings and 64-char pieces of text, aliases expanded
+
+_JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
+_BRACKETS = re.compile(r"[\[\]{}]")
+
+
+def json_depth(text: str) -> int:
+    """How deep `text`'s arrays and objects nest, brackets inside strings not counted;
+    linear and without recursion, so it is safe on any input."""
+    depth = deepest = 0
+    for bracket in _BRACKETS.findall(_JSON_STRING.sub("", text)):
+        depth += 1 if bracket in "[{" else -1
+        deepest = max(deepest, depth)
+    return deepest
+
+
+def load_json_bounded(
+    text: str, what: str, *, max_depth: int = MAX_JSON_DEPTH, max_chars: int = MAX_JSON_CHARS
+) -> Any:
+    """`json.loads` for text a user or a file supplies (`what` names the flag or file).
+
+    Deep nesting makes the json module raise RecursionError and a huge text is parsed in
+    full before anything looks at it; both are refused first, in one ConfigError line."""
+    if len(text) > max_chars:
+        raise ConfigError(
+            f"{what}: {len(text):,} characters of JSON (at most {max_chars:,}); give a "
+            "short JSON value"
+        )
+    depth = json_depth(text)
+    if depth > max_depth:
+        raise ConfigError(
+            f"{what}: JSON nested {depth} levels deep (at most {max_depth}); give a flat "
+            'value such as {"label": [" word"]}'
+        )
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise ConfigError(f"{what}: not valid JSON ({short(str(exc), 80)})") from None
+
+
+def check_expanded_size(value: Any, what: str, limit: int = MAX_CONFIG_NODES) -> None:
+    """Refuse a value whose lists and mappings, with shared parts counted each time they
+    are used, exceed `limit` nodes (texts count one per 64 characters).
+
+    YAML anchors and aliases share one object many times over: nine levels of nine
+    aliases load in microseconds as a billion-node tree that every later walk (type
+    checks, copies, tokenizing) expands. Each distinct object is sized once here, without
+    recursion, so the check itself stays cheap; a value that contains itself is refused."""
+    sizes: dict[int, int] = {}
+    on_path: set[int] = set()
+    stack: list[tuple[Any, bool]] = [(value, False)]
+    while stack:
+        node, children_done = stack.pop()
+        key = id(node)
+        if children_done:
+            on_path.discard(key)
+            sizes[key] = 1 + sum(_size(child, sizes) for child in _children(node))
+            if sizes[key] > limit:
+                raise ConfigError(
+                    f"{what}: expands to more than {limit:,} values (YAML aliases are "
+                    "counted each time they are used); write the values out, or share less"
+                )
+        elif key not in sizes:
+            if key in on_path:
+                raise ConfigError(
+                    f"{what}: a value contains itself (a YAML alias to its own anchor)"
+                )
+            on_path.add(key)
+            stack.append((node, True))
+            stack.extend((c, False) for c in _children(node) if isinstance(c, dict | list))
+
+
+def _children(node: Any) -> list[Any]:
+    if isinstance(node, dict):
+        return [*node.keys(), *node.values()]
+    return list(node) if isinstance(node, list) else []
+
+
+def _size(node: Any, sizes: dict[int, int]) -> int:
+    if isinstance(node, dict | list):
+        return sizes[id(node)]
+    return 1 + len(node) // 64 if isinstance(node, str) else 1
+
+
+# a learned table of absolute positions; RoPE and relative schemes have no hard limit
+_POSITION_TABLES = ("position_embeddings", "wpe", "embed_positions")
+
+
+def position_limit(model: Any) -> int | None:
+    """How many positions a backbone's learned position table holds (BERT, GPT-2, OPT),
+    or None when positions are rotary or relative and the model has no hard limit.
+    A position past the table is an IndexError deep in the forward pass."""
+    for name, module in model.named_modules():
+        if name.rpartition(".")[2] in _POSITION_TABLES and hasattr(module, "num_embeddings"):
+            return int(module.num_embeddings) - int(getattr(module, "offset", 0))
+    return None
+
+
+def check_positions(backbone: str, limit: int | None, parts: dict[str, int]) -> None:
+    """Refuse a prompt and template that, with the longest text the task keeps, need
+    more positions than the backbone has; `parts` names what takes how many."""
+    total = sum(parts.values())
+    if limit is None or total <= limit:
+        return
+    detail = " + ".join(f"{count} {what}" for what, count in parts.items() if count)
+    raise ConfigError(
+        f"{backbone} has {limit} positions but a row can need {total} ({detail}); lower "
+        "method.n_tokens (--n-tokens), shorten task.template, or lower task.max_text_tokens"
+    )

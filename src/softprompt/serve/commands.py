@@ -82,7 +82,7 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
     serve.add_argument("--backbone", default=None, help="default: the one the stored prompts name")
     serve.add_argument("--host", default="127.0.0.1", help="bind address (default loopback only)")
     serve.add_argument("--port", type=int, default=8000)
-    serve.add_argument("--device", default="cpu", help="cpu, cuda or mps")
+    serve.add_argument("--device", default="cpu", help="auto, cpu, cuda, cuda:N or mps")
     serve.add_argument("--cache-mb", type=float, default=64.0, help="bound of the prompt K/V cache")
     serve.add_argument("--max-wait-ms", type=float, default=5.0, help="batching window")
     serve.add_argument("--max-batch-tokens", type=int, default=4096)
@@ -113,6 +113,9 @@ def _backbone_name(store, given: str | None) -> str:
 
 
 def run_serve(args: argparse.Namespace) -> int:
+    from softprompt.device import resolve_device
+
+    device = resolve_device(args.device, "--device")  # before the store and model load
     try:
         import uvicorn
 
@@ -130,7 +133,7 @@ def run_serve(args: argparse.Namespace) -> int:
             raise ConfigError(f"--{flag.replace('_', '-')}: must be >= 0")
     store = PromptStore(args.store or default_store())
     backbone = load_backbone(_backbone_name(store, args.backbone))
-    backbone.model.to(args.device)
+    backbone.model.to(device)
     engine = Engine(
         backbone,
         store,

@@ -77,6 +77,7 @@ class VerbalizerTask(ClassificationTask):
         words = config.verbalizer or {label: [" " + label] for label in config.labels}
         self.words = [words[label] for label in config.labels]  # per class: list of strings
         self.word_ids = [[self._ids(w) for w in ws] for ws in self.words]  # class -> word -> ids
+        self._refuse_shared_words()
         self.single_token = all(len(ids) == 1 for ws in self.word_ids for ids in ws)
         self.first_tokens = [ids[0] for ws in self.word_ids for ids in ws]  # (W,)
         self.tree = WordTree([ids for ws in self.word_ids for ids in ws])
@@ -88,6 +89,21 @@ class VerbalizerTask(ClassificationTask):
                 f"task.verbalizer: label word {word!r} has no tokens; give a non-empty word"
             )
         return ids
+
+    def _refuse_shared_words(self) -> None:
+        """Two classes whose label words tokenize alike get the same score from every
+        prompt, so no training can tell them apart (the loss stays at log 2); words
+        that differ only in ways the tokenizer drops count as the same word."""
+        owner: dict[tuple[int, ...], tuple[str, str]] = {}
+        for label, words, ids in zip(self.config.labels, self.words, self.word_ids, strict=True):
+            for word, tokens in zip(words, ids, strict=True):
+                first = owner.setdefault(tuple(tokens), (label, word))
+                if first[0] != label:
+                    raise ConfigError(
+                        f"task.verbalizer: labels {first[0]!r} and {label!r} share a label "
+                        f"word ({first[1]!r} and {word!r} are the same tokens {tokens}), so "
+                        "they cannot be told apart; give each label words of its own"
+                    )
 
     def label_token_ids(self) -> list[list[int]]:
         return [ws[0] for ws in self.word_ids]

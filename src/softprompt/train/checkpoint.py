@@ -65,9 +65,10 @@ def _read(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         header = json.loads(json.loads(data[8 : 8 + size])["__metadata__"]["checkpoint"])
         if not isinstance(header, dict) or not isinstance(header.get("state"), dict):
             raise ValueError("no training state in the header")
-    except (SafetensorError, ValueError, KeyError, TypeError, OSError) as exc:
+    except (SafetensorError, ValueError, KeyError, TypeError, OSError, RecursionError) as exc:
+        reason = "its header is nested too deeply" if isinstance(exc, RecursionError) else exc
         raise PromptFileError(
-            f"{path}: checkpoint unreadable ({exc}); start without --resume"
+            f"{path}: checkpoint unreadable ({reason}); start without --resume"
         ) from None
     return tensors, header
 

@@ -255,7 +255,11 @@ class _Run:
         """What a resumed run must share with this one (train/run_dir.py), per task."""
         configs = {
             name: run_dir.resumable_config(
-                self.config, model.describe(), self.data[name].name, self.data[name].train
+                self.config,
+                model.describe(),
+                self.data[name].name,
+                self.data[name].train,
+                validation=self.data[name].validation,
             )
             for name, model in self.model.models.items()
         }

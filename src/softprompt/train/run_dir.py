@@ -26,6 +26,7 @@ import hashlib
 import inspect
 import json
 import os
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -208,7 +209,7 @@ def claims_out_dir(locate: Callable[[inspect.BoundArguments], tuple[Any, TrainCo
 
 
 def data_fingerprint(examples: list[Any]) -> str:
-    """sha256 of the training rows (text and label): a changed data file is another run."""
+    """sha256 of a split's rows (text and label): a changed data file is another run."""
     digest = hashlib.sha256()
     for example in examples:
         digest.update(json.dumps([example.text, example.label]).encode())
@@ -216,16 +217,28 @@ def data_fingerprint(examples: list[Any]) -> str:
 
 
 def resumable_config(
-    train: TrainConfig, describe: dict[str, Any], dataset_name: str, rows: list[Any]
+    train: TrainConfig,
+    describe: dict[str, Any],
+    dataset_name: str,
+    rows: list[Any],
+    validation: list[Any] | None = None,
 ) -> dict[str, Any]:
-    """What a checkpoint must agree on with the run that resumes it."""
+    """What a checkpoint must agree on with the run that resumes it. The validation rows
+    count too: the best prompt is picked by comparing scores across the resume."""
+    data = {"dataset": dataset_name, "train_rows": data_fingerprint(rows)}
+    if validation is not None:
+        data["validation_rows"] = data_fingerprint(validation)
     return {
         "train": {k: v for k, v in train.to_dict().items() if k not in SAFE_TO_CHANGE},
         "method": describe["method"],
         "task": describe["task"],
         "backbone": describe["backbone"]["fingerprint"],
-        "data": {"dataset": dataset_name, "train_rows": data_fingerprint(rows)},
+        "data": data,
     }
+
+
+# keys that older checkpoints lack: absent there, they are reported as not checked
+ADDED_LATER = ("data.validation_rows",)
 
 
 def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
@@ -237,15 +250,25 @@ def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix: value}
 
 
-def config_differences(stored: dict[str, Any], current: dict[str, Any]) -> list[str]:
-    """`key: checkpoint X, now Y` for each key that differs (JSON-normalized: tuples are lists)."""
+def config_differences(
+    stored: dict[str, Any], current: dict[str, Any], ignore: list[str] | None = None
+) -> list[str]:
+    """`key: checkpoint X, now Y` for each key that differs (JSON-normalized: tuples are
+    lists), leaving out the dotted keys in `ignore`."""
     old = _flatten(json.loads(json.dumps(stored)))
     new = _flatten(json.loads(json.dumps(current)))
     return [
         f"{key}: checkpoint {old.get(key, '(absent)')!r}, now {new.get(key, '(absent)')!r}"
-        for key in sorted(set(old) | set(new))
+        for key in sorted((set(old) | set(new)) - set(ignore or ()))
         if old.get(key, "(absent)") != new.get(key, "(absent)")
     ]
+
+
+def unrecorded(stored: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """Keys of ADDED_LATER (per task too) that this run records and an older checkpoint
+    lacks: kept loadable, they are reported as not checked instead of as a change."""
+    old = _flatten(json.loads(json.dumps(stored)))
+    return [k for k in _flatten(current) if k.endswith(ADDED_LATER) and k not in old]
 
 
 def check_resume(
@@ -260,7 +283,15 @@ def check_resume(
             "cannot be checked against this run; add --force-resume to continue it anyway, "
             "or start a new run (another --out, or --overwrite)"
         )
-    differ = config_differences(stored, current)
+    unchecked = unrecorded(stored, current)
+    if unchecked:
+        print(
+            f"softprompt: --resume: {path} was written by an older softprompt that did not "
+            f"record {', '.join(unchecked)}; whether the validation rows changed could not "
+            "be checked",
+            file=sys.stderr,
+        )
+    differ = config_differences(stored, current, ignore=unchecked)
     if differ:
         raise ConfigError(
             f"--resume: {path} was made with another config ({'; '.join(differ)}); resume with "
