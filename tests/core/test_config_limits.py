@@ -140,6 +140,13 @@ def test_train_with_deep_verbalizer_json_exits_2(toy_csv, llama_folder, tmp_path
     _one_error_line(capsys, "--verbalizer", "nested")
 
 
+@pytest.mark.parametrize("raw", ['{"labels": ' * 5000 + "1" + "}" * 5000, "{labels"])
+def test_import_peft_task_json_is_checked_first_in_one_line(raw, llama_folder, tmp_path, capsys):
+    argv = ["import-peft", str(tmp_path / "no-adapter"), "--backbone", str(llama_folder)]
+    assert main([*argv, "--task", raw, "--out", str(tmp_path / "p.safetensors")]) == 2
+    _one_error_line(capsys, "--task")
+
+
 # -- devices ---------------------------------------------------------------------------
 
 

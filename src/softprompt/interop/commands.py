@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from softprompt.errors import ConfigError
+from softprompt.validate import load_json_bounded
 
 
 def add_import_peft_parser(sub: Any) -> argparse.ArgumentParser:
@@ -46,15 +47,10 @@ def cmd_import_peft(args: argparse.Namespace) -> int:
 
     check_out_file(args.out, "--out")
     refuse_existing(Path(args.out), "--out", overwrite=args.overwrite)
+    task = load_json_bounded(args.task, "--task") if args.task else None  # flags first
+    if task is not None and not isinstance(task, dict):
+        raise ConfigError("--task: give a JSON object of task fields")
     config, _ = read_adapter(Path(args.adapter))  # a bad folder is named before the model loads
-    task = None
-    if args.task:
-        try:
-            task = json.loads(args.task)
-        except ValueError as exc:
-            raise ConfigError(f"--task: not JSON ({exc})") from None
-        if not isinstance(task, dict):
-            raise ConfigError("--task: give a JSON object of task fields")
     out = import_peft(
         args.adapter,
         api.load_backbone(args.backbone),
