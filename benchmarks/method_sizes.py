@@ -18,7 +18,7 @@ from pathlib import Path
 from softprompt.api import build_model
 from softprompt.backbones import load_backbone
 from softprompt.data import load_dataset
-from softprompt.presets import task_defaults
+from softprompt.tasks.presets import task_defaults
 
 METHODS = {
     "soft-prompt, 20 tokens": {"name": "soft-prompt", "n_tokens": 20},

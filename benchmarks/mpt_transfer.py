@@ -35,7 +35,7 @@ from softprompt.config import TaskSpec
 from softprompt.data import Dataset, load_dataset
 from softprompt.evaluate import evaluate
 from softprompt.model import PromptModel
-from softprompt.presets import task_defaults
+from softprompt.tasks.presets import task_defaults
 from softprompt.train import TrainConfig, train
 
 SOURCES = ("movie-sentiment", "tweet-sentiment", "editorial-sentiment")

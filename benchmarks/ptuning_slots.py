@@ -29,7 +29,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from softprompt.api import build_model  # noqa: E402
 from softprompt.backbones import load_backbone  # noqa: E402
 from softprompt.data import load_dataset  # noqa: E402
-from softprompt.presets import task_defaults  # noqa: E402
+from softprompt.tasks.presets import task_defaults  # noqa: E402
 
 TEMPLATES = {
     "front": "{p:6} Review: {text}\nSentiment:",

@@ -46,9 +46,9 @@ from softprompt.api import build_model  # noqa: E402
 from softprompt.backbones import load_backbone  # noqa: E402
 from softprompt.data import load_dataset  # noqa: E402
 from softprompt.evaluate import evaluate  # noqa: E402
-from softprompt.presets import task_defaults  # noqa: E402
 from softprompt.search.scorer import Candidate, CandidateScorer, Verbalizer  # noqa: E402
 from softprompt.search.vocab import word_strings  # noqa: E402
+from softprompt.tasks.presets import task_defaults  # noqa: E402
 
 INSTRUCTIONS = [
     "Classify the sentiment of the movie review below as positive or negative.",

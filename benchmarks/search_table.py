@@ -43,7 +43,6 @@ from softprompt.backbones import load_backbone  # noqa: E402
 from softprompt.data import load_dataset  # noqa: E402
 from softprompt.evaluate import evaluate  # noqa: E402
 from softprompt.files import atomic_write_text  # noqa: E402
-from softprompt.presets import task_defaults  # noqa: E402
 from softprompt.search import TaskSpec, search  # noqa: E402
 from softprompt.search.bridge import (  # noqa: E402
     project,
@@ -53,6 +52,7 @@ from softprompt.search.bridge import (  # noqa: E402
 )
 from softprompt.search.run import sample  # noqa: E402
 from softprompt.search.scorer import CandidateScorer  # noqa: E402
+from softprompt.tasks.presets import task_defaults  # noqa: E402
 from softprompt.train import TrainConfig, train  # noqa: E402
 
 MANUAL = {

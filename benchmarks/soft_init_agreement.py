@@ -24,8 +24,8 @@ import torch  # noqa: E402
 from softprompt.api import build_model  # noqa: E402
 from softprompt.backbones import load_backbone  # noqa: E402
 from softprompt.data import load_dataset  # noqa: E402
-from softprompt.presets import task_defaults  # noqa: E402
 from softprompt.search.run import sample  # noqa: E402
+from softprompt.tasks.presets import task_defaults  # noqa: E402
 from softprompt.train import TrainConfig, train  # noqa: E402
 
 

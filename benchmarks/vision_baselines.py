@@ -3,7 +3,7 @@
 Every method trains the same linear head on [CLS] with the same loop, steps, batch size,
 head learning rate, warmup and data order (the seed); VPT also trains its prompt, LoRA
 its PEFT adapters on the attention q/v projections, full fine-tuning every backbone
-weight (softprompt.baselines). The best checkpoint on validation (the fixed 1,000-image
+weight (softprompt.recipes.baselines). The best checkpoint on validation (the fixed 1,000-image
 split, first `--eval-examples`) is scored on ALL 10,000 test images. The linear probe's
 test pass reads [CLS] features computed once (the frozen backbone gives the same
 features to every seed's head).
@@ -35,11 +35,11 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 from softprompt.api import build_model, task_config_for  # noqa: E402
 from softprompt.backbones import load_backbone  # noqa: E402
-from softprompt.baselines import TuneConfig, TunedModel  # noqa: E402
 from softprompt.data import load_dataset  # noqa: E402
 from softprompt.evaluate import evaluate  # noqa: E402
 from softprompt.metrics import class_counts, metrics_from_counts  # noqa: E402
 from softprompt.model import PromptModel  # noqa: E402
+from softprompt.recipes.baselines import TuneConfig, TunedModel  # noqa: E402
 from softprompt.train import TrainConfig, train  # noqa: E402
 
 METHODS = {

@@ -96,26 +96,21 @@ def init_file(
     n_tokens: int,
     generator: torch.Generator,
     path: str | None = None,
+    file_embeddings: Callable[[str], torch.Tensor] | None = None,
     **_: object,
 ) -> torch.Tensor:
     """The virtual tokens of another prompt file for this backbone (SPoT-style transfer:
-    start from a prompt trained on a related task). A P-tuning file is flattened to the
-    tokens its encoder produces; fewer tokens than asked are completed from the vocabulary,
-    more are cut."""
-    from softprompt.model import PromptModel  # a file is read through the model that wrote it
-
+    start from a prompt trained on a related task), read by `file_embeddings` (the model's
+    loader, passed in: a file is read through the model that wrote it); fewer tokens than
+    asked are completed from the vocabulary, more are cut."""
     if not path:
         raise ConfigError("method.init_file: required when method.init is 'file'")
-    source = PromptModel.load(path, backbone)
-    transfer = getattr(source.method, "transfer_embeddings", None)  # e.g. MPT's shared prompt
-    source = source if transfer is not None else source.flattened()
-    embeds = transfer() if transfer is not None else source.method.state_dict().get("embeddings")
-    if embeds is None:
+    if file_embeddings is None:
         raise ConfigError(
-            f"method.init_file: {path} holds a {source.method_name} prompt without virtual "
-            "token embeddings; start from a soft-prompt or p-tuning file"
+            "method.init_file: this method was built without a prompt-file reader; "
+            "build it through softprompt.model.PromptModel"
         )
-    embeds = embeds.detach().float().cpu()[:n_tokens]  # (<= n, d)
+    embeds = file_embeddings(path)[:n_tokens]  # (<= n, d)
     if embeds.shape[0] < n_tokens:
         embeds = torch.cat([embeds, init_vocab(backbone, n_tokens - embeds.shape[0], generator)])
     return embeds.clone()  # (n, d)

@@ -19,18 +19,24 @@ from typing import Any
 import torch
 from torch import nn
 
-from softprompt.backbones import Backbone
-from softprompt.data import Example
+from softprompt.backbones import Backbone, load_backbone
+from softprompt.data import Dataset, Example
 from softprompt.device import to_device
 from softprompt.errors import ConfigError, PromptFileError
 from softprompt.inject import Prompt, RowPrompts, make_injector
-from softprompt.methods import MethodContext, build_method
-from softprompt.promptfile import check_backbone, read_prompt_file, save_prompt_file
+from softprompt.methods import (
+    MethodContext,
+    available_methods,
+    build_method,
+    method_config_class,
+)
+from softprompt.promptfile import check_backbone, malformed, read_prompt_file, save_prompt_file
 from softprompt.tasks import TaskConfig, TaskOutput, build_task
 from softprompt.tasks.base import TemplatedTask
 from softprompt.tasks.generation import greedy_decode
 from softprompt.tasks.mixed import merge
-from softprompt.validate import check_positions, position_limit
+from softprompt.tasks.presets import task_config_for
+from softprompt.validate import check_fields, check_positions, position_limit
 
 
 class PromptModel(nn.Module):
@@ -56,6 +62,7 @@ class PromptModel(nn.Module):
             injector=self.injector,
             label_token_ids=self.task.label_token_ids(),
             shared=shared,
+            file_embeddings=lambda path: prompt_embeddings(path, backbone),
         )
         self.method = build_method(method, self.method_options, context)
         self.to(self.device)
@@ -150,6 +157,7 @@ class PromptModel(nn.Module):
         cls, path: str | Path, backbone: Backbone, *, check_fingerprint: bool = True
     ) -> PromptModel:
         tensors, meta = read_prompt_file(path)
+        check_known(path, meta)
         if check_fingerprint:
             check_backbone(path, meta, backbone.name, backbone.fingerprint)
         model = cls(
@@ -181,6 +189,7 @@ class PromptModel(nn.Module):
 def load_prompt_meta(path: str | Path) -> dict[str, Any]:
     """Metadata of a prompt file without building anything (for `softprompt info`)."""
     tensors, meta = read_prompt_file(path)
+    check_known(path, meta)
     meta["tensors"] = {name: list(t.shape) for name, t in tensors.items()}
     meta["file_bytes"] = Path(path).stat().st_size
     return meta
@@ -356,3 +365,80 @@ class MultiTaskModel(nn.Module):
         """One group per task, so clipping one task's gradient never rescales another's."""
         groups = [m.trainable_parameters() for m in self.models.values()]
         return [g for g in groups if g]
+
+
+# -- prompts into models -----------------------------------------------------
+
+
+def check_known(path: str | Path, meta: dict[str, Any]) -> None:
+    """The header's method and task options, checked against the registries before a model
+    is built from them (the file format itself knows no registry): every problem named."""
+    task = check_fields("task", TaskConfig, meta["task"], _VERBALIZER)
+    missing = [f"task.{k}" for k in task.known if k not in meta["task"]]
+    problems = task.unknown + task.problems + [f"{k}: missing" for k in missing]
+    name, options = meta["method"]["name"], meta["method"]["options"]
+    if name not in available_methods():
+        problems.append(f"method.name: unknown method {name!r}")
+    else:
+        method = check_fields("method.options", method_config_class(name), options)
+        problems += method.unknown + method.problems
+    if problems:
+        raise malformed(path, problems)
+
+
+_VERBALIZER = {"verbalizer": dict[str, str | list[str]] | None}
+
+
+def prompt_embeddings(path: str | Path, backbone: Backbone) -> torch.Tensor:
+    """The virtual tokens of another prompt file for this backbone, (n, d) float32 on the
+    CPU: what the `file` init starts from (SPoT-style transfer). A P-tuning file gives the
+    tokens its encoder produces; a method may offer `transfer_embeddings()` instead (MPT's
+    shared prompt)."""
+    source = PromptModel.load(path, backbone)
+    transfer = getattr(source.method, "transfer_embeddings", None)
+    source = source if transfer is not None else source.flattened()
+    embeds = transfer() if transfer is not None else source.method.state_dict().get("embeddings")
+    if embeds is None:
+        raise ConfigError(
+            f"method.init_file: {path} holds a {source.method_name} prompt without virtual "
+            "token embeddings; start from a soft-prompt or p-tuning file"
+        )
+    return embeds.detach().float().cpu()
+
+
+def build_model(
+    backbone: Backbone,
+    dataset: Dataset,
+    method: dict[str, Any],
+    task: dict[str, Any],
+    shared: dict[str, Any] | None = None,
+) -> PromptModel:
+    """A prompt model for `dataset`: `method` is {"name": ..., **options}; `task` holds the
+    user's framing overrides on top of the dataset's built-in framing."""
+    options = {k: v for k, v in method.items() if k != "name"}
+    return PromptModel(
+        backbone,
+        task_config_for(dataset, task),
+        method=method["name"],
+        method_options=options,
+        shared=shared,
+    )
+
+
+def load_prompt(path: str | Path, backbone: Backbone | str | None = None) -> PromptModel:
+    """Load a prompt file onto its backbone (by default the one named in the file)."""
+    if backbone is None or isinstance(backbone, str):
+        meta = load_prompt_meta(path)
+        backbone = load_backbone(backbone or meta["backbone"]["name"])
+    return PromptModel.load(path, backbone)
+
+
+def load_prompts(
+    paths: dict[str, str | Path], backbone: Backbone | str | None = None
+) -> MultiTaskModel:
+    """Several prompt files (task name -> path) on one backbone, answering mixed batches:
+    `model.predict([(task, text), ...])`."""
+    if backbone is None or isinstance(backbone, str):
+        first = load_prompt_meta(next(iter(paths.values())))
+        backbone = load_backbone(backbone or first["backbone"]["name"])
+    return MultiTaskModel.from_files(paths, backbone)

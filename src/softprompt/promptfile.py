@@ -192,10 +192,11 @@ def _read_header(data: bytes) -> dict[str, Any]:
 
 
 def check_meta(path: str | Path, meta: dict[str, Any]) -> None:
-    """The header's shape, checked before anything indexes it (no KeyError tracebacks)."""
-    from softprompt.methods import available_methods, method_config_class
-    from softprompt.tasks import TaskConfig
-    from softprompt.validate import Invalid, check_fields, coerce
+    """The header's shape, checked before anything indexes it (no KeyError tracebacks).
+    Whether its method and task options are ones this version knows is checked where a
+    prompt becomes a model (`softprompt.model.check_known`): this file format knows no
+    registry."""
+    from softprompt.validate import Invalid, coerce
 
     problems: list[str] = []
     for key, hint in _META_FIELDS.items():
@@ -209,21 +210,16 @@ def check_meta(path: str | Path, meta: dict[str, Any]) -> None:
                 coerce(meta[section].get(key), hint)
             except Invalid as exc:
                 problems.append(f"{section}.{key}: {exc}")
-    if not problems:
-        task = check_fields("task", TaskConfig, meta["task"], _VERBALIZER)
-        missing = [f"task.{k}" for k in task.known if k not in meta["task"]]
-        problems += task.unknown + task.problems + [f"{k}: missing" for k in missing]
-        name, options = meta["method"]["name"], meta["method"]["options"]
-        if name not in available_methods():
-            problems.append(f"method.name: unknown method {name!r}")
-        else:
-            method = check_fields("method.options", method_config_class(name), options)
-            problems += method.unknown + method.problems
     if problems:
-        raise PromptFileError(
-            f"{path}: the prompt file's metadata is malformed ({'; '.join(problems[:5])}); "
-            "re-save it or train again"
-        )
+        raise malformed(path, problems)
+
+
+def malformed(path: str | Path, problems: list[str]) -> PromptFileError:
+    """The one error for a header whose fields are wrong, naming the first few."""
+    return PromptFileError(
+        f"{path}: the prompt file's metadata is malformed ({'; '.join(problems[:5])}); "
+        "re-save it or train again"
+    )
 
 
 _NESTED: dict[tuple[str, str], Any] = {
@@ -232,7 +228,6 @@ _NESTED: dict[tuple[str, str], Any] = {
     ("backbone", "name"): str,
     ("backbone", "fingerprint"): str,
 }
-_VERBALIZER = {"verbalizer": dict[str, str | list[str]] | None}
 _META_FIELDS: dict[str, Any] = {
     "method": dict[str, Any],
     "task": dict[str, Any],

@@ -14,8 +14,11 @@ from pathlib import Path
 import pytest
 
 import softprompt
-from softprompt import api, cli
+from softprompt import api, backbones, cli
+from softprompt import model as model_module
 from softprompt.model import load_prompt_meta
+from softprompt.recipes import export
+from softprompt.recipes import run as recipe_run
 from softprompt.train import run_dir
 
 SRC = str(Path(softprompt.__file__).resolve().parents[1])
@@ -41,6 +44,14 @@ def _one_line_error(code: int, err: str) -> str:
     return lines[-1]
 
 
+def _stand_in(monkeypatch, name: str, value) -> None:
+    """Replace `name` wherever a command looks it up: the run recipe, the prompt loaders
+    (softprompt.model), the backbones package (import-peft) and the API facade."""
+    for module in (api, recipe_run, model_module, backbones):
+        if hasattr(module, name):
+            monkeypatch.setattr(module, name, value)
+
+
 @pytest.fixture
 def nothing_loads(monkeypatch):
     """Fail the test if a model or dataset is loaded: `--out` problems must come first."""
@@ -48,8 +59,8 @@ def nothing_loads(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("loaded a model or data before checking --out")
 
-    monkeypatch.setattr(api, "load_backbone", refuse)
-    monkeypatch.setattr(api, "load_data", refuse)
+    _stand_in(monkeypatch, "load_backbone", refuse)
+    _stand_in(monkeypatch, "load_data", refuse)
 
 
 # --- 1. a fresh run never replaces an earlier one silently -------------------------------
@@ -91,7 +102,7 @@ def test_overwrite_clears_the_old_run_before_training(capsys, tmp_path, train_ar
         seen.extend(name for name in run_dir.RUN_FILES if (out / name).exists())
         raise TrainingError("stopped early")
 
-    monkeypatch.setattr(api, "train", stopping_train)
+    _stand_in(monkeypatch, "train", stopping_train)
     code, _, err = _main(capsys, train_argv(out, "--overwrite"))
     assert code == 2 and "stopped early" in err
     assert seen == []
@@ -151,7 +162,7 @@ def test_the_lock_is_held_during_training_and_released_after(
 ):
     out = tmp_path / "run"
     probes = []
-    original = api.train
+    original = recipe_run.train
 
     def probing_train(*args, **kwargs):
         probe = subprocess.run(
@@ -161,7 +172,7 @@ def test_the_lock_is_held_during_training_and_released_after(
         probes.append(probe)
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(api, "train", probing_train)
+    _stand_in(monkeypatch, "train", probing_train)
     _ok(capsys, train_argv(out))
     assert probes[0].returncode != 0 and f"pid {os.getpid()}" in probes[0].stderr
     with run_dir.lock(out):  # released: a new holder gets it at once
@@ -261,7 +272,7 @@ def test_bad_out_is_named_before_loading(capsys, tmp_path, train_argv, nothing_l
 
 @pytest.mark.parametrize("case", ["a folder", "under a file"])
 def test_export_out_is_checked_before_loading(capsys, tmp_path, case, monkeypatch):
-    monkeypatch.setattr(api, "load_prompt", lambda *a, **k: pytest.fail("loaded before --out"))
+    monkeypatch.setattr(export, "load_prompt", lambda *a, **k: pytest.fail("loaded before --out"))
     (tmp_path / "file.txt").write_text("x")
     out = {"a folder": tmp_path, "under a file": tmp_path / "file.txt" / "p.safetensors"}[case]
     code, _, err = _main(capsys, ["export", str(tmp_path / "p.safetensors"), "--out", str(out)])

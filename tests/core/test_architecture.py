@@ -11,8 +11,6 @@ import ast
 from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
-
 import softprompt
 
 PACKAGE = "softprompt"
@@ -149,7 +147,6 @@ def upward(edges: list[Edge], order: dict[str, int]) -> list[Edge]:
     ]
 
 
-@pytest.mark.xfail(strict=True, reason="issue 18 step 1: the recipes layer is not built yet")
 def test_the_layer_list_names_every_top_level_module_once():
     order = layers()
     units = {unit(m) for m in modules()} - {""}
@@ -168,7 +165,6 @@ def test_the_graph_sees_imports_inside_functions_and_relative_ones(tmp_path):
     assert sorted(found) == ["softprompt.b", "softprompt.c.d", "softprompt.e"]
 
 
-@pytest.mark.xfail(strict=True, reason="issue 18 step 1: the recipes layer is not built yet")
 def test_no_import_cycles():
     found = cycles(import_graph())
     assert not found, "import cycles:\n" + "\n".join(
@@ -177,7 +173,6 @@ def test_no_import_cycles():
     )
 
 
-@pytest.mark.xfail(strict=True, reason="issue 18 step 1: the recipes layer is not built yet")
 def test_imports_only_go_down_the_layers():
     bad = upward(import_graph(), layers())
     assert not bad, "imports from a lower layer to a higher one:\n" + "\n".join(map(str, bad))

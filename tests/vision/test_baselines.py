@@ -10,10 +10,10 @@ import torch
 
 from softprompt.api import task_config_for
 from softprompt.backbones.tiny_vision import tiny_dinov2, write_class_images
-from softprompt.baselines import TuneConfig, TunedModel
 from softprompt.cli import main
 from softprompt.config import build_run_config
 from softprompt.errors import ConfigError
+from softprompt.recipes.baselines import TuneConfig, TunedModel
 from softprompt.train import TrainConfig, train
 
 

@@ -41,7 +41,7 @@ def add_import_peft_parser(sub: Any) -> argparse.ArgumentParser:
 
 
 def cmd_import_peft(args: argparse.Namespace) -> int:
-    from softprompt import api  # its load_backbone, which tests may stand in for
+    from softprompt import backbones  # load_backbone looked up here: tests stand in for it
     from softprompt.interop.peft import import_peft, read_adapter
     from softprompt.train.run_dir import check_out_file
 
@@ -53,7 +53,7 @@ def cmd_import_peft(args: argparse.Namespace) -> int:
     config, _ = read_adapter(Path(args.adapter))  # a bad folder is named before the model loads
     out = import_peft(
         args.adapter,
-        api.load_backbone(args.backbone),
+        backbones.load_backbone(args.backbone),
         args.out,
         task_id=args.task_id,
         task=task,

@@ -51,7 +51,7 @@ from softprompt.backbones import Backbone
 from softprompt.errors import ConfigError, SoftPromptError
 from softprompt.files import atomic_write_bytes, atomic_write_text
 from softprompt.inject import make_injector
-from softprompt.model import PromptModel
+from softprompt.model import PromptModel, load_prompt
 from softprompt.tasks import TaskConfig
 from softprompt.validate import check_fields
 
@@ -84,8 +84,6 @@ def export_peft(
 ) -> Path:
     """Write `prompt` (a prompt file or a loaded model) as a PEFT adapter folder that
     `PeftModel.from_pretrained(base_model, out_dir)` loads with the same logits."""
-    from softprompt.api import load_prompt
-
     source = "the prompt" if isinstance(prompt, PromptModel) else str(prompt)
     model = prompt if isinstance(prompt, PromptModel) else load_prompt(prompt, backbone)
     _check_exportable(model, source)

@@ -38,6 +38,9 @@ class MethodContext:
     # modules shared by the methods of one multi-task model (e.g. multitask prompt
     # tuning's common prompt), by key; None when the method is built alone
     shared: dict[str, nn.Module] | None = None
+    # path -> another prompt file's virtual tokens (n, d) on this backbone, for the `file`
+    # init; the model passes its loader in, so methods never import the model
+    file_embeddings: Callable[[str], torch.Tensor] | None = None
 
 
 @runtime_checkable

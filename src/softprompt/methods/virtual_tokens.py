@@ -54,4 +54,5 @@ def initial_embeddings(config: VirtualTokensConfig, context: MethodContext) -> t
         text=config.init_text,
         path=config.init_file,
         label_token_ids=context.label_token_ids,
+        file_embeddings=context.file_embeddings,
     )

@@ -3,7 +3,7 @@
 Examples carry image references (`softprompt.data.images`); `collate` opens and
 preprocesses them to (B, 3, S, S) pixels at `config.image_size`, and the head is
 trained together with the visual prompt (VPT's recipe) or alone (the linear probe,
-method `none`).
+method `none`: `softprompt.recipes.baselines.head_only_baseline`).
 """
 
 from __future__ import annotations
@@ -91,24 +91,3 @@ class ImageTask(Task):
             }
             for row in scores.float().softmax(-1)
         ]
-
-
-def head_only_baseline(
-    backbone: Backbone, dataset: Any, config: Any, *, resume: bool = False, progress: bool = True
-):
-    """Train the linear probe (method `none`, same task, same training config) into
-    OUT/head-only, so a visual prompt's report always shows what the head alone reaches
-    with the same steps. Returns the best probe, loaded back, and its `TrainResult`."""
-    from pathlib import Path
-
-    from softprompt.api import build_model
-    from softprompt.model import PromptModel
-    from softprompt.train import train
-
-    probe = build_model(backbone, dataset, {"name": "none"}, config.task)
-    out = Path(config.out) / "head-only"
-    run = {**config.to_dict(), "method": {"name": "none"}, "out": str(out)}
-    result = train(
-        probe, dataset, config.train, out, resume=resume, meta={"run": run}, progress=progress
-    )
-    return PromptModel.load(result.prompt_path, backbone), result

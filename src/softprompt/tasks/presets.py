@@ -1,9 +1,14 @@
 """Task framing for the built-in datasets: templates and label words that read
-naturally to a pretrained LM, so zero-shot already works and tuning starts well."""
+naturally to a pretrained LM, so zero-shot already works and tuning starts well;
+`task_config_for` puts a user's overrides on top."""
 
 from __future__ import annotations
 
 from typing import Any
+
+from softprompt.data import Dataset
+from softprompt.errors import ConfigError
+from softprompt.tasks.base import TaskConfig
 
 DATASET_TASKS: dict[str, dict[str, Any]] = {
     "movie-sentiment": {
@@ -35,3 +40,20 @@ DATASET_TASKS: dict[str, dict[str, Any]] = {
 
 def task_defaults(dataset: str) -> dict[str, Any]:
     return dict(DATASET_TASKS.get(dataset, {}))
+
+
+def task_config_for(dataset: Dataset, overrides: dict[str, Any]) -> TaskConfig:
+    """Built-in framing for the dataset, then the user's overrides on top."""
+    values = {
+        "kind": dataset.task,
+        "labels": list(dataset.labels),
+        **task_defaults(dataset.name),
+        **overrides,
+    }
+    missing = sorted(set(dataset.labels) - set(values["labels"]))
+    if dataset.task == "classification" and missing:
+        raise ConfigError(
+            f"task.labels: dataset {dataset.name!r} has labels {missing} that task.labels "
+            f"{values['labels']} lacks; list every label of the data (or leave task.labels out)"
+        )
+    return TaskConfig(**values)

@@ -1,6 +1,7 @@
-"""Baselines that change the backbone itself: LoRA (through PEFT) and full fine-tuning.
+"""What a prompt is compared with: the head-only linear probe, and two baselines that
+change the backbone itself, LoRA (through PEFT) and full fine-tuning.
 
-A prompt method never touches the frozen backbone; these two do, so they run on a private
+The linear probe is method `none`: the task head alone, same steps, same data. A prompt method never touches the frozen backbone; these two do, so they run on a private
 copy of it and train with the same loop, task head, steps and data as the prompts they
 are compared with. `TunedModel` is a `PromptModel` (method `none`) whose copied backbone
 is a registered submodule, so its trainable weights join `trainable_parameters()` and
@@ -29,11 +30,16 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from softprompt.backbones import Backbone
-from softprompt.config import BASELINE_KINDS
+from softprompt.config import BASELINE_KINDS, RunConfig, TaskSpec
+from softprompt.data import Dataset
+from softprompt.distributed import ProcessInfo
 from softprompt.errors import ConfigError, PromptFileError
-from softprompt.model import PromptModel
+from softprompt.evaluate import evaluate
+from softprompt.model import PromptModel, build_model, check_known
 from softprompt.promptfile import check_backbone, read_prompt_file, save_prompt_file
 from softprompt.tasks.base import TaskConfig
+from softprompt.tasks.presets import task_config_for
+from softprompt.train import TrainResult, train
 
 
 @dataclass
@@ -129,6 +135,7 @@ class TunedModel(PromptModel):
     ) -> TunedModel:
         """A baseline file back on the backbone it was trained from."""
         tensors, meta = read_prompt_file(path)
+        check_known(path, meta)
         if "baseline" not in meta:
             raise PromptFileError(
                 f"{path}: not a LoRA / full fine-tuning file; load it as a prompt"
@@ -145,20 +152,37 @@ class TunedModel(PromptModel):
         return model
 
 
+def head_only_baseline(
+    backbone: Backbone,
+    dataset: Dataset,
+    config: RunConfig,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+) -> tuple[PromptModel, TrainResult]:
+    """Train the linear probe (method `none`, same task, same training config) into
+    OUT/head-only, so a visual prompt's report always shows what the head alone reaches
+    with the same steps. Returns the best probe, loaded back, and its `TrainResult`."""
+    probe = build_model(backbone, dataset, {"name": "none"}, config.task)
+    out = Path(config.out) / "head-only"
+    run = {**config.to_dict(), "method": {"name": "none"}, "out": str(out)}
+    result = train(
+        probe, dataset, config.train, out, resume=resume, meta={"run": run}, progress=progress
+    )
+    return PromptModel.load(result.prompt_path, backbone), result
+
+
 def tuned_baseline(
     backbone: Backbone,
-    dataset: Any,
-    config: Any,
+    dataset: Dataset,
+    config: RunConfig,
     tune: TuneConfig,
     *,
     resume: bool = False,
     progress: bool = True,
-) -> tuple[TunedModel, Any]:
+) -> tuple[TunedModel, TrainResult]:
     """Train LoRA or full fine-tuning (same task, same training config) into OUT/<kind>;
     returns the best model, loaded back, and its `TrainResult`."""
-    from softprompt.api import task_config_for
-    from softprompt.train import train
-
     model = TunedModel(backbone, task_config_for(dataset, config.task), tune)
     out = Path(config.out) / tune.kind
     run = {**config.to_dict(), "baseline": dataclasses.asdict(tune), "out": str(out)}
@@ -169,11 +193,11 @@ def tuned_baseline(
 
 
 def tuned_rows(
-    config: Any,
+    config: RunConfig,
     backbone: Backbone,
-    specs: list[Any],
-    data: dict[str, Any],
-    process: Any,
+    specs: list[TaskSpec],
+    data: dict[str, Dataset],
+    process: ProcessInfo,
     resume: bool,
     progress: bool,
 ) -> list[dict[str, Any]]:
@@ -187,8 +211,6 @@ def tuned_rows(
             "compare: LoRA / full fine-tuning rows are for one image task on a vision "
             "backbone; drop --compare for this run"
         )
-    from softprompt.evaluate import evaluate
-
     spec, rows = specs[0], []
     dataset = data[spec.name]
     for kind in config.compare:
