@@ -74,12 +74,15 @@ def import_graph() -> list[Edge]:
     return sorted(edges, key=lambda e: (e.source, e.line, e.target))
 
 
+def layer_rows() -> list[list[str]]:
+    """The indented block of the package docstring: one layer a line, lowest first."""
+    block = (softprompt.__doc__ or "").split("checks both rules:", 1)[1]
+    return [line.split() for line in block.splitlines() if line.startswith("    ")]
+
+
 def layers() -> dict[str, int]:
-    """Layer index of each top-level name, from the indented block of the package docstring."""
-    doc = softprompt.__doc__ or ""
-    block = doc.split("checks both rules:", 1)[1]
-    rows = [line.split() for line in block.splitlines() if line.startswith("    ")]
-    return {name: depth for depth, row in enumerate(rows) for name in row}
+    """Layer index of each top-level name."""
+    return {name: depth for depth, row in enumerate(layer_rows()) for name in row}
 
 
 def unit(module: str) -> str:
@@ -149,12 +152,14 @@ def upward(edges: list[Edge], order: dict[str, int]) -> list[Edge]:
 
 def test_the_layer_list_names_every_top_level_module_once():
     order = layers()
+    listed = [name for row in layer_rows() for name in row]
+    assert len(listed) == len(set(listed)), "a name appears in two layers"
     units = {unit(m) for m in modules()} - {""}
     assert sorted(units - set(order)) == [], "add these to the layer list in softprompt/__init__"
     assert sorted(set(order) - units) == [], "the layer list names modules that do not exist"
 
 
-def test_the_graph_sees_imports_inside_functions_and_relative_ones(tmp_path):
+def test_the_graph_sees_imports_inside_functions_and_relative_ones():
     code = "from . import b\nimport softprompt.c.d\ndef f():\n    from softprompt.e import g\n"
     known = dict.fromkeys(["softprompt.a", "softprompt.b", "softprompt.c.d", "softprompt.e"])
     found = [
@@ -176,3 +181,19 @@ def test_no_import_cycles():
 def test_imports_only_go_down_the_layers():
     bad = upward(import_graph(), layers())
     assert not bad, "imports from a lower layer to a higher one:\n" + "\n".join(map(str, bad))
+
+
+def test_the_checks_catch_a_hidden_cycle_and_an_upward_import():
+    """The two rules on a made-up graph: model -> init inside a function closes a cycle."""
+    edges = [
+        Edge("softprompt.init", "softprompt.model", 105),
+        Edge("softprompt.model", "softprompt.methods", 1),
+        Edge("softprompt.methods", "softprompt.init", 1),
+    ]
+    assert cycles(edges)[0][1] == [
+        "softprompt.init",
+        "softprompt.model",
+        "softprompt.methods",
+        "softprompt.init",
+    ]
+    assert upward(edges, layers()) == [edges[0]]  # init sits below model
