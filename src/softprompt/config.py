@@ -41,7 +41,7 @@ class TaskSpec:
     task: dict[str, Any]
 
 
-BASELINE_KINDS = ("lora", "full")  # RunConfig.compare; softprompt.baselines trains them
+BASELINE_KINDS = ("lora", "full")  # RunConfig.compare; recipes.baselines trains them
 
 
 @dataclass
@@ -57,7 +57,7 @@ class RunConfig:
     baseline: bool = True
     tasks: list[TaskSpec] | None = None  # several tasks at once; then data/method/task unused
     # baselines that tune the backbone itself, trained with the same config as report rows
-    compare: list[str] = field(default_factory=list)  # "lora", "full" (softprompt.baselines)
+    compare: list[str] = field(default_factory=list)  # "lora", "full" (recipes/baselines.py)
 
     def __post_init__(self) -> None:
         wrong = [c for c in self.compare if c not in BASELINE_KINDS]
