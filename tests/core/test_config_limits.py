@@ -17,6 +17,7 @@ from softprompt.config import build_run_config, load_yaml
 from softprompt.data import Example
 from softprompt.device import resolve_device
 from softprompt.errors import ConfigError
+from softprompt.search.scorer import Verbalizer
 from softprompt.validate import (
     MAX_CONFIG_BYTES,
     check_expanded_size,
@@ -252,3 +253,10 @@ def test_train_with_indistinct_label_words_exits_2(toy_csv, llama_folder, tmp_pa
     verbalizer = '{"a": [" good"], "b": [" good"]}'
     assert main([*argv, "--verbalizer", verbalizer, "--out", str(tmp_path / "r")]) == 2
     _one_error_line(capsys, "task.verbalizer", "'a' and 'b'", "' good'")
+
+
+def test_search_refuses_label_words_shared_by_two_classes(llama):
+    words = {"negative": [" bad", " good"], "positive": [" good"]}
+    with pytest.raises(ConfigError, match=r"'negative' and 'positive' share .*' good'"):
+        Verbalizer.build(["negative", "positive"], words, llama.tokenizer)
+    assert Verbalizer.build(["negative", "positive"], None, llama.tokenizer).word_ids

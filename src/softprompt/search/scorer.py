@@ -47,6 +47,7 @@ from softprompt.inject.causal import cache_keyword
 from softprompt.inject.head import LMHead
 from softprompt.inject.packing import pack_rows
 from softprompt.inject.prompt import attention_mask
+from softprompt.tasks.classification import check_distinct_words
 from softprompt.tasks.template import Template
 
 
@@ -103,6 +104,8 @@ class Verbalizer:
                     f"{words[label]!r}; pick words of one token each"
                 )
             word_ids.append([i[0] for i in ids])
+        sequences = [[[i] for i in class_ids] for class_ids in word_ids]  # one token each
+        check_distinct_words(labels, [words[label] for label in labels], sequences)
         return cls(labels=list(labels), word_ids=word_ids)
 
     def class_scores(self, hidden: torch.Tensor, head: LMHead) -> torch.Tensor:

@@ -30,6 +30,25 @@ from softprompt.tasks.base import (
 from softprompt.tasks.word_tree import WordTree
 
 
+def check_distinct_words(
+    labels: list[str], words: list[list[str]], word_ids: list[list[list[int]]]
+) -> None:
+    """Refuse label words that tokenize alike in two classes (`words` and `word_ids` are
+    per class, per word). Such classes share a score under every prompt, so nothing can
+    tell them apart (two classes of one word each train at loss log 2 forever); words
+    that differ only in what the tokenizer drops count as the same word."""
+    owner: dict[tuple[int, ...], tuple[str, str]] = {}
+    for label, class_words, class_ids in zip(labels, words, word_ids, strict=True):
+        for word, ids in zip(class_words, class_ids, strict=True):
+            first_label, first_word = owner.setdefault(tuple(ids), (label, word))
+            if first_label != label:
+                raise ConfigError(
+                    f"task.verbalizer: labels {first_label!r} and {label!r} share a label "
+                    f"word ({first_word!r} and {word!r} are the same tokens {ids}), so they "
+                    "cannot be told apart; give each label words of its own"
+                )
+
+
 def class_loss(scores: torch.Tensor, batch: dict[str, torch.Tensor]) -> TaskOutput:
     """Cross-entropy over the task's own classes when the batch carries targets."""
     targets = batch.get("targets")
@@ -77,7 +96,7 @@ class VerbalizerTask(ClassificationTask):
         words = config.verbalizer or {label: [" " + label] for label in config.labels}
         self.words = [words[label] for label in config.labels]  # per class: list of strings
         self.word_ids = [[self._ids(w) for w in ws] for ws in self.words]  # class -> word -> ids
-        self._refuse_shared_words()
+        check_distinct_words(config.labels, self.words, self.word_ids)
         self.single_token = all(len(ids) == 1 for ws in self.word_ids for ids in ws)
         self.first_tokens = [ids[0] for ws in self.word_ids for ids in ws]  # (W,)
         self.tree = WordTree([ids for ws in self.word_ids for ids in ws])
@@ -89,21 +108,6 @@ class VerbalizerTask(ClassificationTask):
                 f"task.verbalizer: label word {word!r} has no tokens; give a non-empty word"
             )
         return ids
-
-    def _refuse_shared_words(self) -> None:
-        """Two classes whose label words tokenize alike get the same score from every
-        prompt, so no training can tell them apart (the loss stays at log 2); words
-        that differ only in ways the tokenizer drops count as the same word."""
-        owner: dict[tuple[int, ...], tuple[str, str]] = {}
-        for label, words, ids in zip(self.config.labels, self.words, self.word_ids, strict=True):
-            for word, tokens in zip(words, ids, strict=True):
-                first = owner.setdefault(tuple(tokens), (label, word))
-                if first[0] != label:
-                    raise ConfigError(
-                        f"task.verbalizer: labels {first[0]!r} and {label!r} share a label "
-                        f"word ({first[1]!r} and {word!r} are the same tokens {tokens}), so "
-                        "they cannot be told apart; give each label words of its own"
-                    )
 
     def label_token_ids(self) -> list[list[int]]:
         return [ws[0] for ws in self.word_ids]
