@@ -35,6 +35,11 @@ def _unescape(raw: str) -> str:
     return re.sub(r"\\([nt\\])", lambda m: _ESCAPES[m.group(1)], raw)
 
 
+def _verbalizer_flag(raw: str) -> Any:
+    """`--verbalizer`: JSON label words, or auto / auto:N (tasks/auto_verbalizer.py)."""
+    return raw.strip() if raw.strip().startswith("auto") else load_json_bounded(raw, "--verbalizer")
+
+
 # flag -> dotted config key; one table so flags and YAML keys never drift apart
 FLAGS: dict[str, tuple[str, Callable[[str], Any], str]] = {
     "backbone": ("backbone", str, "built-in name, HF model folder or .gguf file"),
@@ -44,6 +49,8 @@ FLAGS: dict[str, tuple[str, Callable[[str], Any], str]] = {
     "task_kind": ("data.task", str, "classification or generation"),
     "validation_file": ("data.validation", str, "separate validation file"),
     "test_file": ("data.test", str, "separate test file"),
+    "shots": ("data.shots", int, "k-shot regime: K training + K validation rows per class"),
+    "data_seed": ("data.seed", int, "which k-shot sample --shots draws"),
     "method": ("method.name", str, "prompt method (see `softprompt methods`)"),
     "n_tokens": ("method.n_tokens", int, "number of virtual tokens"),
     "init": ("method.init", str, "random, vocab, text, labels or file"),
@@ -52,8 +59,8 @@ FLAGS: dict[str, tuple[str, Callable[[str], Any], str]] = {
     "template": ("task.template", _unescape, "template with one {text} slot (\\n is a newline)"),
     "verbalizer": (
         "task.verbalizer",
-        lambda raw: load_json_bounded(raw, "--verbalizer"),
-        'JSON: {"label": [" word", ...]}',
+        _verbalizer_flag,
+        'JSON: {"label": [" word", ...]}, or auto / auto:N (chosen from the training rows)',
     ),
     "head": ("task.head", str, "auto, verbalizer or linear"),
     "image_size": ("task.image_size", int, "images: square size in pixels (a patch multiple)"),

@@ -13,6 +13,7 @@ from typing import Any
 
 import yaml
 
+from softprompt.data.shots import check_shots
 from softprompt.errors import ConfigError
 from softprompt.train.config import TrainConfig
 from softprompt.validate import MAX_CONFIG_BYTES, check_expanded_size
@@ -29,6 +30,11 @@ class DataConfig:
     validation: str | None = None
     test: str | None = None
     labels: list[str] | None = None
+    shots: int | None = None  # K labelled rows per class (data/shots.py); None: every row
+    seed: int = 0  # which k-shot sample (--data-seed); the test split never changes
+
+    def __post_init__(self) -> None:
+        check_shots(self.shots)
 
 
 @dataclass
@@ -183,12 +189,18 @@ def _method(method: Any, found: _Found, where: str = "method") -> dict[str, Any]
 def _task(task: Any, found: _Found) -> dict[str, Any]:
     """Check task keys and types here so a typo is named before any model loads."""
     from softprompt.tasks import TaskConfig
+    from softprompt.tasks.auto_verbalizer import parse_auto
 
     if task is None:
         return {}
-    # a label's words may be one string or a list of them
-    hints = {"verbalizer": dict[str, str | list[str]] | None}
-    return found.add("task", TaskConfig, task, hints)
+    # a label's words may be one string or a list of them; "auto[:N]" chooses them
+    hints = {"verbalizer": dict[str, str | list[str]] | str | None}
+    checked = found.add("task", TaskConfig, task, hints)
+    try:
+        parse_auto(checked.get("verbalizer"))
+    except ConfigError as exc:
+        found.problems.append(str(exc))
+    return checked
 
 
 def _tasks(tasks: Any, found: _Found) -> list[dict[str, Any]]:

@@ -32,6 +32,7 @@ from softprompt.methods import (
 )
 from softprompt.promptfile import check_backbone, malformed, read_prompt_file, save_prompt_file
 from softprompt.tasks import TaskConfig, TaskOutput, build_task
+from softprompt.tasks.auto_verbalizer import resolve_verbalizer
 from softprompt.tasks.base import TemplatedTask
 from softprompt.tasks.generation import greedy_decode
 from softprompt.tasks.mixed import merge
@@ -416,6 +417,7 @@ def build_model(
     """A prompt model for `dataset`: `method` is {"name": ..., **options}; `task` holds the
     user's framing overrides on top of the dataset's built-in framing."""
     options = {k: v for k, v in method.items() if k != "name"}
+    task = resolve_verbalizer(backbone, dataset, task)  # verbalizer "auto": chosen words
     return PromptModel(
         backbone,
         task_config_for(dataset, task),

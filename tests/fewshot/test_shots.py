@@ -1,0 +1,79 @@
+"""The k-shot regime (data/shots.py): seeded, balanced, validation never in training."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+
+from softprompt.config import build_run_config
+from softprompt.data import Dataset, Example
+from softprompt.data.shots import few_shot_dataset, sample_shots
+from softprompt.errors import ConfigError, DataError
+
+LABELS = ["a", "b", "c"]
+
+
+def _rows(per_class: int = 20) -> list[Example]:
+    return [Example(f"text {label} {i}", label) for i in range(per_class) for label in LABELS]
+
+
+def test_shots_are_balanced_and_validation_the_same_size():
+    shots = sample_shots(_rows(), LABELS, 4, seed=0)
+    assert Counter(e.label for e in shots.train) == {"a": 4, "b": 4, "c": 4}
+    assert Counter(e.label for e in shots.validation) == {"a": 4, "b": 4, "c": 4}
+    assert len(shots.unlabelled) == 60 - 24
+
+
+def test_shots_are_seeded():
+    assert sample_shots(_rows(), LABELS, 4, seed=3) == sample_shots(_rows(), LABELS, 4, seed=3)
+    assert (
+        sample_shots(_rows(), LABELS, 4, seed=3).train
+        != sample_shots(_rows(), LABELS, 4, seed=4).train
+    )
+
+
+def test_validation_and_unlabelled_never_share_a_text_with_training():
+    rows = _rows() + [Example("text a 0", "a"), Example("text b 1", "b")]  # duplicates
+    for seed in range(10):
+        shots = sample_shots(rows, LABELS, 5, seed=seed)
+        train = {e.text for e in shots.train}
+        assert not train & {e.text for e in shots.validation}
+        assert not train & set(shots.unlabelled)
+        assert len(train) == len(shots.train)  # one row per distinct text
+
+
+def test_one_class_keeps_its_sample_when_another_class_changes():
+    more = _rows() + [Example(f"extra {i}", "c") for i in range(7)]
+    first, second = sample_shots(_rows(), LABELS, 3, seed=1), sample_shots(more, LABELS, 3, 1)
+    assert {e for e in first.train if e.label == "a"} == {e for e in second.train if e.label == "a"}
+
+
+def test_too_few_rows_for_a_class_names_it():
+    rows = [e for e in _rows() if e.label != "b"] + [Example("only b", "b")]
+    with pytest.raises(DataError, match=r"'b': 1.*lower --shots"):
+        sample_shots(rows, LABELS, 2)
+
+
+def test_few_shot_dataset_keeps_the_test_split():
+    data = Dataset("d", "classification", LABELS, _rows(), [Example("v", "a")], _rows(2))
+    few = few_shot_dataset(data, 2, seed=0)
+    assert few.test == data.test and len(few.train) == len(few.validation) == 6
+    assert few_shot_dataset(data, None) is data
+
+
+def test_generation_data_is_refused():
+    data = Dataset("g", "generation", [], _rows(), [], [])
+    with pytest.raises(ConfigError, match="classification dataset"):
+        few_shot_dataset(data, 2)
+
+
+@pytest.mark.parametrize("bad", [0, -3])
+def test_bad_shots_value_is_one_line(bad):
+    with pytest.raises(ConfigError, match=r"data.shots: must be a whole number >= 1"):
+        build_run_config({"data": {"shots": bad}})
+
+
+def test_config_keys_reach_the_data_config():
+    config = build_run_config({"data": {"shots": 8, "seed": 3}})
+    assert (config.data.shots, config.data.seed) == (8, 3)
