@@ -116,6 +116,15 @@ def test_bounded_json_reads_ordinary_values_and_names_bad_ones():
         load_json_bounded('"' + "x" * 100 + '"', "--task", max_chars=50)
 
 
+def test_json_depth_is_linear_on_escaped_quotes():
+    """A regex for JSON strings backtracks quadratically on this (20k: 16 s); the scan must not."""
+    text = '"' + '\\"' * 400_000  # one string that never closes, 800k characters
+    start = time.perf_counter()
+    assert json_depth(text) == 0
+    assert json_depth('["[", "\\\\", ["]"]]') == 2  # an escaped backslash ends before "
+    assert time.perf_counter() - start < 2
+
+
 @pytest.fixture
 def toy_csv(tmp_path) -> Path:
     path = tmp_path / "toy.csv"
