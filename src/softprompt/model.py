@@ -66,6 +66,9 @@ class PromptModel(nn.Module):
             file_embeddings=lambda path: prompt_embeddings(path, backbone),
         )
         self.method = build_method(method, self.method_options, context)
+        labels = getattr(self.method, "label_embeddings", None)  # learned label tokens (DART)
+        if labels is not None:
+            self.task.use_label_embeddings(labels)
         self.to(self.device)
         with torch.no_grad():  # a template whose slots the method cannot fill fails here
             self._check_positions(self.prompt())
@@ -145,7 +148,7 @@ class PromptModel(nn.Module):
         return {
             "method": {"name": self.method_name, "options": method_config},
             "task": self.task.config.to_dict(),
-            "backbone": {"name": self.backbone.name, "fingerprint": self.backbone.fingerprint},
+            "backbone": self.backbone.describe(),  # name, fingerprint, dtype, quantize
             "trainable_parameters": self.num_trainable(),
         }
 
@@ -297,16 +300,31 @@ class MultiTaskModel(nn.Module):
         return pieces
 
     def forward(self, batch: MixedBatch) -> MixedOutput:
+        extra = self.auxiliary_loss(batch) if self.training else 0.0
         if len(batch.parts) == 1:  # one task: no merging (any input kind, images too)
             name, part = batch.parts[0]
             part = to_device(part, self.device)
             out = self.models[name].task(self.injector, self.row_prompts(batch), part)
-            return MixedOutput(loss=out.loss, outputs={name: out})
+            return MixedOutput(loss=out.loss + extra, outputs={name: out})
         outputs = {}
         for (name, part), hidden in zip(batch.parts, self.hidden_states(batch), strict=True):
             task = self.models[name].task
             outputs[name] = task.score(self.injector, hidden, to_device(part, self.device))
-        return MixedOutput(loss=sum(o.loss for o in outputs.values()), outputs=outputs)
+        return MixedOutput(loss=sum(o.loss for o in outputs.values()) + extra, outputs=outputs)
+
+    def auxiliary_loss(self, batch: MixedBatch) -> torch.Tensor | float:
+        """The sum of the methods' own training objectives beyond the task loss (a method
+        offers one as `auxiliary_loss(injector, prompt, rows)`, e.g. DART's fluency loss),
+        over each task's rows; 0 when none has one. Added in training mode only, so
+        validation and test scores are the task's alone."""
+        total: torch.Tensor | float = 0.0
+        for name, part in batch.parts:
+            model = self.models[name]
+            objective = getattr(model.method, "auxiliary_loss", None)
+            if objective is not None:
+                rows = to_device(part, self.device)
+                total = total + objective(self.injector, model.prompt(), rows)
+        return total
 
     @torch.no_grad()
     def predict(self, pairs: list[tuple[str, str]]) -> list[dict[str, Any]]:

@@ -7,6 +7,10 @@ prompts of a batch runs once (prompts of one shape stacked into one call), and r
 theirs by index from the attention cache. Prompts of different lengths are left-padded
 to the longest with masked slots, and each row's real tokens take positions right after
 its own prompt, so every row's output equals the same row run alone (performance.md #1).
+
+The frozen model may be held in bf16/fp16 (`--dtype`) while prompts stay float32: the
+cast into the backbone happens here (`run_core` and where prompt K/V enter the cache),
+and what comes out (`embed`, `hidden_states`, `logits`, `token_kv`) is float32.
 """
 
 from __future__ import annotations
@@ -59,14 +63,23 @@ class CausalInjector:
         check_head(backbone, self.run_core)
 
     # -- the model's two ends ---------------------------------------------
+    @property
+    def dtype(self) -> torch.dtype:
+        """What the frozen model computes in; prompts are cast to it on the way in."""
+        return self.backbone.dtype
+
     def embed(self, ids: torch.Tensor) -> torch.Tensor:
-        return embed_tokens(self.backbone, ids)  # (..., d)
+        return embed_tokens(self.backbone, ids).float()  # (..., d) float32, the prompt side
 
     def logits(self, hidden: torch.Tensor, token_ids: torch.Tensor | None = None) -> torch.Tensor:
         return self.head(hidden, token_ids)  # (..., V or W)
 
     def run_core(self, *, cache: DynamicCache | None = None, **inputs):
-        """The transformer stack, with the cache passed under the installed version's name."""
+        """The transformer stack, with the cache passed under the installed version's name;
+        `inputs_embeds` is cast to the model's dtype (the boundary into the backbone)."""
+        embeds = inputs.get("inputs_embeds")
+        if embeds is not None and embeds.dtype != self.dtype:
+            inputs["inputs_embeds"] = embeds.to(self.dtype)
         if cache is not None:
             inputs[self._cache_kw] = cache
             inputs["use_cache"] = True
@@ -85,7 +98,7 @@ class CausalInjector:
             for layer in range(len(prompts[0].kv)):
                 keys = torch.stack([p.kv[layer][0] for p in prompts])  # (G, kvh, n_kv, hd)
                 values = torch.stack([p.kv[layer][1] for p in prompts])
-                cache.update(keys, values, layer)
+                cache.update(keys.to(self.dtype), values.to(self.dtype), layer)
         parts = []
         bos = self.backbone.spec.bos_token_id
         if bos is not None:
@@ -186,7 +199,7 @@ class CausalInjector:
             position_ids=positions,
             cache=prefix.cache,
         )
-        return out.last_hidden_state  # (B, T, d)
+        return out.last_hidden_state.float()  # (B, T, d)
 
     def _visibility_mask(self, sees: torch.Tensor, prefix_mask: torch.Tensor) -> torch.Tensor:
         """(B, T, T) bool -> (B, 1, T, m + T), each row's own prompt slots visible to its tokens.
@@ -217,7 +230,7 @@ class CausalInjector:
             position_ids=positions,
             cache=cache,
         )
-        return out.last_hidden_state
+        return out.last_hidden_state.float()  # (B, t, d)
 
     @torch.no_grad()
     def token_kv(self, embeds: torch.Tensor) -> tuple[tuple[torch.Tensor, torch.Tensor], ...]:
@@ -225,7 +238,7 @@ class CausalInjector:
 
         Run after BOS (when the tokenizer adds one) so the tokens see what they see in
         ordinary text; BOS's own K/V are dropped (a prompt's BOS comes after its prefix)."""
-        inputs = embeds.to(self.head.weight.dtype).unsqueeze(0)  # (1, n, d)
+        inputs = embeds.float().unsqueeze(0)  # (1, n, d); run_core casts it
         bos = self.backbone.spec.bos_token_id
         if bos is not None:
             bos_vec = self.embed(torch.tensor([[bos]], device=self.device))  # (1, 1, d)

@@ -7,6 +7,9 @@ shorter prompts get masked slots after theirs, and positions skip those slots, s
 row's output equals the same row run alone. Deep prompts (P-tuning v2, Liu et al.
 2022; prefix tuning on an encoder) are per-layer keys/values every token attends to,
 passed as the attention cache: they take no positions and produce no outputs.
+
+As for decoders, a backbone held in bf16/fp16 gets its inputs cast here and hands back
+float32 hidden states; prompts and everything trained stay float32.
 """
 
 from __future__ import annotations
@@ -32,8 +35,13 @@ class EncoderInjector:
     def device(self) -> torch.device:
         return self.backbone.input_embeddings().weight.device
 
+    @property
+    def dtype(self) -> torch.dtype:
+        """What the frozen encoder computes in; prompts are cast to it on the way in."""
+        return self.backbone.dtype
+
     def embed(self, ids: torch.Tensor) -> torch.Tensor:
-        return embed_tokens(self.backbone, ids)  # (..., d)
+        return embed_tokens(self.backbone, ids).float()  # (..., d) float32, the prompt side
 
     def logits(self, hidden: torch.Tensor, token_ids: torch.Tensor | None = None) -> torch.Tensor:
         raise ConfigError(
@@ -83,7 +91,7 @@ class EncoderInjector:
                 parts.append(
                     stacked.expand(batch, -1, -1, -1) if len(rows.prompts) == 1 else stacked[index]
                 )
-            cache.update(parts[0], parts[1], layer)  # (B, kvh, m, hd) each
+            cache.update(parts[0].to(self.dtype), parts[1].to(self.dtype), layer)  # (B, kvh, m, hd)
         lengths = torch.tensor([p.n_kv for p in rows.prompts], device=self.device)[index]  # (B,)
         mask = (torch.arange(m, device=self.device)[None] >= m - lengths[:, None]).long()
         return cache, mask  # (B, m)
@@ -112,6 +120,7 @@ class EncoderInjector:
             middle = valid.to(attention_mask.dtype)
             mask = torch.cat([attention_mask[:, :1], middle, attention_mask[:, 1:]], 1)
         positions = (mask.long().cumsum(-1) - 1).clamp(min=0)  # (B, n + T), masked slots skipped
+        embeds = embeds.to(self.dtype)  # the boundary into the frozen encoder
         prefix = self._kv_prefix(rows, batch)
         if prefix is None:
             out = self.model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions)
@@ -123,7 +132,7 @@ class EncoderInjector:
                 position_ids=positions,
                 cache=cache,
             )
-        hidden = out.last_hidden_state  # (B, n + T, d)
+        hidden = out.last_hidden_state.float()  # (B, n + T, d)
         return torch.cat([hidden[:, :1], hidden[:, 1 + n :]], dim=1)  # (B, T, d)
 
     def _with_prefix(self, mask: torch.Tensor, prefix_mask: torch.Tensor) -> torch.Tensor:
@@ -140,12 +149,12 @@ class EncoderInjector:
     def token_kv(self, embeds: torch.Tensor) -> tuple[tuple[torch.Tensor, torch.Tensor], ...]:
         """The encoder's own per-layer K/V of (n, d) embeddings after [CLS]: L x 2 x (h, n, hd)."""
         cls = self.backbone.spec.bos_token_id
-        inputs = embeds.to(self.backbone.input_embeddings().weight.dtype).unsqueeze(0)  # (1, n, d)
+        inputs = embeds.float().unsqueeze(0)  # (1, n, d)
         if cls is not None:
             front = self.embed(torch.tensor([[cls]], device=self.device))  # (1, 1, d)
             inputs = torch.cat([front, inputs], dim=1)  # (1, 1 + n, d)
         cache = DynamicCache(config=self.backbone.model.config)
-        self.model(inputs_embeds=inputs, cache=cache)
+        self.model(inputs_embeds=inputs.to(self.dtype), cache=cache)
         n = embeds.shape[0]
         return tuple(
             (layer.keys[0, :, -n:].float(), layer.values[0, :, -n:].float())

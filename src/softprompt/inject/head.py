@@ -8,6 +8,10 @@ Gemma 2/3 squash them with `final_logit_softcapping`. Reading `embed_tokens.weig
 or multiplying by the head matrix by hand silently gets these wrong, so every lookup
 and projection goes through here, and `check_head` compares against a plain forward
 once per backbone and refuses what it cannot reproduce.
+
+A backbone may be held in bf16/fp16 (`--dtype`): hidden states are cast to the head's
+dtype on the way in and logits come back as float32, so losses, softmaxes and the
+prompt's gradients are float32 whatever the frozen weights are held in.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from __future__ import annotations
 import weakref
 
 import torch
+import torch.nn.functional as F
 
 from softprompt.backbones import Backbone
 from softprompt.errors import BackboneError
@@ -42,10 +47,12 @@ class LMHead:
         self.softcap = getattr(config, "final_logit_softcapping", None)
 
     def __call__(self, hidden: torch.Tensor, token_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """(..., d) -> float32 (..., W): computed in the head's dtype, as the model does."""
         weight = self.weight if token_ids is None else self.weight[token_ids]  # (W, d)
-        logits = hidden @ weight.T  # (..., W)
+        bias = None
         if self.bias is not None:
-            logits = logits + (self.bias if token_ids is None else self.bias[token_ids])
+            bias = self.bias if token_ids is None else self.bias[token_ids]  # (W,)
+        logits = F.linear(hidden.to(weight.dtype), weight, bias).float()  # (..., W)
         if self.multiply is not None:
             logits = logits * self.multiply
         if self.divide is not None:
@@ -74,7 +81,9 @@ def check_head(backbone: Backbone, call_core) -> None:
     hidden = call_core(inputs_embeds=embed_tokens(backbone, ids)).last_hidden_state
     ours = LMHead(backbone)(hidden).float()
     gap = float((ours - reference).abs().max())
-    if gap > 1e-3 * (1.0 + float(reference.abs().max())):
+    # two roundings apart at most in a 16-bit dtype: its eps, not float32's 1e-3
+    tolerance = max(1e-3, 8 * torch.finfo(backbone.dtype).eps)
+    if gap > tolerance * (1.0 + float(reference.abs().max())):
         raise BackboneError(
             f"{backbone.name}: softprompt's path through this {backbone.spec.architecture} model "
             f"does not reproduce its own logits (max difference {gap:.3g}); scores would be "
