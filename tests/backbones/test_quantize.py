@@ -1,0 +1,139 @@
+"""Quantized frozen backbones (issue 19): int8 weight-only (torchao), NF4 (bitsandbytes).
+
+Tolerance, stated once: class probabilities within 0.02 of float32 with int8 weights
+(per-channel int8 keeps about 2-3 significant digits of each weight).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+import torch
+
+import softprompt.backbones._precision as precision
+from softprompt.backbones import load_backbone
+from softprompt.errors import BackboneError, ConfigError
+from softprompt.model import PromptModel
+from softprompt.promptfile import read_prompt_file
+
+TOLERANCE = 0.02
+TEXTS = ["the movie was good", "terrible and boring plot", "i loved it", "a waste of time"]
+
+needs_torchao = pytest.mark.skipif(
+    importlib.util.find_spec("torchao") is None,
+    reason="torchao not installed (pip install torchao)",
+)
+
+
+def _probabilities(model: PromptModel) -> torch.Tensor:
+    return torch.tensor(
+        [[p["scores"][k] for k in sorted(p["scores"])] for p in model.predict(TEXTS)]
+    )
+
+
+def _linear_weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {n: m.weight for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+
+
+@needs_torchao
+@pytest.mark.parametrize("family", ["llama", "bert"])
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_int8_scores_within_tolerance_and_fingerprint_of_the_source(
+    request, make_model, family, dtype
+):
+    folder = request.getfixturevalue(f"{family}_folder")
+    options = {"task": {"head": "linear"}} if family == "bert" else {}
+    full = load_backbone(str(folder))
+    small = load_backbone(str(folder), dtype=dtype, quantize="int8")
+    assert small.quantize == "int8" and small.fingerprint == full.fingerprint
+    weights = _linear_weights(small.model)
+    head = small.model.get_output_embeddings()
+    quantized = [n for n, w in weights.items() if type(w).__name__ != "Parameter"]
+    assert quantized and all(weights[n] is not getattr(head, "weight", None) for n in quantized)
+    assert type(small.input_embeddings().weight).__name__ == "Parameter"  # read row by row
+    reference = make_model(full, **options)
+    model = make_model(small, **options)
+    model.load_tensors(reference.state_dict(), source="test")
+    diff = (_probabilities(model) - _probabilities(reference)).abs().max()
+    assert float(diff) <= TOLERANCE + (0.03 if dtype == "bfloat16" else 0.0)
+
+
+@needs_torchao
+def test_int8_training_keeps_prompt_float32_and_backbone_unchanged(
+    llama_folder, make_model, toy_dataset
+):
+    backbone = load_backbone(str(llama_folder), quantize="int8")
+    before = {n: [t.clone() for t in _inner(w)] for n, w in _linear_weights(backbone.model).items()}
+    model = make_model(backbone)
+    params = model.trainable_parameters()
+    optimizer = torch.optim.AdamW(params, lr=0.1)
+    for _ in range(2):
+        loss = model(model.collate(toy_dataset.train[:4])).loss
+        optimizer.zero_grad()
+        loss.backward()
+        assert all(p.grad.dtype == torch.float32 and torch.isfinite(p.grad).all() for p in params)
+        assert all(float(p.grad.abs().sum()) > 0 for p in params)
+        optimizer.step()
+    after = {n: _inner(w) for n, w in _linear_weights(backbone.model).items()}
+    for name, tensors in before.items():
+        assert all(torch.equal(a, b) for a, b in zip(tensors, after[name], strict=True))
+
+
+def _inner(weight: torch.Tensor) -> list[torch.Tensor]:
+    """The plain tensors a (possibly torchao-quantized) weight is made of."""
+    if type(weight).__name__ == "Parameter":
+        return [weight.detach()]
+    names, _ = weight.__tensor_flatten__()
+    return [getattr(weight, n) for n in names]
+
+
+@needs_torchao
+def test_prompt_moves_between_int8_and_full_backbones(llama_folder, make_model, tmp_path):
+    """The fingerprint names the source weights, so a prompt trained on the int8 copy loads
+    on the float32 one and the other way round; the file says which it was trained on."""
+    small = load_backbone(str(llama_folder), quantize="int8")
+    full = load_backbone(str(llama_folder))
+    path = make_model(small).save(tmp_path / "int8.safetensors")
+    meta = read_prompt_file(path)[1]["backbone"]
+    assert (meta["quantize"], meta["dtype"]) == ("int8", "float32")
+    on_full = PromptModel.load(path, full)
+    back = make_model(full).save(tmp_path / "full.safetensors")
+    on_small = PromptModel.load(back, small)
+    assert on_full.backbone is full and on_small.backbone is small
+    diff = (_probabilities(on_full) - _probabilities(PromptModel.load(path, small))).abs().max()
+    assert float(diff) <= TOLERANCE
+
+
+def test_int8_without_torchao_names_the_install(llama_folder, monkeypatch):
+    monkeypatch.setattr(precision, "_installed", lambda module: False)
+    with pytest.raises(BackboneError, match="install it with: pip install torchao"):
+        load_backbone(str(llama_folder), quantize="int8")
+
+
+def test_nf4_without_cuda_is_refused(llama_folder, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(BackboneError, match="nf4 needs a CUDA GPU"):
+        load_backbone(str(llama_folder), quantize="nf4")
+
+
+def test_unknown_quantization_names_the_key(llama_folder):
+    with pytest.raises(ConfigError, match=r"backbone\.quantize: must be one of none, int8, nf4"):
+        load_backbone(str(llama_folder), quantize="int4")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="nf4 needs a CUDA GPU")
+def test_nf4_on_cuda(llama_folder, make_model, toy_dataset):
+    pytest.importorskip("bitsandbytes", reason="bitsandbytes not installed")
+    full = load_backbone(str(llama_folder))
+    small = load_backbone(str(llama_folder), dtype="bfloat16", quantize="nf4", device="cuda")
+    assert small.fingerprint == full.fingerprint and small.quantize == "nf4"
+    model = make_model(small)
+    loss = model(model.collate(toy_dataset.train[:4])).loss
+    loss.backward()
+    grads = [p.grad for p in model.trainable_parameters()]
+    assert all(g.dtype == torch.float32 and torch.isfinite(g).all() for g in grads)
+    reference = make_model(full)
+    reference.load_tensors(model.state_dict(), source="test")
+    diff = (_probabilities(model) - _probabilities(reference)).abs().max()
+    assert float(diff) <= 0.1  # 4-bit weights: a looser bound
