@@ -100,6 +100,7 @@ FLAG_DEFAULTS: dict[str, Any] = {
     "data.text_column": "text",
     "data.label_column": "label",
     "data.task": "classification",
+    "data.seed": 0,
     "method.name": "soft-prompt",
     "method.n_tokens": 20,
     "method.init": "vocab",
@@ -202,11 +203,28 @@ def _config_from_args(args: argparse.Namespace) -> Any:
     return build_run_config(values)
 
 
+def _print_split_summaries(config: Any) -> None:
+    """Rows per split and class, before any model loads: a wrong column shows at once."""
+    from softprompt.api import load_data
+    from softprompt.data import split_summary
+
+    for spec in config.task_specs():
+        title = spec.name if config.tasks else None
+        print(split_summary(load_data(spec.data), title), end="\n\n", flush=True)
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from softprompt.api import run
+    from softprompt.train import run_dir
 
     config = _config_from_args(args)
-    report = run(config, resume=args.resume or args.force_resume)
+    resume = args.resume or args.force_resume
+    # run() claims --out too (the lock is re-entrant): claiming here first keeps --out
+    # problems ahead of reading the data for the summary
+    with run_dir.claim(config.out, config.train, resume=resume):
+        if not resume and os.environ.get("RANK", "0") == "0":
+            _print_split_summaries(config)
+        report = run(config, resume=resume)
     if os.environ.get("RANK", "0") != "0":
         return 0
     print()
