@@ -20,6 +20,8 @@ METHODS = available_methods()
 UNSUPPORTED = {
     (m, b): f"{m} needs a vision backbone" for m in ("vpt-shallow", "vpt-deep") for b in BACKBONES
 }
+# DART learns the label tokens a verbalizer scores, and an encoder has no verbalizer
+UNSUPPORTED["dart", "tiny_bert"] = "dart learns label tokens"
 GRID = [(m, b) for m in METHODS for b in BACKBONES if (m, b) not in UNSUPPORTED]
 
 

@@ -18,6 +18,7 @@ from softprompt.methods.registry import (
 
 # Importing the modules registers them.
 from softprompt.methods import multitask_prompt, no_prompt, p_tuning, prefix_tuning, soft_prompt  # noqa: E402,F401  isort: skip
+from softprompt.methods import dart  # noqa: E402,F401  isort: skip
 from softprompt.methods import vpt_deep, vpt_shallow  # noqa: E402,F401  isort: skip
 
 __all__ = [

@@ -4,6 +4,12 @@ A method is an `nn.Module` built from a dataclass config and a `MethodContext`;
 `forward()` returns the `Prompt` it stands for (computed once per step, whatever the
 batch size: rows pick it by index, see inject/prompt.py). `flatten()` says how to
 serve it without training-only parts (an encoder, an MLP), or None when it is flat.
+
+Two optional hooks, each found with getattr so a method without them changes nothing:
+`auxiliary_loss(injector, prompt, rows) -> ()` is a training objective of the method's
+own, added to the task loss in training mode only (model.MultiTaskModel.forward; DART's
+fluency loss); `label_embeddings() -> (C, d)` gives learned output rows for the classes'
+label tokens, which the verbalizer then scores against (DART).
 """
 
 from __future__ import annotations

@@ -121,6 +121,14 @@ class Task(nn.Module):
         """Token ids of each label's first label word, for the `labels` prompt init."""
         return []
 
+    def use_label_embeddings(self, rows) -> None:
+        """Score classes against label-token rows a method learns (DART); only a task
+        that scores label words can."""
+        raise ConfigError(
+            "method: this method learns label tokens, which needs label words "
+            "(task.head verbalizer on a causal LM)"
+        )
+
     def zero_counts(self) -> list[float]:
         """`metric_counts` of nothing: every process sends a vector of this length."""
         return []

@@ -9,6 +9,7 @@ pass of the context (tasks/word_tree.py).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -19,6 +20,7 @@ from softprompt.backbones import Backbone
 from softprompt.data import Example
 from softprompt.errors import ConfigError
 from softprompt.inject import Injector
+from softprompt.inject.label_words import label_logits
 from softprompt.metrics import class_counts, metrics_from_counts
 from softprompt.tasks.base import (
     TaskConfig,
@@ -100,6 +102,7 @@ class VerbalizerTask(ClassificationTask):
         self.single_token = all(len(ids) == 1 for ws in self.word_ids for ids in ws)
         self.first_tokens = [ids[0] for ws in self.word_ids for ids in ws]  # (W,)
         self.tree = WordTree([ids for ws in self.word_ids for ids in ws])
+        self.label_rows: Callable[[], torch.Tensor] | None = None  # see use_label_embeddings
 
     def _ids(self, word: str) -> list[int]:
         ids = self.tokenizer(word, add_special_tokens=False)["input_ids"]
@@ -111,6 +114,13 @@ class VerbalizerTask(ClassificationTask):
 
     def label_token_ids(self) -> list[list[int]]:
         return [ws[0] for ws in self.word_ids]
+
+    def use_label_embeddings(self, rows: Callable[[], torch.Tensor]) -> None:
+        """Score class c by its label token's output row `rows()[c]` (C, d), learned by the
+        method (DART), instead of the label words' frozen rows: one token per class, the
+        first token of its first word. Every scoring path (training, mixed batches,
+        serving) goes through `score`, so they all see the learned rows."""
+        self.label_rows = rows
 
     # -- collation ---------------------------------------------------------
     def collate(self, examples: list[Example]) -> dict[str, torch.Tensor]:
@@ -131,6 +141,11 @@ class VerbalizerTask(ClassificationTask):
         self, injector: Injector, hidden: torch.Tensor, batch: dict[str, torch.Tensor]
     ) -> TaskOutput:
         rows = torch.arange(hidden.shape[0], device=hidden.device)
+        if self.label_rows is not None:
+            answer = hidden[rows, batch["answer_index"]]  # (B, d)
+            firsts = [ids[0] for ids in self.label_token_ids()]  # (C,)
+            scores = label_logits(injector.backbone, answer, self.label_rows(), firsts)
+            return class_loss(scores, batch)  # (B, C)
         if self.single_token:
             answer = hidden[rows, batch["answer_index"]]  # (B, d)
             words = torch.tensor(self.first_tokens, device=hidden.device)  # (W,)
