@@ -43,6 +43,8 @@ def _verbalizer_flag(raw: str) -> Any:
 # flag -> dotted config key; one table so flags and YAML keys never drift apart
 FLAGS: dict[str, tuple[str, Callable[[str], Any], str]] = {
     "backbone": ("backbone", str, "built-in name, HF model folder or .gguf file"),
+    "dtype": ("backbone.dtype", str, "frozen weights: auto, float32, bfloat16 or float16"),
+    "quantize": ("backbone.quantize", str, "frozen weights: none, int8 (torchao), nf4 (CUDA)"),
     "dataset": ("data.source", str, "built-in name, .csv/.jsonl/.json/.parquet or datasets dir"),
     "text_column": ("data.text_column", str, "text column of a user file"),
     "label_column": ("data.label_column", str, "label (or target text) column of a user file"),
@@ -242,7 +244,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from softprompt.evaluate import evaluate
 
     first = args.prompt[0]
-    model = load_prompt(first, args.backbone)
+    model = load_prompt(first, _backbone_arg(args, first))
     meta = _meta(first)
     # default: the data the prompt was trained on (path and columns included)
     trained = dict(meta.get("run", {}).get("data") or {"source": meta.get("dataset")})
@@ -284,6 +286,26 @@ def _eval_ensemble(args: argparse.Namespace, first: Any, examples: list, source:
     return 0
 
 
+def _add_precision_flags(parser: argparse.ArgumentParser) -> None:
+    """--dtype / --quantize: how the frozen backbone is held (softprompt.backbones)."""
+    parser.add_argument("--dtype", default=None, choices=["auto", "float32", "bfloat16", "float16"],
+                        help="frozen weights' dtype (auto: float32 on CPU, bf16 on CUDA)")  # fmt: skip
+    parser.add_argument("--quantize", default=None, choices=["none", "int8", "nf4"],
+                        help="quantize the frozen weights: int8 (torchao) or nf4 (CUDA)")  # fmt: skip
+
+
+def _backbone_arg(args: argparse.Namespace, prompt: str | None = None) -> Any:
+    """--backbone as given, or with --dtype/--quantize the backbone loaded that way (named
+    by --backbone, else by the prompt file). A prompt loads under any dtype: the fingerprint
+    names the source weights."""
+    if not (getattr(args, "dtype", None) or getattr(args, "quantize", None)):
+        return args.backbone
+    from softprompt.backbones import load_backbone
+
+    name = args.backbone or (_meta(prompt)["backbone"]["name"] if prompt else "smollm2-135m")
+    return load_backbone(name, dtype=args.dtype or "auto", quantize=args.quantize)
+
+
 def _meta(path: str) -> dict[str, Any]:
     from softprompt.model import load_prompt_meta
 
@@ -304,7 +326,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     blank = [i for i, text in enumerate(texts, start=1) if not text.strip()]
     if blank:
         raise ConfigError(f"predict: text {blank[0]} is empty; give some text to label")
-    model = load_prompt(args.prompt, args.backbone)
+    model = load_prompt(args.prompt, _backbone_arg(args, args.prompt))
     for text, prediction in zip(texts, model.predict(texts), strict=True):
         key = "image" if model.backbone.spec.kind == "vision" else "text"
         print(json.dumps({key: text, **_answer(prediction)}, ensure_ascii=False))
@@ -342,7 +364,7 @@ def _predict_tasks(args: argparse.Namespace) -> int:
     raw = ([args.prompt] if args.prompt else []) + list(args.texts)
     raw = raw or [line.rstrip("\n") for line in sys.stdin if line.strip()]
     pairs = [_split_pair(item, "input") for item in raw]
-    model = load_prompts(paths, args.backbone)
+    model = load_prompts(paths, _backbone_arg(args, next(iter(paths.values()), None)))
     for (task, text), prediction in zip(pairs, model.predict(pairs), strict=True):
         prediction.pop("task")
         print(json.dumps({"task": task, "text": text, **_answer(prediction)}, ensure_ascii=False))
@@ -360,7 +382,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         return cmd_export_peft(args)
     check_out_file(args.out, "--out")  # before the backbone loads
     refuse_existing(Path(args.out), "--out", overwrite=args.overwrite)
-    out = export_prompt(args.prompt, args.out, args.backbone)
+    out = export_prompt(args.prompt, args.out, _backbone_arg(args, args.prompt))
     before, after = os.path.getsize(args.prompt), os.path.getsize(out)
     print(f"{out}: {after:,} bytes (was {before:,})")
     return 0
@@ -442,7 +464,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     data = run.load_search_data(args.dataset, args.text_column, args.label_column)
     if args.project:
         metrics = ["cosine", "l2"] if args.project_metric == "both" else [args.project_metric]
-        backbone = load_backbone(args.backbone) if args.backbone else None
+        backbone = _backbone_arg(args) if args.backbone else None
         out = Path(args.out) if args.out else None
         print(run.run_projection(args.project, backbone, data, metrics=metrics,
                                  examples=args.test_examples, out=out))  # fmt: skip
@@ -460,7 +482,9 @@ def cmd_search(args: argparse.Namespace) -> int:
         options[key] = value
     if args.optimizer:
         options["optimizer"] = args.optimizer
-    backbone = load_backbone(args.backbone or "smollm2-135m")
+    backbone = load_backbone(
+        args.backbone or "smollm2-135m", dtype=args.dtype or "auto", quantize=args.quantize
+    )
     outcome = run.run_search(
         backbone, data, task_config_for(data, overrides), method=args.method,
         budget=args.budget, seed=args.seed, examples=args.examples,
@@ -508,6 +532,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     evaluate.add_argument("prompt", nargs="+", help="prompt file(s); several form an ensemble")
     evaluate.add_argument("--backbone", default=None)
+    _add_precision_flags(evaluate)
     evaluate.add_argument("--dataset", default=None, help="default: the dataset it was trained on")
     evaluate.add_argument("--split", default="test", choices=["train", "validation", "test"])
     evaluate.add_argument("--text-column", default=None, help="default: as in training")
@@ -523,6 +548,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="texts or image files, or TASK=TEXT with --task (default: lines on stdin)",
     )
     predict.add_argument("--backbone", default=None)
+    _add_precision_flags(predict)
     predict.add_argument(
         "--task",
         action="append",
@@ -537,6 +563,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("prompt")
     export.add_argument("--out", required=True, help="where to write the flat prompt file")
     export.add_argument("--backbone", default=None)
+    _add_precision_flags(export)
     export.add_argument("--format", default="softprompt", choices=["softprompt", "peft"],
                         help="peft: a PEFT adapter folder at --out (PeftModel.from_pretrained)")  # fmt: skip
     export.add_argument("--overwrite", action="store_true",
@@ -551,6 +578,7 @@ def build_parser() -> argparse.ArgumentParser:
     found = sub.add_parser("search", help="search discrete prompts; --project a soft prompt")
     found.add_argument("--dataset", default="movie-sentiment", help="built-in name or data path")
     found.add_argument("--backbone", default=None, help="default smollm2-135m")
+    _add_precision_flags(found)
     found.add_argument("--method", default="greedy-edit",
                        help="autoprompt, opro, rlprompt, random-edit or greedy-edit")  # fmt: skip
     found.add_argument("--budget", type=int, default=50, help="candidate evaluations")

@@ -47,6 +47,20 @@ class TaskSpec:
     task: dict[str, Any]
 
 
+BACKBONE_DTYPES = ("auto", "float32", "bfloat16", "float16")  # backbones/_precision.py
+BACKBONE_QUANTIZE = ("none", "int8", "nf4")
+
+
+@dataclass
+class BackboneConfig:
+    """`backbone:` as a mapping: which backbone and how its frozen weights are held.
+    `backbone: NAME` is short for `backbone: {name: NAME}`."""
+
+    name: str = "smollm2-135m"
+    dtype: str = "auto"  # auto = float32 on CPU, bf16 on CUDA (see backbones/_precision.py)
+    quantize: str = "none"  # int8 (torchao) or nf4 (bitsandbytes, CUDA)
+
+
 BASELINE_KINDS = ("lora", "full")  # RunConfig.compare; recipes.baselines trains them
 
 
@@ -64,8 +78,18 @@ class RunConfig:
     tasks: list[TaskSpec] | None = None  # several tasks at once; then data/method/task unused
     # baselines that tune the backbone itself, trained with the same config as report rows
     compare: list[str] = field(default_factory=list)  # "lora", "full" (recipes/baselines.py)
+    backbone_dtype: str = "auto"  # written `backbone: {dtype: ...}` (BackboneConfig)
+    backbone_quantize: str = "none"
 
     def __post_init__(self) -> None:
+        for key, value, choices in (
+            ("dtype", self.backbone_dtype, BACKBONE_DTYPES),
+            ("quantize", self.backbone_quantize, BACKBONE_QUANTIZE),
+        ):
+            if value not in choices:
+                raise ConfigError(
+                    f"backbone.{key}: must be one of {', '.join(choices)}, got {value!r}"
+                )
         wrong = [c for c in self.compare if c not in BASELINE_KINDS]
         if wrong:
             raise ConfigError(
@@ -85,7 +109,14 @@ class RunConfig:
 
 
 _SECTIONS = {"data": DataConfig, "train": TrainConfig}
-_TOP_LEVEL = {"backbone": str, "out": str, "baseline": bool, "compare": list[str]}
+_TOP_LEVEL = {
+    "backbone": str,
+    "out": str,
+    "baseline": bool,
+    "compare": list[str],
+    "backbone_dtype": str,
+    "backbone_quantize": str,
+}
 
 
 def build_run_config(values: dict[str, Any]) -> RunConfig:
@@ -111,6 +142,7 @@ def build_run_config(values: dict[str, Any]) -> RunConfig:
     values["method"] = _method(values.get("method"), found)
     values["task"] = _task(values.get("task"), found)
     tasks = _tasks(values["tasks"], found) if values.get("tasks") is not None else None
+    values.update(_backbone(values.pop("backbone", None), found))
     for key, kind in _TOP_LEVEL.items():
         if key in values:
             try:
@@ -184,6 +216,15 @@ def _method(method: Any, found: _Found, where: str = "method") -> dict[str, Any]
         found.problems.append(where + str(exc)[len("method") :])
         return {"name": name, **method}
     return {"name": name, **found.add(where, config_class, method)}
+
+
+def _backbone(backbone: Any, found: _Found) -> dict[str, Any]:
+    """`backbone: NAME` or `backbone: {name, dtype, quantize}` -> RunConfig's fields."""
+    if not isinstance(backbone, dict):
+        return {} if backbone is None else {"backbone": backbone}
+    checked = found.add("backbone", BackboneConfig, backbone)
+    fields = {f"backbone_{k}": v for k, v in checked.items() if k != "name"}
+    return {**fields, "backbone": checked.get("name", BackboneConfig.name)}
 
 
 def _task(task: Any, found: _Found) -> dict[str, Any]:
@@ -274,6 +315,9 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
 def set_dotted(values: dict[str, Any], dotted: str, value: Any) -> None:
     """`train.lr` = 0.1 -> values['train']['lr'] = 0.1 (creating sections)."""
     *parents, leaf = dotted.split(".")
+    if dotted == "backbone" and isinstance(values.get("backbone"), dict):
+        values["backbone"]["name"] = value  # --backbone over a YAML mapping keeps its dtype
+        return
     node = values
     for key in parents:
         if isinstance(node.get(key), str):

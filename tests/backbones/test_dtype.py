@@ -413,3 +413,60 @@ def test_split_gguf_builtin_assembles_its_parts_once(tmp_path, home, monkeypatch
     (folders["fake_part2"] / "data" / "part02.bin").write_bytes(b"short")
     with pytest.raises(BackboneError, match="expected"):
         load_backbone("fake-split")
+
+
+# --- the command line and the config ------------------------------------------------------
+
+
+def _toy_csv(path: Path) -> Path:
+    rows = [("the movie was good and fun", "positive"), ("a bad and boring plot", "negative")]
+    lines = ["text,label"] + [f"{rows[i % 2][0]} {i},{rows[i % 2][1]}" for i in range(24)]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_cli_trains_in_bf16_and_scores_in_another_dtype(llama_folder, tmp_path, capsys):
+    from softprompt.cli import main
+    from softprompt.train.loop import PROMPT_FILE
+
+    data, out = _toy_csv(tmp_path / "toy.csv"), tmp_path / "run"
+    argv = ["train", "--backbone", str(llama_folder), "--dataset", str(data), "--n-tokens", "2",
+            "--steps", "2", "--eval-every", "2", "--batch-size", "4", "--no-baseline",
+            "--template", "review : {text} sentiment :", "--out", str(out)]  # fmt: skip
+    assert main([*argv, "--dtype", "half"]) == 2
+    assert (
+        "backbone.dtype: must be one of auto, float32, bfloat16, float16" in capsys.readouterr().err
+    )
+    assert main([*argv, "--dtype", "bfloat16"]) == 0
+    prompt = out / PROMPT_FILE
+    assert read_prompt_file(prompt)[1]["backbone"]["dtype"] == "bfloat16"
+    capsys.readouterr()
+    assert main(["eval", str(prompt), "--dtype", "float32", "--batch-size", "8"]) == 0
+    assert 0.0 <= json.loads(capsys.readouterr().out)["accuracy"] <= 1.0
+    assert main(["predict", str(prompt), "the movie was good", "--dtype", "bfloat16"]) == 0
+    assert set(json.loads(capsys.readouterr().out)["scores"]) == {"negative", "positive"}
+
+
+def test_config_backbone_mapping_and_flags():
+    from softprompt.config import build_run_config, set_dotted
+
+    config = build_run_config({"backbone": {"name": "x", "dtype": "bfloat16", "quantize": "int8"}})
+    assert (config.backbone, config.backbone_dtype, config.backbone_quantize) == (
+        "x",
+        "bfloat16",
+        "int8",
+    )
+    assert build_run_config({"backbone": "y"}).backbone_dtype == "auto"
+    values = {"backbone": {"name": "x", "dtype": "bfloat16"}}
+    set_dotted(values, "backbone", "z")  # --backbone over a YAML mapping keeps its dtype
+    assert build_run_config(values).backbone_dtype == "bfloat16"
+    values = {"backbone": "x"}
+    set_dotted(values, "backbone.quantize", "int8")  # --quantize over `backbone: NAME`
+    assert (build_run_config(values).backbone, build_run_config(values).backbone_quantize) == (
+        "x",
+        "int8",
+    )
+    with pytest.raises(ConfigError, match=r"backbone\.quantize: must be one of none, int8, nf4"):
+        build_run_config({"backbone": {"quantize": "int4"}})
+    with pytest.raises(ConfigError, match="unknown config key"):
+        build_run_config({"backbone": {"dtpye": "bfloat16"}})

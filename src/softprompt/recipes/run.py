@@ -125,7 +125,12 @@ def run(config: RunConfig, *, resume: bool = False, progress: bool = True) -> Ru
     specs = config.task_specs()
     # first: a bad data file fails before the model loads
     data = {s.name: load_data(s.data) for s in specs}
-    backbone = load_backbone(config.backbone)
+    backbone = load_backbone(
+        config.backbone,
+        dtype=config.backbone_dtype,
+        quantize=config.backbone_quantize,
+        device=device,
+    )
     backbone.model.to(device)
     out_dir = Path(config.out)
     model = build_models(backbone, specs, data)

@@ -80,6 +80,10 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
         help="store folder [$SOFTPROMPT_STORE or ~/.cache/softprompt/store]",
     )
     serve.add_argument("--backbone", default=None, help="default: the one the stored prompts name")
+    serve.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                       help="frozen weights' dtype (auto: float32 on CPU, bf16 on CUDA)")  # fmt: skip
+    serve.add_argument("--quantize", default=None, choices=["none", "int8", "nf4"],
+                       help="quantize the frozen weights: int8 (torchao) or nf4 (CUDA)")  # fmt: skip
     serve.add_argument("--host", default="127.0.0.1", help="bind address (default loopback only)")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--device", default="cpu", help="auto, cpu, cuda, cuda:N or mps")
@@ -132,7 +136,12 @@ def run_serve(args: argparse.Namespace) -> int:
         if getattr(args, flag) < 0:
             raise ConfigError(f"--{flag.replace('_', '-')}: must be >= 0")
     store = PromptStore(args.store or default_store())
-    backbone = load_backbone(_backbone_name(store, args.backbone))
+    backbone = load_backbone(
+        _backbone_name(store, args.backbone),
+        dtype=args.dtype,
+        quantize=args.quantize,
+        device=device,
+    )
     backbone.model.to(device)
     engine = Engine(
         backbone,
