@@ -63,10 +63,10 @@ def test_text_budget_is_applied_as_in_the_task(llama):
     assert score.loss == pytest.approx(reference["loss"], abs=1e-5)
 
 
-def test_multi_token_label_words_are_refused_by_name(llama):
-    with pytest.raises(ConfigError, match="single-token"):
-        Verbalizer.build(list(LABELS), {"negative": [" very bad"], "positive": [" good"]},
-                         llama.tokenizer)  # fmt: skip
+def test_empty_label_words_are_refused_by_name(llama):
+    # multi-token words are scored as training scores them: test_search_multiword.py
+    with pytest.raises(ConfigError, match="a label word of 'negative' has no tokens"):
+        Verbalizer.build(list(LABELS), {"negative": [""], "positive": [" good"]}, llama.tokenizer)
 
 
 def test_encoder_backbones_are_refused(bert):

@@ -8,7 +8,11 @@ call each. A candidate is a template cut at its `{text}` slot into token ids
 
 and scored exactly as `VerbalizerTask` scores it (label-word logits at the last
 token, log-sum-exp per class, cross-entropy over classes), so accuracy and loss
-equal `softprompt.evaluate.evaluate` on a `none` prompt with that template.
+equal `softprompt.evaluate.evaluate` on a `none` prompt with that template. Label
+words of several tokens are scored as training scores them (tasks/word_tree.py): the
+sum of their tokens' log-probabilities, read by scoring each candidate once more per
+word prefix (its tail extended by the word's first tokens), so a multi-word verbalizer
+that `train` accepts is searched with the same numbers.
 
 Two layouts, both a three-level tree run through the attention cache:
 
@@ -34,7 +38,8 @@ at the index it has in its own unpadded row.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 
 import torch
 import torch.nn.functional as F
@@ -49,6 +54,8 @@ from softprompt.inject.packing import pack_rows
 from softprompt.inject.prompt import attention_mask
 from softprompt.tasks.classification import check_distinct_words
 from softprompt.tasks.template import Template
+
+Readout = Callable[[torch.Tensor], torch.Tensor]  # (R, d) answer states -> (R, K) scores
 
 
 @dataclass(frozen=True)
@@ -87,37 +94,81 @@ class Score:
 
 @dataclass
 class Verbalizer:
-    """Single-token label words per class, as `VerbalizerTask` reads them."""
+    """Label words per class, as `VerbalizerTask` reads them.
+
+    `word_ids` holds each word's first token (all a word has when every word is one
+    token: scored by its logit, as training's single-token path). `sequences` holds
+    every word's tokens; when some word has several, each word scores the sum of its
+    tokens' full-vocabulary log-probabilities, as training's word tree does."""
 
     labels: list[str]
-    word_ids: list[list[int]]  # class -> one id per label word
+    word_ids: list[list[int]]  # class -> first token id of each label word
+    sequences: list[list[list[int]]] = field(default_factory=list)  # class -> word -> ids
+
+    def __post_init__(self) -> None:
+        if not self.sequences:
+            self.sequences = [[[i] for i in ids] for ids in self.word_ids]
+        self.single_token = all(len(w) == 1 for ws in self.sequences for w in ws)
+        words = [w for ws in self.sequences for w in ws]
+        # the distinct word prefixes a candidate is extended by, and every word token
+        self.steps = list(dict.fromkeys(tuple(w[:j]) for w in words for j in range(len(w))))
+        self.tokens = sorted({t for w in words for t in w})
 
     @classmethod
     def build(cls, labels: list[str], words: dict[str, list[str]] | None, tokenizer) -> Verbalizer:
         words = words or {label: [" " + label] for label in labels}
-        word_ids = []
+        sequences = []
         for label in labels:
             ids = [tokenizer(w, add_special_tokens=False)["input_ids"] for w in words[label]]
-            if any(len(i) != 1 for i in ids):
+            if any(not i for i in ids):
                 raise ConfigError(
-                    f"task.verbalizer: search scores single-token label words; {label!r} has "
-                    f"{words[label]!r}; pick words of one token each"
+                    f"task.verbalizer: a label word of {label!r} has no tokens "
+                    f"({words[label]!r}); give non-empty words"
                 )
-            word_ids.append([i[0] for i in ids])
-        sequences = [[[i] for i in class_ids] for class_ids in word_ids]  # one token each
+            sequences.append(ids)
         check_distinct_words(labels, [words[label] for label in labels], sequences)
-        return cls(labels=list(labels), word_ids=word_ids)
+        word_ids = [[ids[0] for ids in class_ids] for class_ids in sequences]
+        return cls(labels=list(labels), word_ids=word_ids, sequences=sequences)
 
     def class_scores(self, hidden: torch.Tensor, head: LMHead) -> torch.Tensor:
         """(R, d) answer states -> (R, C) class scores (log-sum-exp over each class's words),
-        through the model's own output head (bias, scaling and soft-capping included)."""
+        through the model's own output head (bias, scaling and soft-capping included).
+        With multi-token words this reads first tokens only (AutoPrompt's gradient
+        signal); `CandidateScorer` scores whole words."""
         flat = [i for ids in self.word_ids for i in ids]
         logits = head(hidden, torch.tensor(flat, device=hidden.device))  # (R, W)
+        return self.per_class(logits)
+
+    def per_class(self, word_scores: torch.Tensor) -> torch.Tensor:
+        """(..., W) scores of all label words -> (..., C): log-sum-exp over each class's."""
         per_class, start = [], 0
         for ids in self.word_ids:
-            per_class.append(logits[:, start : start + len(ids)].logsumexp(-1))
+            per_class.append(word_scores[..., start : start + len(ids)].logsumexp(-1))
             start += len(ids)
-        return torch.stack(per_class, dim=-1)  # (R, C)
+        return torch.stack(per_class, dim=-1)  # (..., C)
+
+    def token_log_probs(self, hidden: torch.Tensor, head: LMHead, rows: int = 512) -> torch.Tensor:
+        """(R, d) -> (R, U) full-vocabulary log-probabilities of the word tokens
+        (`self.tokens`), `rows` at a time so the (rows, V) logits stay small."""
+        index = torch.tensor(self.tokens, device=hidden.device)
+        parts = [
+            head(hidden[i : i + rows]).log_softmax(-1)[:, index]  # (rows, U)
+            for i in range(0, hidden.shape[0], rows)
+        ]
+        return torch.cat(parts)
+
+    def word_sums(self, step_scores: torch.Tensor) -> torch.Tensor:
+        """(N, P, B, U) token log-probs after each word prefix -> (N, B, C) class scores:
+        each word sums its tokens' log-probs, each class log-sum-exps its words."""
+        step = {prefix: p for p, prefix in enumerate(self.steps)}
+        column = {token: u for u, token in enumerate(self.tokens)}
+        words = []
+        for word in (w for ws in self.sequences for w in ws):
+            terms = [
+                step_scores[:, step[tuple(word[:j])], :, column[t]] for j, t in enumerate(word)
+            ]
+            words.append(torch.stack(terms).sum(0))  # (N, B)
+        return self.per_class(torch.stack(words, dim=-1))  # (N, B, C)
 
 
 @dataclass
@@ -180,20 +231,35 @@ class CandidateScorer:
     def class_scores(self, candidates: list[Candidate]) -> torch.Tensor:
         """(N, B, C) class scores of every candidate on every example (not counted).
 
+        Multi-token label words: every candidate runs once per word prefix (its tail
+        extended by it), and each word sums the log-probs of its tokens read there."""
+        verbalizer = self.verbalizer
+        if verbalizer.single_token:
+            return self._answers(candidates, self._to_classes, len(verbalizer.labels))
+        extended = [replace(c, suffix=c.suffix + p) for c in candidates for p in verbalizer.steps]
+        read = lambda hidden: verbalizer.token_log_probs(hidden, self.lm_head)  # noqa: E731
+        scores = self._answers(extended, read, len(verbalizer.tokens))  # (N * P, B, U)
+        return verbalizer.word_sums(
+            scores.view(len(candidates), len(verbalizer.steps), *scores.shape[1:])
+        )
+
+    def _answers(self, candidates: list[Candidate], read: Readout, width: int) -> torch.Tensor:
+        """(N, B, width): `read` of every candidate's answer state on every example.
+
         Candidates that differ only after the text share each length-sorted example
         group's text pass; otherwise they go in chunks of at most
         `max_rows // example_group` candidates, each candidate's own prefix running
         once per chunk and its pairs with every example packed after it."""
-        out = torch.empty(len(candidates), len(self.examples), len(self.verbalizer.labels))
+        out = torch.empty(len(candidates), len(self.examples), width)
         if self._tails_differ_only(candidates):
             for group in self.groups:
                 examples = [self.examples[i] for i in group]
-                out[:, torch.tensor(group)] = self._tail_group(candidates, examples)
+                out[:, torch.tensor(group)] = self._tail_group(candidates, examples, read)
             return out
         size = max(1, self.max_rows // self.example_group)
         for start in range(0, len(candidates), size):
             chunk = candidates[start : start + size]
-            out[start : start + len(chunk)] = self._pairs(self._heads(chunk), chunk)
+            out[start : start + len(chunk)] = self._pairs(self._heads(chunk), chunk, read)
         return out
 
     @staticmethod
@@ -204,12 +270,14 @@ class CandidateScorer:
         same_front = all(c.prefix == first.prefix and c.lead == first.lead for c in candidates)
         return same_front and all(c.suffix for c in candidates)
 
-    def _tail_group(self, candidates: list[Candidate], examples: list[Example]) -> torch.Tensor:
+    def _tail_group(
+        self, candidates: list[Candidate], examples: list[Example], read: Readout
+    ) -> torch.Tensor:
         texts = self._texts(candidates[0], examples)  # once for every candidate
         width = max(len(c.suffix) for c in candidates)
         per_row = max(1, self.max_tail_tokens // width)  # tails side by side in one row
         chunks = _chunks(candidates, per_row)
-        return torch.cat([self._tails(texts, chunk, len(examples)) for chunk in chunks])
+        return torch.cat([self._tails(texts, chunk, len(examples), read) for chunk in chunks])
 
     def _summary(self, scores: torch.Tensor) -> Score:
         loss = F.cross_entropy(scores, self.targets).item()
@@ -224,7 +292,7 @@ class CandidateScorer:
         stem = self._run(None, [list(self.bos) + list(common)])
         return self._run(stem, [list(c.prefix[len(common) :]) for c in candidates])
 
-    def _pairs(self, heads: _Stage, candidates: list[Candidate]) -> torch.Tensor:
+    def _pairs(self, heads: _Stage, candidates: list[Candidate], read: Readout) -> torch.Tensor:
         """Text + tail of every (candidate, example) pair after its candidate's prefix:
         (N, B, C). One candidate's pairs go end to end in packed rows; a token sees its
         candidate's prefix and the earlier tokens of its own pair, at the positions it
@@ -242,7 +310,7 @@ class CandidateScorer:
             part = rows[start : start + self.max_packed_rows]
             hidden, where = self._packed(heads, bodies, part)
             answer[[j * b + i for j, i in where]] = hidden
-        return self._to_classes(answer).view(n, b, -1)  # (N, B, C)
+        return read(answer).view(n, b, -1)  # (N, B, C)
 
     def _packed(
         self, heads: _Stage, bodies: list[list[list[int]]], rows: list[tuple[int, list[int]]]
@@ -289,7 +357,9 @@ class CandidateScorer:
         front = list(self.bos) + list(first.prefix)  # short: one pass with the texts
         return self._run(None, [front + self.body(first.lead, e.text) for e in examples])
 
-    def _tails(self, texts: _Stage, candidates: list[Candidate], b: int) -> torch.Tensor:
+    def _tails(
+        self, texts: _Stage, candidates: list[Candidate], b: int, read: Readout
+    ) -> torch.Tensor:
         """Every candidate's tail after each example's text, side by side in one row: (N, B, C).
 
         Row e holds tail 1, tail 2, ... after text e's cached keys/values; a visibility
@@ -316,7 +386,7 @@ class CandidateScorer:
         ).last_hidden_state  # (B, N * L, d)
         last = torch.tensor([i * width + len(c.suffix) - 1 for i, c in enumerate(candidates)])
         answer = out[:, last]  # (B, N, d)
-        return self._to_classes(answer.reshape(b * n, -1)).view(b, n, -1).transpose(0, 1)
+        return read(answer.reshape(b * n, -1)).view(b, n, -1).transpose(0, 1)
 
     def _attention_mask(self, visible: torch.Tensor) -> torch.Tensor:
         """Bool for SDPA (True = attend), additive float for eager attention."""
