@@ -17,6 +17,7 @@ from softprompt.tasks.auto_verbalizer import (
     assign,
     parse_auto,
     resolve_verbalizer,
+    without_slots,
 )
 
 PLANTED = {"negative": "no", "positive": "yes"}
@@ -96,9 +97,15 @@ def test_a_class_without_rows_is_named(llama):
         resolve_verbalizer(llama, data, {"template": TEMPLATE, "verbalizer": "auto"})
 
 
-def test_slot_templates_and_linear_heads_are_refused(llama, bert, toy_dataset):
-    with pytest.raises(ConfigError, match="virtual-token slots"):
-        resolve_verbalizer(llama, toy_dataset, {"template": "{p:2} {text}", "verbalizer": "auto"})
+def test_slot_templates_choose_with_their_literal_text(planted):
+    backbone, data = planted
+    slots = "{p:2} review : {p} {text} {p:3} sentiment : {p}"
+    assert without_slots(slots) == TEMPLATE
+    chosen = resolve_verbalizer(backbone, data, {"template": slots, "verbalizer": "auto"})
+    assert chosen == {"template": slots, "verbalizer": {k: [w] for k, w in PLANTED.items()}}
+
+
+def test_linear_heads_are_refused(bert, toy_dataset):
     with pytest.raises(ConfigError, match="causal LM's head"):
         resolve_verbalizer(bert, toy_dataset, {"verbalizer": "auto"})
 

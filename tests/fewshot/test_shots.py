@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 
 import pytest
+from toydata import toy_examples
 
+from softprompt import cli
 from softprompt.config import build_run_config
 from softprompt.data import Dataset, Example
 from softprompt.data.shots import few_shot_dataset, sample_shots
 from softprompt.errors import ConfigError, DataError
+from softprompt.model import load_prompt_meta
 
 LABELS = ["a", "b", "c"]
 
@@ -77,3 +81,28 @@ def test_bad_shots_value_is_one_line(bad):
 def test_config_keys_reach_the_data_config():
     config = build_run_config({"data": {"shots": 8, "seed": 3}})
     assert (config.data.shots, config.data.seed) == (8, 3)
+
+
+def test_cli_trains_dart_in_the_k_shot_regime_with_auto_words(capsys, tmp_path, llama_folder):
+    path = tmp_path / "toy.csv"
+    rows = [(e.text, e.label) for e in toy_examples(40, seed=1)]
+    path.write_text("text,label\n" + "".join(f"{t},{label}\n" for t, label in rows))
+    out = tmp_path / "run"
+    code = cli.main(["train", "--backbone", str(llama_folder), "--dataset", str(path),
+                     "--shots", "4", "--data-seed", "2", "--verbalizer", "auto",
+                     "--method", "dart", "--n-tokens", "2",
+                     "--template", "review : {p:2} {text} sentiment :", "--steps", "2",
+                     "--eval-every", "2", "--batch-size", "4", "--no-baseline", "--out", str(out)])  # fmt: skip
+    printed = capsys.readouterr().out
+    assert code == 0 and "label words chosen on 8 training rows" in printed
+    meta = load_prompt_meta(out / "prompt.safetensors")
+    assert set(meta["task"]["verbalizer"]) == {"negative", "positive"}
+    assert meta["tensors"]["method.labels"][0] == 2
+    run = json.loads((out / "report.json").read_text())["config"]
+    assert (run["data"]["shots"], run["data"]["seed"]) == (4, 2)
+
+
+def test_cli_bad_shots_flag_is_one_line(capsys):
+    assert cli.main(["train", "--shots", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "data.shots: must be a whole number >= 1" in err and len(err.strip().splitlines()) == 1

@@ -67,7 +67,9 @@ def _zero_shot_rows(
     config: RunConfig, backbone: Backbone, data: dict[str, Dataset], process: ProcessInfo
 ) -> list[dict[str, Any]]:
     """The template and label words with no prompt, for every task that has label words."""
-    rows = []
+    rows: list[dict[str, Any]] = []
+    if not config.baseline:  # before building: a slot template cannot run with no prompt
+        return rows
     for spec in config.task_specs():
         zero_shot = build_model(backbone, data[spec.name], {"name": "none"}, spec.task)
         if not (config.baseline and zero_shot.task.label_token_ids()):

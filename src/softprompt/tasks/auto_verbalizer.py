@@ -9,7 +9,7 @@ so it works with every method:
 
 1. one pass of the frozen model over the rows with the task's template and no prompt
    (the zero-shot `none` method's path: the task's collation and scoring, through the
-   injector), giving log p(token | row) at the answer position for the whole vocabulary;
+   injector; `{p}` slots left out, as no prompt exists yet), giving log p(token | row) at the answer position for the whole vocabulary;
 2. per class, the `pool` tokens most likely over that class's rows (LM-BFF's candidate
    step) that decode to a word and tokenize back to themselves, ranked by the log
    likelihood ratio: mean log-prob over the class's rows minus over the others' (PETAL);
@@ -25,6 +25,7 @@ prompt file); `AutoWords.table()` prints the candidates with their scores.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import re
 from collections.abc import Sequence
@@ -40,7 +41,7 @@ from softprompt.inject import Injector, Prompt, make_injector
 from softprompt.tasks.base import TaskConfig, task_name
 from softprompt.tasks.classification import VerbalizerTask
 from softprompt.tasks.presets import task_config_for
-from softprompt.tasks.template import Template
+from softprompt.tasks.template import VIRTUAL, Template
 
 AUTO = re.compile(r"auto(?::(\d+))?")
 MAX_WORDS = 16  # words per class; the verbalizer's log-sum-exp gains nothing past a few
@@ -271,10 +272,7 @@ def resolve_verbalizer(
             f"{backbone.spec.kind} and the task is {config.kind} with head {config.head}"
         )
     if Template(config.template).has_slots:
-        raise ConfigError(
-            "task.verbalizer auto: the template has virtual-token slots ({p}); words are "
-            "chosen with no prompt, so choose them with a slot-free template"
-        )
+        config = dataclasses.replace(config, template=without_slots(config.template))
     rows = searched_rows(dataset.train, config.labels)
     key = (backbone.fingerprint, tuple(rows), config.template, tuple(config.labels), words)
     if key not in _CHOSEN:
@@ -282,6 +280,12 @@ def resolve_verbalizer(
         echo(result.table())
         _CHOSEN[key] = result
     return dict(framing, verbalizer=_CHOSEN[key].verbalizer)
+
+
+def without_slots(template: str) -> str:
+    """The template's literal text: no prompt exists yet when words are chosen, so they
+    are the words the manual part of the template asks for."""
+    return re.sub(r"[ \t]{2,}", " ", VIRTUAL.sub(" ", template)).strip(" ")
 
 
 def _search(backbone: Backbone, config: TaskConfig, rows: list[Example], words: int):
