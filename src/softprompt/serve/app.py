@@ -7,6 +7,12 @@ too long), so a bad request gets a 4xx with a message and never touches anyone e
 batch. Generation is greedy unless a request sets a temperature; `temperature`, `top_p`,
 `top_k`, `seed`, `max_tokens` and `stop` are checked (serve/sampling.py) and a bad value
 is a 400 naming the field. Classification ignores them (it answers with a label).
+
+Every request is bounded before it costs anything: its body in bytes while it is read
+(serve/limits.py), and its inputs' tokens together (inputs x template tokens, plus
+`max_tokens` for generation) by `--max-batch-tokens`, so one request can neither hold
+the model for minutes nor grow past what a batch may use. An unexpected error is a 500
+that `softprompt_requests_total` counts like any other answer.
 """
 
 from __future__ import annotations
@@ -28,13 +34,16 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from softprompt.errors import SoftPromptError
 from softprompt.serve.batcher import Batcher
-from softprompt.serve.engine import BadInput, Engine, RefusedTask, UnknownTask
+from softprompt.serve.engine import BadInput, Engine, RefusedTask, UnknownTask, check_unicode
+from softprompt.serve.engine import Request as Input
 from softprompt.serve.images import ImageTooLarge, decode_image
+from softprompt.serve.limits import BodyLimit
 from softprompt.serve.metrics import Metrics
 from softprompt.serve.sampling import Sampling, check_sampling
 from softprompt.serve.store import StoreError
 
 MAX_INPUTS = 256  # inputs per request
+MAX_NEW_TOKENS = 1024  # as engine.request checks
 
 
 class ApiError(Exception):
@@ -124,8 +133,16 @@ def create_app(
     max_upload_bytes: int = 64 << 20,
     max_image_bytes: int = 4 << 20,
     max_image_pixels: int = 4096 * 4096,
+    max_body_bytes: int | None = None,
+    max_request_tokens: int | None = None,
 ) -> FastAPI:
-    """The FastAPI app serving `engine`'s tasks (OpenAPI schema at /docs)."""
+    """The FastAPI app serving `engine`'s tasks (OpenAPI schema at /docs).
+
+    `max_body_bytes` bounds a JSON request body (default: the upload limit, so one
+    `--max-upload-mb` raises both); `max_request_tokens` bounds one request's inputs
+    together (default: `max_batch_tokens`, so any request fits one batch)."""
+    body_limit = max_upload_bytes if max_body_bytes is None else max_body_bytes
+    request_limit = max_batch_tokens if max_request_tokens is None else max_request_tokens
     metrics = Metrics()
     batcher = Batcher(
         engine,
@@ -142,11 +159,17 @@ def create_app(
         await batcher.stop()
 
     app = FastAPI(title="softprompt", lifespan=lifespan)
+    app.add_middleware(
+        BodyLimit,
+        limit=lambda path: max_upload_bytes if path == "/prompts" else body_limit,
+        flag=lambda path: "--max-upload-mb",
+    )
     app.state.engine, app.state.metrics, app.state.batcher = engine, metrics, batcher
 
     # -- errors: always a 4xx with a message for what the client sent ------------------
     def error(status: int, message: str, kind: str = "invalid_request_error") -> JSONResponse:
         metrics.count("softprompt_errors_total", status=str(status))
+        message = message.encode("utf-8", "backslashreplace").decode("utf-8")  # lone surrogates
         body = {"error": {"message": message, "type": kind, "code": status}}
         return JSONResponse(body, status_code=status)
 
@@ -179,12 +202,15 @@ def create_app(
     @app.middleware("http")
     async def _observe(request: Request, call_next: Callable) -> Any:
         started = time.perf_counter()
-        response = await call_next(request)
-        route = request.scope.get("route")
-        path = getattr(route, "path", "unmatched")
-        metrics.count("softprompt_requests_total", path=path, status=str(response.status_code))
-        metrics.observe("softprompt_request_seconds", time.perf_counter() - started)
-        return response
+        status = 500  # an unexpected error escapes call_next: the 500 it becomes counts too
+        try:
+            response = await call_next(request)
+            status = response.status_code
+            return response
+        finally:
+            path = getattr(request.scope.get("route"), "path", "unmatched")
+            metrics.count("softprompt_requests_total", path=path, status=str(status))
+            metrics.observe("softprompt_request_seconds", time.perf_counter() - started)
 
     # -- answering -------------------------------------------------------------------
     vocab = None if engine.backbone.spec.kind == "vision" else len(engine.backbone.tokenizer)
@@ -194,17 +220,35 @@ def create_app(
             fields.temperature, fields.top_p, fields.top_k, fields.seed, fields.stop, vocab=vocab
         )
 
+    def bounded(requests: list[Input]) -> list[Input]:
+        """The request's inputs, unless together they pass the per-request token bound."""
+        cost = sum(r.tokens + (r.max_tokens or 0) for r in requests)
+        if cost > request_limit:
+            raise ApiError(
+                413,
+                f"request too large: its {len(requests)} inputs come to {cost:,} tokens "
+                f"(template tokens, plus max_tokens for generation) and the server takes at "
+                f"most {request_limit:,} per request (--max-batch-tokens); send fewer or "
+                "shorter inputs per request, or raise the flag",
+            )
+        return requests
+
     async def answer(pairs: list[tuple[str, str, int | None, Sampling]], generate: bool | None):
         requests = [
             engine.request(t, x, generate=generate, max_tokens=m, sampling=s)
             for t, x, m, s in pairs
         ]
-        return await batcher.submit(requests)
+        return await batcher.submit(bounded(requests))
 
     def classify_request(item: ClassifyInput):
         image = None
         if item.image is not None:
-            engine.get(item.task)  # an unknown task is named before the image is decoded
+            served = engine.get(item.task)  # an unknown task is named before the image
+            if not served.takes_images:
+                raise BadInput(
+                    f"task {served.entry.ref} takes text, not an image; send "
+                    '{"task": ..., "text": ...}'
+                )
             image = decode_image(item.image, max_bytes=max_image_bytes, max_pixels=max_image_pixels)
         return engine.request(item.task, item.text, generate=False, image=image)
 
@@ -212,7 +256,8 @@ def create_app(
     async def classify(body: ClassifyBody) -> dict[str, Any]:
         """Label each input with its task's prompt; inputs of several tasks share a batch.
         Image tasks take `image` (base64 PNG/JPEG) instead of `text`."""
-        return {"results": await batcher.submit([classify_request(i) for i in body.inputs])}
+        requests = bounded([classify_request(i) for i in body.inputs])
+        return {"results": await batcher.submit(requests)}
 
     @app.post("/generate")
     async def generate(body: GenerateBody) -> dict[str, Any]:
@@ -223,16 +268,26 @@ def create_app(
         return {"results": [{k: v for k, v in r.items() if k != "tokens"} for r in results]}
 
     # -- OpenAI-compatible -------------------------------------------------------------
-    def check_openai(body: _OpenAIBody, max_tokens: int | None) -> int | None:
+    def check_openai(body: _OpenAIBody, max_tokens: tuple[str, int | None]) -> int | None:
+        """The generation limit: `max_tokens` (or chat's `max_completion_tokens`) as given,
+        16 when absent (OpenAI's completions default). 0 is refused, as OpenAI does: a
+        completion of no tokens answers nothing (the old `echo` use is not served)."""
         if body.n != 1:
             raise ApiError(400, f"n: only n=1 is supported, got {body.n}")
         served = engine.get(body.model)
         if not served.generates:
             return None
-        return 16 if max_tokens is None else max_tokens
+        field, value = max_tokens
+        if value is None:
+            return 16
+        if not 1 <= value <= MAX_NEW_TOKENS:
+            raise ApiError(
+                400, f"{field} must be an integer from 1 to {MAX_NEW_TOKENS}, got {value}"
+            )
+        return value
 
     async def openai_answer(
-        body: _OpenAIBody, texts: list[str], max_tokens: int | None, chat: bool
+        body: _OpenAIBody, texts: list[str], max_tokens: tuple[str, int | None], chat: bool
     ) -> Any:
         limit = check_openai(body, max_tokens)
         params = sampling(body)
@@ -278,12 +333,14 @@ def create_app(
         def pusher(index: int) -> Callable[[str], None]:
             return lambda piece: loop.call_soon_threadsafe(pieces.put_nowait, (index, piece))
 
-        requests = [
-            engine.request(
-                task, text, generate=None, max_tokens=limit, on_token=pusher(i), sampling=params
-            )
-            for i, text in enumerate(texts)
-        ]  # checked here: a bad input is a 4xx before the stream starts
+        requests = bounded(
+            [
+                engine.request(
+                    task, text, generate=None, max_tokens=limit, on_token=pusher(i), sampling=params
+                )
+                for i, text in enumerate(texts)
+            ]
+        )  # checked here: a bad input is a 4xx before the stream starts
         kind = "chat.completion.chunk" if chat else "text_completion"
         created = int(time.time())
 
@@ -337,19 +394,39 @@ def create_app(
         texts = [body.prompt] if isinstance(body.prompt, str) else list(body.prompt)
         if not texts or len(texts) > MAX_INPUTS:
             raise ApiError(400, f"prompt: give 1 to {MAX_INPUTS} texts")
-        return await openai_answer(body, texts, body.max_tokens, chat=False)
+        return await openai_answer(body, texts, ("max_tokens", body.max_tokens), chat=False)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(body: ChatBody) -> Any:
         """OpenAI chat; the last user message is the input the task's template frames."""
-        users = [m for m in body.messages if m.role == "user"]
+        users = [i for i, m in enumerate(body.messages) if m.role == "user"]
         if not users:
             raise ApiError(400, "messages: need at least one message with role 'user'")
-        content = users[-1].content
-        if isinstance(content, list):
-            content = "".join(p.get("text", "") for p in content if p.get("type") == "text")
-        limit = body.max_completion_tokens or body.max_tokens
-        return await openai_answer(body, [content or ""], limit, chat=True)
+        content = chat_text(body.messages[users[-1]].content, f"messages[{users[-1]}].content")
+        if body.max_completion_tokens is not None:  # 0 is a value, not a missing one
+            limit = ("max_completion_tokens", body.max_completion_tokens)
+        else:
+            limit = ("max_tokens", body.max_tokens)
+        return await openai_answer(body, [content], limit, chat=True)
+
+    def chat_text(content: str | list[dict[str, Any]] | None, where: str) -> str:
+        """A message's text: a string, or its text parts joined (OpenAI's content parts;
+        parts of other types, such as images, are not read by a text task)."""
+        if not isinstance(content, list):
+            return check_unicode(content or "", where)
+        pieces = []
+        for j, part in enumerate(content):
+            if part.get("type") != "text":
+                continue
+            text = part.get("text")
+            if not isinstance(text, str):
+                raise ApiError(
+                    400,
+                    f"{where}[{j}].text must be a string (a text part is "
+                    f'{{"type": "text", "text": "..."}}), got {type(text).__name__}',
+                )
+            pieces.append(check_unicode(text, f"{where}[{j}].text"))
+        return "".join(pieces)
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:

@@ -31,9 +31,15 @@ from softprompt.inject import CausalInjector, PrefixCache, Prompt, RowPrompts
 from softprompt.model import MixedBatch, MultiTaskModel, PromptModel
 from softprompt.promptfile import check_backbone
 from softprompt.serve.cache import Key, PromptKVCache
+from softprompt.serve.limits import shorten
 from softprompt.serve.packing import pack_rows, packed_hidden, worth_packing
 from softprompt.serve.sampling import Sampling, find_stop, held_back, next_tokens
-from softprompt.serve.store import Entry, PromptStore, _check_prompt_bytes, check_task_name
+from softprompt.serve.store import (
+    Entry,
+    PromptStore,
+    _check_prompt_bytes,
+    check_task_name,
+)
 from softprompt.tasks.classification import VerbalizerTask
 from softprompt.tasks.generation import GenerationTask, pad_left
 from softprompt.tasks.image import ImageTask
@@ -49,6 +55,19 @@ class RefusedTask(SoftPromptError):
 
 class BadInput(SoftPromptError):
     """An input the server will not run (too long, wrong kind for the endpoint...)."""
+
+
+def check_unicode(text: str, field: str) -> str:
+    """`text` unless it holds a lone surrogate (valid JSON, not encodable as UTF-8: the
+    tokenizer would fail on it)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise BadInput(
+            f"{field}: not valid Unicode (a lone surrogate {text[exc.start]!r} at character "
+            f"{exc.start}); send UTF-8 text"
+        ) from None
+    return text
 
 
 @dataclass(eq=False)
@@ -272,25 +291,57 @@ class Engine:
             model = self._build(path, f"upload for task {task!r}")
         return self._serve(self.store.add(task, data), model)
 
-    def remove(self, task: str) -> list[Entry]:
-        gone = self.store.remove(task)
-        with self._lock:
-            self.tasks.pop(task, None)
-            self.refused.pop(task, None)
-        self.cache.retire(task, None)
+    def remove(self, ref: str) -> list[Entry]:
+        """Remove `task@v` (or every version of `task`) from the store and from serving:
+        the task then serves its newest remaining version, or nothing. A removed version
+        is never answered again (requests already bound to it finish with it, and say so)."""
+        gone = self.store.remove(ref)
+        self._follow_store(gone[0].task)
         return gone
 
-    def get(self, task: Any) -> Served:
-        if not isinstance(task, str):
-            raise UnknownTask(f"task must be a string, got {task!r}")
+    def _follow_store(self, task: str) -> None:
+        """Serve what the store now holds as the task's newest version (or stop serving)."""
+        newest = self.store.tasks().get(task)
         with self._lock:
             served = self.tasks.get(task)
-            if served is not None:
-                return served
-            if task in self.refused:
-                raise RefusedTask(self.refused[task])
+        if newest is None:
+            with self._lock:
+                self.tasks.pop(task, None)
+                self.refused.pop(task, None)
+            self.cache.retire(task, None)
+            return
+        if served is not None and served.entry == newest:
+            return  # an older version went; what is served stays
+        try:
+            self.load(task)  # swaps in at once: `task` never answers 404 in between
+        except SoftPromptError as exc:  # the version left cannot be served: nothing is
+            with self._lock:
+                self.tasks.pop(task, None)
+                self.refused[task] = str(exc)
+            self.cache.retire(task, None)
+
+    def get(self, ref: Any) -> Served:
+        """The served task `ref` names: `task` (its served version) or `task@v`, which
+        answers only while v is the version served (a pinned client is never answered by
+        another version)."""
+        if not isinstance(ref, str):
+            raise UnknownTask(f"task must be a string, got {shorten(ref)}")
+        task, _, version = ref.partition("@")
+        with self._lock:
+            served = self.tasks.get(task)
+            refused = self.refused.get(task)
             names = sorted(self.tasks)
-        raise UnknownTask(f"unknown task {task!r}; served tasks: {names} (GET /tasks)")
+        if served is not None and (not version or version == str(served.entry.version)):
+            return served
+        if served is not None:
+            raise UnknownTask(
+                f"task {shorten(task)} has no version {shorten(version)} served: it serves "
+                f"version {served.entry.version} ({served.entry.ref}; GET /tasks)"
+            )
+        if refused is not None:
+            raise RefusedTask(refused)
+        shown = names if len(names) <= 20 else [*names[:20], f"... {len(names)} in all"]
+        raise UnknownTask(f"unknown task {shorten(ref)}; served tasks: {shown} (GET /tasks)")
 
     # -- requests --------------------------------------------------------------
     def request(
@@ -309,11 +360,12 @@ class Engine:
         if served.takes_images or image is not None:
             return self._image_request(served, text, image)
         if not isinstance(text, str) or not text.strip():
-            raise BadInput(f"task {task!r}: the text must be a non-empty string")
+            raise BadInput(f"task {shorten(task)}: the text must be a non-empty string")
+        check_unicode(text, "text")
         if generate is not None and generate != served.generates:
             want = "/generate" if served.generates else "/classify"
             raise BadInput(
-                f"task {task!r} is a {served.describe()['kind']} task; send it to {want}"
+                f"task {shorten(task)} is a {served.describe()['kind']} task; send it to {want}"
             )
         if len(text) > 32 * self.max_input_tokens:
             raise BadInput(

@@ -7,6 +7,11 @@ request gives the same text whichever batch it shares. `top_k` keeps the k likel
 tokens, `top_p` the smallest set whose probability reaches p (nucleus sampling), both
 applied before the draw as in Hugging Face's warpers. A stop sequence ends the text
 where it first appears (the sequence itself is not returned) with finish reason "stop".
+
+Every valid value draws without error: the warpers work on logits shifted so the
+likeliest is 0 (a temperature of 1e-45 sends the others to -inf, never to NaN), the
+likeliest token always survives top-p (a top_p of 1e-300 rounds to 0 in float32), and
+non-finite logits fall back to the argmax.
 """
 
 from __future__ import annotations
@@ -16,8 +21,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 from softprompt.errors import SoftPromptError
+from softprompt.serve.limits import shorten
 
 MAX_STOPS = 4  # as OpenAI's API
 MAX_STOP_CHARS = 256
@@ -51,13 +58,13 @@ class Sampling:
 
 def _number(name: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise BadSampling(f"{name} must be a number, got {value!r}")
+        raise BadSampling(f"{name} must be a number, got {shorten(value)}")
     return float(value)
 
 
 def _integer(name: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
-        raise BadSampling(f"{name} must be an integer, got {value!r}")
+        raise BadSampling(f"{name} must be an integer, got {shorten(value)}")
     return value
 
 
@@ -101,13 +108,13 @@ def _stops(stop: Any) -> list[str]:
         return []
     stops = [stop] if isinstance(stop, str) else stop
     if not isinstance(stops, list) or not all(isinstance(s, str) for s in stops):
-        raise BadSampling(f"stop must be a string or a list of strings, got {stop!r}")
+        raise BadSampling(f"stop must be a string or a list of strings, got {shorten(stop)}")
     if len(stops) > MAX_STOPS:
         raise BadSampling(f"stop: give at most {MAX_STOPS} sequences, got {len(stops)}")
     for s in stops:
         if not s or len(s) > MAX_STOP_CHARS:
             raise BadSampling(
-                f"stop: each sequence must be 1 to {MAX_STOP_CHARS} characters, got {s!r}"
+                f"stop: each sequence must be 1 to {MAX_STOP_CHARS} characters, got {shorten(s)}"
             )
     return list(stops)
 
@@ -125,8 +132,15 @@ def next_tokens(
 
 
 def warp(logits: torch.Tensor, params: Sampling) -> torch.Tensor:
-    """(V,) logits -> (V,) probabilities after temperature, top-k and top-p."""
-    scores = logits / params.temperature
+    """(V,) logits -> (V,) probabilities after temperature, top-k and top-p; always a
+    distribution multinomial accepts (finite, at least one token above 0)."""
+    logits = logits.float().nan_to_num(nan=float("-inf"), posinf=torch.finfo(torch.float32).max)
+    top = logits.max()
+    if not torch.isfinite(top):  # every logit -inf (or NaN): the argmax, as greedy would
+        return F.one_hot(logits.argmax(), logits.shape[-1]).float()
+    # (V,) <= 0, the likeliest exactly 0; in float64, where a temperature of 1e-300 is
+    # not 0 (in float32 it is, and 0 / 0 is NaN)
+    scores = (logits - top).double() / params.temperature
     if params.top_k and params.top_k < scores.shape[-1]:
         kth = scores.topk(params.top_k).values[-1]
         scores = scores.masked_fill(scores < kth, float("-inf"))
@@ -134,9 +148,10 @@ def warp(logits: torch.Tensor, params: Sampling) -> torch.Tensor:
         ordered, index = scores.sort(descending=True)  # (V,)
         probs = ordered.softmax(-1)
         before = probs.cumsum(-1) - probs  # mass of the likelier tokens
-        drop = before >= params.top_p  # the likeliest token always stays (before == 0)
+        drop = before >= params.top_p
+        drop[0] = False  # the likeliest token always stays, whatever top_p rounds to
         scores = scores.masked_fill(drop.scatter(0, index, drop), float("-inf"))
-    return scores.softmax(-1)
+    return scores.softmax(-1).float()
 
 
 def find_stop(text: str, stops: list[str]) -> int:
