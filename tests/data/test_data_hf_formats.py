@@ -210,3 +210,32 @@ def test_json_array_errors_name_the_item(write):
         load_dataset(str(write("f.json", '["a"]')))
     with pytest.raises(DataError, match=r"g\.json: line 2, column \d+: malformed JSON"):
         load_dataset(str(write("g.json", '[{"text": "a", "label": "x"},\n {"text": }]')))
+
+
+# --- end to end: the CLI trains on a datasets folder -----------------------------------
+
+
+def test_train_command_on_a_datasets_folder(capsys, tmp_path, llama_folder):
+    from softprompt import cli
+
+    words = ["good fun", "bad boring"]
+    rows = {"text": [f"{words[i % 2]} movie {i}" for i in range(24)], "label": [0, 1] * 12}
+    names = datasets.ClassLabel(names=["positive", "negative"])  # words the tiny vocab has
+    features = datasets.Features({"text": datasets.Value("string"), "label": names})
+    full = datasets.Dataset.from_dict(rows, features=features)
+    splits = {"train": full.select(range(16)), "test": full.select(range(16, 24))}
+    datasets.DatasetDict(splits).save_to_disk(str(tmp_path / "hub"))
+    argv = ["train", "--backbone", str(llama_folder), "--dataset", str(tmp_path / "hub"),
+            "--n-tokens", "2", "--steps", "2", "--eval-every", "2", "--batch-size", "4",
+            "--no-baseline", "--template", "review : {text} sentiment :",
+            "--out", str(tmp_path / "run")]  # fmt: skip
+    assert cli.main(argv) == 0, capsys.readouterr().err
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0] == "data hub: classification, 2 classes"
+    assert [line.split() for line in printed[1:5]] == [
+        ["class", "train", "validation", "test"],
+        ["negative", "7", "1", "4"],
+        ["positive", "7", "1", "4"],
+        ["all", "14", "2", "8"],
+    ]
+    assert (tmp_path / "run" / "prompt.safetensors").exists()
