@@ -172,6 +172,36 @@ def test_empty_and_broken_parquet(tmp_path, write):
         load_dataset(str(write("b.parquet", "text,label\na,b\n")))
 
 
+def test_hub_snapshot_folder_of_parquet_shards(tmp_path):
+    """The layout a hub download leaves: data/{split}-0000N-of-0000M.parquet."""
+    (tmp_path / "snap" / "data").mkdir(parents=True)
+    data = tmp_path / "snap" / "data"
+    labelled(10).to_parquet(str(data / "train-00000-of-00002.parquet"))
+    labelled(10, 100).to_parquet(str(data / "train-00001-of-00002.parquet"))
+    labelled(4, 200).to_parquet(str(data / "test-00000-of-00001.parquet"))
+    loaded = load_dataset(str(tmp_path / "snap"), validation_fraction=0.2)
+    assert (len(loaded.train), len(loaded.validation), len(loaded.test)) == (16, 4, 4)
+    assert loaded.labels == ["neg", "pos"] and loaded.name == "snap"
+    assert Example("review 101", "pos") in all_rows(loaded)
+
+
+def test_parquet_shards_count_rows_on_across_files_and_name_odd_files(tmp_path):
+    pa = pytest.importorskip("pyarrow")
+    data = tmp_path / "snap"
+    data.mkdir()
+    parquet.write_table(
+        pa.table({"text": ["a", "b"], "label": ["x", "y"]}), data / "train-0.parquet"
+    )
+    parquet.write_table(
+        pa.table({"text": ["c", "d"], "label": ["x", "z"]}), data / "train-1.parquet"
+    )
+    with pytest.raises(DataError, match=r"\[train shards, in name order\]: row 4: label 'z'"):
+        load_dataset(str(data), labels=["x", "y"])
+    parquet.write_table(pa.table({"text": ["e"], "label": ["x"]}), data / "extra.parquet")
+    with pytest.raises(DataError, match=r"extra\.parquet: cannot tell which split"):
+        load_dataset(str(data))
+
+
 # --- missing optional packages -------------------------------------------------------
 
 

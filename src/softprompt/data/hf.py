@@ -1,4 +1,5 @@
-"""Data the Hugging Face way: `datasets` objects, `save_to_disk` folders, Parquet files.
+"""Data the Hugging Face way: `datasets` objects, `save_to_disk` folders, Parquet files
+(one file, or a hub snapshot folder of `train-00000-of-00001.parquet`-style shards).
 
 Each source becomes `Row`s per split, checked by the same code as CSV files
 (`files.value_rows`), so a missing column or an empty cell reads the same whatever the
@@ -10,8 +11,10 @@ unpickles: a `save_to_disk` folder is Arrow files plus JSON, Parquet is a column
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import json
+import re
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -117,6 +120,38 @@ def read_parquet(path: Path, columns: Columns) -> list[Row]:
     texts = _named(table.column(columns.text).to_pylist(), names.get(columns.text))
     labels = _named(table.column(columns.label).to_pylist(), names.get(columns.label))
     return check_not_empty(path, value_rows(path, texts, labels, columns))
+
+
+def is_parquet_folder(path: Path) -> bool:
+    """A folder of Parquet shards, as a hub download leaves it (data/train-*.parquet)."""
+    return path.is_dir() and next(path.rglob("*.parquet"), None) is not None
+
+
+def read_parquet_folder(path: Path, columns: Columns) -> dict[str, tuple[str, list[Row]]]:
+    """Every Parquet shard under `path`, grouped into splits by the name each file starts
+    with (train, validation / valid / val / dev, test); shards of a split are read in
+    name order and their rows numbered on across them."""
+    shards: dict[str, list[Path]] = {}
+    for file in sorted(path.rglob("*.parquet")):
+        match = re.match(r"([a-z]+)", file.stem.lower())
+        split = SPLIT_NAMES.get(match.group(1) if match else "")
+        if split is None:
+            raise DataError(
+                f"{file}: cannot tell which split this Parquet file holds; name it "
+                "train-*.parquet, validation-*.parquet or test-*.parquet, or give the file itself"
+            )
+        shards.setdefault(split, []).append(file)
+    if "train" not in shards:
+        raise DataError(f"{path}: no train-*.parquet file; name the training shards train-*")
+    return {split: _joined(path, split, files, columns) for split, files in shards.items()}
+
+
+def _joined(path: Path, split: str, files: list[Path], columns: Columns) -> tuple[str, list[Row]]:
+    if len(files) == 1:
+        return str(files[0]), read_parquet(files[0], columns)
+    rows = [row for file in files for row in read_parquet(file, columns)]
+    renumbered = [dataclasses.replace(row, line=n) for n, row in enumerate(rows, start=1)]
+    return f"{path} [{split} shards, in name order]", renumbered
 
 
 def _class_label_names(metadata: dict[bytes, bytes]) -> dict[str, list[str]]:

@@ -8,7 +8,14 @@ from typing import Any
 from softprompt.data.builtins import BUILTINS
 from softprompt.data.conll import CONLL_EXTENSIONS
 from softprompt.data.files import SUPPORTED_EXTENSIONS, Columns
-from softprompt.data.hf import PARQUET_EXTENSIONS, is_hf_folder, is_hf_object, read_folder
+from softprompt.data.hf import (
+    PARQUET_EXTENSIONS,
+    is_hf_folder,
+    is_hf_object,
+    is_parquet_folder,
+    read_folder,
+    read_parquet_folder,
+)
 from softprompt.data.hf import read_object as read_hf_object
 from softprompt.data.images import is_image_csv, load_images
 from softprompt.data.records import Dataset, DatasetInfo
@@ -80,6 +87,11 @@ def load_dataset(
         given: Given = dict(read_folder(path, columns))
         return load_splits(
             path.name, given, description=f"datasets folder {source}", **split_options
+        )
+    if is_parquet_folder(path):
+        given = dict(read_parquet_folder(path, columns))
+        return load_splits(
+            path.name, given, description=f"Parquet folder {source}", **split_options
         )
     if path.is_dir() or is_image_csv(path, text_column):  # images: see data/images.py
         return load_images(
