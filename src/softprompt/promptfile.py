@@ -27,7 +27,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from softprompt.errors import PromptFileError
-from softprompt.files import atomic_write_bytes, atomic_write_text  # noqa: F401 (serve.store)
+from softprompt.files import atomic_write_bytes
 
 FORMAT = "softprompt/2"
 

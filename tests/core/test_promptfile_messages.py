@@ -17,8 +17,9 @@ from safetensors.torch import save
 
 from softprompt import cli
 from softprompt.errors import PromptFileError
+from softprompt.files import atomic_write_bytes
 from softprompt.interop.peft import CONFIG, SIDECAR, PeftAdapterError, export_peft, import_peft
-from softprompt.promptfile import atomic_write_bytes, read_prompt_file
+from softprompt.promptfile import read_prompt_file
 
 
 class _Tripwire:

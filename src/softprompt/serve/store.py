@@ -48,7 +48,8 @@ from pathlib import Path
 from typing import Any
 
 from softprompt.errors import PromptFileError, SoftPromptError
-from softprompt.promptfile import atomic_write_bytes, atomic_write_text, read_prompt_file
+from softprompt.files import atomic_write_bytes, atomic_write_text
+from softprompt.promptfile import read_prompt_file
 
 INDEX_FORMAT = "softprompt-store/1"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
