@@ -4,6 +4,7 @@
     softprompt eval PROMPT [--dataset ...] [--split test]
     softprompt predict PROMPT "some text" ...   (or image files, for a vision backbone)
     softprompt info PROMPT
+    softprompt compare [--methods zero-shot,soft-prompt,lora] [--seeds 3] [--steps ...]
     softprompt datasets | backbones
 
 Errors a user can fix print one line naming the flag or key, and exit 2.
@@ -234,6 +235,37 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(
         f"prompt: {report.result.prompt_path}   curves: {report.out_dir / 'curves.png'}   report: {report.out_dir / 'report.md'}"
     )
+    return 0
+
+
+def _int_list(raw: str, flag: str) -> list[int]:
+    from softprompt.errors import ConfigError
+
+    try:
+        return [int(part) for part in raw.split(",") if part.strip()]
+    except ValueError:
+        raise ConfigError(f"{flag}: expected whole numbers joined by commas, got {raw!r}") from None
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    """Every method x seed on one task at one step budget (recipes/compare.py)."""
+    import dataclasses
+
+    from softprompt.config import RunConfig
+    from softprompt.recipes.compare import CompareConfig, compare
+
+    run = _config_from_args(args)
+    if run.out == RunConfig().out and args.out is None:  # not the train command's folder
+        run = dataclasses.replace(run, out=f"runs/compare-{Path(run.data.source).stem}")
+    seeds = _int_list(args.seeds, "--seeds")
+    seeds = list(range(seeds[0])) if len(seeds) == 1 else seeds  # "3": seeds 0, 1, 2
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    config = CompareConfig(run=run, methods=methods, seeds=seeds, test_limit=args.test_limit)
+    report = compare(config)
+    print()
+    print(report.markdown())
+    out = report.out
+    print(f"table: {out / 'compare.md'}   json: {out / 'compare.json'}   plot: {out}/compare.png")
     return 0
 
 
@@ -597,6 +629,18 @@ def build_parser() -> argparse.ArgumentParser:
     found.add_argument("--out", default=None, help="folder for prompt files (runs/search)")
     found.set_defaults(func=cmd_search)
 
+    grid = sub.add_parser(
+        "compare", help="zero-shot, head-only, prompts, LoRA, full fine-tuning: one table"
+    )
+    grid.add_argument("--config", help="YAML run config (flags override it)")
+    grid.add_argument("--methods", default="zero-shot,head-only,soft-prompt,prefix-tuning,"
+                      "p-tuning,lora,full", help="units: these and any registered method")  # fmt: skip
+    grid.add_argument("--seeds", default="3", help="N seeds (0..N-1) or a list such as 0,4,7")
+    grid.add_argument("--test-limit", type=int, default=0,
+                      help="score a fixed sample of this many test rows (0 = all)")  # fmt: skip
+    _add_run_flags(grid)
+    grid.set_defaults(func=cmd_compare, resume=False, force_resume=False)
+
     from softprompt.serve.commands import add_serve_parser, add_store_parser
 
     add_store_parser(sub).set_defaults(func=cmd_store)
@@ -684,7 +728,7 @@ def _kept(args: argparse.Namespace) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    previous = _catch_sigterm() if args.command == "train" else None
+    previous = _catch_sigterm() if args.command in ("train", "compare") else None
     try:
         return args.func(args)
     except SoftPromptError as exc:

@@ -37,6 +37,7 @@ from softprompt.errors import ConfigError, PromptFileError
 from softprompt.evaluate import evaluate
 from softprompt.model import PromptModel, build_model, check_known
 from softprompt.promptfile import check_backbone, read_prompt_file, save_prompt_file
+from softprompt.tasks.auto_verbalizer import resolve_verbalizer
 from softprompt.tasks.base import TaskConfig
 from softprompt.tasks.presets import task_config_for
 from softprompt.train import TrainResult, train
@@ -77,10 +78,23 @@ class _Delta(nn.Module):
         return torch.zeros_like(weight)  # D starts at zero: W starts at W0
 
 
-def unfreeze_full(model: nn.Module, scale: float) -> nn.Module:
-    """Every parameter of `model` trains as W0 + scale * D (see the module docstring)."""
+def _output_projection(model: nn.Module) -> set[int]:
+    """Ids of the LM head's parameters (and so of an input embedding tied to it)."""
+    get = getattr(model, "get_output_embeddings", None)
+    head = get() if callable(get) else None
+    return {id(p) for p in head.parameters()} if head is not None else set()
+
+
+def unfreeze_full(model: nn.Module, scale: float, keep: set[int] | None = None) -> nn.Module:
+    """Every parameter of `model` trains as W0 + scale * D (see the module docstring),
+    except those whose id is in `keep`: a causal LM's output projection stays frozen,
+    since label words and generation read it directly (inject/head.py holds it once),
+    and with it the input embedding tied to it."""
+    keep = keep or set()
     for module in list(model.modules()):
         for name, param in list(module.named_parameters(recurse=False)):
+            if id(param) in keep:
+                continue
             parametrize.register_parametrization(module, name, _Delta(param, scale))
             getattr(module.parametrizations, name).original.requires_grad_(True)
     return model
@@ -90,7 +104,11 @@ def add_lora(model: nn.Module, config: TuneConfig) -> nn.Module:
     """PEFT LoRA adapters, in place, on the attention projections named in `config.targets`."""
     from peft import LoraConfig, inject_adapter_in_model
 
-    lora = LoraConfig(r=config.r, lora_alpha=config.alpha, target_modules=list(config.targets))
+    targets = list(config.targets)
+    names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+    if targets == TuneConfig().targets and not names & set(targets):
+        targets = _peft_default_targets(model, targets)  # BERT: query, value; GPT-2: c_attn
+    lora = LoraConfig(r=config.r, lora_alpha=config.alpha, target_modules=targets)
     try:
         inject_adapter_in_model(lora, model)
     except ValueError as e:
@@ -100,20 +118,24 @@ def add_lora(model: nn.Module, config: TuneConfig) -> nn.Module:
     return model
 
 
+def _peft_default_targets(model: nn.Module, targets: list[str]) -> list[str]:
+    """PEFT's own LoRA targets for the architecture, where the default q/v names are absent."""
+    from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
+
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    return list(TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING.get(model_type, targets))
+
+
 class TunedModel(PromptModel):
-    """The task head on a private, partly (LoRA) or wholly (full) trainable backbone copy."""
+    """The task head on a private, partly (LoRA) or wholly (full) trainable backbone copy,
+    on any backbone kind (images, encoders, causal LMs)."""
 
     def __init__(self, backbone: Backbone, task_config: TaskConfig, tune: TuneConfig) -> None:
-        if backbone.spec.kind != "vision":
-            raise ConfigError(
-                f"baseline: LoRA / full fine-tuning baselines run on vision backbones; "
-                f"{backbone.name!r} is a {backbone.spec.kind}"
-            )
         tuned = copy.deepcopy(backbone.model)
         if tune.kind == "lora":
             add_lora(tuned, tune)
         else:
-            unfreeze_full(tuned, tune.backbone_lr_scale)
+            unfreeze_full(tuned, tune.backbone_lr_scale, keep=_output_projection(tuned))
         super().__init__(dataclasses.replace(backbone, model=tuned), task_config, "none")
         self.tune = tune
         self.tuned = tuned  # a submodule: its trainable weights are trainable_parameters()
@@ -183,7 +205,8 @@ def tuned_baseline(
 ) -> tuple[TunedModel, TrainResult]:
     """Train LoRA or full fine-tuning (same task, same training config) into OUT/<kind>;
     returns the best model, loaded back, and its `TrainResult`."""
-    model = TunedModel(backbone, task_config_for(dataset, config.task), tune)
+    task = resolve_verbalizer(backbone, dataset, config.task)  # auto: the prompts' words
+    model = TunedModel(backbone, task_config_for(dataset, task), tune)
     out = Path(config.out) / tune.kind
     run = {**config.to_dict(), "baseline": dataclasses.asdict(tune), "out": str(out)}
     result = train(

@@ -1,0 +1,160 @@
+"""`softprompt compare`: a grid of methods x seeds on one task, each unit a normal run
+folder, resumable unit by unit, one table whatever the task kind."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+from softprompt import cli
+from softprompt.config import build_run_config
+from softprompt.errors import ConfigError
+from softprompt.recipes.compare import CompareConfig, compare, sample_test_rows
+
+TEMPLATE = "review : {text} sentiment :"
+FAST = {"steps": 2, "eval_every": 1, "batch_size": 4, "eval_examples": 8, "lr": 0.1,
+        "warmup_steps": 0}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def sentiment_csv(tmp_path_factory) -> Path:
+    rows = [("the movie was good and fun", "positive"), ("a bad and boring plot", "negative")]
+    path = tmp_path_factory.mktemp("data") / "toy.csv"
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["text", "label"])
+        for i in range(40):
+            text, label = rows[i % 2]
+            writer.writerow([f"{text} {' '.join(['really'] * (i % 5))} {i}", label])
+    return path
+
+
+def _config(backbone: Path, data: Path, out: Path, methods: list[str], **extra) -> CompareConfig:
+    run = build_run_config(
+        {"backbone": str(backbone), "data": str(data), "task": {"template": TEMPLATE},
+         "method": {"name": "soft-prompt", "n_tokens": 2}, "train": FAST, "out": str(out)}
+    )  # fmt: skip
+    return CompareConfig(run=run, methods=methods, seeds=[0, 1], **extra)
+
+
+def _table(report) -> list[tuple]:
+    """Everything in the summary that does not depend on the clock or the allocator."""
+    keep = ("method", "mean", "sd", "min", "max", "seeds", "trainable_parameters", "skipped")
+    return [tuple(s.get(k) for k in keep) for s in report.summary]
+
+
+def test_compare_classification_end_to_end_and_a_killed_unit_resumes_to_the_same_table(
+    llama_folder, sentiment_csv, tmp_path
+):
+    methods = ["zero-shot", "soft-prompt", "lora"]
+    whole = compare(_config(llama_folder, sentiment_csv, tmp_path / "a", methods), progress=False)
+    assert [s["method"] for s in whole.summary] == methods
+    zero, soft, lora = whole.summary
+    assert zero["seeds"] == 1 and zero["trainable_parameters"] == 0  # trains nothing: once
+    assert soft["seeds"] == lora["seeds"] == 2
+    assert 0 < soft["trainable_parameters"] < lora["trainable_parameters"]
+    md = (tmp_path / "a" / "compare.md").read_text()
+    assert "test accuracy: mean ± sd (min-max)" in md and "peak RSS increase" in md
+    assert "LoRA (PEFT, r=8)" in md
+    saved = json.loads((tmp_path / "a" / "compare.json").read_text())
+    assert len(saved["units"]) == 5 and saved["metric"] == "accuracy"
+    assert (tmp_path / "a" / "compare.png").stat().st_size > 1000
+    for unit in ("zero-shot-s0", "soft-prompt-s1", "lora-s0"):
+        assert (tmp_path / "a" / "units" / unit / "prompt.safetensors").is_file()
+
+    # killed: two units finish, the third stops after one step (its checkpoint kept)
+    config = _config(llama_folder, sentiment_csv, tmp_path / "b", methods)
+    partial = compare(config, progress=False, stop_at=(2, 1))
+    assert not partial.complete and len(partial.rows) == 2
+    assert not (tmp_path / "b" / "compare.md").exists()
+    stopped = tmp_path / "b" / "units" / "soft-prompt-s1"
+    assert (stopped / "checkpoint.safetensors").is_file() and not (stopped / "unit.json").exists()
+    finished = tmp_path / "b" / "units" / "soft-prompt-s0" / "prompt.safetensors"
+    before = finished.stat().st_mtime_ns
+    resumed = compare(config, progress=False)
+    assert finished.stat().st_mtime_ns == before  # read back, not trained again
+    assert resumed.complete and _table(resumed) == _table(whole)
+    steps = [json.loads(line)["step"] for line in (stopped / "metrics.jsonl").open()]
+    assert steps == [1, 1, 2, 2]  # train + eval at step 1 kept, then step 2: resumed, not rerun
+
+
+def test_a_unit_folder_is_a_normal_run_that_eval_reads(
+    llama_folder, sentiment_csv, tmp_path, capsys
+):
+    out = tmp_path / "c"
+    compare(
+        _config(llama_folder, sentiment_csv, out, ["soft-prompt"], test_limit=3), progress=False
+    )
+    row = json.loads((out / "units" / "soft-prompt-s0" / "unit.json").read_text())
+    assert row["test_rows"] == 3
+    prompt = out / "units" / "soft-prompt-s0" / "prompt.safetensors"
+    assert cli.main(["eval", str(prompt), "--backbone", str(llama_folder)]) == 0
+    assert '"accuracy"' in capsys.readouterr().out
+
+
+def test_changed_settings_refuse_to_read_a_finished_unit_back(
+    llama_folder, sentiment_csv, tmp_path
+):
+    config = _config(llama_folder, sentiment_csv, tmp_path / "d", ["zero-shot"])
+    compare(config, progress=False)
+    changed = _config(llama_folder, sentiment_csv, tmp_path / "d", ["zero-shot"], test_limit=2)
+    with pytest.raises(
+        ConfigError, match=r"zero-shot-s0: this unit was run with other settings \(test_limit\)"
+    ):
+        compare(changed, progress=False)
+
+
+def _conll(path: Path, count: int = 40) -> Path:
+    sentences = [
+        [("the", "O"), ("red", "B-team"), ("sox", "I-team"), ("won", "O")],
+        [("we", "O"), ("saw", "O"), ("jaws", "B-film"), ("again", "O")],
+    ]
+    lines = []
+    for i in range(count):
+        lines += [f"{w}\t{t}" for w, t in sentences[i % 2]] + [f"n{i}\tO", ""]
+    path.write_text("\n".join(lines), encoding="utf-8")
+    return path
+
+
+def test_cli_compare_on_tagging_with_full_fine_tuning(bert_folder, tmp_path, capsys):
+    out = tmp_path / "ner"
+    argv = ["compare", "--backbone", str(bert_folder), "--dataset", str(_conll(tmp_path / "n.conll")),
+            "--methods", "zero-shot,head-only,p-tuning,full", "--seeds", "1", "--steps", "2",
+            "--eval-every", "2", "--batch-size", "4", "--n-tokens", "2", "--out", str(out)]  # fmt: skip
+    assert cli.main(argv) == 0, capsys.readouterr().err
+    stdout = capsys.readouterr().out
+    assert "test entity F1: mean ± sd" in stdout
+    summary = {s["method"]: s for s in json.loads((out / "compare.json").read_text())["summary"]}
+    assert summary["zero-shot"]["skipped"].startswith("the task has a head to train")
+    assert "| zero-shot (template + label words) | n/a:" in stdout
+    assert summary["full"]["trainable_parameters"] > summary["p-tuning"]["trainable_parameters"]
+    assert (
+        summary["p-tuning"]["trainable_parameters"] > summary["head-only"]["trainable_parameters"]
+    )
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--methods", "soft-prompt,bogus"], "--methods: unknown 'bogus'"),
+        (["--seeds", "a,b"], "--seeds: expected whole numbers"),
+        (["--seeds", "1,1"], "--seeds: give distinct seeds"),
+        (["--test-limit", "-1"], "--test-limit: must be >= 0"),
+        (["--compare", "lora"], "compare: one task at a time"),
+    ],
+)
+def test_bad_flags_are_one_line(extra, message, tmp_path, capsys):
+    code = cli.main(["compare", "--out", str(tmp_path / "x"), *extra])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and err.count("\n") == 1
+
+
+def test_test_sample_is_fixed_and_keeps_order():
+    rows = list(range(10))
+    assert (
+        sample_test_rows(rows, 4) == sample_test_rows(rows, 4) == sorted(sample_test_rows(rows, 4))
+    )
+    assert sample_test_rows(rows, 0) == rows and sample_test_rows(rows, 50) == rows
