@@ -470,3 +470,15 @@ def test_config_backbone_mapping_and_flags():
         build_run_config({"backbone": {"quantize": "int4"}})
     with pytest.raises(ConfigError, match="unknown config key"):
         build_run_config({"backbone": {"dtpye": "bfloat16"}})
+
+
+def test_float32_inputs_reach_a_bf16_stack_called_directly(llama_folder):
+    """Code that runs the stack itself (a search's trigger tokens) hands it float32
+    embeddings; the backbone casts them at its boundary instead of failing on a dtype."""
+    half = load_backbone(str(llama_folder), dtype="bfloat16")
+    full = load_backbone(str(llama_folder))
+    embeds = full.input_embeddings()(torch.tensor([[1, 5, 6, 7]]))  # (1, 4, d) float32
+    got = half.core()(inputs_embeds=embeds).last_hidden_state
+    want = full.core()(inputs_embeds=embeds).last_hidden_state
+    assert got.dtype == torch.bfloat16
+    assert (got.float() - want).abs().max() < 0.1 * (1 + want.abs().max())

@@ -128,6 +128,29 @@ class Backbone:
         return getattr(self.model, "base_model", self.model)
 
 
+_CAST_HOOK = "_softprompt_casts_inputs"
+
+
+def _cast_inputs_embeds(module: torch.nn.Module, args: tuple, kwargs: dict) -> tuple:
+    """Forward pre-hook: float32 `inputs_embeds` (a prompt, a search's trigger tokens) into
+    the dtype the frozen weights are held in, for callers that run the stack directly."""
+    embeds = kwargs.get("inputs_embeds")
+    if embeds is not None and embeds.is_floating_point():
+        weight = module.get_input_embeddings().weight
+        if embeds.dtype != weight.dtype:
+            kwargs["inputs_embeds"] = embeds.to(weight.dtype)
+    return args, kwargs
+
+
+def cast_inputs_at_the_boundary(model: torch.nn.Module) -> None:
+    """Install `_cast_inputs_embeds` on the model and its transformer stack, once. The
+    injectors cast explicitly (inject/); this covers code that calls the stack itself."""
+    for module in {id(m): m for m in (model, getattr(model, "base_model", model))}.values():
+        if not getattr(module, _CAST_HOOK, False) and hasattr(module, "get_input_embeddings"):
+            module.register_forward_pre_hook(_cast_inputs_embeds, with_kwargs=True)
+            setattr(module, _CAST_HOOK, True)
+
+
 def freeze(model: torch.nn.Module) -> torch.nn.Module:
     """Turn off gradients for every parameter and put the model in eval mode."""
     model.requires_grad_(False)
@@ -363,6 +386,8 @@ def make_backbone(
     if kind is None:
         kind = infer_kind_from_model(model)
     freeze(model)
+    if kind != "vision":
+        cast_inputs_at_the_boundary(model)
     spec = make_spec(model, tokenizer, kind)
     fp = known_fingerprint if known_fingerprint is not None else fingerprint(model)
     return Backbone(
