@@ -168,6 +168,13 @@ def _add_run_flags(parser: argparse.ArgumentParser) -> None:
         "[train.gradient_checkpointing]",
     )
     parser.add_argument(
+        "--fsdp",
+        action="store_true",
+        default=None,
+        help="under torchrun: shard the frozen backbone's layers over the processes (FSDP) "
+        "[train.fsdp]",
+    )
+    parser.add_argument(
         "--overwrite",
         action="store_true",
         default=None,
@@ -198,7 +205,7 @@ def _config_from_args(args: argparse.Namespace) -> Any:
             raise ConfigError(
                 f"--{flag.replace('_', '-')}: cannot read {short(raw)} ({short(str(exc), 80)})"
             ) from None
-    for flag in ("bf16", "overwrite", "force_resume", "gradient_checkpointing"):
+    for flag in ("bf16", "overwrite", "force_resume", "gradient_checkpointing", "fsdp"):
         if getattr(args, flag, None):
             set_dotted(values, f"train.{flag}", True)
     if args.baseline is False:

@@ -20,7 +20,9 @@ class TrainConfig:
     `divergence_factor` stops a run whose smoothed loss passes that many times its
     first step's loss (see train/guard.py). `gradient_checkpointing` recomputes each
     backbone layer in the backward pass instead of keeping its activations: less memory,
-    more time, the same gradients (see inject/checkpointing.py)."""
+    more time, the same gradients (see inject/checkpointing.py). `fsdp` shards the frozen
+    backbone's layers over the processes of a `torchrun` launch (FSDP2; see
+    softprompt/distributed.py): less memory per process, the same prompt."""
 
     steps: int = 160
     batch_size: int = 8
@@ -43,6 +45,7 @@ class TrainConfig:
     force_resume: bool = False
     divergence_factor: float = 10.0
     gradient_checkpointing: bool = False
+    fsdp: bool = False
 
     def __post_init__(self) -> None:
         positive = ("steps", "batch_size", "grad_accum", "eval_every", "eval_batch_size")

@@ -27,7 +27,7 @@ from softprompt.device import autocast, resolve_device
 from softprompt.errors import DataError, TrainingError
 from softprompt.evaluate import evaluate
 from softprompt.files import atomic_write_text
-from softprompt.inject.checkpointing import layer_checkpointing
+from softprompt.inject.checkpointing import checkpointable_layers, layer_checkpointing
 from softprompt.model import MultiTaskModel, PromptModel
 from softprompt.plot import plot_curves
 from softprompt.train import guard, run_dir
@@ -96,6 +96,7 @@ class _Run:
         model.backbone.model.to(self.device)
         model.to(self.device)
         torch.manual_seed(config.seed)
+        self.sharded = self._shard_backbone()
         self.wrapped = distributed.wrap(model, self.process)
         self.optimizer = torch.optim.AdamW(
             model.trainable_parameters(), lr=config.lr, weight_decay=config.weight_decay
@@ -116,6 +117,19 @@ class _Run:
             "history": [],
             "seconds": 0.0,
         }
+
+    def _shard_backbone(self) -> list[torch.nn.Module]:
+        """`train.fsdp`: the frozen layers sharded over the processes (none when off)."""
+        if not self.config.fsdp:
+            return []
+        backbone = self.model.backbone
+        if backbone.spec.kind == "vision":
+            raise TrainingError(
+                f"train.fsdp: backbone {backbone.name!r} is a vision model, whose prompts call "
+                "its attention projections directly; train it without --fsdp"
+            )
+        blocks = checkpointable_layers(backbone)
+        return distributed.shard_frozen(backbone.core(), blocks, self.process, self.device)
 
     def _check_sizes(self) -> None:
         config, world = self.config, self.process.world
@@ -179,6 +193,7 @@ class _Run:
             guard.check_loss(out.loss, step, cfg, self.kept_path())
             (out.loss / cfg.grad_accum).backward()
             total += out.loss.item() / cfg.grad_accum
+        distributed.reshard(self.sharded)
         for group in self.model.parameter_groups():  # per task: one never rescales another
             torch.nn.utils.clip_grad_norm_(group, cfg.max_grad_norm)
         self.optimizer.step()
