@@ -44,6 +44,11 @@ def _verbalizer_flag(raw: str) -> Any:
 # flag -> dotted config key; one table so flags and YAML keys never drift apart
 FLAGS: dict[str, tuple[str, Callable[[str], Any], str]] = {
     "backbone": ("backbone", str, "built-in name, HF model folder or .gguf file"),
+    "backbone_adapter": (
+        "backbone.adapter",
+        str,
+        "PEFT LoRA folder (adapter_model.safetensors) merged into the frozen backbone",
+    ),
     "dtype": ("backbone.dtype", str, "frozen weights: auto, float32, bfloat16 or float16"),
     "quantize": ("backbone.quantize", str, "frozen weights: none, int8 (torchao), nf4 (CUDA)"),
     "dataset": ("data.source", str, "built-in name, .csv/.jsonl/.json/.parquet or datasets dir"),

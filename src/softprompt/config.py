@@ -59,6 +59,7 @@ class BackboneConfig:
     name: str = "smollm2-135m"
     dtype: str = "auto"  # auto = float32 on CPU, bf16 on CUDA (see backbones/_precision.py)
     quantize: str = "none"  # int8 (torchao) or nf4 (bitsandbytes, CUDA)
+    adapter: str | None = None  # a PEFT LoRA folder merged in at load (backbones/adapter.py)
 
 
 BASELINE_KINDS = ("lora", "full")  # RunConfig.compare; recipes.baselines trains them
@@ -80,6 +81,7 @@ class RunConfig:
     compare: list[str] = field(default_factory=list)  # "lora", "full" (recipes/baselines.py)
     backbone_dtype: str = "auto"  # written `backbone: {dtype: ...}` (BackboneConfig)
     backbone_quantize: str = "none"
+    backbone_adapter: str | None = None  # `backbone: {adapter: DIR}`, --backbone-adapter
 
     def __post_init__(self) -> None:
         for key, value, choices in (

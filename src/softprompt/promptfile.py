@@ -240,9 +240,25 @@ _META_FIELDS: dict[str, Any] = {
 }
 
 
+def _adapted(wanted: str, loaded: str) -> str:
+    """Why two fingerprints differ when one names a merged LoRA adapter (backbones/adapter.py:
+    `<base>+lora-<hex>`); empty when neither does."""
+    mark = "+lora-"
+    if mark in wanted and mark not in loaded:
+        return "with a LoRA adapter merged in; load it with the same --backbone-adapter"
+    if mark in loaded and mark not in wanted:
+        return "without a LoRA adapter; load it without --backbone-adapter"
+    if mark in wanted and wanted.split(mark)[0] == loaded.split(mark)[0]:
+        return "with another LoRA adapter merged in; use the adapter it was trained with"
+    return ""
+
+
 def check_backbone(path: str | Path, meta: dict[str, Any], name: str, fingerprint: str) -> None:
     """Refuse a prompt trained on other weights: its vectors mean nothing there."""
     want = meta.get("backbone", {})
+    adapted = _adapted(str(want.get("fingerprint")), fingerprint)
+    if want.get("fingerprint") != fingerprint and adapted:
+        raise PromptFileError(f"{path}: made for backbone {want.get('name')!r} {adapted}")
     if want.get("fingerprint") != fingerprint:
         raise PromptFileError(
             f"{path}: made for backbone {want.get('name')!r} (fingerprint {want.get('fingerprint')}), "

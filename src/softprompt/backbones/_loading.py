@@ -41,6 +41,7 @@ from softprompt.backbones._gguf import Unsupported, write_folder
 from softprompt.backbones._hf import from_pretrained as _from_pretrained
 from softprompt.backbones._paths import backbone_cache_root
 from softprompt.backbones._precision import check_quantize, quantize_model, resolve_dtype
+from softprompt.backbones.adapter import merge_lora_adapter
 from softprompt.errors import BackboneError
 from softprompt.files import atomic_write_text
 
@@ -677,6 +678,7 @@ def load_backbone(
     kind: str | None = None,
     quantize: str | None = None,
     device: str | torch.device = "cpu",
+    adapter: str | Path | None = None,
 ) -> Backbone:
     """Load a frozen backbone (eval mode, no gradients) and its tokenizer.
 
@@ -687,8 +689,22 @@ def load_backbone(
     resolved for ``device``) is what the frozen weights are held in; ``quantize``
     (``int8`` / ``nf4``) reduces their Linear layers further. The fingerprint names the
     source weights either way. The model stays on the CPU (NF4 moves it to ``device``).
+    ``adapter``: a PEFT LoRA folder merged into the weights (backbones/adapter.py).
     Raises `BackboneError` with a fix when the source cannot be found or loaded.
     """
+    backbone = _load(source, gguf_file, dtype=dtype, kind=kind, quantize=quantize, device=device)
+    return backbone if adapter is None else merge_lora_adapter(backbone, adapter)
+
+
+def _load(
+    source: str,
+    gguf_file: str | None,
+    *,
+    dtype: torch.dtype | str,
+    kind: str | None,
+    quantize: str | None,
+    device: str | torch.device,
+) -> Backbone:
     check_kind(kind)
     device = torch.device(device)
     options = {

@@ -285,7 +285,14 @@ def compare(
     with run_dir.lock(out):
         dataset = load_data(config.run.data)  # first: a bad data file fails before the model
         device = resolve_device(config.run.train.device)
-        backbone = load_backbone(config.run.backbone)
+        run = config.run
+        backbone = load_backbone(
+            run.backbone,
+            dtype=run.backbone_dtype,
+            quantize=run.backbone_quantize,
+            device=device,
+            adapter=run.backbone_adapter,
+        )
         backbone.model.to(device)
         ctx = _Context(
             backbone, dataset, config, sample_test_rows(dataset.test, config.test_limit), out

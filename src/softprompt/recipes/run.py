@@ -132,6 +132,7 @@ def run(config: RunConfig, *, resume: bool = False, progress: bool = True) -> Ru
         dtype=config.backbone_dtype,
         quantize=config.backbone_quantize,
         device=device,
+        adapter=config.backbone_adapter,
     )
     backbone.model.to(device)
     out_dir = Path(config.out)
