@@ -175,3 +175,30 @@ def test_bad_sampling_over_http_is_a_4xx_with_a_message(client, path, extra, sta
     response = client.post(path, json=body)
     assert response.status_code == status, response.text
     assert fragment in response.json()["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        Sampling(temperature=1e-45),  # logits / 1e-45 overflowed to inf: softmax NaN
+        Sampling(temperature=1e-300),  # 0 in float32
+        Sampling(temperature=2.0, top_p=1e-300),  # top_p rounded to 0 dropped every token
+        Sampling(temperature=1.0, top_p=5e-324, top_k=2),
+    ],
+)
+def test_warp_gives_a_distribution_for_every_valid_value(params):
+    logits = torch.tensor([3.0, 1.0, 1.0, -2.0])
+    probs = warp(logits, params)
+    assert torch.isfinite(probs).all() and float(probs.sum()) == pytest.approx(1.0)
+    assert int(probs.argmax()) == 0
+    assert int(torch.multinomial(probs, 1, generator=torch.Generator().manual_seed(0))) == 0
+
+
+def test_warp_of_non_finite_logits_falls_back_to_the_likeliest():
+    nan = float("nan")
+    probs = warp(torch.tensor([nan, float("-inf"), 1.0, 0.0]), Sampling(temperature=1.0, top_k=1))
+    torch.testing.assert_close(probs, torch.tensor([0.0, 0.0, 1.0, 0.0]))
+    probs = warp(torch.tensor([float("-inf"), nan]), Sampling(temperature=1.0))
+    assert torch.isfinite(probs).all() and float(probs.sum()) == 1.0
+    probs = warp(torch.tensor([float("inf"), 0.0]), Sampling(temperature=0.5))
+    torch.testing.assert_close(probs, torch.tensor([1.0, 0.0]))

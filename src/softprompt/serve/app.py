@@ -44,6 +44,7 @@ from softprompt.serve.store import StoreError
 
 MAX_INPUTS = 256  # inputs per request
 MAX_NEW_TOKENS = 1024  # as engine.request checks
+MAX_MESSAGE = 1000  # characters of an error message (the middle of a longer one is cut)
 
 
 class ApiError(Exception):
@@ -170,6 +171,8 @@ def create_app(
     def error(status: int, message: str, kind: str = "invalid_request_error") -> JSONResponse:
         metrics.count("softprompt_errors_total", status=str(status))
         message = message.encode("utf-8", "backslashreplace").decode("utf-8")  # lone surrogates
+        if len(message) > MAX_MESSAGE:  # whatever echoed a client's value: not all of it back
+            message = f"{message[: MAX_MESSAGE // 2]} ... {message[-MAX_MESSAGE // 4 :]}"
         body = {"error": {"message": message, "type": kind, "code": status}}
         return JSONResponse(body, status_code=status)
 
