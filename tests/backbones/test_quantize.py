@@ -137,3 +137,32 @@ def test_nf4_on_cuda(llama_folder, make_model, toy_dataset):
     reference.load_tensors(model.state_dict(), source="test")
     diff = (_probabilities(model) - _probabilities(reference)).abs().max()
     assert float(diff) <= 0.1  # 4-bit weights: a looser bound
+
+
+@needs_torchao
+def test_int8_backward_keeps_no_float_copy_of_the_weights(llama_folder):
+    """torchao's int8 linear casts W to float for its matmul and autograd would keep that
+    copy for every layer; the frozen linear keeps none and rebuilds W in the backward."""
+    backbone = load_backbone(str(llama_folder), quantize="int8")
+    layer = backbone.model.model.layers[0].mlp.up_proj  # (64, 32)
+    assert type(layer) is precision.FrozenQuantizedLinear
+    x = torch.randn(3, 32, requires_grad=True)
+
+    def saved_weight_copies(module: torch.nn.Module) -> tuple[int, torch.Tensor]:
+        saved: list[torch.Size] = []
+        with torch.autograd.graph.saved_tensors_hooks(
+            lambda t: saved.append(t.shape) or t, lambda t: t
+        ):
+            y = module(x)
+        return sum(shape == (32, 64) or shape == (64, 32) for shape in saved), y
+
+    copies, y = saved_weight_copies(layer)
+    assert copies == 0
+    (grad,) = torch.autograd.grad(y.sum(), x)
+    dense = layer.weight.dequantize(torch.float32)  # (64, 32)
+    assert torch.allclose(grad, torch.ones(3, 64) @ dense, atol=1e-5)
+    layer.__class__ = torch.nn.Linear  # torchao's own path, for contrast: the test can fail
+    try:
+        assert saved_weight_copies(layer)[0] >= 1
+    finally:
+        layer.__class__ = precision.FrozenQuantizedLinear
