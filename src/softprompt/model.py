@@ -448,9 +448,16 @@ def build_model(
 def load_prompt(path: str | Path, backbone: Backbone | str | None = None) -> PromptModel:
     """Load a prompt file onto its backbone (by default the one named in the file)."""
     if backbone is None or isinstance(backbone, str):
-        meta = load_prompt_meta(path)
-        backbone = load_backbone(backbone or meta["backbone"]["name"])
+        backbone = file_backbone(load_prompt_meta(path), backbone)
     return PromptModel.load(path, backbone)
+
+
+def file_backbone(meta: dict[str, Any], name: str | None = None) -> Backbone:
+    """The backbone a prompt file names (or `name`), with the LoRA adapter it was trained
+    on merged in, as its run config records it (--backbone-adapter): the fingerprint
+    would refuse the plain backbone."""
+    run = meta.get("run") if isinstance(meta.get("run"), dict) else {}
+    return load_backbone(name or meta["backbone"]["name"], adapter=run.get("backbone_adapter"))
 
 
 def load_prompts(
@@ -459,6 +466,5 @@ def load_prompts(
     """Several prompt files (task name -> path) on one backbone, answering mixed batches:
     `model.predict([(task, text), ...])`."""
     if backbone is None or isinstance(backbone, str):
-        first = load_prompt_meta(next(iter(paths.values())))
-        backbone = load_backbone(backbone or first["backbone"]["name"])
+        backbone = file_backbone(load_prompt_meta(next(iter(paths.values()))), backbone)
     return MultiTaskModel.from_files(paths, backbone)

@@ -121,3 +121,6 @@ def test_train_with_backbone_adapter_records_the_adapted_fingerprint(
     plain = load_backbone(str(llama_folder))
     with pytest.raises(PromptFileError, match="with a LoRA adapter merged in"):
         PromptModel.load(out / "prompt.safetensors", plain)
+    capsys.readouterr()
+    assert cli.main(["eval", str(out / "prompt.safetensors")]) == 0  # the adapter it recorded
+    assert '"accuracy"' in capsys.readouterr().out
