@@ -317,3 +317,27 @@ def test_each_prompt_runs_once_per_call_even_with_the_cache_off(llama, store, mo
     assert len(calls) == 2  # two tasks, once each
     engine.run([engine.request(t, x, generate=False) for t, x in pairs])
     assert len(calls) == 4  # nothing kept between calls: the cache is off
+
+
+def test_removing_a_version_serves_what_the_store_then_holds(llama, gpt2, store, trained, tmp_path):
+    """Removing the served version serves the newest left; when that one cannot be served
+    (another backbone's), the task is refused (409), never answered by the removed one."""
+    alien = trained(gpt2, "soft-prompt", 1).save(tmp_path / "alien.safetensors")
+    mine = trained(llama, "soft-prompt", 77).save(tmp_path / "mine.safetensors")
+    store.add("movie", alien)  # movie@2
+    engine = Engine(llama, store)
+    engine.load_all()
+    with pytest.raises(RefusedTask, match="tiny-gpt2"):
+        engine.get("movie")
+    assert [e.ref for e in engine.remove("movie@2")] == ["movie@2"]
+    assert engine.get("movie").entry.version == 1 and "movie" not in engine.refused
+    store.add("movie", alien)
+    engine.install("movie", mine.read_bytes())
+    served = engine.get("movie")
+    assert engine.get(served.entry.ref) is served  # task@v: the version served
+    with pytest.raises(UnknownTask, match=f"serves version {served.entry.version}"):
+        engine.get("movie@1")
+    engine.remove(served.entry.ref)
+    with pytest.raises(RefusedTask, match="tiny-gpt2"):
+        engine.get("movie")
+    assert served.prompt.key not in engine.cache

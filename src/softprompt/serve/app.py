@@ -317,7 +317,7 @@ def create_app(
             "object": "chat.completion" if chat else "text_completion",
             "created": int(time.time()),
             "model": body.model,
-            "system_fingerprint": f"{body.model}@{results[0]['version']}",
+            "system_fingerprint": f"{results[0]['task']}@{results[0]['version']}",
             "choices": choices,
             "usage": {
                 "prompt_tokens": prompt_tokens,
