@@ -7,16 +7,18 @@ import torch
 from toydata import LABELS, TEMPLATE, toy_examples
 
 from softprompt.backbones.tiny import tiny_llama
-from softprompt.config import build_run_config
-from softprompt.data import Dataset
+from softprompt.config import RunConfig, build_run_config
+from softprompt.data import Dataset, Example
 from softprompt.errors import ConfigError
 from softprompt.model import build_model
+from softprompt.recipes.baselines import TuneConfig, tuned_baseline
 from softprompt.tasks import TaskConfig
 from softprompt.tasks.auto_verbalizer import (
     Candidate,
     assign,
     parse_auto,
     resolve_verbalizer,
+    search_words,
     without_slots,
 )
 
@@ -105,9 +107,23 @@ def test_slot_templates_choose_with_their_literal_text(planted):
     assert chosen == {"template": slots, "verbalizer": {k: [w] for k, w in PLANTED.items()}}
 
 
-def test_linear_heads_are_refused(bert, toy_dataset):
-    with pytest.raises(ConfigError, match="causal LM's head"):
-        resolve_verbalizer(bert, toy_dataset, {"verbalizer": "auto"})
+def test_a_linear_head_needs_no_words(bert, llama, toy_dataset):
+    assert resolve_verbalizer(bert, toy_dataset, {"verbalizer": "auto"}) == {}
+    task = {"head": "linear", "verbalizer": "auto:2"}
+    assert resolve_verbalizer(llama, toy_dataset, task) == {"head": "linear"}
+
+
+def test_lora_baseline_scores_with_the_chosen_words(planted, fast_config, tmp_path):
+    backbone, data = planted
+    task = {"template": TEMPLATE, "verbalizer": "auto"}
+    config = RunConfig(task=task, train=fast_config(steps=1, eval_every=1), out=str(tmp_path))
+    model, _ = tuned_baseline(backbone, data, config, TuneConfig(kind="lora"), progress=False)
+    assert model.task.config.verbalizer == {k: [w] for k, w in PLANTED.items()}
+
+
+def test_a_task_config_never_holds_auto():
+    with pytest.raises(ConfigError, match=r"task.verbalizer: 'auto' chooses words .*build_model"):
+        TaskConfig(labels=list(LABELS), verbalizer="auto")
 
 
 def test_word_dicts_pass_through_untouched(llama, toy_dataset):
@@ -124,3 +140,14 @@ def test_bad_auto_value_is_one_line(bad):
 
 def test_auto_values_parse():
     assert (parse_auto("auto"), parse_auto(" auto:4 "), parse_auto({"a": "b"})) == (1, 4, None)
+
+
+def test_own_words_are_kept_unless_the_chosen_ones_do_better_on_validation(planted):
+    backbone, data = planted
+    config = TaskConfig(labels=list(LABELS), template=TEMPLATE)
+    flipped = [Example(e.text, LABELS[1 - LABELS.index(e.label)]) for e in data.train]
+    result = search_words(backbone, config, data.train, 1, flipped)
+    assert result.kept_own and result.verbalizer == {k: [" " + k] for k in LABELS}
+    assert result.checked[0] == 0.0 and "keeping the task's own words" in result.table()
+    kept = search_words(backbone, config, data.train, 1, data.train[:6])
+    assert not kept.kept_own and kept.verbalizer == {k: [w] for k, w in PLANTED.items()}

@@ -17,7 +17,9 @@ so it works with every method:
    the verbalizer scores them (tasks/word_tree.py);
 3. one word per class by coordinate ascent on the rows' accuracy (ties: mean log-prob
    of the gold class), each class starting from its best ratio, words never shared;
-   with auto:N, each class then adds its next N - 1 words by ratio.
+   with auto:N, each class then adds its next N - 1 words by ratio;
+4. the choice is checked on the validation rows (the K-per-class validation set in
+   the k-shot regime): unless it beats the task's own words there, they are kept.
 
 The result is an ordinary verbalizer, written into the task config (and so into the
 prompt file); `AutoWords.table()` prints the candidates with their scores.
@@ -84,14 +86,24 @@ class AutoWords:
     accuracy: float = 0.0  # on the rows searched, chosen words
     manual_accuracy: float = 0.0  # on the same rows, the task's own label words
     rows: int = 0
+    held_out: int = 0  # validation rows the choice was checked on
+    checked: tuple[float, float] = (0.0, 0.0)  # there: chosen words' (accuracy, gold lp)
+    manual_checked: tuple[float, float] = (0.0, 0.0)  # there: the task's own words'
+    kept_own: bool = False  # the own words did as well on the held-out rows
 
     def table(self) -> str:
         """The candidates per class with their scores; chosen words are starred."""
         lines = [
             f"label words chosen on {self.rows} training rows: accuracy {self.accuracy:.3f} "
             f"(the task's own words: {self.manual_accuracy:.3f})",
-            f"  {'label':<24} {'word':<18} {'ratio':>8} {'log-prob':>9}",
         ]
+        if self.held_out:
+            verdict = "keeping the task's own words" if self.kept_own else "using the chosen words"
+            lines.append(
+                f"on {self.held_out} validation rows: accuracy {self.checked[0]:.3f} (own words: "
+                f"{self.manual_checked[0]:.3f}); {verdict}"
+            )
+        lines.append(f"  {'label':<24} {'word':<18} {'ratio':>8} {'log-prob':>9}")
         for label, found in self.candidates.items():
             chosen = set(self.verbalizer[label])
             for cand in found:
@@ -150,10 +162,10 @@ def _is_word(tokenizer, token_id: int) -> str | None:
     return word if back == [token_id] else None
 
 
-def _scored(word: str, scores: torch.Tensor, mine: torch.Tensor) -> Candidate:
-    """A candidate with its ratio and likelihood over the rows where `mine` is true."""
+def _scored(word: str, scores: torch.Tensor, mine: torch.Tensor, others: torch.Tensor):
+    """A candidate with its ratio and likelihood: `mine` are its class's rows."""
     inside = float(scores[mine].mean())
-    outside = float(scores[~mine].mean()) if bool((~mine).any()) else 0.0
+    outside = float(scores[others].mean()) if bool(others.any()) else 0.0
     return Candidate(word=word, scores=scores, ratio=inside - outside, likelihood=inside)
 
 
@@ -167,19 +179,21 @@ def candidates(
     shortlist: int = SHORTLIST,
 ) -> dict[str, list[Candidate]]:
     """Per class: its best `shortlist` words by likelihood ratio, from the `pool` tokens
-    most likely over its rows plus the task's own label words. vocab (N, V), own (N, W)."""
+    most likely over its rows plus the task's own label words. vocab (N, V), own (N, W);
+    rows whose target is -1 (held out) count for neither."""
     found: dict[str, list[Candidate]] = {}
     column = 0
     for c, label in enumerate(task.config.labels):
         mine = targets == c  # (N,)
+        others = (targets >= 0) & ~mine
         likely = vocab[mine].mean(0).topk(min(pool, vocab.shape[1])).indices  # (pool,)
         cands = {}
         for token in likely.tolist():
             word = _is_word(task.tokenizer, token)
             if word is not None:
-                cands[word] = _scored(word, vocab[:, token], mine)
+                cands[word] = _scored(word, vocab[:, token], mine, others)
         for word in task.words[c]:
-            cands[word] = _scored(word, own[:, column], mine)
+            cands[word] = _scored(word, own[:, column], mine, others)
             column += 1
         ranked = sorted(cands.values(), key=lambda k: (-k.ratio, k.word))
         found[label] = ranked[:shortlist]
@@ -187,8 +201,11 @@ def candidates(
 
 
 def _fit(words: list[Candidate], targets: torch.Tensor) -> tuple[float, float]:
-    """(accuracy, mean gold log-softmax) of one word per class on the rows."""
-    scores = torch.stack([w.scores for w in words], dim=-1)  # (N, C)
+    """(accuracy, mean gold log-softmax) of one word per class on the rows whose target
+    is not -1."""
+    scored = targets >= 0
+    scores = torch.stack([w.scores for w in words], dim=-1)[scored]  # (n, C)
+    targets = targets[scored]
     accuracy = float((scores.argmax(-1) == targets).float().mean())
     gold = scores.log_softmax(-1).gather(1, targets[:, None]).mean()
     return accuracy, float(gold)
@@ -220,9 +237,17 @@ def assign(found: dict[str, list[Candidate]], targets: torch.Tensor, sweeps: int
 
 
 def choose_words(
-    task: VerbalizerTask, injector: Injector, rows: Sequence[Example], words: int = 1
+    task: VerbalizerTask,
+    injector: Injector,
+    rows: Sequence[Example],
+    words: int = 1,
+    held_out: Sequence[Example] = (),
 ) -> AutoWords:
-    """Label words for `task`'s classes from `rows` (every class needs a row)."""
+    """Label words for `task`'s classes from `rows` (every class needs a row). With
+    `held_out` rows (the k-shot validation set), the chosen words must beat the task's
+    own words there (accuracy, then mean gold log-prob), or the own words are kept: on
+    a few dozen rows the search can fit noise (a rare subword that happens to split
+    32 rows), and the validation rows are what the run trusts to tell."""
     labels = task.config.labels
     missing = [label for label in labels if not any(e.label == label for e in rows)]
     if missing:
@@ -230,8 +255,10 @@ def choose_words(
             f"task.verbalizer auto: no training rows for label(s) {missing}; the words are "
             "chosen from each class's rows, so give every class at least one"
         )
-    vocab, own = answer_log_probs(task, injector, rows)
-    targets = torch.tensor([labels.index(e.label) for e in rows])  # (N,)
+    vocab, own = answer_log_probs(task, injector, [*rows, *held_out])
+    gold = torch.tensor([labels.index(e.label) for e in [*rows, *held_out]])  # (N + H,)
+    fitted = torch.arange(len(gold)) < len(rows)  # the rows the words are chosen on
+    targets, checked = gold.where(fitted, -1), gold.where(~fitted, -1)
     found = candidates(task, vocab, own, targets)
     if any(not found[label] for label in labels) or len(
         {c.word for cs in found.values() for c in cs}
@@ -248,8 +275,15 @@ def choose_words(
                 verbalizer[label].append(cand.word)
                 taken.add(cand.word)
     own_scores = task._class_scores(own)  # (N, C): the task's own words, as it scores them
-    manual = float((own_scores.argmax(-1) == targets).float().mean())
-    return AutoWords(verbalizer, found, _fit(chosen, targets)[0], manual, len(rows))
+    manual = [Candidate(" / ".join(ws), own_scores[:, c]) for c, ws in enumerate(task.words)]
+    result = AutoWords(verbalizer, found, _fit(chosen, targets)[0], _fit(manual, targets)[0])
+    result.rows, result.held_out = len(rows), len(held_out)
+    if held_out:
+        result.checked, result.manual_checked = _fit(chosen, checked), _fit(manual, checked)
+        if result.manual_checked >= result.checked:
+            result.verbalizer = dict(zip(labels, task.words, strict=True))
+            result.kept_own = True
+    return result
 
 
 _CHOSEN: dict[tuple, AutoWords] = {}  # one search per (backbone, rows, framing) a process
@@ -266,17 +300,15 @@ def resolve_verbalizer(
     framing = {k: v for k, v in task.items() if k != "verbalizer"}
     config = task_config_for(dataset, framing)  # the built-in or manual words as candidates
     if config.kind != "classification" or task_name(config, backbone) != "verbalizer":
-        raise ConfigError(
-            "task.verbalizer auto: label words are scored by a causal LM's head on a "
-            f"classification task (task.head verbalizer); {backbone.name} is a "
-            f"{backbone.spec.kind} and the task is {config.kind} with head {config.head}"
-        )
+        return framing  # a linear head (an encoder's, a probe's) reads no label words
     if Template(config.template).has_slots:
         config = dataclasses.replace(config, template=without_slots(config.template))
     rows = searched_rows(dataset.train, config.labels)
-    key = (backbone.fingerprint, tuple(rows), config.template, tuple(config.labels), words)
+    held_out = searched_rows(dataset.validation, config.labels)
+    key = (backbone.fingerprint, tuple(rows), tuple(held_out), config.template, words)
+    key += (tuple(config.labels), str(config.verbalizer))
     if key not in _CHOSEN:
-        result = _search(backbone, config, rows, words)
+        result = search_words(backbone, config, rows, words, held_out)
         echo(result.table())
         _CHOSEN[key] = result
     return dict(framing, verbalizer=_CHOSEN[key].verbalizer)
@@ -288,7 +320,10 @@ def without_slots(template: str) -> str:
     return re.sub(r"[ \t]{2,}", " ", VIRTUAL.sub(" ", template)).strip(" ")
 
 
-def _search(backbone: Backbone, config: TaskConfig, rows: list[Example], words: int):
+def search_words(
+    backbone: Backbone, config: TaskConfig, rows: list[Example], words: int, held_out
+) -> AutoWords:
+    """`choose_words` for a task config on a backbone, with no prompt."""
     task = VerbalizerTask(config, backbone)
     injector = make_injector(backbone)
-    return choose_words(task, injector, rows, words)
+    return choose_words(task, injector, rows, words, held_out)

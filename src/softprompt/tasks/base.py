@@ -52,6 +52,12 @@ class TaskConfig:
             raise ConfigError(f"task.pool: must be auto, mean, cls or last, got {self.pool!r}")
         if self.kind != "generation" and len(self.labels) < 2:
             raise ConfigError(f"task.labels: need at least 2 labels, got {self.labels!r}")
+        if isinstance(self.verbalizer, str):
+            raise ConfigError(
+                f"task.verbalizer: {self.verbalizer!r} chooses words from a dataset when a "
+                "run builds its model (model.build_model); here give the words themselves, "
+                'e.g. {"label": [" word"]}'
+            )
         if self.verbalizer is not None:
             self.verbalizer = {
                 k: [v] if isinstance(v, str) else list(v) for k, v in self.verbalizer.items()
@@ -286,7 +292,7 @@ def label_index(labels: list[str], examples: list[Example]) -> torch.Tensor:
     return torch.tensor([lookup[e.label] for e in examples], dtype=torch.long)  # (B,)
 
 
-TASKS: Registry[Task] = Registry("task", "task")
+TASKS: Registry[Task] = Registry("task", "task", package="softprompt.tasks")
 
 
 def register_task(name: str):
