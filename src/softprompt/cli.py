@@ -442,6 +442,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     print(f"method        {method['name']} {json.dumps(method['options'])}")
     print(
         f"backbone      {meta['backbone']['name']} (fingerprint {meta['backbone']['fingerprint']})"
+        + _held_as(meta["backbone"])
     )
     print(f"dataset       {meta.get('dataset')}")
     print(f"task          {task['kind']}, head {task['head']}, template {task['template']!r}")
@@ -453,6 +454,15 @@ def cmd_info(args: argparse.Namespace) -> int:
     if meta.get("metrics"):
         print(f"metrics       {json.dumps(meta['metrics'])}")
     return 0
+
+
+def _held_as(backbone: dict[str, Any]) -> str:
+    """The suffix ", trained in bfloat16, int8": how the frozen weights were held (files before
+    issue 19 do not say: float32)."""
+    held = [backbone.get("dtype", "float32")]
+    if backbone.get("quantize", "none") != "none":
+        held.append(backbone["quantize"])
+    return f", trained in {', '.join(held)}"
 
 
 def cmd_datasets(args: argparse.Namespace) -> int:

@@ -441,6 +441,8 @@ def test_cli_trains_in_bf16_and_scores_in_another_dtype(llama_folder, tmp_path, 
     prompt = out / PROMPT_FILE
     assert read_prompt_file(prompt)[1]["backbone"]["dtype"] == "bfloat16"
     capsys.readouterr()
+    assert main(["info", str(prompt)]) == 0
+    assert ", trained in bfloat16\n" in capsys.readouterr().out
     assert main(["eval", str(prompt), "--dtype", "float32", "--batch-size", "8"]) == 0
     assert 0.0 <= json.loads(capsys.readouterr().out)["accuracy"] <= 1.0
     assert main(["predict", str(prompt), "the movie was good", "--dtype", "bfloat16"]) == 0
