@@ -129,7 +129,7 @@ def test_cli_compare_on_tagging_with_full_fine_tuning(bert_folder, tmp_path, cap
     assert "test entity F1: mean ± sd" in stdout
     summary = {s["method"]: s for s in json.loads((out / "compare.json").read_text())["summary"]}
     assert summary["zero-shot"]["skipped"].startswith("the task has a head to train")
-    assert "| zero-shot (template + label words) | n/a:" in stdout
+    assert "| zero-shot (no training) | n/a:" in stdout
     assert summary["full"]["trainable_parameters"] > summary["p-tuning"]["trainable_parameters"]
     assert (
         summary["p-tuning"]["trainable_parameters"] > summary["head-only"]["trainable_parameters"]
@@ -158,3 +158,19 @@ def test_test_sample_is_fixed_and_keeps_order():
         sample_test_rows(rows, 4) == sample_test_rows(rows, 4) == sorted(sample_test_rows(rows, 4))
     )
     assert sample_test_rows(rows, 0) == rows and sample_test_rows(rows, 50) == rows
+
+
+def test_cli_compare_on_generation_scores_the_test_loss(llama_folder, tmp_path, capsys):
+    data = tmp_path / "gen.csv"
+    pairs = [("translate good", "bon"), ("translate bad", "mal")] * 12
+    data.write_text("text,label\n" + "".join(f"{t} {i},{o}\n" for i, (t, o) in enumerate(pairs)))
+    out = tmp_path / "gen"
+    argv = ["compare", "--backbone", str(llama_folder), "--dataset", str(data),
+            "--task-kind", "generation", "--methods", "zero-shot,head-only,soft-prompt",
+            "--seeds", "1", "--steps", "2", "--eval-every", "2", "--batch-size", "4",
+            "--n-tokens", "2", "--out", str(out)]  # fmt: skip
+    assert cli.main(argv) == 0, capsys.readouterr().err
+    summary = {s["method"]: s for s in json.loads((out / "compare.json").read_text())["summary"]}
+    assert summary["zero-shot"]["metric"] == "loss" and summary["zero-shot"]["mean"] > 0
+    assert summary["head-only"]["skipped"] == "the task has no head to train"
+    assert summary["soft-prompt"]["trainable_parameters"] > 0

@@ -60,7 +60,7 @@ ZERO_SHOT, HEAD_ONLY = "zero-shot", "head-only"
 DEFAULT_METHODS = (ZERO_SHOT, HEAD_ONLY, "soft-prompt", "prefix-tuning", "p-tuning", "lora", "full")
 UNIT_FILE = "unit.json"
 LABELS = {
-    ZERO_SHOT: "zero-shot (template + label words)",
+    ZERO_SHOT: "zero-shot (no training)",
     HEAD_ONLY: "head-only (linear probe)",
     "lora": "LoRA (PEFT, r=8)",
     "full": "full fine-tuning",
@@ -140,9 +140,12 @@ def _zero_shot(ctx: _Context, run: RunConfig) -> PromptModel:
 def _head_only(ctx: _Context, run: RunConfig) -> PromptModel:
     task = {**run.task, "head": "linear"}
     try:
-        return build_model(ctx.backbone, ctx.dataset, {"name": "none"}, task)
-    except ConfigError as exc:  # generation has no head to probe
+        model = build_model(ctx.backbone, ctx.dataset, {"name": "none"}, task)
+    except ConfigError as exc:
         raise NotApplicable(str(exc)) from None
+    if not model.num_trainable():  # generation: no head, so nothing would train
+        raise NotApplicable("the task has no head to train")
+    return model
 
 
 def _tuned(kind: str) -> Callable[[_Context, RunConfig], PromptModel]:
