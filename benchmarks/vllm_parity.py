@@ -37,7 +37,7 @@ from softprompt.data import load_dataset
 from softprompt.model import PromptModel
 from softprompt.serve.engine import Engine
 from softprompt.serve.store import PromptStore
-from softprompt.serve.vllm import VllmEngine, encode_embeds, model_folder, start_server
+from softprompt.serve.vllm import VllmEngine, encode_embeds, model_folder, start_server, stop_server
 from softprompt.tasks import TaskConfig
 
 
@@ -181,8 +181,7 @@ def main() -> None:
         print(json.dumps(report, indent=1))
     finally:
         if process is not None:
-            process.terminate()
-            process.wait(timeout=60)
+            stop_server(process)
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ import base64
 import io
 import json
 import os
+import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -414,6 +415,7 @@ def start_server(
         stdout=out,
         stderr=subprocess.STDOUT,
         env={**os.environ, **(env or {})},
+        start_new_session=True,  # its own process group: stop_server ends its workers too
     )
     url, deadline = f"http://127.0.0.1:{port}", time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -427,5 +429,20 @@ def start_server(
         except httpx.TransportError:
             pass
         time.sleep(1.0)
-    process.kill()
+    stop_server(process)
     raise VllmUnavailable(f"vLLM did not answer /health within {timeout:.0f} s; see {log}")
+
+
+def stop_server(process: subprocess.Popen, *, kill: bool = False, timeout: float = 60.0) -> None:
+    """End a server `start_server` started, with the engine and worker processes it spawned
+    (its process group): SIGTERM, or SIGKILL when `kill` (or when SIGTERM is not enough)."""
+    if process.poll() is not None:
+        return
+    try:
+        os.killpg(process.pid, signal.SIGKILL if kill else signal.SIGTERM)
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=timeout)
+    except ProcessLookupError:
+        pass
