@@ -3,8 +3,8 @@
 One vLLM server (SmolLM2-135M's cached HF folder) is started for the whole module; its
 start-up time is printed. The server tests run under SOFTPROMPT_VLLM_TESTS=1 or CI=true
 (about 3 minutes on 2 shared CPUs). Without `.venv-vllm` they skip with the install
-command, and under CI=true they fail naming it. The kill test runs last: it stops the
-server.
+command, and under CI=true they fail naming it. The kill test comes after the other
+server tests: it stops the server.
 """
 
 from __future__ import annotations
@@ -15,12 +15,15 @@ import socket
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 import torch
 
 from softprompt.backbones import load_backbone
 from softprompt.backbones.tiny import tiny_llama
 from softprompt.data import Example
+from softprompt.errors import ConfigError
+from softprompt.inject.sequence import input_sequence
 from softprompt.model import PromptModel
 from softprompt.serve.engine import RefusedTask
 from softprompt.serve.vllm import (
@@ -28,7 +31,9 @@ from softprompt.serve.vllm import (
     NotForVllm,
     VllmClient,
     VllmEngine,
+    VllmError,
     VllmUnavailable,
+    _word_prefixes,
     model_folder,
     start_server,
     stop_server,
@@ -226,10 +231,57 @@ def test_missing_venv_names_the_install_command(tmp_path, monkeypatch):
 
 
 def test_killed_vllm_gives_a_clear_error(engine, prompts, server):
-    """Runs last: stops the module's server, then a request says vLLM is not answering."""
+    """After the other server tests: kills the server (SIGKILL to its process group), then
+    a request says vLLM is not answering."""
     _, process, _ = server
     if process is None:
         pytest.skip("SOFTPROMPT_VLLM_URL: the server is not this test's to kill")
     stop_server(process, kill=True)  # SIGKILL, as a crash would
     with pytest.raises(VllmUnavailable, match="not answering"):
         engine.classify("sentiment", TEXTS[0])
+
+
+# -- without a server: the embedding path, word prefixes, HTTP errors --------------------
+
+
+@pytest.mark.parametrize("template", ["review : {text} :", "{p:2} review : {text} {p:1} :"])
+def test_input_sequence_through_the_model_gives_predict(llama, template):
+    """The model's own forward over input_sequence's embeddings scores as predict does
+    (BOS, prompt vectors, template slots in the layout the injector runs)."""
+    config = TaskConfig(labels=LABELS, template=template)
+    model = _kicked(PromptModel(llama, config, "soft-prompt", {"n_tokens": 3, "seed": 0}), 0)
+    text = "a fine film"
+    ids, virtual = model.task.rows([Example(text=text, label="")])
+    with torch.no_grad():
+        sequence = input_sequence(model.injector, model.prompt(), ids[0], virtual[0])  # (T, d)
+        logits = llama.model(inputs_embeds=sequence[None]).logits[0, -1]  # (V,)
+    scores = model.task._class_scores(logits[model.task.first_tokens][None])
+    got, want = model.task.describe_scores(scores)[0], model.predict([text])[0]
+    assert got["label"] == want["label"]
+    assert all(abs(got["scores"][k] - want["scores"][k]) < 1e-5 for k in LABELS)
+
+
+def test_input_sequence_refuses_a_key_value_prefix(llama):
+    config = TaskConfig(labels=LABELS)
+    model = PromptModel(llama, config, "prefix-tuning", {"n_tokens": 2, "hidden": 8})
+    with pytest.raises(ConfigError, match="own engine"):
+        input_sequence(model.injector, model.prompt(), [5, 6])
+
+
+def test_word_prefixes_ask_each_prefix_once():
+    follow = _word_prefixes([[1, 2], [1, 3], [4], [1, 2, 5]])
+    assert follow == {(): [1, 4], (1,): [2, 3], (1, 2): [5]}
+
+
+@pytest.mark.parametrize(
+    ("status", "error", "says"),
+    [(500, VllmUnavailable, "failed \\(500\\): boom"), (400, VllmError, "refused.*boom")],
+)
+def test_vllm_errors_keep_its_message(status, error, says):
+    def answer(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(status, json={"error": {"message": "boom"}})
+
+    client = VllmClient("http://vllm.test")
+    client.http = httpx.Client(base_url=client.url, transport=httpx.MockTransport(answer))
+    with pytest.raises(error, match=says):
+        client.post("/v1/completions", {})
