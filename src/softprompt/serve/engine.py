@@ -1,10 +1,9 @@
 """Mixed-task batches on one frozen backbone, each task's prompt K/V from the cache.
 
-`CachedInjector` is the causal injector with one change: the per-row prefix of a batch
-is assembled from each task's cached K/V (`cache.PromptKVCache`) instead of running the
-prompts. Everything downstream (masks, positions, scoring, decoding) is the injector's
-own code, so a row's answer equals the same row run alone through its task. Encoders
-have no input-independent prefix; they run their prompts as usual.
+Each task's prompt K/V come from a cache (serve/injector.py: `CachedInjector`), so a
+row's answer equals the same row run alone through its task; encoders have no
+input-independent prefix and run their prompts as usual. Generation rows decode
+together (serve/decoding.py), each with its own sampling and stop sequences.
 
 `Engine` owns the served tasks (loaded from a `PromptStore`, checked against the
 backbone's fingerprint), hot-swaps them, and answers a list of requests in one
@@ -21,19 +20,19 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
-from transformers.cache_utils import DynamicCache
 
 from softprompt.backbones import Backbone
 from softprompt.data import Example
 from softprompt.errors import PromptFileError, SoftPromptError
-from softprompt.inject import CausalInjector, PrefixCache, Prompt, RowPrompts
+from softprompt.inject import CausalInjector, Prompt, RowPrompts
 from softprompt.model import MixedBatch, MultiTaskModel, PromptModel
 from softprompt.promptfile import check_backbone
-from softprompt.serve.cache import Key, PromptKVCache
+from softprompt.serve.cache import PromptKVCache
+from softprompt.serve.decoding import RowText, decode
+from softprompt.serve.injector import CachedInjector, CachedPrompt
 from softprompt.serve.limits import shorten
 from softprompt.serve.packing import pack_rows, packed_hidden, worth_packing
-from softprompt.serve.sampling import Sampling, find_stop, held_back, next_tokens
+from softprompt.serve.sampling import Sampling
 from softprompt.serve.store import (
     Entry,
     PromptStore,
@@ -41,7 +40,7 @@ from softprompt.serve.store import (
     check_task_name,
 )
 from softprompt.tasks.classification import VerbalizerTask
-from softprompt.tasks.generation import GenerationTask, pad_left
+from softprompt.tasks.generation import GenerationTask
 from softprompt.tasks.image import ImageTask
 
 
@@ -68,83 +67,6 @@ def check_unicode(text: str, field: str) -> str:
             f"{exc.start}); send UTF-8 text"
         ) from None
     return text
-
-
-@dataclass(eq=False)
-class CachedPrompt(Prompt):
-    """A task's prompt as a cache key; `source()` computes the real prompt on a miss."""
-
-    key: Key | None = None
-    source: Callable[[], Prompt] | None = None
-
-
-class CachedInjector(CausalInjector):
-    """A causal injector whose prompt prefixes come from a per-task K/V cache."""
-
-    def __init__(self, base: CausalInjector, cache: PromptKVCache) -> None:
-        self.__dict__.update(base.__dict__)  # same model, head and cache keyword; no re-check
-        self.kv_cache = cache
-        # K/V used in the current engine call, whatever the cache bound: a prompt is
-        # computed at most once per call even when the cache is off or evicts it
-        self.in_use: dict[Key, tuple[list[tuple[torch.Tensor, ...]], int]] | None = None
-
-    def prompt_kv(self, prompt: Prompt) -> tuple[list[tuple[torch.Tensor, ...]], int]:
-        """One prompt's per-layer K/V at batch 1 ((1, kvh, w, hd) each) and its width w."""
-        key = getattr(prompt, "key", None)
-        if key is not None and self.in_use is not None and key in self.in_use:
-            return self.in_use[key]
-        found = self._cached_or_run(prompt, key)
-        if key is not None and self.in_use is not None:
-            self.in_use[key] = found
-        return found
-
-    def _cached_or_run(self, prompt: Prompt, key: Key | None):
-        if key is not None:
-            hit = self.kv_cache.get(key)
-            if hit is not None:
-                return hit.kv, hit.width
-        real = prompt.source() if isinstance(prompt, CachedPrompt) else prompt
-        with torch.no_grad():
-            kv, width = self._run_group([real])
-        kv = [(k.detach(), v.detach()) for k, v in kv]
-        if key is not None:
-            self.kv_cache.put(key, kv, width)
-        return kv, width
-
-    def prefix_cache(self, prompts: Prompt | RowPrompts, batch_size: int) -> PrefixCache:
-        """Each row's prompt K/V from the cache, left-padded to the widest: see PrefixCache."""
-        rows = RowPrompts.of(prompts, batch_size, self.device)
-        parts = [self.prompt_kv(p) for p in rows.prompts]
-        widths = torch.tensor([w for _, w in parts], device=self.device)  # (k,)
-        pick = rows.index.to(self.device)  # (B,)
-        lengths = widths[pick]  # (B,)
-        m = int(widths.max())
-        slots = torch.arange(m, device=self.device)
-        mask = (slots[None, :] >= m - lengths[:, None]).long()  # (B, m)
-        if m == 0:
-            return PrefixCache(None, mask, lengths)
-        template = next(kv for kv, w in parts if w)
-        cache = DynamicCache(config=self.config)
-        for layer in range(len(template)):
-            keys, values = (
-                self._stack(parts, template, layer, i, m, pick, batch_size) for i in (0, 1)
-            )
-            cache.update(keys, values, layer)
-        return PrefixCache(cache, mask, lengths)
-
-    @staticmethod
-    def _stack(parts, template, layer: int, i: int, m: int, pick, batch: int) -> torch.Tensor:
-        """One layer's keys (i=0) or values (i=1) for every row: (B, kvh, m, hd)."""
-        blocks = []
-        for kv, width in parts:
-            if width:
-                tensor = kv[layer][i]  # (1, kvh, w, hd)
-                blocks.append(F.pad(tensor, (0, 0, m - width, 0)) if width < m else tensor)
-            else:  # no prefix at all: zeros in slots the mask hides
-                blocks.append(torch.zeros_like(template[layer][i][:, :, :1]).expand(-1, -1, m, -1))
-        if len(blocks) == 1:
-            return blocks[0].expand(batch, -1, -1, -1)  # a view, as the injector does
-        return torch.cat(blocks)[pick]  # (B, kvh, m, hd)
 
 
 @dataclass(eq=False)
@@ -610,96 +532,3 @@ def _prompt_of(model: PromptModel, head: list[int]) -> Callable[[], Prompt]:
             return Prompt(embeds=embeds, kv=prompt.kv, inline=prompt.inline)
 
     return compute
-
-
-class RowText:
-    """One generating row's text as its tokens arrive: where a stop sequence cuts it, and
-    the new text since the last call for a stream. A stream holds back an ending that
-    could still grow into a stop sequence, and half of a multi-byte character."""
-
-    def __init__(
-        self,
-        decode: Callable[[list[int]], str],
-        stops: list[str],
-        on_token: Callable[[str], None] | None,
-    ) -> None:
-        self.decode, self.stops, self.on_token = decode, stops, on_token
-        self.sent = ""
-        self.cut: str | None = None  # the text before the first stop sequence
-
-    def push(self, tokens: list[int]) -> bool:
-        """After each new token: True when a stop sequence has appeared (the row is done)."""
-        if not self.stops and self.on_token is None:
-            return False
-        text = self.decode(tokens)
-        if self.stops:
-            at = find_stop(text, self.stops)
-            if at >= 0:
-                self.cut = text[:at]
-                return True
-        if self.on_token is not None and not text.endswith("\ufffd"):
-            self._send(text[: len(text) - held_back(text, self.stops)])
-        return False
-
-    def finish(self, tokens: list[int]) -> str:
-        """The row's final text; a stream gets whatever it has not been sent yet."""
-        text = self.cut if self.cut is not None else self.decode(tokens)
-        if self.on_token is not None:
-            self._send(text)
-        return text
-
-    def _send(self, text: str) -> None:
-        if len(text) > len(self.sent) and text.startswith(self.sent):
-            self.on_token(text[len(self.sent) :])
-            self.sent = text
-
-
-@torch.no_grad()
-def decode(
-    injector,
-    prompts: RowPrompts,
-    contexts: list[list[int]],
-    *,
-    pad_id: int,
-    eos_id: int | None,
-    max_new_tokens: list[int],
-    sampling: list[Sampling] | None = None,
-    texts: list[RowText] | None = None,
-) -> list[tuple[list[int], str]]:
-    """Decoding as `tasks.generation.greedy_decode` does it, each row with its own sampling
-    parameters and random stream, and why each row stopped: "stop" at EOS or a stop
-    sequence (`texts` watch for those and stream), "length" at its token limit."""
-    device = injector.device
-    ids, mask = (t.to(device) for t in pad_left(contexts, pad_id))  # (B, T)
-    batch = ids.shape[0]
-    sampling = sampling or [Sampling() for _ in range(batch)]
-    generators = [s.generator(device) for s in sampling]
-    prefix = injector.prefix_cache(prompts, batch)
-    cache = prefix.cache if prefix.cache is not None else DynamicCache(config=injector.config)
-    positions = prefix.lengths[:, None] + (mask.cumsum(-1) - 1).clamp(min=0)  # (B, T)
-    full_mask = torch.cat([prefix.mask, mask], 1)  # (B, m + T)
-    hidden = injector.step(ids, full_mask, positions, cache)  # (B, T, d)
-    out: list[list[int]] = [[] for _ in range(batch)]
-    reasons = ["length"] * batch
-    done = [limit <= 0 for limit in max_new_tokens]
-    next_pos = positions[:, -1:]
-    for _ in range(max(max_new_tokens)):
-        token = next_tokens(injector.logits(hidden[:, -1]), sampling, generators)  # B ids
-        for i in range(batch):
-            if done[i]:
-                continue
-            if eos_id is not None and token[i] == eos_id:
-                done[i], reasons[i] = True, "stop"
-                continue
-            out[i].append(token[i])
-            if texts is not None and texts[i].push(out[i]):
-                done[i], reasons[i] = True, "stop"
-                continue
-            done[i] = len(out[i]) >= max_new_tokens[i]
-        if all(done):
-            break
-        next_pos = next_pos + 1
-        full_mask = torch.cat([full_mask, mask.new_ones(batch, 1)], 1)
-        step_ids = torch.tensor(token, device=device).unsqueeze(1)  # (B, 1)
-        hidden = injector.step(step_ids, full_mask, next_pos, cache)
-    return list(zip(out, reasons, strict=True))
