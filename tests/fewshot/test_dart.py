@@ -114,3 +114,20 @@ def test_a_task_without_label_words_is_refused(bert):
 def test_bad_options_are_one_line(options, message):
     with pytest.raises(ConfigError, match=message):
         make_method_config("dart", options)
+
+
+def test_a_mixed_batch_scores_dart_rows_as_alone(llama, make_model):
+    dart, soft = _dart(llama), make_model(llama)
+    with torch.no_grad():
+        dart.method.labels.add_(torch.randn(dart.method.labels.shape, generator=_gen()))
+    texts = [e.text for e in toy_examples(4, seed=6)]
+    mixed = MultiTaskModel({"dart": dart, "soft": soft}).predict(
+        [(name, t) for t in texts for name in ("dart", "soft")]
+    )
+    alone = dart.predict(texts)
+    for got, want in zip(mixed[::2], alone, strict=True):
+        assert got["scores"] == pytest.approx(want["scores"], abs=1e-5)
+
+
+def _gen() -> torch.Generator:
+    return torch.Generator().manual_seed(3)
