@@ -4,6 +4,7 @@ folder, resumable unit by unit, one table whatever the task kind."""
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 from pathlib import Path
 
@@ -12,7 +13,9 @@ import pytest
 from softprompt import cli
 from softprompt.config import build_run_config
 from softprompt.errors import ConfigError
+from softprompt.recipes import compare as compare_module
 from softprompt.recipes.compare import CompareConfig, compare, sample_test_rows
+from softprompt.train import train
 
 TEMPLATE = "review : {text} sentiment :"
 FAST = {"steps": 2, "eval_every": 1, "batch_size": 4, "eval_examples": 8, "lr": 0.1,
@@ -47,7 +50,7 @@ def _table(report) -> list[tuple]:
 
 
 def test_compare_classification_end_to_end_and_a_killed_unit_resumes_to_the_same_table(
-    llama_folder, sentiment_csv, tmp_path
+    llama_folder, sentiment_csv, tmp_path, monkeypatch
 ):
     methods = ["zero-shot", "soft-prompt", "lora"]
     whole = compare(_config(llama_folder, sentiment_csv, tmp_path / "a", methods), progress=False)
@@ -74,11 +77,17 @@ def test_compare_classification_end_to_end_and_a_killed_unit_resumes_to_the_same
     assert (stopped / "checkpoint.safetensors").is_file() and not (stopped / "unit.json").exists()
     finished = tmp_path / "b" / "units" / "soft-prompt-s0" / "prompt.safetensors"
     before = finished.stat().st_mtime_ns
+    calls = []
+
+    def spy(model, dataset, config, out_dir, **kwargs):
+        calls.append((Path(out_dir).name, kwargs["resume"]))
+        return train(model, dataset, config, out_dir, **kwargs)
+
+    monkeypatch.setattr(compare_module, "train", spy)
     resumed = compare(config, progress=False)
     assert finished.stat().st_mtime_ns == before  # read back, not trained again
+    assert calls == [("soft-prompt-s1", True), ("lora-s0", False), ("lora-s1", False)]
     assert resumed.complete and _table(resumed) == _table(whole)
-    steps = [json.loads(line)["step"] for line in (stopped / "metrics.jsonl").open()]
-    assert steps == [1, 1, 2, 2]  # train + eval at step 1 kept, then step 2: resumed, not rerun
 
 
 def test_a_unit_folder_is_a_normal_run_that_eval_reads(
@@ -95,16 +104,31 @@ def test_a_unit_folder_is_a_normal_run_that_eval_reads(
     assert '"accuracy"' in capsys.readouterr().out
 
 
-def test_changed_settings_refuse_to_read_a_finished_unit_back(
-    llama_folder, sentiment_csv, tmp_path
+def test_changed_settings_refuse_to_read_a_finished_unit_back_until_overwrite(
+    llama_folder, sentiment_csv, tmp_path, monkeypatch
 ):
-    config = _config(llama_folder, sentiment_csv, tmp_path / "d", ["zero-shot"])
-    compare(config, progress=False)
-    changed = _config(llama_folder, sentiment_csv, tmp_path / "d", ["zero-shot"], test_limit=2)
-    with pytest.raises(
-        ConfigError, match=r"zero-shot-s0: this unit was run with other settings \(test_limit\)"
-    ):
+    out = tmp_path / "d"
+    methods = ["zero-shot", "soft-prompt"]
+    compare(dataclasses.replace(_config(llama_folder, sentiment_csv, out, methods), seeds=[0]),
+            progress=False)  # fmt: skip
+    changed = _config(llama_folder, sentiment_csv, out, methods, test_limit=2)
+    changed = dataclasses.replace(changed, seeds=[0])
+    message = r"zero-shot-s0: this unit was run with other settings \(test_limit\)"
+    with pytest.raises(ConfigError, match=message):
         compare(changed, progress=False)
+    calls = []
+
+    def spy(model, dataset, config, out_dir, **kwargs):
+        calls.append((Path(out_dir).name, kwargs["resume"], config.overwrite))
+        return train(model, dataset, config, out_dir, **kwargs)
+
+    monkeypatch.setattr(compare_module, "train", spy)
+    again = dataclasses.replace(
+        changed.run, train=dataclasses.replace(changed.run.train, overwrite=True)
+    )
+    report = compare(dataclasses.replace(changed, run=again), progress=False)
+    assert calls == [("soft-prompt-s0", False, True)]  # trained afresh, not resumed
+    assert {r["test_rows"] for r in report.rows} == {2}
 
 
 def _conll(path: Path, count: int = 40) -> Path:

@@ -399,7 +399,7 @@ def _fit(
     if not model.num_trainable():  # zero-shot: its file still serves, evals and predicts
         path = model.save(folder / "prompt.safetensors", **meta, dataset=ctx.dataset.name)
         return model, path, 0.0, 0
-    resume = (folder / run_dir.CHECKPOINT).is_file() and not run.train.overwrite
+    resume = (folder / run_dir.CHECKPOINT).is_file() and not ctx.config.run.train.overwrite
     train_config = dataclasses.replace(run.train, overwrite=not resume)
     result = train(
         model,
