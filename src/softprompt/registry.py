@@ -1,79 +1,66 @@
-"""One registry shape for everything built by name from a config: methods, tasks.
+"""One registry shape for everything built by name: methods, tasks, search methods.
 
-An entry is a name, a dataclass config and a builder. `config()` turns a user's
-options into the typed config, naming every unknown key and every wrongly typed
-value at once, before any model or data is loaded.
+An entry is a name, a dataclass config (None when the entry checks its own options) and
+a builder. `config()` turns a user's options into the typed config with the one config
+checker (`validate.check_fields`, which YAML configs and prompt-file headers go through
+too), naming every unknown key and every wrongly typed value at once, before any model
+or data is loaded.
+
+A registry given its package finds its entries itself: the first lookup imports every
+public module of that package, and each module registers what it defines. So adding a
+method (or a task, or a search method) is adding one file; no import list names it.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import types
-import typing
+import importlib
+import pkgutil
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
 from softprompt.errors import ConfigError
+from softprompt.validate import check_fields
 
 T = TypeVar("T")
 
 
-def _accepts(annotation: Any, value: Any) -> bool:
-    """Whether `value` fits a simple annotation (int, float, bool, str, list, dict, unions)."""
-    origin = typing.get_origin(annotation)
-    if annotation is Any:
-        return True
-    if origin in (typing.Union, types.UnionType):
-        return any(_accepts(arg, value) for arg in typing.get_args(annotation))
-    if annotation is type(None):
-        return value is None
-    if origin is not None:
-        return isinstance(value, origin)
-    if annotation is bool:
-        return isinstance(value, bool)
-    if annotation is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if annotation is float:
-        return isinstance(value, int | float) and not isinstance(value, bool)
-    return isinstance(value, annotation) if isinstance(annotation, type) else True
+def import_modules(package: str) -> list[str]:
+    """Import every module of `package` whose name does not start with `_` (so each
+    registers what it defines); the names imported, sorted."""
+    path = importlib.import_module(package).__path__
+    names = sorted(m.name for m in pkgutil.iter_modules(path) if not m.name.startswith("_"))
+    for name in names:
+        importlib.import_module(f"{package}.{name}")
+    return names
 
 
-def _type_name(annotation: Any) -> str:
-    return str(annotation).replace("typing.", "").replace("<class '", "").replace("'>", "")
-
-
-def typed_config(config_class: type[T], options: dict[str, Any], section: str) -> T:
-    """Build a dataclass config from options, reporting all bad keys and types in one error."""
-    if not isinstance(options, dict):
-        raise ConfigError(f"{section}: expected a mapping of options, got {options!r}")
-    hints = typing.get_type_hints(config_class)
-    known = {f.name for f in dataclasses.fields(config_class) if f.init}
-    problems = [
-        f"{section}.{key}: unknown option (known: {', '.join(sorted(known))})"
-        for key in sorted(set(options) - known)
-    ]
-    problems += [
-        f"{section}.{key}: expected {_type_name(hints[key])}, got {value!r}"
-        for key, value in options.items()
-        if key in known and not _accepts(hints[key], value)
-    ]
+def typed_config(config_class: type[T], options: Any, section: str) -> T:
+    """Build a dataclass config from options, reporting all bad keys and values in one error."""
+    checked = check_fields(section, config_class, options)
+    known = ", ".join(sorted(checked.known))
+    problems = [f"{key}: unknown option (known: {known})" for key in checked.unknown]
+    problems += checked.problems
     if problems:
         raise ConfigError("; ".join(problems))
-    values = {
-        k: float(v) if hints[k] is float and isinstance(v, int) else v for k, v in options.items()
-    }
-    return config_class(**values)
+    return config_class(**checked.values)
 
 
 class Registry(Generic[T]):
-    """Name -> (config class, builder) for one kind of component."""
+    """Name -> (config class, builder) for one kind of component.
 
-    def __init__(self, kind: str, section: str) -> None:
-        self.kind, self.section = kind, section
-        self._entries: dict[str, tuple[type, Callable[..., T]]] = {}
+    `package`, when given, is imported module by module on the first lookup (see the
+    module docstring); `name_key` is the config key an unknown name is reported under."""
+
+    def __init__(
+        self, kind: str, section: str, package: str | None = None, name_key: str | None = None
+    ) -> None:
+        self.kind, self.section, self.package = kind, section, package
+        self.name_key = name_key or f"{section}.name"
+        self._entries: dict[str, tuple[type | None, Callable[..., T]]] = {}
+        self._discovered = package is None
 
     def register(
-        self, name: str, config_class: type
+        self, name: str, config_class: type | None
     ) -> Callable[[Callable[..., T]], Callable[..., T]]:
         """Decorator: make `name` buildable from a config mapping."""
 
@@ -87,18 +74,25 @@ class Registry(Generic[T]):
 
         return decorate
 
+    def _discover(self) -> None:
+        if not self._discovered and self.package is not None:
+            self._discovered = True
+            import_modules(self.package)
+
     def names(self) -> list[str]:
+        self._discover()
         return sorted(self._entries)
 
-    def _entry(self, name: str) -> tuple[type, Callable[..., T]]:
+    def _entry(self, name: str) -> tuple[type | None, Callable[..., T]]:
+        self._discover()
         if name not in self._entries:
             raise ConfigError(
-                f"{self.section}.name: unknown {self.kind} {name!r}; "
+                f"{self.name_key}: unknown {self.kind} {name!r}; "
                 f"choose one of {', '.join(self.names())}"
             )
         return self._entries[name]
 
-    def config_class(self, name: str) -> type:
+    def config_class(self, name: str) -> type | None:
         return self._entry(name)[0]
 
     def builder(self, name: str) -> Callable[..., T]:
@@ -107,8 +101,12 @@ class Registry(Generic[T]):
 
     def config(self, name: str, options: dict[str, Any], where: str | None = None) -> Any:
         """Typed config of `name` from options; errors are prefixed with `where` (the
-        config key the options sit under, e.g. tasks[1].method)."""
-        return typed_config(self._entry(name)[0], options, where or self.section)
+        config key the options sit under, e.g. tasks[1].method). An entry registered
+        without a config class gets its options as given, to check itself."""
+        config_class = self._entry(name)[0]
+        if config_class is None:
+            return dict(options)
+        return typed_config(config_class, options, where or self.section)
 
     def build(self, name: str, config: Any, *args: Any) -> T:
         """Build from an already validated config (see `config`)."""

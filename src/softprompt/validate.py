@@ -20,11 +20,11 @@ from typing import Any, Union
 from softprompt.errors import ConfigError
 
 # Values past these bounds only ever come from typos, and would allocate or loop for
-# hours before failing; every section is checked against the entry for its key name.
+# hours before failing; every section is checked against the entry for its key name. A
+# config class may carry its own as `BOUNDS` (field -> (low, high)): a method's options
+# are bounded by its config class, wherever the options sit (method, tasks[i].method, a
+# prompt file's header), so a new method adds no entry here.
 LIMITS: dict[str, tuple[int, int]] = {
-    "method.n_tokens": (1, 4096),
-    "method.hidden": (1, 65536),
-    "method.seed": (0, 2**63 - 1),
     "task.max_text_tokens": (1, 1_000_000),
     "task.max_new_tokens": (1, 4096),
     "train.steps": (1, 10**9),
@@ -168,6 +168,7 @@ def check_fields(
     """Check `values` against dataclass `cls`; unknown keys are named with the section
     (e.g. `train.stpes`), every other problem names its key and what it expects."""
     known = [f.name for f in dataclasses.fields(cls)]
+    bounds = getattr(cls, "BOUNDS", {})
     if not isinstance(values, dict):
         problem = f"{section}: expected a mapping of options, got {short(values)}"
         return Checked({}, [], [problem], known)
@@ -179,14 +180,16 @@ def check_fields(
         if key not in known:
             continue
         try:
-            typed[key] = in_limits(f"{section}.{key}", coerce(value, hints[key]))
+            where = f"{section}.{key}"
+            typed[key] = in_limits(where, coerce(value, hints[key]), bounds.get(key))
         except Invalid as exc:
             problems.append(f"{section}.{key}: {exc}")
     return Checked(typed, unknown, problems, known)
 
 
-def in_limits(where: str, value: Any) -> Any:
-    bounds = LIMITS.get(where)
+def in_limits(where: str, value: Any, bounds: tuple[int, int] | None = None) -> Any:
+    """`value` if it is not an integer outside `bounds` (default: LIMITS[where])."""
+    bounds = bounds or LIMITS.get(where)
     if bounds and isinstance(value, int) and not bounds[0] <= value <= bounds[1]:
         raise Invalid(f"must be between {bounds[0]} and {bounds[1]}, got {value}")
     return value

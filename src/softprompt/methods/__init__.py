@@ -2,7 +2,9 @@
 
 A method is an `nn.Module` whose `forward()` returns a `Prompt`, built from a
 dataclass config (see `registry.Method`). Adding a method means adding one file
-here that calls `register_method`; nothing else in the package changes.
+here that calls `register_method`; nothing else in the package changes: the registry
+imports every module of this package on its first lookup (`registry.import_modules`),
+so no import list names the methods.
 """
 
 from softprompt.methods.registry import (
@@ -15,11 +17,6 @@ from softprompt.methods.registry import (
     method_config_class,
     register_method,
 )
-
-# Importing the modules registers them.
-from softprompt.methods import multitask_prompt, no_prompt, p_tuning, prefix_tuning, soft_prompt  # noqa: E402,F401  isort: skip
-from softprompt.methods import dart  # noqa: E402,F401  isort: skip
-from softprompt.methods import vpt_deep, vpt_shallow  # noqa: E402,F401  isort: skip
 
 __all__ = [
     "METHODS",

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -34,6 +34,10 @@ class PTuningConfig(VirtualTokensConfig):
     """`encoder`: "mlp" (Linear-ReLU-Linear) or "lstm" (2-layer biLSTM, then an MLP head);
     `hidden` is the encoder's width. The init options set the encoder's input embeddings."""
 
+    BOUNDS: ClassVar[dict[str, tuple[int, int]]] = {
+        **VirtualTokensConfig.BOUNDS,
+        "hidden": (1, 65536),
+    }
     encoder: str = "mlp"
     hidden: int = 256
 

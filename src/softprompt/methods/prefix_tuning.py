@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -45,6 +45,10 @@ class PrefixTuningConfig(VirtualTokensConfig):
     lr_scale times as fast and leaves the training loop one lr. On MiniLM tagging the MLP's keys outgrew the model's own
     within 30 steps at the head's lr, so the prefix wants a much smaller one there."""
 
+    BOUNDS: ClassVar[dict[str, tuple[int, int]]] = {
+        **VirtualTokensConfig.BOUNDS,
+        "hidden": (1, 65536),
+    }
     n_tokens: int = 10
     reparameterize: bool = True
     hidden: int = 512

@@ -61,7 +61,7 @@ class Method(Protocol):
     def parameters(self): ...
 
 
-METHODS: Registry[nn.Module] = Registry("method", "method")
+METHODS: Registry[nn.Module] = Registry("method", "method", package="softprompt.methods")
 
 
 def register_method(name: str, config_class: type) -> Callable[[type[nn.Module]], type[nn.Module]]:

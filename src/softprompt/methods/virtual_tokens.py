@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 
@@ -20,8 +21,12 @@ from softprompt.methods.registry import MethodContext
 @dataclass
 class VirtualTokensConfig:
     """`init` is one of random, vocab, text, labels, file; `init_text` is used by `text`,
-    `init_file` (another prompt file for the same backbone) by `file`."""
+    `init_file` (another prompt file for the same backbone) by `file`.
 
+    `BOUNDS` are the integer ranges validate.check_fields enforces on these options
+    (wherever they are written); a subclass adds its own with `{**BOUNDS, ...}`."""
+
+    BOUNDS: ClassVar[dict[str, tuple[int, int]]] = {"n_tokens": (1, 4096), "seed": (0, 2**63 - 1)}
     n_tokens: int = 20
     init: str = "vocab"
     init_text: str | None = None

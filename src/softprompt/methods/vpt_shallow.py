@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -25,6 +26,7 @@ class VptConfig:
     head keeps train.lr): the prompt is stored as raw / lr_scale and used as
     raw * lr_scale, which under Adam moves it lr_scale times faster."""
 
+    BOUNDS: ClassVar[dict[str, tuple[int, int]]] = {"n_tokens": (1, 4096), "seed": (0, 2**63 - 1)}
     n_tokens: int = 10
     seed: int = 0
     lr_scale: float = 1.0

@@ -16,7 +16,9 @@ from typing import Any
 from softprompt.backbones import Backbone
 from softprompt.data import Example
 from softprompt.errors import ConfigError
-from softprompt.search.scorer import Candidate, CandidateScorer, Score, Verbalizer
+from softprompt.registry import Registry
+from softprompt.search.scorer import Candidate, CandidateScorer, Score
+from softprompt.tasks.verbalizer import Verbalizer
 
 
 @dataclass
@@ -109,32 +111,19 @@ class Budget:
 _UNSCORED = Score(accuracy=float("-inf"), loss=float("inf"), examples=0)
 
 SearchFn = Callable[[TaskSpec, Budget, random.Random, dict[str, Any]], None]
-_METHODS: dict[str, SearchFn] = {}
-METHOD_MODULES = ["edits", "autoprompt", "opro", "rlprompt"]  # each registers its methods on import
+# each module of softprompt.search registers its methods when the registry first looks
+SEARCHES: Registry[None] = Registry("method", "search", "softprompt.search", "search.method")
 
 
 def register_search(name: str) -> Callable[[SearchFn], SearchFn]:
-    """Register a search method under `name` (one file per method)."""
-
-    def decorate(fn: SearchFn) -> SearchFn:
-        _METHODS[name] = fn
-        return fn
-
-    return decorate
+    """Register a search method under `name` (one file per method); it checks its own
+    options, so the registry hands them over as given."""
+    return SEARCHES.register(name, None)
 
 
 def search_methods() -> list[str]:
-    import importlib
-
-    for module in METHOD_MODULES:
-        importlib.import_module(f"softprompt.search.{module}")
-
-    return sorted(_METHODS)
+    return SEARCHES.names()
 
 
 def get_search(name: str) -> SearchFn:
-    if name not in search_methods():
-        raise ConfigError(
-            f"search.method: unknown method {name!r}; choose one of {', '.join(search_methods())}"
-        )
-    return _METHODS[name]
+    return SEARCHES.builder(name)

@@ -52,8 +52,8 @@ from softprompt.inject.causal import cache_keyword
 from softprompt.inject.head import LMHead
 from softprompt.inject.packing import pack_rows
 from softprompt.inject.prompt import attention_mask
-from softprompt.tasks.classification import check_distinct_words
 from softprompt.tasks.template import Template
+from softprompt.tasks.verbalizer import Verbalizer
 
 Readout = Callable[[torch.Tensor], torch.Tensor]  # (R, d) answer states -> (R, K) scores
 
@@ -90,85 +90,6 @@ class Score:
     @property
     def key(self) -> tuple[float, float]:
         return (self.accuracy, -self.loss)
-
-
-@dataclass
-class Verbalizer:
-    """Label words per class, as `VerbalizerTask` reads them.
-
-    `word_ids` holds each word's first token (all a word has when every word is one
-    token: scored by its logit, as training's single-token path). `sequences` holds
-    every word's tokens; when some word has several, each word scores the sum of its
-    tokens' full-vocabulary log-probabilities, as training's word tree does."""
-
-    labels: list[str]
-    word_ids: list[list[int]]  # class -> first token id of each label word
-    sequences: list[list[list[int]]] = field(default_factory=list)  # class -> word -> ids
-
-    def __post_init__(self) -> None:
-        if not self.sequences:
-            self.sequences = [[[i] for i in ids] for ids in self.word_ids]
-        self.single_token = all(len(w) == 1 for ws in self.sequences for w in ws)
-        words = [w for ws in self.sequences for w in ws]
-        # the distinct word prefixes a candidate is extended by, and every word token
-        self.steps = list(dict.fromkeys(tuple(w[:j]) for w in words for j in range(len(w))))
-        self.tokens = sorted({t for w in words for t in w})
-
-    @classmethod
-    def build(cls, labels: list[str], words: dict[str, list[str]] | None, tokenizer) -> Verbalizer:
-        words = words or {label: [" " + label] for label in labels}
-        sequences = []
-        for label in labels:
-            ids = [tokenizer(w, add_special_tokens=False)["input_ids"] for w in words[label]]
-            if any(not i for i in ids):
-                raise ConfigError(
-                    f"task.verbalizer: a label word of {label!r} has no tokens "
-                    f"({words[label]!r}); give non-empty words"
-                )
-            sequences.append(ids)
-        check_distinct_words(labels, [words[label] for label in labels], sequences)
-        word_ids = [[ids[0] for ids in class_ids] for class_ids in sequences]
-        return cls(labels=list(labels), word_ids=word_ids, sequences=sequences)
-
-    def class_scores(self, hidden: torch.Tensor, head: LMHead) -> torch.Tensor:
-        """(R, d) answer states -> (R, C) class scores (log-sum-exp over each class's words),
-        through the model's own output head (bias, scaling and soft-capping included).
-        With multi-token words this reads first tokens only (AutoPrompt's gradient
-        signal); `CandidateScorer` scores whole words."""
-        flat = [i for ids in self.word_ids for i in ids]
-        logits = head(hidden, torch.tensor(flat, device=hidden.device))  # (R, W)
-        return self.per_class(logits)
-
-    def per_class(self, word_scores: torch.Tensor) -> torch.Tensor:
-        """(..., W) scores of all label words -> (..., C): log-sum-exp over each class's."""
-        per_class, start = [], 0
-        for ids in self.word_ids:
-            per_class.append(word_scores[..., start : start + len(ids)].logsumexp(-1))
-            start += len(ids)
-        return torch.stack(per_class, dim=-1)  # (..., C)
-
-    def token_log_probs(self, hidden: torch.Tensor, head: LMHead, rows: int = 512) -> torch.Tensor:
-        """(R, d) -> (R, U) full-vocabulary log-probabilities of the word tokens
-        (`self.tokens`), `rows` at a time so the (rows, V) logits stay small."""
-        index = torch.tensor(self.tokens, device=hidden.device)
-        parts = [
-            head(hidden[i : i + rows]).log_softmax(-1)[:, index]  # (rows, U)
-            for i in range(0, hidden.shape[0], rows)
-        ]
-        return torch.cat(parts)
-
-    def word_sums(self, step_scores: torch.Tensor) -> torch.Tensor:
-        """(N, P, B, U) token log-probs after each word prefix -> (N, B, C) class scores:
-        each word sums its tokens' log-probs, each class log-sum-exps its words."""
-        step = {prefix: p for p, prefix in enumerate(self.steps)}
-        column = {token: u for u, token in enumerate(self.tokens)}
-        words = []
-        for word in (w for ws in self.sequences for w in ws):
-            terms = [
-                step_scores[:, step[tuple(word[:j])], :, column[t]] for j, t in enumerate(word)
-            ]
-            words.append(torch.stack(terms).sum(0))  # (N, B)
-        return self.per_class(torch.stack(words, dim=-1))  # (N, B, C)
 
 
 @dataclass

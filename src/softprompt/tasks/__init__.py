@@ -5,13 +5,13 @@
 * `classification.HeadTask`: a small linear head on pooled states (encoders).
 * `generation.GenerationTask`: LM loss on target tokens only; greedy decoding.
 * `mixed`: rows of several tasks (and prompts) in one forward pass.
+
+A task module registers itself (`register_task`); the registry imports every module
+of this package on its first lookup, so no import list names the tasks.
 """
 
 from softprompt.backbones import Backbone
 from softprompt.tasks.base import TASKS, Task, TaskConfig, TaskOutput, register_task, task_name
-
-# Importing the modules registers them.
-from softprompt.tasks import classification, generation, image, tagging  # noqa: E402,F401  isort: skip
 
 
 def build_task(config: TaskConfig, backbone: Backbone) -> Task:

@@ -18,7 +18,6 @@ from torch import nn
 
 from softprompt.backbones import Backbone
 from softprompt.data import Example
-from softprompt.errors import ConfigError
 from softprompt.inject import Injector
 from softprompt.inject.label_words import label_logits
 from softprompt.metrics import class_counts, metrics_from_counts
@@ -29,26 +28,8 @@ from softprompt.tasks.base import (
     pad_right,
     register_task,
 )
+from softprompt.tasks.verbalizer import Verbalizer
 from softprompt.tasks.word_tree import WordTree
-
-
-def check_distinct_words(
-    labels: list[str], words: list[list[str]], word_ids: list[list[list[int]]]
-) -> None:
-    """Refuse label words that tokenize alike in two classes (`words` and `word_ids` are
-    per class, per word). Such classes share a score under every prompt, so nothing can
-    tell them apart (two classes of one word each train at loss log 2 forever); words
-    that differ only in what the tokenizer drops count as the same word."""
-    owner: dict[tuple[int, ...], tuple[str, str]] = {}
-    for label, class_words, class_ids in zip(labels, words, word_ids, strict=True):
-        for word, ids in zip(class_words, class_ids, strict=True):
-            first_label, first_word = owner.setdefault(tuple(ids), (label, word))
-            if first_label != label:
-                raise ConfigError(
-                    f"task.verbalizer: labels {first_label!r} and {label!r} share a label "
-                    f"word ({first_word!r} and {word!r} are the same tokens {ids}), so they "
-                    "cannot be told apart; give each label words of its own"
-                )
 
 
 def class_loss(scores: torch.Tensor, batch: dict[str, torch.Tensor]) -> TaskOutput:
@@ -95,22 +76,13 @@ class ClassificationTask(TemplatedTask):
 class VerbalizerTask(ClassificationTask):
     def __init__(self, config: TaskConfig, backbone: Backbone) -> None:
         super().__init__(config, backbone)
-        words = config.verbalizer or {label: [" " + label] for label in config.labels}
-        self.words = [words[label] for label in config.labels]  # per class: list of strings
-        self.word_ids = [[self._ids(w) for w in ws] for ws in self.words]  # class -> word -> ids
-        check_distinct_words(config.labels, self.words, self.word_ids)
-        self.single_token = all(len(ids) == 1 for ws in self.word_ids for ids in ws)
-        self.first_tokens = [ids[0] for ws in self.word_ids for ids in ws]  # (W,)
+        self.verbalizer = Verbalizer.build(config.labels, config.verbalizer, self.tokenizer)
+        self.words = self.verbalizer.words  # per class: list of strings
+        self.word_ids = self.verbalizer.sequences  # class -> word -> ids
+        self.single_token = self.verbalizer.single_token
+        self.first_tokens = self.verbalizer.first_tokens  # (W,)
         self.tree = WordTree([ids for ws in self.word_ids for ids in ws])
         self.label_rows: Callable[[], torch.Tensor] | None = None  # see use_label_embeddings
-
-    def _ids(self, word: str) -> list[int]:
-        ids = self.tokenizer(word, add_special_tokens=False)["input_ids"]
-        if not ids:
-            raise ConfigError(
-                f"task.verbalizer: label word {word!r} has no tokens; give a non-empty word"
-            )
-        return ids
 
     def label_token_ids(self) -> list[list[int]]:
         return [ws[0] for ws in self.word_ids]
@@ -156,11 +128,7 @@ class VerbalizerTask(ClassificationTask):
 
     def _class_scores(self, word_scores: torch.Tensor) -> torch.Tensor:
         """(B, W) scores of all label words -> (B, C): log-sum-exp over each class's words."""
-        per_class, start = [], 0
-        for words in self.word_ids:
-            per_class.append(word_scores[:, start : start + len(words)].logsumexp(-1))
-            start += len(words)
-        return torch.stack(per_class, dim=-1)  # (B, C)
+        return self.verbalizer.per_class(word_scores)  # (B, C)
 
 
 @register_task("linear")
