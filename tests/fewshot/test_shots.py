@@ -106,3 +106,17 @@ def test_cli_bad_shots_flag_is_one_line(capsys):
     assert cli.main(["train", "--shots", "0"]) == 2
     err = capsys.readouterr().err
     assert "data.shots: must be a whole number >= 1" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["--data-seed", "x"], "--data-seed: cannot read"),
+        (["--shots", "two"], "--shots: cannot read"),
+        (["--verbalizer", "auto:0"], "task.verbalizer: 'auto:0' is not a word mapping"),
+    ],
+)
+def test_cli_bad_few_shot_flags_are_one_line(capsys, argv, expected):
+    assert cli.main(["train", *argv]) == 2
+    err = capsys.readouterr().err
+    assert expected in err and len(err.strip().splitlines()) == 1
