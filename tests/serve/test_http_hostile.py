@@ -242,7 +242,7 @@ def test_a_request_over_the_token_bound_is_refused_naming_the_flag(engine):
         text = "the film was long and slow " * 3
         many = {"inputs": [{"task": "movie", "text": text}] * 12}
         message = _error(client.post("/classify", json=many), 413, "--max-batch-tokens", "120")
-        assert "12 inputs" in message
+        assert "of its 12 inputs" in message
         assert client.post("/classify", json={"inputs": many["inputs"][:2]}).status_code == 200
         long = {"model": "story", "prompt": "good", "max_tokens": 500}  # generation counts
         _error(client.post("/v1/completions", json=long), 413, "--max-batch-tokens")

@@ -22,7 +22,7 @@ import hmac
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -223,25 +223,30 @@ def create_app(
             fields.temperature, fields.top_p, fields.top_k, fields.seed, fields.stop, vocab=vocab
         )
 
-    def bounded(requests: list[Input]) -> list[Input]:
-        """The request's inputs, unless together they pass the per-request token bound."""
-        cost = sum(r.tokens + (r.max_tokens or 0) for r in requests)
-        if cost > request_limit:
-            raise ApiError(
-                413,
-                f"request too large: its {len(requests)} inputs come to {cost:,} tokens "
-                f"(template tokens, plus max_tokens for generation) and the server takes at "
-                f"most {request_limit:,} per request (--max-batch-tokens); send fewer or "
-                "shorter inputs per request, or raise the flag",
-            )
-        return requests
+    def bounded(inputs: Iterable[Input], count: int) -> list[Input]:
+        """The request's `count` inputs, checked as each is built (tokenized): the first
+        that takes the request past the per-request token bound refuses it, so an
+        oversized request is not even tokenized whole."""
+        taken, cost = [], 0
+        for request in inputs:
+            taken.append(request)
+            cost += request.tokens + (request.max_tokens or 0)
+            if cost > request_limit:
+                raise ApiError(
+                    413,
+                    f"request too large: the first {len(taken)} of its {count} inputs come to "
+                    f"{cost:,} tokens (template tokens, plus max_tokens for generation) and the "
+                    f"server takes at most {request_limit:,} per request (--max-batch-tokens); "
+                    "send fewer or shorter inputs per request, or raise the flag",
+                )
+        return taken
 
     async def answer(pairs: list[tuple[str, str, int | None, Sampling]], generate: bool | None):
-        requests = [
+        requests = (
             engine.request(t, x, generate=generate, max_tokens=m, sampling=s)
             for t, x, m, s in pairs
-        ]
-        return await batcher.submit(bounded(requests))
+        )
+        return await batcher.submit(bounded(requests, len(pairs)))
 
     def classify_request(item: ClassifyInput):
         image = None
@@ -259,7 +264,7 @@ def create_app(
     async def classify(body: ClassifyBody) -> dict[str, Any]:
         """Label each input with its task's prompt; inputs of several tasks share a batch.
         Image tasks take `image` (base64 PNG/JPEG) instead of `text`."""
-        requests = bounded([classify_request(i) for i in body.inputs])
+        requests = bounded((classify_request(i) for i in body.inputs), len(body.inputs))
         return {"results": await batcher.submit(requests)}
 
     @app.post("/generate")
@@ -337,12 +342,13 @@ def create_app(
             return lambda piece: loop.call_soon_threadsafe(pieces.put_nowait, (index, piece))
 
         requests = bounded(
-            [
+            (
                 engine.request(
                     task, text, generate=None, max_tokens=limit, on_token=pusher(i), sampling=params
                 )
                 for i, text in enumerate(texts)
-            ]
+            ),
+            len(texts),
         )  # checked here: a bad input is a 4xx before the stream starts
         kind = "chat.completion.chunk" if chat else "text_completion"
         created = int(time.time())
