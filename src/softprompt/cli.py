@@ -537,7 +537,10 @@ def cmd_search(args: argparse.Namespace) -> int:
     if args.optimizer:
         options["optimizer"] = args.optimizer
     backbone = load_backbone(
-        args.backbone or "smollm2-135m", dtype=args.dtype or "auto", quantize=args.quantize
+        args.backbone or "smollm2-135m",
+        dtype=args.dtype or "auto",
+        quantize=args.quantize,
+        adapter=args.backbone_adapter,
     )
     outcome = run.run_search(
         backbone, data, task_config_for(data, overrides), method=args.method,
@@ -632,6 +635,8 @@ def build_parser() -> argparse.ArgumentParser:
     found = sub.add_parser("search", help="search discrete prompts; --project a soft prompt")
     found.add_argument("--dataset", default="movie-sentiment", help="built-in name or data path")
     found.add_argument("--backbone", default=None, help="default smollm2-135m")
+    found.add_argument("--backbone-adapter", default=None,
+                       help="PEFT LoRA folder merged into the backbone")  # fmt: skip
     _add_precision_flags(found)
     found.add_argument("--method", default="greedy-edit",
                        help="autoprompt, opro, rlprompt, random-edit or greedy-edit")  # fmt: skip

@@ -124,3 +124,37 @@ def test_train_with_backbone_adapter_records_the_adapted_fingerprint(
     capsys.readouterr()
     assert cli.main(["eval", str(out / "prompt.safetensors")]) == 0  # the adapter it recorded
     assert '"accuracy"' in capsys.readouterr().out
+
+
+def test_serve_with_backbone_adapter_serves_prompts_trained_on_it(
+    llama_folder, tmp_path, monkeypatch, capsys
+):
+    pytest.importorskip("uvicorn")
+    import uvicorn
+
+    from softprompt.serve.store import PromptStore
+
+    _adapter(llama_folder, tmp_path / "adapter", ["q_proj", "v_proj"])
+    adapted = load_backbone(str(llama_folder), adapter=tmp_path / "adapter")
+    task = TaskConfig(labels=["negative", "positive"], template="review : {text} sentiment :")
+    path = PromptModel(adapted, task, "soft-prompt", {"n_tokens": 2}).save(tmp_path / "p.sp")
+    PromptStore(tmp_path / "store").add("sentiment", path)
+    apps = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: apps.append(app))
+    argv = ["serve", "--store", str(tmp_path / "store"), "--backbone", str(llama_folder)]
+    assert cli.main([*argv, "--backbone-adapter", str(tmp_path / "adapter")]) == 0
+    assert "1 tasks on" in capsys.readouterr().out
+    assert cli.main(argv) == 0 and len(apps) == 2
+    said = capsys.readouterr().out
+    assert "not serving 'sentiment'" in said and "with a LoRA adapter merged in" in said
+
+
+def test_search_merges_the_backbone_adapter(llama_folder, tmp_path, capsys):
+    data = tmp_path / "toy.csv"
+    data.write_text(
+        "text,label\n" + "".join(f"good {i},positive\nbad {i},negative\n" for i in range(8))
+    )
+    argv = ["search", "--backbone", str(llama_folder), "--backbone-adapter", str(tmp_path),
+            "--dataset", str(data), "--budget", "1"]  # fmt: skip
+    assert cli.main(argv) == 2
+    assert f"--backbone-adapter {tmp_path}: no adapter_config.json" in capsys.readouterr().err

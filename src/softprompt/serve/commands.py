@@ -80,6 +80,11 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
         help="store folder [$SOFTPROMPT_STORE or ~/.cache/softprompt/store]",
     )
     serve.add_argument("--backbone", default=None, help="default: the one the stored prompts name")
+    serve.add_argument(
+        "--backbone-adapter",
+        default=None,
+        help="PEFT LoRA folder merged into the backbone (prompts trained on that adapted backbone)",
+    )
     serve.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
                        help="frozen weights' dtype (auto: float32 on CPU, bf16 on CUDA)")  # fmt: skip
     serve.add_argument("--quantize", default=None, choices=["none", "int8", "nf4"],
@@ -141,6 +146,7 @@ def run_serve(args: argparse.Namespace) -> int:
         dtype=args.dtype,
         quantize=args.quantize,
         device=device,
+        adapter=args.backbone_adapter,
     )
     backbone.model.to(device)
     engine = Engine(
