@@ -335,8 +335,9 @@ def test_removing_a_version_serves_what_the_store_then_holds(llama, gpt2, store,
     engine.install("movie", mine.read_bytes())
     served = engine.get("movie")
     assert engine.get(served.entry.ref) is served  # task@v: the version served
-    with pytest.raises(UnknownTask, match=f"serves version {served.entry.version}"):
-        engine.get("movie@1")
+    for other in ("movie@1", "movie@", f"movie@0{served.entry.version}"):
+        with pytest.raises(UnknownTask, match=f"serves version {served.entry.version}"):
+            engine.get(other)
     engine.remove(served.entry.ref)
     with pytest.raises(RefusedTask, match="tiny-gpt2"):
         engine.get("movie")

@@ -248,12 +248,12 @@ class Engine:
         another version)."""
         if not isinstance(ref, str):
             raise UnknownTask(f"task must be a string, got {shorten(ref)}")
-        task, _, version = ref.partition("@")
+        task, pinned, version = ref.partition("@")
         with self._lock:
             served = self.tasks.get(task)
             refused = self.refused.get(task)
             names = sorted(self.tasks)
-        if served is not None and (not version or version == str(served.entry.version)):
+        if served is not None and (not pinned or version == str(served.entry.version)):
             return served
         if served is not None:
             raise UnknownTask(
