@@ -31,7 +31,7 @@ from typing import Any
 
 from softprompt.api import build_model, build_models, task_config_for
 from softprompt.backbones import load_backbone
-from softprompt.config import TaskSpec
+from softprompt.config import RunTask
 from softprompt.data import Dataset, load_dataset
 from softprompt.evaluate import evaluate
 from softprompt.model import PromptModel
@@ -100,7 +100,7 @@ def _source_prompt(backbone: Any, args: argparse.Namespace) -> Path:
         return first
     data = {name: load_dataset(name) for name in SOURCES}
     method = {"name": "multitask-prompt", "n_tokens": N_TOKENS, "init": "vocab", "rank": 1}
-    specs = [TaskSpec(name=n, data=None, method=method, task=task_defaults(n)) for n in SOURCES]
+    specs = [RunTask(name=n, data=None, method=method, task=task_defaults(n)) for n in SOURCES]
     for spec in specs:
         task_config_for(data[spec.name], spec.task)  # fail early on a bad framing
     models = build_models(backbone, specs, data)

@@ -1,4 +1,5 @@
-"""Atomic file writes, on the ground floor so every layer writes files the same way.
+"""Atomic file writes and softprompt's own folder, on the ground floor so every layer
+writes files the same way and finds its caches in one place.
 
 A write goes to a temp file in the same folder, is flushed to disk and renamed into
 place (with the mode the umask gives, as other tools do), so a reader sees the old
@@ -11,6 +12,15 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
+
+DEFAULT_HOME = "~/.cache/softprompt"
+
+
+def softprompt_home() -> Path:
+    """The folder for softprompt's own files (converted backbones, downloads, unpacked data
+    sets): ``$SOFTPROMPT_HOME``, so tests and CI can isolate state, or ``~/.cache/softprompt``.
+    Not created here; writers create what they need inside it."""
+    return Path(os.environ.get("SOFTPROMPT_HOME") or DEFAULT_HOME).expanduser()
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

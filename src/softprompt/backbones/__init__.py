@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import os
 
-# Set before anything imports transformers / huggingface_hub, which read them at import.
+# Never reach a model hub: every backbone comes from a local folder or package. Set here
+# (every backbones module runs this first) before transformers / huggingface_hub are
+# imported, as they read these at import.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 

@@ -45,10 +45,6 @@ from softprompt.backbones.adapter import merge_lora_adapter
 from softprompt.errors import BackboneError
 from softprompt.files import atomic_write_text
 
-# Never reach a model hub: every backbone comes from a local folder or package.
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-
 log = logging.getLogger(__name__)
 
 DEFAULT_BACKBONE = "smollm2-135m"

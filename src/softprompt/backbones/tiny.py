@@ -12,14 +12,9 @@ unknown words to the unk token.
 
 from __future__ import annotations
 
-import os
+import torch
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-
-import torch  # noqa: E402
-
-from softprompt.backbones._core import Backbone, from_pretrained_model  # noqa: E402
+from softprompt.backbones._core import Backbone, from_pretrained_model
 
 HIDDEN = 32
 LAYERS = 2

@@ -5,12 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-DEFAULT_HOME = "~/.cache/softprompt"
-
-
-def softprompt_home() -> Path:
-    """The cache root; `SOFTPROMPT_HOME` overrides it so tests and CI can isolate state."""
-    return Path(os.environ.get("SOFTPROMPT_HOME") or DEFAULT_HOME).expanduser()
+from softprompt.files import DEFAULT_HOME, softprompt_home
 
 
 def downloads_dir() -> Path:

@@ -30,7 +30,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from softprompt.backbones import Backbone
-from softprompt.config import BASELINE_KINDS, RunConfig, TaskSpec
+from softprompt.config import BASELINE_KINDS, RunConfig, RunTask
 from softprompt.data import Dataset
 from softprompt.distributed import ProcessInfo
 from softprompt.errors import ConfigError, PromptFileError
@@ -218,7 +218,7 @@ def tuned_baseline(
 def tuned_rows(
     config: RunConfig,
     backbone: Backbone,
-    specs: list[TaskSpec],
+    specs: list[RunTask],
     data: dict[str, Dataset],
     process: ProcessInfo,
     resume: bool,

@@ -27,13 +27,13 @@ from __future__ import annotations
 import random
 import re
 
-from softprompt.backbones import Backbone
+from softprompt.backbones import DEFAULT_BACKBONE, Backbone
 from softprompt.errors import ConfigError
 from softprompt.search.base import Budget, Ranked, TaskSpec, register_search
 from softprompt.search.optimizer_lm import LocalLM, OptimizerLM, optimizer_lm
 
 DEFAULTS = {
-    "optimizer": "smollm2-135m",
+    "optimizer": DEFAULT_BACKBONE,
     "per_step": 4,
     "shown": 8,
     "examples": 3,

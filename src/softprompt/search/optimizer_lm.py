@@ -18,7 +18,7 @@ from typing import Protocol
 
 import torch
 
-from softprompt.backbones import Backbone, load_backbone
+from softprompt.backbones import DEFAULT_BACKBONE, Backbone, load_backbone
 from softprompt.errors import ConfigError
 from softprompt.inject.causal import cache_keyword
 
@@ -32,7 +32,7 @@ class OptimizerLM(Protocol):
 
 
 class LocalLM:
-    def __init__(self, backbone: Backbone | str = "smollm2-135m", seed: int = 0) -> None:
+    def __init__(self, backbone: Backbone | str = DEFAULT_BACKBONE, seed: int = 0) -> None:
         self.backbone = load_backbone(backbone) if isinstance(backbone, str) else backbone
         if self.backbone.spec.kind != "causal-lm":
             raise ConfigError(f"search.optimizer: {self.backbone.name} is not a causal LM")
