@@ -13,6 +13,7 @@ from typing import Any
 
 import yaml
 
+from softprompt.backbones import DEFAULT_BACKBONE
 from softprompt.data.shots import check_shots
 from softprompt.errors import ConfigError
 from softprompt.train.config import TrainConfig
@@ -38,7 +39,7 @@ class DataConfig:
 
 
 @dataclass
-class TaskSpec:
+class RunTask:
     """One task of a multi-task run: its data, method and framing."""
 
     name: str
@@ -56,7 +57,7 @@ class BackboneConfig:
     """`backbone:` as a mapping: which backbone and how its frozen weights are held.
     `backbone: NAME` is short for `backbone: {name: NAME}`."""
 
-    name: str = "smollm2-135m"
+    name: str = DEFAULT_BACKBONE
     dtype: str = "auto"  # auto = float32 on CPU, bf16 on CUDA (see backbones/_precision.py)
     quantize: str = "none"  # int8 (torchao) or nf4 (bitsandbytes, CUDA)
     adapter: str | None = None  # a PEFT LoRA folder merged in at load (backbones/adapter.py)
@@ -67,7 +68,7 @@ BASELINE_KINDS = ("lora", "full")  # RunConfig.compare; recipes.baselines trains
 
 @dataclass
 class RunConfig:
-    backbone: str = "smollm2-135m"
+    backbone: str = DEFAULT_BACKBONE
     data: DataConfig = field(default_factory=DataConfig)
     method: dict[str, Any] = field(
         default_factory=lambda: {"name": "soft-prompt", "n_tokens": 20, "init": "vocab"}
@@ -76,7 +77,7 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     out: str = "runs/movie-sentiment"
     baseline: bool = True
-    tasks: list[TaskSpec] | None = None  # several tasks at once; then data/method/task unused
+    tasks: list[RunTask] | None = None  # several tasks at once; then data/method/task unused
     # baselines that tune the backbone itself, trained with the same config as report rows
     compare: list[str] = field(default_factory=list)  # "lora", "full" (recipes/baselines.py)
     backbone_dtype: str = "auto"  # written `backbone: {dtype: ...}` (BackboneConfig)
@@ -99,12 +100,12 @@ class RunConfig:
                 f"use {' and/or '.join(BASELINE_KINDS)}"
             )
 
-    def task_specs(self) -> list[TaskSpec]:
+    def task_specs(self) -> list[RunTask]:
         """The run's tasks: the `tasks` list, or the one task given by data/method/task."""
         if self.tasks:
             return self.tasks
         name = self.data.source.replace(".", "_")
-        return [TaskSpec(name=name, data=self.data, method=self.method, task=self.task)]
+        return [RunTask(name=name, data=self.data, method=self.method, task=self.task)]
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -156,7 +157,7 @@ def build_run_config(values: dict[str, Any]) -> RunConfig:
         values[name] = cls(**values[name])
     if tasks is not None:
         values["tasks"] = [
-            TaskSpec(t["name"], DataConfig(**t["data"]), t["method"], t["task"]) for t in tasks
+            RunTask(t["name"], DataConfig(**t["data"]), t["method"], t["task"]) for t in tasks
         ]
     return RunConfig(**values)
 

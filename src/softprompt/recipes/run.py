@@ -13,7 +13,7 @@ from typing import Any
 
 from softprompt import distributed
 from softprompt.backbones import Backbone, load_backbone
-from softprompt.config import DataConfig, RunConfig, TaskSpec
+from softprompt.config import DataConfig, RunConfig, RunTask
 from softprompt.data import Dataset, load_dataset
 from softprompt.data.shots import few_shot_dataset
 from softprompt.device import resolve_device
@@ -42,7 +42,7 @@ def load_data(config: DataConfig, seed: int = 0) -> Dataset:
 
 
 def build_models(
-    backbone: Backbone, specs: list[TaskSpec], data: dict[str, Dataset]
+    backbone: Backbone, specs: list[RunTask], data: dict[str, Dataset]
 ) -> MultiTaskModel:
     """One (method, task) per spec on one backbone; methods may share modules."""
     shared: dict[str, Any] = {}
@@ -90,7 +90,7 @@ def _zero_shot_rows(
 def _head_only_rows(
     config: RunConfig,
     backbone: Backbone,
-    specs: list[TaskSpec],
+    specs: list[RunTask],
     data: dict[str, Dataset],
     process: ProcessInfo,
     resume: bool,
