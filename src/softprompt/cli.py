@@ -346,7 +346,9 @@ def _backbone_arg(args: argparse.Namespace, prompt: str | None = None) -> Any:
         return args.backbone
     from softprompt.backbones import load_backbone
 
-    name = args.backbone or (_meta(prompt)["backbone"]["name"] if prompt else "smollm2-135m")
+    name = args.backbone or (
+        _meta(prompt)["backbone"]["name"] if prompt else FLAG_DEFAULTS["backbone"]
+    )
     return load_backbone(name, dtype=args.dtype or "auto", quantize=args.quantize)
 
 
@@ -537,7 +539,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     if args.optimizer:
         options["optimizer"] = args.optimizer
     backbone = load_backbone(
-        args.backbone or "smollm2-135m",
+        args.backbone or FLAG_DEFAULTS["backbone"],
         dtype=args.dtype or "auto",
         quantize=args.quantize,
         adapter=args.backbone_adapter,
@@ -634,7 +636,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     found = sub.add_parser("search", help="search discrete prompts; --project a soft prompt")
     found.add_argument("--dataset", default="movie-sentiment", help="built-in name or data path")
-    found.add_argument("--backbone", default=None, help="default smollm2-135m")
+    found.add_argument("--backbone", default=None, help=f"default {FLAG_DEFAULTS['backbone']}")
     found.add_argument("--backbone-adapter", default=None,
                        help="PEFT LoRA folder merged into the backbone")  # fmt: skip
     _add_precision_flags(found)
