@@ -138,9 +138,10 @@ def warp(logits: torch.Tensor, params: Sampling) -> torch.Tensor:
     top = logits.max()
     if not torch.isfinite(top):  # every logit -inf (or NaN): the argmax, as greedy would
         return F.one_hot(logits.argmax(), logits.shape[-1]).float()
-    # (V,) <= 0, the likeliest exactly 0; in float64, where a temperature of 1e-300 is
-    # not 0 (in float32 it is, and 0 / 0 is NaN)
-    scores = (logits - top).double() / params.temperature
+    # a temperature under float32's smallest normal would round to 0 (and 0 / 0 is NaN);
+    # at that one every other token is -inf already (float64 is not on every device)
+    temperature = max(params.temperature, torch.finfo(torch.float32).tiny)
+    scores = (logits - top) / temperature  # (V,) <= 0, the likeliest exactly 0
     if params.top_k and params.top_k < scores.shape[-1]:
         kth = scores.topk(params.top_k).values[-1]
         scores = scores.masked_fill(scores < kth, float("-inf"))
@@ -151,7 +152,7 @@ def warp(logits: torch.Tensor, params: Sampling) -> torch.Tensor:
         drop = before >= params.top_p
         drop[0] = False  # the likeliest token always stays, whatever top_p rounds to
         scores = scores.masked_fill(drop.scatter(0, index, drop), float("-inf"))
-    return scores.softmax(-1).float()
+    return scores.softmax(-1)
 
 
 def find_stop(text: str, stops: list[str]) -> int:
