@@ -484,3 +484,19 @@ def test_float32_inputs_reach_a_bf16_stack_called_directly(llama_folder):
     want = full.core()(inputs_embeds=embeds).last_hidden_state
     assert got.dtype == torch.bfloat16
     assert (got.float() - want).abs().max() < 0.1 * (1 + want.abs().max())
+
+
+@pytest.mark.slow
+def test_qwen_0p5b_builtin_in_bf16_says_paris():
+    """The on-demand built-in end to end: parts assembled, converted to a bf16 cache
+    (2 bytes a parameter; about 3.5 minutes the first time on 2 busy cores), and the
+    model still knows its geography."""
+    if not builtin_installed("qwen2.5-coder-0.5b"):
+        pytest.skip("qwen2.5-coder-0.5b is installed on demand only (softprompt backbones)")
+    bb = load_backbone("qwen2.5-coder-0.5b", dtype="bfloat16")
+    assert (bb.spec.architecture, bb.spec.num_layers, bb.spec.hidden_size) == ("qwen2", 24, 896)
+    assert bb.model.dtype == torch.bfloat16
+    ids = bb.tokenizer("The capital of France is", return_tensors="pt").input_ids
+    with torch.no_grad():
+        top = int(bb.model(input_ids=ids).logits[0, -1].argmax())
+    assert bb.tokenizer.decode([top]) == " Paris"
