@@ -163,7 +163,7 @@ def create_app(
     app.add_middleware(
         BodyLimit,
         limit=lambda path: max_upload_bytes if path == "/prompts" else body_limit,
-        flag=lambda path: "--max-upload-mb",
+        flag="--max-upload-mb",
     )
     app.state.engine, app.state.metrics, app.state.batcher = engine, metrics, batcher
 

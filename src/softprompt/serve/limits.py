@@ -9,6 +9,7 @@ sent back whole.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from starlette.exceptions import HTTPException
@@ -42,15 +43,15 @@ class BodyLimit:
     The check happens inside `receive`, so it runs when the endpoint reads the body (after
     routing, inside the app's error handlers: the 413 is an ordinary JSON error)."""
 
-    def __init__(self, app: ASGIApp, *, limit: Any, flag: Any) -> None:
-        self.app, self.limit, self.flag = app, limit, flag
+    def __init__(self, app: ASGIApp, *, limit: Callable[[str], int], flag: str) -> None:
+        self.app, self.limit, self.flag = app, limit, flag  # limit: path -> bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         path = scope.get("path", "")
-        limit, flag = self.limit(path), self.flag(path)
+        limit, flag = self.limit(path), self.flag
         declared = _content_length(scope)
         seen = 0
 
