@@ -264,16 +264,9 @@ def choose_words(
         {c.word for cs in found.values() for c in cs}
     ) < len(labels):
         raise ConfigError("task.verbalizer auto: too few candidate words to give each class one")
-    chosen = assign(found, targets)
-    verbalizer = {label: [c.word] for label, c in zip(labels, chosen, strict=True)}
-    taken = {c.word for c in chosen}
-    for label in labels:  # auto:N: the next words by ratio, never another class's
-        for cand in found[label]:
-            if len(verbalizer[label]) >= words:
-                break
-            if cand.word not in taken:
-                verbalizer[label].append(cand.word)
-                taken.add(cand.word)
+    picked = with_more_words(found, assign(found, targets), words)  # class -> its words
+    verbalizer = {label: [c.word for c in cs] for label, cs in zip(labels, picked, strict=True)}
+    chosen = [_as_class(cands) for cands in picked]
     own_scores = task._class_scores(own)  # (N, C): the task's own words, as it scores them
     manual = [Candidate(" / ".join(ws), own_scores[:, c]) for c, ws in enumerate(task.words)]
     result = AutoWords(verbalizer, found, _fit(chosen, targets)[0], _fit(manual, targets)[0])
@@ -284,6 +277,29 @@ def choose_words(
             result.verbalizer = dict(zip(labels, task.words, strict=True))
             result.kept_own = True
     return result
+
+
+def with_more_words(
+    found: dict[str, list[Candidate]], chosen: list[Candidate], words: int
+) -> list[list[Candidate]]:
+    """auto:N: each class's chosen word, then its next N - 1 by ratio, never a word of
+    another class."""
+    taken = {c.word for c in chosen}
+    picked = [[c] for c in chosen]
+    for mine, label in zip(picked, found, strict=True):
+        for cand in found[label]:
+            if len(mine) >= words:
+                break
+            if cand.word not in taken:
+                mine.append(cand)
+                taken.add(cand.word)
+    return picked
+
+
+def _as_class(cands: list[Candidate]) -> Candidate:
+    """A class's words scored together, as the verbalizer does: log-sum-exp."""
+    scores = torch.stack([c.scores for c in cands]).logsumexp(0)  # (N,)
+    return Candidate(" / ".join(c.word for c in cands), scores)
 
 
 _CHOSEN: dict[tuple, AutoWords] = {}  # one search per (backbone, rows, framing) a process
