@@ -11,7 +11,7 @@ this list and checks both rules:
     inject init
     methods tasks
     model
-    train evaluate ensemble config
+    train evaluate ensemble config estimate
     search interop
     recipes
     serve client

@@ -568,6 +568,24 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return run_serve(args)
 
 
+def cmd_estimate(args: argparse.Namespace) -> int:
+    """Memory for training and serving, and step time, before a run (softprompt/estimate.py)."""
+    from softprompt.backbones import load_backbone
+    from softprompt.device import resolve_device
+    from softprompt.estimate import estimate, rss_bytes
+
+    runtime = rss_bytes() or 0  # before the weights: python, torch, transformers
+    device = resolve_device(args.device, "--device")
+    backbone = load_backbone(args.backbone, dtype=args.dtype, quantize=args.quantize, device=device)
+    backbone.model.to(device)
+    options = {"n_tokens": args.n_tokens} if args.n_tokens is not None else None
+    result = estimate(backbone, method=args.method, method_options=options,
+                      batch_size=args.batch_size, seq_len=args.seq_len, tasks=args.tasks,
+                      runtime_bytes=runtime)  # fmt: skip
+    print(json.dumps(result.to_dict(), indent=2) if args.json else "\n".join(result.lines()))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="softprompt", description="Learn tiny prompts for a frozen transformer."
@@ -657,6 +675,21 @@ def build_parser() -> argparse.ArgumentParser:
     found.add_argument("--project-metric", default="both", choices=["cosine", "l2", "both"])
     found.add_argument("--out", default=None, help="folder for prompt files (runs/search)")
     found.set_defaults(func=cmd_search)
+
+    plan = sub.add_parser(
+        "estimate", help="expected peak memory (training, serving K tasks) and step time"
+    )
+    plan.add_argument("--backbone", default="smollm2-135m")
+    plan.add_argument("--method", default="soft-prompt")
+    plan.add_argument("--n-tokens", type=_positive_int, default=None, help="virtual tokens")
+    plan.add_argument("--batch-size", type=_positive_int, default=8)
+    plan.add_argument("--seq-len", type=_positive_int, default=128, help="text tokens a row")
+    plan.add_argument("--dtype", default="auto", help="auto, float32, bfloat16 or float16")
+    plan.add_argument("--quantize", default=None, help="int8 or nf4")
+    plan.add_argument("--tasks", type=_positive_int, default=1, help="tasks served at once")
+    plan.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+    plan.add_argument("--json", action="store_true")
+    plan.set_defaults(func=cmd_estimate)
 
     grid = sub.add_parser(
         "compare", help="zero-shot, head-only, prompts, LoRA, full fine-tuning: one table"
