@@ -194,6 +194,8 @@ def test_vision_backbones_refuse_other_dtypes(tmp_path):
     bb.model.save_pretrained(tmp_path / "v")
     with pytest.raises(BackboneError, match="vision backbones are held in float32 only"):
         load_backbone(str(tmp_path / "v"), dtype="bfloat16")
+    # its patch embedding has no single weight: the prompt file still records a dtype
+    assert bb.describe()["dtype"] == "float32" and bb.describe()["quantize"] == "none"
 
 
 # --- GGUF without the float32 detour ----------------------------------------------------

@@ -96,8 +96,12 @@ class Backbone:
 
     @property
     def dtype(self) -> torch.dtype:
-        """The dtype the frozen model computes in (its input embeddings' dtype)."""
-        return self.input_embeddings().weight.dtype
+        """The dtype the frozen model computes in: its input embeddings' (a vision model's
+        patch embedding has no single weight: its first floating parameter's)."""
+        weight = getattr(self.input_embeddings(), "weight", None)
+        if isinstance(weight, torch.Tensor):
+            return weight.dtype
+        return next(p.dtype for p in self.model.parameters() if p.is_floating_point())
 
     def describe(self) -> dict[str, str]:
         """What a prompt file records about its backbone: the fingerprint decides whether a
