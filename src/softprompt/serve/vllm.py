@@ -33,6 +33,7 @@ import json
 import os
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -224,6 +225,7 @@ class VllmEngine:
         self.client = VllmClient(url, timeout=timeout, connections=workers)
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="vllm")
         self.tasks: dict[str, VllmTask] = {}
+        self._embedding = threading.Lock()
         self.model_id = self._served_model(check_served_folder)
 
     def _served_model(self, check_folder: bool) -> str:
@@ -264,9 +266,10 @@ class VllmEngine:
     def embeds(self, name: str, text: str, tail: list[int] | None = None) -> torch.Tensor:
         """(T, d) input embeddings of `text` framed by the task (plus `tail` ids after it)."""
         task = self.get(name)
-        ids, virtual = task.model.task.rows([Example(text=text, label="")])
-        ids, virtual = ids[0] + list(tail or []), virtual[0] + [-1] * len(tail or [])
-        return input_sequence(task.model.injector, task.prompt, ids, virtual)
+        with self._embedding:  # one tokenizer and embedding table shared by request threads
+            ids, virtual = task.model.task.rows([Example(text=text, label="")])
+            ids, virtual = ids[0] + list(tail or []), virtual[0] + [-1] * len(tail or [])
+            return input_sequence(task.model.injector, task.prompt, ids, virtual)
 
     def _completion(self, embeds: torch.Tensor, **body: Any) -> dict[str, Any]:
         request = {"model": self.model_id, "prompt_embeds": encode_embeds(embeds), **body}
@@ -303,11 +306,14 @@ class VllmEngine:
         verbalizer = self.get(name).model.task
         words = [ids for per_class in verbalizer.word_ids for ids in per_class]
         follow = _word_prefixes(words)
-        jobs = {
-            p: self.pool.submit(self._token_logprobs, name, text, list(p), nxt)
-            for p, nxt in follow.items()
-        }
-        logprobs = {p: job.result() for p, job in jobs.items()}
+        if len(follow) == 1:  # single-token words: one request, on the caller's thread
+            logprobs = {(): self._token_logprobs(name, text, [], follow[()])}
+        else:  # the engine's own pool: callers never run on it, so waiting here is safe
+            jobs = {
+                p: self.pool.submit(self._token_logprobs, name, text, list(p), nxt)
+                for p, nxt in follow.items()
+            }
+            logprobs = {p: job.result() for p, job in jobs.items()}
         return [sum(logprobs[tuple(w[:j])][t] for j, t in enumerate(w)) for w in words]
 
     def classify(self, name: str, text: str) -> dict[str, Any]:
