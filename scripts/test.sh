@@ -3,6 +3,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+# vLLM (CPU) in its own venv: the gateway tests start one real server for the whole run
+bash scripts/setup-vllm.sh >/dev/null
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 .venv/bin/ruff check src tests benchmarks
 # the docs: --strict fails on a broken link or API page; -q would hide the warnings it counts
