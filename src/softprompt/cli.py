@@ -282,13 +282,14 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from softprompt.api import load_data, load_prompt
+    from softprompt.api import load_data
     from softprompt.config import DataConfig
     from softprompt.errors import ConfigError
     from softprompt.evaluate import evaluate
+    from softprompt.recipes.baselines import load_model
 
     first = args.prompt[0]
-    model = load_prompt(first, _backbone_arg(args, first))
+    model = load_model(first, _backbone_arg(args, first))
     meta = _meta(first)
     # default: the data the prompt was trained on (path and columns included)
     trained = dict(meta.get("run", {}).get("data") or {"source": meta.get("dataset")})
@@ -361,8 +362,8 @@ def _meta(path: str) -> dict[str, Any]:
 def cmd_predict(args: argparse.Namespace) -> int:
     if args.task:
         return _predict_tasks(args)
-    from softprompt.api import load_prompt
     from softprompt.errors import ConfigError
+    from softprompt.recipes.baselines import load_model
 
     if args.prompt is None:
         raise ConfigError("predict: give a prompt file (or several with --task NAME=PROMPT)")
@@ -372,7 +373,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     blank = [i for i, text in enumerate(texts, start=1) if not text.strip()]
     if blank:
         raise ConfigError(f"predict: text {blank[0]} is empty; give some text to label")
-    model = load_prompt(args.prompt, _backbone_arg(args, args.prompt))
+    model = load_model(args.prompt, _backbone_arg(args, args.prompt))
     for text, prediction in zip(texts, model.predict(texts), strict=True):
         key = "image" if model.backbone.spec.kind == "vision" else "text"
         print(json.dumps({key: text, **_answer(prediction)}, ensure_ascii=False))

@@ -90,18 +90,20 @@ def test_compare_classification_end_to_end_and_a_killed_unit_resumes_to_the_same
     assert resumed.complete and _table(resumed) == _table(whole)
 
 
-def test_a_unit_folder_is_a_normal_run_that_eval_reads(
+def test_unit_folders_are_normal_runs_that_eval_and_predict_read(
     llama_folder, sentiment_csv, tmp_path, capsys
 ):
     out = tmp_path / "c"
-    compare(
-        _config(llama_folder, sentiment_csv, out, ["soft-prompt"], test_limit=3), progress=False
-    )
-    row = json.loads((out / "units" / "soft-prompt-s0" / "unit.json").read_text())
-    assert row["test_rows"] == 3
-    prompt = out / "units" / "soft-prompt-s0" / "prompt.safetensors"
-    assert cli.main(["eval", str(prompt), "--backbone", str(llama_folder)]) == 0
-    assert '"accuracy"' in capsys.readouterr().out
+    config = _config(llama_folder, sentiment_csv, out, ["soft-prompt", "lora"], test_limit=3)
+    compare(dataclasses.replace(config, seeds=[0]), progress=False)
+    for unit in ("soft-prompt-s0", "lora-s0"):  # a prompt file and a LoRA baseline file
+        row = json.loads((out / "units" / unit / "unit.json").read_text())
+        assert row["test_rows"] == 3
+        prompt = str(out / "units" / unit / "prompt.safetensors")
+        assert cli.main(["eval", prompt, "--backbone", str(llama_folder)]) == 0
+        assert '"accuracy"' in capsys.readouterr().out
+        assert cli.main(["predict", prompt, "a good fun movie"]) == 0
+        assert '"label"' in capsys.readouterr().out
 
 
 def test_changed_settings_refuse_to_read_a_finished_unit_back_until_overwrite(

@@ -35,7 +35,14 @@ from softprompt.data import Dataset
 from softprompt.distributed import ProcessInfo
 from softprompt.errors import ConfigError, PromptFileError
 from softprompt.evaluate import evaluate
-from softprompt.model import PromptModel, build_model, check_known
+from softprompt.model import (
+    PromptModel,
+    build_model,
+    check_known,
+    file_backbone,
+    load_prompt,
+    load_prompt_meta,
+)
 from softprompt.promptfile import check_backbone, read_prompt_file, save_prompt_file
 from softprompt.tasks.auto_verbalizer import resolve_verbalizer
 from softprompt.tasks.base import TaskConfig
@@ -172,6 +179,17 @@ class TunedModel(PromptModel):
             )
         model.load_state_dict(tensors, strict=False)
         return model
+
+
+def load_model(path: str | Path, backbone: Backbone | str | None = None) -> PromptModel:
+    """A prompt file, or a LoRA / full fine-tuning file (a `compare` unit's), on its
+    backbone (by default the one the file names): `eval` and `predict` read either."""
+    meta = load_prompt_meta(path)
+    if "baseline" not in meta:
+        return load_prompt(path, backbone)
+    if backbone is None or isinstance(backbone, str):
+        backbone = file_backbone(meta, backbone)
+    return TunedModel.load(path, backbone)
 
 
 def head_only_baseline(
