@@ -16,6 +16,7 @@ from softprompt.tasks import TaskConfig
 from softprompt.tasks.auto_verbalizer import (
     Candidate,
     assign,
+    first_words,
     parse_auto,
     resolve_verbalizer,
     search_words,
@@ -151,3 +152,14 @@ def test_own_words_are_kept_unless_the_chosen_ones_do_better_on_validation(plant
     assert result.checked[0] == 0.0 and "keeping the task's own words" in result.table()
     kept = search_words(backbone, config, data.train, 1, data.train[:6])
     assert not kept.kept_own and kept.verbalizer == {k: [w] for k, w in PLANTED.items()}
+
+
+def test_validation_rows_pick_the_best_ratios_when_the_ascent_overfits():
+    targets = torch.tensor([0, 0, 1, 1, -1, -1, -1, -1])  # rows 4-7 are held out
+    checked = torch.tensor([-1, -1, -1, -1, 0, 0, 1, 1])
+    a = Candidate("a", torch.tensor([0.0, 0, -1, -1, 0, 0, -5, -5]), ratio=5.0)
+    noise = Candidate("u", torch.tensor([0.0, 0, -9, -9, -9, -9, 0, 0]), ratio=1.0)
+    b = Candidate("b", torch.tensor([-1.0, -1, 0, 0, -5, -5, 0, 0]), ratio=5.0)
+    found = {"x": [a, noise], "y": [b]}
+    assert [c.word for c in first_words(found, targets, None)] == ["u", "b"]  # wider margin
+    assert [c.word for c in first_words(found, targets, checked)] == ["a", "b"]

@@ -17,6 +17,7 @@ so it works with every method:
    the verbalizer scores them (tasks/word_tree.py);
 3. one word per class by coordinate ascent on the rows' accuracy (ties: mean log-prob
    of the gold class), each class starting from its best ratio, words never shared;
+   with validation rows, whichever of that and the plain best ratios fits them better;
    with auto:N, each class then adds its next N - 1 words by ratio;
 4. the choice is checked on the validation rows (the K-per-class validation set in
    the k-shot regime): unless it beats the task's own words there, they are kept.
@@ -211,14 +212,20 @@ def _fit(words: list[Candidate], targets: torch.Tensor) -> tuple[float, float]:
     return accuracy, float(gold)
 
 
+def best_ratios(found: dict[str, list[Candidate]]) -> list[Candidate]:
+    """Each class's best-ratio word not already taken by an earlier class."""
+    chosen: list[Candidate] = []
+    for label in found:
+        taken = {c.word for c in chosen}
+        chosen.append(next(c for c in found[label] if c.word not in taken))
+    return chosen
+
+
 def assign(found: dict[str, list[Candidate]], targets: torch.Tensor, sweeps: int = 3):
     """One distinct word per class: coordinate ascent on the rows' fit, starting from
     each class's best ratio. Returns the chosen candidate per class, in label order."""
     labels = list(found)
-    chosen: list[Candidate] = []
-    for label in labels:  # best ratio not already taken
-        taken = {c.word for c in chosen}
-        chosen.append(next(c for c in found[label] if c.word not in taken))
+    chosen = best_ratios(found)
     best = _fit(chosen, targets)
     for _ in range(sweeps):
         changed = False
@@ -264,7 +271,8 @@ def choose_words(
         {c.word for cs in found.values() for c in cs}
     ) < len(labels):
         raise ConfigError("task.verbalizer auto: too few candidate words to give each class one")
-    picked = with_more_words(found, assign(found, targets), words)  # class -> its words
+    first = first_words(found, targets, checked if held_out else None)
+    picked = with_more_words(found, first, words)  # class -> its words
     verbalizer = {label: [c.word for c in cs] for label, cs in zip(labels, picked, strict=True)}
     chosen = [_as_class(cands) for cands in picked]
     own_scores = task._class_scores(own)  # (N, C): the task's own words, as it scores them
@@ -277,6 +285,19 @@ def choose_words(
             result.verbalizer = dict(zip(labels, task.words, strict=True))
             result.kept_own = True
     return result
+
+
+def first_words(
+    found: dict[str, list[Candidate]], targets: torch.Tensor, checked: torch.Tensor | None
+) -> list[Candidate]:
+    """One word per class: the coordinate ascent's, or, when held-out rows are given
+    (`checked`: their targets, -1 elsewhere), whichever of it and the plain best ratios
+    fits them better: the ascent can fit the noise of a few dozen rows."""
+    ascended = assign(found, targets)
+    if checked is None:
+        return ascended
+    options = [ascended, best_ratios(found)]
+    return max(options, key=lambda o: (_fit(o, checked), _fit(o, targets)))
 
 
 def with_more_words(
