@@ -127,6 +127,7 @@ class _Context:
     config: CompareConfig
     test: list[Example]
     out: Path
+    progress: bool = False  # each unit's own train / test bars under the compare's bar
 
 
 # unit kinds that are not prompt methods: each builds its model from the run's task
@@ -297,9 +298,8 @@ def compare(
             adapter=run.backbone_adapter,
         )
         backbone.model.to(device)
-        ctx = _Context(
-            backbone, dataset, config, sample_test_rows(dataset.test, config.test_limit), out
-        )
+        test = sample_test_rows(dataset.test, config.test_limit)
+        ctx = _Context(backbone, dataset, config, test, out, progress)
         rows, units = [], config.units()
         with tqdm(total=len(units), desc="compare", disable=not progress) as bar:
             for unit in units:
@@ -361,7 +361,9 @@ def run_unit(
             return None
         model, path, seconds, best_step = trained
         tick = time.perf_counter()
-        scores = evaluate(model, ctx.test, batch_size=run.train.eval_batch_size)
+        scores = evaluate(
+            model, ctx.test, batch_size=run.train.eval_batch_size, progress=ctx.progress
+        )
         test_seconds = time.perf_counter() - tick
     row.update(
         scores,
@@ -408,7 +410,7 @@ def _fit(
         folder,
         resume=resume,
         meta=meta,
-        progress=False,
+        progress=ctx.progress,
         stop_after=stop_after,
     )
     if result.steps_done < train_config.steps and stop_after is not None:
