@@ -29,6 +29,7 @@ from softprompt.methods import (
     available_methods,
     build_method,
     method_config_class,
+    transfer_embeddings,
 )
 from softprompt.promptfile import check_backbone, malformed, read_prompt_file, save_prompt_file
 from softprompt.tasks import TaskConfig, TaskOutput, build_task
@@ -410,13 +411,11 @@ _VERBALIZER = {"verbalizer": dict[str, str | list[str]] | None}
 
 def prompt_embeddings(path: str | Path, backbone: Backbone) -> torch.Tensor:
     """The virtual tokens of another prompt file for this backbone, (n, d) float32 on the
-    CPU: what the `file` init starts from (SPoT-style transfer). A P-tuning file gives the
-    tokens its encoder produces; a method may offer `transfer_embeddings()` instead (MPT's
-    shared prompt)."""
+    CPU: what the `file` init starts from (SPoT-style transfer), as the method gives them
+    (methods.transfer_embeddings)."""
     source = PromptModel.load(path, backbone)
-    transfer = getattr(source.method, "transfer_embeddings", None)
-    source = source if transfer is not None else source.flattened()
-    embeds = transfer() if transfer is not None else source.method.state_dict().get("embeddings")
+    with torch.no_grad():
+        embeds = transfer_embeddings(source.method)
     if embeds is None:
         raise ConfigError(
             f"method.init_file: {path} holds a {source.method_name} prompt without virtual "

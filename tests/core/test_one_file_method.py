@@ -58,7 +58,7 @@ class Scaled(nn.Module):
 
     def flatten(self):
         return "soft-prompt", {{"n_tokens": self.config.n_tokens, "init": "random"}}, {{
-            "method.embeddings": (self.embeddings * self.scale).detach()
+            "embeddings": (self.embeddings * self.scale).detach()
         }}
 '''
 
@@ -146,3 +146,15 @@ def test_no_import_list_names_the_methods():
         init = Path(importlib.import_module(f"softprompt.{package}").__file__)
         text = init.read_text(encoding="utf-8")
         assert f"from softprompt.{package} import " not in text, package
+
+
+def test_a_new_method_is_a_source_for_the_file_init(new_method, make_model, llama, tmp_path):
+    """`init: file` reads the tokens through methods.transfer_embeddings: here the flat form
+    the new method's own `flatten()` gives, with nothing registered anywhere else."""
+    source = make_model(llama, NAME, n_tokens=2)
+    with torch.no_grad():
+        source.method.scale.fill_(3.0)
+    path = source.save(tmp_path / "source.safetensors")
+    target = make_model(llama, "soft-prompt", n_tokens=2, init="file", init_file=str(path))
+    expected = (source.method.embeddings * 3.0).detach()
+    torch.testing.assert_close(target.method.embeddings.detach(), expected)

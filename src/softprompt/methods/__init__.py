@@ -16,6 +16,7 @@ from softprompt.methods.registry import (
     make_method_config,
     method_config_class,
     register_method,
+    transfer_embeddings,
 )
 
 __all__ = [
@@ -27,4 +28,5 @@ __all__ = [
     "make_method_config",
     "method_config_class",
     "register_method",
+    "transfer_embeddings",
 ]

@@ -5,11 +5,17 @@ A method is an `nn.Module` built from a dataclass config and a `MethodContext`;
 batch size: rows pick it by index, see inject/prompt.py). `flatten()` says how to
 serve it without training-only parts (an encoder, an MLP), or None when it is flat.
 
-Two optional hooks, each found with getattr so a method without them changes nothing:
+Optional hooks, each found with getattr so a method without them changes nothing:
 `auxiliary_loss(injector, prompt, rows) -> ()` is a training objective of the method's
 own, added to the task loss in training mode only (model.MultiTaskModel.forward; DART's
 fluency loss); `label_embeddings() -> (C, d)` gives learned output rows for the classes'
-label tokens, which the verbalizer then scores against (DART).
+label tokens, which the verbalizer then scores against (DART);
+`transfer_embeddings() -> (n, d)` gives the virtual tokens another prompt's `init: file`
+starts from, when they are not the flat form's `embeddings` (MPT's shared prompt; see
+`transfer_embeddings` below).
+
+A method's integer options are bounded by its config class's `BOUNDS` (field -> (low,
+high)), which validate.check_fields enforces wherever the options are written.
 """
 
 from __future__ import annotations
@@ -86,6 +92,19 @@ def make_method_config(name: str, options: dict[str, Any], where: str = "method"
         if where != "method" and message.startswith("method."):
             message = where + message[len("method") :]
         raise ConfigError(message) from None
+
+
+def transfer_embeddings(method: nn.Module) -> torch.Tensor | None:
+    """(n, d) the virtual tokens that `init: file` copies from `method` (SPoT-style
+    transfer): its own `transfer_embeddings()` when it has one, else the `embeddings`
+    tensor of its flat form (P-tuning: what its encoder produces), else None (a K/V
+    prefix has no tokens to copy)."""
+    own = getattr(method, "transfer_embeddings", None)
+    if own is not None:
+        return own()
+    flat = method.flatten()
+    tensors = flat[2] if flat is not None else dict(method.state_dict())
+    return tensors.get("embeddings")
 
 
 def build_method(name: str, options: dict[str, Any] | Any, context: MethodContext) -> nn.Module:

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from softprompt.search.base import (
+    SEARCHES,
     Budget,
     BudgetExhausted,
     Ranked,
@@ -73,6 +74,7 @@ def search(
     The seed template is scored first (one evaluation of the budget), so every
     method is judged against where it started and never returns something worse."""
     run = get_search(method)
+    config = SEARCHES.config(method, dict(options or {}), "search.options")
     scorer = CandidateScorer(
         spec.backbone, spec.verbalizer_ids, spec.examples, max_text_tokens=spec.max_text_tokens
     )
@@ -84,7 +86,7 @@ def search(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         try:
-            run(spec, tracker, rng, dict(options or {}))
+            run(spec, tracker, rng, config)
         except BudgetExhausted:
             pass
     return SearchResult(

@@ -14,18 +14,35 @@ Options: `triggers` (4), `proposals` per step (8), `vocab` (tokens allowed, 2000
 from __future__ import annotations
 
 import random
+from dataclasses import dataclass
+from typing import ClassVar
 
-from softprompt.search.base import Budget, TaskSpec, register_search
-from softprompt.search.edits import _options
+from softprompt.search.base import COUNT, Budget, TaskSpec, register_search
 from softprompt.search.triggers import Triggers
 
 
-@register_search("autoprompt")
-def autoprompt(spec: TaskSpec, budget: Budget, rng: random.Random, options: dict) -> None:
-    opts = _options(options, triggers=4, proposals=8, vocab=2000, grad_examples=16)
-    trig = Triggers(spec, opts["vocab"])
+@dataclass
+class AutoPromptConfig:
+    """`triggers` tokens after the text, chosen from the `vocab` most frequent; each round
+    tries `proposals` swaps at one position, ranked by the gradient on `grad_examples`."""
+
+    BOUNDS: ClassVar[dict[str, tuple[int, int]]] = {
+        "triggers": COUNT,
+        "proposals": COUNT,
+        "vocab": COUNT,
+        "grad_examples": COUNT,
+    }
+    triggers: int = 4
+    proposals: int = 8
+    vocab: int = 2000
+    grad_examples: int = 16
+
+
+@register_search("autoprompt", AutoPromptConfig)
+def autoprompt(spec: TaskSpec, budget: Budget, rng: random.Random, opts: AutoPromptConfig) -> None:
+    trig = Triggers(spec, opts.vocab)
     pool = trig.pool.tolist()
-    current = [rng.choice(pool) for _ in range(opts["triggers"])]
+    current = [rng.choice(pool) for _ in range(opts.triggers)]
     (current_score,) = budget.score([trig.candidate(current)])
     source = spec.train or spec.examples
     table = spec.backbone.input_embeddings().weight[trig.pool].detach()  # (K, d)
@@ -33,11 +50,11 @@ def autoprompt(spec: TaskSpec, budget: Budget, rng: random.Random, options: dict
     while True:
         position = step % len(current)
         step += 1
-        batch = rng.sample(source, min(opts["grad_examples"], len(source)))
+        batch = rng.sample(source, min(opts.grad_examples, len(source)))
         grad = trig.gradient(current, batch)  # (n, d)
         flip = -(table @ grad[position])  # (K,) larger = loss drops more
         order = flip.argsort(descending=True).tolist()
-        swaps = [pool[k] for k in order if pool[k] != current[position]][: opts["proposals"]]
+        swaps = [pool[k] for k in order if pool[k] != current[position]][: opts.proposals]
         trials = [current[:position] + [t] + current[position + 1 :] for t in swaps]
         scores = budget.score([trig.candidate(t) for t in trials])
         best = max(range(len(trials)), key=lambda i: scores[i].key)

@@ -1,6 +1,7 @@
 """The search interface: a task to search for, a budget, a registry of methods by name.
 
-Every method is a function `(spec, budget, rng, options) -> None` that proposes
+Every method is a function `(spec, budget, rng, config) -> None`, registered with the
+dataclass its options are checked against before any candidate is scored, that proposes
 candidates and scores them through `budget.score(...)`; the budget refuses
 evaluations past its limit, keeps every scored candidate, and ranks them. So a
 method cannot overspend, and `search()` never branches on the method.
@@ -110,15 +111,18 @@ class Budget:
 
 _UNSCORED = Score(accuracy=float("-inf"), loss=float("inf"), examples=0)
 
-SearchFn = Callable[[TaskSpec, Budget, random.Random, dict[str, Any]], None]
+# a method's options arrive as its registered config class, checked (validate.check_fields)
+SearchFn = Callable[[TaskSpec, Budget, random.Random, Any], None]
 # each module of softprompt.search registers its methods when the registry first looks
 SEARCHES: Registry[None] = Registry("method", "search", "softprompt.search", "search.method")
+# bounds of a search option that counts things: past these it only ever comes from a typo
+COUNT = (1, 1_000_000)
 
 
-def register_search(name: str) -> Callable[[SearchFn], SearchFn]:
-    """Register a search method under `name` (one file per method); it checks its own
-    options, so the registry hands them over as given."""
-    return SEARCHES.register(name, None)
+def register_search(name: str, config_class: type) -> Callable[[SearchFn], SearchFn]:
+    """Register a search method under `name` (one file per method) with the dataclass its
+    options are checked against (`search.options.KEY` in messages)."""
+    return SEARCHES.register(name, config_class)
 
 
 def search_methods() -> list[str]:

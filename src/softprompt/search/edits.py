@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import random
 import re
-from typing import Any
+from dataclasses import dataclass
+from typing import ClassVar
 
-from softprompt.errors import ConfigError
-from softprompt.search.base import Budget, TaskSpec, register_search
+from softprompt.search.base import COUNT, Budget, TaskSpec, register_search
 from softprompt.search.vocab import word_strings
 
 SLOT = "{text}"
@@ -44,34 +44,53 @@ def random_edit(template: str, words: list[str], rng: random.Random) -> str:
     return text if SLOT in text else template
 
 
-def _options(options: dict[str, Any], **defaults: int) -> dict[str, int]:
-    unknown = sorted(set(options) - set(defaults))
-    if unknown:
-        raise ConfigError(f"search options: unknown {unknown}; known: {sorted(defaults)}")
-    return {**defaults, **{k: int(v) for k, v in options.items()}}
+@dataclass
+class RandomEditConfig:
+    """`batch` candidates a round, each `1..max_edits` random edits of the seed template,
+    with words from the `vocab` most frequent."""
+
+    BOUNDS: ClassVar[dict[str, tuple[int, int]]] = {
+        "max_edits": COUNT,
+        "batch": COUNT,
+        "vocab": COUNT,
+    }
+    max_edits: int = 3
+    batch: int = 16
+    vocab: int = 500
 
 
-@register_search("random-edit")
-def random_search(spec: TaskSpec, budget: Budget, rng: random.Random, options: dict) -> None:
-    opts = _options(options, max_edits=3, batch=16, vocab=500)
-    words = word_strings(spec.backbone, opts["vocab"])
+@dataclass
+class GreedyEditConfig:
+    """`proposals` single edits of the best template so far a round."""
+
+    BOUNDS: ClassVar[dict[str, tuple[int, int]]] = {"proposals": COUNT, "vocab": COUNT}
+    proposals: int = 16
+    vocab: int = 500
+
+
+@register_search("random-edit", RandomEditConfig)
+def random_search(
+    spec: TaskSpec, budget: Budget, rng: random.Random, opts: RandomEditConfig
+) -> None:
+    words = word_strings(spec.backbone, opts.vocab)
     while True:
         batch = []
-        for _ in range(opts["batch"]):
+        for _ in range(opts.batch):
             text = spec.template
-            for _ in range(rng.randint(1, opts["max_edits"])):
+            for _ in range(rng.randint(1, opts.max_edits)):
                 text = random_edit(text, words, rng)
             batch.append(spec.candidate(text))
         budget.score(batch)
 
 
-@register_search("greedy-edit")
-def greedy_search(spec: TaskSpec, budget: Budget, rng: random.Random, options: dict) -> None:
-    opts = _options(options, proposals=16, vocab=500)
-    words = word_strings(spec.backbone, opts["vocab"])
+@register_search("greedy-edit", GreedyEditConfig)
+def greedy_search(
+    spec: TaskSpec, budget: Budget, rng: random.Random, opts: GreedyEditConfig
+) -> None:
+    words = word_strings(spec.backbone, opts.vocab)
     current = budget.best()
     while True:
-        texts = {random_edit(current.template, words, rng) for _ in range(opts["proposals"])}
+        texts = {random_edit(current.template, words, rng) for _ in range(opts.proposals)}
         budget.score([spec.candidate(t) for t in sorted(texts)])
         best = budget.best()
         if best.score.key > current.score.key:

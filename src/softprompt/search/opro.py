@@ -26,22 +26,44 @@ from __future__ import annotations
 
 import random
 import re
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 from softprompt.backbones import DEFAULT_BACKBONE, Backbone
 from softprompt.errors import ConfigError
-from softprompt.search.base import Budget, Ranked, TaskSpec, register_search
+from softprompt.search.base import COUNT, Budget, Ranked, TaskSpec, register_search
 from softprompt.search.optimizer_lm import LocalLM, OptimizerLM, optimizer_lm
 
-DEFAULTS = {
-    "optimizer": DEFAULT_BACKBONE,
-    "per_step": 4,
-    "shown": 8,
-    "examples": 3,
-    "temperature": 1.0,
-    "max_tokens": 48,
-    "position": "begin",
-}
 POSITIONS = ("begin", "end")
+
+
+@dataclass
+class OproConfig:
+    """`optimizer`: the LM that writes instructions (a backbone name, a Backbone, or an
+    OptimizerLM); each round shows it the `shown` best instructions so far and `examples`
+    task rows, and asks `per_step` times at `temperature` for up to `max_tokens` tokens;
+    `position` puts the instruction at the template's begin or end."""
+
+    BOUNDS: ClassVar[dict[str, tuple[int, int]]] = {
+        "per_step": COUNT,
+        "shown": COUNT,
+        "examples": COUNT,
+        "max_tokens": (1, 4096),
+    }
+    optimizer: Any = DEFAULT_BACKBONE
+    per_step: int = 4
+    shown: int = 8
+    examples: int = 3
+    temperature: float = 1.0
+    max_tokens: int = 48
+    position: str = "begin"
+
+    def __post_init__(self) -> None:
+        if self.position not in POSITIONS:
+            raise ConfigError(
+                f"search.options.position: unknown position {self.position!r}; choose one of "
+                f"{', '.join(POSITIONS)}"
+            )
 
 
 def meta_prompt(
@@ -101,21 +123,6 @@ def clean(reply: str) -> str:
     return ""
 
 
-def _opts(spec: TaskSpec, options: dict) -> dict:
-    unknown = sorted(set(options) - set(DEFAULTS))
-    if unknown:
-        raise ConfigError(f"search options: unknown {unknown}; known: {sorted(DEFAULTS)}")
-    opts = {**DEFAULTS, **options}
-    for key in ("per_step", "shown", "examples", "max_tokens"):
-        opts[key] = int(opts[key])
-    opts["temperature"] = float(opts["temperature"])
-    if opts["position"] not in POSITIONS:
-        raise ConfigError(
-            f"search options: position {opts['position']!r}; choose one of {', '.join(POSITIONS)}"
-        )
-    return opts
-
-
 def _lm(spec: TaskSpec, optimizer, seed: int) -> OptimizerLM:
     if isinstance(optimizer, Backbone):
         return LocalLM(optimizer, seed)
@@ -126,24 +133,23 @@ def _lm(spec: TaskSpec, optimizer, seed: int) -> OptimizerLM:
     return optimizer_lm(optimizer, seed)
 
 
-@register_search("opro")
-def opro(spec: TaskSpec, budget: Budget, rng: random.Random, options: dict) -> None:
-    opts = _opts(spec, options)
-    lm = _lm(spec, opts["optimizer"], rng.randrange(2**31))
+@register_search("opro", OproConfig)
+def opro(spec: TaskSpec, budget: Budget, rng: random.Random, opts: OproConfig) -> None:
+    lm = _lm(spec, opts.optimizer, rng.randrange(2**31))
     pool = spec.train or spec.examples
     while True:
-        history = budget.ranked()[: opts["shown"]][::-1]  # worst shown first, best last
-        shots = rng.sample(pool, min(opts["examples"], len(pool)))
-        prompt = meta_prompt(spec, history, shots, spec.template, opts["position"])
+        history = budget.ranked()[: opts.shown][::-1]  # worst shown first, best last
+        shots = rng.sample(pool, min(opts.examples, len(pool)))
+        prompt = meta_prompt(spec, history, shots, spec.template, opts.position)
         fresh = []
-        for _ in range(opts["per_step"]):
+        for _ in range(opts.per_step):
             budget.lm_call()
             reply = lm.complete(
                 [{"role": "user", "content": prompt}],
-                temperature=opts["temperature"],
-                max_tokens=opts["max_tokens"],
+                temperature=opts.temperature,
+                max_tokens=opts.max_tokens,
             )
             instruction = clean(reply)
             if instruction:
-                fresh.append(spec.candidate(place(instruction, spec.template, opts["position"])))
+                fresh.append(spec.candidate(place(instruction, spec.template, opts.position)))
         budget.score(fresh)

@@ -17,31 +17,43 @@ Options: `triggers` (4), `samples` per round (8), `vocab` (tokens in the pool, 3
 from __future__ import annotations
 
 import random
+from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
-from softprompt.errors import ConfigError
-from softprompt.search.base import Budget, TaskSpec, register_search
+from softprompt.search.base import COUNT, Budget, TaskSpec, register_search
 from softprompt.search.triggers import Triggers
 
-DEFAULTS = {"triggers": 4, "samples": 8, "vocab": 300, "lr": 0.5, "entropy": 0.01}
+
+@dataclass
+class RLPromptConfig:
+    """`triggers` tokens from the `vocab` most frequent, a policy of `samples` draws a
+    round trained at `lr` with an `entropy` bonus."""
+
+    BOUNDS: ClassVar[dict[str, tuple[int, int]]] = {
+        "triggers": COUNT,
+        "samples": COUNT,
+        "vocab": COUNT,
+    }
+    triggers: int = 4
+    samples: int = 8
+    vocab: int = 300
+    lr: float = 0.5
+    entropy: float = 0.01
 
 
-@register_search("rlprompt")
-def rlprompt(spec: TaskSpec, budget: Budget, rng: random.Random, options: dict) -> None:
-    unknown = sorted(set(options) - set(DEFAULTS))
-    if unknown:
-        raise ConfigError(f"search options: unknown {unknown}; known: {sorted(DEFAULTS)}")
-    opts = {**DEFAULTS, **options}
-    trig = Triggers(spec, int(opts["vocab"]))
+@register_search("rlprompt", RLPromptConfig)
+def rlprompt(spec: TaskSpec, budget: Budget, rng: random.Random, opts: RLPromptConfig) -> None:
+    trig = Triggers(spec, opts.vocab)
     pool = trig.pool  # (K,)
-    logits = torch.zeros(int(opts["triggers"]), len(pool), requires_grad=True)  # (n, K)
-    optimizer = torch.optim.Adam([logits], lr=float(opts["lr"]))
+    logits = torch.zeros(opts.triggers, len(pool), requires_grad=True)  # (n, K)
+    optimizer = torch.optim.Adam([logits], lr=opts.lr)
     generator = torch.Generator().manual_seed(rng.randrange(2**31))
     while True:
         with torch.no_grad():
             picks = torch.multinomial(
-                logits.softmax(-1), int(opts["samples"]), replacement=True, generator=generator
+                logits.softmax(-1), opts.samples, replacement=True, generator=generator
             ).T  # (S, n)
         scores = budget.score([trig.candidate(pool[p].tolist()) for p in picks])
         scored = [i for i, s in enumerate(scores) if s.examples]
@@ -52,7 +64,7 @@ def rlprompt(spec: TaskSpec, budget: Budget, rng: random.Random, options: dict) 
         log_probs = logits.log_softmax(-1)  # (n, K)
         chosen = log_probs.gather(1, picks[scored].T).sum(0)  # (S',) log pi(prompt)
         entropy = -(log_probs.exp() * log_probs).sum()
-        loss = -(advantage * chosen).mean() - float(opts["entropy"]) * entropy
+        loss = -(advantage * chosen).mean() - opts.entropy * entropy
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
