@@ -166,3 +166,16 @@ def test_int8_backward_keeps_no_float_copy_of_the_weights(llama_folder):
         assert saved_weight_copies(layer)[0] >= 1
     finally:
         layer.__class__ = precision.FrozenQuantizedLinear
+
+
+@needs_torchao
+def test_torchao_import_noise_stays_out_of_the_output():
+    """transformers imports torchao whenever it builds a model once torchao is installed;
+    its warnings about CUDA-only kernels (and torch's pytree ones) must not reach users."""
+    import subprocess
+    import sys
+
+    code = "from softprompt.backbones.tiny import tiny_llama; tiny_llama(); print('ok')"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0 and done.stdout.strip() == "ok"
+    assert "Failed to load" not in done.stderr and "register_constant" not in done.stderr

@@ -10,12 +10,19 @@ backbone is reduced: prompt parameters and optimizer state stay float32, and
 from __future__ import annotations
 
 import importlib.util
+import logging
 
 import torch
 import torch.nn.functional as F
 
 from softprompt.backbones._core import DTYPE_CHOICES, DTYPES, QUANTIZATIONS
 from softprompt.errors import BackboneError, ConfigError
+
+# Once torchao is installed, transformers imports it whenever it builds a model, and its
+# import logs warnings about CUDA-only kernels it cannot load on a CPU machine (torch adds
+# pytree deprecations). Nothing a user can act on: keep them out of every run's output.
+for _noisy in ("torchao", "torch.utils._pytree"):
+    logging.getLogger(_noisy).setLevel(logging.ERROR)
 
 TORCHAO_INSTALL = "pip install torchao"
 BITSANDBYTES_INSTALL = "pip install bitsandbytes"
