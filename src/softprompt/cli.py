@@ -264,8 +264,11 @@ def cmd_compare(args: argparse.Namespace) -> int:
     import dataclasses
 
     from softprompt.config import RunConfig
+    from softprompt.errors import ConfigError
     from softprompt.recipes.compare import CompareConfig, compare
 
+    if args.seed is not None:
+        raise ConfigError("--seed: compare trains every seed in --seeds; use --seeds")
     run = _config_from_args(args)
     if run.out == RunConfig().out and args.out is None:  # not the train command's folder
         run = dataclasses.replace(run, out=f"runs/compare-{Path(run.data.source).stem}")

@@ -170,6 +170,7 @@ def test_cli_compare_on_tagging_with_full_fine_tuning(bert_folder, tmp_path, cap
         (["--seeds", "1,1"], "--seeds: give distinct seeds"),
         (["--test-limit", "-1"], "--test-limit: must be >= 0"),
         (["--compare", "lora"], "compare: one task at a time"),
+        (["--seed", "3"], "--seed: compare trains every seed in --seeds"),
     ],
 )
 def test_bad_flags_are_one_line(extra, message, tmp_path, capsys):
