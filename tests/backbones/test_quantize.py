@@ -22,7 +22,7 @@ TEXTS = ["the movie was good", "terrible and boring plot", "i loved it", "a wast
 
 needs_torchao = pytest.mark.skipif(
     importlib.util.find_spec("torchao") is None,
-    reason="torchao not installed (pip install torchao)",
+    reason="torchao absent (optional, for --quantize int8: pip install torchao)",
 )
 
 
