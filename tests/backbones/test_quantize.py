@@ -124,7 +124,7 @@ def test_unknown_quantization_names_the_key(llama_folder):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="nf4 needs a CUDA GPU")
 def test_nf4_on_cuda(llama_folder, make_model, toy_dataset):
-    pytest.importorskip("bitsandbytes", reason="bitsandbytes not installed")
+    pytest.importorskip("bitsandbytes", reason="bitsandbytes absent (optional, for nf4)")
     full = load_backbone(str(llama_folder))
     small = load_backbone(str(llama_folder), dtype="bfloat16", quantize="nf4", device="cuda")
     assert small.fingerprint == full.fingerprint and small.quantize == "nf4"
