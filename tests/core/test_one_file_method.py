@@ -15,6 +15,7 @@ import torch
 
 from softprompt.config import build_run_config
 from softprompt.errors import ConfigError, SoftPromptError
+from softprompt.interop.peft import PeftAdapterError, export_peft
 from softprompt.methods import METHODS, available_methods
 from softprompt.model import check_known
 from softprompt.registry import Registry
@@ -158,3 +159,16 @@ def test_a_new_method_is_a_source_for_the_file_init(new_method, make_model, llam
     target = make_model(llama, "soft-prompt", n_tokens=2, init="file", init_file=str(path))
     expected = (source.method.embeddings * 3.0).detach()
     torch.testing.assert_close(target.method.embeddings.detach(), expected)
+
+
+def test_a_new_method_without_a_peft_type_is_refused_by_name(
+    new_method, make_model, llama, tmp_path
+):
+    model = make_model(llama, NAME, n_tokens=2)
+    exportable = "soft-prompt, p-tuning, prefix-tuning, multitask-prompt"
+    with pytest.raises(
+        PeftAdapterError,
+        match=f"method '{NAME}' has no PEFT adapter type; exportable: {exportable}",
+    ):
+        export_peft(model, tmp_path / "adapter")
+    assert not (tmp_path / "adapter").exists()

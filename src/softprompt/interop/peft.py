@@ -59,12 +59,6 @@ CONFIG = "adapter_config.json"
 WEIGHTS = "adapter_model.safetensors"
 SIDECAR = "softprompt.json"
 SIDECAR_FORMAT = "softprompt-peft/1"
-PEFT_TYPES = {
-    "soft-prompt": "PROMPT_TUNING",
-    "p-tuning": "P_TUNING",
-    "prefix-tuning": "PREFIX_TUNING",
-    "multitask-prompt": "MULTITASK_PROMPT_TUNING",
-}
 # Hub ids a built-in backbone's adapters may name as their base model.
 BASE_ALIASES = {
     "smollm2-135m": ("HuggingFaceTB/SmolLM2-135M-Instruct", "HuggingFaceTB/SmolLM2-135M"),
@@ -112,7 +106,7 @@ def _check_exportable(model: PromptModel, source: str) -> None:
     if model.method_name not in _EXPORTERS:
         raise PeftAdapterError(
             f"{source}: method {model.method_name!r} has no PEFT adapter type; exportable: "
-            f"{', '.join(PEFT_TYPES)}"
+            f"{', '.join(_EXPORTERS)}"
         )
     heads = sorted(k for k in model.state_dict() if k.startswith("task."))
     if heads:
@@ -206,6 +200,8 @@ def _export_multitask_prompt(model: PromptModel, fold: bool):
     return "MULTITASK_PROMPT_TUNING", tensors, fields
 
 
+# method name -> its exporter (each returns the PEFT type it writes); a method not here is
+# refused by name, so a new method needs no entry unless PEFT has a type for it
 _EXPORTERS = {
     "soft-prompt": _export_soft_prompt,
     "p-tuning": _export_p_tuning,
