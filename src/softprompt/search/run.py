@@ -14,12 +14,12 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from softprompt.backbones import Backbone, load_backbone
+from softprompt.backbones import Backbone
 from softprompt.data import Dataset, Example, load_dataset
 from softprompt.errors import ConfigError
 from softprompt.evaluate import evaluate
 from softprompt.files import atomic_write_text
-from softprompt.model import PromptModel
+from softprompt.model import load_prompt
 from softprompt.search import SearchResult, TaskSpec, search
 from softprompt.search.bridge import (
     project,
@@ -140,15 +140,16 @@ def test_scores(
 
 def run_projection(
     path: str | Path,
-    backbone: Backbone | None,
+    backbone: Backbone | str | None,
     data: Dataset,
     *,
     metrics: list[str],
     examples: int,
     out: Path | None,
 ) -> str:
-    """Markdown: the soft prompt's accuracy, each projection's tokens and accuracy."""
-    model = PromptModel.load(path, backbone or load_backbone(_backbone_name(path)))
+    """Markdown: the soft prompt's accuracy, each projection's tokens and accuracy.
+    `backbone`: loaded, a name or folder (as --backbone gives it), or None for the file's."""
+    model = load_prompt(path, backbone)
     rows = sample(data.test, examples)
     soft = evaluate(model, rows)
     config = model.task.config
@@ -184,12 +185,6 @@ def run_projection(
                 projection={"from": str(path), "metric": metric, "ids": projection.ids},
             )
     return "\n".join(lines) + f"\n\ntest rows {len(rows)}\n"
-
-
-def _backbone_name(path: str | Path) -> str:
-    from softprompt.model import load_prompt_meta
-
-    return load_prompt_meta(path)["backbone"]["name"]
 
 
 def load_search_data(source: str, text_column: str | None, label_column: str | None) -> Dataset:
