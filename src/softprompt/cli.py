@@ -195,7 +195,14 @@ def _add_run_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def _config_from_args(args: argparse.Namespace) -> Any:
-    from softprompt.config import build_run_config, load_yaml, set_dotted
+    from softprompt.config import build_run_config
+
+    return build_run_config(_values_from_args(args))
+
+
+def _values_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """The run's config values as given: the YAML file, then the flags over it."""
+    from softprompt.config import load_yaml, set_dotted
     from softprompt.errors import ConfigError
     from softprompt.validate import short
 
@@ -215,7 +222,32 @@ def _config_from_args(args: argparse.Namespace) -> Any:
             set_dotted(values, f"train.{flag}", True)
     if args.baseline is False:
         values["baseline"] = False
-    return build_run_config(values)
+    if getattr(args, "test_limit", None) is not None and getattr(args, "command", "") == "train":
+        set_dotted(values, "eval.test_limit", args.test_limit)
+    return values
+
+
+def _merged(stored: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:
+    """`given` over `stored`, mapping by mapping: a flag replaces one stored value."""
+    merged = dict(stored)
+    for key, value in given.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            value = _merged(merged[key], value)
+        merged[key] = value
+    return merged
+
+
+def _train_config(args: argparse.Namespace, resume: bool) -> Any:
+    """The run's config; with --resume, the run's stored settings (OUT/run.json) under
+    what was given, so `--out OUT --resume` alone goes on as the run started (what was
+    given is checked against the checkpoint before any model work: recipes/run.py)."""
+    from softprompt.config import build_run_config
+    from softprompt.train import run_dir
+
+    values = _values_from_args(args)
+    config = build_run_config(values)
+    stored = run_dir.stored_settings(config.out) if resume else None
+    return config if stored is None else build_run_config(_merged(stored, values))
 
 
 def _print_split_summaries(config: Any) -> None:
@@ -230,10 +262,12 @@ def _print_split_summaries(config: Any) -> None:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from softprompt.api import run
+    from softprompt.recipes.run import check_template_slots
     from softprompt.train import run_dir
 
-    config = _config_from_args(args)
     resume = args.resume or args.force_resume
+    config = _train_config(args, resume)
+    check_template_slots(config.task_specs())  # from the config alone: before the data
     # run() claims --out too (the lock is re-entrant): claiming here first keeps --out
     # problems ahead of reading the data for the summary
     with run_dir.claim(config.out, config.train, resume=resume):
@@ -243,7 +277,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     if os.environ.get("RANK", "0") != "0":
         return 0
     print()
-    print(report.markdown())
+    written = report.out_dir / "report.md"  # the table and, with --test-limit, rows scored
+    print(written.read_text(encoding="utf-8") if written.is_file() else report.markdown())
     print(
         f"prompt: {report.result.prompt_path}   curves: {report.out_dir / 'curves.png'}   report: {report.out_dir / 'report.md'}"
     )
@@ -290,6 +325,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from softprompt.errors import ConfigError
     from softprompt.evaluate import evaluate
     from softprompt.recipes.baselines import load_model
+    from softprompt.recipes.run import SAMPLE, sample_rows
 
     first = args.prompt[0]
     model = load_model(first, _backbone_arg(args, first))
@@ -308,15 +344,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
         )
     source = trained["source"]
     data = load_data(DataConfig(**trained))
-    examples = data.split(args.split)
+    every = data.split(args.split)
+    examples = sample_rows(every, args.test_limit or 0, stratify=data.task == "classification")
     if len(args.prompt) > 1:
         return _eval_ensemble(args, model, examples, source)
     result = evaluate(model, examples, batch_size=args.batch_size)
-    print(
-        json.dumps(
-            {"prompt": str(first), "dataset": source, "split": args.split, **result}, indent=2
-        )
-    )
+    split = {"split": args.split, "split_rows": len(every)}
+    if len(examples) < len(every):
+        split["sample"] = f"{SAMPLE} of {len(examples)} rows (--test-limit)"
+    print(json.dumps({"prompt": str(first), "dataset": source, **split, **result}, indent=2))
     return 0
 
 
@@ -590,6 +626,28 @@ def cmd_estimate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_test_limit(parser: argparse.ArgumentParser, what: str) -> None:
+    """--test-limit N: a fixed sample instead of a full pass (recipes/run.py sample_rows)."""
+    parser.add_argument(
+        "--test-limit",
+        type=_non_negative_int,
+        default=None,
+        metavar="N",
+        help=f"{what}: a seeded class-stratified sample of N rows, the same every time "
+        "[eval.test_limit; default: 0 = every row]",
+    )
+
+
+def _non_negative_int(raw: str) -> int:
+    try:
+        value = int(raw)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {raw!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0 (0 = every row), got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="softprompt", description="Learn tiny prompts for a frozen transformer."
@@ -606,6 +664,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="resume even where the checkpoint's config differs from this one [train.force_resume]",
     )
     _add_run_flags(train)
+    _add_test_limit(train, "test rows scored for the report")
     train.set_defaults(func=cmd_train)
 
     evaluate = sub.add_parser(
@@ -619,6 +678,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--text-column", default=None, help="default: as in training")
     evaluate.add_argument("--label-column", default=None, help="default: as in training")
     evaluate.add_argument("--batch-size", type=_positive_int, default=32)
+    _add_test_limit(evaluate, "rows of --split scored")
     evaluate.set_defaults(func=cmd_eval)
 
     predict = sub.add_parser("predict", help="label texts (or generate) with a prompt file")

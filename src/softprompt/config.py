@@ -67,6 +67,20 @@ BASELINE_KINDS = ("lora", "full")  # RunConfig.compare; recipes.baselines trains
 
 
 @dataclass
+class EvalConfig:
+    """How the run scores its test split. `test_limit` > 0 scores a seeded,
+    class-stratified sample of that many rows (recipes/run.py) instead of all of them."""
+
+    test_limit: int = 0
+
+    def __post_init__(self) -> None:
+        if self.test_limit < 0:
+            raise ConfigError(
+                f"eval.test_limit: must be >= 0 (0 = every test row), got {self.test_limit}"
+            )
+
+
+@dataclass
 class RunConfig:
     backbone: str = DEFAULT_BACKBONE
     data: DataConfig = field(default_factory=DataConfig)
@@ -83,6 +97,7 @@ class RunConfig:
     backbone_dtype: str = "auto"  # written `backbone: {dtype: ...}` (BackboneConfig)
     backbone_quantize: str = "none"
     backbone_adapter: str | None = None  # `backbone: {adapter: DIR}`, --backbone-adapter
+    eval: EvalConfig = field(default_factory=EvalConfig)  # --test-limit
 
     def __post_init__(self) -> None:
         for key, value, choices in (
@@ -111,7 +126,7 @@ class RunConfig:
         return dataclasses.asdict(self)
 
 
-_SECTIONS = {"data": DataConfig, "train": TrainConfig}
+_SECTIONS = {"data": DataConfig, "train": TrainConfig, "eval": EvalConfig}
 _TOP_LEVEL = {
     "backbone": str,
     "out": str,

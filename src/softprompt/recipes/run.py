@@ -3,27 +3,45 @@ zero-shot, the baselines and the tuned prompts on each test split; write a repor
 
 from softprompt.recipes.run import run
 report = run(RunConfig())                       # train + report
+
+Order matters to a user waiting on it: every check that can refuse the run (template
+slots, `--compare`, `--resume` against the checkpoint) comes before any scoring or
+training; the zero-shot row is scored once per (backbone, test rows, template, label
+words) and kept in OUT/zero-shot.json, so a resumed or interrupted run does not pay
+for it again; `eval.test_limit` bounds every test pass to a fixed sample.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
+import random
+import re
 from pathlib import Path
 from typing import Any
 
 from softprompt import distributed
 from softprompt.backbones import Backbone, load_backbone
 from softprompt.config import DataConfig, RunConfig, RunTask
-from softprompt.data import Dataset, load_dataset
+from softprompt.data import Dataset, Example, load_dataset
 from softprompt.data.shots import few_shot_dataset
 from softprompt.device import resolve_device
 from softprompt.distributed import ProcessInfo
+from softprompt.errors import ConfigError
 from softprompt.evaluate import evaluate
 from softprompt.files import atomic_write_text
+from softprompt.methods import method_config_class
 from softprompt.model import MultiTaskModel, PromptModel, build_model
 from softprompt.recipes.baselines import head_only_baseline, tuned_rows
 from softprompt.recipes.report import RunReport
+from softprompt.tasks.template import VIRTUAL, Template
 from softprompt.train import run_dir, train
+from softprompt.train.checkpoint import checkpoint_config
+
+ZERO_SHOT_FILE = "zero-shot.json"
+ZERO_SHOT_NAME = "zero-shot (template + label words)"
+SAMPLE = "a seeded class-stratified sample"  # how eval.test_limit picks its rows
 
 
 def load_data(config: DataConfig, seed: int = 0) -> Dataset:
@@ -41,6 +59,37 @@ def load_data(config: DataConfig, seed: int = 0) -> Dataset:
     return few_shot_dataset(dataset, config.shots, config.seed)
 
 
+def sample_rows(
+    rows: list[Example], limit: int, *, stratify: bool = True, seed: int = 0
+) -> list[Example]:
+    """At most `limit` rows, in their original order: each class keeps its share (largest
+    remainder), drawn with a fixed seed, so a test file sorted by label still gives every
+    class and the same limit always scores the same rows. `stratify=False` (generation,
+    tagging: no classes) draws uniformly. All rows when `limit` is 0 or covers them."""
+    if not limit or limit >= len(rows):
+        return list(rows)
+    rng = random.Random(seed)
+    if not stratify:
+        return [rows[i] for i in sorted(rng.sample(range(len(rows)), limit))]
+    groups: dict[str, list[int]] = {}
+    for i, row in enumerate(rows):
+        groups.setdefault(row.label, []).append(i)
+    shares = {label: limit * len(idx) / len(rows) for label, idx in groups.items()}
+    quota = {label: int(share) for label, share in shares.items()}
+    by_remainder = sorted(groups, key=lambda label: quota[label] - shares[label])
+    for label in by_remainder[: limit - sum(quota.values())]:
+        quota[label] += 1
+    keep = [i for label, idx in groups.items() for i in rng.sample(idx, quota[label])]
+    return [rows[i] for i in sorted(keep)]
+
+
+def limit_test(dataset: Dataset, limit: int) -> Dataset:
+    """The dataset with its test split bounded by `eval.test_limit` (train and validation
+    untouched, so training and the resume checks see the same rows)."""
+    stratify = dataset.task == "classification"
+    return dataclasses.replace(dataset, test=sample_rows(dataset.test, limit, stratify=stratify))
+
+
 def build_models(
     backbone: Backbone, specs: list[RunTask], data: dict[str, Dataset]
 ) -> MultiTaskModel:
@@ -49,6 +98,67 @@ def build_models(
     return MultiTaskModel(
         {s.name: build_model(backbone, data[s.name], s.method, s.task, shared) for s in specs}
     )
+
+
+# -- checks before any model work ---------------------------------------------------
+
+
+def check_template_slots(specs: list[RunTask]) -> None:
+    """A template's {p:N} slots must hold the method's n_tokens: known from the config
+    alone, so refused before the data or the backbone loads."""
+    for spec in specs:
+        template = spec.task.get("template")
+        if not isinstance(template, str) or not Template(template).has_slots:
+            continue
+        options = {k: v for k, v in spec.method.items() if k != "name"}
+        try:
+            method_config = method_config_class(spec.method["name"])(**options)
+        except (ConfigError, TypeError):  # a bad option: the model build names it
+            continue
+        n_tokens = getattr(method_config, "n_tokens", None)
+        need = Template(template).n_virtual
+        if n_tokens is not None and n_tokens != need:
+            where = f"tasks.{spec.name}." if len(specs) > 1 else ""
+            raise ConfigError(
+                f"{where}task.template: its slots hold {need} virtual tokens but "
+                f"{where}method.n_tokens is {n_tokens}; set --n-tokens {need} or change the slots"
+            )
+
+
+def check_compare(config: RunConfig, backbone: Backbone, specs: list[RunTask]) -> None:
+    """`--compare` (LoRA, full fine-tuning rows) needs one image task on a vision
+    backbone: refused once the backbone's kind is known, before anything is scored."""
+    if config.compare and (backbone.spec.kind != "vision" or len(specs) != 1):
+        raise ConfigError(
+            "compare: LoRA / full fine-tuning rows are for one image task on a vision "
+            "backbone; drop --compare for this run"
+        )
+
+
+def check_resume(
+    config: RunConfig, model: MultiTaskModel, data: dict[str, Dataset], out: Path
+) -> None:
+    """The checkpoint's recorded config against this run's, as the training loop will
+    check it, but before the zero-shot row and the baselines spend minutes."""
+    path = out / run_dir.CHECKPOINT
+    if not path.is_file():
+        return
+    current = run_dir.combined_resumable(
+        {
+            name: run_dir.resumable_config(
+                config.train,
+                task_model.describe(),
+                data[name].name,
+                data[name].train,
+                validation=data[name].validation,
+            )
+            for name, task_model in model.models.items()
+        }
+    )
+    run_dir.check_resume(path, checkpoint_config(path), current, config.train)
+
+
+# -- report rows ---------------------------------------------------------------------
 
 
 def _test_row(
@@ -63,27 +173,70 @@ def _test_row(
     return {"name": name, **scores, "trainable_parameters": model.num_trainable(), **extra}
 
 
+def zero_shot_template(task: dict[str, Any]) -> dict[str, Any]:
+    """The task with its template's {p:N} slots taken out: with no prompt there is nothing
+    to fill them, and the template's own words are what zero-shot means."""
+    template = task.get("template")
+    if not isinstance(template, str) or not VIRTUAL.search(template):
+        return task
+    text = re.sub(r"[ \t]{2,}", " ", VIRTUAL.sub("", template))
+    return {**task, "template": "\n".join(line.strip(" \t") for line in text.split("\n"))}
+
+
+def zero_shot_key(model: PromptModel, dataset: Dataset) -> str:
+    """What a zero-shot score depends on: the backbone (fingerprint, dtype, quantization),
+    the task's framing (template, label words, head) and the test rows scored."""
+    facts = {
+        "backbone": model.backbone.describe(),
+        "task": model.describe()["task"],
+        "dataset": dataset.name,
+        "test_rows": run_dir.data_fingerprint(dataset.test),
+    }
+    return hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()[:24]
+
+
+def _read_zero_shot(out: Path) -> dict[str, Any]:
+    try:
+        kept = json.loads((out / ZERO_SHOT_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):  # none yet, or unreadable: score again and rewrite it
+        return {}
+    return kept if isinstance(kept, dict) else {}
+
+
 def _zero_shot_rows(
-    config: RunConfig, backbone: Backbone, data: dict[str, Dataset], process: ProcessInfo
+    config: RunConfig,
+    backbone: Backbone,
+    data: dict[str, Dataset],
+    process: ProcessInfo,
+    out: Path,
 ) -> list[dict[str, Any]]:
-    """The template and label words with no prompt, for every task that has label words."""
+    """The template (without slots) and label words with no prompt, for every task that
+    has label words; each score kept in OUT/zero-shot.json by `zero_shot_key` as soon
+    as it is computed, and read back instead of scored again."""
     rows: list[dict[str, Any]] = []
-    if not config.baseline:  # before building: a slot template cannot run with no prompt
+    if not config.baseline:
         return rows
+    kept = _read_zero_shot(out)
     for spec in config.task_specs():
-        zero_shot = build_model(backbone, data[spec.name], {"name": "none"}, spec.task)
-        if not (config.baseline and zero_shot.task.label_token_ids()):
+        task = zero_shot_template(spec.task)
+        zero_shot = build_model(backbone, data[spec.name], {"name": "none"}, task)
+        if not zero_shot.task.label_token_ids():
             continue
-        row = _test_row(
-            "zero-shot (template + label words)",
-            zero_shot,
-            data[spec.name],
-            config.train.eval_batch_size,
-            process,
-            file_bytes=0,
-            train_seconds=0.0,
-        )
-        rows.append({"task": spec.name, **row})
+        key = zero_shot_key(zero_shot, data[spec.name])
+        if key not in kept:
+            kept[key] = _test_row(
+                ZERO_SHOT_NAME if task is spec.task else f"{ZERO_SHOT_NAME[:-1]}, no slots)",
+                zero_shot,
+                data[spec.name],
+                config.train.eval_batch_size,
+                process,
+                file_bytes=0,
+                train_seconds=0.0,
+                template=task.get("template", zero_shot.task.config.template),
+            )
+            if process.main:
+                atomic_write_text(out / ZERO_SHOT_FILE, json.dumps(kept, indent=2))
+        rows.append({"task": spec.name, **kept[key]})
     return rows
 
 
@@ -116,17 +269,33 @@ def _head_only_rows(
     return [{"task": specs[0].name, **row}]
 
 
+def test_note(full: dict[str, int], data: dict[str, Dataset]) -> str:
+    """One line under the report's table when eval.test_limit cut a test split."""
+    cut = [name for name, dataset in data.items() if len(dataset.test) < full[name]]
+    if not cut:
+        return ""
+    parts = ", ".join(
+        f"{name}: {len(data[name].test):,} of {full[name]:,}"
+        if len(data) > 1
+        else f"{len(data[name].test):,} of {full[name]:,}"
+        for name in cut
+    )
+    return f"test rows scored (eval.test_limit, {SAMPLE}): {parts}\n"
+
+
 @run_dir.claims_out_dir(
     lambda bound: (bound.arguments["config"].out, bound.arguments["config"].train)
 )
 def run(config: RunConfig, *, resume: bool = False, progress: bool = True) -> RunReport:
     """Train prompts for one task or several, then score zero-shot and tuned on each test
     split; write a report. The output folder is checked and locked before anything loads."""
+    specs = config.task_specs()
+    check_template_slots(specs)
     device = distributed.local_device(resolve_device(config.train.device))
     process = distributed.setup(device)  # under torchrun each process scores a test share
-    specs = config.task_specs()
     # first: a bad data file fails before the model loads
-    data = {s.name: load_data(s.data) for s in specs}
+    loaded = {s.name: load_data(s.data) for s in specs}
+    data = {name: limit_test(d, config.eval.test_limit) for name, d in loaded.items()}
     backbone = load_backbone(
         config.backbone,
         dtype=config.backbone_dtype,
@@ -136,8 +305,13 @@ def run(config: RunConfig, *, resume: bool = False, progress: bool = True) -> Ru
     )
     backbone.model.to(device)
     out_dir = Path(config.out)
+    check_compare(config, backbone, specs)
     model = build_models(backbone, specs, data)
-    rows = _zero_shot_rows(config, backbone, data, process)
+    if resume:
+        check_resume(config, model, data, out_dir)
+    if process.main:  # what `--resume` alone reads back (run_dir.stored_settings)
+        run_dir.save_settings(out_dir, config.to_dict())
+    rows = _zero_shot_rows(config, backbone, data, process, out_dir)
     rows += _head_only_rows(config, backbone, specs, data, process, resume, progress)
     rows += tuned_rows(config, backbone, specs, data, process, resume, progress)
     result = train(
@@ -167,8 +341,15 @@ def run(config: RunConfig, *, resume: bool = False, progress: bool = True) -> Ru
     report = RunReport(rows=rows, result=result, out_dir=out_dir)
     if not process.main:
         return report
-    atomic_write_text(out_dir / "report.md", report.markdown())
+    full = {name: len(d.test) for name, d in loaded.items()}
+    tests = {name: {"scored": len(d.test), "rows": full[name]} for name, d in data.items()}
+    sample = SAMPLE if any(t["scored"] < t["rows"] for t in tests.values()) else "every row"
+    atomic_write_text(out_dir / "report.md", report.markdown() + test_note(full, data))
     atomic_write_text(
-        out_dir / "report.json", json.dumps({"rows": rows, "config": config.to_dict()}, indent=2)
+        out_dir / "report.json",
+        json.dumps(
+            {"rows": rows, "test": {"sample": sample, **tests}, "config": config.to_dict()},
+            indent=2,
+        ),
     )
     return report

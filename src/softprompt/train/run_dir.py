@@ -13,6 +13,11 @@ over without a word). Here:
   lock. It is re-entrant within a process (`api.run` claims, then `train` claims again).
 - `check_resume` compares the resumable config stored in the checkpoint with this
   run's, and names every key that differs.
+- `save_settings` keeps the run's whole config in `OUT/run.json` beside the checkpoint,
+  so `train --out OUT --resume` alone goes on with the run's own settings
+  (`stored_settings`; flags given with it override them and are checked).
+- A folder that `claim` created is removed again when the run leaves nothing in it but
+  the lock and its settings (a refusal or crash before any result): no junk folders.
 
 Under DDP every process checks (before any writes: a barrier follows), only the
 main process locks and clears.
@@ -32,7 +37,10 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from softprompt.errors import ConfigError
+from softprompt.files import atomic_write_text
+from softprompt.promptfile import read_prompt_file
 from softprompt.train.config import TrainConfig
+from softprompt.validate import load_json_bounded
 
 try:
     import fcntl
@@ -41,6 +49,7 @@ except ImportError:  # Windows: no flock; runs are not locked there
 
 LOCK_FILE = ".softprompt.lock"
 CHECKPOINT = "checkpoint.safetensors"
+SETTINGS = "run.json"  # the run's whole config (RunConfig.to_dict()), for `--resume` alone
 RUN_FILES = (
     "prompt.safetensors",
     CHECKPOINT,
@@ -174,12 +183,46 @@ def claim(out: str | Path, config: TrainConfig, *, resume: bool) -> Iterator[Pat
         distributed.barrier(process)  # the main process checked and cleared first
         yield out
         return
+    created = _missing_top(out)
     with lock(out):
-        if _flag(config, "overwrite") and not resume:
-            for name in RUN_FILES:
-                (out / name).unlink(missing_ok=True)
-        distributed.barrier(process)
-        yield out
+        try:
+            if _flag(config, "overwrite") and not resume:
+                for name in RUN_FILES:
+                    (out / name).unlink(missing_ok=True)
+            distributed.barrier(process)
+            yield out
+        finally:
+            if created is not None:
+                _remove_if_empty(out, created)
+
+
+def _missing_top(out: Path) -> Path | None:
+    """The highest folder of `out` (itself or a parent) that does not exist yet: what
+    this run creates, so what it may remove again. None when `out` exists."""
+    if out.exists():
+        return None
+    top = out
+    while not top.parent.exists() and top.parent != top:
+        top = top.parent
+    return top
+
+
+def _remove_if_empty(out: Path, top: Path) -> None:
+    """Remove the folders this run created (`out` up to `top`) when it left no result in
+    `out`: only the lock and the settings file. Called while the lock is still held."""
+    try:
+        if not set(os.listdir(out)) <= {LOCK_FILE, SETTINGS}:
+            return
+        for name in (LOCK_FILE, SETTINGS):
+            (out / name).unlink(missing_ok=True)
+        folder = out
+        while True:
+            folder.rmdir()
+            if folder == top:
+                return
+            folder = folder.parent
+    except OSError:  # a file appeared, or no permission: leave what is there
+        return
 
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -235,6 +278,57 @@ def resumable_config(
         "backbone": describe["backbone"]["fingerprint"],
         "data": data,
     }
+
+
+def combined_resumable(configs: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The checkpoint's config from each task's `resumable_config`: the task's own for a
+    one-task run, `{"tasks": {name: ...}}` for several (as train/loop.py writes it)."""
+    return next(iter(configs.values())) if len(configs) == 1 else {"tasks": configs}
+
+
+def save_settings(out: Path, settings: dict[str, Any]) -> None:
+    """Keep the run's whole config beside its checkpoint (see `stored_settings`)."""
+    atomic_write_text(out / SETTINGS, json.dumps({"config": settings}, indent=2))
+
+
+# a resumed run takes these from its own flags, never from the stored settings
+NOT_STORED = ("out",)
+NOT_STORED_TRAIN = ("overwrite", "force_resume")
+
+
+def stored_settings(out: str | Path) -> dict[str, Any] | None:
+    """The config values (RunConfig.to_dict() form) that the run in `out` was started
+    with: OUT/run.json, or for a run made before that file existed, the `run` entry of
+    its best prompt file. None when neither is there (then flags alone decide)."""
+    out = Path(out)
+    settings = _settings_file(out)
+    if settings is None:
+        prompts = [out / "prompt.safetensors", *sorted(out.glob("*/prompt.safetensors"))]
+        for path in (p for p in prompts if p.is_file()):
+            settings = read_prompt_file(path)[1].get("run")
+            break
+    if not isinstance(settings, dict):
+        return None
+    values = {k: v for k, v in settings.items() if k not in NOT_STORED}
+    if isinstance(values.get("train"), dict):
+        values["train"] = {k: v for k, v in values["train"].items() if k not in NOT_STORED_TRAIN}
+    return values
+
+
+def _settings_file(out: Path) -> dict[str, Any] | None:
+    path = out / SETTINGS
+    if not path.is_file():
+        return None
+    try:
+        settings = load_json_bounded(path.read_text(encoding="utf-8"), str(path))
+    except (OSError, UnicodeDecodeError):
+        settings = None
+    if not isinstance(settings, dict) or not isinstance(settings.get("config"), dict):
+        raise ConfigError(
+            f"--resume: {path} is unreadable; give the run's settings as flags (or --config) "
+            f"and delete {path}"
+        )
+    return settings["config"]
 
 
 # keys that older checkpoints lack: absent there, they are reported as not checked
