@@ -40,7 +40,8 @@ from softprompt.serve.images import ImageTooLarge, decode_image
 from softprompt.serve.limits import BodyLimit
 from softprompt.serve.metrics import Metrics
 from softprompt.serve.sampling import Sampling, check_sampling
-from softprompt.serve.store import StoreError
+from softprompt.serve.store import StoreError, StoreFileChanged, StoreWriteError
+from softprompt.serve.vllm import NotForVllm, VllmError, VllmUnavailable
 
 MAX_INPUTS = 256  # inputs per request
 MAX_NEW_TOKENS = 1024  # as engine.request checks
@@ -115,8 +116,14 @@ class ChatBody(_OpenAIBody):
 def _status(exc: SoftPromptError) -> int:
     if isinstance(exc, UnknownTask):
         return 404
-    if isinstance(exc, RefusedTask):
+    if isinstance(exc, RefusedTask | NotForVllm | StoreFileChanged):
         return 409
+    if isinstance(exc, VllmUnavailable):
+        return 503  # vLLM down or restarting: retry later, never another engine's answer
+    if isinstance(exc, StoreWriteError):
+        return 507  # the store's disk is full or read-only
+    if isinstance(exc, VllmError):
+        return 400
     if isinstance(exc, ImageTooLarge):
         return 413
     if isinstance(exc, BadInput) and "too long" in str(exc):
@@ -523,6 +530,8 @@ def create_app(
         authorize(request)
         try:
             gone = await batcher.call(engine.remove, task)
+        except (StoreWriteError, StoreFileChanged):
+            raise  # 507 / 409 (`_status`): not a missing task
         except StoreError as exc:
             raise ApiError(404, str(exc)) from None
         return {"removed": [e.ref for e in gone]}

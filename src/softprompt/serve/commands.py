@@ -99,6 +99,32 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
     serve.add_argument("--max-input-tokens", type=int, default=512)
     serve.add_argument("--max-upload-mb", type=float, default=64.0)
     serve.add_argument(
+        "--max-body-mb",
+        type=float,
+        default=None,
+        help="largest JSON request body [the --max-upload-mb value]",
+    )
+    serve.add_argument(
+        "--max-request-tokens",
+        type=int,
+        default=None,
+        help="bound on one request's inputs together, in tokens [--max-batch-tokens]",
+    )
+    serve.add_argument(
+        "--engine",
+        default="own",
+        choices=["own", "vllm"],
+        help="vllm: input-level prompts answered by vLLM (--vllm-url or --vllm-start); "
+        "K/V prefixes stay on softprompt's own engine",
+    )
+    serve.add_argument("--vllm-url", default=None, help="a vLLM server on the backbone's folder")
+    serve.add_argument(
+        "--vllm-start",
+        action="store_true",
+        help="start vLLM (.venv-vllm) on the backbone's folder, and stop it at shutdown",
+    )
+    serve.add_argument("--vllm-port", type=int, default=8100, help="port of --vllm-start")
+    serve.add_argument(
         "--max-image-mb", type=float, default=4.0, help="largest encoded image /classify takes"
     )
     serve.add_argument(
@@ -140,6 +166,10 @@ def run_serve(args: argparse.Namespace) -> int:
     for flag in ("cache_mb", "max_wait_ms", "max_upload_mb", "max_image_mb", "max_image_pixels"):
         if getattr(args, flag) < 0:
             raise ConfigError(f"--{flag.replace('_', '-')}: must be >= 0")
+    for flag in ("max_body_mb", "max_request_tokens"):
+        if getattr(args, flag) is not None and getattr(args, flag) <= 0:
+            raise ConfigError(f"--{flag.replace('_', '-')}: must be > 0")
+    _check_engine_flags(args)
     store = PromptStore(args.store or default_store())
     backbone = load_backbone(
         _backbone_name(store, args.backbone),
@@ -155,22 +185,74 @@ def run_serve(args: argparse.Namespace) -> int:
         cache_bytes=int(args.cache_mb * 2**20),
         max_input_tokens=args.max_input_tokens,
     )
-    engine.load_all()
+    server = None
+    try:
+        if args.engine == "vllm":
+            engine, server = _vllm_router(args, engine)
+        engine.load_all()
+        _print_tasks(engine)
+        app = create_app(
+            engine,
+            admin_token=args.admin_token,
+            max_wait_ms=args.max_wait_ms,
+            max_batch_tokens=args.max_batch_tokens,
+            max_batch_rows=args.max_batch_rows,
+            max_upload_bytes=int(args.max_upload_mb * 2**20),
+            max_image_bytes=int(args.max_image_mb * 2**20),
+            max_image_pixels=args.max_image_pixels,
+            max_body_bytes=None if args.max_body_mb is None else int(args.max_body_mb * 2**20),
+            max_request_tokens=args.max_request_tokens,
+        )
+        uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    finally:
+        if server is not None:  # --vllm-start: the server (and its workers) end with ours
+            from softprompt.serve.vllm import stop_server
+
+            stop_server(server)
+    return 0
+
+
+def _check_engine_flags(args: argparse.Namespace) -> None:
+    """--engine vllm needs exactly one of --vllm-url and --vllm-start; own takes neither."""
+    given = [f for f, v in (("--vllm-url", args.vllm_url), ("--vllm-start", args.vllm_start)) if v]
+    if args.engine == "own" and given:
+        raise ConfigError(f"{given[0]}: only with --engine vllm")
+    if args.engine == "vllm" and args.backbone_adapter:
+        raise ConfigError(
+            "--backbone-adapter: vLLM serves the plain backbone folder; merge the adapter into "
+            "a folder and pass it as --backbone, or serve with --engine own"
+        )
+    if args.engine == "vllm" and len(given) != 1:
+        raise ConfigError(
+            "--engine vllm: give --vllm-url URL (a running vLLM on the backbone's folder, "
+            "started with --enable-prompt-embeds) or --vllm-start (start one from .venv-vllm)"
+        )
+
+
+def _vllm_router(args: argparse.Namespace, engine):
+    """(Router over `engine` and vLLM, the process --vllm-start started or None)."""
+    from softprompt.serve.router import Router
+    from softprompt.serve.vllm import VllmEngine, model_folder, start_server, stop_server
+
+    folder = model_folder(engine.backbone.name)
+    server, url = None, args.vllm_url
+    if args.vllm_start:
+        print(f"softprompt serve: starting vLLM on {folder} (port {args.vllm_port})", flush=True)
+        server = start_server(folder, args.vllm_port)
+        url = f"http://127.0.0.1:{args.vllm_port}"
+    try:
+        return Router(engine, VllmEngine(folder, url, backbone=engine.backbone)), server
+    except BaseException:
+        if server is not None:
+            stop_server(server)
+        raise
+
+
+def _print_tasks(engine) -> None:
     for task, why in engine.refused.items():
         print(f"softprompt serve: not serving {task!r}: {why}", flush=True)
+    where = {t: getattr(s, "engine", "own") for t, s in sorted(engine.tasks.items())}
     print(
-        f"softprompt serve: {len(engine.tasks)} tasks on {backbone.name}: {sorted(engine.tasks)}",
+        f"softprompt serve: {len(where)} tasks on {engine.backbone.name}: {where}",
         flush=True,
     )
-    app = create_app(
-        engine,
-        admin_token=args.admin_token,
-        max_wait_ms=args.max_wait_ms,
-        max_batch_tokens=args.max_batch_tokens,
-        max_batch_rows=args.max_batch_rows,
-        max_upload_bytes=int(args.max_upload_mb * 2**20),
-        max_image_bytes=int(args.max_image_mb * 2**20),
-        max_image_pixels=args.max_image_pixels,
-    )
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
-    return 0

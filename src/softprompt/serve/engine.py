@@ -12,7 +12,6 @@ classification pass plus one decoding loop.
 
 from __future__ import annotations
 
-import tempfile
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -77,6 +76,7 @@ class Served:
     model: PromptModel
     prompt: Prompt | None = None
     labels: list[str] = field(default_factory=list)
+    engine: str = "own"  # which engine answers it: "own" or "vllm" (serve/router.py)
 
     @property
     def task(self) -> str:
@@ -100,6 +100,7 @@ class Served:
             "method": self.entry.method,
             "labels": self.labels,
             "sha256": self.entry.sha256,
+            "engine": self.engine,
         }
 
 
@@ -201,17 +202,23 @@ class Engine:
     def install(self, task: str, data: bytes) -> Served:
         """Hot-load an uploaded prompt file as the task's next version. It is checked
         (readable, this backbone, rebuildable) before the store or the server sees it."""
+        model = self.check_upload(task, data)
+        return self._serve(self.store.add(task, data), model)
+
+    def check_upload(self, task: str, data: bytes) -> PromptModel:
+        """The uploaded prompt file rebuilt on this backbone, or a SoftPromptError saying
+        why not. Built in the store's scratch folder: what a killed server leaves there
+        is the store's own to sweep, never a stray folder in /tmp."""
         check_task_name(task)
         meta = _check_prompt_bytes(data, f"upload for task {task!r}")
         try:
             check_backbone("upload", meta, self.backbone.name, self.backbone.fingerprint)
         except PromptFileError as exc:
             raise RefusedTask(str(exc)) from None
-        with tempfile.TemporaryDirectory() as folder:
+        with self.store.scratch() as folder:
             path = Path(folder) / "upload.safetensors"
             path.write_bytes(data)
-            model = self._build(path, f"upload for task {task!r}")
-        return self._serve(self.store.add(task, data), model)
+            return self._build(path, f"upload for task {task!r}")
 
     def remove(self, ref: str) -> list[Entry]:
         """Remove `task@v` (or every version of `task`) from the store and from serving:
@@ -227,20 +234,24 @@ class Engine:
         with self._lock:
             served = self.tasks.get(task)
         if newest is None:
-            with self._lock:
-                self.tasks.pop(task, None)
-                self.refused.pop(task, None)
-            self.cache.retire(task, None)
+            self.drop(task)
             return
         if served is not None and served.entry == newest:
             return  # an older version went; what is served stays
         try:
             self.load(task)  # swaps in at once: `task` never answers 404 in between
         except SoftPromptError as exc:  # the version left cannot be served: nothing is
+            self.drop(task)
             with self._lock:
-                self.tasks.pop(task, None)
                 self.refused[task] = str(exc)
-            self.cache.retire(task, None)
+
+    def drop(self, task: str) -> None:
+        """Stop serving `task` here (its cached prompt K/V go too); the store is untouched.
+        The router calls it when a task's new version moves to the other engine."""
+        with self._lock:
+            self.tasks.pop(task, None)
+            self.refused.pop(task, None)
+        self.cache.retire(task, None)
 
     def get(self, ref: Any) -> Served:
         """The served task `ref` names: `task` (its served version) or `task@v`, which
@@ -279,6 +290,20 @@ class Engine:
     ) -> Request:
         """Check one input before it joins a batch (errors name the input and the fix)."""
         served = self.get(task)
+        return self.check(served, task, text, generate, max_tokens, on_token, sampling, image)
+
+    def check(
+        self,
+        served: Served,
+        task: Any,
+        text: Any,
+        generate: bool | None,
+        max_tokens: int | None = None,
+        on_token: Callable[[str], None] | None = None,
+        sampling: Sampling | None = None,
+        image: Any = None,
+    ) -> Request:
+        """`request` for a task already looked up (the router's tasks of either engine)."""
         if served.takes_images or image is not None:
             return self._image_request(served, text, image)
         if not isinstance(text, str) or not text.strip():

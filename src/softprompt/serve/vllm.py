@@ -35,7 +35,7 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,6 +52,8 @@ from softprompt.inject import Prompt
 from softprompt.inject.sequence import input_sequence
 from softprompt.model import PromptModel
 from softprompt.serve.engine import RefusedTask, UnknownTask
+from softprompt.serve.sampling import Sampling
+from softprompt.serve.store import Entry
 from softprompt.tasks.classification import VerbalizerTask
 from softprompt.tasks.generation import GenerationTask
 
@@ -152,12 +154,14 @@ class VllmClient:
 
 @dataclass(eq=False)
 class VllmTask:
-    """One served task: its model (tokenizer, template, verbalizer) and framed prompt."""
+    """One served task: its model (tokenizer, template, verbalizer) and framed prompt.
+    A request holds the VllmTask it arrived for, so a hot swap never changes its answer."""
 
     name: str
     model: PromptModel
     prompt: Prompt
     labels: list[str] = field(default_factory=list)
+    entry: Entry | None = None  # the store version it was loaded from (None: a bare file)
 
     @property
     def generates(self) -> bool:
@@ -184,6 +188,30 @@ def _framed_prompt(name: str, model: PromptModel) -> Prompt:
         embeds=None if prompt.embeds is None else prompt.embeds.detach().float(),
         inline=None if prompt.inline is None else prompt.inline.detach().float(),
     )
+
+
+def takes(model: PromptModel) -> bool:
+    """Whether vLLM can answer this model's task (an input-level prompt on a causal LM
+    with label words or generation); the others stay on softprompt's own engine."""
+    try:
+        _framed_prompt("task", model)
+    except NotForVllm:
+        return False
+    return True
+
+
+def vllm_sampling(sampling: Sampling) -> dict[str, Any]:
+    """softprompt's checked sampling parameters as vLLM's completion fields."""
+    body: dict[str, Any] = {
+        "temperature": sampling.temperature,
+        "top_p": sampling.top_p,
+        "top_k": sampling.top_k,
+    }
+    if sampling.seed is not None:
+        body["seed"] = sampling.seed
+    if sampling.stop:
+        body["stop"] = list(sampling.stop)
+    return body
 
 
 def _word_prefixes(words: list[list[int]]) -> dict[tuple[int, ...], list[int]]:
@@ -244,26 +272,37 @@ class VllmEngine:
         return str(model["id"])
 
     # -- tasks ---------------------------------------------------------------------------
-    def add(self, name: str, path: str | Path) -> VllmTask:
-        """Serve the prompt file at `path` as task `name`: its fingerprint must be the
-        served folder's (`RefusedTask` otherwise), its prompt an input-level one."""
+    def add(self, name: str, path: str | Path, *, entry: Entry | None = None) -> VllmTask:
+        """Serve the prompt file at `path` as task `name` (store version `entry`): its
+        fingerprint must be the served folder's (`RefusedTask` otherwise), its prompt an
+        input-level one."""
         try:
             model = PromptModel.load(path, self.backbone).eval()
         except PromptFileError as exc:
             raise RefusedTask(f"task {name!r}: {exc}") from None
+        return self.adopt(name, model, entry)
+
+    def adopt(self, name: str, model: PromptModel, entry: Entry | None = None) -> VllmTask:
+        """Serve an already loaded model as task `name` (`NotForVllm` when vLLM cannot
+        take its prompt); it replaces the task's previous version for new requests."""
         prompt = _framed_prompt(name, model)
         labels = [] if model.task.generates else list(model.task.config.labels)
-        task = VllmTask(name, model, prompt, labels)
+        task = VllmTask(name, model, prompt, labels, entry)
         self.tasks[name] = task
         return task
 
-    def get(self, name: str) -> VllmTask:
+    def get(self, name: str | VllmTask) -> VllmTask:
+        """The task `name` serves now, or the given task itself (a request's bound version)."""
+        if isinstance(name, VllmTask):
+            return name
         task = self.tasks.get(name)
         if task is None:
             raise UnknownTask(f"no task {name!r} on the vLLM engine; known: {sorted(self.tasks)}")
         return task
 
-    def embeds(self, name: str, text: str, tail: list[int] | None = None) -> torch.Tensor:
+    def embeds(
+        self, name: str | VllmTask, text: str, tail: list[int] | None = None
+    ) -> torch.Tensor:
         """(T, d) input embeddings of `text` framed by the task (plus `tail` ids after it)."""
         task = self.get(name)
         with self._embedding:  # one tokenizer and embedding table shared by request threads
@@ -276,11 +315,11 @@ class VllmEngine:
         return self.client.post("/v1/completions", request)
 
     # -- classification ------------------------------------------------------------------
-    def _token_logprobs(self, name: str, text: str, prefix: list[int], ids: list[int]):
+    def _token_logprobs(self, name: str | VllmTask, text: str, prefix: list[int], ids: list[int]):
         """Full-vocabulary log-probs of `ids` as the next token after text + prefix."""
         if len(ids) > MAX_TOKEN_IDS:
             raise NotForVllm(
-                f"task {name!r}: {len(ids)} label-word tokens follow one prefix; vLLM scores "
+                f"task {self.get(name).name!r}: {len(ids)} label-word tokens follow one prefix; vLLM scores "
                 f"at most {MAX_TOKEN_IDS} per request"
             )
         answer = self._completion(
@@ -301,9 +340,10 @@ class VllmEngine:
         found = {int(key.split(":", 1)[1]): float(value) for key, value in top.items()}
         return {token: found[token] for token in ids}
 
-    def word_scores(self, name: str, text: str) -> list[float]:
+    def word_scores(self, name: str | VllmTask, text: str) -> list[float]:
         """(W,) log-probability of each label word (in the verbalizer's order)."""
-        verbalizer = self.get(name).model.task
+        name = self.get(name)
+        verbalizer = name.model.task
         words = [ids for per_class in verbalizer.word_ids for ids in per_class]
         follow = _word_prefixes(words)
         if len(follow) == 1:  # single-token words: one request, on the caller's thread
@@ -316,54 +356,90 @@ class VllmEngine:
             logprobs = {p: job.result() for p, job in jobs.items()}
         return [sum(logprobs[tuple(w[:j])][t] for j, t in enumerate(w)) for w in words]
 
-    def classify(self, name: str, text: str) -> dict[str, Any]:
+    def classify(self, name: str | VllmTask, text: str) -> dict[str, Any]:
         """{label, scores} as `softprompt predict` gives them, scored by vLLM."""
         task = self.get(name)
         if task.generates:
-            raise NotForVllm(f"task {name!r} generates text; use generate")
-        word_scores = torch.tensor([self.word_scores(name, text)], dtype=torch.float64)
+            raise NotForVllm(f"task {task.name!r} generates text; use generate")
+        word_scores = torch.tensor([self.word_scores(task, text)], dtype=torch.float64)
         scores = task.model.task._class_scores(word_scores)  # (1, C) logsumexp per class
-        return {"task": name, **task.model.task.describe_scores(scores)[0]}
+        return {"task": task.name, **task.model.task.describe_scores(scores)[0]}
 
     # -- generation ----------------------------------------------------------------------
-    def _generation_body(self, name: str, max_tokens: int | None, sampling: dict[str, Any]):
+    def _generation_body(
+        self, name: str | VllmTask, max_tokens: int | None, sampling: dict[str, Any]
+    ):
         task = self.get(name)
         if not task.generates:
-            raise NotForVllm(f"task {name!r} classifies; use classify")
+            raise NotForVllm(f"task {task.name!r} classifies; use classify")
         limit = task.model.task.config.max_new_tokens if max_tokens is None else max_tokens
         body = {"max_tokens": limit, "temperature": 0.0, "return_token_ids": True}
         body.update({k: v for k, v in sampling.items() if v is not None})
         return task, _neutral(body)
 
     def generate(
-        self, name: str, text: str, *, max_tokens: int | None = None, **sampling: Any
+        self, name: str | VllmTask, text: str, *, max_tokens: int | None = None, **sampling: Any
     ) -> dict[str, Any]:
         """Text and finish reason; `sampling` (temperature, top_p, top_k, seed, stop...)
         passes through to vLLM. Greedy by default, decoded by the task's own tokenizer
         call so the text equals `softprompt predict`'s."""
         task, body = self._generation_body(name, max_tokens, sampling)
-        choice = self._completion(self.embeds(name, text), **body)["choices"][0]
+        choice = self._completion(self.embeds(task, text), **body)["choices"][0]
         tokens = choice.get("token_ids")
         # vLLM cuts the text at a stop string (the token ids run on past it)
         plain = tokens is None or bool(body.get("stop"))
         out = choice["text"] if plain else task.model.task.decode(tokens)
-        return {"task": name, "text": out, "finish_reason": choice.get("finish_reason")}
+        return {
+            "task": task.name,
+            "text": out,
+            "finish_reason": choice.get("finish_reason"),
+            "tokens": len(tokens) if tokens is not None else 0,
+        }
 
-    def stream(
-        self, name: str, text: str, *, max_tokens: int | None = None, **sampling: Any
-    ) -> Iterator[str]:
-        """The generated text piece by piece, as vLLM streams it."""
-        _, body = self._generation_body(name, max_tokens, sampling)
+    def _chunks(self, name: str | VllmTask, text: str, max_tokens: int | None, sampling):
+        """(piece, finish reason or None) of a streamed completion, as vLLM sends them."""
+        task, body = self._generation_body(name, max_tokens, sampling)
+        body.pop("return_token_ids", None)
         request = {
             "model": self.model_id,
-            "prompt_embeds": encode_embeds(self.embeds(name, text)),
+            "prompt_embeds": encode_embeds(self.embeds(task, text)),
             **body,
             "stream": True,
         }
         for chunk in self.client.stream("/v1/completions", request):
-            piece = chunk["choices"][0].get("text") if chunk.get("choices") else None
+            if chunk.get("choices"):
+                choice = chunk["choices"][0]
+                yield choice.get("text") or "", choice.get("finish_reason")
+
+    def stream(
+        self, name: str | VllmTask, text: str, *, max_tokens: int | None = None, **sampling: Any
+    ) -> Iterator[str]:
+        """The generated text piece by piece, as vLLM streams it."""
+        for piece, _ in self._chunks(name, text, max_tokens, sampling):
             if piece:
                 yield piece
+
+    def generate_streamed(
+        self,
+        name: str | VllmTask,
+        text: str,
+        on_token: Callable[[str], None],
+        *,
+        max_tokens: int | None = None,
+        **sampling: Any,
+    ) -> dict[str, Any]:
+        """`generate`, with each piece passed to `on_token` as vLLM streams it (the
+        gateway's streaming responses); the text is the pieces joined."""
+        task, pieces, reason = self.get(name), [], None
+        for piece, why in self._chunks(task, text, max_tokens, sampling):
+            if piece:
+                pieces.append(piece)
+                on_token(piece)
+            reason = why or reason
+        out = "".join(pieces)
+        with self._embedding:  # the tokenizer is shared by request threads
+            count = len(task.model.task.tokenizer(out, add_special_tokens=False)["input_ids"])
+        return {"task": task.name, "text": out, "finish_reason": reason, "tokens": count}
 
     def close(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)
