@@ -323,7 +323,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from softprompt.api import load_data
     from softprompt.config import DataConfig
     from softprompt.errors import ConfigError
-    from softprompt.evaluate import evaluate
+    from softprompt.evaluate import evaluate, resolve_batch_size
     from softprompt.recipes.baselines import load_model
     from softprompt.recipes.run import SAMPLE, sample_rows
 
@@ -347,8 +347,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
     every = data.split(args.split)
     examples = sample_rows(every, args.test_limit or 0, stratify=data.task == "classification")
     if len(args.prompt) > 1:
+        if args.batch_size == "auto":
+            args.batch_size = resolve_batch_size(model, examples, "auto")
         return _eval_ensemble(args, model, examples, source)
-    result = evaluate(model, examples, batch_size=args.batch_size)
+    desc = f"{args.split} {source}"
+    result = evaluate(model, examples, batch_size=args.batch_size, progress=True, desc=desc)
     split = {"split": args.split, "split_rows": len(every)}
     if len(examples) < len(every):
         split["sample"] = f"{SAMPLE} of {len(examples)} rows (--test-limit)"
@@ -548,6 +551,11 @@ def _positive_int(raw: str) -> int:
     return value
 
 
+def _batch_size(raw: str) -> int | str:
+    """argparse type: a positive count, or "auto"."""
+    return "auto" if raw == "auto" else _positive_int(raw)
+
+
 def cmd_search(args: argparse.Namespace) -> int:
     """Discrete prompt search (softprompt/search/), or --project a soft prompt to tokens."""
     from pathlib import Path
@@ -677,7 +685,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--split", default="test", choices=["train", "validation", "test"])
     evaluate.add_argument("--text-column", default=None, help="default: as in training")
     evaluate.add_argument("--label-column", default=None, help="default: as in training")
-    evaluate.add_argument("--batch-size", type=_positive_int, default=32)
+    evaluate.add_argument("--batch-size", type=_batch_size, default=32)
+    evaluate.epilog = "--batch-size auto: the largest batch whose forward fits half the free memory"
     _add_test_limit(evaluate, "rows of --split scored")
     evaluate.set_defaults(func=cmd_eval)
 

@@ -213,6 +213,7 @@ class _Run:
                 batch_size=self.config.eval_batch_size,
                 process=self.process,
                 bf16=self.config.bf16,
+                desc=f"validation {name}",
             )
             guard.check_evaluation(self.state, result, step, self.config, self.kept_path())
             best = self.state["best"][name]
