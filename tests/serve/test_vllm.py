@@ -10,14 +10,17 @@ server tests: it stops the server.
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import socket
+import threading
 import time
 from pathlib import Path
 
 import httpx
 import pytest
 import torch
+from fastapi.testclient import TestClient
 
 from softprompt.backbones import load_backbone
 from softprompt.backbones.tiny import tiny_llama
@@ -25,7 +28,10 @@ from softprompt.data import Example
 from softprompt.errors import ConfigError
 from softprompt.inject.sequence import input_sequence
 from softprompt.model import PromptModel
-from softprompt.serve.engine import RefusedTask
+from softprompt.serve.app import create_app
+from softprompt.serve.engine import Engine, RefusedTask
+from softprompt.serve.router import Router
+from softprompt.serve.store import PromptStore
 from softprompt.serve.vllm import (
     INSTALL,
     NotForVllm,
@@ -94,14 +100,21 @@ def server(tmp_path_factory):
         yield os.environ["SOFTPROMPT_VLLM_URL"], None, folder
         return
     port, log = _free_port(), tmp_path_factory.mktemp("vllm") / "vllm.log"
-    started = time.monotonic()
-    # the CPU backend reserves --gpu-memory-utilization of the machine's memory: keep it small
-    # and --enforce-eager: torch.compile would add minutes to the start on 2 shared CPUs
-    extra = ("--max-model-len", "512", "--gpu-memory-utilization", "0.1", "--enforce-eager")
-    process = start_server(folder, port, python=python, log=log, extra=extra)
-    print(f"\nvLLM server up in {time.monotonic() - started:.1f} s (log {log})")
+    process = _start(folder, port, python, log)
     yield f"http://127.0.0.1:{port}", process, folder
     stop_server(process)
+
+
+# the CPU backend reserves --gpu-memory-utilization of the machine's memory: keep it small
+# and --enforce-eager: torch.compile would add minutes to the start on 2 shared CPUs
+EXTRA = ("--max-model-len", "512", "--gpu-memory-utilization", "0.1", "--enforce-eager")
+
+
+def _start(folder: Path, port: int, python: Path, log: Path):
+    started = time.monotonic()
+    process = start_server(folder, port, python=python, log=log, extra=EXTRA)
+    print(f"\nvLLM server up in {time.monotonic() - started:.1f} s (log {log})")
+    return process
 
 
 @pytest.fixture(scope="module")
@@ -230,15 +243,108 @@ def test_missing_venv_names_the_install_command(tmp_path, monkeypatch):
         vllm_python(tmp_path)
 
 
-def test_killed_vllm_gives_a_clear_error(engine, prompts, server):
-    """After the other server tests: kills the server (SIGKILL to its process group), then
-    a request says vLLM is not answering."""
-    _, process, _ = server
+# -- the gateway: softprompt serve --engine vllm, one app over both engines ---------------
+
+
+@pytest.fixture(scope="module")
+def gateway(engine, prompts, tmp_path_factory):
+    """(client, router, task -> model): soft-prompt tasks on vLLM and a prefix-tuning task
+    on the own engine, in one app."""
+    root = tmp_path_factory.mktemp("gateway")
+    config = TaskConfig(labels=LABELS, template="Review: {text}\nSentiment:")
+    prefix = PromptModel(engine.backbone, config, "prefix-tuning", {"n_tokens": 2, "hidden": 8})
+    prefix = _kicked(prefix, 9)
+    store = PromptStore(root / "store")
+    store.add("gw-prefix", prefix.save(root / "prefix.safetensors"))
+    store.add("gw-sentiment", prompts["sentiment"][1])
+    store.add("gw-story", prompts["story"][1])
+    router = Router(Engine(engine.backbone, store, max_input_tokens=256), engine, workers=16)
+    router.load_all()
+    models = {"gw-prefix": prefix, "gw-sentiment": prompts["sentiment"][0]}
+    models["gw-story"] = prompts["story"][0]
+    with TestClient(create_app(router)) as client:
+        yield client, router, models
+    router._pool.shutdown()
+
+
+def test_gateway_tasks_show_their_engine(gateway):
+    client, _, _ = gateway
+    shown = {t["task"]: t["engine"] for t in client.get("/tasks").json()["tasks"]}
+    assert shown == {"gw-prefix": "own", "gw-sentiment": "vllm", "gw-story": "vllm"}
+
+
+def test_gateway_mixed_burst_answers_as_predict(gateway):
+    """Concurrent requests mixing a vLLM task and an own-engine task: every answer is
+    `softprompt predict`'s for its task."""
+    client, _, models = gateway
+    want = {t: models[t].predict(TEXTS) for t in ("gw-prefix", "gw-sentiment")}
+    stories = models["gw-story"].predict(TEXTS[:2])
+    answers: dict[str, object] = {}
+
+    def send(name: str, path: str, inputs: list[dict]) -> None:
+        answers[name] = client.post(path, json={"inputs": inputs})
+
+    jobs = [
+        (f"{t}-{i}", "/classify", [{"task": t, "text": x}])
+        for t in want
+        for i, x in enumerate(TEXTS)
+    ]
+    jobs.append(("story", "/generate", [{"task": "gw-story", "text": x} for x in TEXTS[:2]]))
+    threads = [threading.Thread(target=send, args=job) for job in jobs]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for task, expected in want.items():
+        for i, row in enumerate(expected):
+            response = answers[f"{task}-{i}"]
+            assert response.status_code == 200, response.text
+            got = response.json()["results"][0]
+            assert (got["task"], got["version"], got["label"]) == (task, 1, row["label"])
+            assert all(abs(got["scores"][k] - row["scores"][k]) < 1e-4 for k in LABELS)
+    texts = [r["text"] for r in answers["story"].json()["results"]]
+    assert texts == [s["text"] for s in stories]
+
+
+def test_gateway_streams_vllm_pieces(gateway):
+    client, _, models = gateway
+    expected = models["gw-story"].predict(TEXTS[:1])[0]["text"]
+    body = {"model": "gw-story", "prompt": TEXTS[0], "stream": True, "max_tokens": 12}
+    with client.stream("POST", "/v1/completions", json=body) as response:
+        chunks = [line for line in response.iter_lines() if line.startswith("data: {")]
+    pieces = [json.loads(c[len("data: ") :])["choices"][0]["text"] for c in chunks]
+    assert len(pieces) > 2 and "".join(pieces) == expected
+
+
+def test_killed_vllm_gives_503_then_recovers(engine, prompts, server, gateway, tmp_path):
+    """After the other server tests: vLLM is killed (SIGKILL to its process group) while a
+    long generation is in flight; that request answers 503, the own engine's task still
+    answers, and once vLLM is back on its port the gateway answers again."""
+    url, process, folder = server
     if process is None:
         pytest.skip("SOFTPROMPT_VLLM_URL: the server is not this test's to kill")
+    client, _, _ = gateway
+    answers = []
+    long = {"inputs": [{"task": "gw-story", "text": TEXTS[0], "max_tokens": 400}]}
+    sender = threading.Thread(target=lambda: answers.append(client.post("/generate", json=long)))
+    sender.start()
+    time.sleep(1.0)  # the request is in vLLM by now (400 tokens take far longer)
     stop_server(process, kill=True)  # SIGKILL, as a crash would
+    sender.join()
+    assert answers[0].status_code == 503, answers[0].text
+    assert "not answering" in answers[0].json()["error"]["message"]
     with pytest.raises(VllmUnavailable, match="not answering"):
         engine.classify("sentiment", TEXTS[0])
+    own = client.post("/classify", json={"inputs": [{"task": "gw-prefix", "text": TEXTS[0]}]})
+    assert own.status_code == 200, own.text
+    down = client.post("/classify", json={"inputs": [{"task": "gw-sentiment", "text": "ok"}]})
+    assert down.status_code == 503
+    again = _start(folder, int(url.rsplit(":", 1)[1]), vllm_python(ROOT), tmp_path / "again.log")
+    try:
+        back = client.post("/classify", json={"inputs": [{"task": "gw-sentiment", "text": "ok"}]})
+        assert back.status_code == 200, back.text
+    finally:
+        stop_server(again)
 
 
 # -- without a server: the embedding path, word prefixes, HTTP errors --------------------
