@@ -142,7 +142,7 @@ def test_inspection_endpoints(client):
             "max_tokens",
         ),
         ("/v1/completions", {"model": "nope", "prompt": "x"}, 404, "unknown task"),
-        ("/v1/completions", {"model": "story", "prompt": "x", "n": 2}, 400, "n=1"),
+        ("/v1/completions", {"model": "story", "prompt": "x", "n": 0}, 400, "n must be"),
         ("/v1/completions", {"model": "story", "prompt": []}, 400, "prompt"),
         (
             "/v1/completions",

@@ -24,28 +24,60 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from typing import Any
 
+import torch
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, StreamingResponse
+from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from swagger_ui_bundle import swagger_ui_path
 
 from softprompt.errors import SoftPromptError
 from softprompt.serve.batcher import Batcher
 from softprompt.serve.engine import BadInput, Engine, RefusedTask, UnknownTask, check_unicode
 from softprompt.serve.engine import Request as Input
 from softprompt.serve.images import ImageTooLarge, decode_image
+from softprompt.serve.injector import CachedPrompt
 from softprompt.serve.limits import BodyLimit
 from softprompt.serve.metrics import Metrics
-from softprompt.serve.sampling import Sampling, check_sampling
+from softprompt.serve.sampling import MAX_SEED, Sampling, check_sampling
 from softprompt.serve.store import StoreError, StoreFileChanged, StoreWriteError
 from softprompt.serve.vllm import NotForVllm, VllmError, VllmUnavailable
 
 MAX_INPUTS = 256  # inputs per request
+TokenLogprobs = tuple[int, float, list[tuple[int, float]]]  # id, log-prob, top (id, lp)
 MAX_NEW_TOKENS = 1024  # as engine.request checks
 MAX_MESSAGE = 1000  # characters of an error message (the middle of a longer one is cut)
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    code: int
+
+
+class ErrorBody(BaseModel):
+    """Every error answer's body (OpenAI's shape), whatever the status."""
+
+    error: ErrorDetail
+
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorBody, "description": what}
+    for status, what in {
+        400: "A field's value is not served (the message names it)",
+        404: "Unknown task or version",
+        413: "Request or input too large",
+        422: "The body is not the endpoint's JSON shape",
+        500: "Unexpected server error",
+    }.items()
+}
+DOCS_ASSETS = "/docs-assets"  # Swagger UI's files, served from the swagger-ui-bundle package
 
 
 class ApiError(Exception):
@@ -90,16 +122,31 @@ class GenerateBody(_Body):
     inputs: list[GenerateInput] = Field(min_length=1, max_length=MAX_INPUTS)
 
 
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    include_usage: bool = False
+
+
 class _OpenAIBody(SamplingFields):
-    model_config = ConfigDict(extra="ignore")  # clients send fields we do not use
+    # other fields are kept to be checked: one the server does not implement is a 400
+    model_config = ConfigDict(extra="allow")
     model: str
     max_tokens: int | None = None
     stream: bool = False
+    stream_options: StreamOptions | None = None
     n: int = 1
+
+    def top_k_logprobs(self) -> int | None:
+        """How many alternatives to return per token (None: no log-probs asked for)."""
+        raise NotImplementedError
 
 
 class CompletionBody(_OpenAIBody):
     prompt: str | list[str]
+    logprobs: int | None = None  # completions: the number of alternatives (0 to 20)
+
+    def top_k_logprobs(self) -> int | None:
+        return self.logprobs
 
 
 class ChatMessage(BaseModel):
@@ -111,6 +158,59 @@ class ChatMessage(BaseModel):
 class ChatBody(_OpenAIBody):
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: int | None = None
+    logprobs: bool = False
+    top_logprobs: int | None = None
+
+    def top_k_logprobs(self) -> int | None:
+        if not self.logprobs:
+            if self.top_logprobs:
+                raise ApiError(400, "top_logprobs: needs logprobs: true")
+            return None
+        return self.top_logprobs or 0
+
+
+MAX_LOGPROBS = 20  # alternatives per token, as OpenAI's top_logprobs
+MAX_N = 16  # choices per prompt
+# OpenAI fields that change nothing a prompt server answers: accepted and not used
+INFORMATIONAL = {"user", "metadata", "store", "service_tier", "safety_identifier"}
+# OpenAI fields whose default value asks for nothing: accepted at that value only
+DEFAULTS: dict[str, Any] = {
+    "echo": False,
+    "best_of": 1,
+    "presence_penalty": 0,
+    "frequency_penalty": 0,
+    "logit_bias": {},
+    "suffix": None,
+    "tools": [],
+    "functions": [],
+    "parallel_tool_calls": None,
+}
+WHY = {
+    "echo": "the prompt is not returned with the completion",
+    "tools": "a task answers with its trained prompt and calls no tools",
+    "tool_choice": "a task answers with its trained prompt and calls no tools",
+    "functions": "a task answers with its trained prompt and calls no functions",
+    "function_call": "a task answers with its trained prompt and calls no functions",
+    "response_format": "output is not constrained to a format or JSON schema",
+}
+
+
+def refuse_unimplemented(body: _OpenAIBody) -> None:
+    """A 400 naming the first field this server would otherwise ignore: a client that asks
+    for `echo`, `tools` or `response_format` must learn it did not get them."""
+    for name, value in (body.model_extra or {}).items():
+        if name in INFORMATIONAL or value is None:
+            continue
+        if name in DEFAULTS and value == DEFAULTS[name]:
+            continue
+        why = WHY.get(name, "this server does not implement it")
+        raise ApiError(400, f"{name}: not supported ({why}); leave the field out")
+
+
+def _finite(logprob: float) -> float:
+    """A log-prob JSON can carry: a token the sampler had cut off (-inf) reads -9999.0,
+    as vLLM writes it."""
+    return max(logprob, -9999.0)
 
 
 def _status(exc: SoftPromptError) -> int:
@@ -129,6 +229,22 @@ def _status(exc: SoftPromptError) -> int:
     if isinstance(exc, BadInput) and "too long" in str(exc):
         return 413
     return 400
+
+
+def serve_docs(app: FastAPI) -> None:
+    """/docs with Swagger UI's script and style from this machine, not a CDN: the page
+    works on a machine without internet access."""
+    app.mount(DOCS_ASSETS, StaticFiles(directory=swagger_ui_path), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url=app.openapi_url or "/openapi.json",
+            title=f"{app.title} - Swagger UI",
+            swagger_js_url=f"{DOCS_ASSETS}/swagger-ui-bundle.js",
+            swagger_css_url=f"{DOCS_ASSETS}/swagger-ui.css",
+            swagger_favicon_url=f"{DOCS_ASSETS}/favicon-32x32.png",
+        )
 
 
 def create_app(
@@ -166,7 +282,8 @@ def create_app(
         yield
         await batcher.stop()
 
-    app = FastAPI(title="softprompt", lifespan=lifespan)
+    app = FastAPI(title="softprompt", lifespan=lifespan, docs_url=None, responses=ERROR_RESPONSES)
+    serve_docs(app)
     app.add_middleware(
         BodyLimit,
         limit=lambda path: max_upload_bytes if path == "/prompts" else body_limit,
@@ -280,50 +397,112 @@ def create_app(
         set; each input has its own sampling parameters and stop sequences)."""
         pairs = [(i.task, i.text, i.max_tokens, sampling(i)) for i in body.inputs]
         results = await answer(pairs, True)
-        return {"results": [{k: v for k, v in r.items() if k != "tokens"} for r in results]}
+        hidden = ("tokens", "logprobs")
+        return {"results": [{k: v for k, v in r.items() if k not in hidden} for r in results]}
 
     # -- OpenAI-compatible -------------------------------------------------------------
-    def check_openai(body: _OpenAIBody, max_tokens: tuple[str, int | None]) -> int | None:
-        """The generation limit: `max_tokens` (or chat's `max_completion_tokens`) as given,
-        16 when absent (OpenAI's completions default). 0 is refused, as OpenAI does: a
-        completion of no tokens answers nothing (the old `echo` use is not served)."""
-        if body.n != 1:
-            raise ApiError(400, f"n: only n=1 is supported, got {body.n}")
+    def check_openai(
+        body: _OpenAIBody, max_tokens: tuple[str, int | None]
+    ) -> tuple[int | None, int | None]:
+        """The generation limit and the log-prob alternatives asked for. The limit is
+        `max_tokens` (or chat's `max_completion_tokens`) as given, 16 when absent (OpenAI's
+        completions default); 0 is refused, as OpenAI does (the old `echo` use is not
+        served). Fields the server does not implement are refused before any work."""
+        refuse_unimplemented(body)
+        if not 1 <= body.n <= MAX_N:
+            raise ApiError(400, f"n must be an integer from 1 to {MAX_N}, got {body.n}")
         served = engine.get(body.model)
+        top = body.top_k_logprobs()
+        field = "logprobs" if isinstance(body, CompletionBody) else "top_logprobs"
+        if top is not None and not 0 <= top <= MAX_LOGPROBS:
+            raise ApiError(400, f"{field} must be an integer from 0 to {MAX_LOGPROBS}, got {top}")
+        if top is not None and not served.generates:
+            raise ApiError(
+                400,
+                f"logprobs: task {served.entry.ref} is a classification task; its answer is "
+                "a label and each choice carries the labels' `scores` instead",
+            )
+        if top is not None and served.engine != "own":
+            raise ApiError(
+                400,
+                f"logprobs: task {served.entry.ref} runs on {served.engine}, which does "
+                "not return them here; leave the field out",
+            )
+        if top is not None and body.stream:
+            raise ApiError(400, "logprobs: not given in a stream; send stream: false for them")
         if not served.generates:
-            return None
-        field, value = max_tokens
+            return None, top
+        name, value = max_tokens
         if value is None:
-            return 16
+            return 16, top
         if not 1 <= value <= MAX_NEW_TOKENS:
             raise ApiError(
-                400, f"{field} must be an integer from 1 to {MAX_NEW_TOKENS}, got {value}"
+                400, f"{name} must be an integer from 1 to {MAX_NEW_TOKENS}, got {value}"
             )
-        return value
+        return value, top
+
+    def copies(texts: list[str], n: int, params: Sampling) -> list[tuple[str, Sampling]]:
+        """Each text n times (choice i * n + j is text i's j-th); a seeded request's copies
+        take seeds seed, seed + 1, ... so they differ yet repeat."""
+        rows = []
+        for text in texts:
+            for j in range(n):
+                seed = None if params.seed is None else (params.seed + j) % (MAX_SEED + 1)
+                rows.append((text, replace(params, seed=seed)))
+        return rows
+
+    in_front: dict[str, int] = {}  # task ref -> positions in front of each row's tokens
+
+    def prefix_tokens(served: Any) -> int:
+        """Positions before a row's own tokens: the prompt's virtual tokens (embedded and
+        per-layer K/V), the template head a decoder caches with them, and BOS."""
+        prompt = served.prompt
+        if isinstance(prompt, CachedPrompt) and prompt.source is not None:
+            with torch.no_grad():
+                prompt = prompt.source()  # the real prompt: virtual tokens + template head
+        elif prompt is None or isinstance(prompt, CachedPrompt):
+            with torch.no_grad():
+                prompt = served.model.prompt()
+        spec = engine.backbone.spec  # a decoder's rows start with BOS, before the prompt
+        return prompt.length + int(spec.kind == "causal-lm" and spec.bos_token_id is not None)
+
+    def prompt_tokens(requests: list[Input]) -> int:
+        """The tokens that ran before generation, summed over rows: what `prefix_tokens`
+        counts and the row's filled template (the user's text inside it)."""
+        total = 0
+        for r in requests:
+            ref = r.served.entry.ref
+            if ref not in in_front:
+                in_front[ref] = prefix_tokens(r.served)
+            total += r.tokens + in_front[ref]
+        return total
+
+    def usage(requests: list[Input], results: list[dict[str, Any]]) -> dict[str, int]:
+        prompt = prompt_tokens(requests)
+        used = sum(r.get("tokens", 1) for r in results)
+        return {"prompt_tokens": prompt, "completion_tokens": used, "total_tokens": prompt + used}
 
     async def openai_answer(
         body: _OpenAIBody, texts: list[str], max_tokens: tuple[str, int | None], chat: bool
     ) -> Any:
-        limit = check_openai(body, max_tokens)
-        params = sampling(body)
+        limit, top = check_openai(body, max_tokens)
+        params = replace(sampling(body), logprobs=top)
+        rows = copies(texts, body.n, params)
+        if len(rows) > MAX_INPUTS:
+            raise ApiError(400, f"n: prompts x n come to {len(rows)}; at most {MAX_INPUTS}")
         ident = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}"
         if body.stream:
-            return await stream(body.model, texts, limit, params, ident, chat)
-        results = await answer([(body.model, t, limit, params) for t in texts], None)
-        choices = []
-        for i, r in enumerate(results):
-            text = r.get("text", r.get("label"))
-            reason = r.get("finish_reason", "stop")
-            if chat:
-                message = {"role": "assistant", "content": text}
-                choice = {"index": i, "message": message, "finish_reason": reason}
-            else:
-                choice = {"index": i, "text": text, "finish_reason": reason, "logprobs": None}
-            if "scores" in r:
-                choice["scores"] = r["scores"]
-            choices.append(choice)
-        used = sum(q for q in (r.get("tokens", 1) for r in results))
-        prompt_tokens = sum(len(engine.backbone.tokenizer(t)["input_ids"]) for t in texts)
+            options = body.stream_options or StreamOptions()
+            return await stream(body.model, rows, limit, ident, chat, options.include_usage)
+        requests = bounded(
+            (
+                engine.request(body.model, t, generate=None, max_tokens=limit, sampling=s)
+                for t, s in rows
+            ),
+            len(rows),
+        )
+        results = await batcher.submit(requests)
+        choices = [choice(i, r, chat, top) for i, r in enumerate(results)]
         return {
             "id": ident,
             "object": "chat.completion" if chat else "text_completion",
@@ -331,17 +510,77 @@ def create_app(
             "model": body.model,
             "system_fingerprint": f"{results[0]['task']}@{results[0]['version']}",
             "choices": choices,
-            "usage": {
-                "prompt_tokens": prompt_tokens,
-                "completion_tokens": used,
-                "total_tokens": prompt_tokens + used,
-            },
+            "usage": usage(requests, results),
         }
 
+    def choice(index: int, r: dict[str, Any], chat: bool, top: int | None) -> dict[str, Any]:
+        text = r.get("text", r.get("label"))
+        reason = r.get("finish_reason", "stop")
+        if chat:
+            message = {"role": "assistant", "content": text}
+            out = {"index": index, "message": message, "finish_reason": reason}
+            out["logprobs"] = None if top is None else chat_logprobs(r.get("logprobs", []))
+        else:
+            out = {"index": index, "text": text, "finish_reason": reason}
+            out["logprobs"] = None if top is None else completion_logprobs(r.get("logprobs", []))
+        if "scores" in r:
+            out["scores"] = r["scores"]
+        return out
+
+    def spelled(rows: list[TokenLogprobs]) -> list[tuple[str, float, list[tuple[str, float]]]]:
+        """Each generated token as the text it adds after the tokens before it (a lone
+        token decodes without its leading space on SentencePiece tokenizers), and each
+        alternative as the text it would have added there."""
+        decode = engine.backbone.tokenizer.decode
+        ids: list[int] = []
+        before = ""
+
+        def piece(token: int) -> str:
+            text = decode([*ids, token])
+            return text[len(before) :] if text.startswith(before) else decode([token])
+
+        out = []
+        for token, logprob, alternatives in rows:
+            others = [(piece(a), _finite(lp)) for a, lp in alternatives]
+            out.append((piece(token), _finite(logprob), others))
+            ids.append(token)
+            before = decode(ids)
+        return out
+
+    def completion_logprobs(rows: list[TokenLogprobs]) -> dict[str, Any]:
+        """OpenAI completions' shape: tokens, their log-probs, the top alternatives as
+        {token: log-prob}, and each token's offset in the text."""
+        tokens = spelled(rows)
+        offsets = [sum(len(t) for t, _, _ in tokens[:i]) for i in range(len(tokens))]
+        return {
+            "tokens": [t for t, _, _ in tokens],
+            "token_logprobs": [lp for _, lp, _ in tokens],
+            "top_logprobs": [dict(alternatives) for _, _, alternatives in tokens],
+            "text_offset": offsets,
+        }
+
+    def chat_logprobs(rows: list[TokenLogprobs]) -> dict[str, Any]:
+        """OpenAI chat's shape: per token its text, log-prob, UTF-8 bytes and alternatives."""
+
+        def item(text: str, logprob: float) -> dict[str, Any]:
+            return {"token": text, "logprob": logprob, "bytes": list(text.encode())}
+
+        content = [
+            dict(item(t, lp), top_logprobs=[item(a, alp) for a, alp in alternatives])
+            for t, lp, alternatives in spelled(rows)
+        ]
+        return {"content": content, "refusal": None}
+
     async def stream(
-        task: str, texts: list[str], limit: int | None, params: Sampling, ident: str, chat: bool
+        task: str,
+        rows: list[tuple[str, Sampling]],
+        limit: int | None,
+        ident: str,
+        chat: bool,
+        include_usage: bool,
     ):
-        """Server-sent events: one chunk per new piece of text, then finish, then [DONE]."""
+        """Server-sent events: one chunk per new piece of text, then finish, then (when
+        `stream_options.include_usage`) a chunk with no choices and the usage, then [DONE]."""
         loop = asyncio.get_running_loop()
         pieces: asyncio.Queue = asyncio.Queue()
 
@@ -353,32 +592,27 @@ def create_app(
                 engine.request(
                     task, text, generate=None, max_tokens=limit, on_token=pusher(i), sampling=params
                 )
-                for i, text in enumerate(texts)
+                for i, (text, params) in enumerate(rows)
             ),
-            len(texts),
+            len(rows),
         )  # checked here: a bad input is a 4xx before the stream starts
         kind = "chat.completion.chunk" if chat else "text_completion"
         created = int(time.time())
 
+        def chunk(choices: list[dict[str, Any]], **extra: Any) -> str:
+            body = {"id": ident, "object": kind, "created": created, "model": task}
+            return f"data: {json.dumps(dict(body, choices=choices, **extra))}\n\n"
+
         def event(index: int, text: str | None, reason: str | None) -> str:
             if chat:
                 delta = {"content": text} if text is not None else {}
-                choice = {"index": index, "delta": delta, "finish_reason": reason}
-            else:
-                choice = {"index": index, "text": text or "", "finish_reason": reason}
-            chunk = {
-                "id": ident,
-                "object": kind,
-                "created": created,
-                "model": task,
-                "choices": [choice],
-            }
-            return f"data: {json.dumps(chunk)}\n\n"
+                return chunk([{"index": index, "delta": delta, "finish_reason": reason}])
+            return chunk([{"index": index, "text": text or "", "finish_reason": reason}])
 
         async def events() -> AsyncIterator[str]:
             job = asyncio.ensure_future(batcher.submit(requests))
             if chat:
-                for i in range(len(texts)):
+                for i in range(len(rows)):
                     yield event(i, "", None).replace(
                         '"content": ""', '"role": "assistant", "content": ""'
                     )
@@ -400,6 +634,8 @@ def create_app(
                 if "label" in r:  # a classification task answers with its label
                     yield event(i, r["label"], None)
                 yield event(i, None, r.get("finish_reason", "stop"))
+            if include_usage:
+                yield chunk([], usage=usage(requests, results))
             yield "data: [DONE]\n\n"
 
         return StreamingResponse(events(), media_type="text/event-stream")
@@ -444,19 +680,26 @@ def create_app(
             pieces.append(check_unicode(text, f"{where}[{j}].text"))
         return "".join(pieces)
 
+    def model_card(name: str, served: Any) -> dict[str, Any]:
+        return {
+            "id": name,
+            "object": "model",
+            "created": int(served.entry.added),
+            "owned_by": "softprompt",
+            "root": engine.backbone.name,
+        }
+
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
-        data = [
-            {
-                "id": task,
-                "object": "model",
-                "created": int(s.entry.added),
-                "owned_by": "softprompt",
-                "root": engine.backbone.name,
-            }
-            for task, s in sorted(engine.tasks.items())
-        ]
+        """Each served task by name (`task@version`, which pins the version, is a model
+        name too: GET /v1/models/{task@version})."""
+        data = [model_card(task, s) for task, s in sorted(engine.tasks.items())]
         return {"object": "list", "data": data}
+
+    @app.get("/v1/models/{model_id}")
+    async def model(model_id: str) -> dict[str, Any]:
+        """One served task, named `task` or `task@version` (404 when not served)."""
+        return model_card(model_id, engine.get(model_id))
 
     # -- inspection --------------------------------------------------------------------
     @app.get("/tasks")

@@ -9,7 +9,13 @@ import torch
 from transformers.cache_utils import DynamicCache
 
 from softprompt.inject import RowPrompts
-from softprompt.serve.sampling import Sampling, find_stop, held_back, next_tokens
+from softprompt.serve.sampling import (
+    Sampling,
+    find_stop,
+    held_back,
+    next_tokens,
+    token_logprobs,
+)
 from softprompt.tasks.generation import pad_left
 
 
@@ -27,6 +33,8 @@ class RowText:
         self.decode, self.stops, self.on_token = decode, stops, on_token
         self.sent = ""
         self.cut: str | None = None  # the text before the first stop sequence
+        # per generated token, when the row asked for log-probs: (id, log-prob, alternatives)
+        self.logprobs: list[tuple[int, float, list[tuple[int, float]]]] = []
 
     def push(self, tokens: list[int]) -> bool:
         """After each new token: True when a stop sequence has appeared (the row is done)."""
@@ -85,7 +93,8 @@ def decode(
     done = [limit <= 0 for limit in max_new_tokens]
     next_pos = positions[:, -1:]
     for _ in range(max(max_new_tokens)):
-        token = next_tokens(injector.logits(hidden[:, -1]), sampling, generators)  # B ids
+        logits = injector.logits(hidden[:, -1])  # (B, V)
+        token = next_tokens(logits, sampling, generators)  # B ids
         for i in range(batch):
             if done[i]:
                 continue
@@ -93,6 +102,10 @@ def decode(
                 done[i], reasons[i] = True, "stop"
                 continue
             out[i].append(token[i])
+            if texts is not None and sampling[i].logprobs is not None:
+                texts[i].logprobs.append(
+                    token_logprobs(logits[i], sampling[i], token[i], sampling[i].logprobs)
+                )
             if texts is not None and texts[i].push(out[i]):
                 done[i], reasons[i] = True, "stop"
                 continue

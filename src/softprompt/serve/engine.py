@@ -493,7 +493,12 @@ class Engine:
             texts=texts,
         )
         return [
-            {"text": text.finish(tokens), "finish_reason": why, "tokens": len(tokens)}
+            {
+                "text": text.finish(tokens),
+                "finish_reason": why,
+                "tokens": len(tokens),
+                "logprobs": text.logprobs,  # empty unless the row's sampling asked for them
+            }
             for text, (tokens, why) in zip(texts, rows, strict=True)
         ]
 

@@ -43,6 +43,7 @@ class Sampling:
     top_k: int = 0  # 0: off
     seed: int | None = None
     stop: list[str] = field(default_factory=list)
+    logprobs: int | None = None  # None: off; k: the chosen token's log-prob and k alternatives
 
     @property
     def greedy(self) -> bool:
@@ -153,6 +154,23 @@ def warp(logits: torch.Tensor, params: Sampling) -> torch.Tensor:
         drop[0] = False  # the likeliest token always stays, whatever top_p rounds to
         scores = scores.masked_fill(drop.scatter(0, index, drop), float("-inf"))
     return scores.softmax(-1)
+
+
+def token_logprobs(
+    logits: torch.Tensor, params: Sampling, chosen: int, k: int
+) -> tuple[int, float, list[tuple[int, float]]]:
+    """(V,) logits -> (chosen id, its log-prob, the k likeliest (id, log-prob)), all from the
+    distribution the token was drawn from: the model's own for a greedy row, the warped one
+    (temperature, top-k, top-p) for a sampled row, so a cut-off token reads -inf."""
+    if params.greedy:
+        logp = logits.float().log_softmax(-1)  # (V,)
+    else:
+        logp = warp(logits, params).log()  # (V,)
+    top = logp.topk(min(k, logp.shape[-1])) if k else None
+    alternatives = (
+        [] if top is None else list(zip(top.indices.tolist(), top.values.tolist(), strict=True))
+    )
+    return chosen, float(logp[chosen]), alternatives
 
 
 def find_stop(text: str, stops: list[str]) -> int:
