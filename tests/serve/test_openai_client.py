@@ -13,6 +13,7 @@ import pytest
 import torch
 import uvicorn
 
+from softprompt import cli
 from softprompt.data import Example
 from softprompt.serve.app import create_app
 from softprompt.serve.sampling import check_sampling
@@ -234,3 +235,11 @@ def test_metrics_have_help_lines_and_counters_typed_as_counters(live):
     families = [line.split()[2] for line in text.splitlines() if line.startswith("# TYPE")]
     helped = {line.split()[2] for line in text.splitlines() if line.startswith("# HELP")}
     assert families and set(families) == helped
+
+
+def test_serve_prints_the_url_it_listens_on(store, llama_folder, monkeypatch, capsys):
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: None)
+    argv = ["serve", "--store", str(store.root), "--backbone", str(llama_folder)]
+    assert cli.main([*argv, "--port", "8123"]) == 0
+    out = capsys.readouterr().out
+    assert "listening on http://127.0.0.1:8123 (OpenAI base URL http://127.0.0.1:8123/v1" in out

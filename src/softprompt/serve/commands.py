@@ -203,6 +203,12 @@ def run_serve(args: argparse.Namespace) -> int:
             max_body_bytes=None if args.max_body_mb is None else int(args.max_body_mb * 2**20),
             max_request_tokens=args.max_request_tokens,
         )
+        host = f"[{args.host}]" if ":" in args.host else args.host  # an IPv6 address
+        print(
+            f"softprompt serve: listening on http://{host}:{args.port} (OpenAI base URL "
+            f"http://{host}:{args.port}/v1, API docs http://{host}:{args.port}/docs)",
+            flush=True,
+        )
         uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     finally:
         if server is not None:  # --vllm-start: the server (and its workers) end with ours
