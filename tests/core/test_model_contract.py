@@ -111,7 +111,12 @@ def test_save_load_round_trip(make_model, backbones, method, name, toy_dataset, 
 
     meta = load_prompt_meta(path)
     assert meta["method"]["name"] == method
-    assert meta["backbone"] == {"name": backbone.name, "fingerprint": backbone.fingerprint}
+    assert meta["backbone"] == {
+        "name": backbone.name,
+        "fingerprint": backbone.fingerprint,
+        "dtype": "float32",  # how the frozen weights were held in training (issue 19)
+        "quantize": "none",
+    }
     assert meta["dataset"] == "toy" and meta["note"] == [1, 2]
     assert meta["tensors"] == {k: list(v.shape) for k, v in model.state_dict().items()}
     assert meta["file_bytes"] == path.stat().st_size
