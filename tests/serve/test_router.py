@@ -115,6 +115,36 @@ def test_vllm_down_is_503_and_never_answered_by_own_engine(client, router, vllm)
     assert response.status_code == 200 and response.json()["results"][0]["task"] == "movie"
 
 
+def test_vllm_requests_do_not_wait_behind_an_own_engine_batch(client, router):
+    """A vLLM-only request is sent at once, even while the model thread runs a batch."""
+    release, running = threading.Event(), threading.Event()
+    run = router.own.run
+
+    def slow(rows):
+        running.set()
+        release.wait(30)
+        return run(rows)
+
+    router.own.run = slow
+    answers = {}
+
+    def send(task: str) -> None:
+        body = {"inputs": [{"task": task, "text": "a fine film"}]}
+        answers[task] = client.post("/classify", json=body)
+
+    own = threading.Thread(target=send, args=("tweets",))
+    own.start()
+    assert running.wait(10)
+    fast = threading.Thread(target=send, args=("movie",))
+    fast.start()
+    fast.join(10)
+    done = not fast.is_alive()
+    release.set()
+    own.join(10)
+    assert done, "the vLLM request waited for the own engine's batch"
+    assert answers["movie"].status_code == answers["tweets"].status_code == 200
+
+
 def test_request_in_flight_keeps_its_version_across_a_hot_swap(router, vllm, prompt_files):
     bound = router.request("movie", "a fine film", generate=False)
     first = router.run([bound])[0]

@@ -70,7 +70,13 @@ class Batcher:
         return (self._queue.qsize() if self._queue else 0) + (self._held is not None)
 
     async def submit(self, inputs: list[Request]) -> list[dict[str, Any]]:
-        """Queue one request's inputs; their answers, in order."""
+        """Queue one request's inputs; their answers, in order. Inputs that all go to an
+        engine batching them itself (vLLM, via serve/router.py `direct`) are sent at
+        once instead: they never wait behind a batch of the model thread."""
+        direct = getattr(self.engine, "direct", None)
+        sent = direct(inputs) if direct is not None else None
+        if sent is not None:
+            return list(await asyncio.gather(*(asyncio.wrap_future(f) for f in sent)))
         job = Job(inputs, asyncio.get_running_loop().create_future())
         await self._queue.put(job)
         return await job.future

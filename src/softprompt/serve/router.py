@@ -195,6 +195,14 @@ class Router:
             raise failure
         return results
 
+    def direct(self, requests: list[Request]) -> list[Future] | None:
+        """The answers of a request whose inputs all go to vLLM, sent now on this
+        router's threads (vLLM batches concurrent requests itself, so they need not wait
+        for the batcher's model thread); None when any input is the own engine's."""
+        if not requests or any(r.served.engine != "vllm" for r in requests):
+            return None
+        return [self._pool.submit(self._answer, r) for r in requests]
+
     def _answer(self, request: Request) -> dict[str, Any]:
         """One vLLM row, on the version it was bound to."""
         served = request.served
