@@ -28,6 +28,7 @@ from softprompt.backbones._loading import (  # noqa: E402
     load_backbone,
 )
 from softprompt.backbones._paths import softprompt_home  # noqa: E402
+from softprompt.backbones._placement import place  # noqa: E402
 
 __all__ = [
     "DEFAULT_BACKBONE",
@@ -39,5 +40,6 @@ __all__ = [
     "freeze",
     "from_pretrained_model",
     "load_backbone",
+    "place",
     "softprompt_home",
 ]

@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 
+from softprompt.backbones._placement import input_device
 from softprompt.errors import BackboneError
 
 KINDS = ("causal-lm", "encoder", "vision")
@@ -102,6 +103,12 @@ class Backbone:
         if isinstance(weight, torch.Tensor):
             return weight.dtype
         return next(p.dtype for p in self.model.parameters() if p.is_floating_point())
+
+    @property
+    def input_device(self) -> torch.device:
+        """Where token ids and prompts go: the input embeddings' execution device, which is
+        not where every weight lives once `--device-map` spreads the model."""
+        return input_device(self.model)
 
     def describe(self) -> dict[str, str]:
         """What a prompt file records about its backbone: the fingerprint decides whether a
@@ -290,6 +297,9 @@ def fingerprint(model: torch.nn.Module) -> str:
         t = state[name]
         if not isinstance(t, torch.Tensor):
             continue
+        if t.device.type == "meta":  # offloaded to disk (--device-map): read it back
+            hasher.add(name, _onloaded(model, name, t))
+            continue
         key = (
             t.untyped_storage().data_ptr() if t.numel() else id(t),
             t.storage_offset(),
@@ -304,6 +314,18 @@ def fingerprint(model: torch.nn.Module) -> str:
         seen[key] = name
         hasher.add(name, t)
     return hasher.hexdigest()
+
+
+def _onloaded(model: torch.nn.Module, name: str, t: torch.Tensor) -> torch.Tensor:
+    """A weight Accelerate offloaded (a meta tensor in the model, its value in the hook's
+    weights map), read back on its own; `t` (meta, refused by the hash) if there is none."""
+    module_name, _, attr = name.rpartition(".")
+    hook = getattr(model.get_submodule(module_name), "_hf_hook", None)
+    for h in getattr(hook, "hooks", None) or [hook]:
+        weights = getattr(h, "weights_map", None)
+        if weights is not None and attr in weights:
+            return weights[attr]
+    return t
 
 
 def infer_kind_from_config(config: Any) -> str:

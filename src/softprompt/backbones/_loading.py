@@ -40,6 +40,12 @@ from softprompt.backbones._core import (
 from softprompt.backbones._gguf import Unsupported, write_folder
 from softprompt.backbones._hf import from_pretrained as _from_pretrained
 from softprompt.backbones._paths import backbone_cache_root
+from softprompt.backbones._placement import (
+    DeviceMap,
+    keep_until_freed,
+    new_offload_folder,
+    plan_device_map,
+)
 from softprompt.backbones._precision import check_quantize, quantize_model, resolve_dtype
 from softprompt.backbones.adapter import merge_lora_adapter
 from softprompt.errors import BackboneError
@@ -233,14 +239,23 @@ def _lossless(folder: Path, dtype: torch.dtype) -> bool:
 
 
 def _load_weights(
-    cls: Any, path: Path, config: Any, dtype: torch.dtype, known: str | None, cache_kind: str | None
+    cls: Any,
+    path: Path,
+    config: Any,
+    dtype: torch.dtype,
+    known: str | None,
+    cache_kind: str | None,
+    placement: Placement | None = None,
 ) -> tuple[torch.nn.Module, str]:
     """The model held in `dtype` and the fingerprint of its source weights.
 
     Loaded straight into `dtype` when the fingerprint is known or that load is exact;
     otherwise (float32 weights asked for in bf16) loaded in float32, hashed, then cast
-    parameter by parameter. `cache_kind`: store the hash in the folder under that kind."""
+    parameter by parameter. `cache_kind`: store the hash in the folder under that kind.
+    `placement`: spread over devices by Accelerate (backbones/_placement.py)."""
     direct = known is not None or _lossless(path, dtype)
+    if placement is not None:
+        return _load_dispatched(cls, path, config, dtype, known, cache_kind, placement)
     model = _from_pretrained(
         cls, path, config=config, dtype=dtype if direct else torch.float32, local_files_only=True
     )
@@ -248,6 +263,60 @@ def _load_weights(
         known = _cached_fingerprint(path, model, cache_kind) if cache_kind else fingerprint(model)
     if not direct:
         model.to(dtype)
+    return model, known
+
+
+@dataclass(frozen=True)
+class Placement:
+    """`--device-map`: "auto" or an explicit map, and Accelerate's per-device caps."""
+
+    device_map: str | DeviceMap
+    max_memory: dict[str | int, str | int] | None = None
+
+
+def _load_dispatched(
+    cls: Any,
+    path: Path,
+    config: Any,
+    dtype: torch.dtype,
+    known: str | None,
+    cache_kind: str | None,
+    placement: Placement,
+) -> tuple[torch.nn.Module, str]:
+    """Load straight into `dtype`, spread by Accelerate: offloaded weights cannot be cast
+    after loading, so a float32 folder asked for in bf16 (whose source fingerprint would
+    need the float32 weights) is refused with the fix."""
+    if known is None and not _lossless(path, dtype):
+        raise BackboneError(
+            f"{path}: --device-map loads the weights straight into {dtype_name(dtype)}, but "
+            "they are stored in another dtype, so their source fingerprint cannot be taken; "
+            "load it once without --device-map and save it in that dtype, or use "
+            "--dtype float32"
+        )
+    from accelerate import init_empty_weights
+
+    with init_empty_weights():
+        empty = cls.from_config(config, dtype=dtype)
+    plan = plan_device_map(
+        empty, placement.device_map, dtype=dtype, max_memory=placement.max_memory
+    )
+    del empty
+    folder = new_offload_folder() if "disk" in plan.values() else None
+    model = _from_pretrained(
+        cls,
+        path,
+        config=config,
+        dtype=dtype,
+        device_map=plan,
+        offload_folder=folder,
+        local_files_only=True,
+    )
+    if folder is not None:
+        keep_until_freed(model, folder)
+    if not isinstance(getattr(model, "hf_device_map", None), dict):
+        model.hf_device_map = plan  # transformers records only multi-device maps
+    if known is None:
+        known = _cached_fingerprint(path, model, cache_kind) if cache_kind else fingerprint(model)
     return model, known
 
 
@@ -261,6 +330,7 @@ def _load_hf_dir(
     quantize: str | None = None,
     device: torch.device | None = None,
     known_fingerprint: str | None = None,
+    placement: Placement | None = None,
 ) -> Backbone:
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
 
@@ -275,10 +345,10 @@ def _load_hf_dir(
         )
     kind = kind or infer_kind_from_config(config)
     if kind == "vision":  # no tokenizer: pixels in, see backbones/vision.py
-        if dtype != torch.float32 or quantize:
+        if dtype != torch.float32 or quantize or placement:
             raise BackboneError(
                 f"{name}: vision backbones are held in float32 only (--dtype float32, "
-                "no --quantize); they are small (22M parameters)"
+                "no --quantize, no --device-map); they are small (22M parameters)"
             )
         return _load_vision(path, config, name=name, dtype=dtype, cached=fingerprint_cache)
     cls = AutoModelForCausalLM if kind == "causal-lm" else AutoModel
@@ -288,7 +358,9 @@ def _load_hf_dir(
         raise BackboneError(f"cannot load the tokenizer in {path}: {e}") from e
     try:
         cache_kind = kind if fingerprint_cache else None
-        model, fp = _load_weights(cls, path, config, dtype, known_fingerprint, cache_kind)
+        model, fp = _load_weights(
+            cls, path, config, dtype, known_fingerprint, cache_kind, placement
+        )
     except BackboneError:
         raise
     except Exception as e:
@@ -590,6 +662,7 @@ def _load_gguf(
     quantize: str | None = None,
     device: torch.device | None = None,
     cache_name: str | None = None,
+    placement: Placement | None = None,
 ) -> Backbone:
     cache_dir = gguf_cache_dir(gguf_path, cache_name, dtype)
     ensure_gguf_cache(gguf_path, cache_dir, dtype=dtype)
@@ -603,6 +676,7 @@ def _load_gguf(
         quantize=quantize,
         device=device,
         known_fingerprint=known if isinstance(known, str) else None,
+        placement=placement,
     )
 
 
@@ -675,6 +749,8 @@ def load_backbone(
     quantize: str | None = None,
     device: str | torch.device = "cpu",
     adapter: str | Path | None = None,
+    device_map: str | DeviceMap | None = None,
+    max_memory: dict[str | int, str | int] | None = None,
 ) -> Backbone:
     """Load a frozen backbone (eval mode, no gradients) and its tokenizer.
 
@@ -686,9 +762,21 @@ def load_backbone(
     (``int8`` / ``nf4``) reduces their Linear layers further. The fingerprint names the
     source weights either way. The model stays on the CPU (NF4 moves it to ``device``).
     ``adapter``: a PEFT LoRA folder merged into the weights (backbones/adapter.py).
+    ``device_map`` (``auto`` or ``{module: device}``, devices incl. ``cpu``/``disk``) spreads
+    the model with Accelerate instead, ``max_memory`` capping each device for ``auto``
+    (backbones/_placement.py); callers then leave it where it is (`_placement.place`).
     Raises `BackboneError` with a fix when the source cannot be found or loaded.
     """
-    backbone = _load(source, gguf_file, dtype=dtype, kind=kind, quantize=quantize, device=device)
+    placement = None if device_map is None else Placement(device_map, max_memory)
+    backbone = _load(
+        source,
+        gguf_file,
+        dtype=dtype,
+        kind=kind,
+        quantize=quantize,
+        device=device,
+        placement=placement,
+    )
     return backbone if adapter is None else merge_lora_adapter(backbone, adapter)
 
 
@@ -700,14 +788,21 @@ def _load(
     kind: str | None,
     quantize: str | None,
     device: str | torch.device,
+    placement: Placement | None,
 ) -> Backbone:
     check_kind(kind)
     device = torch.device(device)
+    if placement is not None and check_quantize(quantize):
+        raise BackboneError(
+            f"--device-map cannot be combined with --quantize {quantize}: pick one way to "
+            "fit the backbone (offload with --device-map, or a quantized copy on one device)"
+        )
     options = {
         "kind": kind,
         "dtype": resolve_dtype(dtype, device),
         "quantize": check_quantize(quantize),
         "device": device,
+        "placement": placement,
     }
     source = str(source)
     builtin = _BUILTINS.get(source)
@@ -738,6 +833,8 @@ def _load_builtin(builtin: _Builtin, *, dtype: torch.dtype, **options: Any) -> B
             gguf_path, name=builtin.name, dtype=dtype, cache_name=builtin.name, **options
         )
     if builtin.kind == "vision":
+        if options["placement"] is not None:
+            raise BackboneError(f"{builtin.name}: vision backbones take no --device-map")
         return _load_dinov2_small(builtin, folder, dtype=dtype, quantize=options["quantize"])
     model_dir = folder / "model"
     if not (model_dir / "config.json").is_file():

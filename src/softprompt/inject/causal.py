@@ -87,7 +87,9 @@ class CausalInjector:
 
     @property
     def device(self) -> torch.device:
-        return self.head.weight.device
+        """Where prompts and ids go: the input embeddings' device (`--device-map` may hold
+        the layers elsewhere)."""
+        return self.backbone.input_device
 
     # -- prompts -> cache ----------------------------------------------------
     def _run_group(self, prompts: list[Prompt]) -> tuple[list[tuple[torch.Tensor, ...]], int]:

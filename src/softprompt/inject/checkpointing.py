@@ -62,10 +62,25 @@ def _restore(caches: list[Cache], states: list[list[dict]]) -> None:
             vars(layer).update(state)
 
 
+def _unwrapped_forward(layer: nn.Module):
+    """The layer's own forward, inside Accelerate's hook when `--device-map` dispatched it
+    (the hook brings offloaded weights in before each run, the replay included)."""
+    forward = type(layer).forward.__get__(layer)
+    hook = getattr(layer, "_hf_hook", None)
+    if hook is None:
+        return forward
+
+    def hooked(*args, **kwargs):
+        args, kwargs = hook.pre_forward(layer, *args, **kwargs)
+        return hook.post_forward(layer, forward(*args, **kwargs))
+
+    return hooked
+
+
 def _checkpointed_forward(self: nn.Module, *args, **kwargs):
     """A layer's forward, checkpointed while switched on (bound to the layer, so a copy of
     the model gets a wrapper bound to the copy)."""
-    forward = type(self).forward.__get__(self)
+    forward = _unwrapped_forward(self)
     if not (getattr(self, _ACTIVE, False) and torch.is_grad_enabled()):
         return forward(*args, **kwargs)
     caches = [v for v in (*args, *kwargs.values()) if isinstance(v, Cache)]

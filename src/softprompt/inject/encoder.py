@@ -33,7 +33,7 @@ class EncoderInjector:
 
     @property
     def device(self) -> torch.device:
-        return self.backbone.input_embeddings().weight.device
+        return self.backbone.input_device
 
     @property
     def dtype(self) -> torch.dtype:

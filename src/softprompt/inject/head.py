@@ -75,7 +75,7 @@ def check_head(backbone: Backbone, call_core) -> None:
     """Once per backbone: our embed -> core -> LMHead path must equal `model(ids).logits`."""
     if backbone.model in _CHECKED:
         return
-    device = backbone.input_embeddings().weight.device
+    device = backbone.input_device
     ids = torch.arange(1, 6, device=device).unsqueeze(0) % backbone.spec.vocab_size  # (1, 5)
     reference = backbone.model(input_ids=ids).logits.float()  # (1, 5, V)
     hidden = call_core(inputs_embeds=embed_tokens(backbone, ids)).last_hidden_state

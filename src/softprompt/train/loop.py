@@ -22,6 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from softprompt import distributed
+from softprompt.backbones import place
 from softprompt.data import Dataset
 from softprompt.device import autocast, resolve_device
 from softprompt.errors import DataError, TrainingError
@@ -93,7 +94,7 @@ class _Run:
         self.device = distributed.local_device(resolve_device(config.device))
         self.process = distributed.setup(self.device)
         self._check_sizes()
-        model.backbone.model.to(self.device)
+        place(model.backbone.model, self.device)  # a --device-map model stays spread
         model.to(self.device)
         torch.manual_seed(config.seed)
         self.sharded = self._shard_backbone()
