@@ -10,8 +10,9 @@ steps, so the measure sees every byte torch, the allocator and Python touched.
 Both processes run with glibc's mmap threshold fixed at its 128 KiB default
 (MALLOC_MMAP_THRESHOLD_): left dynamic, it makes the RSS of mid-size tensors (128 KiB to
 32 MiB, all of this model's) depend on allocation history. Measured here: a first forward
-at batch 16 peaks at 27 MiB, the same forward after one at batch 4 at 20 MiB. A real
-backbone's activations are larger than 32 MiB and always mmapped, so it does not see this."""
+at batch 16 peaks at 27 MiB, the same forward after one at batch 4 at 20 MiB. The
+estimate counts what the step's tensors occupy, not that allocator slack (see
+softprompt/estimate.py)"""
 
 from __future__ import annotations
 
