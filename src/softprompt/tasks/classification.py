@@ -18,6 +18,8 @@ from torch import nn
 
 from softprompt.backbones import Backbone
 from softprompt.data import Example
+from softprompt.data.soft import SoftExample
+from softprompt.errors import DataError
 from softprompt.inject import Injector
 from softprompt.inject.label_words import label_logits
 from softprompt.metrics import class_counts, metrics_from_counts
@@ -33,15 +35,42 @@ from softprompt.tasks.word_tree import WordTree
 
 
 def class_loss(scores: torch.Tensor, batch: dict[str, torch.Tensor]) -> TaskOutput:
-    """Cross-entropy over the task's own classes when the batch carries targets."""
-    targets = batch.get("targets")
+    """Cross-entropy over the task's own classes when the batch carries targets; against
+    `soft_targets` (B, C) probabilities when it has them (distillation: KL to the teacher
+    up to the teacher's entropy, a constant)."""
+    targets, soft = batch.get("targets"), batch.get("soft_targets")
+    if soft is not None:
+        log_probs = scores.float().log_softmax(-1)  # (B, C)
+        loss = -(soft.to(log_probs) * log_probs).sum(-1).mean()
+        return TaskOutput(loss=loss, scores=scores, targets=targets)
     if targets is None:
         return TaskOutput(loss=scores.new_zeros(()), scores=scores)
     return TaskOutput(loss=F.cross_entropy(scores.float(), targets), scores=scores, targets=targets)
 
 
+def soft_targets(labels: list[str], examples: list[Example]) -> torch.Tensor:
+    """(B, C) target probabilities: a `SoftExample`'s own, a labelled row's one-hot."""
+    rows = [
+        list(e.probs) if isinstance(e, SoftExample) else [float(e.label == c) for c in labels]
+        for e in examples
+    ]
+    wrong = next((r for r in rows if len(r) != len(labels)), None)
+    if wrong is not None:
+        raise DataError(f"soft label {wrong}: needs one probability per label of {labels}")
+    return torch.tensor(rows, dtype=torch.float32)
+
+
 class ClassificationTask(TemplatedTask):
     """Scores (B, C) over `config.labels`; predictions are their softmax."""
+
+    def with_targets(
+        self, batch: dict[str, torch.Tensor], examples: list[Example]
+    ) -> dict[str, torch.Tensor]:
+        """Class indices, plus `soft_targets` when any row is a `SoftExample`."""
+        batch = super().with_targets(batch, examples)
+        if "targets" in batch and any(isinstance(e, SoftExample) for e in examples):
+            batch["soft_targets"] = soft_targets(self.config.labels, examples)
+        return batch
 
     def describe(
         self, output: TaskOutput, batch: dict[str, torch.Tensor] | None
