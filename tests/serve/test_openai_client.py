@@ -101,6 +101,18 @@ def test_completion_logprobs_greedy_are_the_models_top_choices(client, engine):
     assert got.choices[0].text == _alone(engine, "story", "good", max_tokens=4)["text"]
 
 
+def test_logprobs_stop_where_a_stop_sequence_cut_the_text(client):
+    """The tiny model says ": : : ...": a stop at " : :" leaves ":", and the log-probs
+    only its token (the decoder ran 3 tokens before it saw the stop sequence)."""
+    full = client.completions.create(model="story", prompt="good", max_tokens=8, logprobs=1)
+    assert full.choices[0].logprobs.tokens[:3] == [":", " :", " :"]
+    cut = client.completions.create(
+        model="story", prompt="good", max_tokens=8, logprobs=1, stop=[" : :"]
+    ).choices[0]
+    assert cut.text == ":" and cut.finish_reason == "stop"
+    assert cut.logprobs.tokens == [":"] and len(cut.logprobs.token_logprobs) == 1
+
+
 def test_sampled_logprobs_come_from_the_distribution_drawn_from(client):
     """top_k 2: the two kept tokens share all the mass, the third alternative was cut."""
     got = client.completions.create(

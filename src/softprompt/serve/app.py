@@ -519,18 +519,22 @@ def create_app(
         if chat:
             message = {"role": "assistant", "content": text}
             out = {"index": index, "message": message, "finish_reason": reason}
-            out["logprobs"] = None if top is None else chat_logprobs(r.get("logprobs", []))
+            out["logprobs"] = None if top is None else chat_logprobs(r.get("logprobs", []), text)
         else:
             out = {"index": index, "text": text, "finish_reason": reason}
-            out["logprobs"] = None if top is None else completion_logprobs(r.get("logprobs", []))
+            logprobs = r.get("logprobs", [])
+            out["logprobs"] = None if top is None else completion_logprobs(logprobs, text)
         if "scores" in r:
             out["scores"] = r["scores"]
         return out
 
-    def spelled(rows: list[TokenLogprobs]) -> list[tuple[str, float, list[tuple[str, float]]]]:
+    def spelled(
+        rows: list[TokenLogprobs], answer: str
+    ) -> list[tuple[str, float, list[tuple[str, float]]]]:
         """Each generated token as the text it adds after the tokens before it (a lone
         token decodes without its leading space on SentencePiece tokenizers), and each
-        alternative as the text it would have added there."""
+        alternative as the text it would have added there. Tokens after the `answer` ends
+        (those a stop sequence cut off) are left out."""
         decode = engine.backbone.tokenizer.decode
         ids: list[int] = []
         before = ""
@@ -541,16 +545,18 @@ def create_app(
 
         out = []
         for token, logprob, alternatives in rows:
+            if len(before) >= len(answer):
+                break
             others = [(piece(a), _finite(lp)) for a, lp in alternatives]
             out.append((piece(token), _finite(logprob), others))
             ids.append(token)
             before = decode(ids)
         return out
 
-    def completion_logprobs(rows: list[TokenLogprobs]) -> dict[str, Any]:
+    def completion_logprobs(rows: list[TokenLogprobs], answer: str) -> dict[str, Any]:
         """OpenAI completions' shape: tokens, their log-probs, the top alternatives as
         {token: log-prob}, and each token's offset in the text."""
-        tokens = spelled(rows)
+        tokens = spelled(rows, answer)
         offsets = [sum(len(t) for t, _, _ in tokens[:i]) for i in range(len(tokens))]
         return {
             "tokens": [t for t, _, _ in tokens],
@@ -559,7 +565,7 @@ def create_app(
             "text_offset": offsets,
         }
 
-    def chat_logprobs(rows: list[TokenLogprobs]) -> dict[str, Any]:
+    def chat_logprobs(rows: list[TokenLogprobs], answer: str) -> dict[str, Any]:
         """OpenAI chat's shape: per token its text, log-prob, UTF-8 bytes and alternatives."""
 
         def item(text: str, logprob: float) -> dict[str, Any]:
@@ -567,7 +573,7 @@ def create_app(
 
         content = [
             dict(item(t, lp), top_logprobs=[item(a, alp) for a, alp in alternatives])
-            for t, lp, alternatives in spelled(rows)
+            for t, lp, alternatives in spelled(rows, answer)
         ]
         return {"content": content, "refusal": None}
 
