@@ -51,6 +51,7 @@ FLAGS: dict[str, tuple[str, Callable[[str], Any], str]] = {
     ),
     "dtype": ("backbone.dtype", str, "frozen weights: auto, float32, bfloat16 or float16"),
     "quantize": ("backbone.quantize", str, "frozen weights: none, int8 (torchao), nf4 (CUDA)"),
+    "device_map": ("backbone.device_map", str, "none, or auto: spread over GPUs/CPU/disk"),
     "dataset": ("data.source", str, "built-in name, .csv/.jsonl/.json/.parquet or datasets dir"),
     "text_column": ("data.text_column", str, "text column of a user file"),
     "label_column": ("data.label_column", str, "label (or target text) column of a user file"),

@@ -50,6 +50,7 @@ class RunTask:
 
 BACKBONE_DTYPES = ("auto", "float32", "bfloat16", "float16")  # backbones/_precision.py
 BACKBONE_QUANTIZE = ("none", "int8", "nf4")
+BACKBONE_DEVICE_MAPS = ("none", "auto")  # backbones/_placement.py (explicit maps: Python API)
 
 
 @dataclass
@@ -61,6 +62,7 @@ class BackboneConfig:
     dtype: str = "auto"  # auto = float32 on CPU, bf16 on CUDA (see backbones/_precision.py)
     quantize: str = "none"  # int8 (torchao) or nf4 (bitsandbytes, CUDA)
     adapter: str | None = None  # a PEFT LoRA folder merged in at load (backbones/adapter.py)
+    device_map: str = "none"  # auto: spread over GPUs / CPU / disk by Accelerate
 
 
 BASELINE_KINDS = ("lora", "full")  # RunConfig.compare; recipes.baselines trains them
@@ -97,12 +99,14 @@ class RunConfig:
     backbone_dtype: str = "auto"  # written `backbone: {dtype: ...}` (BackboneConfig)
     backbone_quantize: str = "none"
     backbone_adapter: str | None = None  # `backbone: {adapter: DIR}`, --backbone-adapter
+    backbone_device_map: str = "none"  # `backbone: {device_map: auto}`, --device-map
     eval: EvalConfig = field(default_factory=EvalConfig)  # --test-limit
 
     def __post_init__(self) -> None:
         for key, value, choices in (
             ("dtype", self.backbone_dtype, BACKBONE_DTYPES),
             ("quantize", self.backbone_quantize, BACKBONE_QUANTIZE),
+            ("device_map", self.backbone_device_map, BACKBONE_DEVICE_MAPS),
         ):
             if value not in choices:
                 raise ConfigError(
@@ -134,6 +138,7 @@ _TOP_LEVEL = {
     "compare": list[str],
     "backbone_dtype": str,
     "backbone_quantize": str,
+    "backbone_device_map": str,
 }
 
 

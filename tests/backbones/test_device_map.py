@@ -12,7 +12,7 @@ import torch
 
 from softprompt.backbones import fingerprint, load_backbone, place
 from softprompt.backbones._placement import is_dispatched
-from softprompt.errors import BackboneError
+from softprompt.errors import BackboneError, ConfigError
 from softprompt.inject.checkpointing import layer_checkpointing
 from softprompt.model import PromptModel
 
@@ -105,3 +105,16 @@ def test_head_offloaded_to_disk_is_refused_with_the_fix(llama_folder):
 def test_device_map_with_quantize_is_refused(llama_folder):
     with pytest.raises(BackboneError, match="--device-map cannot be combined with --quantize"):
         load_backbone(str(llama_folder), device_map="auto", quantize="int8")
+
+
+def test_device_map_flag_and_yaml_reach_the_run_config():
+    from softprompt.cli import _config_from_args, build_parser
+    from softprompt.config import build_run_config
+
+    args = build_parser().parse_args(["train", "--device-map", "auto"])
+    assert _config_from_args(args).backbone_device_map == "auto"
+    config = build_run_config({"backbone": {"name": "smollm2-135m", "device_map": "auto"}})
+    assert config.backbone_device_map == "auto"
+    assert build_run_config({}).backbone_device_map == "none"
+    with pytest.raises(ConfigError, match="backbone.device_map: must be one of none, auto"):
+        build_run_config({"backbone": {"device_map": "balanced"}})

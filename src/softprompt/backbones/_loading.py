@@ -762,12 +762,12 @@ def load_backbone(
     (``int8`` / ``nf4``) reduces their Linear layers further. The fingerprint names the
     source weights either way. The model stays on the CPU (NF4 moves it to ``device``).
     ``adapter``: a PEFT LoRA folder merged into the weights (backbones/adapter.py).
-    ``device_map`` (``auto`` or ``{module: device}``, devices incl. ``cpu``/``disk``) spreads
+    ``device_map`` (``none``, ``auto`` or ``{module: device}``, devices incl. ``cpu``/``disk``) spreads
     the model with Accelerate instead, ``max_memory`` capping each device for ``auto``
     (backbones/_placement.py); callers then leave it where it is (`_placement.place`).
     Raises `BackboneError` with a fix when the source cannot be found or loaded.
     """
-    placement = None if device_map is None else Placement(device_map, max_memory)
+    placement = None if device_map in (None, "none") else Placement(device_map, max_memory)
     backbone = _load(
         source,
         gguf_file,

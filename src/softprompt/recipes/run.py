@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from softprompt import distributed
-from softprompt.backbones import Backbone, load_backbone
+from softprompt.backbones import Backbone, load_backbone, place
 from softprompt.config import DataConfig, RunConfig, RunTask
 from softprompt.data import Dataset, Example, load_dataset
 from softprompt.data.shots import few_shot_dataset
@@ -302,8 +302,9 @@ def run(config: RunConfig, *, resume: bool = False, progress: bool = True) -> Ru
         quantize=config.backbone_quantize,
         device=device,
         adapter=config.backbone_adapter,
+        device_map=config.backbone_device_map,
     )
-    backbone.model.to(device)
+    place(backbone.model, device)
     out_dir = Path(config.out)
     check_compare(config, backbone, specs)
     model = build_models(backbone, specs, data)

@@ -89,6 +89,8 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
                        help="frozen weights' dtype (auto: float32 on CPU, bf16 on CUDA)")  # fmt: skip
     serve.add_argument("--quantize", default=None, choices=["none", "int8", "nf4"],
                        help="quantize the frozen weights: int8 (torchao) or nf4 (CUDA)")  # fmt: skip
+    serve.add_argument("--device-map", default="none", choices=["none", "auto"],
+                       help="auto: spread the backbone over GPUs, CPU and disk (Accelerate)")  # fmt: skip
     serve.add_argument("--host", default="127.0.0.1", help="bind address (default loopback only)")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--device", default="cpu", help="auto, cpu, cuda, cuda:N or mps")
@@ -159,7 +161,7 @@ def run_serve(args: argparse.Namespace) -> int:
         raise ConfigError(
             f"serve needs FastAPI and uvicorn: pip install 'softprompt[serve]' ({exc})"
         ) from None
-    from softprompt.backbones import load_backbone
+    from softprompt.backbones import load_backbone, place
     from softprompt.serve.engine import Engine
     from softprompt.serve.store import PromptStore
 
@@ -177,8 +179,9 @@ def run_serve(args: argparse.Namespace) -> int:
         quantize=args.quantize,
         device=device,
         adapter=args.backbone_adapter,
+        device_map=args.device_map,
     )
-    backbone.model.to(device)
+    place(backbone.model, device)
     engine = Engine(
         backbone,
         store,
