@@ -227,7 +227,8 @@ def calibrate(
     each batch size, after one warm-up step at the first; each measured twice and the
     smaller peak and time kept (the first of a size also pays one-off allocations)."""
     device = model.device
-    optimizer = torch.optim.AdamW(model.trainable_parameters(), lr=1e-6) if train else None
+    # lr 0: the full AdamW step (state, compute) that leaves the prompt as it was
+    optimizer = torch.optim.AdamW(model.trainable_parameters(), lr=0.0) if train else None
 
     def step(size: int) -> Callable[[], None]:
         batch = model.collate(rows(size))
@@ -243,8 +244,8 @@ def calibrate(
     was_training = model.training
     model.train(train)
     try:
-        # warm-up: AdamW state, lazy inits, kernel choice; its peak is kept as a point of
-        # batch size 0 whose bytes are what the first step needs beyond later ones
+        # warm-up: AdamW state, lazy inits, kernel choice; what its peak needs beyond the
+        # same size's later steps (less AdamW's state) is the first step's extra
         warm = _measure(step(batch_sizes[0]), device)
         points = []
         for size in batch_sizes:

@@ -24,6 +24,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+import torch
 
 from softprompt.cli import main
 from softprompt.data import Example
@@ -172,3 +173,14 @@ def test_cli_estimate_prints_the_report(llama_folder, capsys):
     assert report["batch_size"] == 2 and report["train_peak_bytes"] > report["weight_bytes"]
     assert main([*args, "--dtype", "float64"]) == 2
     assert "backbone.dtype" in capsys.readouterr().err
+
+
+def test_calibration_leaves_the_prompt_as_it_was(make_model, llama):
+    from softprompt.estimate import calibrate, synthetic_rows
+
+    model = make_model(llama, n_tokens=4)
+    before = model.method.embeddings.detach().clone()
+    result = calibrate(model, lambda n: synthetic_rows(6, n), (1, 2), train=True)
+    assert [p.batch_size for p in result.points] == [1, 2]
+    assert torch.equal(model.method.embeddings, before)
+    assert all(p.grad is None for p in model.trainable_parameters())
