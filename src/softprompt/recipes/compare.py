@@ -41,7 +41,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from softprompt.backbones import Backbone, load_backbone
+from softprompt.backbones import Backbone, load_backbone, place
 from softprompt.config import RunConfig
 from softprompt.data import Dataset, Example
 from softprompt.device import resolve_device
@@ -296,8 +296,9 @@ def compare(
             quantize=run.backbone_quantize,
             device=device,
             adapter=run.backbone_adapter,
+            device_map=run.backbone_device_map,
         )
-        backbone.model.to(device)
+        place(backbone.model, device)
         test = sample_test_rows(dataset.test, config.test_limit)
         ctx = _Context(backbone, dataset, config, test, out, progress)
         rows, units = [], config.units()

@@ -1,0 +1,138 @@
+"""The scale table (issue 19): zero-shot, a 20-token soft prompt and LoRA r=8 at the same
+step budget, per backbone size and dataset. Lester et al. argue that prompt tuning closes
+the gap to tuning the model as the model grows; this measures whether it does here.
+
+Each (backbone, dataset) cell is one `softprompt compare` grid (recipes/compare.py:
+zero-shot once, soft-prompt and lora per seed, the same RunConfig and training budget,
+the same seeded sample of --test-limit test rows), run into
+runs/scale_table/<backbone>-<dataset>-<dtype>/ (a rerun reads finished units back).
+"gap closed" is (soft prompt - zero-shot) / (LoRA - zero-shot): 1 means the prompt
+matches LoRA, 0 that it gains nothing over zero-shot. Prints a Markdown table and writes
+benchmarks/results/scale_table.json.
+
+    python benchmarks/scale_table.py [--steps 30] [--test-limit 200] [--seeds 0]
+        [--backbones smollm2-135m,qwen2.5-coder-0.5b] [--datasets movie-sentiment]
+        [--dtype bfloat16]
+
+Backbones that are not installed (`softprompt backbones`) are skipped with a note.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from softprompt.backbones import builtin_backbones
+from softprompt.config import build_run_config
+from softprompt.files import atomic_write_text
+from softprompt.recipes.compare import CompareConfig, compare
+
+RESULTS = Path(__file__).parent / "results"
+UNITS = Path(__file__).parents[1] / "runs" / "scale_table"  # unit run folders (git-ignored)
+METHODS = ["zero-shot", "soft-prompt", "lora"]
+BACKBONES = ["smollm2-135m", "qwen2.5-coder-0.5b", "qwen2.5-coder-1.5b"]
+DATASETS = ["movie-sentiment", "election-tweets"]
+
+
+def cell(backbone: str, dataset: str, args: argparse.Namespace) -> dict[str, Any]:
+    """One compare grid; its per-method summary keyed by method."""
+    run = build_run_config(
+        {
+            "backbone": {"name": backbone, "dtype": args.dtype},
+            "data": {"source": dataset},
+            "method": {"name": "soft-prompt", "n_tokens": 20},
+            "train": {
+                "steps": args.steps,
+                "batch_size": args.batch_size,
+                "eval_every": args.steps,
+                "eval_examples": args.eval_examples,
+                "warmup_steps": min(10, args.steps // 5),
+            },
+            "out": str(UNITS / f"{backbone}-{dataset}-{args.dtype}"),
+        }
+    )
+    config = CompareConfig(run, methods=METHODS, seeds=args.seeds, test_limit=args.test_limit)
+    start = time.perf_counter()
+    report = compare(config, progress=False)
+    summary = {s["method"]: s for s in report.summary if s}
+    return {
+        "backbone": backbone,
+        "dataset": dataset,
+        "dtype": args.dtype,
+        "seconds": time.perf_counter() - start,
+        "metric": report.metric,
+        "methods": summary,
+    }
+
+
+def gap_closed(methods: dict[str, Any]) -> float | None:
+    zero, soft, lora = (methods.get(m, {}).get("mean") for m in METHODS)
+    if None in (zero, soft, lora) or abs(lora - zero) < 1e-9:
+        return None
+    return (soft - zero) / (lora - zero)
+
+
+def _score(methods: dict[str, Any], name: str) -> str:
+    s = methods.get(name)
+    if not s or "mean" not in s:
+        return "n/a"
+    return f"{s['mean']:.3f}" + (f" ± {s['sd']:.3f}" if s["seeds"] > 1 else "")
+
+
+def markdown(cells: list[dict[str, Any]], args: argparse.Namespace) -> str:
+    head = (
+        "| backbone | dataset | zero-shot | soft prompt (20) | LoRA r=8 | gap closed | time |\n"
+        + "|---" * 7
+        + "|\n"
+    )
+    lines = []
+    for c in cells:
+        m, closed = c["methods"], gap_closed(c["methods"])
+        lines.append(
+            f"| {c['backbone']} | {c['dataset']} | {_score(m, 'zero-shot')} | "
+            f"{_score(m, 'soft-prompt')} | {_score(m, 'lora')} | "
+            f"{'-' if closed is None else f'{closed:.2f}'} | {c['seconds'] / 60:.1f} min |"
+        )
+    note = (
+        f"\n{args.steps} steps at batch {args.batch_size}, {len(args.seeds)} seed(s) "
+        f"({','.join(map(str, args.seeds))}), {args.test_limit or 'all'} test rows, "
+        f"backbone dtype {args.dtype}; accuracy on the test sample.\n"
+    )
+    return head + "\n".join(lines) + "\n" + note
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--backbones", default=",".join(BACKBONES))
+    parser.add_argument("--datasets", default=",".join(DATASETS))
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--eval-examples", type=int, default=64)
+    parser.add_argument("--test-limit", type=int, default=200)
+    parser.add_argument("--seeds", default="0", help="comma-separated, e.g. 0,1,2")
+    parser.add_argument("--dtype", default="bfloat16", help="frozen weights (auto, float32, ...)")
+    args = parser.parse_args()
+    args.seeds = [int(s) for s in args.seeds.split(",")]
+    installed = {b.name for b in builtin_backbones() if b.installed}
+    cells, skipped = [], []
+    for backbone in args.backbones.split(","):
+        if backbone not in installed:
+            skipped.append(backbone)
+            continue
+        for dataset in args.datasets.split(","):
+            cells.append(cell(backbone, dataset, args))
+            print(markdown(cells, args), flush=True)
+    if skipped:
+        print(f"not installed, skipped: {', '.join(skipped)}")
+    payload = {"settings": {**vars(args)}, "skipped": skipped, "cells": cells}
+    for c in cells:
+        c["gap_closed"] = gap_closed(c["methods"])
+    RESULTS.mkdir(exist_ok=True)
+    atomic_write_text(RESULTS / "scale_table.json", json.dumps(payload, indent=1, default=str))
+
+
+if __name__ == "__main__":
+    main()
