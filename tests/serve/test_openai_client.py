@@ -149,6 +149,10 @@ def test_chat_logprobs(client):
         model="story", messages=[{"role": "user", "content": "good"}], max_tokens=2
     )
     assert bare.choices[0].logprobs is None
+    null = client.chat.completions.create(
+        model="story", messages=[{"role": "user", "content": "good"}], max_tokens=2, logprobs=None
+    )  # an explicit null is the default, not a 422
+    assert null.choices[0].logprobs is None
 
 
 def test_n_choices_with_sampling(client, engine):

@@ -158,7 +158,7 @@ class ChatMessage(BaseModel):
 class ChatBody(_OpenAIBody):
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: int | None = None
-    logprobs: bool = False
+    logprobs: bool | None = None
     top_logprobs: int | None = None
 
     def top_k_logprobs(self) -> int | None:
