@@ -403,6 +403,10 @@ def _meta(path: str) -> dict[str, Any]:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    if args.task and args.engine == "vllm":
+        from softprompt.errors import ConfigError
+
+        raise ConfigError("--engine vllm: predict takes one prompt file, not --task")
     if args.task:
         return _predict_tasks(args)
     from softprompt.errors import ConfigError
@@ -416,10 +420,25 @@ def cmd_predict(args: argparse.Namespace) -> int:
     blank = [i for i, text in enumerate(texts, start=1) if not text.strip()]
     if blank:
         raise ConfigError(f"predict: text {blank[0]} is empty; give some text to label")
+    if args.engine == "vllm":
+        return _predict_on_vllm(args, texts)
     model = load_model(args.prompt, _backbone_arg(args, args.prompt))
     for text, prediction in zip(texts, model.predict(texts), strict=True):
         key = "image" if model.backbone.spec.kind == "vision" else "text"
         print(json.dumps({key: text, **_answer(prediction)}, ensure_ascii=False))
+    return 0
+
+
+def _predict_on_vllm(args: argparse.Namespace, texts: list[str]) -> int:
+    """predict --engine vllm: the same lines, the forward passes done by a vLLM server."""
+    from softprompt.errors import ConfigError
+    from softprompt.serve.vllm import predict
+
+    if not args.vllm_url:
+        raise ConfigError("--engine vllm: give --vllm-url URL (a vLLM on the backbone's folder)")
+    answers = predict(args.prompt, texts, args.vllm_url, backbone=args.backbone)
+    for text, answer in zip(texts, answers, strict=True):
+        print(json.dumps({"text": text, **_answer(answer)}, ensure_ascii=False))
     return 0
 
 
@@ -706,6 +725,9 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAME=PROMPT",
         help="serve several tasks at once: a task name and its prompt file (repeatable)",
     )
+    predict.add_argument("--engine", default="own", choices=["own", "vllm"],
+                         help="vllm: forward passes by the vLLM at --vllm-url (large jobs)")  # fmt: skip
+    predict.add_argument("--vllm-url", default=None, help="vLLM serving the backbone's folder")
     predict.set_defaults(func=cmd_predict)
 
     export = sub.add_parser(

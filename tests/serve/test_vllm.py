@@ -24,6 +24,7 @@ from fastapi.testclient import TestClient
 
 from softprompt.backbones import load_backbone
 from softprompt.backbones.tiny import tiny_llama
+from softprompt.cli import main
 from softprompt.data import Example
 from softprompt.errors import ConfigError
 from softprompt.inject.sequence import input_sequence
@@ -237,6 +238,15 @@ def test_nothing_listening_is_a_clear_error():
         client.post("/v1/completions", {})
 
 
+@pytest.mark.parametrize(
+    ("flags", "says"),
+    [(["p.safetensors", "hi"], "--vllm-url"), (["--task", "a=p.safetensors", "a=hi"], "--task")],
+)
+def test_predict_on_vllm_flags_are_checked(flags, says, capsys):
+    assert main(["predict", *flags, "--engine", "vllm"]) == 2
+    assert says in capsys.readouterr().err
+
+
 def test_missing_venv_names_the_install_command(tmp_path, monkeypatch):
     monkeypatch.delenv("SOFTPROMPT_VLLM_PYTHON", raising=False)
     with pytest.raises(VllmUnavailable, match=INSTALL):
@@ -314,6 +324,25 @@ def test_gateway_streams_vllm_pieces(gateway):
         chunks = [line for line in response.iter_lines() if line.startswith("data: {")]
     pieces = [json.loads(c[len("data: ") :])["choices"][0]["text"] for c in chunks]
     assert len(pieces) > 2 and "".join(pieces) == expected
+
+
+def test_predict_on_vllm_prints_what_predict_prints(server, prompts, capsys):
+    """softprompt predict --engine vllm: the same lines as the own engine's predict."""
+    url = server[0]
+    for task in ("sentiment", "story"):
+        path = str(prompts[task][1])
+        texts = TEXTS if task == "sentiment" else TEXTS[:2]
+        assert main(["predict", path, *texts]) == 0
+        want = capsys.readouterr().out.splitlines()
+        assert main(["predict", path, *texts, "--engine", "vllm", "--vllm-url", url]) == 0
+        got = capsys.readouterr().out.splitlines()
+        assert len(got) == len(want) == len(texts)
+        for g, w in zip(map(json.loads, got), map(json.loads, want), strict=True):
+            if "scores" in w:
+                assert g["label"] == w["label"]
+                assert all(abs(g["scores"][k] - w["scores"][k]) <= 2e-4 for k in LABELS)
+            else:
+                assert g == w
 
 
 def test_killed_vllm_gives_503_then_recovers(engine, prompts, server, gateway, tmp_path):

@@ -50,7 +50,7 @@ from softprompt.data import Example
 from softprompt.errors import BackboneError, PromptFileError, SoftPromptError
 from softprompt.inject import Prompt
 from softprompt.inject.sequence import input_sequence
-from softprompt.model import PromptModel
+from softprompt.model import PromptModel, load_prompt_meta
 from softprompt.serve.engine import RefusedTask, UnknownTask
 from softprompt.serve.sampling import Sampling
 from softprompt.serve.store import Entry
@@ -444,6 +444,30 @@ class VllmEngine:
     def close(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)
         self.client.close()
+
+
+# -- offline batch ------------------------------------------------------------------------
+
+
+def predict(
+    prompt: str | Path, texts: list[str], url: str, *, backbone: str | None = None,
+    workers: int = 32,
+) -> list[dict[str, Any]]:  # fmt: skip
+    """`softprompt predict --engine vllm`: the prompt file's answers for `texts`, computed
+    by the vLLM at `url` (serving the backbone's folder), in `PromptModel.predict`'s shape.
+    The texts are sent `workers` at a time: vLLM batches concurrent requests itself."""
+    name = backbone or load_prompt_meta(prompt)["backbone"]["name"]
+    engine = VllmEngine(model_folder(name), url, backbone=load_backbone(name), workers=workers)
+    try:
+        task = engine.add("predict", prompt)
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="predict") as pool:
+            if task.generates:
+                rows = pool.map(lambda text: {"text": engine.generate(task, text)["text"]}, texts)
+            else:
+                rows = pool.map(lambda text: engine.classify(task, text), texts)
+            return [{k: v for k, v in row.items() if k != "task"} for row in rows]
+    finally:
+        engine.close()
 
 
 # -- finding the folder and starting a server ----------------------------------------------
