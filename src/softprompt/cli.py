@@ -5,6 +5,8 @@
     softprompt predict PROMPT "some text" ...   (or image files, for a vision backbone)
     softprompt info PROMPT
     softprompt compare [--methods zero-shot,soft-prompt,lora] [--seeds 3] [--steps ...]
+    softprompt pet --shots 16 --pattern "{text} It was" --pattern "Review: {text}" [--generations N]
+    softprompt meta-init --sources election-tweets,tweet-sentiment [--outer-steps ...]
     softprompt datasets | backbones
 
 Errors a user can fix print one line naming the flag or key, and exit 2.
@@ -806,6 +808,9 @@ def build_parser() -> argparse.ArgumentParser:
     from softprompt.interop.commands import add_import_peft_parser
 
     add_import_peft_parser(sub)
+    from softprompt.recipes.fewshot_commands import add_fewshot_parsers
+
+    add_fewshot_parsers(sub, _add_run_flags, _config_from_args)  # pet, meta-init
 
     for name, func, text in [
         ("datasets", cmd_datasets, "built-in datasets and whether they are installed"),

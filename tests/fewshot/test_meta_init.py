@@ -6,6 +6,7 @@ import pytest
 import torch
 from toydata import LABELS, toy_examples
 
+from softprompt import cli
 from softprompt.data import Dataset
 from softprompt.errors import ConfigError
 from softprompt.model import PromptModel, prompt_embeddings
@@ -81,3 +82,46 @@ def test_bad_settings_are_refused_in_one_line(values, message):
 def test_one_source_is_refused(llama, tmp_path):
     with pytest.raises(ConfigError, match="at least 2 source"):
         meta_init(llama, SOURCES[:1], _config(), tmp_path)
+
+
+# --- the command line -----------------------------------------------------------------
+
+
+def _csv(path, seed: int):
+    lines = ["text,label"] + [
+        f"{e.text} {i},{e.label}" for i, e in enumerate(toy_examples(40, seed))
+    ]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def test_meta_init_command_writes_an_init_and_resumes(llama_folder, tmp_path, capsys):
+    sources = f"{_csv(tmp_path / 'a.csv', 1)},{_csv(tmp_path / 'b.csv', 2)}"
+    argv = ["meta-init", "--sources", sources, "--backbone", str(llama_folder), "--n-tokens", "2",
+            "--outer-steps", "2", "--inner-steps", "1", "--out", str(tmp_path / "out")]  # fmt: skip
+    assert cli.main(argv) == 0
+    assert "--init-file" in capsys.readouterr().out
+    assert cli.main(argv) == 2  # the checkpoint is there: no silent restart
+    assert "pass --resume" in capsys.readouterr().err
+    assert cli.main([*argv, "--resume"]) == 0
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--sources", "movie-sentiment"], "at least 2 source datasets"),
+        (["--sources", "a,b", "--meta-lr", "2"], "meta_init.meta_lr"),
+        (["--sources", "a,b", "--outer-steps", "0"], "meta_init.outer_steps"),
+        (["--sources", "a,b", "--inner-lr", "-1"], "meta_init.inner_lr"),
+    ],
+)
+def test_bad_meta_init_flags_fail_in_one_line(extra, message, capsys):
+    assert cli.main(["meta-init", *extra]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+
+
+def test_negative_counts_are_refused_by_the_parser(capsys):
+    with pytest.raises(SystemExit) as stopped:
+        cli.main(["meta-init", "--sources", "a,b", "--inner-steps", "-1"])
+    assert stopped.value.code == 2 and "--inner-steps: must be >= 0" in capsys.readouterr().err

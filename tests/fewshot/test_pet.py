@@ -8,6 +8,7 @@ import pytest
 import torch
 from toydata import LABELS, TEMPLATE, toy_examples
 
+from softprompt import cli
 from softprompt.data import Dataset, Example
 from softprompt.data.soft import SoftExample, soft_example
 from softprompt.errors import ConfigError, DataError
@@ -134,3 +135,51 @@ def test_pet_needs_unlabelled_text(llama, fast_config, tmp_path):
     config = PetConfig(patterns=PATTERNS, train=fast_config())
     with pytest.raises(ConfigError, match="no unlabelled texts"):
         pet(llama, _dataset(), [], config, tmp_path, progress=False)
+
+
+# --- the command line -----------------------------------------------------------------
+
+
+def _csv(path):
+    rows = toy_examples(60, seed=5)
+    lines = ["text,label"] + [f"{e.text} {i},{e.label}" for i, e in enumerate(rows)]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def test_pet_command_runs_every_stage(llama_folder, tmp_path, capsys):
+    out = tmp_path / "out"
+    argv = ["pet", "--backbone", llama_folder, "--dataset", _csv(tmp_path / "toy.csv"),
+            "--shots", "4", "--pattern", TEMPLATE, "--pattern", "{text} . it was",
+            "--n-tokens", "2", "--steps", "2", "--eval-every", "2", "--batch-size", "4",
+            "--unlabelled-limit", "6", "--out", out]  # fmt: skip
+    assert cli.main([str(a) for a in argv]) == 0
+    printed = capsys.readouterr().out
+    assert "| distilled |" in printed and "generation 0 ensemble (mean)" in printed
+    report = json.loads((out / "report.json").read_text())
+    assert report["unlabelled"] == 6 and len(report["config"]["patterns"]) == 2
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--pattern", "{text} :"], "at least 2 patterns"),
+        (["--pattern", "{text} :", "--words", "[1]"], "--words: give a JSON object"),
+        (["--pattern", "a {text}", "--pattern", "b {text}"], "--shots K is required"),
+        (["--pattern", "a {text}", "--pattern", "b {text}", "--shots", "0"], "data.shots"),
+        (
+            ["--pattern", "a {text}", "--pattern", "b {text}", "--distill-pattern", "5"],
+            "pet.distill_pattern",
+        ),
+    ],
+)
+def test_bad_pet_flags_fail_in_one_line(extra, message, capsys):
+    assert cli.main(["pet", *extra]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+
+
+def test_negative_generations_are_refused_by_the_parser(capsys):
+    with pytest.raises(SystemExit) as stopped:
+        cli.main(["pet", "--generations", "-1"])
+    assert stopped.value.code == 2 and "--generations: must be >= 0" in capsys.readouterr().err

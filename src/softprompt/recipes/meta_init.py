@@ -27,8 +27,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from softprompt.backbones import Backbone
-from softprompt.data import Dataset
+from softprompt.backbones import Backbone, load_backbone
+from softprompt.data import Dataset, load_dataset
+from softprompt.device import resolve_device
 from softprompt.errors import ConfigError
 from softprompt.files import atomic_write_text
 from softprompt.model import PromptModel, build_model
@@ -63,14 +64,19 @@ class MetaInitConfig:
             raise ConfigError(f"meta_init.meta_lr: must be in (0, 1], got {self.meta_lr}")
 
 
+def check_sources(count: int) -> None:
+    """An init learned across tasks needs at least two of them."""
+    if count < 2:
+        raise ConfigError(
+            f"meta_init: give at least 2 source datasets to learn an init across, got {count}"
+        )
+
+
 def _source_models(
     backbone: Backbone, sources: list[Dataset], method: dict[str, Any]
 ) -> list[PromptModel]:
     """One model per source task; refused when a task trains more than the method."""
-    if len(sources) < 2:
-        raise ConfigError(
-            f"meta_init: give at least 2 source datasets to learn an init across, got {len(sources)}"
-        )
+    check_sources(len(sources))
     models = [build_model(backbone, d, method, {}) for d in sources]
     for dataset, model in zip(sources, models, strict=True):
         extra = [n for n, p in model.named_parameters() if p.requires_grad and "method." not in n]
@@ -192,3 +198,28 @@ def _write_prompt(
             p.copy_(t)
     atomic_write_text(out / "history.json", json.dumps(state["history"], indent=2))
     return model.save(out / PROMPT_FILE, meta_init=settings)
+
+
+def run_meta_init(
+    sources: list[str],
+    backbone: str,
+    config: MetaInitConfig,
+    out: str | Path,
+    *,
+    resume: bool = False,
+    device: str = "auto",
+) -> Path:
+    """`meta_init` on built-in (or user) datasets named in `sources`, loaded before the
+    backbone so a wrong name fails fast."""
+    check_sources(len(sources))
+    datasets = [load_dataset(name) for name in sources]
+    for dataset in datasets:
+        if dataset.task != "classification":
+            raise ConfigError(
+                f"meta-init --sources: {dataset.name!r} is a {dataset.task} task; give "
+                "classification datasets (see `softprompt datasets`)"
+            )
+    where = resolve_device(device)
+    model = load_backbone(backbone, device=where)
+    model.model.to(where)
+    return meta_init(model, datasets, config, out, resume=resume)

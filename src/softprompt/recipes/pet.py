@@ -33,14 +33,18 @@ from typing import Any
 
 import torch
 
-from softprompt.backbones import Backbone
+from softprompt.backbones import Backbone, load_backbone
+from softprompt.config import RunConfig
 from softprompt.data import Dataset, Example
+from softprompt.data.shots import sample_shots
 from softprompt.data.soft import SoftExample, soft_example
+from softprompt.device import resolve_device
 from softprompt.ensemble import PromptEnsemble, evaluate_ensemble
 from softprompt.errors import ConfigError
 from softprompt.evaluate import evaluate
 from softprompt.files import atomic_write_text
 from softprompt.model import PromptModel, build_model
+from softprompt.recipes.run import limit_test, load_data
 from softprompt.train import TrainConfig, train
 
 
@@ -256,3 +260,50 @@ def pet(
     report = {"rows": rows, "config": settings, "unlabelled": len(texts)}
     atomic_write_text(out / "report.json", json.dumps(report, indent=2))
     return result
+
+
+# -- from a run config (the CLI) ----------------------------------------------------
+
+
+def pet_inputs(run: RunConfig) -> tuple[Dataset, list[str]]:
+    """The run's k-shot dataset and the unlabelled rest of its training split; the test
+    split bounded by `eval.test_limit`. PET needs `data.shots` (K per class)."""
+    specs = run.task_specs()
+    if len(specs) != 1:
+        raise ConfigError("pet: give one task (data/method/task), not a `tasks` list")
+    data = specs[0].data
+    if data.shots is None:
+        raise ConfigError("pet: --shots K is required (K labelled rows per class to train on)")
+    full = load_data(dataclasses.replace(data, shots=None))
+    sample = sample_shots(full.train, full.labels, data.shots, data.seed)
+    note = f"{data.shots}-shot sample (data seed {data.seed})"
+    dataset = dataclasses.replace(
+        full, train=sample.train, validation=sample.validation, description=note
+    )
+    return limit_test(dataset, run.eval.test_limit), sample.unlabelled
+
+
+def run_pet(
+    run: RunConfig,
+    templates: list[str],
+    verbalizers: list[dict[str, list[str]] | None],
+    *,
+    resume: bool = False,
+    progress: bool = True,
+    **options: Any,
+) -> PetResult:
+    """PET on the run's backbone and k-shot data: `templates` x `verbalizers` are the
+    patterns (on top of the run's task framing); `options` are PetConfig's other fields."""
+    patterns = [{**run.task, **p} for p in pattern_grid(templates, verbalizers)]
+    config = PetConfig(patterns=patterns, method=run.method, train=run.train, **options)
+    dataset, unlabelled = pet_inputs(run)
+    device = resolve_device(run.train.device)
+    backbone = load_backbone(
+        run.backbone,
+        dtype=run.backbone_dtype,
+        quantize=run.backbone_quantize,
+        device=device,
+        adapter=run.backbone_adapter,
+    )
+    backbone.model.to(device)
+    return pet(backbone, dataset, unlabelled, config, run.out, resume=resume, progress=progress)
