@@ -152,12 +152,13 @@ def test_pet_command_runs_every_stage(llama_folder, tmp_path, capsys):
     argv = ["pet", "--backbone", llama_folder, "--dataset", _csv(tmp_path / "toy.csv"),
             "--shots", "4", "--pattern", TEMPLATE, "--pattern", "{text} . it was",
             "--n-tokens", "2", "--steps", "2", "--eval-every", "2", "--batch-size", "4",
-            "--unlabelled-limit", "6", "--out", out]  # fmt: skip
+            "--unlabelled-limit", "6", "--test-limit", "4", "--out", out]  # fmt: skip
     assert cli.main([str(a) for a in argv]) == 0
     printed = capsys.readouterr().out
     assert "| distilled |" in printed and "generation 0 ensemble (mean)" in printed
     report = json.loads((out / "report.json").read_text())
     assert report["unlabelled"] == 6 and len(report["config"]["patterns"]) == 2
+    assert {r["examples"] for r in report["rows"]} == {4}  # --test-limit
 
 
 @pytest.mark.parametrize(

@@ -9,6 +9,7 @@ its own short list: source datasets, the backbone and Reptile's settings.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
@@ -59,8 +60,10 @@ def add_fewshot_parsers(
         "--distill-pattern", type=_count, default=0, help="pattern the final prompt uses"
     )
     pet.add_argument("--resume", action="store_true", help="continue each stage's checkpoint")
+    pet.add_argument("--test-limit", type=_count, default=0,
+                     help="score a seeded class-stratified sample of N test rows (0 = all)")  # fmt: skip
     add_run_flags(pet)
-    pet.set_defaults(func=lambda args: cmd_pet(args, run_config), test_limit=None)
+    pet.set_defaults(func=lambda args: cmd_pet(args, run_config))
 
     meta = sub.add_parser(
         "meta-init", help="meta-learn a soft-prompt init over source tasks (Reptile, MetaPT)"
@@ -91,8 +94,10 @@ def cmd_pet(args: argparse.Namespace, run_config: Callable[[argparse.Namespace],
             "--pattern/--words: PET needs at least 2 patterns (templates x label words); "
             "give two --pattern or two --words"
         )
+    run = run_config(args)
+    run = dataclasses.replace(run, eval=dataclasses.replace(run.eval, test_limit=args.test_limit))
     result = run_pet(
-        run_config(args),
+        run,
         templates,
         verbalizers,
         resume=args.resume,

@@ -204,7 +204,7 @@ def _score_generation(
         for s, member in zip(stages, scores["members"], strict=True)
     ]
     rows.append({"name": f"generation {generation} ensemble (mean)", **scores["ensemble_mean"]})
-    return rows
+    return [{**row, "examples": scores["examples"]} for row in rows]
 
 
 def pet(
