@@ -6,6 +6,10 @@
   full fine-tuning, each trained with the run's own steps and data.
 * `report.RunReport`: the report's rows, as markdown.
 * `export.export_prompt`: a prompt file without its training-only parts.
+* `pet.pet`: PET / iPET on K shots: a prompt per pattern, their ensemble's soft labels
+  of the unlabelled texts, one prompt distilled on them (`softprompt pet`).
+* `meta_init.meta_init`: a soft-prompt init meta-learned over source tasks (Reptile),
+  written as a prompt file for `init: file` (`softprompt meta-init`).
 
 Nothing below `recipes` imports it (tests/core/test_architecture.py checks).
 """
