@@ -118,3 +118,9 @@ def test_device_map_flag_and_yaml_reach_the_run_config():
     assert build_run_config({}).backbone_device_map == "none"
     with pytest.raises(ConfigError, match="backbone.device_map: must be one of none, auto"):
         build_run_config({"backbone": {"device_map": "balanced"}})
+
+
+def test_input_device_of_a_vision_backbone_without_an_embedding_weight():
+    from softprompt.backbones.tiny_vision import tiny_vit
+
+    assert tiny_vit().input_device == torch.device("cpu")

@@ -137,7 +137,10 @@ def input_device(model: torch.nn.Module) -> torch.device:
     execution = getattr(hook, "execution_device", None)
     if execution is not None:
         return torch.device(execution if not isinstance(execution, int) else f"cuda:{execution}")
-    return embeddings.weight.device
+    weight = getattr(embeddings, "weight", None)
+    if isinstance(weight, torch.Tensor):
+        return weight.device
+    return next(model.parameters()).device  # a patch embedding has no single weight
 
 
 def place(model: torch.nn.Module, device: str | torch.device) -> torch.nn.Module:
