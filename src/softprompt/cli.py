@@ -281,7 +281,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         return 0
     print()
     written = report.out_dir / "report.md"  # the table and, with --test-limit, rows scored
-    print(written.read_text(encoding="utf-8") if written.is_file() else report.markdown())
+    text = written.read_text(encoding="utf-8") if written.is_file() else report.markdown()
+    print(text.split("\n## ")[0])  # the table and its notes; per-class tables stay in the file
     print(
         f"prompt: {report.result.prompt_path}   curves: {report.out_dir / 'curves.png'}   report: {report.out_dir / 'report.md'}"
     )

@@ -18,6 +18,7 @@ import hashlib
 import json
 import random
 import re
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +35,7 @@ from softprompt.files import atomic_write_text
 from softprompt.methods import method_config_class
 from softprompt.model import MultiTaskModel, PromptModel, build_model
 from softprompt.recipes.baselines import head_only_baseline, tuned_rows
-from softprompt.recipes.report import RunReport
+from softprompt.recipes.report import RunReport, class_report, collapse_warnings
 from softprompt.tasks.template import VIRTUAL, Template
 from softprompt.train import run_dir, train
 from softprompt.train.checkpoint import checkpoint_config
@@ -169,8 +170,22 @@ def _test_row(
     process: ProcessInfo,
     **extra: Any,
 ) -> dict[str, Any]:
-    scores = evaluate(model, dataset.test, batch_size=batch_size, process=process, progress=True)
-    return {"name": name, **scores, "trainable_parameters": model.num_trainable(), **extra}
+    per_row = dataset.task == "classification" and process.world == 1  # rows for the matrix
+    scores = evaluate(
+        model,
+        dataset.test,
+        batch_size=batch_size,
+        process=process,
+        progress=True,
+        keep_scores=per_row,
+    )
+    row_scores = scores.pop("scores", None)
+    row = {"name": name, **scores, "trainable_parameters": model.num_trainable(), **extra}
+    if row_scores is not None:
+        labels = model.task.config.labels
+        predicted = [labels[max(range(len(s)), key=s.__getitem__)] for s in row_scores]
+        row["classes"] = class_report(labels, [e.label for e in dataset.test], predicted)
+    return row
 
 
 def zero_shot_template(task: dict[str, Any]) -> dict[str, Any]:
@@ -209,10 +224,12 @@ def _zero_shot_rows(
     data: dict[str, Dataset],
     process: ProcessInfo,
     out: Path,
+    notes: list[str],
 ) -> list[dict[str, Any]]:
     """The template (without slots) and label words with no prompt, for every task that
     has label words; each score kept in OUT/zero-shot.json by `zero_shot_key` as soon
-    as it is computed, and read back instead of scored again."""
+    as it is computed, and read back instead of scored again. A task without label
+    words (a linear head) gets a line in `notes` saying why it has no zero-shot row."""
     rows: list[dict[str, Any]] = []
     if not config.baseline:
         return rows
@@ -221,6 +238,7 @@ def _zero_shot_rows(
         task = zero_shot_template(spec.task)
         zero_shot = build_model(backbone, data[spec.name], {"name": "none"}, task)
         if not zero_shot.task.label_token_ids():
+            notes.append(no_zero_shot_note(spec.name, len(config.task_specs()) > 1))
             continue
         key = zero_shot_key(zero_shot, data[spec.name])
         if key not in kept:
@@ -238,6 +256,15 @@ def _zero_shot_rows(
                 atomic_write_text(out / ZERO_SHOT_FILE, json.dumps(kept, indent=2))
         rows.append({"task": spec.name, **kept[key]})
     return rows
+
+
+def no_zero_shot_note(task: str, several: bool) -> str:
+    """Why a report has no zero-shot row for `task`: said, so its absence is not a mystery."""
+    where = f" for {task}" if several else ""
+    return (
+        f"no zero-shot row{where}: the task scores classes with a trained linear head "
+        "(no label words), so an untrained prompt has nothing to predict with"
+    )
 
 
 def _head_only_rows(
@@ -312,7 +339,8 @@ def run(config: RunConfig, *, resume: bool = False, progress: bool = True) -> Ru
         check_resume(config, model, data, out_dir)
     if process.main:  # what `--resume` alone reads back (run_dir.stored_settings)
         run_dir.save_settings(out_dir, config.to_dict())
-    rows = _zero_shot_rows(config, backbone, data, process, out_dir)
+    notes: list[str] = []
+    rows = _zero_shot_rows(config, backbone, data, process, out_dir, notes)
     rows += _head_only_rows(config, backbone, specs, data, process, resume, progress)
     rows += tuned_rows(config, backbone, specs, data, process, resume, progress)
     result = train(
@@ -339,18 +367,23 @@ def run(config: RunConfig, *, resume: bool = False, progress: bool = True) -> Ru
         )
         rows.append({"task": spec.name, **row})
     rows.sort(key=lambda r: [s.name for s in specs].index(r["task"]))
-    report = RunReport(rows=rows, result=result, out_dir=out_dir)
+    date = datetime.now(UTC).isoformat(timespec="seconds")
+    report = RunReport(
+        rows=rows, result=result, out_dir=out_dir, config=config.to_dict(), date=date, notes=notes
+    )
     if not process.main:
         return report
     full = {name: len(d.test) for name, d in loaded.items()}
     tests = {name: {"scored": len(d.test), "rows": full[name]} for name, d in data.items()}
     sample = SAMPLE if any(t["scored"] < t["rows"] for t in tests.values()) else "every row"
-    atomic_write_text(out_dir / "report.md", report.markdown() + test_note(full, data))
-    atomic_write_text(
-        out_dir / "report.json",
-        json.dumps(
-            {"rows": rows, "test": {"sample": sample, **tests}, "config": config.to_dict()},
-            indent=2,
-        ),
-    )
+    markdown = report.markdown() + test_note(full, data) + report.details()
+    atomic_write_text(out_dir / "report.md", markdown)
+    summary = {
+        "rows": rows,
+        "test": {"sample": sample, **tests},
+        "notes": notes + collapse_warnings(rows),
+        "date": date,
+        "config": config.to_dict(),
+    }
+    atomic_write_text(out_dir / "report.json", json.dumps(summary, indent=2))
     return report

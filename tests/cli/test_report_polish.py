@@ -1,0 +1,75 @@
+"""Issue 21's report and run polish: per-class tables, a confusion matrix, the config and
+date in report.md / report.json, a collapse to one class said out loud, the zero-shot
+row's absence on encoder runs explained."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from softprompt import cli
+from softprompt.recipes.report import class_report, collapse_warnings, collapsed_class
+
+
+def test_class_report_counts_per_class_and_the_confusion_matrix():
+    classes = class_report(["a", "b", "c"], ["a", "a", "b", "c"], ["a", "b", "b", "b"])
+    assert classes["confusion"] == [[1, 1, 0], [0, 1, 0], [0, 1, 0]]
+    a, b, c = (classes["per_class"][k] for k in "abc")
+    assert (a["precision"], a["recall"], a["support"]) == (1.0, 0.5, 2)
+    assert b["precision"] == pytest.approx(1 / 3) and b["recall"] == 1.0
+    assert c["f1"] == 0.0 and c["support"] == 1
+    assert collapsed_class(classes) is None
+
+
+def test_a_collapse_to_one_class_is_named():
+    classes = class_report(["neg", "pos"], ["neg", "pos", "pos"], ["pos", "pos", "pos"])
+    assert collapsed_class(classes) == "pos"
+    lines = collapse_warnings([{"task": "", "name": "soft-prompt", "classes": classes}])
+    assert len(lines) == 1 and "'pos' for every test row" in lines[0]
+
+
+@pytest.fixture(scope="module")
+def run_out(tiny_backbone_folder, small_csv, tmp_path_factory) -> tuple[Path, str]:
+    out = tmp_path_factory.mktemp("run") / "out"
+    argv = ["train", "--backbone", str(tiny_backbone_folder), "--dataset", str(small_csv),
+            "--method", "soft-prompt", "--n-tokens", "2", "--steps", "2", "--batch-size", "4",
+            "--lr", "0.1", "--template", "review : {text} sentiment :", "--out", str(out)]  # fmt: skip
+    return out, argv
+
+
+def test_report_has_per_class_tables_confusion_config_and_date(run_out, capsys):
+    out, argv = run_out
+    assert cli.main(argv) == 0
+    stdout = capsys.readouterr().out
+    report = json.loads((out / "report.json").read_text())
+    assert report["date"] and report["config"]["train"]["steps"] == 2
+    for row in report["rows"]:
+        labels = row["classes"]["labels"]
+        assert set(row["classes"]["per_class"]) == set(labels)
+        assert sum(map(sum, row["classes"]["confusion"])) == row["examples"]
+        assert "scores" not in row
+    text = (out / "report.md").read_text()
+    assert "| class | precision | recall | F1 | support |" in text
+    assert "confusion matrix (rows: gold, columns: predicted)" in text
+    assert "date: " in text and '"steps": 2' in text
+    assert "confusion matrix" not in stdout  # stdout keeps to the table and its notes
+    collapsed = [r for r in report["rows"] if collapsed_class(r["classes"])]
+    assert len(report["notes"]) == len(collapsed)
+    for line in report["notes"]:
+        assert line in text and line in stdout
+
+
+def test_encoder_run_says_why_there_is_no_zero_shot_row(bert_folder, small_csv, tmp_path, capsys):
+    out = tmp_path / "out"
+    argv = ["train", "--backbone", str(bert_folder), "--dataset", str(small_csv),
+            "--method", "soft-prompt", "--n-tokens", "2", "--steps", "1", "--batch-size", "4",
+            "--out", str(out)]  # fmt: skip
+    assert cli.main(argv) == 0
+    stdout = capsys.readouterr().out
+    report = json.loads((out / "report.json").read_text())
+    if any(r["name"].startswith("zero-shot") for r in report["rows"]):
+        pytest.skip("this encoder task has label words: a zero-shot row is scored")
+    assert any(n.startswith("no zero-shot row") for n in report["notes"])
+    assert "no zero-shot row" in stdout
