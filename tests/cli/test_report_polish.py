@@ -73,3 +73,63 @@ def test_encoder_run_says_why_there_is_no_zero_shot_row(bert_folder, small_csv, 
         pytest.skip("this encoder task has label words: a zero-shot row is scored")
     assert any(n.startswith("no zero-shot row") for n in report["notes"])
     assert "no zero-shot row" in stdout
+
+
+# --- curves ------------------------------------------------------------------------------
+
+
+def _history(tasks: list[str], key: str | None = "accuracy") -> list[dict]:
+    records = [{"kind": "train", "step": s, "loss": 1.0 / s} for s in range(1, 7)]
+    for s, score in [(2, 0.5), (4, 0.8), (6, 0.7)]:
+        for task in tasks:
+            record = {
+                "kind": "eval",
+                "step": s,
+                "loss": 1 - score,
+                **({"task": task} if task else {}),
+            }
+            records.append({**record, **({key: score} if key else {})})
+    return records
+
+
+def _labels(axes) -> list[str]:
+    return [line.get_label() for line in axes.get_lines()]
+
+
+def test_curves_have_a_title_the_best_step_zero_shot_and_integer_ticks():
+    from matplotlib.ticker import MaxNLocator
+
+    from softprompt.plot import curves_figure
+
+    fig = curves_figure(_history([""]), title="soft-prompt on toy.csv", zero_shot={"": 0.55})
+    loss, score = fig.axes
+    assert fig._suptitle.get_text() == "soft-prompt on toy.csv"
+    assert "best step (4)" in _labels(loss) and "best step (4)" in _labels(score)
+    assert "zero-shot" in _labels(score)
+    assert all(isinstance(a.xaxis.get_major_locator(), MaxNLocator) for a in fig.axes)
+    assert all(float(t).is_integer() for t in loss.get_xticks())
+
+
+def test_curves_draw_one_line_per_task_and_no_empty_panel_for_generation():
+    from softprompt.plot import best_steps, curves_figure
+
+    fig = curves_figure(_history(["sent", "topic"]), zero_shot={"sent": 0.5, "topic": 0.4})
+    score = fig.axes[1]
+    assert {"val accuracy sent", "val accuracy topic", "zero-shot sent", "zero-shot topic"} <= set(
+        _labels(score)
+    )
+    assert best_steps([r for r in _history(["a"]) if r["kind"] == "eval"]) == {"a": 4}
+    generation = curves_figure(_history([""], key=None))
+    assert len(generation.axes) == 1  # loss only: nothing to score, no blank panel
+    assert "best step (4)" in _labels(generation.axes[0])  # lowest validation loss
+
+
+def test_the_run_redraws_its_curves_with_a_title_and_zero_shot(run_out, monkeypatch):
+    from softprompt.recipes import run as recipe_run
+
+    out, argv = run_out
+    seen = {}
+    monkeypatch.setattr(recipe_run, "plot_curves", lambda h, p, **kw: seen.update(kw, path=p))
+    assert cli.main([*argv[:-1], str(out.parent / "again")]) == 0
+    assert seen["title"] == "soft-prompt on toy.csv (tiny-llama)"
+    assert set(seen["zero_shot"]) == {""} and seen["path"].name == "curves.png"

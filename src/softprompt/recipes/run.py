@@ -34,6 +34,7 @@ from softprompt.evaluate import evaluate
 from softprompt.files import atomic_write_text
 from softprompt.methods import method_config_class
 from softprompt.model import MultiTaskModel, PromptModel, build_model
+from softprompt.plot import plot_curves
 from softprompt.recipes.baselines import head_only_baseline, tuned_rows
 from softprompt.recipes.report import RunReport, class_report, collapse_warnings
 from softprompt.tasks.template import VIRTUAL, Template
@@ -296,6 +297,25 @@ def _head_only_rows(
     return [{"task": specs[0].name, **row}]
 
 
+def curves_title(config: RunConfig) -> str:
+    """What curves.png is of: the method(s), the data and the backbone."""
+    specs = config.task_specs()
+    if len(specs) == 1:
+        what = f"{specs[0].method['name']} on {Path(str(specs[0].data.source)).name}"
+    else:
+        what = "multi-task: " + ", ".join(s.name for s in specs)
+    return f"{what} ({Path(str(config.backbone)).name})"
+
+
+def _zero_shot_accuracy(rows: list[dict[str, Any]], several: bool) -> dict[str, float]:
+    """Each task's zero-shot accuracy, keyed as the curves key tasks ("" for one task)."""
+    return {
+        (r["task"] if several else ""): r["accuracy"]
+        for r in rows
+        if r["name"].startswith(ZERO_SHOT_NAME[:9]) and "accuracy" in r
+    }
+
+
 def test_note(full: dict[str, int], data: dict[str, Dataset]) -> str:
     """One line under the report's table when eval.test_limit cut a test split."""
     cut = [name for name, dataset in data.items() if len(dataset.test) < full[name]]
@@ -367,6 +387,13 @@ def run(config: RunConfig, *, resume: bool = False, progress: bool = True) -> Ru
         )
         rows.append({"task": spec.name, **row})
     rows.sort(key=lambda r: [s.name for s in specs].index(r["task"]))
+    if process.main:  # the loop drew the curves without knowing the score to beat
+        plot_curves(
+            result.history,
+            out_dir / "curves.png",
+            title=curves_title(config),
+            zero_shot=_zero_shot_accuracy(rows, len(specs) > 1),
+        )
     date = datetime.now(UTC).isoformat(timespec="seconds")
     report = RunReport(
         rows=rows, result=result, out_dir=out_dir, config=config.to_dict(), date=date, notes=notes
