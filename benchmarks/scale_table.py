@@ -5,7 +5,7 @@ the gap to tuning the model as the model grows; this measures whether it does he
 Each (backbone, dataset) cell is one `softprompt compare` grid (recipes/compare.py:
 zero-shot once, soft-prompt and lora per seed, the same RunConfig and training budget,
 the same seeded sample of --test-limit test rows), run into
-runs/scale_table/<backbone>-<dataset>-<dtype>/ (a rerun reads finished units back).
+runs/scale_table/<backbone>-<dataset>-<dtype>-s<steps>-t<rows>/ (a rerun reads finished units back).
 "gap closed" is (soft prompt - zero-shot) / (LoRA - zero-shot): 1 means the prompt
 matches LoRA, 0 that it gains nothing over zero-shot. Prints a Markdown table and writes
 benchmarks/results/scale_table.json.
@@ -42,6 +42,7 @@ def grid(
 ) -> dict[str, Any]:
     """One compare grid of `methods` at learning rate `lr`; its summaries keyed by method."""
     suffix = "" if lr == args.lr else f"-lr{lr:g}"
+    budget = f"s{args.steps}-t{args.test_limit}"  # another budget runs in its own folders
     run = build_run_config(
         {
             "backbone": {"name": backbone, "dtype": args.dtype},
@@ -55,7 +56,7 @@ def grid(
                 "warmup_steps": min(10, args.steps // 5),
                 "lr": lr,
             },
-            "out": str(UNITS / f"{backbone}-{dataset}-{args.dtype}{suffix}"),
+            "out": str(UNITS / f"{backbone}-{dataset}-{args.dtype}-{budget}{suffix}"),
         }
     )
     config = CompareConfig(run, methods=methods, seeds=args.seeds, test_limit=args.test_limit)
