@@ -19,6 +19,7 @@ import errno
 import json
 import os
 import re
+import select
 import signal
 import sys
 import threading
@@ -856,6 +857,24 @@ def _os_message(exc: OSError) -> str:
     return f"{said}; {hint}" if hint else said
 
 
+def _stdout_closed() -> bool:
+    """Whether stdout's reader is gone (`softprompt ... | head`); if so, point stdout at
+    devnull, as Python's docs advise, so the exit flush raises no second BrokenPipeError.
+    A pipe whose reader left polls as an error; a broken socket (the client) does not."""
+    try:
+        fd = sys.stdout.fileno()
+    except (OSError, ValueError):  # replaced by a non-file object: not a pipe of ours
+        return False
+    if hasattr(select, "poll"):
+        poller = select.poll()
+        poller.register(fd, select.POLLOUT)
+        if not any(events & (select.POLLERR | select.POLLHUP) for _, events in poller.poll(0)):
+            return False
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, fd)
+    return True
+
+
 class Terminated(KeyboardInterrupt):
     """SIGTERM (a scheduler's stop, `kill`) raised as an interrupt, so training stops the
     way Ctrl-C stops it: temp files removed, the run's lock released, what was kept said."""
@@ -894,9 +913,15 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     previous = _catch_sigterm() if args.command in ("train", "compare") else None
     try:
-        return args.func(args)
+        code = args.func(args)
+        sys.stdout.flush()  # a closed pipe (`| head`) fails here, not at interpreter exit
+        return code
     except SoftPromptError as exc:
         return _fail(args.command, str(exc))
+    except BrokenPipeError as exc:
+        if not _stdout_closed():
+            return _fail(args.command, _os_message(exc))
+        return 141  # 128 + SIGPIPE, quietly: the reader took what it wanted
     except OSError as exc:  # a disk full, a folder that vanished: the OS said why
         return _fail(args.command, _os_message(exc))
     except KeyboardInterrupt as exc:

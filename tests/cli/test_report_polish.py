@@ -133,3 +133,41 @@ def test_the_run_redraws_its_curves_with_a_title_and_zero_shot(run_out, monkeypa
     assert cli.main([*argv[:-1], str(out.parent / "again")]) == 0
     assert seen["title"] == "soft-prompt on toy.csv (tiny-llama)"
     assert set(seen["zero_shot"]) == {""} and seen["path"].name == "curves.png"
+
+
+# --- quiet pipes, one --device default ---------------------------------------------------
+
+PIPE_CLOSED = """
+import os, sys
+read, write = os.pipe()
+os.close(read)  # the reader is gone, as after `| head -1`
+os.dup2(write, 1)
+from softprompt import cli
+sys.exit(cli.main(["methods"]))
+"""
+
+
+def test_a_closed_stdout_pipe_exits_quietly():
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", PIPE_CLOSED], capture_output=True, text=True, timeout=120
+    )
+    assert "BrokenPipe" not in done.stderr and "Broken pipe" not in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr and done.returncode == 141, done.stderr
+
+
+def _default(command: str, flag: str) -> str:
+    parser = cli.build_parser()
+    for action in parser._subparsers._group_actions[0].choices[command]._actions:
+        if flag in action.option_strings:
+            return action.default
+    raise AssertionError(f"{command} has no {flag}")
+
+
+def test_train_and_serve_share_the_device_default():
+    from softprompt.config import RunConfig
+
+    train = RunConfig().train.device  # train's flag defaults to None: the config decides
+    assert train == cli.FLAG_DEFAULTS["train.device"] == _default("serve", "--device") == "auto"

@@ -93,7 +93,7 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
                        help="auto: spread the backbone over GPUs, CPU and disk (Accelerate)")  # fmt: skip
     serve.add_argument("--host", default="127.0.0.1", help="bind address (default loopback only)")
     serve.add_argument("--port", type=int, default=8000)
-    serve.add_argument("--device", default="cpu", help="auto, cpu, cuda, cuda:N or mps")
+    serve.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     serve.add_argument("--cache-mb", type=float, default=64.0, help="bound of the prompt K/V cache")
     serve.add_argument("--max-wait-ms", type=float, default=5.0, help="batching window")
     serve.add_argument("--max-batch-tokens", type=int, default=4096)
