@@ -5,6 +5,7 @@ row's absence on encoder runs explained."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -171,3 +172,28 @@ def test_train_and_serve_share_the_device_default():
 
     train = RunConfig().train.device  # train's flag defaults to None: the config decides
     assert train == cli.FLAG_DEFAULTS["train.device"] == _default("serve", "--device") == "auto"
+
+
+# --- the lock file ---------------------------------------------------------------------
+
+
+def test_a_finished_run_removes_its_lock_file(run_out):
+    out, argv = run_out
+    out = out.parent / "lock-check"
+    assert cli.main([*argv[:-1], str(out)]) == 0
+    assert (out / "report.md").is_file() and not (out / ".softprompt.lock").exists()
+
+
+def test_the_lock_file_goes_only_if_it_is_ours(tmp_path):
+    from softprompt.train import run_dir
+
+    lock_file = tmp_path / run_dir.LOCK_FILE
+    with run_dir.lock(tmp_path):
+        with run_dir.lock(tmp_path):  # re-entrant: the inner release keeps it
+            pass
+        assert lock_file.read_text().strip() == str(os.getpid())
+    assert not lock_file.exists()
+    with run_dir.lock(tmp_path):
+        lock_file.unlink()  # someone else's file now stands at the path
+        lock_file.write_text("99999\n")
+    assert lock_file.read_text() == "99999\n"

@@ -11,6 +11,7 @@ over without a word). Here:
 - The lock is `flock` on `OUT/.softprompt.lock`, holding the owner's pid. The kernel
   drops it when the process dies, so a crashed or killed run never leaves a stale
   lock. It is re-entrant within a process (`api.run` claims, then `train` claims again).
+  A run that ends removes the file (while still holding the lock, and only its own).
 - `check_resume` compares the resumable config stored in the checkpoint with this
   run's, and names every key that differs.
 - `save_settings` keeps the run's whole config in `OUT/run.json` beside the checkpoint,
@@ -142,13 +143,54 @@ def lock(out: str | Path) -> Iterator[None]:
     finally:
         _held[key][1] -= 1
         if not _held[key][1]:
-            fd = _held.pop(key)[0]
-            if fcntl is not None:
-                fcntl.flock(fd, fcntl.LOCK_UN)
-            os.close(fd)
+            _release(_held.pop(key)[0], path)
+
+
+def _release(fd: int, path: Path) -> None:
+    """Remove the lock file, then unlock: the file goes only while this process still
+    holds the lock and only if it is ours (same file, our pid), so a run never deletes
+    a lock another run took. `_acquire` re-checks the file after locking, so a run that
+    opened it just before the removal does not hold a lock on a deleted file."""
+    if _is_ours(fd, path):
+        with contextlib.suppress(OSError):  # gone already (an emptied folder), or read-only
+            path.unlink()
+    if fcntl is not None:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+    os.close(fd)
+
+
+def _is_ours(fd: int, path: Path) -> bool:
+    """Whether `path` is still the file open as `fd` and holds this process's pid."""
+    try:
+        pid = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+    except OSError:
+        return False
+    return pid == str(os.getpid()) and _same_file(fd, path)
 
 
 def _acquire(path: Path, out: Path) -> int:
+    """Open and lock `path`; retried when the file was removed (a finished run cleaning
+    up) between our open and our lock, so the lock is always on the file at `path`."""
+    while True:
+        fd = _open_locked(path, out)
+        if fcntl is None or _same_file(fd, path):
+            break
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    try:
+        on_disk, held = os.stat(path), os.fstat(fd)
+    except OSError:
+        return False
+    return (on_disk.st_dev, on_disk.st_ino) == (held.st_dev, held.st_ino)
+
+
+def _open_locked(path: Path, out: Path) -> int:
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
     except OSError as exc:
@@ -166,8 +208,6 @@ def _acquire(path: Path, out: Path) -> int:
             f"--out {out}: another softprompt run (pid {holder}) is using this folder; "
             "wait for it to end or choose another --out"
         ) from None
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
     return fd
 
 
