@@ -197,3 +197,34 @@ def test_the_lock_file_goes_only_if_it_is_ours(tmp_path):
         lock_file.unlink()  # someone else's file now stands at the path
         lock_file.write_text("99999\n")
     assert lock_file.read_text() == "99999\n"
+
+
+# --- store add of an un-exported prompt ------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "method,options,hinted",
+    [
+        ("p-tuning", {"n_tokens": 2}, "P-tuning encoder"),
+        ("prefix-tuning", {"n_tokens": 2}, "prefix MLP"),
+        ("prefix-tuning", {"n_tokens": 2, "reparameterize": False}, None),
+        ("soft-prompt", {"n_tokens": 2}, None),
+    ],
+)
+def test_store_add_suggests_export_for_training_only_parts(
+    llama, tmp_path, capsys, method, options, hinted
+):
+    from softprompt.model import PromptModel
+    from softprompt.tasks import TaskConfig
+
+    task = TaskConfig(labels=["negative", "positive"], template="review : {text} :")
+    path = PromptModel(llama, task, method=method, method_options=options).save(
+        tmp_path / "p.safetensors"
+    )
+    code = cli.main(["store", "--store", str(tmp_path / "store"), "add", "movie", str(path)])
+    out, err = capsys.readouterr()
+    assert code == 0 and out.startswith("movie@1: ")  # stored: a hint, not a refusal
+    if hinted is None:
+        assert "hint" not in err
+    else:
+        assert hinted in err and f"softprompt export {path} --out" in err

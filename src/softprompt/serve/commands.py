@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from pathlib import Path
+from typing import Any
 
 from softprompt.errors import ConfigError
 
@@ -42,15 +44,41 @@ def add_store_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
     return store
 
 
+def export_hint(meta: dict[str, Any], prompt: str) -> str | None:
+    """A hint, not a refusal, when a stored file still holds training-only parts (P-tuning's
+    encoder, prefix-tuning's MLP): it serves the same scores, but `softprompt export`
+    writes them as the flat prompt they compute, a fraction of the bytes to store and
+    load. Refusing would break scripts that store a run's prompt as it comes."""
+    method = meta.get("method") or {}
+    options = method.get("options") or {}
+    reparameterized = options.get("reparameterize") or options.get("lr_scale", 1.0) != 1.0
+    if method.get("name") == "p-tuning":
+        part = "its P-tuning encoder"
+    elif method.get("name") == "prefix-tuning" and reparameterized:
+        part = "its prefix MLP"
+    else:
+        return None
+    return (
+        f"hint: the file still holds {part}, needed for training only; "
+        f"`softprompt export {prompt} --out flat.safetensors` writes the same prompt flat "
+        "(same scores, smaller): store that one instead"
+    )
+
+
 def run_store(args: argparse.Namespace) -> int:
     from softprompt.serve.store import PromptStore
 
     store = PromptStore(args.store or default_store(), init=getattr(args, "init", False))
     if args.action == "add":
+        from softprompt.model import load_prompt_meta
+
         entry = store.add(args.task, args.prompt)
         print(
             f"{entry.ref}: {entry.method} {entry.kind} prompt for {entry.backbone}, {entry.bytes:,} bytes"
         )
+        hint = export_hint(load_prompt_meta(store.path(entry)), args.prompt)
+        if hint:
+            print(hint, file=sys.stderr)
     elif args.action == "list":
         entries = store.entries()
         latest = {e.ref for e in store.tasks().values()}
