@@ -857,6 +857,24 @@ def _os_message(exc: OSError) -> str:
     return f"{said}; {hint}" if hint else said
 
 
+# commands that never load a backbone: they skip importing transformers (about 2 s)
+NO_MODEL_COMMANDS = frozenset({"info", "store", "datasets", "backbones", "methods"})
+
+
+def _quiet_weight_loading() -> None:
+    """No transformers bars while weights load ("Loading weights", checkpoint shards): a
+    second's bar above the CLI's own lines says nothing. Set here, in the CLI entry only,
+    so library users keep transformers' settings; Hub download bars stay (downloads take
+    minutes) unless the user turned them off."""
+    from huggingface_hub import utils as hub_utils
+    from transformers.utils import logging as hf_logging
+
+    downloads_shown = not hub_utils.are_progress_bars_disabled()
+    hf_logging.disable_progress_bar()
+    if downloads_shown:
+        hub_utils.enable_progress_bars()
+
+
 def _stdout_closed() -> bool:
     """Whether stdout's reader is gone (`softprompt ... | head`); if so, point stdout at
     devnull, as Python's docs advise, so the exit flush raises no second BrokenPipeError.
@@ -911,6 +929,8 @@ def _kept(args: argparse.Namespace) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command not in NO_MODEL_COMMANDS:
+        _quiet_weight_loading()
     previous = _catch_sigterm() if args.command in ("train", "compare") else None
     try:
         code = args.func(args)

@@ -228,3 +228,26 @@ def test_store_add_suggests_export_for_training_only_parts(
         assert "hint" not in err
     else:
         assert hinted in err and f"softprompt export {path} --out" in err
+
+
+# --- no weight-loading bars --------------------------------------------------------------
+
+
+@pytest.fixture
+def bars_on():
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.enable_progress_bar()
+    yield hf_logging
+    hf_logging.enable_progress_bar()  # as the library default leaves them for other tests
+
+
+def test_the_cli_shows_no_weight_loading_bars(run_out, capsys, bars_on):
+    from huggingface_hub import utils as hub_utils
+
+    out, argv = run_out
+    assert cli.main([*argv[:-1], str(out.parent / "quiet")]) == 0
+    err = capsys.readouterr().err
+    assert "Loading weights" not in err and "Loading checkpoint" not in err, err
+    assert not bars_on.is_progress_bar_enabled()
+    assert not hub_utils.are_progress_bars_disabled()  # downloads keep their bar
