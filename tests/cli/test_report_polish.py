@@ -29,6 +29,7 @@ def test_a_collapse_to_one_class_is_named():
     assert collapsed_class(classes) == "pos"
     lines = collapse_warnings([{"task": "", "name": "soft-prompt", "classes": classes}])
     assert len(lines) == 1 and "'pos' for every test row" in lines[0]
+    assert not collapse_warnings([{"name": "zero-shot (template)", "classes": classes}])
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +57,8 @@ def test_report_has_per_class_tables_confusion_config_and_date(run_out, capsys):
     assert "confusion matrix (rows: gold, columns: predicted)" in text
     assert "date: " in text and '"steps": 2' in text
     assert "confusion matrix" not in stdout  # stdout keeps to the table and its notes
-    collapsed = [r for r in report["rows"] if collapsed_class(r["classes"])]
+    trained = [r for r in report["rows"] if not r["name"].startswith("zero-shot")]
+    collapsed = [r for r in trained if collapsed_class(r["classes"])]
     assert len(report["notes"]) == len(collapsed)
     for line in report["notes"]:
         assert line in text and line in stdout
@@ -251,3 +253,21 @@ def test_the_cli_shows_no_weight_loading_bars(run_out, capsys, bars_on):
     assert "Loading weights" not in err and "Loading checkpoint" not in err, err
     assert not bars_on.is_progress_bar_enabled()
     assert not hub_utils.are_progress_bars_disabled()  # downloads keep their bar
+
+
+def test_a_collapsed_run_says_so_in_the_report_and_on_stdout(run_out, capsys, monkeypatch):
+    from softprompt.recipes import run as recipe_run
+
+    real = recipe_run.class_report
+    monkeypatch.setattr(  # every prediction the first label: a collapse, as at a high lr
+        recipe_run,
+        "class_report",
+        lambda labels, gold, _: real(labels, gold, [labels[0]] * len(gold)),
+    )
+    out, argv = run_out
+    out = out.parent / "collapsed"
+    assert cli.main([*argv[:-1], str(out)]) == 0
+    stdout = capsys.readouterr().out
+    notes = json.loads((out / "report.json").read_text())["notes"]
+    assert len(notes) == 1 and "soft-prompt" in notes[0] and "collapsed to one class" in notes[0]
+    assert notes[0] in stdout and notes[0] in (out / "report.md").read_text()

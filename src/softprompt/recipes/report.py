@@ -48,10 +48,12 @@ def collapsed_class(classes: dict[str, Any]) -> str | None:
 
 
 def collapse_warnings(rows: list[dict[str, Any]]) -> list[str]:
-    """One line per report row whose predictions collapsed to one class."""
+    """One line per trained row whose predictions collapsed to one class (zero-shot rows
+    are not warned about: no training to tune, and the table shows their score)."""
     lines = []
     for r in rows:
-        label = collapsed_class(r["classes"]) if "classes" in r else None
+        trained = not str(r.get("name", "")).startswith("zero-shot")
+        label = collapsed_class(r["classes"]) if "classes" in r and trained else None
         if label is not None:
             task = f"{r['task']}: " if r.get("task") else ""
             lines.append(
