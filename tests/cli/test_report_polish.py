@@ -271,3 +271,4 @@ def test_a_collapsed_run_says_so_in_the_report_and_on_stdout(run_out, capsys, mo
     notes = json.loads((out / "report.json").read_text())["notes"]
     assert len(notes) == 1 and "soft-prompt" in notes[0] and "collapsed to one class" in notes[0]
     assert notes[0] in stdout and notes[0] in (out / "report.md").read_text()
+    assert notes[0].startswith("warning: soft-prompt")  # one task: no data path in front

@@ -51,11 +51,12 @@ def collapse_warnings(rows: list[dict[str, Any]]) -> list[str]:
     """One line per trained row whose predictions collapsed to one class (zero-shot rows
     are not warned about: no training to tune, and the table shows their score)."""
     lines = []
+    several = len({r.get("task") for r in rows}) > 1  # one task: its name is the data path
     for r in rows:
         trained = not str(r.get("name", "")).startswith("zero-shot")
         label = collapsed_class(r["classes"]) if "classes" in r and trained else None
         if label is not None:
-            task = f"{r['task']}: " if r.get("task") else ""
+            task = f"{r['task']}: " if several and r.get("task") else ""
             lines.append(
                 f"warning: {task}{r['name']} predicts {label!r} for every test row "
                 "(collapsed to one class); try a lower learning rate or more steps"
@@ -92,7 +93,8 @@ class RunReport:
     def details(self) -> str:
         """What follows the table in report.md: each classification row's per-class table
         and confusion matrix, then the run's date and config."""
-        parts = [_class_section(r) for r in self.rows if "classes" in r]
+        several = len({r.get("task") for r in self.rows}) > 1
+        parts = [_class_section(r, several) for r in self.rows if "classes" in r]
         if self.date:
             parts.append(f"## Run\n\ndate: {self.date}\n")
         if self.config:
@@ -101,9 +103,9 @@ class RunReport:
         return "".join(f"\n{p}" for p in parts)
 
 
-def _class_section(r: dict[str, Any]) -> str:
+def _class_section(r: dict[str, Any], several: bool) -> str:
     classes = r["classes"]
-    title = f"{r['task']}: {r['name']}" if r.get("task") else r["name"]
+    title = f"{r['task']}: {r['name']}" if several and r.get("task") else r["name"]
     lines = [
         f"## {title}\n",
         "| class | precision | recall | F1 | support |",
