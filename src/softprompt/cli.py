@@ -779,7 +779,7 @@ def build_parser() -> argparse.ArgumentParser:
     plan = sub.add_parser(
         "estimate", help="expected peak memory (training, serving K tasks) and step time"
     )
-    plan.add_argument("--backbone", default="smollm2-135m")
+    plan.add_argument("--backbone", default=FLAG_DEFAULTS["backbone"])
     plan.add_argument("--method", default="soft-prompt")
     plan.add_argument("--n-tokens", type=_positive_int, default=None, help="virtual tokens")
     plan.add_argument("--batch-size", type=_positive_int, default=8)

@@ -222,7 +222,7 @@ _counter = itertools.count()
 def test_the_fuzz_covers_every_subcommand_and_flag():
     assert set(SURFACE) == {
         "train", "eval", "predict", "export", "info", "datasets", "backbones", "methods", "search",
-        "store", "serve", "import-peft",
+        "store", "serve", "import-peft", "compare", "estimate", "pet", "meta-init",
     }  # fmt: skip
     train_flags = set(SURFACE["train"][0]) | set(SURFACE["train"][1])
     assert {"--overwrite", "--force-resume", "--resume", "--lr", "--verbalizer"} <= train_flags
@@ -327,6 +327,49 @@ def test_fuzz_import_peft(capsys, fuzz_env, fuzz_adapter, tiny_backbone_folder, 
     adapter = adapter if not adapter.startswith("-") else " " + adapter
     fixed = ["--backbone", str(tiny_backbone_folder), f"--out=imported-{next(_counter)}"]
     _check(capsys, ["import-peft", adapter, *fixed, *data.draw(_flags("import-peft"))])
+
+
+# the recipes above a run (compare, pet, meta-init) and estimate: each valid draw trains or
+# calibrates on the tiny backbone, so fewer examples; the base argv is a small valid run
+RECIPE_BASE = {
+    "compare": ["--methods", "zero-shot,soft-prompt", "--seeds", "1", "--steps", "1",
+                "--n-tokens", "2", "--batch-size", "4", "--test-limit", "4"],
+    "pet": ["--shots", "2", "--steps", "1", "--n-tokens", "2", "--batch-size", "2",
+            "--unlabelled-limit", "4", "--test-limit", "4",
+            "--pattern", "review : {text} sentiment :", "--pattern", "{text} so it was"],
+    "meta-init": ["--outer-steps", "1", "--inner-steps", "1", "--n-tokens", "2",
+                  "--batch-size", "2"],
+    "estimate": ["--batch-size", "2"],
+}  # fmt: skip
+
+
+# budgets are fuzzed through train (capped there); here a valid huge budget would just run
+BUDGET_FLAGS = {"--steps", "--outer-steps", "--inner-steps", "--generations", "--seeds",
+                "--unlabelled-limit", "--growth", "--tasks", "--seq-len", "--batch-size",
+                "--grad-accum", "--eval-examples", "--test-limit", "--n-tokens", "--shots",
+                "--methods", "--sources", "--pattern", "--words"}  # fmt: skip
+
+
+def _recipe_flags(command: str):
+    valued, switches = SURFACE[command]
+    valued = [f for f in valued if f not in BUDGET_FLAGS]
+    switches = [f for f in switches if f not in {"--resume", "--overwrite"}]
+    pairs = st.tuples(st.sampled_from(valued), VALUES).map(lambda fv: [f"{fv[0]}={_safe(*fv)}"])
+    options = [pairs, st.sampled_from(switches).map(lambda s: [s])] if switches else [pairs]
+    return st.lists(st.one_of(*options), min_size=1, max_size=3).map(
+        lambda parts: [p for part in parts for p in part]
+    )
+
+
+@given(command=st.sampled_from(sorted(RECIPE_BASE)), data=st.data())
+@settings(FUZZ, max_examples=int(os.environ.get("SOFTPROMPT_FUZZ_RECIPES", "12")))
+def test_fuzz_recipe_commands(capsys, fuzz_env, tiny_backbone_folder, small_csv, command, data):
+    base = ["--backbone", str(tiny_backbone_folder), *RECIPE_BASE[command]]
+    if command in ("compare", "pet"):
+        base += ["--dataset", str(small_csv), "--out", f"{command}-{next(_counter)}"]
+    if command == "meta-init":
+        base += ["--sources", f"{small_csv},{small_csv}", "--out", f"meta-{next(_counter)}"]
+    _check(capsys, [command, *base, *data.draw(_recipe_flags(command))])
 
 
 @given(data=st.data())
