@@ -16,6 +16,7 @@ this list and checks both rules:
     recipes
     serve client
     api
+    commands
     cli
 """
 
