@@ -48,6 +48,8 @@ def test_every_bad_option_is_named_at_once(spec):
 def test_a_bad_option_is_refused_before_anything_is_scored(spec, monkeypatch):
     scored = []
     monkeypatch.setattr("softprompt.search.Budget.score", lambda self, c: scored.append(c))
-    with pytest.raises(ConfigError, match=r"search.options.position: unknown position 'middle'; choose one of"):
+    with pytest.raises(
+        ConfigError, match=r"search.options.position: unknown position 'middle'; choose one of"
+    ):
         search(spec, method="opro", budget=5, options={"position": "middle"})
     assert scored == []
