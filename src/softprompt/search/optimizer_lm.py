@@ -20,7 +20,8 @@ import torch
 
 from softprompt.backbones import DEFAULT_BACKBONE, Backbone, load_backbone
 from softprompt.errors import ConfigError
-from softprompt.inject.causal import cache_keyword
+from softprompt.inject import make_injector
+from softprompt.inject.decode import decode, greedy
 
 Messages = list[dict[str, str]]
 
@@ -37,6 +38,7 @@ class LocalLM:
         if self.backbone.spec.kind != "causal-lm":
             raise ConfigError(f"search.optimizer: {self.backbone.name} is not a causal LM")
         self.generator = torch.Generator().manual_seed(seed)
+        self.injector = make_injector(self.backbone)
 
     def _prompt_ids(self, messages: Messages) -> list[int]:
         tok = self.backbone.tokenizer
@@ -47,28 +49,26 @@ class LocalLM:
         text = "\n\n".join(m["content"] for m in messages) + "\n\n"
         return list(tok(text)["input_ids"])
 
-    @torch.no_grad()
     def complete(self, messages: Messages, *, temperature: float, max_tokens: int) -> str:
-        """Token-by-token decoding on the cache (greedy, or sampled at `temperature`)."""
-        model = self.backbone.model
-        ids = torch.tensor([self._prompt_ids(messages)])  # (1, T)
-        out = model(input_ids=ids, use_cache=True)
-        cache, produced = _cache_of(out), []
-        stop = self.backbone.spec.eos_token_id
-        for _ in range(max_tokens):
-            logits = out.logits[0, -1].float()  # (V,)
-            if temperature > 0:
-                probs = (logits / temperature).softmax(-1)
-                token = int(torch.multinomial(probs, 1, generator=self.generator))
-            else:
-                token = int(logits.argmax())
-            if token == stop or token in self.backbone.tokenizer.all_special_ids:
-                break
-            produced.append(token)
-            kwargs = {cache_keyword(model): cache, "use_cache": True}
-            out = model(input_ids=torch.tensor([[token]]), **kwargs)
-            cache = _cache_of(out)
-        return self.backbone.tokenizer.decode(produced, skip_special_tokens=True)
+        """Token-by-token decoding on the cache (greedy, or sampled at `temperature`), through
+        the one decoding loop; the chat template's ids are the whole input (no BOS added)."""
+
+        def sample(logits: torch.Tensor) -> list[int]:  # (1, V) -> one id
+            probs = (logits[0].float().cpu() / temperature).softmax(-1)
+            return [int(torch.multinomial(probs, 1, generator=self.generator))]
+
+        tokenizer = self.backbone.tokenizer
+        stops = {*tokenizer.all_special_ids, self.backbone.spec.eos_token_id} - {None}
+        (row,) = decode(
+            self.injector,
+            None,
+            [self._prompt_ids(messages)],
+            pad_id=self.backbone.spec.pad_token_id,
+            max_new_tokens=[max_tokens],
+            stop_ids=stops,
+            choose=sample if temperature > 0 else greedy,
+        )
+        return tokenizer.decode(row.tokens, skip_special_tokens=True)
 
 
 class EndpointLM:
@@ -112,8 +112,3 @@ def optimizer_lm(name: str | Backbone, seed: int = 0) -> OptimizerLM:
     if isinstance(name, str) and name.startswith(("http://", "https://")):
         return EndpointLM(name)
     return LocalLM(name, seed=seed)
-
-
-def _cache_of(output) -> object:
-    """The cache a forward returned (`cache` since transformers 5.24, `past_key_values` before)."""
-    return output["cache"] if "cache" in output else output["past_key_values"]

@@ -1,14 +1,14 @@
-"""The decoding loop of mixed generation batches: each row with its own sampling
-parameters, token limit and stop sequences, streaming its text as it grows."""
+"""Mixed generation batches on the one decoding loop (`inject.decode`): each row with its
+own sampling parameters, token limit and stop sequences, streaming its text as it grows."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
 import torch
-from transformers.cache_utils import DynamicCache
 
 from softprompt.inject import RowPrompts
+from softprompt.inject.decode import decode as inject_decode
 from softprompt.serve.sampling import (
     Sampling,
     find_stop,
@@ -16,7 +16,6 @@ from softprompt.serve.sampling import (
     next_tokens,
     token_logprobs,
 )
-from softprompt.tasks.generation import pad_left
 
 
 class RowText:
@@ -63,7 +62,6 @@ class RowText:
             self.sent = text
 
 
-@torch.no_grad()
 def decode(
     injector,
     prompts: RowPrompts,
@@ -75,45 +73,30 @@ def decode(
     sampling: list[Sampling] | None = None,
     texts: list[RowText] | None = None,
 ) -> list[tuple[list[int], str]]:
-    """Decoding as `tasks.generation.greedy_decode` does it, each row with its own sampling
-    parameters and random stream, and why each row stopped: "stop" at EOS or a stop
-    sequence (`texts` watch for those and stream), "length" at its token limit."""
-    device = injector.device
-    ids, mask = (t.to(device) for t in pad_left(contexts, pad_id))  # (B, T)
-    batch = ids.shape[0]
-    sampling = sampling or [Sampling() for _ in range(batch)]
-    generators = [s.generator(device) for s in sampling]
-    prefix = injector.prefix_cache(prompts, batch)
-    cache = prefix.cache if prefix.cache is not None else DynamicCache(config=injector.config)
-    positions = prefix.lengths[:, None] + (mask.cumsum(-1) - 1).clamp(min=0)  # (B, T)
-    full_mask = torch.cat([prefix.mask, mask], 1)  # (B, m + T)
-    hidden = injector.step(ids, full_mask, positions, cache)  # (B, T, d)
-    out: list[list[int]] = [[] for _ in range(batch)]
-    reasons = ["length"] * batch
-    done = [limit <= 0 for limit in max_new_tokens]
-    next_pos = positions[:, -1:]
-    for _ in range(max(max_new_tokens)):
-        logits = injector.logits(hidden[:, -1])  # (B, V)
-        token = next_tokens(logits, sampling, generators)  # B ids
-        for i in range(batch):
-            if done[i]:
-                continue
-            if eos_id is not None and token[i] == eos_id:
-                done[i], reasons[i] = True, "stop"
-                continue
-            out[i].append(token[i])
-            if texts is not None and sampling[i].logprobs is not None:
-                texts[i].logprobs.append(
-                    token_logprobs(logits[i], sampling[i], token[i], sampling[i].logprobs)
-                )
-            if texts is not None and texts[i].push(out[i]):
-                done[i], reasons[i] = True, "stop"
-                continue
-            done[i] = len(out[i]) >= max_new_tokens[i]
-        if all(done):
-            break
-        next_pos = next_pos + 1
-        full_mask = torch.cat([full_mask, mask.new_ones(batch, 1)], 1)
-        step_ids = torch.tensor(token, device=device).unsqueeze(1)  # (B, 1)
-        hidden = injector.step(step_ids, full_mask, next_pos, cache)
-    return list(zip(out, reasons, strict=True))
+    """The one decoding loop (`inject.decode`), each row with its own sampling parameters
+    and random stream, and why each row stopped: "stop" at EOS or a stop sequence
+    (`texts` watch for those and stream), "length" at its token limit."""
+    sampling = sampling or [Sampling() for _ in contexts]
+    generators = [s.generator(injector.device) for s in sampling]
+
+    def choose(logits: torch.Tensor) -> list[int]:
+        return next_tokens(logits, sampling, generators)  # B ids
+
+    def on_token(i: int, tokens: list[int], logits: torch.Tensor) -> bool:
+        if sampling[i].logprobs is not None:
+            texts[i].logprobs.append(
+                token_logprobs(logits, sampling[i], tokens[-1], sampling[i].logprobs)
+            )
+        return texts[i].push(tokens)
+
+    rows = inject_decode(
+        injector,
+        prompts,
+        contexts,
+        pad_id=pad_id,
+        max_new_tokens=max_new_tokens,
+        stop_ids=() if eos_id is None else (eos_id,),
+        choose=choose,
+        on_token=on_token if texts is not None else None,
+    )
+    return [(row.tokens, row.reason) for row in rows]

@@ -10,11 +10,11 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from transformers.cache_utils import DynamicCache
 
 from softprompt.backbones import Backbone
 from softprompt.data import Example
 from softprompt.inject import Injector, Prompt, RowPrompts
+from softprompt.inject.decode import decode, pad_left  # noqa: F401 (pad_left: re-export)
 from softprompt.tasks.base import (
     TaskConfig,
     TaskOutput,
@@ -23,17 +23,6 @@ from softprompt.tasks.base import (
     continuation_log_probs,
     register_task,
 )
-
-
-def pad_left(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Left-pad so every row's last token sits at the end: -> ids (B, T), mask (B, T)."""
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, row in enumerate(rows):
-        ids[i, width - len(row) :] = torch.tensor(row, dtype=torch.long)
-        mask[i, width - len(row) :] = 1
-    return ids, mask
 
 
 @torch.no_grad()
@@ -47,39 +36,22 @@ def greedy_decode(
     max_new_tokens: list[int],
     virtual: list[list[int]] | None = None,
 ) -> list[list[int]]:
-    """Greedy continuation of each context (ids without BOS), each row from its own prompt.
+    """Greedy continuation of each context (ids without BOS), each row from its own prompt,
+    through the one decoding loop (`inject.decode`); a row that ends at EOS keeps it.
 
-    Rows are left-padded so they all end at the last column; each row's prompt prefix
-    comes from the injector's cache (computed once per distinct prompt), and each row
-    stops at EOS or at its own `max_new_tokens`. `virtual` marks template slots per token."""
-    device = injector.device
-    ids, mask = (t.to(device) for t in pad_left(contexts, pad_id))  # (B, T)
-    batch = ids.shape[0]
-    rows = RowPrompts.of(prompts, batch, device)
-    inline = None
-    if virtual is not None and any(v >= 0 for row in virtual for v in row):
-        inline = pad_left([[v + 1 for v in row] for row in virtual], 0)[0].to(device) - 1
-    prefix = injector.prefix_cache(rows, batch)
-    cache = prefix.cache if prefix.cache is not None else DynamicCache(config=injector.config)
-    positions = prefix.lengths[:, None] + (mask.cumsum(-1) - 1).clamp(min=0)  # (B, T)
-    full_mask = torch.cat([prefix.mask, mask], 1)  # (B, m + T)
-    hidden = injector.step(ids, full_mask, positions, cache, rows, inline)  # (B, T, d)
-    limits = torch.tensor(max_new_tokens, device=device)  # (B,)
-    out: list[list[int]] = [[] for _ in range(batch)]
-    done = limits <= 0  # (B,)
-    next_pos = positions[:, -1:]
-    for produced in range(int(limits.max())):
-        token = injector.logits(hidden[:, -1]).argmax(-1)  # (B,)
-        for i in range(batch):
-            if not done[i]:
-                out[i].append(int(token[i]))
-        done |= (token == (eos_id if eos_id is not None else -1)) | (limits <= produced + 1)
-        if bool(done.all()):
-            break
-        next_pos = next_pos + 1
-        full_mask = torch.cat([full_mask, mask.new_ones(batch, 1)], 1)
-        hidden = injector.step(token.unsqueeze(1), full_mask, next_pos, cache)
-    return out
+    Each row's prompt prefix comes from the injector (computed once per distinct prompt),
+    and each row stops at EOS or at its own `max_new_tokens`. `virtual` marks template
+    slots per token."""
+    rows = decode(
+        injector,
+        prompts,
+        contexts,
+        pad_id=pad_id,
+        max_new_tokens=max_new_tokens,
+        stop_ids=() if eos_id is None else (eos_id,),
+        virtual=virtual,
+    )
+    return [r.tokens + ([eos_id] if r.reason == "stop" else []) for r in rows]
 
 
 @register_task("generation")

@@ -1,0 +1,127 @@
+"""One decoding loop for every caller: training-side prediction, the server, the optimizer LM.
+
+Each row continues its context from its own prompt's K/V prefix (computed once per
+distinct prompt, or taken from the injector's prompt cache), left-padded so every row's
+last token sits at the last column. Per step the whole batch runs one token on the
+shared attention cache; what picks the next token (`choose`: greedy, or a sampler with
+each row's own parameters) and what watches the text (`on_token`: stop sequences,
+streaming, log-probs) are the caller's, so the loop itself is written once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection
+from dataclasses import dataclass
+
+import torch
+from transformers.cache_utils import DynamicCache
+
+from softprompt.inject.causal import PrefixCache
+from softprompt.inject.prompt import Prompt, RowPrompts
+
+Choose = Callable[[torch.Tensor], list[int]]  # (B, V) logits -> one id per row
+# (row, its kept tokens so far, its (V,) logits this step) -> True when the row is done
+OnToken = Callable[[int, list[int], torch.Tensor], bool]
+
+
+@dataclass
+class Decoded:
+    """One row's new tokens and why it stopped: "stop" (a stop id, or `on_token` said so)
+    or "length" (its `max_new_tokens`)."""
+
+    tokens: list[int]
+    reason: str
+
+
+def pad_left(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-pad so every row's last token sits at the end: -> ids (B, T), mask (B, T)."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        ids[i, width - len(row) :] = torch.tensor(row, dtype=torch.long)
+        mask[i, width - len(row) :] = 1
+    return ids, mask
+
+
+def greedy(logits: torch.Tensor) -> list[int]:
+    """(B, V) -> the likeliest id of each row."""
+    return logits.argmax(-1).tolist()
+
+
+def _no_prefix(batch: int, device: torch.device) -> PrefixCache:
+    """No prompt and no BOS: the contexts are the model's whole input."""
+    empty = torch.zeros((batch, 0), dtype=torch.long, device=device)
+    return PrefixCache(None, empty, torch.zeros(batch, dtype=torch.long, device=device))
+
+
+@torch.no_grad()
+def decode(
+    injector,
+    prompts: Prompt | RowPrompts | None,
+    contexts: list[list[int]],
+    *,
+    pad_id: int,
+    max_new_tokens: list[int],
+    stop_ids: Collection[int] = (),
+    choose: Choose = greedy,
+    on_token: OnToken | None = None,
+    virtual: list[list[int]] | None = None,
+) -> list[Decoded]:
+    """Continue each context (ids without BOS) from its row's prompt.
+
+    `prompts` None runs the contexts as they are (no prompt, no BOS added: a chat
+    template's own ids). A row ends at an id in `stop_ids` (not kept), when `on_token`
+    returns True after one of its tokens, or at its `max_new_tokens`. `virtual` marks
+    template slots per context token (the prompt's inline vectors)."""
+    device = injector.device
+    ids, mask = (t.to(device) for t in pad_left(contexts, pad_id))  # (B, T)
+    batch = ids.shape[0]
+    rows, inline = None, None
+    if prompts is None:
+        prefix = _no_prefix(batch, device)
+    else:
+        rows = RowPrompts.of(prompts, batch, device)
+        if virtual is not None and any(v >= 0 for row in virtual for v in row):
+            inline = pad_left([[v + 1 for v in row] for row in virtual], 0)[0].to(device) - 1
+        prefix = injector.prefix_cache(rows, batch)
+    cache = prefix.cache if prefix.cache is not None else DynamicCache(config=injector.config)
+    positions = prefix.lengths[:, None] + (mask.cumsum(-1) - 1).clamp(min=0)  # (B, T)
+    full_mask = torch.cat([prefix.mask, mask], 1)  # (B, m + T)
+    hidden = injector.step(ids, full_mask, positions, cache, rows, inline)  # (B, T, d)
+    out = [Decoded([], "length") for _ in range(batch)]
+    done = [limit <= 0 for limit in max_new_tokens]
+    next_pos = positions[:, -1:]  # (B, 1)
+    for _ in range(max(max_new_tokens, default=0)):
+        logits = injector.logits(hidden[:, -1])  # (B, V)
+        token = choose(logits)  # B ids
+        for i in range(batch):
+            if not done[i]:
+                done[i] = _advance(out[i], i, token[i], logits, stop_ids, on_token)
+                done[i] = done[i] or len(out[i].tokens) >= max_new_tokens[i]
+        if all(done):
+            break
+        next_pos = next_pos + 1
+        full_mask = torch.cat([full_mask, mask.new_ones(batch, 1)], 1)  # (B, m + T + t)
+        step_ids = torch.tensor(token, device=device).unsqueeze(1)  # (B, 1)
+        hidden = injector.step(step_ids, full_mask, next_pos, cache)  # (B, 1, d)
+    return out
+
+
+def _advance(
+    row: Decoded,
+    i: int,
+    token: int,
+    logits: torch.Tensor,
+    stop_ids: Collection[int],
+    on_token: OnToken | None,
+) -> bool:
+    """Take row i's new token: True when the row is done."""
+    if token in stop_ids:
+        row.reason = "stop"
+        return True
+    row.tokens.append(token)
+    if on_token is not None and on_token(i, row.tokens, logits[i]):
+        row.reason = "stop"
+        return True
+    return False
