@@ -5,7 +5,7 @@ A stream of classification requests spread over 8 tasks (soft prompts of `--n-to
 of `--window` requests, as a dynamic batcher would gather them. Per window, interleaved (the order rotates):
 
   ours     one engine call: every row in one forward pass, packed end to end without
-           padding (serve/packing.py), each task's prompt K/V (with its template head)
+           padding (inject/packing.py), each task's prompt K/V (with its template head)
            from the cache (computed once per task, before timing), label words scored at
            the answer position only
   padded   the same with packing off: rows padded, in least-cost passes of similar length

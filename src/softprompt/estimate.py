@@ -22,7 +22,7 @@ MALLOC_MMAP_THRESHOLD_=131072 reaches, and which a run without it may exceed by 
 about half (said in the report).
 
 Serving K tasks holds the weights once and, per task, its float32 prompt and, on a
-causal decoder, its prompt keys/values for every layer (serve/cache.py keeps them so a
+causal decoder, its prompt keys/values for every layer (inject/prompt_cache.py keeps them so a
 request never recomputes them), plus one forward-only batch.
 """
 

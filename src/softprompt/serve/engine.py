@@ -1,6 +1,6 @@
 """Mixed-task batches on one frozen backbone, each task's prompt K/V from the cache.
 
-Each task's prompt K/V come from a cache (serve/injector.py: `CachedInjector`), so a
+Each task's prompt K/V come from a cache (inject/cached.py: `CachedInjector`), so a
 row's answer equals the same row run alone through its task; encoders have no
 input-independent prefix and run their prompts as usual. Generation rows decode
 together (serve/decoding.py), each with its own sampling and stop sequences.
@@ -24,13 +24,13 @@ from softprompt.backbones import Backbone
 from softprompt.data import Example
 from softprompt.errors import PromptFileError, SoftPromptError
 from softprompt.inject import CausalInjector, Prompt, RowPrompts
+from softprompt.inject.cached import CachedInjector, CachedPrompt
+from softprompt.inject.packing import pack_rows, packed_hidden, worth_packing
+from softprompt.inject.prompt_cache import PromptKVCache
 from softprompt.model import MixedBatch, MultiTaskModel, PromptModel
 from softprompt.promptfile import check_backbone
-from softprompt.serve.cache import PromptKVCache
 from softprompt.serve.decoding import RowText, decode
-from softprompt.serve.injector import CachedInjector, CachedPrompt
 from softprompt.serve.limits import shorten
-from softprompt.serve.packing import pack_rows, packed_hidden, worth_packing
 from softprompt.serve.sampling import Sampling
 from softprompt.serve.store import (
     Entry,
@@ -149,7 +149,7 @@ class Engine:
         self.cache = PromptKVCache(cache_bytes)
         self.max_input_tokens = max_input_tokens
         self.pass_tokens = pass_tokens
-        self.pack_tokens = pack_tokens  # packed row width (serve/packing.py); None: pad
+        self.pack_tokens = pack_tokens  # packed row width (inject/packing.py); None: pad
         self.tasks: dict[str, Served] = {}
         self.refused: dict[str, str] = {}  # task -> why its stored prompt is not served
         self._lock = threading.RLock()
@@ -425,7 +425,7 @@ class Engine:
         )
 
     def _classify_packed(self, requests: list[Request]) -> list[dict[str, Any]] | None:
-        """Every row in one pass without padding (serve/packing.py); each task scores its
+        """Every row in one pass without padding (inject/packing.py); each task scores its
         rows' answer states with its own label words. None when packing would cost more
         than padded passes (`worth_packing`: long prompts of many tasks)."""
         refs = list(dict.fromkeys(r.served.entry.ref for r in requests))
