@@ -26,7 +26,8 @@ from softprompt.backbones import load_backbone
 from softprompt.backbones.tiny import tiny_llama
 from softprompt.cli import main
 from softprompt.data import Example
-from softprompt.errors import ConfigError
+from softprompt.errors import ConfigError, DataError
+from softprompt.evaluate import evaluate
 from softprompt.inject.sequence import input_sequence
 from softprompt.model import PromptModel
 from softprompt.serve.app import create_app
@@ -46,6 +47,7 @@ from softprompt.serve.vllm import (
     stop_server,
     vllm_python,
 )
+from softprompt.serve.vllm_eval import evaluate_on_vllm
 from softprompt.tasks import TaskConfig
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -247,6 +249,18 @@ def test_predict_on_vllm_flags_are_checked(flags, says, capsys):
     assert says in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("flags", "says"),
+    [
+        (["p.safetensors"], "--vllm-url"),
+        (["a.safetensors", "b.safetensors", "--vllm-url", "u"], "one"),
+    ],
+)
+def test_eval_on_vllm_flags_are_checked_first(flags, says, capsys):
+    assert main(["eval", *flags, "--engine", "vllm"]) == 2
+    assert says in capsys.readouterr().err
+
+
 def test_missing_venv_names_the_install_command(tmp_path, monkeypatch):
     monkeypatch.delenv("SOFTPROMPT_VLLM_PYTHON", raising=False)
     with pytest.raises(VllmUnavailable, match=INSTALL):
@@ -343,6 +357,47 @@ def test_predict_on_vllm_prints_what_predict_prints(server, prompts, capsys):
                 assert all(abs(g["scores"][k] - w["scores"][k]) <= 2e-4 for k in LABELS)
             else:
                 assert g == w
+
+
+# -- eval --engine vllm: the figures softprompt eval gives, from vLLM's forward passes ----
+
+EVAL_ROWS = [
+    Example(f"{t} (take {k})", LABELS[(i + k) % 2]) for k in range(4) for i, t in enumerate(TEXTS)
+]
+
+
+@pytest.mark.parametrize("task", ["sentiment", "phrases"])
+def test_eval_on_vllm_gives_evaluates_figures(engine, prompts, task):
+    """Accuracy, macro-F1 and loss over a split equal `softprompt.evaluate`'s (own engine),
+    single- and multi-token label words alike."""
+    model, _ = prompts[task]
+    want = evaluate(model, EVAL_ROWS, batch_size=4)
+    got = evaluate_on_vllm(engine, engine.get(task), EVAL_ROWS, workers=4)
+    assert got["examples"] == want["examples"] == len(EVAL_ROWS)
+    assert got["accuracy"] == want["accuracy"]
+    assert got["macro_f1"] == pytest.approx(want["macro_f1"], abs=1e-9)
+    assert got["loss"] == pytest.approx(want["loss"], abs=1e-4)
+
+
+def test_eval_command_on_vllm(server, prompts, tmp_path, capsys):
+    """`softprompt eval PROMPT --engine vllm --vllm-url URL` on a CSV: eval's own JSON."""
+    url, _, _ = server
+    model, path = prompts["sentiment"]
+    data = tmp_path / "rows.csv"
+    data.write_text("text,label\n" + "".join(f'"{e.text}",{e.label}\n' for e in EVAL_ROWS))
+    flags = ["--dataset", str(data), "--split", "train"]
+    assert main(["eval", str(path), *flags, "--engine", "vllm", "--vllm-url", url]) == 0
+    got = json.loads(capsys.readouterr().out)
+    assert main(["eval", str(path), *flags]) == 0
+    want = json.loads(capsys.readouterr().out)
+    assert got["examples"] == want["examples"] > 0
+    assert got["accuracy"] == want["accuracy"]
+    assert got["loss"] == pytest.approx(want["loss"], abs=1e-4)
+
+
+def test_eval_on_vllm_refuses_unknown_labels(engine, prompts):
+    with pytest.raises(DataError, match="not the prompt's labels"):
+        evaluate_on_vllm(engine, engine.get("sentiment"), [Example("fine", "neutral")])
 
 
 def test_killed_vllm_gives_503_then_recovers(engine, prompts, server, gateway, tmp_path):

@@ -56,6 +56,9 @@ def add_eval_parser(sub: Any) -> None:
     evaluate.add_argument("--batch-size", type=_batch_size, default=32)
     evaluate.epilog = "--batch-size auto: the largest batch whose forward fits half the free memory"
     _add_test_limit(evaluate, "rows of --split scored")
+    evaluate.add_argument("--engine", default="own", choices=["own", "vllm"],
+                          help="vllm: forward passes by the vLLM at --vllm-url (classification)")  # fmt: skip
+    evaluate.add_argument("--vllm-url", default=None, help="vLLM serving the backbone's folder")
     evaluate.set_defaults(func=cmd_eval)
 
 
@@ -173,7 +176,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from softprompt.evaluate import evaluate, resolve_batch_size
     from softprompt.recipes.baselines import load_model
     from softprompt.recipes.run import SAMPLE, sample_rows
+    from softprompt.serve.vllm_eval import evaluate_model_on_vllm
 
+    _check_engine_flags(args)
     first = args.prompt[0]
     model = load_model(first, _backbone_arg(args, first))
     meta = _meta(first)
@@ -198,12 +203,29 @@ def cmd_eval(args: argparse.Namespace) -> int:
             args.batch_size = resolve_batch_size(model, examples, "auto")
         return _eval_ensemble(args, model, examples, source)
     desc = f"{args.split} {source}"
-    result = evaluate(model, examples, batch_size=args.batch_size, progress=True, desc=desc)
+    if args.engine == "vllm":
+        result = evaluate_model_on_vllm(model, examples, args.vllm_url)
+    else:
+        result = evaluate(model, examples, batch_size=args.batch_size, progress=True, desc=desc)
     split = {"split": args.split, "split_rows": len(every)}
     if len(examples) < len(every):
         split["sample"] = f"{SAMPLE} of {len(examples)} rows (--test-limit)"
     print(json.dumps({"prompt": str(first), "dataset": source, **split, **result}, indent=2))
     return 0
+
+
+def _check_engine_flags(args: argparse.Namespace) -> None:
+    """eval --engine vllm: one prompt file and a URL, refused before any model is loaded."""
+    from softprompt.errors import ConfigError
+
+    if args.engine != "vllm":
+        return
+    if not args.vllm_url:
+        raise ConfigError("--engine vllm: give --vllm-url URL (a vLLM on the backbone's folder)")
+    if len(args.prompt) > 1:
+        raise ConfigError(
+            "--engine vllm: eval takes one prompt file; ensembles run on the own engine"
+        )
 
 
 def _eval_ensemble(args: argparse.Namespace, first: Any, examples: list, source: str) -> int:
