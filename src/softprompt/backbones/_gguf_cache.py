@@ -1,0 +1,224 @@
+"""GGUF -> a cached HF folder: one conversion per (file, dtype) under
+``$SOFTPROMPT_HOME/backbones/``, written to a temporary folder and renamed into place so
+an interrupted conversion never leaves half a cache; later loads read the folder."""
+
+from __future__ import annotations
+
+import gc
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from softprompt.backbones._catalogue import _module_installed
+from softprompt.backbones._core import dtype_name, fingerprint
+from softprompt.backbones._fpcache import _weight_files_key
+from softprompt.backbones._gguf import Unsupported, write_folder
+from softprompt.backbones._paths import backbone_cache_root
+from softprompt.errors import BackboneError
+
+log = logging.getLogger(__name__)
+
+# What a cache folder was made from (file, size, mtime, dtype, source fingerprint).
+SOURCE_FILE = "softprompt_source.json"
+CACHE_FORMAT = 1
+
+
+def gguf_source_key(gguf_path: Path) -> str:
+    """Cache key of a GGUF file: hash of its resolved path, size and mtime."""
+    st = gguf_path.stat()
+    raw = f"{gguf_path.resolve()}\0{st.st_size}\0{st.st_mtime_ns}\0{CACHE_FORMAT}"
+    return hashlib.sha256(raw.encode()).hexdigest()[:16]
+
+
+def gguf_cache_dir(
+    gguf_path: Path, cache_name: str | None = None, dtype: torch.dtype = torch.float32
+) -> Path:
+    """Where the dequantized copy of a GGUF file in `dtype` is (or will be) cached: one
+    folder per dtype, the float32 one under the name earlier versions used."""
+    if cache_name is None:
+        stem = re.sub(r"[^A-Za-z0-9._-]+", "_", gguf_path.stem)[:60]
+        cache_name = f"gguf-{stem}-{gguf_source_key(gguf_path)}"
+    if dtype != torch.float32:
+        cache_name = f"{cache_name}-{dtype_name(dtype)}"
+    return backbone_cache_root() / cache_name
+
+
+def _source_record(folder: Path) -> dict[str, Any]:
+    try:
+        source = json.loads((folder / SOURCE_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+    return source if isinstance(source, dict) else {}
+
+
+def _cache_is_valid(folder: Path, key: str, dtype: torch.dtype = torch.float32) -> bool:
+    """The folder holds a finished conversion of this source in `dtype`; a cache in a
+    narrower dtype also needs the source fingerprint recorded at conversion (its own
+    rounded weights would hash differently)."""
+    source = _source_record(folder)
+    if source.get("dtype", "float32") != dtype_name(dtype):
+        return False
+    if dtype != torch.float32 and not isinstance(source.get("fingerprint"), str):
+        return False
+    return _cache_is_complete(folder, key)
+
+
+def _cache_is_complete(folder: Path, key: str) -> bool:
+    if not folder.is_dir() or _source_record(folder).get("key") != key:
+        return False
+    if not (folder / "config.json").is_file():
+        return False
+    return bool(_weight_files_key(folder))
+
+
+def convert_gguf(gguf_path: Path, out_dir: Path, dtype: torch.dtype = torch.float32) -> str:
+    """Dequantize a GGUF file into a plain HF folder (safetensors in `dtype` + config +
+    tokenizer) at ``out_dir``, tensor by tensor (backbones/_gguf.py); return the source
+    fingerprint. Architectures whose tensors transformers rewrites as a set (MoE, ...)
+    go through transformers' float32 loader instead."""
+    if not _module_installed("gguf"):
+        raise BackboneError(
+            f"reading {gguf_path.name} needs the gguf package; install it with: pip install gguf"
+        )
+    try:
+        return write_folder(gguf_path, out_dir, dtype)
+    except Unsupported as e:
+        log.info("%s: %s; converting through transformers' float32 loader", gguf_path.name, e)
+    except BackboneError:
+        raise
+    except Exception as e:
+        raise BackboneError(f"cannot read the GGUF file {gguf_path}: {e}") from e
+    return _convert_via_transformers(gguf_path, out_dir, dtype)
+
+
+def _convert_via_transformers(gguf_path: Path, out_dir: Path, dtype: torch.dtype) -> str:
+    """transformers' GGUF loader (all tensors dequantized to float32 at once), then cast."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder, filename = gguf_path.parent, gguf_path.name
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=filename, local_files_only=True)
+        src = AutoModelForCausalLM.from_pretrained(
+            folder, gguf_file=filename, dtype=torch.float32, local_files_only=True
+        )
+    except BackboneError:
+        raise
+    except Exception as e:
+        raise BackboneError(f"cannot read the GGUF file {gguf_path}: {e}") from e
+    config = src.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    # A model loaded from GGUF refuses save_pretrained; move its weights into a fresh one
+    # (built on the meta device: random init of 135M parameters would cost ~3 s).
+    with torch.device("meta"):
+        fresh = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    fresh.load_state_dict(src.state_dict(), strict=True, assign=True)
+    fresh.tie_weights()
+    del src
+    gc.collect()
+    leftover = [n for n, p in fresh.named_parameters() if p.is_meta]
+    if leftover:
+        raise BackboneError(f"converting {gguf_path} left weights unset: {leftover[:5]}")
+    fp = fingerprint(fresh)
+    fresh.to(dtype).save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    return fp
+
+
+_ABANDONED_AFTER_S = 3600.0
+
+
+def _remove_abandoned(parent: Path, name: str, keep: Path) -> None:
+    """Delete temporary folders left by conversions that were killed (older than an hour;
+    a younger one may belong to a conversion still running in another process)."""
+    now = time.time()
+    for p in parent.glob(f".{name}.tmp-*"):
+        try:
+            if p != keep and now - p.stat().st_mtime > _ABANDONED_AFTER_S:
+                shutil.rmtree(p, ignore_errors=True)
+        except OSError:
+            pass
+
+
+def ensure_gguf_cache(
+    gguf_path: Path,
+    cache_dir: Path,
+    *,
+    convert: Callable[..., str | None] | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> Path:
+    """Make sure ``cache_dir`` holds the dequantized copy of ``gguf_path`` in `dtype`;
+    return it.
+
+    The copy is written to a temporary folder next to ``cache_dir`` and renamed into
+    place, so an interrupted conversion never leaves a half-written cache. A stale
+    cache (made from another file, or another version of it) is replaced. `convert`
+    (gguf_path, out_dir[, dtype=]) may return the source fingerprint, kept with the cache.
+    """
+    convert = convert or convert_gguf
+    key = gguf_source_key(gguf_path)
+    if _cache_is_valid(cache_dir, key, dtype):
+        return cache_dir
+    parent = cache_dir.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{cache_dir.name}.tmp-", dir=parent))
+    except OSError as e:
+        raise BackboneError(
+            f"cannot write the backbone cache under {parent}: {e}; "
+            "set SOFTPROMPT_HOME to a writable folder"
+        ) from e
+    _remove_abandoned(parent, cache_dir.name, keep=tmp)
+    log.warning(
+        "converting %s to a %s cache at %s (one time)", gguf_path.name, dtype_name(dtype), cache_dir
+    )
+    try:
+        made = convert(gguf_path, tmp) if dtype == torch.float32 else convert(gguf_path, tmp, dtype)
+        if dtype != torch.float32 and not isinstance(made, str):
+            raise BackboneError(f"converting {gguf_path.name} gave no source fingerprint")
+        source = {
+            "key": key,
+            "gguf": str(gguf_path.resolve()),
+            "size": gguf_path.stat().st_size,
+            "mtime_ns": gguf_path.stat().st_mtime_ns,
+            "cache_format": CACHE_FORMAT,
+            "dtype": dtype_name(dtype),
+        }
+        if isinstance(made, str):
+            source["fingerprint"] = made
+        (tmp / SOURCE_FILE).write_text(json.dumps(source, indent=1, sort_keys=True))
+        # mkdtemp makes a private folder; make the cache readable like a normal one.
+        tmp.chmod(0o755)
+        for f in tmp.iterdir():
+            if f.is_file():
+                f.chmod(0o644)
+        if cache_dir.exists():  # stale or broken: move it aside, then swap in the new one
+            trash = Path(tempfile.mkdtemp(prefix=f".{cache_dir.name}.old-", dir=parent))
+            try:
+                os.replace(cache_dir, trash / "old")
+            except OSError:
+                pass
+        try:
+            os.replace(tmp, cache_dir)
+        except OSError:
+            # Another process finished first; use its copy if it is good.
+            if not _cache_is_valid(cache_dir, key):
+                raise
+        else:
+            tmp = None
+    finally:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+        for old in parent.glob(f".{cache_dir.name}.old-*"):
+            shutil.rmtree(old, ignore_errors=True)
+    return cache_dir
