@@ -13,19 +13,11 @@ import torch
 
 from softprompt.backbones import Backbone
 from softprompt.errors import ConfigError
-from softprompt.inject.head import embed_tokens
+from softprompt.inject import token_embeddings  # so a prompt starts among real tokens
 
 # Lester et al. sample from the 5,000 most common tokens; BPE/WordPiece ids are
 # roughly ordered by frequency, so the first ids (minus specials) stand in for that.
 VOCAB_SAMPLE_POOL = 5000
-
-
-@torch.no_grad()
-def token_embeddings(backbone: Backbone, ids: torch.Tensor) -> torch.Tensor:
-    """Embeddings of `ids` as the model feeds them to its first layer (scaling included,
-    e.g. Gemma 3's sqrt(d)), so a prompt starts in the same space as real tokens: (n, d)."""
-    device = backbone.input_embeddings().weight.device
-    return embed_tokens(backbone, ids.to(device)).detach().float().cpu()
 
 
 def _sample_ids(backbone: Backbone, count: int, generator: torch.Generator) -> torch.Tensor:

@@ -130,9 +130,11 @@ def test_packed_front_pairs_run_no_padding_rows(llama, monkeypatch):
     real = sum(len(scorer.body(c.lead, e.text)) + len(c.suffix)
                for c in candidates for e in examples)  # fmt: skip
     shapes = []
-    core = scorer.core
+    core = scorer.injector.run_core  # every model call goes through the injector
     monkeypatch.setattr(
-        scorer, "core", lambda **kw: shapes.append(kw["inputs_embeds"].shape[:2]) or core(**kw)
+        scorer.injector,
+        "run_core",
+        lambda **kw: shapes.append(kw["inputs_embeds"].shape[:2]) or core(**kw),
     )
     scorer.score(candidates)
     rows, width = shapes[-1]

@@ -10,6 +10,7 @@ keys/values) live here and in `softprompt.backbones`, nowhere else.
 from softprompt.backbones import Backbone
 from softprompt.inject.causal import CausalInjector, PrefixCache
 from softprompt.inject.encoder import EncoderInjector
+from softprompt.inject.head import embedding_table, token_embeddings
 from softprompt.inject.prompt import KV, Injector, Prompt, RowPrompts
 
 
@@ -32,5 +33,7 @@ __all__ = [
     "PrefixCache",
     "Prompt",
     "RowPrompts",
+    "embedding_table",
     "make_injector",
+    "token_embeddings",
 ]

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from transformers.cache_utils import DynamicCache
 
 from softprompt.backbones import Backbone
-from softprompt.inject.head import LMHead, check_head, embed_tokens
+from softprompt.inject.head import LMHead, check_head, embed_tokens, embedding_table
 from softprompt.inject.prompt import Prompt, RowPrompts, attention_mask, row_embeddings
 
 
@@ -235,14 +235,18 @@ class CausalInjector:
         return out.last_hidden_state.float()  # (B, t, d)
 
     @torch.no_grad()
-    def token_kv(self, embeds: torch.Tensor) -> tuple[tuple[torch.Tensor, torch.Tensor], ...]:
+    def token_kv(
+        self, embeds: torch.Tensor, *, after_bos: bool = True
+    ) -> tuple[tuple[torch.Tensor, torch.Tensor], ...]:
         """The frozen model's own per-layer K/V of (n, d) embeddings: L x 2 x (kvh, n, hd).
 
         Run after BOS (when the tokenizer adds one) so the tokens see what they see in
-        ordinary text; BOS's own K/V are dropped (a prompt's BOS comes after its prefix)."""
-        inputs = embeds.float().unsqueeze(0)  # (1, n, d); run_core casts it
+        ordinary text; BOS's own K/V are dropped (a prompt's BOS comes after its prefix).
+        `after_bos=False` runs them at positions 0..n-1 before any token (where PEFT
+        puts virtual tokens)."""
+        inputs = embeds.float().to(self.device).unsqueeze(0)  # (1, n, d); run_core casts it
         bos = self.backbone.spec.bos_token_id
-        if bos is not None:
+        if after_bos and bos is not None:
             bos_vec = self.embed(torch.tensor([[bos]], device=self.device))  # (1, 1, d)
             inputs = torch.cat([bos_vec, inputs], dim=1)  # (1, 1 + n, d)
         cache = DynamicCache(config=self.config)
@@ -252,3 +256,32 @@ class CausalInjector:
             (layer.keys[0, :, -n:].float(), layer.values[0, :, -n:].float())
             for layer in cache.layers
         )
+
+    def embedding_table(self) -> torch.Tensor:
+        """The frozen (V, d) input embedding table as stored (for nearest-token projection
+        and trigger-token gradients; `embed` is what the first layer is fed)."""
+        return embedding_table(self.backbone)
+
+
+def select_rows(cache: DynamicCache, index: torch.Tensor, config) -> DynamicCache:
+    """A fresh cache whose row r is `cache`'s row index[r] (the parent is not mutated)."""
+    fresh = DynamicCache(config=config)
+    for layer_index, layer in enumerate(cache.layers):
+        fresh.update(layer.keys[index], layer.values[index], layer_index)  # (R, kvh, m, hd)
+    return fresh
+
+
+def copy_rows(cache: DynamicCache, count: int, config) -> DynamicCache:
+    """A fresh cache of `count` rows from one of `count` rows or of one (the parent is
+    not mutated: what runs next appends to the copy)."""
+    fresh = DynamicCache(config=config)
+    for index, layer in enumerate(cache.layers):
+        keys = broadcast_rows(layer.keys, count)  # (R, kvh, m, hd)
+        values = broadcast_rows(layer.values, count)
+        fresh.update(keys, values, index)
+    return fresh
+
+
+def broadcast_rows(t: torch.Tensor, count: int) -> torch.Tensor:
+    """A tensor of `count` rows, or of one row, as `count` rows."""
+    return t if t.shape[0] == count else t.expand(count, *t.shape[1:])

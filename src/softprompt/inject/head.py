@@ -67,6 +67,21 @@ def embed_tokens(backbone: Backbone, ids: torch.Tensor) -> torch.Tensor:
     return backbone.input_embeddings()(ids)
 
 
+def embedding_table(backbone: Backbone) -> torch.Tensor:
+    """The frozen (V, d) input embedding table as stored (no scaling): what nearest-token
+    projection and trigger-token gradients read."""
+    return backbone.input_embeddings().weight
+
+
+@torch.no_grad()
+def token_embeddings(backbone: Backbone, ids: torch.Tensor) -> torch.Tensor:
+    """Embeddings of `ids` as the model feeds them to its first layer (scaling included,
+    e.g. Gemma 3's sqrt(d)), float32 on the CPU: (..., d). For prompt init and export,
+    which need the vectors without building an injector."""
+    device = embedding_table(backbone).device
+    return embed_tokens(backbone, ids.to(device)).detach().float().cpu()
+
+
 _CHECKED: weakref.WeakSet = weakref.WeakSet()
 
 

@@ -45,12 +45,11 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
-from transformers.cache_utils import DynamicCache
 
 from softprompt.backbones import Backbone
 from softprompt.errors import ConfigError, SoftPromptError
 from softprompt.files import atomic_write_bytes, atomic_write_text
-from softprompt.inject import make_injector
+from softprompt.inject import CausalInjector, embedding_table, token_embeddings
 from softprompt.model import PromptModel, load_prompt
 from softprompt.tasks import TaskConfig
 from softprompt.validate import check_fields
@@ -124,10 +123,8 @@ def _check_exportable(model: PromptModel, source: str) -> None:
 
 def _bos_embedding(backbone: Backbone) -> torch.Tensor:
     """BOS as the model's first layer sees it (scaling included): (1, d)."""
-    bos = torch.tensor(
-        [backbone.spec.bos_token_id], device=backbone.input_embeddings().weight.device
-    )
-    return backbone.input_embeddings()(bos).float()  # (1, d)
+    bos = token_embeddings(backbone, torch.tensor([backbone.spec.bos_token_id]))  # (1, d)
+    return bos.to(embedding_table(backbone).device)  # where the prompt's tokens are
 
 
 def _front_tokens(model: PromptModel, fold: bool) -> torch.Tensor:
@@ -492,13 +489,8 @@ def front_kv(backbone: Backbone, embeds: torch.Tensor) -> torch.Tensor:
     """The frozen model's keys/values of (n, d) embeddings at positions 0..n-1, before any
     token (where PEFT puts virtual tokens): (L, 2, kvh, n, hd). Tokens in front of a causal
     decoder never see what follows, so these K/V stand in for the tokens exactly."""
-    injector = make_injector(backbone)
-    weight = backbone.input_embeddings().weight
-    cache = DynamicCache(config=backbone.model.config)
-    injector.run_core(inputs_embeds=embeds.to(weight.device, weight.dtype)[None], cache=cache)
-    return torch.stack(
-        [torch.stack((layer.keys[0], layer.values[0])) for layer in cache.layers]
-    ).float()  # (L, 2, kvh, n, hd)
+    kv = CausalInjector(backbone).token_kv(embeds, after_bos=False)  # L x 2 x (kvh, n, hd)
+    return torch.stack([torch.stack(pair) for pair in kv])  # (L, 2, kvh, n, hd)
 
 
 def _as_prompt(backbone: Backbone, tokens: torch.Tensor, unfold: bool):

@@ -45,7 +45,7 @@ def autoprompt(spec: TaskSpec, budget: Budget, rng: random.Random, opts: AutoPro
     current = [rng.choice(pool) for _ in range(opts.triggers)]
     (current_score,) = budget.score([trig.candidate(current)])
     source = spec.train or spec.examples
-    table = spec.backbone.input_embeddings().weight[trig.pool].detach()  # (K, d)
+    table = trig.injector.embedding_table()[trig.pool].detach()  # (K, d)
     step = 0
     while True:
         position = step % len(current)

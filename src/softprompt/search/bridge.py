@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 from softprompt.backbones import Backbone
 from softprompt.errors import ConfigError
+from softprompt.inject import embedding_table
 from softprompt.model import PromptModel, load_prompt_meta
 from softprompt.search.scorer import Candidate
 from softprompt.tasks import TaskConfig
@@ -90,7 +91,7 @@ def project(model: PromptModel, metric: str = "cosine") -> Projection:
     if metric not in METRICS:
         raise ConfigError(f"--project-metric: choose one of {', '.join(METRICS)}, got {metric!r}")
     vectors = soft_vectors(model)  # (n, d)
-    table = model.backbone.input_embeddings().weight.detach().float()  # (V, d)
+    table = embedding_table(model.backbone).detach().float()  # (V, d)
     banned = torch.tensor(sorted(set(model.backbone.tokenizer.all_special_ids)), dtype=torch.long)
     if metric == "cosine":
         closeness = F.normalize(vectors, dim=-1) @ F.normalize(table, dim=-1).T  # (n, V)

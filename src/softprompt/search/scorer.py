@@ -48,8 +48,7 @@ from transformers.cache_utils import DynamicCache
 from softprompt.backbones import Backbone
 from softprompt.data import Example
 from softprompt.errors import ConfigError
-from softprompt.inject.causal import cache_keyword
-from softprompt.inject.head import LMHead
+from softprompt.inject.causal import CausalInjector, broadcast_rows, copy_rows, select_rows
 from softprompt.inject.packing import pack_rows
 from softprompt.inject.prompt import attention_mask
 from softprompt.tasks.template import Template
@@ -120,10 +119,7 @@ class CandidateScorer:
             raise ConfigError("search: no labelled examples to score candidates on")
         lookup = {label: i for i, label in enumerate(self.verbalizer.labels)}
         self.targets = torch.tensor([lookup[e.label] for e in self.examples])  # (B,)
-        self.core = self.backbone.core()
-        self.embed = self.backbone.input_embeddings()
-        self.lm_head = LMHead(self.backbone)  # the model's own output projection
-        self._cache_kw = cache_keyword(self.core)
+        self.injector = CausalInjector(self.backbone)  # runs the model; its own LM head
         bos = self.backbone.spec.bos_token_id
         self.bos = () if bos is None else (bos,)
         order = sorted(range(len(self.examples)), key=lambda i: len(self.examples[i].text))
@@ -158,7 +154,7 @@ class CandidateScorer:
         if verbalizer.single_token:
             return self._answers(candidates, self._to_classes, len(verbalizer.labels))
         extended = [replace(c, suffix=c.suffix + p) for c in candidates for p in verbalizer.steps]
-        read = lambda hidden: verbalizer.token_log_probs(hidden, self.lm_head)  # noqa: E731
+        read = lambda hidden: verbalizer.token_log_probs(hidden, self.injector.logits)  # noqa: E731
         scores = self._answers(extended, read, len(verbalizer.tokens))  # (N * P, B, U)
         return verbalizer.word_sums(
             scores.view(len(candidates), len(verbalizer.steps), *scores.shape[1:])
@@ -226,7 +222,7 @@ class CandidateScorer:
             for j, pairs in enumerate(bodies)
             for members in pack_rows([len(p) for p in pairs], self.pack_tokens)
         ]
-        answer = torch.empty(n * b, self.embed.weight.shape[1])  # (N * B, d)
+        answer = torch.empty(n * b, self.backbone.spec.hidden_size)  # (N * B, d)
         for start in range(0, len(rows), self.max_packed_rows):
             part = rows[start : start + self.max_packed_rows]
             hidden, where = self._packed(heads, bodies, part)
@@ -258,17 +254,17 @@ class CandidateScorer:
                 where.append((j, i))
                 last.append((r, at + k - 1))
                 at += k
-        kwargs = {}
+        cache = None
         if heads.cache is not None:
             prefix = heads.mask[owner].bool()  # (R, m) the row's candidate prefix
             sees = torch.cat([prefix[:, None, :].expand(-1, width, -1), sees], dim=-1)
-            kwargs[self._cache_kw] = _select_cache(heads.cache, owner, self.backbone.model.config)
-        out = self.core(
-            inputs_embeds=self.embed(ids),  # (R, T, d)
+            cache = select_rows(heads.cache, owner, self.injector.config)
+        out = self.injector.run_core(
+            inputs_embeds=self.injector.embed(ids),  # (R, T, d)
             attention_mask=self._attention_mask(sees.unsqueeze(1)),  # (R, 1, T, m + T)
             position_ids=positions,  # (R, T)
-            use_cache=heads.cache is not None,
-            **kwargs,
+            cache=cache,
+            **({} if cache is not None else {"use_cache": False}),
         ).last_hidden_state  # (R, T, d)
         index = torch.tensor(last)  # (P, 2) row, column of each pair's answer token
         return out[index[:, 0], index[:, 1]], where  # (P, d)
@@ -298,12 +294,11 @@ class CandidateScorer:
         visible = torch.cat(
             [past[:, None, :].expand(b, n * width, -1), sees.expand(b, -1, -1)], dim=-1
         )  # (B, N * L, m + N * L)
-        out = self.core(
-            inputs_embeds=self.embed(ids.view(1, -1)).expand(b, -1, -1),  # (B, N * L, d)
+        out = self.injector.run_core(
+            inputs_embeds=self.injector.embed(ids.view(1, -1)).expand(b, -1, -1),  # (B, N*L, d)
             attention_mask=self._attention_mask(visible.unsqueeze(1)),
             position_ids=texts.lengths[:, None] + offset,  # (B, N * L)
-            **{self._cache_kw: _copy_cache(texts.cache, b, self.backbone.model.config)},
-            use_cache=True,
+            cache=copy_rows(texts.cache, b, self.injector.config),
         ).last_hidden_state  # (B, N * L, d)
         last = torch.tensor([i * width + len(c.suffix) - 1 for i, c in enumerate(candidates)])
         answer = out[:, last]  # (B, N, d)
@@ -311,10 +306,10 @@ class CandidateScorer:
 
     def _attention_mask(self, visible: torch.Tensor) -> torch.Tensor:
         """Bool for SDPA (True = attend), additive float for eager attention."""
-        return attention_mask(visible, self.backbone.model.config, self.embed.weight.dtype)
+        return attention_mask(visible, self.injector.config, self.injector.dtype)
 
     def _to_classes(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.verbalizer.class_scores(hidden, self.lm_head)  # (R, C)
+        return self.verbalizer.class_scores(hidden, self.injector.logits)  # (R, C)
 
     def _run(self, parent: _Stage | None, rows: list[list[int]]) -> _Stage:
         """Run `rows` (right-padded) on top of `parent`'s cache, parent row i serving row i
@@ -323,14 +318,14 @@ class CandidateScorer:
         width = max(len(r) for r in rows)
         if width == 0 and parent is not None:
             return parent  # nothing new: the next level repeats the parent itself
-        config = self.backbone.model.config
+        config = self.injector.config
         if parent is None or parent.cache is None:
             cache, mask = DynamicCache(config=config), None
             past = torch.zeros(count, dtype=torch.long)
         else:
-            cache = _copy_cache(parent.cache, count, config)
-            mask = _broadcast_rows(parent.mask, count)  # (R, m)
-            past = _broadcast_rows(parent.lengths, count)  # (R,)
+            cache = copy_rows(parent.cache, count, config)
+            mask = broadcast_rows(parent.mask, count)  # (R, m)
+            past = broadcast_rows(parent.lengths, count)  # (R,)
         ids = torch.full((count, width), self.backbone.spec.pad_token_id, dtype=torch.long)
         own = torch.zeros((count, width), dtype=torch.long)
         for i, row in enumerate(rows):
@@ -340,12 +335,11 @@ class CandidateScorer:
             return _Stage(None, None, past)
         positions = past[:, None] + torch.arange(width)  # (R, T)
         full_mask = own if mask is None else torch.cat([mask, own], dim=1)  # (R, m + T)
-        self.core(  # fills `cache`: the next level reads only keys and values
-            inputs_embeds=self.embed(ids),  # (R, T, d)
+        self.injector.run_core(  # fills `cache`: the next level reads only keys and values
+            inputs_embeds=self.injector.embed(ids),  # (R, T, d)
             attention_mask=full_mask,
             position_ids=positions,
-            **{self._cache_kw: cache},
-            use_cache=True,
+            cache=cache,
         )
         return _Stage(cache, full_mask, past + own.sum(1))
 
@@ -371,27 +365,3 @@ def _common_prefix(seqs: list[tuple[int, ...]]) -> tuple[int, ...]:
         while size and s[:size] != first[:size]:
             size -= 1
     return first[:size]
-
-
-def _broadcast_rows(t: torch.Tensor, count: int) -> torch.Tensor:
-    """A tensor of `count` rows, or of one row, as `count` rows."""
-    return t if t.shape[0] == count else t.expand(count, *t.shape[1:])
-
-
-def _select_cache(cache: DynamicCache, index: torch.Tensor, config) -> DynamicCache:
-    """A fresh cache whose row r is the parent's row index[r] (the parent is not mutated)."""
-    fresh = DynamicCache(config=config)
-    for layer_index, layer in enumerate(cache.layers):
-        fresh.update(layer.keys[index], layer.values[index], layer_index)  # (R, kvh, m, hd)
-    return fresh
-
-
-def _copy_cache(cache: DynamicCache, count: int, config) -> DynamicCache:
-    """A fresh cache of `count` rows from one of `count` rows or of one (the parent is
-    not mutated: the next level appends to the copy)."""
-    fresh = DynamicCache(config=config)
-    for index, layer in enumerate(cache.layers):
-        keys = _broadcast_rows(layer.keys, count)  # (R, kvh, m, hd)
-        values = _broadcast_rows(layer.values, count)
-        fresh.update(keys, values, index)
-    return fresh

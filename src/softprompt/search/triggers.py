@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from softprompt.data import Example
-from softprompt.inject.head import LMHead
+from softprompt.inject.causal import CausalInjector
 from softprompt.search.base import TaskSpec
 from softprompt.search.scorer import Candidate
 from softprompt.search.vocab import word_token_ids
@@ -33,6 +33,7 @@ class Triggers:
         self.head, self.tail = spec.template.split("{text}")
         self.pool = torch.tensor(word_token_ids(spec.backbone, vocab))  # (K,)
         self.words = {int(i): self.tokenizer.decode([int(i)]).strip() for i in self.pool}
+        self.injector = CausalInjector(spec.backbone)  # the model's layers and LM head
 
     def template(self, ids: list[int]) -> str:
         return self.head + "{text} " + " ".join(self.words[i] for i in ids) + self.tail
@@ -43,7 +44,7 @@ class Triggers:
     def gradient(self, ids: list[int], examples: list[Example]) -> torch.Tensor:
         """d(loss)/d(trigger embeddings) on `examples`: (n, d), the loss as the scorer's."""
         backbone = self.spec.backbone
-        table = backbone.input_embeddings().weight  # (V, d)
+        table = self.injector.embedding_table()  # (V, d)
         triggers = table[torch.tensor(ids)].detach().clone().requires_grad_(True)  # (n, d)
         candidate = self.candidate(ids)
         tail_ids = list(self.tokenizer(self.tail, add_special_tokens=False)["input_ids"])
@@ -64,9 +65,9 @@ class Triggers:
         for i, r in enumerate(rows):
             embeds[i, : r.shape[0]] = r
             mask[i, : r.shape[0]] = 1
-        hidden = backbone.core()(inputs_embeds=embeds, attention_mask=mask).last_hidden_state
+        hidden = self.injector.run_core(inputs_embeds=embeds, attention_mask=mask).last_hidden_state
         last = hidden[torch.arange(len(rows)), mask.sum(1) - 1]  # (B, d)
-        scores = self.spec.verbalizer_ids.class_scores(last, LMHead(backbone))
+        scores = self.spec.verbalizer_ids.class_scores(last, self.injector.logits)
         lookup = {label: i for i, label in enumerate(self.spec.labels)}
         targets = torch.tensor([lookup[e.label] for e in examples])  # (B,)
         F.cross_entropy(scores, targets).backward()
