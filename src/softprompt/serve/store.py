@@ -1,3 +1,4 @@
+# Over 500 lines on purpose: one crash-safe store (lock, journal, index checks) whose invariants hold only together.
 """A directory of prompt files addressed as `task` or `task@version`.
 
 Layout: `ROOT/index.json` (the only mutable file), `ROOT/files/<task>@<v>.safetensors`

@@ -30,11 +30,7 @@ from __future__ import annotations
 import base64
 import io
 import json
-import os
-import signal
-import subprocess
 import threading
-import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -45,7 +41,6 @@ import httpx
 import torch
 
 from softprompt.backbones import Backbone, load_backbone
-from softprompt.backbones._paths import backbone_cache_root
 from softprompt.data import Example
 from softprompt.errors import BackboneError, PromptFileError, SoftPromptError
 from softprompt.inject import Prompt
@@ -54,16 +49,14 @@ from softprompt.model import PromptModel, load_prompt_meta
 from softprompt.serve.engine import RefusedTask, UnknownTask
 from softprompt.serve.sampling import Sampling
 from softprompt.serve.store import Entry
+from softprompt.serve.vllm_server import INSTALL as INSTALL
+from softprompt.serve.vllm_server import MAX_TOKEN_IDS, VENV, VllmUnavailable, model_folder
+from softprompt.serve.vllm_server import server_command as server_command
+from softprompt.serve.vllm_server import start_server as start_server
+from softprompt.serve.vllm_server import stop_server as stop_server
+from softprompt.serve.vllm_server import vllm_python as vllm_python
 from softprompt.tasks.classification import VerbalizerTask
 from softprompt.tasks.generation import GenerationTask
-
-INSTALL = "bash scripts/setup-vllm.sh"
-VENV = ".venv-vllm"
-MAX_TOKEN_IDS = 128  # vLLM's bound on logprob_token_ids per request
-
-
-class VllmUnavailable(SoftPromptError):
-    """vLLM cannot be reached or failed: the gateway answers 503 and retries nothing."""
 
 
 class VllmError(SoftPromptError):
@@ -468,87 +461,3 @@ def predict(
             return [{k: v for k, v in row.items() if k != "task"} for row in rows]
     finally:
         engine.close()
-
-
-# -- finding the folder and starting a server ----------------------------------------------
-
-
-def model_folder(source: str) -> Path:
-    """The HF folder to give vLLM for a backbone: the folder itself, or the cache folder a
-    built-in (GGUF) backbone was converted into (loaded once by softprompt before)."""
-    path = Path(source).expanduser()
-    if path.is_dir() and (path / "config.json").is_file():
-        return path.resolve()
-    cached = backbone_cache_root() / source
-    if (cached / "config.json").is_file():
-        return cached.resolve()
-    raise BackboneError(
-        f"no HF folder for backbone {source!r} to give vLLM: pass a folder with config.json, "
-        f"or load the built-in once (e.g. softprompt info --backbone {source}) so it is "
-        f"converted into {cached}"
-    )
-
-
-def vllm_python(root: str | Path = ".") -> Path:
-    """The interpreter of the separate vLLM virtualenv, or a `VllmUnavailable` naming the
-    install command."""
-    python = Path(os.environ.get("SOFTPROMPT_VLLM_PYTHON", Path(root) / VENV / "bin" / "python"))
-    if not python.is_file():
-        raise VllmUnavailable(f"vLLM is not installed ({python} is missing); run: {INSTALL}")
-    return python
-
-
-def server_command(python: Path, folder: Path, port: int, *extra: str) -> list[str]:
-    """vLLM's OpenAI server for `folder` as softprompt needs it: float32 (the prompts'
-    dtype), prompt embeddings on, the model's generation defaults off, 128 logprobs."""
-    return [
-        str(python), "-m", "vllm.entrypoints.openai.api_server",
-        "--model", str(folder), "--host", "127.0.0.1", "--port", str(port),
-        "--enable-prompt-embeds", "--dtype", "float32", "--generation-config", "vllm",
-        "--max-logprobs", str(MAX_TOKEN_IDS), *extra,
-    ]  # fmt: skip
-
-
-def start_server(
-    folder: Path, port: int, *, python: Path | None = None, log: Path | None = None,
-    timeout: float = 600.0, extra: tuple[str, ...] = (), env: dict[str, str] | None = None,
-) -> subprocess.Popen:  # fmt: skip
-    """Start vLLM on `folder` and wait until /health answers (or the process dies)."""
-    python = python or vllm_python()
-    out = open(log, "ab") if log is not None else subprocess.DEVNULL  # noqa: SIM115
-    process = subprocess.Popen(
-        server_command(python, folder, port, *extra),
-        stdout=out,
-        stderr=subprocess.STDOUT,
-        env={**os.environ, **(env or {})},
-        start_new_session=True,  # its own process group: stop_server ends its workers too
-    )
-    url, deadline = f"http://127.0.0.1:{port}", time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise VllmUnavailable(
-                f"vLLM exited with {process.returncode} while starting; see {log or 'its output'}"
-            )
-        try:
-            if httpx.get(f"{url}/health", timeout=2.0).status_code == 200:
-                return process
-        except httpx.TransportError:
-            pass
-        time.sleep(1.0)
-    stop_server(process)
-    raise VllmUnavailable(f"vLLM did not answer /health within {timeout:.0f} s; see {log}")
-
-
-def stop_server(process: subprocess.Popen, *, kill: bool = False, timeout: float = 60.0) -> None:
-    """End a server `start_server` started, with the engine and worker processes it spawned
-    (its process group): SIGTERM, or SIGKILL when `kill` (or when SIGTERM is not enough)."""
-    if process.poll() is not None:
-        return
-    try:
-        os.killpg(process.pid, signal.SIGKILL if kill else signal.SIGTERM)
-        process.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait(timeout=timeout)
-    except ProcessLookupError:
-        pass
