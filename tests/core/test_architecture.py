@@ -197,3 +197,118 @@ def test_the_checks_catch_a_hidden_cycle_and_an_upward_import():
         "softprompt.init",
     ]
     assert upward(edges, layers()) == [edges[0]]  # init sits below model
+
+
+# -- one door: only inject/ (and backbones/ for loading) touches the frozen model ------
+DOOR = ("softprompt.inject", "softprompt.backbones")
+# the model's two ends and its layers, as attributes of a backbone or its HF model
+MODEL_PARTS = {
+    "lm_head": "reads the LM head",
+    "get_output_embeddings": "reads the LM head",
+    "output_embeddings": "reads the LM head",
+    "get_input_embeddings": "reads the embedding table",
+    "input_embeddings": "reads the embedding table",
+    "embed_tokens": "reads the embedding table",
+}
+# inject/ internals that run or read the model directly; outside, use an injector's
+# methods or the functions `softprompt.inject` exports
+INTERNALS = {"LMHead", "embed_tokens", "check_head", "cache_keyword"}
+# (module, what) -> why it may: each a deliberate exception, not a prompt path
+ALLOWED = {
+    ("softprompt.train.loop", ".core()"): "FSDP shards the frozen stack: placement, not a run",
+    ("softprompt.recipes.baselines", "get_output_embeddings"): (
+        "the LoRA/full fine-tune baseline trains its own copy of the model"
+    ),
+}
+
+
+def _ends_in_backbone_model(node: ast.AST) -> bool:
+    """`backbone.model`, `self.backbone.model`, `spec.backbone.model`, ..."""
+    if not (isinstance(node, ast.Attribute) and node.attr == "model"):
+        return False
+    owner = node.value
+    name = owner.attr if isinstance(owner, ast.Attribute) else getattr(owner, "id", "")
+    return name == "backbone"
+
+
+def door_violations(tree: ast.AST) -> list[tuple[int, str, str]]:
+    """(line, what, why) for each way `tree` reaches past the injector into the model."""
+    found = []
+    aliases = {  # `model = self.backbone.model` then `model(...)`
+        target.id
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Assign) and _ends_in_backbone_model(node.value)
+        for target in node.targets
+        if isinstance(target, ast.Name)
+    }
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and node.attr in MODEL_PARTS:
+            found.append((node.lineno, node.attr, MODEL_PARTS[node.attr]))
+        if isinstance(node, ast.Attribute) and node.attr == "weight":
+            if isinstance(node.value, ast.Attribute) and node.value.attr == "embed":
+                found.append((node.lineno, ".embed.weight", "reads the embedding table"))
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith(DOOR[0]):
+            for alias in node.names:
+                if alias.name in INTERNALS:
+                    found.append((node.lineno, alias.name, "imports inject/ internals"))
+        if isinstance(node, ast.Name) and node.id == "LMHead":
+            found.append((node.lineno, "LMHead", "builds its own LM head"))
+        if not isinstance(node, ast.Call):
+            continue
+        func = node.func
+        if isinstance(func, ast.Attribute) and func.attr == "core" and not node.args:
+            found.append((node.lineno, ".core()", "runs the backbone's layers"))
+        if _ends_in_backbone_model(func) or (isinstance(func, ast.Name) and func.id in aliases):
+            found.append((node.lineno, "backbone.model(...)", "runs the whole model"))
+        if isinstance(func, ast.Attribute) and func.attr in ("generate", "forward"):
+            if _ends_in_backbone_model(func.value) or getattr(func.value, "id", "") in aliases:
+                found.append((node.lineno, f"backbone.model.{func.attr}", "runs the whole model"))
+    return sorted(set(found))
+
+
+def outside_the_door() -> list[str]:
+    bad = []
+    for name, path in modules().items():
+        if name.startswith(DOOR):
+            continue
+        for line, what, why in door_violations(ast.parse(path.read_text(encoding="utf-8"))):
+            if (name, what) not in ALLOWED:
+                bad.append(f"{name} line {line}: {what} ({why})")
+    return bad
+
+
+def test_only_inject_touches_the_frozen_model():
+    bad = outside_the_door()
+    assert not bad, (
+        "outside inject/ (and backbones/), code reaches into the frozen model; go through "
+        "an injector (softprompt.inject: run_core, embed, logits, embedding_table, "
+        "token_kv, decode, packed_hidden):\n" + "\n".join(bad)
+    )
+
+
+def test_the_door_check_catches_each_way_in():
+    """Each planted violation is found; what callers may do (config, placement, the
+    injector's own methods) is not."""
+    planted = {
+        "hidden = backbone.core()(inputs_embeds=x)": ".core()",
+        "out = self.backbone.model(input_ids=ids)": "backbone.model(...)",
+        "m = spec.backbone.model\ndef f():\n    return m(ids)": "backbone.model(...)",
+        "backbone.model.generate(ids)": "backbone.model.generate",
+        "w = model.lm_head.weight": "lm_head",
+        "h = backbone.model.get_output_embeddings()": "get_output_embeddings",
+        "head = LMHead(backbone)": "LMHead",
+        "from softprompt.inject.head import embed_tokens": "embed_tokens",
+        "t = backbone.input_embeddings().weight": "input_embeddings",
+        "t = model.model.embed_tokens(ids)": "embed_tokens",
+        "w = self.embed.weight.shape[1]": ".embed.weight",
+        "e = m.get_input_embeddings()": "get_input_embeddings",
+    }
+    for code, what in planted.items():
+        assert what in [w for _, w, _ in door_violations(ast.parse(code))], code
+    allowed = (
+        "c = backbone.model.config\nplace(backbone.model, device)\nbackbone.model.to(device)\n"
+        "h = injector.run_core(inputs_embeds=x)\nv = injector.embed(ids)\n"
+        "s = injector.logits(h)\nt = injector.embedding_table()\n"
+        "from softprompt.inject import decode, embedding_table, token_embeddings\n"
+    )
+    assert door_violations(ast.parse(allowed)) == []

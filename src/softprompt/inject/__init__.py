@@ -11,7 +11,15 @@ from softprompt.backbones import Backbone
 from softprompt.inject.causal import CausalInjector, PrefixCache
 from softprompt.inject.encoder import EncoderInjector
 from softprompt.inject.head import embedding_table, token_embeddings
-from softprompt.inject.prompt import KV, Injector, Prompt, RowPrompts
+from softprompt.inject.prompt import (
+    KV,
+    DecoderInjector,
+    ImageInjector,
+    Injector,
+    Prompt,
+    RowPrompts,
+    TextInjector,
+)
 
 
 def make_injector(backbone: Backbone) -> Injector:
@@ -28,11 +36,14 @@ def make_injector(backbone: Backbone) -> Injector:
 __all__ = [
     "KV",
     "CausalInjector",
+    "DecoderInjector",
     "EncoderInjector",
+    "ImageInjector",
     "Injector",
     "PrefixCache",
     "Prompt",
     "RowPrompts",
+    "TextInjector",
     "embedding_table",
     "make_injector",
     "token_embeddings",

@@ -17,7 +17,7 @@ import torch
 from transformers.cache_utils import DynamicCache
 
 from softprompt.inject.causal import PrefixCache
-from softprompt.inject.prompt import Prompt, RowPrompts
+from softprompt.inject.prompt import DecoderInjector, Prompt, RowPrompts
 
 Choose = Callable[[torch.Tensor], list[int]]  # (B, V) logits -> one id per row
 # (row, its kept tokens so far, its (V,) logits this step) -> True when the row is done
@@ -57,7 +57,7 @@ def _no_prefix(batch: int, device: torch.device) -> PrefixCache:
 
 @torch.no_grad()
 def decode(
-    injector,
+    injector: DecoderInjector,
     prompts: Prompt | RowPrompts | None,
     contexts: list[list[int]],
     *,

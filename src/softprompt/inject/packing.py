@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import torch
 from transformers.cache_utils import DynamicCache
 
+from softprompt.inject.causal import CausalInjector
 from softprompt.inject.prompt import attention_mask
 
 
@@ -91,7 +92,7 @@ def worth_packing(
 
 @torch.no_grad()
 def packed_hidden(
-    injector,
+    injector: CausalInjector,
     cached: list[tuple[list[tuple[torch.Tensor, torch.Tensor]], int]],
     bins: list[list[int]],
     choice: list[int],

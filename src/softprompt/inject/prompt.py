@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 
@@ -114,9 +114,18 @@ def row_embeddings(
 
 
 class Injector(Protocol):
-    """Runs the frozen backbone with per-row prompts; the only code touching its weights."""
+    """Runs the frozen backbone with per-row prompts; the only code touching its weights.
+
+    What every injector (decoder, encoder, image) offers; `TextInjector`,
+    `DecoderInjector` and `ImageInjector` add what only those kinds have. Code outside
+    `inject/` uses these members and nothing else of an injector (tests/core/test_inject_door.py)."""
 
     backbone: Backbone
+
+    @property
+    def device(self) -> torch.device:
+        """Where prompts and ids go (`--device-map` may hold the layers elsewhere)."""
+        ...
 
     def hidden_states(
         self,
@@ -132,9 +141,64 @@ class Injector(Protocol):
         ...
 
     def embed(self, ids: torch.Tensor) -> torch.Tensor:
-        """Token ids -> the input embeddings the model itself would feed its first layer."""
+        """Token ids (pixels for an image model) -> what the model feeds its first layer."""
         ...
+
+
+class TextInjector(Injector, Protocol):
+    """A text model's injector (decoder or encoder)."""
 
     def logits(self, hidden: torch.Tensor, token_ids: torch.Tensor | None = None) -> torch.Tensor:
         """(..., d) final hidden states -> (..., V) logits, or only the `token_ids` columns."""
+        ...
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """What the frozen model computes in; prompts are cast to it on the way in."""
+        ...
+
+    def token_kv(self, embeds: torch.Tensor) -> KV:
+        """The frozen model's own per-layer K/V of (n, d) embeddings: L x 2 x (kvh, n, hd)."""
+        ...
+
+
+class DecoderInjector(TextInjector, Protocol):
+    """A causal decoder's injector: what decoding, packing and the search scorer run on."""
+
+    config: Any  # the model's config: cache layout and attention implementation
+
+    def prefix_cache(self, prompts: Prompt | RowPrompts, batch_size: int) -> Any:
+        """Each row's prompt K/V, mask and length (a `causal.PrefixCache`)."""
+        ...
+
+    def step(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        positions: torch.Tensor,
+        cache: Any,
+        rows: RowPrompts | None = None,
+        inline_index: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """One incremental decoding step on an existing cache: (B, t) -> (B, t, d)."""
+        ...
+
+    def run_core(self, *, cache: Any = None, **inputs: Any) -> Any:
+        """The transformer stack on `inputs_embeds` (cast to the model's dtype), with a cache."""
+        ...
+
+    def embedding_table(self) -> torch.Tensor:
+        """The frozen (V, d) input embedding table as stored."""
+        ...
+
+
+class ImageInjector(Injector, Protocol):
+    """A vision transformer's injector (visual prompts)."""
+
+    front: int  # tokens in front of the patches ([CLS], DeiT's distillation token)
+
+    def image_states(
+        self, prompt: Prompt | RowPrompts, pixels: torch.Tensor, *, front_only: bool = False
+    ) -> torch.Tensor:
+        """(B, 3, S, S) -> (B, F + N, d) final states of the real tokens."""
         ...

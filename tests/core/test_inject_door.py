@@ -1,0 +1,116 @@
+"""inject/ is the one door to the frozen model: its protocols name every injector member
+code outside it uses, each injector kind has what its protocol names, and the one
+decoding loop reproduces the model's own forward."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+import torch
+
+import softprompt
+from softprompt.backbones.tiny_vision import tiny_vit
+from softprompt.inject import (
+    CausalInjector,
+    DecoderInjector,
+    EncoderInjector,
+    ImageInjector,
+    Injector,
+    TextInjector,
+    make_injector,
+)
+from softprompt.inject.decode import decode
+from softprompt.inject.vision import VisionInjector
+
+ROOT = Path(softprompt.__file__).parent
+PROTOCOLS = (Injector, TextInjector, DecoderInjector, ImageInjector)
+
+
+def protocol_members(*protocols: type) -> set[str]:
+    """Names a protocol class body declares (methods, properties, annotated attributes)."""
+    names = set()
+    for protocol in protocols:
+        for cls in protocol.__mro__:
+            if cls in PROTOCOLS:
+                names |= {n for n in vars(cls) if not n.startswith("_")}
+                names |= set(getattr(cls, "__annotations__", {}))
+    return names
+
+
+def used_outside_inject() -> dict[str, str]:
+    """member -> a module using it, for every `injector.<member>` / `x.injector.<member>`."""
+    used = {}
+    for path in sorted(ROOT.rglob("*.py")):
+        if path.parent.name == "inject":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if not isinstance(node, ast.Attribute):
+                continue
+            owner = node.value
+            name = owner.attr if isinstance(owner, ast.Attribute) else getattr(owner, "id", "")
+            if name == "injector":
+                used.setdefault(node.attr, str(path.relative_to(ROOT)))
+    return used
+
+
+def test_the_protocols_name_every_member_callers_use():
+    used = used_outside_inject()
+    assert {"hidden_states", "embed", "logits", "run_core"} <= set(used)  # the scan works
+    missing = {m: where for m, where in used.items() if m not in protocol_members(*PROTOCOLS)}
+    assert not missing, f"add these to the Injector protocols (inject/prompt.py): {missing}"
+
+
+@pytest.mark.parametrize(
+    ("kind", "protocol"),
+    [(CausalInjector, DecoderInjector), (EncoderInjector, TextInjector)],
+)
+def test_each_injector_has_what_its_protocol_names(backbones, kind, protocol):
+    name = "tiny_llama" if kind is CausalInjector else "tiny_bert"
+    injector = make_injector(backbones[name])
+    assert isinstance(injector, kind)
+    missing = sorted(m for m in protocol_members(protocol) if not hasattr(injector, m))
+    assert not missing, f"{kind.__name__} lacks {missing}"
+
+
+def test_the_image_injector_has_what_its_protocol_names():
+    injector = make_injector(tiny_vit())
+    assert isinstance(injector, VisionInjector)
+    missing = sorted(m for m in protocol_members(ImageInjector) if not hasattr(injector, m))
+    assert not missing, f"VisionInjector lacks {missing}"
+
+
+@pytest.mark.parametrize("name", ["tiny_llama", "tiny_gpt2"])
+def test_the_decode_loop_without_a_prompt_is_the_models_own_greedy(backbones, name):
+    """`decode(prompts=None)` (the optimizer LM's path) picks the tokens the whole
+    model's forward picks, step by step, and stops at a stop id without keeping it."""
+    backbone = backbones[name]
+    injector = make_injector(backbone)
+    context = [5, 9, 14, 7]
+    (row,) = decode(injector, None, [context], pad_id=0, max_new_tokens=[6])
+    ids = list(context)
+    with torch.no_grad():
+        for _ in range(6):
+            logits = backbone.model(input_ids=torch.tensor([ids])).logits[0, -1]
+            ids.append(int(logits.argmax()))
+    assert row.tokens == ids[len(context) :] and row.reason == "length"
+    k = next((k for k in range(1, 6) if row.tokens[k] not in row.tokens[:k]), 0)  # a new id
+    (stopped,) = decode(
+        injector, None, [context], pad_id=0, max_new_tokens=[6], stop_ids={row.tokens[k]}
+    )
+    assert stopped.tokens == row.tokens[:k] and stopped.reason == "stop"
+
+
+def test_the_decode_loop_stops_where_the_callback_says(llama):
+    injector = make_injector(llama)
+    seen = []
+
+    def on_token(i, tokens, logits):
+        seen.append((i, list(tokens), tuple(logits.shape)))
+        return len(tokens) == 2
+
+    rows = decode(injector, None, [[5, 6], [7]], pad_id=0, max_new_tokens=[4, 1], on_token=on_token)
+    assert [len(r.tokens) for r in rows] == [2, 1]
+    assert [r.reason for r in rows] == ["stop", "length"]
+    assert seen[0] == (0, rows[0].tokens[:1], (llama.spec.vocab_size,))
