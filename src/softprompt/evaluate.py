@@ -22,6 +22,7 @@ from softprompt.distributed import ProcessInfo, all_sum
 from softprompt.errors import ConfigError, DataError
 from softprompt.estimate import eval_batch_size
 from softprompt.metrics import class_counts, metrics_from_counts  # noqa: F401  (re-exported)
+from softprompt.tasks.text_metrics import generation_metrics, group_references
 
 
 def length_order(examples: list[Example]) -> list[int]:
@@ -58,13 +59,16 @@ def evaluate(
     desc: str = "eval",
     sort: bool = True,
     keep_scores: bool = False,
+    decode: bool = False,
 ) -> dict[str, Any]:
     """Loss (and accuracy / macro-F1 for classification) over `examples`.
 
     Under DDP each process scores its own share and the counts are summed,
     so every process returns the same numbers. `desc` names the bar (say, the split and
     task); `sort=False` scores the rows in the order given. `keep_scores` adds
-    "scores": each row's class scores, in the order of `examples` (one process only)."""
+    "scores": each row's class scores, in the order of `examples` (one process only).
+    `decode` adds, for a generation task, BLEU, ROUGE-L and exact match of greedy outputs
+    (`generation_scores`); validation during training leaves it off (decoding is slow)."""
     process = process or ProcessInfo()
     if keep_scores and process.world > 1:
         raise ConfigError("keep_scores: per-row scores are kept in single-process runs only")
@@ -100,7 +104,40 @@ def evaluate(
     result["examples"] = int(rows)
     if keep_scores:
         result["scores"] = [s.tolist() for s in scores if s is not None]
+    if decode and getattr(task, "generates", False):
+        result.update(generation_scores(model, examples, batch_size=size, progress=show, desc=desc))
     return result
+
+
+@torch.no_grad()
+def generation_scores(
+    model: torch.nn.Module,
+    examples: list[Example],
+    *,
+    batch_size: int = 32,
+    progress: bool = False,
+    desc: str = "generate",
+) -> dict[str, float]:
+    """BLEU, ROUGE-L and exact match of the model's greedy output for each distinct input
+    of `examples`, against all of that input's targets (`softprompt.tasks.text_metrics`).
+
+    Inputs are decoded longest first in batches of `batch_size`, so rows of a batch have
+    similar lengths; one process decodes them all (no DDP share: a corpus BLEU needs
+    every output)."""
+    inputs, references = group_references(examples)
+    order = sorted(range(len(inputs)), key=lambda i: -len(inputs[i]))
+    outputs: list[str] = [""] * len(inputs)
+    was_training = model.training
+    model.eval()
+    with tqdm(total=len(inputs), desc=f"{desc} (decode)", unit="row", leave=False,
+              disable=not progress) as bar:  # fmt: skip
+        for start in range(0, len(order), batch_size):
+            picked = order[start : start + batch_size]
+            for index, row in zip(picked, model.predict([inputs[i] for i in picked]), strict=True):
+                outputs[index] = row["text"]
+            bar.update(len(picked))
+    model.train(was_training)
+    return {**generation_metrics(outputs, references), "generated_rows": len(inputs)}
 
 
 def _keep(scores: list[torch.Tensor | None], picked: list[int], out: torch.Tensor | None) -> None:

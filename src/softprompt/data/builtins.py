@@ -16,6 +16,9 @@ Split sizes (identical texts are kept in one split; see `splits`):
   file are dropped)
 - election-tweets: 6,444 rows -> train 5,156 / validation 644 / test 644
 - wnut16-ner: 2,394 tweets (token TAB BIO tag) -> train 1,916 / validation 239 / test 239
+- e2e-nlg (generation, BIG-bench's gem/e2e_nlg from the bigbench 1.0.0 sdist, fetched on
+  first use; see `e2e`): 1,000 examples; distinct inputs -> train 80% / validation 10% /
+  test 10%, one row per (input, reference)
 - fashion-mnist (images): train 60,000 -> train 59,000 / validation 1,000 (100 per
   class); test 10,000 (the source test file)
 """
@@ -34,6 +37,7 @@ from pathlib import Path
 
 from softprompt.data._paths import downloads_dir, downloads_dir_for_shell
 from softprompt.data.conll import read_conll
+from softprompt.data.e2e import e2e_install_command, fetch_e2e, locate_e2e, read_e2e
 from softprompt.data.images import (
     FASHION_MNIST_INSTALL,
     FASHION_MNIST_LABELS,
@@ -105,6 +109,7 @@ class Builtin:
     locate: Callable[[], Path | None]
     read: Callable[[Path], tuple[list[Example], list[Example], list[Example]]]
     task: str = "classification"
+    fetch: Callable[[], Path] | None = None  # gets a missing source on first use
 
     def info(self) -> DatasetInfo:
         return DatasetInfo(
@@ -118,6 +123,8 @@ class Builtin:
 
     def load(self) -> Dataset:
         source = self.locate()
+        if source is None and self.fetch is not None:
+            source = self.fetch()  # raises with the install command when it cannot
         if source is None:
             raise DataError(
                 f"dataset {self.name!r} is not installed; install its source with: {self.install()}"
@@ -362,6 +369,21 @@ BUILTINS: dict[str, Builtin] = {
             locate=_locate_wnut,
             read=_read_wnut,
             task="tagging",
+        ),
+        Builtin(
+            name="e2e-nlg",
+            description=(
+                "E2E restaurant meaning representations -> one-sentence descriptions "
+                "(BIG-bench gem/e2e_nlg, 1,000 examples; its task.json is fetched from the "
+                "bigbench 1.0.0 sdist on first use). Split by distinct input, seeded: "
+                "train 80% / validation 10% / test 10%; an input's rows are its references."
+            ),
+            labels=(),
+            install=e2e_install_command,
+            locate=locate_e2e,
+            read=read_e2e,
+            task="generation",
+            fetch=fetch_e2e,
         ),
         Builtin(
             name="fashion-mnist",

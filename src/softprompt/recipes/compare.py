@@ -51,12 +51,13 @@ from softprompt.files import atomic_write_bytes, atomic_write_text
 from softprompt.methods import available_methods
 from softprompt.model import PromptModel, build_model
 from softprompt.recipes.baselines import TuneConfig, TunedModel
-from softprompt.recipes.report import METRIC_TITLES
+from softprompt.recipes.report import METRIC_TITLES, metric_cell
 from softprompt.recipes.run import load_data
 from softprompt.tasks.presets import task_config_for
 from softprompt.train import run_dir, train
 
 ZERO_SHOT, HEAD_ONLY = "zero-shot", "head-only"
+SECONDARY = ("rouge_l", "exact_match")  # generation: shown beside the headline BLEU
 DEFAULT_METHODS = (ZERO_SHOT, HEAD_ONLY, "soft-prompt", "prefix-tuning", "p-tuning", "lora", "full")
 UNIT_FILE = "unit.json"
 LABELS = {
@@ -189,29 +190,44 @@ class CompareReport:
     memory: str
     out: Path
     complete: bool = True
+    also: list[str] = field(default_factory=list)  # more metrics, each a mean ± sd column
 
     def markdown(self) -> str:
         title = METRIC_TITLES.get(self.metric, self.metric)
+        more = "".join(f"test {METRIC_TITLES[m]}: mean ± sd | " for m in self.also)
         head = (
-            f"| method | test {title}: mean ± sd (min-max) | seeds | trainable params | "
-            f"file size | train time | {self.memory} | test time |\n" + "|---" * 8 + "|\n"
+            f"| method | test {title}: mean ± sd (min-max) | {more}seeds | trainable params | "
+            f"file size | train time | {self.memory} | test time |\n"
+            + "|---" * (8 + len(self.also))
+            + "|\n"
         )
-        lines = [_summary_line(s) for s in self.summary]
+        lines = [_summary_line(s, self.also) for s in self.summary]
         rows = {r.get("test_rows") for r in self.rows if "test_rows" in r}
         tested = ", ".join(f"{n:,}" for n in sorted(rows)) or "-"
         return head + "\n".join(lines) + f"\n\ntest rows scored per unit: {tested}\n"
 
 
-def _summary_line(s: dict[str, Any]) -> str:
+def _summary_line(s: dict[str, Any], also: list[str]) -> str:
     if "skipped" in s:
-        return f"| {s['label']} | n/a: {s['skipped']} |" + " |" * 6
-    spread = f"{s['mean']:.4f} ± {s['sd']:.4f} ({s['min']:.4f}-{s['max']:.4f})"
+        return f"| {s['label']} | n/a: {s['skipped']} |" + " |" * (6 + len(also))
+    m = s["metric"]
+    spread = (
+        f"{metric_cell(m, s['mean'])} ± {metric_cell(m, s['sd'])} "
+        f"({metric_cell(m, s['min'])}-{metric_cell(m, s['max'])})"
+    )
+    more = "".join(f"{_mean_sd(name, s.get('also', {}).get(name))} | " for name in also)
     memory = f"{s['peak_memory_bytes'] / 2**20:.0f} MiB" if s["peak_memory_bytes"] else "-"
     return (
-        f"| {s['label']} | {spread} | {s['seeds']} | {s['trainable_parameters']:,} | "
+        f"| {s['label']} | {spread} | {more}{s['seeds']} | {s['trainable_parameters']:,} | "
         f"{s['file_bytes'] / 1024:.1f} KiB | {s['train_seconds']:.1f} s | {memory} | "
         f"{s['test_seconds']:.1f} s |"
     )
+
+
+def _mean_sd(name: str, spread: dict[str, float] | None) -> str:
+    if spread is None:
+        return "-"
+    return f"{metric_cell(name, spread['mean'])} ± {metric_cell(name, spread['sd'])}"
 
 
 class PeakMemory:
@@ -264,9 +280,17 @@ def _rss() -> int:
     return pages * os.sysconf("SC_PAGE_SIZE")
 
 
-def sample_test_rows(rows: list[Example], limit: int) -> list[Example]:
+def sample_test_rows(rows: list[Example], limit: int, *, by_input: bool = False) -> list[Example]:
     """At most `limit` test rows, a fixed seeded sample in their original order (a test
-    file sorted by label keeps both labels); all rows when `limit` is 0."""
+    file sorted by label keeps both labels); all rows when `limit` is 0. `by_input`
+    (generation): `limit` distinct inputs, each with all its rows, which are its
+    references, so a sampled input keeps every reference BLEU scores it against."""
+    if by_input:
+        inputs = list(dict.fromkeys(r.text for r in rows))
+        if not limit or limit >= len(inputs):
+            return list(rows)
+        keep_inputs = {inputs[i] for i in random.Random(0).sample(range(len(inputs)), limit)}
+        return [r for r in rows if r.text in keep_inputs]
     if not limit or limit >= len(rows):
         return list(rows)
     keep = sorted(random.Random(0).sample(range(len(rows)), limit))
@@ -299,7 +323,8 @@ def compare(
             device_map=run.backbone_device_map,
         )
         place(backbone.model, device)
-        test = sample_test_rows(dataset.test, config.test_limit)
+        by_input = dataset.task == "generation"
+        test = sample_test_rows(dataset.test, config.test_limit, by_input=by_input)
         ctx = _Context(backbone, dataset, config, test, out, progress)
         rows, units = [], config.units()
         with tqdm(total=len(units), desc="compare", disable=not progress) as bar:
@@ -363,7 +388,11 @@ def run_unit(
         model, path, seconds, best_step = trained
         tick = time.perf_counter()
         scores = evaluate(
-            model, ctx.test, batch_size=run.train.eval_batch_size, progress=ctx.progress
+            model,
+            ctx.test,
+            batch_size=run.train.eval_batch_size,
+            progress=ctx.progress,
+            decode=True,  # generation: BLEU, ROUGE-L and exact match of greedy outputs
         )
         test_seconds = time.perf_counter() - tick
     row.update(
@@ -435,7 +464,10 @@ def _report(
     complete: bool = True,
 ) -> CompareReport:
     metric = headline(rows)
-    summary = [_summarize(m, [r for r in rows if r["method"] == m], metric) for m in config.methods]
+    also = [m for m in SECONDARY if m != metric and any(m in r for r in rows)]
+    summary = [
+        _summarize(m, [r for r in rows if r["method"] == m], metric, also) for m in config.methods
+    ]
     return CompareReport(
         rows=rows,
         summary=[s for s in summary if s is not None],
@@ -443,10 +475,18 @@ def _report(
         memory=PeakMemory.describe(device),
         out=out,
         complete=complete,
+        also=also,
     )
 
 
-def _summarize(method: str, rows: list[dict[str, Any]], metric: str) -> dict[str, Any] | None:
+def _spread(values: list[float]) -> dict[str, float]:
+    sd = statistics.stdev(values) if len(values) > 1 else 0.0
+    return {"mean": statistics.fmean(values), "sd": sd, "min": min(values), "max": max(values)}
+
+
+def _summarize(
+    method: str, rows: list[dict[str, Any]], metric: str, also: list[str] | None = None
+) -> dict[str, Any] | None:
     if not rows:
         return None
     label = LABELS.get(method, method)
@@ -458,14 +498,15 @@ def _summarize(method: str, rows: list[dict[str, Any]], metric: str) -> dict[str
     def mean(key: str) -> float:
         return statistics.fmean(float(r[key]) for r in scored)
 
+    more = {
+        m: _spread([float(r[m]) for r in scored]) for m in also or [] if all(m in r for r in scored)
+    }
     return {
         "method": method,
         "label": label,
         "metric": metric,
-        "mean": statistics.fmean(values),
-        "sd": statistics.stdev(values) if len(values) > 1 else 0.0,
-        "min": min(values),
-        "max": max(values),
+        **_spread(values),
+        **({"also": more} if more else {}),
         "seeds": len(values),
         "trainable_parameters": scored[0]["trainable_parameters"],
         "file_bytes": int(mean("file_bytes")),
@@ -480,6 +521,7 @@ def _write(report: CompareReport, config: CompareConfig) -> None:
     atomic_write_text(out / "compare.md", report.markdown())
     payload = {
         "metric": report.metric,
+        "also": report.also,
         "memory": report.memory,
         "summary": report.summary,
         "units": report.rows,

@@ -13,7 +13,20 @@ from typing import Any
 from softprompt.train import TrainResult
 
 # Report columns, in order; a column appears when any row (any task) has that score.
-METRIC_TITLES = {"entity_f1": "entity F1", "accuracy": "accuracy", "macro_f1": "macro-F1"}
+METRIC_TITLES = {
+    "entity_f1": "entity F1",
+    "accuracy": "accuracy",
+    "macro_f1": "macro-F1",
+    "bleu": "BLEU",  # generation (tasks/text_metrics.py): 0-100, as papers quote it
+    "rouge_l": "ROUGE-L",  # 0-100, like BLEU
+    "exact_match": "exact match",  # 0-1, like accuracy
+}
+HUNDREDS = ("bleu", "rouge_l")  # scores on a 0-100 scale: two decimals are enough
+
+
+def metric_cell(name: str, value: float) -> str:
+    """A score as the table shows it: 0-100 scores with 2 decimals, 0-1 scores with 4."""
+    return f"{value:.2f}" if name in HUNDREDS else f"{value:.4f}"
 
 
 def class_report(labels: list[str], gold: list[str], predicted: list[str]) -> dict[str, Any]:
@@ -126,11 +139,11 @@ def _class_section(r: dict[str, Any], several: bool) -> str:
 
 def _metric_columns(rows: list[dict[str, Any]]) -> list[str]:
     present = [name for name in METRIC_TITLES if any(name in r for r in rows)]
-    unscored = any(not any(name in r for name in present) for r in rows)  # generation rows
+    unscored = any(not any(name in r for name in present) for r in rows)  # undecoded generation
     return present + ["loss"] * unscored
 
 
 def _score_cells(r: dict[str, Any], columns: list[str]) -> str:
     size, seconds = f"{r['file_bytes'] / 1024:.1f} KiB", f"{r['train_seconds']:.0f} s"
-    scores = " | ".join(f"{r[c]:.4f}" if c in r else "-" for c in columns)
+    scores = " | ".join(metric_cell(c, r[c]) if c in r else "-" for c in columns)
     return f"| {r['name']} | {scores} | {r['trainable_parameters']:,} | {size} | {seconds} |"

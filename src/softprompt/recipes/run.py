@@ -179,6 +179,7 @@ def _test_row(
         process=process,
         progress=True,
         keep_scores=per_row,
+        decode=True,  # generation: BLEU / ROUGE-L / exact match of greedy outputs
     )
     row_scores = scores.pop("scores", None)
     row = {"name": name, **scores, "trainable_parameters": model.num_trainable(), **extra}

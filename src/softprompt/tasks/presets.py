@@ -31,6 +31,10 @@ DATASET_TASKS: dict[str, dict[str, Any]] = {
         "template": "Tweet: {text}\nThis tweet was written by",
         "verbalizer": {"HillaryClinton": [" Hillary"], "realDonaldTrump": [" Trump"]},
     },
+    "e2e-nlg": {  # Li & Liang's prefix-tuning format: table, separator, text
+        "template": "Table: {text}\nDescription:\n",
+        "max_new_tokens": 64,
+    },
     "newsgroups20": {
         "template": "Message: {text}\nNewsgroup:",
         "max_text_tokens": 160,
