@@ -8,7 +8,9 @@ movie-sentiment classification and one for generation:
   direct   `--concurrency` requests to vLLM with `prompt_embeds` built before timing:
            vLLM's own cost
   gateway  the same requests through `VllmEngine` (template, tokenizer, embeddings,
-           torch.save + base64, HTTP), i.e. what `softprompt serve --engine vllm` adds
+           torch.save + base64, HTTP), i.e. the engine inside `softprompt serve --engine vllm`
+  http     the same requests to a real `softprompt serve --engine vllm` process over HTTP
+           (/classify, /generate; one input per request): everything the gateway adds
   own      the same inputs in one call of softprompt's own `serve.engine.Engine.run`
 
 Rounds are interleaved (direct, gateway, own; the order rotates). Prints the medians,
@@ -24,11 +26,14 @@ import argparse
 import json
 import socket
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import httpx
 import torch
 
 from softprompt.api import build_model
@@ -84,8 +89,10 @@ def parity(vllm: VllmEngine, models, texts: list[str], gen: list[str]) -> dict:
     }
 
 
-def runners(vllm: VllmEngine, own: Engine, texts: list[str], kind: str, max_tokens: int):
-    """name -> a function answering `texts` once (the three ways)."""
+def runners(
+    vllm: VllmEngine, own: Engine, texts: list[str], kind: str, max_tokens: int, gateway_url: str
+):
+    """name -> a function answering `texts` once (the four ways)."""
     task = "movie" if kind == "classify" else "story"
     if kind == "classify":
         words = sorted({t for ws in vllm.get(task).model.task.word_ids for ids in ws for t in ids})
@@ -114,7 +121,34 @@ def runners(vllm: VllmEngine, own: Engine, texts: list[str], kind: str, max_toke
         limit = max_tokens if gen else None
         own.run([own.request(task, t, generate=gen, max_tokens=limit) for t in texts])
 
-    return {"direct": direct, "gateway": gateway, "own": ours}
+    client = httpx.Client(base_url=gateway_url, timeout=600.0)
+    path = "/classify" if kind == "classify" else "/generate"
+    limit = {} if kind == "classify" else {"max_tokens": max_tokens}
+
+    def http():
+        def send(text: str) -> None:
+            body = {"inputs": [{"task": task, "text": text, **limit}]}
+            client.post(path, json=body).raise_for_status()
+
+        list(pool.map(send, texts))
+
+    return {"direct": direct, "gateway": gateway, "http": http, "own": ours}
+
+
+def start_gateway(store: Path, vllm_url: str, port: int) -> subprocess.Popen:
+    """`softprompt serve --engine vllm` on `store`, as a user runs it; waits for /health."""
+    command = [sys.executable, "-m", "softprompt.cli", "serve", "--store", str(store)]
+    command += ["--engine", "vllm", "--vllm-url", vllm_url, "--port", str(port)]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url, deadline = f"http://127.0.0.1:{port}", time.monotonic() + 300
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            if httpx.get(f"{url}/health", timeout=2.0).status_code == 200:
+                return process
+        except httpx.TransportError:
+            time.sleep(1.0)
+    process.kill()
+    raise RuntimeError(f"softprompt serve did not come up on {url}")
 
 
 def timed(runs: dict, rounds: int) -> dict[str, float]:
@@ -162,17 +196,27 @@ def main() -> None:
                 store.add(task, path)
             own = Engine(vllm.backbone, store)
             own.load_all()
+            gateway_port = free_port()
+            gateway = start_gateway(Path(tmp) / "store", args.url, gateway_port)
             texts = [e.text for e in load_dataset("movie-sentiment").test]
             report = {"parity": parity(vllm, models, texts[: args.rows], texts[: args.gen])}
             batch = texts[: args.concurrency]
-            for kind in ("classify", "generate"):
-                med = timed(runners(vllm, own, batch, kind, args.max_tokens), args.rounds)
-                report[kind] = {
-                    "median_s": med,
-                    "requests_per_s": {n: len(batch) / s for n, s in med.items()},
-                    "own_over_vllm_speed": med["gateway"] / med["own"],
-                    "gateway_overhead": med["gateway"] / med["direct"] - 1.0,
-                }
+            try:
+                for kind in ("classify", "generate"):
+                    ways = runners(
+                        vllm, own, batch, kind, args.max_tokens, f"http://127.0.0.1:{gateway_port}"
+                    )
+                    med = timed(ways, args.rounds)
+                    report[kind] = {
+                        "median_s": med,
+                        "requests_per_s": {n: len(batch) / s for n, s in med.items()},
+                        "own_over_vllm_speed": med["gateway"] / med["own"],
+                        "gateway_overhead": med["gateway"] / med["direct"] - 1.0,
+                        "http_gateway_overhead": med["http"] / med["direct"] - 1.0,
+                    }
+            finally:
+                gateway.terminate()
+                gateway.wait(timeout=60)
         report["setup"] = {
             "concurrency": args.concurrency,
             "max_tokens": args.max_tokens,
