@@ -203,3 +203,29 @@ def test_cli_compare_on_generation_scores_bleu_and_the_test_loss(llama_folder, t
     assert all(u["loss"] > 0 for u in units if "skipped" not in u)
     assert summary["head-only"]["skipped"] == "the task has no head to train"
     assert summary["soft-prompt"]["trainable_parameters"] > 0
+
+
+def test_few_shot_compare_draws_one_sample_per_seed(
+    llama_folder, sentiment_csv, tmp_path, monkeypatch
+):
+    """Under --shots each seed trains on its own K-shot sample (data seed = data.seed +
+    seed), as LM-BFF and PET report few-shot results; every unit is scored on the same
+    test rows."""
+    config = _config(llama_folder, sentiment_csv, tmp_path / "k", ["soft-prompt"])
+    run = dataclasses.replace(config.run, data=dataclasses.replace(config.run.data, shots=2))
+    seen: dict[str, tuple] = {}
+
+    def spy(model, dataset, config, out_dir, **kwargs):
+        seen[Path(out_dir).name] = (tuple(dataset.train), tuple(dataset.test))
+        return train(model, dataset, config, out_dir, **kwargs)
+
+    monkeypatch.setattr(compare_module, "train", spy)
+    compare(dataclasses.replace(config, run=run), progress=False)
+    (train0, test0), (train1, test1) = seen["soft-prompt-s0"], seen["soft-prompt-s1"]
+    assert len(train0) == len(train1) == 4 and set(train0) != set(train1)
+    assert test0 == test1
+    for seed in (0, 1):
+        unit = json.loads(
+            (tmp_path / "k" / "units" / f"soft-prompt-s{seed}" / "unit.json").read_text()
+        )
+        assert unit["config"]["data"]["seed"] == seed and unit["config"]["data"]["shots"] == 2

@@ -88,7 +88,12 @@ def add_compare_parser(sub: Any) -> None:
     grid.add_argument("--config", help="YAML run config (flags override it)")
     grid.add_argument("--methods", default="zero-shot,head-only,soft-prompt,prefix-tuning,"
                       "p-tuning,lora,full", help="units: these and any registered method")  # fmt: skip
-    grid.add_argument("--seeds", default="3", help="N seeds (0..N-1) or a list such as 0,4,7")
+    grid.add_argument(
+        "--seeds",
+        default="3",
+        help="N seeds (0..N-1) or a list such as 0,4,7; with --shots each seed "
+        "also draws its own K-shot sample",
+    )
     grid.add_argument("--test-limit", type=int, default=0,
                       help="score a fixed sample of this many test rows (0 = all); "
                       "generation: this many distinct inputs, each with all its "

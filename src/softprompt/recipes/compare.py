@@ -10,6 +10,10 @@ the one training loop, and scored by the one `evaluate`. A unit a task cannot ha
 (zero-shot with a head still to learn, head-only where there is no head) is listed
 as n/a with the reason the model gave.
 
+Under `--shots K` a seed is also a data seed: each seed trains on its own K-shot sample
+(drawn once per seed), since few-shot results vary more with the sample than with the
+initialization; the test rows are the same for every unit.
+
 Each unit is a normal run folder, OUT/units/<method>-s<seed>/ (prompt.safetensors,
 metrics.jsonl, checkpoint), so a user can `eval`, `predict` or `serve` it. When a unit
 ends its row is written to OUT/units/<unit>/unit.json; running the compare again reads
@@ -129,6 +133,17 @@ class _Context:
     test: list[Example]
     out: Path
     progress: bool = False  # each unit's own train / test bars under the compare's bar
+    samples: dict[int, Dataset] = field(default_factory=dict)  # data seed -> k-shot data
+
+    def for_unit(self, run: RunConfig) -> _Context:
+        """The context a unit trains in: under --shots its own K-shot sample (the unit's
+        data seed), drawn once per seed; the test rows stay the same for every unit."""
+        if run.data.shots is None:
+            return self
+        seed = run.data.seed
+        if seed not in self.samples:
+            self.samples[seed] = load_data(run.data)
+        return dataclasses.replace(self, dataset=self.samples[seed])
 
 
 # unit kinds that are not prompt methods: each builds its model from the run's task
@@ -346,7 +361,10 @@ def unit_config(config: CompareConfig, unit: Unit, folder: Path) -> RunConfig:
     run = config.run
     method = run.method if run.method.get("name") == unit.method else {"name": unit.method}
     train_config = dataclasses.replace(run.train, seed=unit.seed, overwrite=False)
-    return dataclasses.replace(run, method=method, train=train_config, out=str(folder))
+    data = run.data
+    if data.shots is not None:  # few-shot results vary most with the sample: one per seed
+        data = dataclasses.replace(data, seed=data.seed + unit.seed)
+    return dataclasses.replace(run, method=method, train=train_config, data=data, out=str(folder))
 
 
 # train keys that change how a run goes, not what it learns or how it is scored
@@ -370,6 +388,7 @@ def run_unit(
     if one was stopped) and scored. None when `stop_after` stopped it early."""
     folder = ctx.out / "units" / unit.name
     run = unit_config(ctx.config, unit, folder)
+    ctx = ctx.for_unit(run)
     recorded = _recorded(run, ctx.config.test_limit)
     done = folder / UNIT_FILE
     if done.is_file() and not ctx.config.run.train.overwrite:
