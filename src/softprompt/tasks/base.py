@@ -19,6 +19,7 @@ from softprompt.data import Example
 from softprompt.errors import ConfigError
 from softprompt.inject import Injector, Prompt, RowPrompts
 from softprompt.registry import Registry
+from softprompt.tasks.chat import Conversation, chat_input, check_chat_template
 
 
 @dataclass
@@ -28,7 +29,9 @@ class TaskConfig:
     `head`: "verbalizer" scores label words with the LM head (causal LMs only),
     "linear" trains a small classifier on pooled states; "auto" picks verbalizer
     for causal LMs and linear for encoders. `verbalizer` maps each label to its
-    label words (default: " " + label name).
+    label words (default: " " + label name). `chat_template`: the input is rendered as a
+    conversation by the backbone tokenizer's chat template and that fills `{text}`
+    (tasks/chat.py); for instruct backbones.
     """
 
     kind: str = "classification"
@@ -40,6 +43,7 @@ class TaskConfig:
     max_text_tokens: int = 200
     max_new_tokens: int = 32
     image_size: int = 112  # vision backbones: images are resized to this square (tasks/image.py)
+    chat_template: bool = False
 
     def __post_init__(self) -> None:
         if self.kind not in ("classification", "generation", "tagging"):
@@ -50,6 +54,15 @@ class TaskConfig:
             raise ConfigError(f"task.head: must be auto, verbalizer or linear, got {self.head!r}")
         if self.pool not in ("auto", "mean", "cls", "last"):
             raise ConfigError(f"task.pool: must be auto, mean, cls or last, got {self.pool!r}")
+        if not isinstance(self.chat_template, bool):
+            raise ConfigError(
+                f"task.chat_template: must be true or false, got {self.chat_template!r}"
+            )
+        if self.chat_template and self.kind == "tagging":
+            raise ConfigError(
+                "task.chat_template: tagging labels each word of the bare text; "
+                "leave task.chat_template out"
+            )
         if self.kind != "generation" and len(self.labels) < 2:
             raise ConfigError(f"task.labels: need at least 2 labels, got {self.labels!r}")
         if isinstance(self.verbalizer, str):
@@ -179,6 +192,9 @@ class TemplatedTask(Task):
         self.config = config
         self.tokenizer = backbone.tokenizer
         self.pad_id = backbone.spec.pad_token_id
+        if config.chat_template:
+            check_chat_template(self.tokenizer, backbone.spec.kind, backbone.name)
+        self.drop_bos = backbone.spec.bos_token_id is not None  # rows get BOS in front
         self.template = Template(config.template)
         # with virtual-token slots, a decoder runs everything before {text} once per step
         # as the prompt prefix (it never sees the input); an encoder keeps it in each row
@@ -190,12 +206,25 @@ class TemplatedTask(Task):
 
     def rows(self, examples: list[Example]) -> tuple[list[list[int]], list[list[int]]]:
         """Token ids per example and, per id, its virtual-token index (-1: a real token)."""
-        budget, include = self.config.max_text_tokens, not self.head_in_front
+        include = not self.head_in_front
         encoded = [
-            self.template.encode_row(self.tokenizer, e.text, budget, include_head=include)
+            self.template.encode_row(
+                self.tokenizer, *self._framed_text(e.text), include_head=include
+            )
             for e in examples
         ]
         return [ids for ids, _ in encoded], [virtual for _, virtual in encoded]
+
+    def _framed_text(self, text: str) -> tuple[str, int]:
+        """What fills `{text}` and its token budget (`Template.encode_row`). A chat-template
+        task renders a plain text (cut first) as one user message, whose framing is never
+        cut; a served `Conversation` keeps its last `max_text_tokens` tokens."""
+        budget = self.config.max_text_tokens
+        if not self.config.chat_template:
+            return text, budget
+        if isinstance(text, Conversation):
+            return text, -budget
+        return chat_input(self.tokenizer, text, budget, drop_bos=self.drop_bos), 1 << 30
 
     def with_slots(
         self, batch: dict[str, torch.Tensor], examples: list[Example], offset: int = 0
@@ -238,6 +267,8 @@ class TemplatedTask(Task):
                 if ids:
                     tokens = torch.tensor(ids, device=injector.device)
                     parts.append(injector.embed(tokens).to(virtual.dtype))  # (t, d)
+        if not parts:  # every slot after {text} ("{text} {p:2}"): nothing goes in front
+            return Prompt(inline=virtual)
         return Prompt(embeds=torch.cat(parts), inline=virtual)  # (m, d)
 
     def with_targets(

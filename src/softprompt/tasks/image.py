@@ -33,6 +33,8 @@ class ImageTask(Task):
             raise ConfigError(
                 f"task.head: a vision backbone has no label words; use linear, not {config.head!r}"
             )
+        if config.chat_template:
+            raise ConfigError("task.chat_template: images have no chat template; leave it out")
         if config.pool not in ("auto", "cls", "mean"):
             raise ConfigError(f"task.pool: use cls or mean on images, not {config.pool!r}")
         self.config = config

@@ -104,10 +104,13 @@ class Template:
     ) -> tuple[list[int], list[int]]:
         """The filled template (no special tokens), text cut to a budget: (ids, virtual).
 
+        A negative budget keeps the text's last -`max_text_tokens` tokens instead of its
+        first (a conversation keeps its latest turns and the assistant's header).
         `include_head=False` leaves out everything before `{text}` (a causal decoder runs
         that part once per step as its prompt prefix, see `TemplatedTask.frame`)."""
         head, glue = self.head_and_glue()
-        body = tokenizer(glue + text, add_special_tokens=False)["input_ids"][:max_text_tokens]
+        body = tokenizer(glue + text, add_special_tokens=False)["input_ids"]
+        body = body[max_text_tokens:] if max_text_tokens < 0 else body[:max_text_tokens]
         ids, virtual = self.encode_pieces(tokenizer, head) if include_head else ([], [])
         tail_ids, tail_virtual = self.encode_pieces(tokenizer, self.tail)
         return ids + body + tail_ids, virtual + [-1] * len(body) + tail_virtual

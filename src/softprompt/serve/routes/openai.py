@@ -25,6 +25,7 @@ from softprompt.serve.routes.formatting import choice, usage
 from softprompt.serve.routes.state import MAX_INPUTS, MAX_NEW_TOKENS, ServeState, State
 from softprompt.serve.routes.streaming import stream
 from softprompt.serve.sampling import MAX_SEED, Sampling
+from softprompt.tasks.chat import ROLES, Conversation, render
 
 router = APIRouter()
 
@@ -134,16 +135,44 @@ async def completions(body: CompletionBody, state: State) -> Any:
 
 @router.post("/v1/chat/completions")
 async def chat_completions(body: ChatBody, state: State) -> Any:
-    """OpenAI chat; the last user message is the input the task's template frames."""
+    """OpenAI chat. A task trained with `task.chat_template` keeps the conversation: every
+    message, rendered by the backbone's chat template, is its input; any other task frames
+    one text with its template, the last user message."""
     users = [i for i, m in enumerate(body.messages) if m.role == "user"]
     if not users:
         raise ApiError(400, "messages: need at least one message with role 'user'")
-    content = chat_text(body.messages[users[-1]].content, f"messages[{users[-1]}].content")
+    task = state.engine.get(body.model).model.task
+    if getattr(task.config, "chat_template", False):
+        content: str = conversation(task, body)
+    else:
+        content = chat_text(body.messages[users[-1]].content, f"messages[{users[-1]}].content")
     if body.max_completion_tokens is not None:  # 0 is a value, not a missing one
         limit = ("max_completion_tokens", body.max_completion_tokens)
     else:
         limit = ("max_tokens", body.max_tokens)
     return await openai_answer(state, body, [content], limit, chat=True)
+
+
+def conversation(task: Any, body: ChatBody) -> Conversation:
+    """Every message rendered by the chat template the task was trained inside, ending with
+    the assistant's header (`developer` is read as `system`, as older templates know it)."""
+    messages = []
+    for i, m in enumerate(body.messages):
+        if m.role not in ROLES:
+            raise ApiError(
+                400,
+                f"messages[{i}].role: {m.role!r} is not served (a task calls no tools); "
+                f"use one of {list(ROLES)}",
+            )
+        role = "system" if m.role == "developer" else m.role
+        messages.append({"role": role, "content": chat_text(m.content, f"messages[{i}].content")})
+    if messages[-1]["role"] != "user":
+        raise ApiError(
+            400,
+            f"messages[{len(messages) - 1}]: the last message must have role 'user' "
+            "(the turn the task answers)",
+        )
+    return render(task.tokenizer, messages, drop_bos=task.drop_bos)
 
 
 def chat_text(content: str | list[dict[str, Any]] | None, where: str) -> str:
