@@ -16,7 +16,8 @@ from dataclasses import dataclass
 import torch
 from transformers.cache_utils import DynamicCache
 
-from softprompt.inject.causal import PrefixCache
+from softprompt.inject.causal import CausalInjector, PrefixCache
+from softprompt.inject.packing import Packed, pack_rows, run_packed, worth_packing
 from softprompt.inject.prompt import DecoderInjector, Prompt, RowPrompts
 
 Choose = Callable[[torch.Tensor], list[int]]  # (B, V) logits -> one id per row
@@ -55,6 +56,17 @@ def _no_prefix(batch: int, device: torch.device) -> PrefixCache:
     return PrefixCache(None, empty, torch.zeros(batch, dtype=torch.long, device=device))
 
 
+@dataclass
+class _Running:
+    """A batch ready for its next token: each row's last hidden state, the attention
+    cache, which cache slots are real, and the position of each row's last token."""
+
+    hidden: torch.Tensor  # (B, d)
+    cache: DynamicCache
+    mask: torch.Tensor  # (B, W) 1 = a real slot
+    last: torch.Tensor  # (B, 1)
+
+
 @torch.no_grad()
 def decode(
     injector: DecoderInjector,
@@ -74,6 +86,39 @@ def decode(
     template's own ids). A row ends at an id in `stop_ids` (not kept), when `on_token`
     returns True after one of its tokens, or at its `max_new_tokens`. `virtual` marks
     template slots per context token (the prompt's inline vectors)."""
+    running = _prefill(injector, prompts, contexts, pad_id, virtual)
+    return _loop(injector, running, max_new_tokens, stop_ids, choose, on_token)
+
+
+@torch.no_grad()
+def decode_packed(
+    injector: CausalInjector,
+    cached: list[tuple[list[tuple[torch.Tensor, torch.Tensor]], int]],
+    choice: list[int],
+    contexts: list[list[int]],
+    *,
+    capacity: int,
+    pad_id: int,
+    max_new_tokens: list[int],
+    stop_ids: Collection[int] = (),
+    choose: Choose = greedy,
+    on_token: OnToken | None = None,
+) -> list[Decoded] | None:
+    """`decode` with the contexts run packed end to end (no padding: `packing.py`), each
+    row then going on from its own prompt's K/V (`cached[choice[i]]`: per-layer K/V and
+    width) and its context's, gathered into one cache. The same tokens as `decode`;
+    None when packing would cost more than padding (`worth_packing`)."""
+    widths = [width for _, width in cached]
+    bins = pack_rows([len(c) for c in contexts], capacity, choice, widths)
+    if not worth_packing(bins, choice, widths, capacity):
+        return None
+    packed = run_packed(injector, cached, bins, choice, contexts, pad_id=pad_id, keep_cache=True)
+    running = _unpack(injector, packed, [widths[p] for p in choice], choice)
+    return _loop(injector, running, max_new_tokens, stop_ids, choose, on_token)
+
+
+def _prefill(injector, prompts, contexts, pad_id, virtual) -> _Running:
+    """The contexts left-padded to one width after each row's prompt prefix."""
     device = injector.device
     ids, mask = (t.to(device) for t in pad_left(contexts, pad_id))  # (B, T)
     batch = ids.shape[0]
@@ -89,11 +134,48 @@ def decode(
     positions = prefix.lengths[:, None] + (mask.cumsum(-1) - 1).clamp(min=0)  # (B, T)
     full_mask = torch.cat([prefix.mask, mask], 1)  # (B, m + T)
     hidden = injector.step(ids, full_mask, positions, cache, rows, inline)  # (B, T, d)
+    return _Running(hidden[:, -1], cache, full_mask, positions[:, -1:])
+
+
+def _unpack(injector, packed: Packed, widths: list[int], choice: list[int]) -> _Running:
+    """Each request's own slots of the packed rows' cache (its prompt's, then its
+    tokens'), gathered into one row each, left-padded to the longest: (B, kvh, W, hd)."""
+    device = packed.hidden.device
+    rows, span = packed.hidden.shape[0], packed.slots + packed.hidden.shape[1]  # R, M + C
+    lengths = [w + s.length for w, s in zip(widths, packed.segments, strict=True)]
+    width, zero = max(lengths), rows * span  # `zero`: an appended all-zero slot
+    index = torch.full((len(lengths), width), zero, dtype=torch.long)  # (B, W)
+    for i, (w, s) in enumerate(zip(widths, packed.segments, strict=True)):
+        first = packed.offsets[s.row].get(choice[i], 0)
+        own = [*range(first, first + w), *range(packed.slots + s.start, packed.slots + s.end)]
+        index[i, width - len(own) :] = s.row * span + torch.tensor(own)
+    index = index.to(device)
+    cache = DynamicCache(config=injector.config)
+    for layer, kv in enumerate(packed.cache.layers):
+        keys, values = (_gather(t, index) for t in (kv.keys, kv.values))
+        cache.update(keys, values, layer)
+    ends = torch.tensor([[s.row, s.end - 1] for s in packed.segments], device=device)  # (B, 2)
+    last = torch.tensor(lengths, device=device)[:, None] - 1  # (B, 1)
+    hidden = packed.hidden[ends[:, 0], ends[:, 1]]  # (B, d)
+    return _Running(hidden, cache, (index != zero).long(), last)
+
+
+def _gather(t: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """(R, kvh, S, hd) slots, (B, W) flat indices (R * S: zeros) -> (B, kvh, W, hd)."""
+    rows, heads, span, dim = t.shape
+    flat = t.transpose(1, 2).reshape(rows * span, heads, dim)  # (R * S, kvh, hd)
+    flat = torch.cat([flat, flat.new_zeros(1, heads, dim)])
+    return flat[index].transpose(1, 2).contiguous()  # (B, kvh, W, hd)
+
+
+def _loop(injector, running: _Running, max_new_tokens, stop_ids, choose, on_token):
+    """One token per step for the whole batch until every row is done."""
+    batch = running.hidden.shape[0]
+    cache, mask, position, hidden = running.cache, running.mask, running.last, running.hidden
     out = [Decoded([], "length") for _ in range(batch)]
     done = [limit <= 0 for limit in max_new_tokens]
-    next_pos = positions[:, -1:]  # (B, 1)
     for _ in range(max(max_new_tokens, default=0)):
-        logits = injector.logits(hidden[:, -1])  # (B, V)
+        logits = injector.logits(hidden)  # (B, V)
         token = choose(logits)  # B ids
         for i in range(batch):
             if not done[i]:
@@ -101,10 +183,10 @@ def decode(
                 done[i] = done[i] or len(out[i].tokens) >= max_new_tokens[i]
         if all(done):
             break
-        next_pos = next_pos + 1
-        full_mask = torch.cat([full_mask, mask.new_ones(batch, 1)], 1)  # (B, m + T + t)
-        step_ids = torch.tensor(token, device=device).unsqueeze(1)  # (B, 1)
-        hidden = injector.step(step_ids, full_mask, next_pos, cache)  # (B, 1, d)
+        position = position + 1
+        mask = torch.cat([mask, mask.new_ones(batch, 1)], 1)  # (B, W + t)
+        step_ids = torch.tensor(token, device=injector.device).unsqueeze(1)  # (B, 1)
+        hidden = injector.step(step_ids, mask, position, cache)[:, -1]  # (B, d)
     return out
 
 

@@ -67,6 +67,10 @@ class Segment:
     start: int
     length: int
 
+    @property
+    def end(self) -> int:
+        return self.start + self.length
+
 
 def _stacked(kv: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
     """A prompt's per-layer K/V, each (1, kvh, w, hd) -> one (L, 2, kvh, w, hd) tensor."""
@@ -90,6 +94,19 @@ def worth_packing(
     return carried <= capacity
 
 
+@dataclass
+class Packed:
+    """What one packed pass leaves: hidden states (R, C, d), where each request sits, and
+    (when kept) the cache of every row, per layer (R, kvh, M + C, hd): M prompt slots
+    (`offsets[r][p]`: where prompt p's sit in row r), then the packed tokens."""
+
+    hidden: torch.Tensor  # (R, C, d)
+    segments: list[Segment]
+    cache: DynamicCache | None
+    slots: int  # M
+    offsets: list[dict[int, int]]
+
+
 @torch.no_grad()
 def packed_hidden(
     injector: CausalInjector,
@@ -103,6 +120,23 @@ def packed_hidden(
     """Run requests (`contexts`, ids without BOS; request i uses prompt `choice[i]`,
     whose K/V and width are `cached[choice[i]]`) packed into the rows `bins` (from
     `pack_rows`): -> hidden states (R, C, d) and where each request's are."""
+    packed = run_packed(injector, cached, bins, choice, contexts, pad_id=pad_id)
+    return packed.hidden, packed.segments
+
+
+@torch.no_grad()
+def run_packed(
+    injector: CausalInjector,
+    cached: list[tuple[list[tuple[torch.Tensor, torch.Tensor]], int]],
+    bins: list[list[int]],
+    choice: list[int],
+    contexts: list[list[int]],
+    *,
+    pad_id: int,
+    keep_cache: bool = False,
+) -> Packed:
+    """`packed_hidden`, keeping what a decoding loop needs to go on from each request
+    (`keep_cache`: the rows' cache even when no prompt has slots)."""
     device = injector.device
     width = max(sum(len(c) for c in (contexts[i] for i in members)) for members in bins)
     used = [list(dict.fromkeys(choice[i] for i in members)) for members in bins]
@@ -112,10 +146,12 @@ def packed_hidden(
     sees = torch.zeros((len(bins), width, slots + width), dtype=torch.bool)
     sees[:, torch.arange(width), slots + torch.arange(width)] = True  # padding sees itself
     segments: list[Segment | None] = [None] * len(contexts)
+    offsets: list[dict[int, int]] = []
     for r, members in enumerate(bins):
-        offsets, at = {}, 0
+        offsets.append({})
+        at = 0
         for p in used[r]:
-            offsets[p] = at
+            offsets[r][p] = at
             at += cached[p][1]
         start = 0
         for i in members:
@@ -123,11 +159,13 @@ def packed_hidden(
             ids[r, start : start + n] = torch.tensor(contexts[i], dtype=torch.long)
             positions[r, start : start + n] = cached[p][1] + torch.arange(n)
             block = sees[r, start : start + n]  # (n, M + C)
-            block[:, offsets[p] : offsets[p] + cached[p][1]] = True
+            block[:, offsets[r][p] : offsets[r][p] + cached[p][1]] = True
             block[:, slots + start : slots + start + n] = torch.ones(n, n).tril().bool()
             segments[i] = Segment(r, start, n)
             start += n
     cache = _prefix(cached, used, slots, injector.config) if slots else None
+    if cache is None and keep_cache:
+        cache = DynamicCache(config=injector.config)
     mask = attention_mask(sees.unsqueeze(1).to(device), injector.config, injector.head.weight.dtype)
     out = injector.run_core(
         inputs_embeds=injector.embed(ids.to(device)),  # (R, C, d)
@@ -135,7 +173,7 @@ def packed_hidden(
         position_ids=positions.to(device),
         cache=cache,
     )
-    return out.last_hidden_state, segments  # (R, C, d)
+    return Packed(out.last_hidden_state, segments, cache, slots, offsets)  # (R, C, d)
 
 
 def _prefix(cached, used: list[list[int]], slots: int, config) -> DynamicCache:

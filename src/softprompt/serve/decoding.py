@@ -4,11 +4,13 @@ own sampling parameters, token limit and stop sequences, streaming its text as i
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 
 from softprompt.inject import RowPrompts
 from softprompt.inject.decode import decode as inject_decode
+from softprompt.inject.decode import decode_packed
 from softprompt.serve.sampling import (
     Sampling,
     find_stop,
@@ -72,10 +74,13 @@ def decode(
     max_new_tokens: list[int],
     sampling: list[Sampling] | None = None,
     texts: list[RowText] | None = None,
+    packed: Packing | None = None,
 ) -> list[tuple[list[int], str]]:
     """The one decoding loop (`inject.decode`), each row with its own sampling parameters
     and random stream, and why each row stopped: "stop" at EOS or a stop sequence
-    (`texts` watch for those and stream), "length" at its token limit."""
+    (`texts` watch for those and stream), "length" at its token limit. With `packed`
+    the contexts run packed end to end, without padding (`inject.decode.decode_packed`),
+    where that costs less than padding them."""
     sampling = sampling or [Sampling() for _ in contexts]
     generators = [s.generator(injector.device) for s in sampling]
 
@@ -89,14 +94,28 @@ def decode(
             )
         return texts[i].push(tokens)
 
-    rows = inject_decode(
-        injector,
-        prompts,
-        contexts,
-        pad_id=pad_id,
-        max_new_tokens=max_new_tokens,
-        stop_ids=() if eos_id is None else (eos_id,),
-        choose=choose,
-        on_token=on_token if texts is not None else None,
-    )
+    options = {
+        "pad_id": pad_id,
+        "max_new_tokens": max_new_tokens,
+        "stop_ids": () if eos_id is None else (eos_id,),
+        "choose": choose,
+        "on_token": on_token if texts is not None else None,
+    }
+    rows = None
+    if packed is not None:
+        rows = decode_packed(
+            injector, packed.cached, packed.choice, contexts, capacity=packed.capacity, **options
+        )
+    if rows is None:
+        rows = inject_decode(injector, prompts, contexts, **options)
     return [(row.tokens, row.reason) for row in rows]
+
+
+@dataclass
+class Packing:
+    """What packed decoding needs: each distinct prompt's cached K/V and width, each
+    row's prompt, and the packed row width."""
+
+    cached: list[tuple[list[tuple[torch.Tensor, torch.Tensor]], int]]
+    choice: list[int]
+    capacity: int

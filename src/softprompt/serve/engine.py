@@ -29,7 +29,7 @@ from softprompt.inject.packing import pack_rows, packed_hidden, worth_packing
 from softprompt.inject.prompt_cache import PromptKVCache
 from softprompt.model import MixedBatch, MultiTaskModel, PromptModel
 from softprompt.promptfile import check_backbone
-from softprompt.serve.decoding import RowText, decode
+from softprompt.serve.decoding import Packing, RowText, decode
 from softprompt.serve.limits import shorten
 from softprompt.serve.sampling import Sampling
 from softprompt.serve.store import (
@@ -482,6 +482,10 @@ class Engine:
         )
         contexts = [r.served.model.task.contexts([Example(r.text, "")])[0] for r in requests]
         texts = [RowText(r.served.model.task.decode, r.sampling.stop, r.on_token) for r in requests]
+        packed = None
+        if self._injector is not None and self.pack_tokens is not None:
+            cached = [self._injector.prompt_kv(model._served[ref].prompt) for ref in refs]
+            packed = Packing(cached, prompts.index.tolist(), self.pack_tokens)
         rows = decode(
             model.injector,
             prompts,
@@ -491,6 +495,7 @@ class Engine:
             max_new_tokens=[r.max_tokens for r in requests],
             sampling=[r.sampling for r in requests],
             texts=texts,
+            packed=packed,
         )
         return [
             {
