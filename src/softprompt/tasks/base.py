@@ -19,7 +19,7 @@ from softprompt.data import Example
 from softprompt.errors import ConfigError
 from softprompt.inject import Injector, Prompt, RowPrompts
 from softprompt.registry import Registry
-from softprompt.tasks.chat import Conversation, chat_input, check_chat_template
+from softprompt.tasks.chat import Conversation, chat_input, check_chat_template, render
 
 
 @dataclass
@@ -214,6 +214,11 @@ class TemplatedTask(Task):
             for e in examples
         ]
         return [ids for ids, _ in encoded], [virtual for _, virtual in encoded]
+
+    def conversation(self, messages: list[dict[str, str]]) -> Conversation:
+        """`messages` rendered by the chat template as this task frames them (a served chat
+        request's input, for a `chat_template` task)."""
+        return render(self.tokenizer, messages, drop_bos=self.drop_bos)
 
     def _framed_text(self, text: str) -> tuple[str, int]:
         """What fills `{text}` and its token budget (`Template.encode_row`). A chat-template

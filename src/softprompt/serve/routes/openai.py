@@ -25,7 +25,7 @@ from softprompt.serve.routes.formatting import choice, usage
 from softprompt.serve.routes.state import MAX_INPUTS, MAX_NEW_TOKENS, ServeState, State
 from softprompt.serve.routes.streaming import stream
 from softprompt.serve.sampling import MAX_SEED, Sampling
-from softprompt.tasks.chat import ROLES, Conversation, render
+from softprompt.tasks.chat import ROLES, Conversation
 
 router = APIRouter()
 
@@ -172,7 +172,7 @@ def conversation(task: Any, body: ChatBody) -> Conversation:
             f"messages[{len(messages) - 1}]: the last message must have role 'user' "
             "(the turn the task answers)",
         )
-    return render(task.tokenizer, messages, drop_bos=task.drop_bos)
+    return task.conversation(messages)
 
 
 def chat_text(content: str | list[dict[str, Any]] | None, where: str) -> str:
