@@ -169,6 +169,13 @@ def _add_run_flags(parser: argparse.ArgumentParser) -> None:
         help="replace the run already in --out (its prompt, checkpoint, metrics) [train.overwrite]",
     )
     parser.add_argument(
+        "--chat-template",
+        action="store_true",
+        default=None,
+        help="frame the input inside the backbone tokenizer's chat template (instruct "
+        "backbones) [task.chat_template]",
+    )
+    parser.add_argument(
         "--no-baseline",
         dest="baseline",
         action="store_false",
@@ -203,6 +210,8 @@ def _values_from_args(args: argparse.Namespace) -> dict[str, Any]:
     for flag in ("bf16", "overwrite", "force_resume", "gradient_checkpointing", "fsdp"):
         if getattr(args, flag, None):
             set_dotted(values, f"train.{flag}", True)
+    if getattr(args, "chat_template", None):
+        set_dotted(values, "task.chat_template", True)
     if args.baseline is False:
         values["baseline"] = False
     if getattr(args, "test_limit", None) is not None and getattr(args, "command", "") == "train":
