@@ -105,7 +105,7 @@ def bad_request(rng: random.Random, long_text: str):
             "/generate",
             {"json": {"inputs": [{"task": "task7", "text": "x", "max_tokens": 0}]}},
         ),
-        ("POST", "/v1/completions", {"json": {"model": "task1", "prompt": "x", "n": 3}}),
+        ("POST", "/v1/completions", {"json": {"model": "task1", "prompt": "x", "echo": True}}),
         (
             "POST",
             "/prompts?task=task0",
