@@ -1,0 +1,93 @@
+"""What the engine answers: one input bound to the task version that answers it
+(`Request`), the served task (`Served`), and the errors an input can get.
+
+Split from serve/engine.py so the records and error types that routes, the router and
+the batcher share do not sit inside the engine's batching code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from softprompt.errors import SoftPromptError
+from softprompt.inject import Prompt
+from softprompt.model import PromptModel
+from softprompt.serve.sampling import Sampling
+from softprompt.serve.store import Entry
+from softprompt.tasks.image import ImageTask
+
+
+class UnknownTask(SoftPromptError):
+    """A request names a task the server does not serve."""
+
+
+class RefusedTask(SoftPromptError):
+    """A stored prompt was made for another backbone (or is unreadable): never served."""
+
+
+class BadInput(SoftPromptError):
+    """An input the server will not run (too long, wrong kind for the endpoint...)."""
+
+
+def check_unicode(text: str, field: str) -> str:
+    """`text` unless it holds a lone surrogate (valid JSON, not encodable as UTF-8: the
+    tokenizer would fail on it)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise BadInput(
+            f"{field}: not valid Unicode (a lone surrogate {text[exc.start]!r} at character "
+            f"{exc.start}); send UTF-8 text"
+        ) from None
+    return text
+
+
+@dataclass(eq=False)
+class Served:
+    """One task as served: its store entry, model and (on decoders) cached prompt."""
+
+    entry: Entry
+    model: PromptModel
+    prompt: Prompt | None = None
+    labels: list[str] = field(default_factory=list)
+    engine: str = "own"  # which engine answers it: "own" or "vllm" (serve/router.py)
+
+    @property
+    def task(self) -> str:
+        return self.entry.task
+
+    @property
+    def generates(self) -> bool:
+        return bool(self.model.task.generates)
+
+    @property
+    def takes_images(self) -> bool:
+        return isinstance(self.model.task, ImageTask)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "task": self.task,
+            "version": self.entry.version,
+            "ref": self.entry.ref,
+            "kind": "generation" if self.generates else "classification",
+            "input": "image" if self.takes_images else "text",
+            "method": self.entry.method,
+            "labels": self.labels,
+            "sha256": self.entry.sha256,
+            "engine": self.engine,
+        }
+
+
+@dataclass(eq=False)
+class Request:
+    """One input of one request, bound at arrival to the task version that answers it."""
+
+    served: Served
+    text: str
+    tokens: int  # filled-template length: batch budgets and length groups
+    max_tokens: int | None = None  # generation only
+    on_token: Callable[[str], None] | None = None  # streaming: called with each new piece
+    sampling: Sampling = field(default_factory=Sampling)  # generation only
+    image: Any = None  # image tasks: a decoded PIL image (serve/images.py)
