@@ -18,10 +18,12 @@ from softprompt.inject import (
     EncoderInjector,
     ImageInjector,
     Injector,
+    Prompt,
+    RowPrompts,
     TextInjector,
     make_injector,
 )
-from softprompt.inject.decode import decode
+from softprompt.inject.decode import decode, decode_packed
 from softprompt.inject.vision import VisionInjector
 
 ROOT = Path(softprompt.__file__).parent
@@ -114,3 +116,26 @@ def test_the_decode_loop_stops_where_the_callback_says(llama):
     assert [len(r.tokens) for r in rows] == [2, 1]
     assert [r.reason for r in rows] == ["stop", "length"]
     assert seen[0] == (0, rows[0].tokens[:1], (llama.spec.vocab_size,))
+
+
+@pytest.mark.parametrize("name", ["tiny_llama", "tiny_gpt2"])
+def test_packed_decoding_gives_the_padded_loops_tokens(backbones, name):
+    """Contexts packed end to end (several to a row, prompts of different widths, one
+    with none) then decoded from gathered per-row caches: the padded loop's tokens."""
+    injector = make_injector(backbones[name])
+    d = backbones[name].spec.hidden_size
+    generator = torch.Generator().manual_seed(0)
+    prompts = [Prompt(embeds=torch.randn(n, d, generator=generator)) for n in (3, 1)] + [Prompt()]
+    cached = [injector._run_group([p]) for p in prompts]  # (K/V, width) per prompt
+    contexts = [[5, 9, 14, 7, 8], [6], [11, 12, 13], [7, 7], [20, 21, 22, 23]]
+    choice = [0, 1, 2, 0, 1]
+    limits = [4, 2, 3, 5, 1]
+    padded = decode(
+        injector, RowPrompts.per_row(prompts, choice), contexts, pad_id=0, max_new_tokens=limits
+    )
+    for capacity in (6, 100):
+        packed = decode_packed(
+            injector, cached, choice, contexts, capacity=capacity, pad_id=0, max_new_tokens=limits
+        )
+        assert packed is not None, "packing declined"
+        assert [r.tokens for r in packed] == [r.tokens for r in padded]

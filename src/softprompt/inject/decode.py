@@ -117,7 +117,13 @@ def decode_packed(
     return _loop(injector, running, max_new_tokens, stop_ids, choose, on_token)
 
 
-def _prefill(injector, prompts, contexts, pad_id, virtual) -> _Running:
+def _prefill(
+    injector: DecoderInjector,
+    prompts: Prompt | RowPrompts | None,
+    contexts: list[list[int]],
+    pad_id: int,
+    virtual: list[list[int]] | None,
+) -> _Running:
     """The contexts left-padded to one width after each row's prompt prefix."""
     device = injector.device
     ids, mask = (t.to(device) for t in pad_left(contexts, pad_id))  # (B, T)
@@ -137,7 +143,9 @@ def _prefill(injector, prompts, contexts, pad_id, virtual) -> _Running:
     return _Running(hidden[:, -1], cache, full_mask, positions[:, -1:])
 
 
-def _unpack(injector, packed: Packed, widths: list[int], choice: list[int]) -> _Running:
+def _unpack(
+    injector: DecoderInjector, packed: Packed, widths: list[int], choice: list[int]
+) -> _Running:
     """Each request's own slots of the packed rows' cache (its prompt's, then its
     tokens'), gathered into one row each, left-padded to the longest: (B, kvh, W, hd)."""
     device = packed.hidden.device
@@ -165,10 +173,17 @@ def _gather(t: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     rows, heads, span, dim = t.shape
     flat = t.transpose(1, 2).reshape(rows * span, heads, dim)  # (R * S, kvh, hd)
     flat = torch.cat([flat, flat.new_zeros(1, heads, dim)])
-    return flat[index].transpose(1, 2).contiguous()  # (B, kvh, W, hd)
+    return flat[index.to(t.device)].transpose(1, 2).contiguous()  # (B, kvh, W, hd)
 
 
-def _loop(injector, running: _Running, max_new_tokens, stop_ids, choose, on_token):
+def _loop(
+    injector: DecoderInjector,
+    running: _Running,
+    max_new_tokens: list[int],
+    stop_ids: Collection[int],
+    choose: Choose,
+    on_token: OnToken | None,
+) -> list[Decoded]:
     """One token per step for the whole batch until every row is done."""
     batch = running.hidden.shape[0]
     cache, mask, position, hidden = running.cache, running.mask, running.last, running.hidden
