@@ -39,9 +39,10 @@ def test_train_and_predict_inside_the_chat_template(capsys, tmp_path, small_csv)
     backbone.model.save_pretrained(folder)
     backbone.tokenizer.save_pretrained(folder)
     out = tmp_path / "run"
-    assert _train(folder, small_csv, out) == 0
+    assert _train(folder, small_csv, out, "--chat-system", "movie review") == 0
     prompt = out / "prompt.safetensors"
-    assert load_prompt_meta(prompt)["task"]["chat_template"] is True
+    task = load_prompt_meta(prompt)["task"]
+    assert (task["chat_template"], task["chat_system"]) == (True, "movie review")
     capsys.readouterr()
     assert cli.main(["predict", str(prompt), "good movie", "--backbone", str(folder)]) == 0
     got = json.loads(capsys.readouterr().out.splitlines()[0])

@@ -122,6 +122,23 @@ def test_slots_only_after_the_text_run_without_a_chat_template(llama):
     assert model.predict(["good"])[0]["label"] in LABELS
 
 
+def test_a_system_message_goes_before_the_users(chat_llama):
+    options = {"n_tokens": 2, "seed": 1}
+    system = TaskConfig(labels=LABELS, chat_template=True, chat_system="movie review")
+    plain = TaskConfig(labels=LABELS, template="topic : movie review . " + RENDERED)
+    a = PromptModel(chat_llama, system, method="soft-prompt", method_options=options)
+    b = PromptModel(chat_llama, plain, method="soft-prompt", method_options=options)
+    examples = [Example("good movie", "positive")]
+    assert a.task.contexts(examples) == b.task.contexts(examples)
+    own = a.task.conversation(
+        [{"role": "system", "content": "news"}, {"role": "user", "content": "good"}]
+    )
+    assert own == "topic : news . you : good . answer :"  # the client's system message wins
+    assert a.task.conversation([{"role": "user", "content": "good"}]).startswith(
+        "topic : movie review . you : good"
+    )
+
+
 def test_a_tokenizer_without_a_chat_template_is_refused(llama, bert):
     config = TaskConfig(labels=LABELS, chat_template=True)
     with pytest.raises(ConfigError, match="has no chat template"):
@@ -135,6 +152,8 @@ def test_a_tokenizer_without_a_chat_template_is_refused(llama, bert):
     [
         ({"chat_template": "yes"}, "must be true or false"),
         ({"kind": "tagging", "chat_template": True}, "tagging labels each word"),
+        ({"chat_system": "be brief"}, "needs task.chat_template: true"),
+        ({"chat_template": True, "chat_system": 3}, "chat_system: must be a string"),
     ],
 )
 def test_bad_options_are_refused(options, says):

@@ -55,6 +55,11 @@ FLAGS: dict[str, tuple[str, Callable[[str], Any], str]] = {
         'JSON: {"label": [" word", ...]}, or auto / auto:N (chosen from the training rows)',
     ),
     "head": ("task.head", str, "auto, verbalizer or linear"),
+    "chat_system": (
+        "task.chat_system",
+        _unescape,
+        "with --chat-template: a system message before the user's (the instruction)",
+    ),
     "image_size": ("task.image_size", int, "images: square size in pixels (a patch multiple)"),
     "pool": ("task.pool", str, "linear head input: cls, mean (patches/tokens) or last"),
     "lr_scale": (

@@ -19,7 +19,7 @@ from softprompt.data import Example
 from softprompt.errors import ConfigError
 from softprompt.inject import Injector, Prompt, RowPrompts
 from softprompt.registry import Registry
-from softprompt.tasks.chat import Conversation, chat_input, check_chat_template, render
+from softprompt.tasks.chat import Conversation, check_chat_template, cut_text, render
 
 
 @dataclass
@@ -31,7 +31,8 @@ class TaskConfig:
     for causal LMs and linear for encoders. `verbalizer` maps each label to its
     label words (default: " " + label name). `chat_template`: the input is rendered as a
     conversation by the backbone tokenizer's chat template and that fills `{text}`
-    (tasks/chat.py); for instruct backbones.
+    (tasks/chat.py); for instruct backbones. `chat_system`: a system message put before
+    the user's (the instruction an instruct model reads), with `chat_template` only.
     """
 
     kind: str = "classification"
@@ -44,6 +45,7 @@ class TaskConfig:
     max_new_tokens: int = 32
     image_size: int = 112  # vision backbones: images are resized to this square (tasks/image.py)
     chat_template: bool = False
+    chat_system: str | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in ("classification", "generation", "tagging"):
@@ -57,6 +59,13 @@ class TaskConfig:
         if not isinstance(self.chat_template, bool):
             raise ConfigError(
                 f"task.chat_template: must be true or false, got {self.chat_template!r}"
+            )
+        if self.chat_system is not None and not isinstance(self.chat_system, str):
+            raise ConfigError(f"task.chat_system: must be a string, got {self.chat_system!r}")
+        if self.chat_system is not None and not self.chat_template:
+            raise ConfigError(
+                "task.chat_system: a system message needs task.chat_template: true "
+                "(--chat-template)"
             )
         if self.chat_template and self.kind == "tagging":
             raise ConfigError(
@@ -217,7 +226,11 @@ class TemplatedTask(Task):
 
     def conversation(self, messages: list[dict[str, str]]) -> Conversation:
         """`messages` rendered by the chat template as this task frames them (a served chat
-        request's input, for a `chat_template` task)."""
+        request's input, for a `chat_template` task); the task's `chat_system` goes first
+        unless the messages bring their own system message."""
+        system = self.config.chat_system
+        if system is not None and not any(m["role"] in ("system", "developer") for m in messages):
+            messages = [{"role": "system", "content": system}, *messages]
         return render(self.tokenizer, messages, drop_bos=self.drop_bos)
 
     def _framed_text(self, text: str) -> tuple[str, int]:
@@ -229,7 +242,8 @@ class TemplatedTask(Task):
             return text, budget
         if isinstance(text, Conversation):
             return text, -budget
-        return chat_input(self.tokenizer, text, budget, drop_bos=self.drop_bos), 1 << 30
+        text = cut_text(self.tokenizer, text, budget)
+        return self.conversation([{"role": "user", "content": text}]), 1 << 30
 
     def with_slots(
         self, batch: dict[str, torch.Tensor], examples: list[Example], offset: int = 0

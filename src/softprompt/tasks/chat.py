@@ -10,7 +10,9 @@ prompt) is one user message, and a served chat request sends its whole message l
 virtual-token slots included, sit where the template puts them around the conversation:
 `{p:8}{text}` puts 8 virtual tokens in front of it (a learned system prompt), `{text}{p:2}`
 after the assistant's header. The BOS text a chat template writes at its start is left
-out when the backbone puts BOS in front of every row already.
+out when the backbone puts BOS in front of every row already. `task.chat_system` is a
+system message (the instruction an instruct model reads) put before the user's; a served
+conversation that brings its own system message uses that one instead.
 """
 
 from __future__ import annotations
@@ -60,12 +62,8 @@ def render(tokenizer: Any, messages: list[dict[str, str]], *, drop_bos: bool) ->
     return Conversation(text)
 
 
-def chat_input(tokenizer: Any, text: str, max_text_tokens: int, *, drop_bos: bool) -> str:
-    """The text a chat-template task frames: a `Conversation` as is, a plain text cut to
-    `max_text_tokens` and rendered as one user message (its framing is never cut)."""
-    if isinstance(text, Conversation):
-        return text
+def cut_text(tokenizer: Any, text: str, max_text_tokens: int) -> str:
+    """`text` cut to its first `max_text_tokens` tokens (before it is rendered, so the
+    chat framing around it is never cut)."""
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    if len(ids) > max_text_tokens:
-        text = tokenizer.decode(ids[:max_text_tokens])
-    return render(tokenizer, [{"role": "user", "content": text}], drop_bos=drop_bos)
+    return text if len(ids) <= max_text_tokens else tokenizer.decode(ids[:max_text_tokens])
