@@ -376,7 +376,11 @@ def estimate(
     `tasks` prompts, and the step time, from a short calibration on the backbone's device.
 
     `runtime_bytes` is what the process held before the backbone was loaded (0 to leave
-    it out). Raises ConfigError for a size below 1."""
+    it out). On the CPU it is raised to what the process holds once the weights are
+    resident, less the weights and the prompt: loading imports the model's code and the
+    tokenizer after that first reading (about 150 MiB for SmolLM2), and lazily mapped
+    weights only become resident when a forward reads them. Raises ConfigError for a
+    size below 1."""
     for name, value in (("--batch-size", batch_size), ("--seq-len", seq_len), ("--tasks", tasks)):
         if value < 1:
             raise ConfigError(f"{name}: must be >= 1, got {value}")
@@ -388,6 +392,8 @@ def estimate(
     # serving first: its warm-up pays the forward pass's one-off allocations, which a
     # training run pays too, on top of the backward pass's that its own warm-up shows
     served = calibrate(model, rows, sizes, train=False)
+    if runtime_bytes and model.device.type == "cpu":
+        runtime_bytes = max(runtime_bytes, _held_besides_weights(model))
     trained = calibrate(model, rows, sizes, train=True)
     trained = dataclasses.replace(
         trained, first_step_bytes=_plus(trained.first_step_bytes, served.first_step_bytes)
@@ -411,6 +417,14 @@ def estimate(
         step_seconds=trained.seconds_at(batch_size),
         calibration={"train": trained.to_dict(), "serve": served.to_dict()},
     )
+
+
+def _held_besides_weights(model: PromptModel) -> int:
+    """Resident bytes now (after forwards have read every weight) less the frozen weights
+    and the prompt: the runtime, model code and tokenizer a run holds all along."""
+    _release_freed()
+    held = rss_bytes() or 0
+    return held - module_bytes(model.backbone.model) - 4 * model.num_trainable()
 
 
 # -- sizing evaluation batches ------------------------------------------------

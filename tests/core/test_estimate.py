@@ -57,6 +57,7 @@ SCRIPT = textwrap.dedent(
     from softprompt.tasks import TaskConfig
 
     what, batch, seq = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+    runtime = _status_bytes("VmRSS")  # before the model, as `softprompt estimate` reads it
     tok = tiny_tokenizer("llama")
     config = LlamaConfig(vocab_size=len(tok), hidden_size=128, intermediate_size=512,
                          num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
@@ -66,7 +67,8 @@ SCRIPT = textwrap.dedent(
     model = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa")
     backbone = from_pretrained_model(model, tok, name="wide-llama", kind="causal-lm")
     if what == "estimate":
-        print(json.dumps(estimate(backbone, batch_size=batch, seq_len=seq).to_dict()))
+        result = estimate(backbone, batch_size=batch, seq_len=seq, runtime_bytes=runtime)
+        print(json.dumps(result.to_dict()))
         sys.exit()
     task = TaskConfig(labels=["negative", "positive"], template="{text}", max_text_tokens=seq)
     prompt = PromptModel(backbone, task, "soft-prompt")
@@ -84,7 +86,7 @@ SCRIPT = textwrap.dedent(
         else:
             with torch.no_grad():
                 prompt(batch)
-    print(json.dumps({"peak": _status_bytes("VmHWM") - before}))
+    print(json.dumps({"peak": _status_bytes("VmHWM") - before, "process": _status_bytes("VmHWM")}))
     """
 )
 
@@ -105,8 +107,9 @@ def _run(tmp_path: Path, *args: str) -> dict:
 )
 def test_estimate_within_tolerance_of_measured_peak(tmp_path):
     est = _run(tmp_path, "estimate", str(BATCH), str(SEQ))
-    train = _run(tmp_path, "train", str(BATCH), str(SEQ))["peak"]
-    serve = _run(tmp_path, "serve", str(BATCH), str(SEQ))["peak"]
+    trained = _run(tmp_path, "train", str(BATCH), str(SEQ))
+    served = _run(tmp_path, "serve", str(BATCH), str(SEQ))
+    train, serve = trained["peak"], served["peak"]
     # the fresh process also allocates AdamW's state in its first step
     predicted_train = est["train_step_bytes"] + 8 * est["prompt_parameters"]
     print(f"train: estimated {predicted_train / 2**20:.1f} MiB, measured {train / 2**20:.1f} MiB")
@@ -116,6 +119,9 @@ def test_estimate_within_tolerance_of_measured_peak(tmp_path):
     assert train > 50 * 2**20  # the activations dominate, not noise
     assert predicted_train == pytest.approx(train, rel=TOLERANCE)
     assert est["serve_step_bytes"] == pytest.approx(serve, rel=TOLERANCE)
+    # the whole process: runtime, model code, weights and the step together
+    assert est["train_peak_bytes"] == pytest.approx(trained["process"], rel=TOLERANCE)
+    assert est["serve_peak_bytes"] == pytest.approx(served["process"], rel=TOLERANCE)
 
 
 def test_prompt_kv_bytes_counts_every_layer_slot(make_model, llama, bert):
