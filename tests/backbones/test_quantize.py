@@ -179,3 +179,114 @@ def test_torchao_import_noise_stays_out_of_the_output():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0 and done.stdout.strip() == "ok"
     assert "Failed to load" not in done.stderr and "register_constant" not in done.stderr
+
+
+@needs_torchao
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_int8_quantizes_as_it_loads_and_equals_quantizing_after(llama_folder, monkeypatch, dtype):
+    """--quantize int8 on an HF folder never runs from_pretrained (which holds the whole
+    float model before torchao reduces it): tensors are read one by one and each Linear
+    is quantized when filled. Same weights, logits and source fingerprint as before."""
+    import softprompt.backbones._hfdir as hfdir
+
+    full = load_backbone(str(llama_folder))
+    after = load_backbone(str(llama_folder), dtype=dtype)
+    precision.quantize_model(after.model, "int8", torch.device("cpu"))
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("from_pretrained ran: the int8 load was not streamed")
+
+    monkeypatch.setattr(hfdir, "_from_pretrained", refuse)
+    streamed = load_backbone(str(llama_folder), dtype=dtype, quantize="int8")
+    assert streamed.fingerprint == full.fingerprint and streamed.model.dtype == after.model.dtype
+    assert streamed.output_embeddings().data_ptr() == streamed.input_embeddings().weight.data_ptr()
+    for (name, a), (_, b) in zip(
+        streamed.model.named_parameters(), after.model.named_parameters(), strict=True
+    ):
+        dense = [w.dequantize() if hasattr(w, "dequantize") else w for w in (a, b)]
+        assert torch.equal(dense[0], dense[1]), name
+    ids = torch.tensor([[3, 9, 14, 20, 7]])
+    with torch.no_grad():
+        got, want = (m.model(input_ids=ids).logits.float() for m in (streamed, after))
+    # float32: identical. bf16: the cast-after path also rounds the rotary buffer to bf16;
+    # the streamed one keeps it float32, as from_pretrained does for a bf16 folder.
+    assert torch.allclose(got, want, atol=0 if dtype == "float32" else 1e-2)
+    kinds = {type(m).__name__ for m in streamed.model.modules()}
+    assert "FrozenQuantizedLinear" in kinds
+
+
+@needs_torchao
+def test_int8_from_a_file_the_reader_skips_falls_back_to_quantizing_after(llama, tmp_path):
+    """A folder the streaming reader leaves to from_pretrained (float64 weights here)
+    still loads in int8, with the fingerprint of its (float32-exact) weights."""
+    from safetensors.torch import save_file
+
+    folder = tmp_path / "f64"
+    llama.model.config.save_pretrained(folder)
+    llama.tokenizer.save_pretrained(folder)
+    state = {k: v.double() for k, v in llama.model.state_dict().items() if k != "lm_head.weight"}
+    save_file(state, folder / "model.safetensors", metadata={"format": "pt"})
+    small = load_backbone(str(folder), quantize="int8")
+    assert small.fingerprint == llama.fingerprint
+    assert "FrozenQuantizedLinear" in {type(m).__name__ for m in small.model.modules()}
+
+
+_INT8_PEAK_SCRIPT = """
+import gc, json, sys
+from softprompt.backbones import load_backbone
+
+def status(key):
+    for line in open("/proc/self/status"):
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) * 1024
+
+load_backbone(sys.argv[1], quantize="int8")  # a tiny model: the lazy imports, outside
+gc.collect()
+with open("/proc/self/clear_refs", "w") as f:
+    f.write("5")  # reset the peak (VmHWM) to the current RSS
+before = status("VmRSS")
+held = load_backbone(sys.argv[2], quantize="int8")
+print(json.dumps({"grew": status("VmHWM") - before}))
+"""
+
+
+@needs_torchao
+def test_int8_load_peak_stays_well_under_the_float32_weights(tmp_path, llama_folder):
+    """A 14M-parameter llama (56 MB in float32): loading it in int8 adds at most half the
+    float32 weights' size to the peak resident memory; loading then quantizing held the
+    whole float32 model first (and the file's mapped pages), more than its full size."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    from softprompt.backbones.tiny import tiny_llama
+
+    tok = tiny_llama().tokenizer
+    config = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=512,
+        intermediate_size=1536,
+        num_hidden_layers=4,
+        num_attention_heads=8,
+        num_key_value_heads=4,
+        tie_word_embeddings=True,
+    )
+    model = AutoModelForCausalLM.from_config(config)
+    float_bytes = sum(p.numel() * 4 for p in model.parameters())
+    model.save_pretrained(tmp_path / "m")
+    tok.save_pretrained(tmp_path / "m")
+    del model
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    done = subprocess.run(
+        [sys.executable, "-c", _INT8_PEAK_SCRIPT, str(llama_folder), str(tmp_path / "m")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    grew = json.loads(done.stdout.strip().splitlines()[-1])["grew"]
+    assert grew <= 0.5 * float_bytes, (grew, float_bytes)

@@ -17,3 +17,13 @@ def from_pretrained(cls: Any, path: str | Path, **kwargs: Any) -> torch.nn.Modul
         if "sdpa" not in str(e).lower():
             raise
         return cls.from_pretrained(path, attn_implementation="eager", **kwargs)
+
+
+def from_config(cls: Any, config: Any, **kwargs: Any) -> torch.nn.Module:
+    """`cls.from_config` with the attention implementation `from_pretrained` picks here."""
+    try:
+        return cls.from_config(config, attn_implementation="sdpa", **kwargs)
+    except ValueError as e:
+        if "sdpa" not in str(e).lower():
+            raise
+        return cls.from_config(config, attn_implementation="eager", **kwargs)

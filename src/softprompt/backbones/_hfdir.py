@@ -18,7 +18,7 @@ from softprompt.backbones._core import (
     infer_kind_from_config,
     make_backbone,
 )
-from softprompt.backbones._fpcache import _cached_fingerprint
+from softprompt.backbones._fpcache import _cached_fingerprint, store_fingerprint, stored_fingerprint
 from softprompt.backbones._hf import from_pretrained as _from_pretrained
 from softprompt.backbones._placement import (
     DeviceMap,
@@ -26,7 +26,8 @@ from softprompt.backbones._placement import (
     new_offload_folder,
     plan_device_map,
 )
-from softprompt.backbones._precision import quantize_model
+from softprompt.backbones._precision import check_int8, int8_linear, linear_filter, quantize_model
+from softprompt.backbones._stream import load_quantized
 from softprompt.errors import BackboneError
 
 _SAFETENSORS_DTYPES = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16}
@@ -142,6 +143,62 @@ def _load_dispatched(
     return model, known
 
 
+def _load_held(
+    cls: Any,
+    path: Path,
+    config: Any,
+    dtype: torch.dtype,
+    known: str | None,
+    cache_kind: str | None,
+    placement: Placement | None,
+    quantize: str | None,
+    device: torch.device | None,
+) -> tuple[torch.nn.Module, str]:
+    """The model as it will be held (dtype, quantization, placement) and its source
+    fingerprint. int8 is quantized while the weights load (backbones/_stream.py) where
+    the folder allows; otherwise the whole model loads first and is quantized after."""
+    if quantize == "int8" and placement is None:
+        streamed = _load_int8(cls, path, config, dtype, known, cache_kind)
+        if streamed is not None:
+            return streamed
+    model, fp = _load_weights(cls, path, config, dtype, known, cache_kind, placement)
+    if quantize:
+        quantize_model(model, quantize, device or torch.device("cpu"))
+    return model, fp
+
+
+def _load_int8(
+    cls: Any,
+    path: Path,
+    config: Any,
+    dtype: torch.dtype,
+    known: str | None,
+    cache_kind: str | None,
+) -> tuple[torch.nn.Module, str] | None:
+    """Quantize-on-load (None where the folder needs `from_pretrained`); the source
+    fingerprint is the known one, the folder's stored one, or hashed while reading."""
+    check_int8()
+    if known is None and cache_kind is not None:
+        known = stored_fingerprint(path, cache_kind)
+    loaded = load_quantized(
+        cls,
+        path,
+        config,
+        dtype,
+        hash_source=known is None,
+        keep=linear_filter,
+        quantize_one=int8_linear,
+    )
+    if loaded is None:
+        return None
+    model, hashed = loaded
+    if known is None:
+        known = hashed
+        if cache_kind is not None:
+            store_fingerprint(path, cache_kind, known)
+    return model, known
+
+
 def _load_hf_dir(
     path: Path,
     *,
@@ -180,15 +237,13 @@ def _load_hf_dir(
         raise BackboneError(f"cannot load the tokenizer in {path}: {e}") from e
     cache_kind = kind if fingerprint_cache else None
     try:
-        model, fp = _load_weights(
-            cls, path, config, dtype, known_fingerprint, cache_kind, placement
+        model, fp = _load_held(
+            cls, path, config, dtype, known_fingerprint, cache_kind, placement, quantize, device
         )
     except BackboneError:
         raise
     except Exception as e:
         raise BackboneError(f"cannot load the {kind} model in {path}: {e}") from e
-    if quantize:
-        quantize_model(model, quantize, device or torch.device("cpu"))
     return make_backbone(
         model, tokenizer, name=name, kind=kind, known_fingerprint=fp, quantize=quantize
     )

@@ -73,7 +73,7 @@ def _installed(module: str) -> bool:
         return False
 
 
-def _linear_filter(model: torch.nn.Module):
+def linear_filter(model: torch.nn.Module):
     """Quantize the transformer's Linear layers, never the embeddings or the LM head: the
     prompt code reads rows of those directly, and they are a small share of a large model."""
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
@@ -124,20 +124,81 @@ class FrozenQuantizedLinear(torch.nn.Linear):
         return F.linear(x, self.weight, self.bias)
 
 
-def _int8(model: torch.nn.Module) -> torch.nn.Module:
+def check_int8() -> None:
+    """Refuse with the install command when torchao is missing."""
     if not _installed("torchao"):
         raise BackboneError(
             f"--quantize int8 needs the torchao package, which is not installed; "
             f"install it with: {TORCHAO_INSTALL}"
         )
+
+
+def _int8(model: torch.nn.Module) -> torch.nn.Module:
+    check_int8()
     from torchao.quantization import Int8WeightOnlyConfig, quantize_
 
-    keep = _linear_filter(model)
+    keep = linear_filter(model)
     quantize_(model, Int8WeightOnlyConfig(), filter_fn=keep)
     for name, module in model.named_modules():
         if type(module) is torch.nn.Linear and keep(module, name):
             module.__class__ = FrozenQuantizedLinear  # same state, a lighter backward
     return model
+
+
+QUANTIZE_CHUNK = 1 << 16  # weight values quantized at a time on load (256 KB of float32)
+
+
+def int8_linear(parent: torch.nn.Module, child: str, qdata: torch.Tensor | None = None) -> None:
+    """Quantize one filled Linear, `parent.<child>`, in place into what `_int8` makes of it
+    (torchao's per-row int8 weight, `FrozenQuantizedLinear`): for quantize-on-load.
+
+    Rows are quantized a block at a time into preallocated int8 data and scales (per-row
+    scales make the blocks independent): `Int8Tensor.from_hp` on a whole weight allocates
+    temporaries several times its size, and over hundreds of layers those freed blocks
+    fragment the heap, so the resident memory grew to the float32 model's size anyway.
+    `qdata`: where to put the int8 values (a slice of one block reserved for all layers,
+    so the long-lived data is not scattered between short-lived temporaries)."""
+    from torchao.quantization import Int8Tensor
+    from torchao.quantization.quant_primitives import (
+        MappingType,
+        choose_qparams_affine,
+        quantize_affine,
+    )
+
+    target = parent.get_submodule(child)
+    weight = target.weight.detach()  # (out, in)
+    out_features, in_features = weight.shape
+    if qdata is None:
+        qdata = torch.empty(weight.shape, dtype=torch.int8)
+    qdata = qdata.view(weight.shape)
+    scale = torch.empty(out_features, 1, dtype=torch.float32)
+    zero_point = torch.empty(out_features, 1, dtype=torch.int8)
+    block_size = [1, in_features]  # per row, as Int8WeightOnlyConfig's PerRow()
+    bounds = {"quant_min": -128, "quant_max": 127}
+    rows = max(1, QUANTIZE_CHUNK // max(1, in_features))
+    for start in range(0, out_features, rows):
+        # Int8Tensor.from_hp's own steps, on plain tensors (a subclass per block would be
+        # cyclic garbage, its data kept until the collector runs)
+        block = weight[start : start + rows]
+        s, z = choose_qparams_affine(
+            input=block,
+            mapping_type=MappingType.SYMMETRIC,
+            block_size=block_size,
+            target_dtype=torch.int8,
+            scale_dtype=torch.float32,
+            zero_point_dtype=torch.int8,
+            keepdim=True,
+            eps=torch.finfo(torch.float32).eps,
+            **bounds,
+        )
+        qdata[start : start + rows] = quantize_affine(
+            block, block_size=block_size, scale=s, zero_point=z, output_dtype=torch.int8, **bounds
+        )
+        scale[start : start + rows] = s
+        zero_point[start : start + rows] = z
+    quantized = Int8Tensor(qdata, scale, block_size, weight.dtype, zero_point=zero_point)
+    target.weight = torch.nn.Parameter(quantized, requires_grad=False)
+    target.__class__ = FrozenQuantizedLinear
 
 
 def _nf4(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
@@ -154,7 +215,7 @@ def _nf4(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
         )
     import bitsandbytes as bnb
 
-    keep = _linear_filter(model)
+    keep = linear_filter(model)
     for parent_name, parent in list(model.named_modules()):
         for child_name, child in list(parent.named_children()):
             if not keep(child, f"{parent_name}.{child_name}"):
