@@ -342,3 +342,30 @@ def test_peft_lstm_encoder_of_width_h_is_ours_of_width_2h(make_model, gpt2):
     with torch.no_grad():
         expected = theirs(torch.arange(N)[None])[0]  # (n, d)
     torch.testing.assert_close(ours.prompt().embeds.detach(), expected, atol=1e-6, rtol=1e-5)
+
+
+def test_a_builtin_export_names_the_folder_its_weights_came_from(
+    make_model, llama_folder, tmp_path
+):
+    """A built-in (here a tiny folder under the name smollm2-135m, whose real weights are
+    dequantized from a Q4_1 GGUF) is exported with the folder its weights were read from
+    as `base_model_name_or_path`, not the hub id: PeftModel loads that base offline and
+    gives our logits; importing the export back still works."""
+    import dataclasses
+
+    from transformers import AutoModelForCausalLM
+
+    from softprompt.backbones import load_backbone
+
+    backbone = dataclasses.replace(load_backbone(str(llama_folder)), name="smollm2-135m")
+    ours = _perturbed(make_model(backbone, "soft-prompt", n_tokens=N))
+    export_peft(ours, tmp_path / "adapter")
+    config = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == str(llama_folder.resolve())
+    base = AutoModelForCausalLM.from_pretrained(config["base_model_name_or_path"])
+    theirs = peft.PeftModel.from_pretrained(base, tmp_path / "adapter")
+    ids = _ids(backbone)
+    front = theirs.active_peft_config.num_virtual_tokens
+    expected = _peft_logits(theirs, ids, bos=None, front=front)
+    torch.testing.assert_close(_our_logits(ours, ids), expected, atol=ATOL, rtol=ATOL)
+    import_peft(tmp_path / "adapter", backbone, tmp_path / "back.safetensors")

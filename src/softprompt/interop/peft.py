@@ -230,7 +230,14 @@ def _adapter_config(
 
 
 def _base_name(backbone: Backbone) -> str:
-    """The hub id when known (what PEFT users name), else softprompt's backbone name."""
+    """What a PEFT user passes to `from_pretrained` to get these weights: the local folder
+    they were read from when there is one (a built-in's cached GGUF conversion, a
+    package's model folder, the user's own), since a built-in dequantized from a Q4_1
+    GGUF is not the hub checkpoint its name suggests; else the hub id when known, else
+    softprompt's backbone name. Import still accepts the hub ids (`BASE_ALIASES`)."""
+    local = getattr(backbone.model.config, "_name_or_path", "") or ""
+    if local and Path(local).is_dir():
+        return str(Path(local).resolve())
     aliases = BASE_ALIASES.get(backbone.name)
     if aliases:
         return aliases[0]
