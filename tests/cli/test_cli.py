@@ -423,3 +423,31 @@ def test_eval_several_prompt_files_reports_the_ensemble(
     alone = json.loads(_main(capsys, "eval", str(first), "--split", "validation")[1])
     assert result["members"][0]["accuracy"] == alone["accuracy"]
     assert {"ensemble_mean", "ensemble_vote"} <= result.keys()
+
+
+def test_info_on_an_exported_prompt_says_what_it_was_flattened_from(
+    capsys, make_model, llama, tmp_path
+):
+    from softprompt.recipes.export import export_prompt
+
+    path = make_model(llama, "p-tuning", n_tokens=3, hidden=8).save(tmp_path / "p.safetensors")
+    out_path = export_prompt(path, tmp_path / "flat.safetensors", llama)
+    code, out, err = _main(capsys, "info", str(out_path))
+    assert code == 0, err
+    lines = {line.split()[0]: line for line in out.splitlines()}
+    assert "soft-prompt" in lines["method"] and "exported from p-tuning" in lines["method"]
+
+
+def test_info_on_a_peft_export_describes_the_adapter(capsys, make_model, llama, tmp_path):
+    from softprompt.interop.peft import export_peft
+
+    export_peft(make_model(llama, n_tokens=3), tmp_path / "adapter")
+    code, out, err = _main(capsys, "info", str(tmp_path / "adapter"))
+    assert code == 0, err
+    lines = {line.split()[0]: line for line in out.splitlines()}
+    assert "PEFT adapter" in lines["file"] and "PROMPT_TUNING" in lines["peft_type"]
+    assert "base_model" in lines and "virtual_tokens" in lines
+    assert "tiny-llama" in lines["exported_from"] and llama.fingerprint in lines["exported_from"]
+    assert "import-peft" in out  # how to use it here
+    code, out, _ = _main(capsys, "info", "--json", str(tmp_path / "adapter"))
+    assert code == 0 and json.loads(out)["adapter_config"]["peft_type"] == "PROMPT_TUNING"

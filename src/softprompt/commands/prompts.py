@@ -160,13 +160,17 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
+    from softprompt.interop.peft import CONFIG
+
+    if (Path(args.prompt) / CONFIG).is_file():
+        return _info_peft(Path(args.prompt), as_json=args.json)
     meta = _meta(args.prompt)
     if args.json:
         print(json.dumps(meta, indent=2))
         return 0
     method, task = meta["method"], meta["task"]
     print(f"file          {args.prompt} ({meta['file_bytes']:,} bytes)")
-    print(f"method        {method['name']} {json.dumps(method['options'])}")
+    print(f"method        {method['name']} {json.dumps(method['options'])}" + _origin(meta))
     print(
         f"backbone      {meta['backbone']['name']} (fingerprint {meta['backbone']['fingerprint']})"
         + _held_as(meta["backbone"])
@@ -180,6 +184,59 @@ def cmd_info(args: argparse.Namespace) -> int:
     print(f"trainable     {meta['trainable_parameters']:,} parameters")
     if meta.get("metrics"):
         print(f"metrics       {json.dumps(meta['metrics'])}")
+    return 0
+
+
+def _origin(meta: dict[str, Any]) -> str:
+    """ ", exported from p-tuning" for a file `softprompt export` flattened."""
+    source = meta.get("flattened_from")
+    name = source.get("name") if isinstance(source, dict) else source
+    return f", exported from {name}" if name and name != meta["method"]["name"] else ""
+
+
+def _info_peft(folder: Path, *, as_json: bool) -> int:
+    """`info` on a PEFT adapter folder (`export --format peft`, or PEFT's own): what it
+    holds, which backbone it was exported from, and how to use it as a prompt here."""
+    from softprompt.interop.peft import CONFIG, SIDECAR, WEIGHTS
+    from softprompt.promptfile import PromptFileError
+    from softprompt.validate import load_json_bounded
+
+    def read(name: str) -> dict[str, Any] | None:
+        try:
+            value = load_json_bounded((folder / name).read_text(), str(folder / name))
+        except FileNotFoundError:
+            return None
+        except (OSError, UnicodeDecodeError) as e:
+            raise PromptFileError(f"{folder / name}: cannot read it ({e})") from None
+        if not isinstance(value, dict):
+            raise PromptFileError(f"{folder / name}: expected a JSON object")
+        return value
+
+    config, sidecar = read(CONFIG) or {}, read(SIDECAR)
+    if as_json:
+        print(
+            json.dumps(
+                {"kind": "peft-adapter", "adapter_config": config, "softprompt": sidecar}, indent=2
+            )
+        )
+        return 0
+    weights = folder / WEIGHTS
+    size = f", {weights.stat().st_size:,} bytes of weights" if weights.is_file() else ", no weights"
+    print(f"file          {folder} (a PEFT adapter folder{size})")
+    print(f"peft_type     {config.get('peft_type')} ({config.get('task_type')})")
+    print(f"base_model    {config.get('base_model_name_or_path')}")
+    print(f"virtual_tokens {config.get('num_virtual_tokens')}")
+    backbone = (sidecar or {}).get("backbone") or {}
+    name = backbone.get("name") or config.get("base_model_name_or_path") or "BASE"
+    if sidecar is not None:
+        method = sidecar.get("method") or {}
+        print(
+            f"exported_from {method.get('name')} on {backbone.get('name')} "
+            f"(fingerprint {backbone.get('fingerprint')})"
+        )
+    print(
+        f"use here      softprompt import-peft {folder} --backbone {name} --out prompt.safetensors"
+    )
     return 0
 
 
