@@ -24,25 +24,6 @@ if [ ! -f "$HOME_DIR/downloads/vaderSentiment-3.3.2.tar.gz" ]; then
   .venv/bin/pip download -q --no-deps --no-binary :all: vaderSentiment==3.3.2 -d "$HOME_DIR/downloads"
 fi
 
-# fashion-mnist (images for dinov2-small): Debian's dataset-fashion-mnist. As root, apt-get
-# installs it; otherwise the .deb is fetched without root and unpacked under $HOME_DIR.
-# Never fatal: without it only the tests and runs that need fashion-mnist say so.
-FMNIST=/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
-FMNIST_USER="$HOME_DIR/datasets/deb/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz"
-if [ ! -f "$FMNIST" ] && [ ! -f "$FMNIST_USER" ] && command -v apt-get >/dev/null; then
-  if [ "$(id -u)" = 0 ]; then
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1 \
-      || { apt-get update -q >/dev/null 2>&1 \
-           && DEBIAN_FRONTEND=noninteractive apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1; } \
-      || true
-  fi
-  if [ ! -f "$FMNIST" ] && command -v dpkg >/dev/null; then
-    mkdir -p "$HOME_DIR/datasets"
-    ( cd "$HOME_DIR/datasets" && apt-get download -q dataset-fashion-mnist >/dev/null 2>&1 \
-      && dpkg -x dataset-fashion-mnist_*.deb deb && rm -f dataset-fashion-mnist_*.deb ) || true
-  fi
-fi
-if [ ! -f "$FMNIST" ] && [ ! -f "$FMNIST_USER" ]; then
-  echo "setup: fashion-mnist not installed (apt-get install dataset-fashion-mnist as root);" \
-       "the fashion-mnist tests will say so" >&2
-fi
+# fashion-mnist (images for dinov2-small): fetched without root into $HOME_DIR; a
+# system-wide apt-get install only with SOFTPROMPT_APT_INSTALL=1 (see the script).
+bash scripts/fetch_fashion_mnist.sh
