@@ -271,6 +271,14 @@ def _meta(path: str) -> dict[str, Any]:
     return load_prompt_meta(path)
 
 
+def _add_engine_flags(parser: argparse.ArgumentParser, jobs: str) -> None:
+    """--engine own|vllm and --vllm-url, for the offline commands that can hand their
+    forward passes to a vLLM server (`jobs`: what it takes there)."""
+    parser.add_argument("--engine", default="own", choices=["own", "vllm"],
+                        help=f"vllm: forward passes by the vLLM at --vllm-url ({jobs})")  # fmt: skip
+    parser.add_argument("--vllm-url", default=None, help="vLLM serving the backbone's folder")
+
+
 def _add_test_limit(parser: argparse.ArgumentParser, what: str) -> None:
     """--test-limit N: a fixed sample instead of a full pass (recipes/run.py sample_rows)."""
     parser.add_argument(

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from softprompt.commands.flags import (
+    _add_engine_flags,
     _add_precision_flags,
     _backbone_arg,
     _meta,
@@ -34,9 +35,7 @@ def add_predict_parser(sub: Any) -> None:
         metavar="NAME=PROMPT",
         help="serve several tasks at once: a task name and its prompt file (repeatable)",
     )
-    predict.add_argument("--engine", default="own", choices=["own", "vllm"],
-                         help="vllm: forward passes by the vLLM at --vllm-url (large jobs)")  # fmt: skip
-    predict.add_argument("--vllm-url", default=None, help="vLLM serving the backbone's folder")
+    _add_engine_flags(predict, "large jobs")
     predict.set_defaults(func=cmd_predict)
 
 

@@ -10,6 +10,7 @@ from typing import Any
 
 from softprompt.commands.flags import (
     FLAG_DEFAULTS,
+    _add_engine_flags,
     _add_precision_flags,
     _add_run_flags,
     _add_test_limit,
@@ -56,9 +57,7 @@ def add_eval_parser(sub: Any) -> None:
     evaluate.add_argument("--batch-size", type=_batch_size, default=32)
     evaluate.epilog = "--batch-size auto: the largest batch whose forward fits half the free memory"
     _add_test_limit(evaluate, "rows of --split scored")
-    evaluate.add_argument("--engine", default="own", choices=["own", "vllm"],
-                          help="vllm: forward passes by the vLLM at --vllm-url (classification)")  # fmt: skip
-    evaluate.add_argument("--vllm-url", default=None, help="vLLM serving the backbone's folder")
+    _add_engine_flags(evaluate, "classification")
     evaluate.set_defaults(func=cmd_eval)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ from softprompt.data.hf import (
 from softprompt.data.hf import read_object as read_hf_object
 from softprompt.data.images import is_image_csv, load_images
 from softprompt.data.records import Dataset, DatasetInfo
-from softprompt.data.user import Given, load_files, load_splits
+from softprompt.data.user import Given, SplitOptions, load_files, load_splits
 from softprompt.errors import ConfigError, DataError
 
 
@@ -57,20 +58,20 @@ def load_dataset(
     Raises `DataError` naming file, line (or row) and column for any data problem.
     """
     columns = Columns(text=text_column, label=label_column)
-    split_options: dict[str, Any] = {
-        "columns": columns,
-        "task": task,
-        "labels": labels,
-        "seed": seed,
-        "validation_fraction": validation_fraction,
-        "test_fraction": test_fraction,
-        "validation": Path(validation).expanduser() if validation else None,
-        "test": Path(test).expanduser() if test else None,
-    }
+    options = SplitOptions(
+        columns=columns,
+        task=task,
+        labels=labels,
+        seed=seed,
+        validation_fraction=validation_fraction,
+        test_fraction=test_fraction,
+        validation=Path(validation).expanduser() if validation else None,
+        test=Path(test).expanduser() if test else None,
+    )
     if is_hf_object(source):
         name = _hf_name(source)
         given: Given = dict(read_hf_object(source, columns, f"datasets object {name!r}"))
-        return load_splits(name, given, description=f"datasets object {name}", **split_options)
+        return load_splits(name, given, f"datasets object {name}", options)
     if not isinstance(source, str | Path):
         raise DataError(
             f"load_dataset takes a dataset name, a path or a datasets.Dataset / DatasetDict, "
@@ -85,14 +86,10 @@ def load_dataset(
     path = Path(source).expanduser()
     if is_hf_folder(path):
         given: Given = dict(read_folder(path, columns))
-        return load_splits(
-            path.name, given, description=f"datasets folder {source}", **split_options
-        )
+        return load_splits(path.name, given, f"datasets folder {source}", options)
     if is_parquet_folder(path):
         given = dict(read_parquet_folder(path, columns))
-        return load_splits(
-            path.name, given, description=f"Parquet folder {source}", **split_options
-        )
+        return load_splits(path.name, given, f"Parquet folder {source}", options)
     if path.is_dir() or is_image_csv(path, text_column):  # images: see data/images.py
         return load_images(
             path,
@@ -107,7 +104,7 @@ def load_dataset(
             raise ConfigError(
                 f"{source}: a CoNLL file ({path.suffix}) is a tagging task, not {task}"
             )
-        split_options["task"] = "tagging"
+        options = dataclasses.replace(options, task="tagging")
     known = (*SUPPORTED_EXTENSIONS, *PARQUET_EXTENSIONS, *CONLL_EXTENSIONS)
     if not path.exists() and path.suffix.lower() not in known:
         raise DataError(
@@ -116,7 +113,7 @@ def load_dataset(
             f"{' / '.join(known)} file, a `datasets` save_to_disk folder, or an image "
             "folder (one sub-folder per class)"
         )
-    return load_files(path, **split_options)
+    return load_files(path, options)
 
 
 def _hf_name(source: Any) -> str:

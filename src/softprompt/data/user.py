@@ -8,6 +8,7 @@ code path whatever the format.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from softprompt.data.conll import check_tags, read_conll_rows, tag_set
@@ -21,56 +22,36 @@ from softprompt.errors import ConfigError, DataError
 Given = dict[str, tuple[str | Path, list[Row]]]
 
 
-def load_files(
-    source: str | Path,
-    *,
-    columns: Columns,
-    task: str,
-    labels: list[str] | None,
-    seed: int,
-    validation_fraction: float,
-    test_fraction: float,
-    validation: str | Path | None,
-    test: str | Path | None,
-) -> Dataset:
+@dataclass(frozen=True)
+class SplitOptions:
+    """How a user's rows become a `Dataset`, whatever the source format: one bundle that
+    every reader passes through unchanged (see `load_dataset` for each field)."""
+
+    columns: Columns
+    task: str = "classification"
+    labels: list[str] | None = None
+    seed: int = 0
+    validation_fraction: float = 0.1
+    test_fraction: float = 0.1
+    validation: Path | None = None  # a separate validation file
+    test: Path | None = None  # a separate test file
+
+
+def load_files(source: str | Path, options: SplitOptions) -> Dataset:
     """Read the train file (and optional validation/test files) and check labels across all."""
-    _check_options(task, labels, validation_fraction, test_fraction)
-    given: Given = {"train": (source, _reader(task, columns)(Path(source)))}
-    return load_splits(
-        Path(source).stem,
-        given,
-        description=f"user data from {source}",
-        columns=columns,
-        task=task,
-        labels=labels,
-        seed=seed,
-        validation_fraction=validation_fraction,
-        test_fraction=test_fraction,
-        validation=validation,
-        test=test,
-    )
+    _check_options(options)
+    given: Given = {"train": (source, _reader(options.task, options.columns)(Path(source)))}
+    return load_splits(Path(source).stem, given, f"user data from {source}", options)
 
 
-def load_splits(
-    name: str,
-    given: Given,
-    *,
-    description: str,
-    columns: Columns,
-    task: str,
-    labels: list[str] | None,
-    seed: int,
-    validation_fraction: float,
-    test_fraction: float,
-    validation: str | Path | None,
-    test: str | Path | None,
-) -> Dataset:
+def load_splits(name: str, given: Given, description: str, options: SplitOptions) -> Dataset:
     """Rows already read per split, plus optional validation/test files; splits not
     given are cut from train by the fractions. A split given twice (in the source and
     as a file) is refused rather than one silently winning."""
-    _check_options(task, labels, validation_fraction, test_fraction)
-    read = _reader(task, columns)
-    for split, path in (("validation", validation), ("test", test)):
+    _check_options(options)
+    task = options.task
+    read = _reader(task, options.columns)
+    for split, path in (("validation", options.validation), ("test", options.test)):
         if path is not None and split in given:
             raise ConfigError(
                 f"{given[split][0]} already has a {split} split and a {split} file was given "
@@ -80,15 +61,15 @@ def load_splits(
             given[split] = (path, read(Path(path)))
     label_set: list[str] = []
     if task == "classification":
-        label_set = _label_set(given, labels)
+        label_set = _label_set(given, options.labels)
     if task == "tagging":
         label_set = tag_set(given["train"][1])
         for split in ("validation", "test"):
             if split in given:
                 where, rows = given[split]
                 check_tags(where, rows, label_set, f"the training file ({given['train'][0]})")
-    fractions = {"validation": validation_fraction, "test": test_fraction}
-    splits = _split(given, fractions, seed, stratify=task == "classification")
+    fractions = {"validation": options.validation_fraction, "test": options.test_fraction}
+    splits = _split(given, fractions, options.seed, stratify=task == "classification")
     return Dataset(name=name, task=task, labels=label_set, description=description, **splits)
 
 
@@ -122,7 +103,9 @@ def _label_set(given: Given, labels: list[str] | None) -> list[str]:
     return label_set
 
 
-def _check_options(task: str, labels: list[str] | None, vf: float, tf: float) -> None:
+def _check_options(options: SplitOptions) -> None:
+    task, labels = options.task, options.labels
+    vf, tf = options.validation_fraction, options.test_fraction
     if task not in TASKS:
         raise ConfigError(f"task {task!r} is not known; use one of: {', '.join(TASKS)}")
     if task != "classification" and labels:
