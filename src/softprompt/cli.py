@@ -24,10 +24,11 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from softprompt.commands.fewshot import add_fewshot_parsers
 from softprompt.commands.flags import FLAG_DEFAULTS as FLAG_DEFAULTS
 from softprompt.commands.flags import FLAGS as FLAGS
-from softprompt.commands.flags import _add_run_flags, _show_defaults
 from softprompt.commands.flags import _config_from_args as _config_from_args
+from softprompt.commands.flags import _show_defaults
 from softprompt.commands.listing import add_listing_parsers
 from softprompt.commands.prompts import (
     add_export_parser,
@@ -66,9 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     from softprompt.interop.commands import add_import_peft_parser
 
     add_import_peft_parser(sub)
-    from softprompt.recipes.fewshot_commands import add_fewshot_parsers
-
-    add_fewshot_parsers(sub, _add_run_flags, _config_from_args)  # pet, meta-init
+    add_fewshot_parsers(sub)  # pet, meta-init
 
     add_listing_parsers(sub)
     for command in (parser, *sub.choices.values()):  # serve/store/import-peft parsers too

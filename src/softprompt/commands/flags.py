@@ -297,7 +297,7 @@ def _non_negative_int(raw: str) -> int:
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a whole number, got {raw!r}") from None
     if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0 (0 = every row), got {value}")
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
     return value
 
 

@@ -1,18 +1,23 @@
 """The few-shot recipe commands: `softprompt pet` and `softprompt meta-init`.
 
 PET is several ordinary runs plus a labelling and a distillation, so it takes every
-`train` flag (backbone, data, --shots, method, steps; cli.py passes its own helpers in,
-as this layer cannot import the command line) and adds its patterns. Meta-init has
-its own short list: source datasets, the backbone and Reptile's settings.
+`train` flag (backbone, data, --shots, method, steps, from the one flag table) and adds
+its patterns. Meta-init has its own short list: source datasets, the backbone and
+Reptile's settings.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-from collections.abc import Callable
 from typing import Any
 
+from softprompt.commands.flags import (
+    FLAG_DEFAULTS,
+    _add_run_flags,
+    _config_from_args,
+    _non_negative_int,
+)
 from softprompt.errors import ConfigError
 from softprompt.validate import load_json_bounded
 
@@ -24,22 +29,8 @@ def _words(raw: str) -> dict[str, list[str]]:
     return words
 
 
-def _count(raw: str) -> int:
-    try:
-        value = int(raw)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {raw!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
-
-
-def add_fewshot_parsers(
-    sub: Any,
-    add_run_flags: Callable[[argparse.ArgumentParser], None],
-    run_config: Callable[[argparse.Namespace], Any],
-) -> None:
-    """Add `pet` and `meta-init`; `add_run_flags` / `run_config` are the train command's."""
+def add_fewshot_parsers(sub: Any) -> None:
+    """Add `pet` and `meta-init`."""
     pet = sub.add_parser(
         "pet", help="PET/iPET: a prompt per pattern on K shots, ensemble labels, distilled prompt"
     )
@@ -50,33 +41,33 @@ def add_fewshot_parsers(
                      help='label words of one verbalizer, {"label": [" word"]} (repeatable; '
                      "default: the dataset's); patterns are every --pattern x every --words")  # fmt: skip
     pet.add_argument(
-        "--generations", type=_count, default=0, help="iPET generations after the first"
+        "--generations", type=_non_negative_int, default=0, help="iPET generations after the first"
     )
-    pet.add_argument("--growth", type=_count, default=5,
+    pet.add_argument("--growth", type=_non_negative_int, default=5,
                      help="iPET: generation g adds growth^g x the shots, soft-labelled")  # fmt: skip
-    pet.add_argument("--unlabelled-limit", type=_count, default=0,
+    pet.add_argument("--unlabelled-limit", type=_non_negative_int, default=0,
                      help="label at most N unlabelled texts (0 = all)")  # fmt: skip
     pet.add_argument(
-        "--distill-pattern", type=_count, default=0, help="pattern the final prompt uses"
+        "--distill-pattern", type=_non_negative_int, default=0, help="pattern the final prompt uses"
     )
     pet.add_argument("--resume", action="store_true", help="continue each stage's checkpoint")
-    pet.add_argument("--test-limit", type=_count, default=0,
+    pet.add_argument("--test-limit", type=_non_negative_int, default=0,
                      help="score a seeded class-stratified sample of N test rows (0 = all)")  # fmt: skip
-    add_run_flags(pet)
-    pet.set_defaults(func=lambda args: cmd_pet(args, run_config))
+    _add_run_flags(pet)
+    pet.set_defaults(func=cmd_pet)
 
     meta = sub.add_parser(
         "meta-init", help="meta-learn a soft-prompt init over source tasks (Reptile, MetaPT)"
     )
     meta.add_argument("--sources", required=True,
                       help="source datasets joined by commas, e.g. election-tweets,tweet-sentiment")  # fmt: skip
-    meta.add_argument("--backbone", default="smollm2-135m")
-    meta.add_argument("--n-tokens", type=_count, default=20, help="virtual tokens")
-    meta.add_argument("--outer-steps", type=_count, default=100)
-    meta.add_argument("--inner-steps", type=_count, default=8)
+    meta.add_argument("--backbone", default=FLAG_DEFAULTS["backbone"])
+    meta.add_argument("--n-tokens", type=_non_negative_int, default=20, help="virtual tokens")
+    meta.add_argument("--outer-steps", type=_non_negative_int, default=100)
+    meta.add_argument("--inner-steps", type=_non_negative_int, default=8)
     meta.add_argument("--inner-lr", type=float, default=3e-2)
     meta.add_argument("--meta-lr", type=float, default=1.0, help="Reptile's step, in (0, 1]")
-    meta.add_argument("--batch-size", type=_count, default=8)
+    meta.add_argument("--batch-size", type=_non_negative_int, default=8)
     meta.add_argument("--seed", type=int, default=0)
     meta.add_argument("--device", default="auto")
     meta.add_argument("--out", default="runs/meta-init")
@@ -84,7 +75,7 @@ def add_fewshot_parsers(
     meta.set_defaults(func=cmd_meta_init)
 
 
-def cmd_pet(args: argparse.Namespace, run_config: Callable[[argparse.Namespace], Any]) -> int:
+def cmd_pet(args: argparse.Namespace) -> int:
     from softprompt.recipes.pet import run_pet
 
     verbalizers = [_words(raw) for raw in args.words] or [None]
@@ -94,7 +85,7 @@ def cmd_pet(args: argparse.Namespace, run_config: Callable[[argparse.Namespace],
             "--pattern/--words: PET needs at least 2 patterns (templates x label words); "
             "give two --pattern or two --words"
         )
-    run = run_config(args)
+    run = _config_from_args(args)
     run = dataclasses.replace(run, eval=dataclasses.replace(run.eval, test_limit=args.test_limit))
     result = run_pet(
         run,
