@@ -4,7 +4,6 @@ tokens of the padded loop and of each request alone: greedy, seeded sampling, st
 from __future__ import annotations
 
 import pytest
-from conftest import trained_looking
 
 import softprompt.inject.decode as decode_module
 from softprompt.serve.engine import Engine
@@ -20,10 +19,10 @@ TEXTS = ["good", "the film was really boring and sad and dull", "bad plot", "i l
 
 
 @pytest.fixture(scope="module")
-def generation_files(llama, tmp_path_factory):
+def generation_files(llama, trained, tmp_path_factory):
     folder = tmp_path_factory.mktemp("generators")
     return {
-        task: trained_looking(llama, method, seed, kind="generation", max_new_tokens=6).save(
+        task: trained(llama, method, seed, kind="generation", max_new_tokens=6).save(
             folder / f"{task}.safetensors"
         )
         for task, (method, seed) in GENERATORS.items()
