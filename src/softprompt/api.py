@@ -15,8 +15,9 @@ from __future__ import annotations
 from softprompt.config import RunConfig
 from softprompt.model import build_model, load_prompt, load_prompts
 from softprompt.recipes.export import export_prompt
+from softprompt.recipes.loading import load_data
 from softprompt.recipes.report import RunReport
-from softprompt.recipes.run import build_models, load_data, run
+from softprompt.recipes.run import build_models, run
 from softprompt.tasks.presets import task_config_for
 
 __all__ = [

@@ -109,13 +109,34 @@ def test_compare_puts_lora_and_full_rows_in_the_report(tmp_path, capsys):
     assert "full fine-tuning" in stdout
 
 
-def test_compare_on_a_text_backbone_is_refused(tmp_path, capsys):
-    from softprompt.backbones.tiny import tiny_bert
-
-    tiny_bert().model.save_pretrained(tmp_path / "bert")
+def test_compare_rows_on_a_text_run_come_from_compare_units(llama_folder, tmp_path, capsys):
+    """`train --compare lora` on text: the LoRA row is a compare unit (OUT/lora/unit.json,
+    its own prompt file) in the run's report, as for images."""
+    data = tmp_path / "toy.csv"
+    rows = [f"the movie was good {i},positive\nthe plot was bad {i},negative\n" for i in range(20)]
+    data.write_text("text,label\n" + "".join(rows))
+    out = tmp_path / "r"
     code = main(
-        ["train", "--backbone", str(tmp_path / "bert"), "--dataset", "movie-sentiment"]
-        + ["--method", "soft-prompt", "--compare", "lora", "--out", str(tmp_path / "r")]
+        ["train", "--backbone", str(llama_folder), "--dataset", str(data)]
+        + ["--method", "soft-prompt", "--n-tokens", "2", "--steps", "2", "--batch-size", "4"]
+        + ["--eval-every", "2", "--compare", "lora", "--out", str(out), "--no-baseline"]
     )
+    assert code == 0, capsys.readouterr().err
+    report = json.loads((out / "report.json").read_text())["rows"]
+    lora = next(r for r in report if r["name"].startswith("LoRA r=8"))
+    unit = json.loads((out / "lora" / "unit.json").read_text())
+    assert lora["accuracy"] == unit["accuracy"] and lora["trainable_parameters"] > 0
+    assert (out / "lora" / "prompt.safetensors").is_file()
+
+
+def test_compare_on_a_multitask_run_is_refused(tmp_path, capsys):
+    config = tmp_path / "mt.yaml"
+    config.write_text(
+        "compare: [lora]\ntasks:\n  - {name: a, data: movie-sentiment}\n"
+        "  - {name: b, data: election-tweets}\n"
+    )
+    code = main(["train", "--config", str(config), "--out", str(tmp_path / "r")])
     assert code == 2
-    assert "compare: LoRA / full fine-tuning rows are for one image task" in capsys.readouterr().err
+    assert "compare: LoRA / full fine-tuning rows are for a run with one task" in (
+        capsys.readouterr().err
+    )

@@ -83,7 +83,7 @@ FLAGS: dict[str, tuple[str, Callable[[str], Any], str]] = {
     "compare": (
         "compare",
         lambda raw: [part.strip() for part in raw.split(",") if part.strip()],
-        "images: also train lora and/or full fine-tuning (e.g. lora,full) as report rows",
+        "also train lora and/or full fine-tuning (e.g. lora,full) as report rows (one task)",
     ),
 }
 

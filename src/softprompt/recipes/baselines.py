@@ -30,11 +30,9 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from softprompt.backbones import Backbone
-from softprompt.config import BASELINE_KINDS, RunConfig, RunTask
+from softprompt.config import BASELINE_KINDS, RunConfig
 from softprompt.data import Dataset
-from softprompt.distributed import ProcessInfo
 from softprompt.errors import ConfigError, PromptFileError
-from softprompt.evaluate import evaluate
 from softprompt.model import (
     PromptModel,
     build_model,
@@ -231,50 +229,3 @@ def tuned_baseline(
         model, dataset, config.train, out, resume=resume, meta={"run": run}, progress=progress
     )
     return TunedModel.load(result.prompt_path, backbone), result
-
-
-def tuned_rows(
-    config: RunConfig,
-    backbone: Backbone,
-    specs: list[RunTask],
-    data: dict[str, Dataset],
-    process: ProcessInfo,
-    resume: bool,
-    progress: bool,
-) -> list[dict[str, Any]]:
-    """Report rows for the run's `compare` baselines (LoRA, full fine-tuning): each
-    trained with the run's task and training config into OUT/<kind>, then scored on the
-    test split like the prompt. One vision task only (a ConfigError otherwise)."""
-    if not config.compare:
-        return []
-    if backbone.spec.kind != "vision" or len(specs) != 1:
-        raise ConfigError(
-            "compare: LoRA / full fine-tuning rows are for one image task on a vision "
-            "backbone; drop --compare for this run"
-        )
-    spec, rows = specs[0], []
-    dataset = data[spec.name]
-    for kind in config.compare:
-        tune = TuneConfig(kind=kind)
-        model, result = tuned_baseline(
-            backbone, dataset, config, tune, resume=resume, progress=progress
-        )
-        scores = evaluate(
-            model,
-            dataset.test,
-            batch_size=config.train.eval_batch_size,
-            process=process,
-            progress=progress,
-        )
-        label = "LoRA r=8 on q,v (PEFT)" if kind == "lora" else "full fine-tuning"
-        rows.append(
-            {
-                "task": spec.name,
-                "name": f"{label} (best of step {result.best_step})",
-                **scores,
-                "trainable_parameters": model.num_trainable(),
-                "file_bytes": result.prompt_path.stat().st_size,
-                "train_seconds": result.seconds,
-            }
-        )
-    return rows

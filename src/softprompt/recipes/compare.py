@@ -19,7 +19,10 @@ metrics.jsonl, checkpoint), so a user can `eval`, `predict` or `serve` it. When 
 ends its row is written to OUT/units/<unit>/unit.json; running the compare again reads
 finished units back, resumes a unit that was stopped from its checkpoint (train's own
 resume), and trains the rest. OUT/compare.md, compare.json and compare.png are
-rewritten from the rows once every unit is done.
+rewritten from the rows once every unit is done. `train --compare lora,full` runs its
+baselines as the same units (`baseline_rows`: the run's seed, folders OUT/<kind>/), so
+a run's report and a compare table come from one code path. The table itself is
+recipes/compare_table.py.
 
 Peak memory is measured per unit from just before its model is built to the end of
 its test scoring: on CUDA, torch's peak allocated bytes; on CPU, the highest resident
@@ -31,11 +34,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
-import os
 import random
-import statistics
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -51,25 +50,27 @@ from softprompt.data import Dataset, Example
 from softprompt.device import resolve_device
 from softprompt.errors import ConfigError
 from softprompt.evaluate import evaluate
-from softprompt.files import atomic_write_bytes, atomic_write_text
+from softprompt.files import atomic_write_text
 from softprompt.methods import available_methods
 from softprompt.model import PromptModel, build_model
 from softprompt.recipes.baselines import TuneConfig, TunedModel
-from softprompt.recipes.report import METRIC_TITLES, metric_cell
-from softprompt.recipes.run import load_data
+from softprompt.recipes.compare_table import (
+    HEAD_ONLY,
+    SECONDARY,
+    ZERO_SHOT,
+    CompareReport,
+    headline,
+    summarize,
+    write_report,
+)
+from softprompt.recipes.loading import load_data
+from softprompt.recipes.peak_memory import PeakMemory
+from softprompt.tasks.auto_verbalizer import resolve_verbalizer
 from softprompt.tasks.presets import task_config_for
 from softprompt.train import run_dir, train
 
-ZERO_SHOT, HEAD_ONLY = "zero-shot", "head-only"
-SECONDARY = ("rouge_l", "exact_match")  # generation: shown beside the headline BLEU
 DEFAULT_METHODS = (ZERO_SHOT, HEAD_ONLY, "soft-prompt", "prefix-tuning", "p-tuning", "lora", "full")
 UNIT_FILE = "unit.json"
-LABELS = {
-    ZERO_SHOT: "zero-shot (no training)",
-    HEAD_ONLY: "head-only (linear probe)",
-    "lora": "LoRA (PEFT, r=8)",
-    "full": "full fine-tuning",
-}
 
 
 class NotApplicable(Exception):
@@ -134,6 +135,11 @@ class _Context:
     out: Path
     progress: bool = False  # each unit's own train / test bars under the compare's bar
     samples: dict[int, Dataset] = field(default_factory=dict)  # data seed -> k-shot data
+    layout: str = "units"  # "units": OUT/units/<method>-s<seed>; "flat": OUT/<method>
+
+    def folder(self, unit: Unit) -> Path:
+        """Where a unit's run folder lives (a compare's grid, or a run's own baselines)."""
+        return self.out / unit.method if self.layout == "flat" else self.out / "units" / unit.name
 
     def for_unit(self, run: RunConfig) -> _Context:
         """The context a unit trains in: under --shots its own K-shot sample (the unit's
@@ -167,8 +173,8 @@ def _head_only(ctx: _Context, run: RunConfig) -> PromptModel:
 
 def _tuned(kind: str) -> Callable[[_Context, RunConfig], PromptModel]:
     def build(ctx: _Context, run: RunConfig) -> PromptModel:
-        task = task_config_for(ctx.dataset, run.task)
-        return TunedModel(ctx.backbone, task, TuneConfig(kind=kind))
+        task = resolve_verbalizer(ctx.backbone, ctx.dataset, run.task)  # auto: chosen words
+        return TunedModel(ctx.backbone, task_config_for(ctx.dataset, task), TuneConfig(kind=kind))
 
     return build
 
@@ -192,107 +198,6 @@ def _registered(name: str) -> Callable[[_Context, RunConfig], PromptModel]:
             raise NotApplicable(str(exc)) from None
 
     return build
-
-
-@dataclass
-class CompareReport:
-    """Every unit's row (finished or n/a) and the per-method summary; `complete` is
-    False when the compare stopped before its last unit (the files are not written)."""
-
-    rows: list[dict[str, Any]]
-    summary: list[dict[str, Any]]
-    metric: str
-    memory: str
-    out: Path
-    complete: bool = True
-    also: list[str] = field(default_factory=list)  # more metrics, each a mean ± sd column
-
-    def markdown(self) -> str:
-        title = METRIC_TITLES.get(self.metric, self.metric)
-        more = "".join(f"test {METRIC_TITLES[m]}: mean ± sd | " for m in self.also)
-        head = (
-            f"| method | test {title}: mean ± sd (min-max) | {more}seeds | trainable params | "
-            f"file size | train time | {self.memory} | test time |\n"
-            + "|---" * (8 + len(self.also))
-            + "|\n"
-        )
-        lines = [_summary_line(s, self.also) for s in self.summary]
-        rows = {r.get("test_rows") for r in self.rows if "test_rows" in r}
-        tested = ", ".join(f"{n:,}" for n in sorted(rows)) or "-"
-        return head + "\n".join(lines) + f"\n\ntest rows scored per unit: {tested}\n"
-
-
-def _summary_line(s: dict[str, Any], also: list[str]) -> str:
-    if "skipped" in s:
-        return f"| {s['label']} | n/a: {s['skipped']} |" + " |" * (6 + len(also))
-    m = s["metric"]
-    spread = (
-        f"{metric_cell(m, s['mean'])} ± {metric_cell(m, s['sd'])} "
-        f"({metric_cell(m, s['min'])}-{metric_cell(m, s['max'])})"
-    )
-    more = "".join(f"{_mean_sd(name, s.get('also', {}).get(name))} | " for name in also)
-    memory = f"{s['peak_memory_bytes'] / 2**20:.0f} MiB" if s["peak_memory_bytes"] else "-"
-    return (
-        f"| {s['label']} | {spread} | {more}{s['seeds']} | {s['trainable_parameters']:,} | "
-        f"{s['file_bytes'] / 1024:.1f} KiB | {s['train_seconds']:.1f} s | {memory} | "
-        f"{s['test_seconds']:.1f} s |"
-    )
-
-
-def _mean_sd(name: str, spread: dict[str, float] | None) -> str:
-    if spread is None:
-        return "-"
-    return f"{metric_cell(name, spread['mean'])} ± {metric_cell(name, spread['sd'])}"
-
-
-class PeakMemory:
-    """Peak memory of a stretch of work (see the module docstring for what is measured)."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.cuda = device.type == "cuda"
-        self.peak = self.start = 0
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    @staticmethod
-    def describe(device: torch.device) -> str:
-        return "peak CUDA memory" if device.type == "cuda" else "peak RSS increase"
-
-    def __enter__(self) -> PeakMemory:
-        if self.cuda:
-            torch.cuda.reset_peak_memory_stats()
-            self.start = torch.cuda.memory_allocated()
-            return self
-        self.start = self.peak = _rss()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-        self._thread.start()
-        return self
-
-    def _sample(self) -> None:
-        while not self._stop.wait(0.02):
-            self.peak = max(self.peak, _rss())
-
-    def __exit__(self, *exc: Any) -> None:
-        if self.cuda:
-            self.peak = torch.cuda.max_memory_allocated()
-            return
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
-        self.peak = max(self.peak, _rss())
-
-    @property
-    def used(self) -> int:
-        return max(self.peak - self.start, 0)
-
-
-def _rss() -> int:
-    """Resident set size in bytes (Linux /proc; 0 where there is no /proc)."""
-    try:
-        pages = int(Path("/proc/self/statm").read_text().split()[1])
-    except (OSError, IndexError, ValueError):
-        return 0
-    return pages * os.sysconf("SC_PAGE_SIZE")
 
 
 def sample_test_rows(rows: list[Example], limit: int, *, by_input: bool = False) -> list[Example]:
@@ -352,8 +257,50 @@ def compare(
                 rows.append(row)
                 bar.update(1)
         report = _report(rows, config, out, device)
-        _write(report, config)
+        write_report(report, _config_record(config))
         return report
+
+
+BASELINE_LABELS = {"lora": "LoRA r=8 on q,v (PEFT)", "full": "full fine-tuning"}
+
+
+def baseline_rows(
+    run: RunConfig,
+    backbone: Backbone,
+    dataset: Dataset,
+    device: torch.device,
+    *,
+    task: str,
+    progress: bool = True,
+) -> list[dict[str, Any]]:
+    """`train --compare lora,full`: the run's own baselines as compare units at the run's
+    seed, in OUT/<kind>/ (resumed or read back like any unit), scored on the run's test
+    rows; one report row each."""
+    if not run.compare:
+        return []
+    shared = dataclasses.replace(run, compare=[], tasks=None)
+    config = CompareConfig(shared, methods=list(run.compare), seeds=[run.train.seed])
+    ctx = _Context(backbone, dataset, config, list(dataset.test), Path(run.out), progress)
+    ctx = dataclasses.replace(ctx, layout="flat")
+    rows = [run_unit(ctx, unit, device) for unit in config.units()]
+    return [_report_row(task, row) for row in rows if row is not None]
+
+
+def _report_row(task: str, unit: dict[str, Any]) -> dict[str, Any]:
+    """A finished unit as a row of a run's report (recipes/report.py)."""
+    kept = {k: v for k, v in unit.items() if k not in ("method", "seed", "config", "prompt")}
+    name = f"{BASELINE_LABELS[unit['method']]} (best of step {unit['best_step']})"
+    return {"task": task, "name": name, **kept}
+
+
+def _config_record(config: CompareConfig) -> dict[str, Any]:
+    """The grid as compare.json records it."""
+    return {
+        "run": config.run.to_dict(),
+        "methods": config.methods,
+        "seeds": config.seeds,
+        "test_limit": config.test_limit,
+    }
 
 
 def unit_config(config: CompareConfig, unit: Unit, folder: Path) -> RunConfig:
@@ -386,7 +333,7 @@ def run_unit(
 ) -> dict[str, Any] | None:
     """One unit's row: read back when finished, else trained (resumed from its checkpoint
     if one was stopped) and scored. None when `stop_after` stopped it early."""
-    folder = ctx.out / "units" / unit.name
+    folder = ctx.folder(unit)
     run = unit_config(ctx.config, unit, folder)
     ctx = ctx.for_unit(run)
     recorded = _recorded(run, ctx.config.test_limit)
@@ -468,12 +415,6 @@ def _fit(
     return loaded, result.prompt_path, result.seconds, result.best_step
 
 
-def headline(rows: list[dict[str, Any]]) -> str:
-    """The figure the table leads with: the first of the report's metrics any row has
-    (entity F1, accuracy, macro-F1), else the test loss (generation)."""
-    return next((m for m in METRIC_TITLES if any(m in r for r in rows)), "loss")
-
-
 def _report(
     rows: list[dict[str, Any]],
     config: CompareConfig,
@@ -485,7 +426,7 @@ def _report(
     metric = headline(rows)
     also = [m for m in SECONDARY if m != metric and any(m in r for r in rows)]
     summary = [
-        _summarize(m, [r for r in rows if r["method"] == m], metric, also) for m in config.methods
+        summarize(m, [r for r in rows if r["method"] == m], metric, also) for m in config.methods
     ]
     return CompareReport(
         rows=rows,
@@ -496,93 +437,3 @@ def _report(
         complete=complete,
         also=also,
     )
-
-
-def _spread(values: list[float]) -> dict[str, float]:
-    sd = statistics.stdev(values) if len(values) > 1 else 0.0
-    return {"mean": statistics.fmean(values), "sd": sd, "min": min(values), "max": max(values)}
-
-
-def _summarize(
-    method: str, rows: list[dict[str, Any]], metric: str, also: list[str] | None = None
-) -> dict[str, Any] | None:
-    if not rows:
-        return None
-    label = LABELS.get(method, method)
-    scored = [r for r in rows if "skipped" not in r]
-    if not scored:
-        return {"method": method, "label": label, "skipped": rows[0]["skipped"]}
-    values = [float(r[metric]) for r in scored]
-
-    def mean(key: str) -> float:
-        return statistics.fmean(float(r[key]) for r in scored)
-
-    more = {
-        m: _spread([float(r[m]) for r in scored]) for m in also or [] if all(m in r for r in scored)
-    }
-    return {
-        "method": method,
-        "label": label,
-        "metric": metric,
-        **_spread(values),
-        **({"also": more} if more else {}),
-        "seeds": len(values),
-        "trainable_parameters": scored[0]["trainable_parameters"],
-        "file_bytes": int(mean("file_bytes")),
-        "train_seconds": mean("train_seconds"),
-        "peak_memory_bytes": int(max(r["peak_memory_bytes"] for r in scored)),
-        "test_seconds": mean("test_seconds"),
-    }
-
-
-def _write(report: CompareReport, config: CompareConfig) -> None:
-    out = report.out
-    atomic_write_text(out / "compare.md", report.markdown())
-    payload = {
-        "metric": report.metric,
-        "also": report.also,
-        "memory": report.memory,
-        "summary": report.summary,
-        "units": report.rows,
-        "config": {
-            "run": config.run.to_dict(),
-            "methods": config.methods,
-            "seeds": config.seeds,
-            "test_limit": config.test_limit,
-        },
-    }
-    atomic_write_text(out / "compare.json", json.dumps(payload, indent=2))
-    plot_compare(report.summary, report.metric, out / "compare.png")
-
-
-def plot_compare(summary: list[dict[str, Any]], metric: str, path: Path) -> Path | None:
-    """Metric against trainable parameters (log x), a bar of ± sd and a thin min-max
-    line per method. A method with no trainable parameters sits at x = 1."""
-    import io
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    points = [s for s in summary if "skipped" not in s]
-    if not points:
-        return None
-    fig, axes = plt.subplots(figsize=(7, 4.2))
-    for s in points:
-        x = max(s["trainable_parameters"], 1)
-        axes.vlines(x, s["min"], s["max"], lw=0.8, color="grey")
-        axes.errorbar(x, s["mean"], yerr=s["sd"], fmt="o", capsize=4)
-        axes.annotate(s["label"], (x, s["mean"]), textcoords="offset points", xytext=(6, 4))
-    axes.set_xscale("log")
-    axes.set_xlim(
-        0.5, 10 ** (math.log10(max(max(s["trainable_parameters"], 1) for s in points)) + 1)
-    )
-    axes.set_xlabel("trainable parameters (log; 0 shown at 1)")
-    axes.set_ylabel(f"test {METRIC_TITLES.get(metric, metric)}")
-    fig.tight_layout()
-    image = io.BytesIO()
-    fig.savefig(image, format="png", dpi=110)
-    plt.close(fig)
-    atomic_write_bytes(path, image.getvalue())
-    return path

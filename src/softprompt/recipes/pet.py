@@ -44,7 +44,8 @@ from softprompt.errors import ConfigError
 from softprompt.evaluate import evaluate
 from softprompt.files import atomic_write_text
 from softprompt.model import PromptModel, build_model
-from softprompt.recipes.run import limit_test, load_data
+from softprompt.recipes.loading import load_data
+from softprompt.recipes.run import limit_test
 from softprompt.train import TrainConfig, train
 
 

@@ -24,9 +24,8 @@ from typing import Any
 
 from softprompt import distributed
 from softprompt.backbones import Backbone, load_backbone, place
-from softprompt.config import DataConfig, RunConfig, RunTask
-from softprompt.data import Dataset, Example, load_dataset
-from softprompt.data.shots import few_shot_dataset
+from softprompt.config import RunConfig, RunTask
+from softprompt.data import Dataset, Example
 from softprompt.device import resolve_device
 from softprompt.distributed import ProcessInfo
 from softprompt.errors import ConfigError
@@ -35,7 +34,9 @@ from softprompt.files import atomic_write_text
 from softprompt.methods import method_config_class
 from softprompt.model import MultiTaskModel, PromptModel, build_model
 from softprompt.plot import plot_curves
-from softprompt.recipes.baselines import head_only_baseline, tuned_rows
+from softprompt.recipes.baselines import head_only_baseline
+from softprompt.recipes.compare import baseline_rows
+from softprompt.recipes.loading import load_data
 from softprompt.recipes.report import RunReport, class_report, collapse_warnings
 from softprompt.tasks.template import VIRTUAL, Template
 from softprompt.train import run_dir, train
@@ -44,21 +45,6 @@ from softprompt.train.checkpoint import checkpoint_config
 ZERO_SHOT_FILE = "zero-shot.json"
 ZERO_SHOT_NAME = "zero-shot (template + label words)"
 SAMPLE = "a seeded class-stratified sample"  # how eval.test_limit picks its rows
-
-
-def load_data(config: DataConfig, seed: int = 0) -> Dataset:
-    """The run's dataset; with `data.shots`, its k-shot sample (data/shots.py)."""
-    dataset = load_dataset(
-        config.source,
-        text_column=config.text_column,
-        label_column=config.label_column,
-        task=config.task,
-        labels=config.labels,
-        validation=config.validation,
-        test=config.test,
-        seed=seed,
-    )
-    return few_shot_dataset(dataset, config.shots, config.seed)
 
 
 def sample_rows(
@@ -127,13 +113,13 @@ def check_template_slots(specs: list[RunTask]) -> None:
             )
 
 
-def check_compare(config: RunConfig, backbone: Backbone, specs: list[RunTask]) -> None:
-    """`--compare` (LoRA, full fine-tuning rows) needs one image task on a vision
-    backbone: refused once the backbone's kind is known, before anything is scored."""
-    if config.compare and (backbone.spec.kind != "vision" or len(specs) != 1):
+def check_compare(config: RunConfig, specs: list[RunTask]) -> None:
+    """`--compare` (LoRA, full fine-tuning rows) trains the run's one task again with the
+    backbone tuned: refused for a multitask run, before anything is scored."""
+    if config.compare and len(specs) != 1:
         raise ConfigError(
-            "compare: LoRA / full fine-tuning rows are for one image task on a vision "
-            "backbone; drop --compare for this run"
+            "compare: LoRA / full fine-tuning rows are for a run with one task; run "
+            "`softprompt compare` per task, or drop --compare"
         )
 
 
@@ -339,6 +325,7 @@ def run(config: RunConfig, *, resume: bool = False, progress: bool = True) -> Ru
     split; write a report. The output folder is checked and locked before anything loads."""
     specs = config.task_specs()
     check_template_slots(specs)
+    check_compare(config, specs)
     device = distributed.local_device(resolve_device(config.train.device))
     process = distributed.setup(device)  # under torchrun each process scores a test share
     # first: a bad data file fails before the model loads
@@ -354,7 +341,6 @@ def run(config: RunConfig, *, resume: bool = False, progress: bool = True) -> Ru
     )
     place(backbone.model, device)
     out_dir = Path(config.out)
-    check_compare(config, backbone, specs)
     model = build_models(backbone, specs, data)
     if resume:
         check_resume(config, model, data, out_dir)
@@ -363,7 +349,8 @@ def run(config: RunConfig, *, resume: bool = False, progress: bool = True) -> Ru
     notes: list[str] = []
     rows = _zero_shot_rows(config, backbone, data, process, out_dir, notes)
     rows += _head_only_rows(config, backbone, specs, data, process, resume, progress)
-    rows += tuned_rows(config, backbone, specs, data, process, resume, progress)
+    only = specs[0].name  # check_compare: --compare runs have one task
+    rows += baseline_rows(config, backbone, data[only], device, task=only, progress=progress)
     result = train(
         model,
         data,
