@@ -4,14 +4,16 @@ transformers' own GGUF loader dequantizes every tensor to float32 into one dict 
 copies them into a float32 model: about three float32 copies of the model at its peak
 (9.1 GB for a 1.1 GB GGUF of Qwen2.5-Coder-1.5B) and a float32 cache. Here the file is
 memory-mapped, each tensor is dequantized (large ones in row chunks), hashed for the
-fingerprint in float32, cast to the target dtype and kept; only the final weights and
-one chunk are ever resident, so the peak stays near the cache's own size (2 bytes a
-parameter in bf16). transformers' GGUF name map and tensor processors are reused, so the
-weights equal what its loader produces.
+fingerprint in float32, cast to the target dtype and written straight into the
+safetensors file (its header is known up front from the model's shapes); only one
+converted tensor and one chunk are ever resident, so the peak no longer grows with the
+model. transformers' GGUF name map and tensor processors are reused, so the weights
+equal what its loader produces.
 """
 
 from __future__ import annotations
 
+import json
 import mmap
 from collections.abc import Iterator
 from pathlib import Path
@@ -115,24 +117,22 @@ def _drop_mapped_pages(reader: Any) -> None:
             pass
 
 
-def convert_weights(
-    reader: Any, config: Any, dtype: torch.dtype
-) -> tuple[dict[str, torch.Tensor], str]:
-    """Every weight of the GGUF as an HF-named `dtype` tensor, and the source fingerprint
-    (the float32 recipe of `softprompt.backbones.fingerprint`, so it equals the hash of the
-    float32 conversion). Raises `Unsupported` where transformers' loader is needed."""
+def _plan(reader: Any, config: Any) -> tuple[Any, list[tuple[str, str, Any, Any]], Any]:
+    """The conversion in sorted-name order (the fingerprint's): for each state-dict name,
+    (name, its first tied name or "", the HF name the file carries, the GGUF tensor and
+    shape packed as (tensor, shape)); and the hasher. `Unsupported` where a weight is
+    missing or not floating point."""
     processor, sources, model = _parts(reader, config)
     state = model.state_dict(keep_vars=True)
     groups: dict[int, list[str]] = {}
     for name, t in state.items():
         groups.setdefault(id(t), []).append(name)
-    hasher = Fingerprinter(arch_fields(model.config))
-    weights: dict[str, torch.Tensor] = {}
+    steps: list[tuple[str, str, Any, Any]] = []
     first_name: dict[int, str] = {}
     for name in sorted(state):
         t = state[name]
         if id(t) in first_name:
-            hasher.alias(name, first_name[id(t)], t)
+            steps.append((name, first_name[id(t)], None, t))
             continue
         first_name[id(t)] = name
         carried = [n for n in groups[id(t)] if n in sources]
@@ -140,17 +140,64 @@ def convert_weights(
             raise Unsupported(f"the GGUF file carries no tensor for {name}")
         if hashed_dtype(t.dtype) != torch.float32:
             raise Unsupported(f"{name} is {t.dtype}")
-        source = sources[carried[0]]
-        weights[carried[0]] = _convert_tensor(source, processor, dtype, hasher, name, t.shape)
-        _drop_mapped_pages(reader)
-    return weights, hasher.hexdigest()
+        steps.append((name, "", carried[0], (sources[carried[0]], t)))
+    return processor, steps, Fingerprinter(arch_fields(model.config))
+
+
+def _converted(reader: Any, config: Any, dtype: torch.dtype):
+    """(the carried tensors' HF names and shapes, an iterator of (name, `dtype` tensor)
+    converted one at a time, the hasher, filled as the iterator runs)."""
+    processor, steps, hasher = _plan(reader, config)
+    layout = [(carried, tuple(t.shape)) for _, _, carried, (_, t) in
+              (s for s in steps if s[2] is not None)]  # fmt: skip
+
+    def tensors():
+        for name, alias, carried, item in steps:
+            if carried is None:
+                hasher.alias(name, alias, item)
+                continue
+            source, meta = item
+            yield carried, _convert_tensor(source, processor, dtype, hasher, name, meta.shape)
+            _drop_mapped_pages(reader)
+
+    return layout, tensors(), hasher
+
+
+_SAFETENSORS_NAMES = {torch.float32: "F32", torch.bfloat16: "BF16", torch.float16: "F16"}
+
+
+def _write_safetensors(
+    path: Path, layout: list[tuple[str, tuple]], dtype: torch.dtype, tensors
+) -> None:
+    """A safetensors file written tensor by tensor: the header (all shapes are known up
+    front) and then each tensor's bytes as it is converted, so no more than one converted
+    tensor is ever held (save_file needs them all at once: the whole model in `dtype`)."""
+    size = torch.empty((), dtype=dtype).element_size()
+    header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
+    offset = 0
+    for name, shape in layout:
+        n = int(np.prod(shape)) * size
+        header[name] = {"dtype": _SAFETENSORS_NAMES[dtype], "shape": list(shape),
+                        "data_offsets": [offset, offset + n]}  # fmt: skip
+        offset += n
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)  # the data starts 8-byte aligned
+    expected = iter(layout)
+    with path.open("wb") as out:
+        out.write(len(raw).to_bytes(8, "little") + raw)
+        for name, tensor in tensors:
+            if next(expected)[0] != name:
+                raise BackboneError(f"GGUF conversion wrote {name} out of order")
+            flat = tensor.reshape(-1)
+            if flat.numel():
+                out.write(memoryview(flat.view(torch.uint8).numpy()))
+            del tensor, flat
 
 
 def write_folder(gguf_path: Path, out_dir: Path, dtype: torch.dtype) -> str:
     """Convert `gguf_path` into an HF folder (weights in `dtype`, config, generation config,
     tokenizer) at `out_dir`; return the source fingerprint."""
     from gguf import GGUFReader
-    from safetensors.torch import save_file
     from transformers import AutoConfig, AutoTokenizer, GenerationConfig
 
     folder, filename = gguf_path.parent, gguf_path.name
@@ -159,11 +206,11 @@ def write_folder(gguf_path: Path, out_dir: Path, dtype: torch.dtype) -> str:
         del config.quantization_config
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=filename, local_files_only=True)
     reader = GGUFReader(gguf_path)
-    weights, fp = convert_weights(reader, config, dtype)
-    del reader
+    layout, tensors, hasher = _converted(reader, config, dtype)
     out_dir.mkdir(parents=True, exist_ok=True)
-    save_file(weights, out_dir / "model.safetensors", metadata={"format": "pt"})
-    del weights
+    _write_safetensors(out_dir / "model.safetensors", layout, dtype, tensors)
+    fp = hasher.hexdigest()
+    del reader
     config.dtype = dtype
     config.save_pretrained(out_dir)
     GenerationConfig.from_model_config(config).save_pretrained(out_dir)
