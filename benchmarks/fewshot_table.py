@@ -30,9 +30,9 @@ UNITS = Path(__file__).parents[1] / "runs" / "fewshot_table"  # unit run folders
 COLUMNS = {
     "zero-shot": "zero-shot (manual template)",
     "soft-prompt": "soft prompt",
+    "soft-prompt+auto": "soft prompt + auto words",
     "dart": "DART",
     "lora": "LoRA r=8",
-    "soft-prompt+auto": "soft prompt + auto words",
 }
 
 
@@ -62,11 +62,13 @@ def grid(dataset: str, shots: int, args: argparse.Namespace, methods: list[str],
 
 
 def cell(dataset: str, shots: int, args: argparse.Namespace) -> dict[str, Any]:
-    start = time.perf_counter()
-    methods = grid(dataset, shots, args, ["zero-shot", "soft-prompt", "dart"], args.lr, {}, "")
-    methods |= grid(dataset, shots, args, ["lora"], args.lora_lr, {}, "")
-    auto = {"verbalizer": "auto"}
-    methods |= grid(dataset, shots, args, ["soft-prompt"], args.lr, auto, "+auto")
+    """The columns in `--methods` order, each its own grid (finished units are read back)."""
+    start, methods = time.perf_counter(), {}
+    for column in args.methods:
+        name, _, tag = column.partition("+")
+        task = {"verbalizer": "auto"} if tag == "auto" else {}
+        lr = args.lora_lr if name == "lora" else args.lr
+        methods |= grid(dataset, shots, args, [name], lr, task, f"+{tag}" if tag else "")
     return {"dataset": dataset, "shots": shots, "seconds": time.perf_counter() - start,
             "methods": methods}  # fmt: skip
 
@@ -109,9 +111,11 @@ def main() -> None:
     parser.add_argument("--test-limit", type=int, default=200)
     parser.add_argument("--lr", type=float, default=0.03)
     parser.add_argument("--lora-lr", type=float, default=1e-3)
+    parser.add_argument("--methods", default=",".join(COLUMNS), help="columns, in run order")
     parser.add_argument("--out", default=str(RESULTS / "fewshot_table.json"))
     args = parser.parse_args()
     args.seeds = [int(s) for s in args.seeds.split(",")]
+    args.methods = [m for m in args.methods.split(",") if m]
     cells = []
     for dataset in args.datasets.split(","):
         for shots in (int(k) for k in args.shots.split(",")):
