@@ -53,3 +53,15 @@ def test_a_bad_option_is_refused_before_anything_is_scored(spec, monkeypatch):
     ):
         search(spec, method="opro", budget=5, options={"position": "middle"})
     assert scored == []
+
+
+def test_a_chat_template_task_is_refused_before_any_scoring(tmp_path):
+    """The candidate scorer frames bare text; a chat-template task would be scored on
+    inputs it never sees, so search refuses it (nothing is loaded or scored first)."""
+    from softprompt.search.run import run_search
+    from softprompt.tasks import TaskConfig
+
+    task = TaskConfig(labels=["negative", "positive"], chat_template=True)
+    with pytest.raises(ConfigError, match="chat-template task"):
+        run_search(None, None, task, method="autoprompt", budget=1, seed=0, examples=1,
+                   test_examples=1, top=1, options={}, out=tmp_path)  # fmt: skip

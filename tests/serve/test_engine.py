@@ -7,11 +7,11 @@ import pytest
 import torch
 
 from softprompt.inject import RowPrompts
+from softprompt.inject.packing import pack_rows, worth_packing
+from softprompt.inject.prompt_cache import PromptKVCache, kv_bytes
 from softprompt.model import MultiTaskModel
 from softprompt.serve import engine as engine_module
-from softprompt.serve.cache import PromptKVCache, kv_bytes
 from softprompt.serve.engine import BadInput, Engine, RefusedTask, UnknownTask, length_groups
-from softprompt.serve.packing import pack_rows, worth_packing
 
 TEXTS = {
     "movie": ["good movie", "the film was really boring and sad"],

@@ -77,6 +77,11 @@ def run_search(
     progress: bool = True,
 ) -> SearchRun:
     """Search on `examples` validation rows, score the best `top` on the test split."""
+    if task.chat_template:  # the scorer frames bare text: a chat task would be scored wrong
+        raise ConfigError(
+            "search: a chat-template task (task.chat_template) is not searched yet: the "
+            "candidates are scored on the bare template; drop --chat-template to search"
+        )
     spec = TaskSpec(
         backbone=backbone,
         labels=list(task.labels),

@@ -24,8 +24,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from softprompt.errors import SoftPromptError
+from softprompt.inject.prompt_cache import PromptKVCache
 from softprompt.model import PromptModel
-from softprompt.serve.cache import PromptKVCache
 from softprompt.serve.engine import Engine, RefusedTask, Request, Served, UnknownTask
 from softprompt.serve.limits import shorten
 from softprompt.serve.sampling import Sampling

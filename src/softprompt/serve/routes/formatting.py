@@ -10,8 +10,8 @@ from typing import Any
 
 import torch
 
+from softprompt.inject.cached import CachedPrompt
 from softprompt.serve.engine import Request as Input
-from softprompt.serve.injector import CachedPrompt
 from softprompt.serve.routes.state import ServeState
 
 TokenLogprobs = tuple[int, float, list[tuple[int, float]]]  # id, log-prob, top (id, lp)
