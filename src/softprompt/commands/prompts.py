@@ -149,12 +149,26 @@ def cmd_export(args: argparse.Namespace) -> int:
     if args.format == "peft":
         from softprompt.interop.commands import cmd_export_peft
 
+        if "baseline" in _meta(args.prompt):  # a LoRA baseline: a PEFT LoRA folder
+            return _export_lora(args)
         return cmd_export_peft(args)
     check_out_file(args.out, "--out")  # before the backbone loads
     refuse_existing(Path(args.out), "--out", overwrite=args.overwrite)
     out = export_prompt(args.prompt, args.out, _backbone_arg(args, args.prompt))
     before, after = os.path.getsize(args.prompt), os.path.getsize(out)
     print(f"{out}: {after:,} bytes (was {before:,})")
+    return 0
+
+
+def _export_lora(args: argparse.Namespace) -> int:
+    """`export LORA_FILE --format peft`: the adapter as a PEFT LoRA folder, for
+    PeftModel.from_pretrained or `--backbone-adapter`."""
+    from softprompt.interop.commands import check_adapter_out
+    from softprompt.recipes.export import export_lora
+
+    out = check_adapter_out(Path(args.out), overwrite=args.overwrite)
+    folder = export_lora(args.prompt, out, _backbone_arg(args, args.prompt))
+    print(f"{folder}: PEFT LORA adapter; use it with --backbone-adapter {folder}")
     return 0
 
 

@@ -66,10 +66,19 @@ def cmd_import_peft(args: argparse.Namespace) -> int:
 def cmd_export_peft(args: argparse.Namespace) -> int:
     from softprompt.interop.peft import CONFIG, WEIGHTS, export_peft
 
-    out = Path(args.out)
+    out = check_adapter_out(Path(args.out), overwrite=getattr(args, "overwrite", False))
+    folder = export_peft(args.prompt, out, args.backbone)
+    kind = json.loads((folder / CONFIG).read_text(encoding="utf-8"))["peft_type"]
+    size = (folder / WEIGHTS).stat().st_size
+    print(f"{folder}: PEFT {kind} adapter ({WEIGHTS} {size:,} bytes)")
+    return 0
+
+
+def check_adapter_out(out: Path, *, overwrite: bool) -> Path:
+    """An adapter folder is written only where it replaces nothing unasked."""
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out}: is a file; --format peft writes a folder")
-    if out.is_dir() and not getattr(args, "overwrite", False):
+    if out.is_dir() and not overwrite:
         entries = sorted(entry.name for entry in out.iterdir())
         if entries:
             raise ConfigError(
@@ -77,11 +86,7 @@ def cmd_export_peft(args: argparse.Namespace) -> int:
                 "--overwrite to write the adapter's files into it (nothing else there is "
                 "touched), or choose a new folder"
             )
-    folder = export_peft(args.prompt, out, args.backbone)
-    kind = json.loads((folder / CONFIG).read_text(encoding="utf-8"))["peft_type"]
-    size = (folder / WEIGHTS).stat().st_size
-    print(f"{folder}: PEFT {kind} adapter ({WEIGHTS} {size:,} bytes)")
-    return 0
+    return out
 
 
 def refuse_existing(path: Path, flag: str, *, overwrite: bool) -> None:

@@ -215,7 +215,7 @@ def _adapter_config(
     config = {
         "peft_type": peft_type,
         "task_type": "CAUSAL_LM",
-        "base_model_name_or_path": _base_name(backbone),
+        "base_model_name_or_path": base_model_name(backbone),
         "revision": None,
         "inference_mode": True,
         "num_virtual_tokens": n_virtual,
@@ -229,7 +229,7 @@ def _adapter_config(
     return config | fields
 
 
-def _base_name(backbone: Backbone) -> str:
+def base_model_name(backbone: Backbone) -> str:
     """What a PEFT user passes to `from_pretrained` to get these weights: the local folder
     they were read from when there is one (a built-in's cached GGUF conversion, a
     package's model folder, the user's own), since a built-in dequantized from a Q4_1
