@@ -12,24 +12,26 @@ and writes benchmarks/results/dtype_memory.json.
 
     python benchmarks/dtype_memory.py [--steps 6] [--rounds 2] [--batch-size 8]
 
-Measured 2026-12-06 (--steps 4 --rounds 1, batch 8, one thread, the machine under load
-~15, so the step times are rough): frozen weights 513 / 257 / 210 / 156 MB; peak RSS
-growth while training 1206 MB (float32), 672 MB (bf16, 0.56x), 1450 MB (int8 with
-float32 activations, 1.20x) and 851 MB (int8 + bf16, 0.71x). The int8 peaks are set by
-loading: the float32 (or bf16) weights are read in full before torchao quantizes them,
-and their file pages stay resident (they are clean and reclaimable, but count in RSS).
-Step time x float32 (interleaved): bf16 0.42x, int8 0.59x, int8 + bf16 0.43x.
+Measured 2026-12-06 (--steps 2 --rounds 2, batch 8, one thread, the machine under heavy
+load, so step times are rough), with int8 quantized as it loads: frozen weights 513 / 257 /
+210 / 156 MB; peak RSS growth while training 1097 MB (float32), 623 MB (bf16, 0.57x),
+983 MB (int8 with float32 activations, 0.90x; 1.20x when int8 quantized after a full
+float load) and 576 MB (int8 + bf16, 0.52x; was 0.71x). Zero-shot label log-probs on 64
+test rows, max abs diff vs float32: bf16 0.096, int8 0.292, int8 + bf16 0.200.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import subprocess
 import sys
 from pathlib import Path
+
+ZERO_SHOT_ROWS = 64  # test rows whose zero-shot label log-probs are compared with float32
 
 VARIANTS = {
     "float32": {"dtype": "float32", "quantize": None},
@@ -81,11 +83,23 @@ def one_run(dtype: str, quantize: str | None, steps: int, batch_size: int) -> di
         loss.backward()
         optimizer.step()
         times.append(time.perf_counter() - start)
+    train_peak = _status("VmHWM") - before  # before the zero-shot pass below
+    del model, optimizer
+    zero_shot = build_model(backbone, data, {"name": "none"}, task_defaults("movie-sentiment"))
+    with torch.no_grad():
+        texts = [e.text for e in data.test[:ZERO_SHOT_ROWS]]
+        label_logprobs = [
+            [math.log(max(p["scores"][k], 1e-30)) for k in sorted(p["scores"])]
+            for i in range(0, len(texts), 16)
+            for p in zero_shot.predict(texts[i : i + 16])
+        ]
+    del zero_shot
     return {
         "load_peak_bytes": loaded,
-        "train_peak_bytes": _status("VmHWM") - before,
+        "train_peak_bytes": train_peak,
         "weight_bytes": weights,
         "step_s": statistics.median(times[1:] if len(times) > 1 else times),
+        "zero_shot_label_logprobs": label_logprobs,
     }
 
 
@@ -136,7 +150,13 @@ def main() -> None:
             runs[name].append(_child(name, args))
             print(f"round {round_ + 1} {name}: {runs[name][-1]}", file=sys.stderr, flush=True)
     rows = []
+    reference = runs["float32"][0]["zero_shot_label_logprobs"]
     for name, got in runs.items():
+        drift = max(
+            abs(a - b)
+            for row, ref in zip(got[0]["zero_shot_label_logprobs"], reference, strict=True)
+            for a, b in zip(row, ref, strict=True)
+        )
         ratio = [g["step_s"] / f["step_s"] for g, f in zip(got, runs["float32"], strict=True)]
         rows.append({
             "variant": name,
@@ -145,15 +165,17 @@ def main() -> None:
             "train_peak_mb": statistics.median(g["train_peak_bytes"] for g in got) / 2**20,
             "step_s": statistics.median(g["step_s"] for g in got),
             "step_ratio_vs_float32": statistics.median(ratio),
+            "zero_shot_max_logprob_diff": drift,
         })  # fmt: skip
     base = rows[0]
     print("| backbone held in | frozen weights | peak RSS growth, training "
-          "(x float32) | step time (x float32, interleaved) |")  # fmt: skip
-    print("|---|---|---|---|")
+          "(x float32) | step time (x float32, interleaved) | zero-shot label log-prob, "
+          f"max diff vs float32 ({ZERO_SHOT_ROWS} test rows) |")  # fmt: skip
+    print("|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['variant']} | {r['weight_mb']:.0f} MB | {r['train_peak_mb']:.0f} MB "
               f"({r['train_peak_mb'] / base['train_peak_mb']:.2f}x) | {r['step_s']:.2f} s "
-              f"({r['step_ratio_vs_float32']:.2f}x) |")  # fmt: skip
+              f"({r['step_ratio_vs_float32']:.2f}x) | {r['zero_shot_max_logprob_diff']:.4f} |")  # fmt: skip
     out = Path("benchmarks/results/dtype_memory.json")
     record = {"backbone": "smollm2-135m", "n_tokens": 20, **vars(args), "rows": rows}
     out.write_text(json.dumps(record, indent=2) + "\n")
