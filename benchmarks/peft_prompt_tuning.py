@@ -53,8 +53,8 @@ N_TOKENS = 20
 BATCH = 8
 
 
-def setup(backbone_name: str, n_tokens: int):
-    backbone = load_backbone(backbone_name)
+def setup(backbone_name: str, n_tokens: int, dtype: str = "float32"):
+    backbone = load_backbone(backbone_name, dtype=dtype)  # both sides share these weights
     data = load_dataset("movie-sentiment")
     ours = build_model(
         backbone, data, {"name": "soft-prompt", "n_tokens": n_tokens, "init": "vocab"}, {}
@@ -154,9 +154,9 @@ def saved_bytes(loss_fn) -> int:
     return total
 
 
-def child(side: str, backbone_name: str, steps: int, kind: str) -> None:
+def child(side: str, backbone_name: str, steps: int, kind: str, dtype: str) -> None:
     """Fresh process: peak-RSS growth of `steps` training steps of one side."""
-    backbone, data, ours, peft_model = setup(backbone_name, N_TOKENS)
+    backbone, data, ours, peft_model = setup(backbone_name, N_TOKENS, dtype)
     Path("/proc/self/clear_refs").write_text("5")  # reset the peak (VmHWM) to the current RSS
     base = _status_kb("VmHWM")
     params = (
@@ -184,7 +184,7 @@ def _status_kb(field: str) -> int:
     raise RuntimeError(f"{field} not in /proc/self/status")
 
 
-def measure_memory(backbone_name: str, steps: int, kind: str) -> dict[str, float]:
+def measure_memory(backbone_name: str, steps: int, kind: str, dtype: str) -> dict[str, float]:
     out = {}
     for side in ("softprompt", "peft"):
         proc = subprocess.run(
@@ -199,6 +199,8 @@ def measure_memory(backbone_name: str, steps: int, kind: str) -> dict[str, float
                 str(steps),
                 "--peft-loss",
                 kind,
+                "--dtype",
+                dtype,
             ],
             capture_output=True,
             text=True,
@@ -216,13 +218,14 @@ def main() -> None:
     parser.add_argument("--memory-steps", type=int, default=3)
     parser.add_argument("--child", choices=["softprompt", "peft"])
     parser.add_argument("--peft-loss", choices=["lm", "verbalizer"], default="lm")
+    parser.add_argument("--dtype", default="float32", help="the frozen weights' dtype, both sides")
     parser.add_argument("--out", default="benchmarks/results/peft_prompt_tuning.json")
     args = parser.parse_args()
     if args.child:
-        return child(args.child, args.backbone, args.memory_steps, args.peft_loss)
+        return child(args.child, args.backbone, args.memory_steps, args.peft_loss, args.dtype)
 
     torch.manual_seed(0)
-    backbone, data, ours, peft_model = setup(args.backbone, N_TOKENS)
+    backbone, data, ours, peft_model = setup(args.backbone, N_TOKENS, args.dtype)
     config = TrainConfig(steps=args.steps, batch_size=BATCH, lr=3e-2, warmup_steps=10)
     ours_params = ours.trainable_parameters()
     peft_params = [p for p in peft_model.parameters() if p.requires_grad]
@@ -269,9 +272,10 @@ def main() -> None:
         "softprompt": ours_accuracy(ours, held_out),
         "peft": peft_accuracy(peft_model, ours, held_out, N_TOKENS),
     }
-    memory = measure_memory(args.backbone, args.memory_steps, args.peft_loss)
+    memory = measure_memory(args.backbone, args.memory_steps, args.peft_loss, args.dtype)
     result = {
         "backbone": args.backbone,
+        "dtype": args.dtype,
         "steps": args.steps,
         "batch_size": BATCH,
         "n_tokens": N_TOKENS,
