@@ -42,6 +42,7 @@ PARSE_ONLY = {
     "search": "a budgeted search run of its own (tests/search run the methods)",
     "import-peft": "needs a PEFT adapter folder the user brings",
     "compare": "a grid of methods x seeds (tests/recipes/test_compare.py runs it tiny)",
+    "estimate": "calibrates on the named backbone (tests/core/test_estimate.py runs it tiny)",
 }
 RUN = {"train", "eval", "predict", "export", "info", "backbones", "datasets", "methods"}
 USER_DATA = (
