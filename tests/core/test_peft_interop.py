@@ -16,7 +16,8 @@ import torch
 
 from softprompt.backbones.tiny import FAMILIES as ALL_FAMILIES
 from softprompt.backbones.tiny import tiny_causal
-from softprompt.interop.peft import PeftAdapterError, export_peft, import_peft
+from softprompt.interop.peft import PeftAdapterError, export_peft
+from softprompt.interop.peft_import import import_peft
 from softprompt.model import PromptModel
 from softprompt.promptfile import read_prompt_file
 

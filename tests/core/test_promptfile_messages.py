@@ -18,7 +18,8 @@ from safetensors.torch import save
 from softprompt import cli
 from softprompt.errors import PromptFileError
 from softprompt.files import atomic_write_bytes
-from softprompt.interop.peft import CONFIG, SIDECAR, PeftAdapterError, export_peft, import_peft
+from softprompt.interop.peft import CONFIG, SIDECAR, PeftAdapterError, export_peft
+from softprompt.interop.peft_import import import_peft
 from softprompt.promptfile import read_prompt_file
 
 
@@ -70,11 +71,11 @@ def test_a_run_folder_points_at_its_prompt_file(tmp_path):
 
 
 def test_a_peft_adapter_folder_suggests_import_peft(tmp_path, capsys):
+    """`info` on a PEFT folder describes it (issue 21) and names the import command."""
     (tmp_path / CONFIG).write_text('{"peft_type": "PROMPT_TUNING"}')
-    assert cli.main(["info", str(tmp_path)]) == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1
-    assert "PEFT adapter" in err and f"softprompt import-peft {tmp_path}" in err
+    assert cli.main(["info", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "PEFT adapter folder" in out and f"softprompt import-peft {tmp_path}" in out
 
 
 def _deep(depth: int = 100_000) -> str:

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from softprompt.backbones import load_backbone
-from softprompt.interop.peft import export_peft, import_peft
+from softprompt.interop.peft import export_peft
+from softprompt.interop.peft_import import import_peft
 from softprompt.model import PromptModel
 from softprompt.tasks import TaskConfig
 

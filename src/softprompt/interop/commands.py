@@ -42,7 +42,7 @@ def add_import_peft_parser(sub: Any) -> argparse.ArgumentParser:
 
 def cmd_import_peft(args: argparse.Namespace) -> int:
     from softprompt import backbones  # load_backbone looked up here: tests stand in for it
-    from softprompt.interop.peft import import_peft, read_adapter
+    from softprompt.interop.peft_import import import_peft, read_adapter
     from softprompt.train.run_dir import check_out_file
 
     check_out_file(args.out, "--out")
