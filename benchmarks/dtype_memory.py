@@ -1,5 +1,5 @@
-"""Peak memory and step time of prompt training with the frozen SmolLM2-135M held in
-float32, bf16 or int8 (issue 19: `--dtype`, `--quantize`).
+"""Peak memory and step time of prompt training with the frozen backbone (SmolLM2-135M,
+or `--backbone`) held in float32, bf16 or int8 (issue 19: `--dtype`, `--quantize`).
 
 Each run is its own process (a process's peak RSS only grows), started in rounds that
 interleave the variants (A B C A B C ...), because timings on this shared 2-core machine
@@ -48,7 +48,13 @@ def _status(key: str) -> int:
     raise KeyError(key)
 
 
-def one_run(dtype: str, quantize: str | None, steps: int, batch_size: int) -> dict:
+def one_run(
+    dtype: str,
+    quantize: str | None,
+    steps: int,
+    batch_size: int,
+    backbone_name: str = "smollm2-135m",
+) -> dict:
     """Load, train `steps` steps, measure; runs inside the child process."""
     import time
 
@@ -64,7 +70,7 @@ def one_run(dtype: str, quantize: str | None, steps: int, batch_size: int) -> di
     with open("/proc/self/clear_refs", "w") as handle:
         handle.write("5")  # peak := now, so the figure is what the backbone and training add
     before = _status("VmRSS")
-    backbone = load_backbone("smollm2-135m", dtype=dtype, quantize=quantize)
+    backbone = load_backbone(backbone_name, dtype=dtype, quantize=quantize)
     loaded = _status("VmHWM") - before
     weights = sum(
         t.numel() * t.element_size() if type(t).__name__ == "Parameter" else _quantized_bytes(t)
@@ -113,7 +119,7 @@ def _child(name: str, args: argparse.Namespace) -> dict:
     code = (
         "import json, sys; sys.path.insert(0, 'benchmarks'); import dtype_memory as d; "
         f"print(json.dumps(d.one_run({variant['dtype']!r}, {variant['quantize']!r}, "
-        f"{args.steps}, {args.batch_size})))"
+        f"{args.steps}, {args.batch_size}, {args.backbone!r})))"
     )
     env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
@@ -122,12 +128,12 @@ def _child(name: str, args: argparse.Namespace) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def _ensure_caches() -> None:
+def _ensure_caches(backbone_name: str) -> None:
     """Convert the GGUF into each dtype's cache here, once, so no measured run converts."""
     from softprompt.backbones import load_backbone
 
     for dtype in sorted({v["dtype"] for v in VARIANTS.values()}):
-        load_backbone("smollm2-135m", dtype=dtype)
+        load_backbone(backbone_name, dtype=dtype)
 
 
 def _positive(raw: str) -> int:
@@ -142,8 +148,10 @@ def main() -> None:
     parser.add_argument("--steps", type=_positive, default=6, help="training steps per run")
     parser.add_argument("--rounds", type=_positive, default=2, help="interleaved rounds")
     parser.add_argument("--batch-size", type=_positive, default=8)
+    parser.add_argument("--backbone", default="smollm2-135m")
+    parser.add_argument("--out", default="benchmarks/results/dtype_memory.json")
     args = parser.parse_args()
-    _ensure_caches()
+    _ensure_caches(args.backbone)
     runs: dict[str, list[dict]] = {name: [] for name in VARIANTS}
     for round_ in range(args.rounds):
         for name in VARIANTS:  # A B C D, A B C D: neighbours share the machine's mood
@@ -176,8 +184,8 @@ def main() -> None:
         print(f"| {r['variant']} | {r['weight_mb']:.0f} MB | {r['train_peak_mb']:.0f} MB "
               f"({r['train_peak_mb'] / base['train_peak_mb']:.2f}x) | {r['step_s']:.2f} s "
               f"({r['step_ratio_vs_float32']:.2f}x) | {r['zero_shot_max_logprob_diff']:.4f} |")  # fmt: skip
-    out = Path("benchmarks/results/dtype_memory.json")
-    record = {"backbone": "smollm2-135m", "n_tokens": 20, **vars(args), "rows": rows}
+    out = Path(args.out)
+    record = {"n_tokens": 20, **vars(args), "rows": rows}
     out.write_text(json.dumps(record, indent=2) + "\n")
 
 
