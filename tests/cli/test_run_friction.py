@@ -231,14 +231,20 @@ def test_resume_refuses_a_changed_setting_before_any_scoring(
     assert "train.lr: checkpoint 0.1, now 0.5" in line
 
 
-def test_compare_on_a_text_backbone_is_refused_before_any_scoring(
-    capsys, tmp_path, train_argv, no_scoring
+def test_compare_on_a_multitask_run_is_refused_before_any_scoring(
+    capsys, tmp_path, tiny_backbone_folder, small_csv, no_scoring
 ):
+    """--compare trains the run's one task again with the backbone tuned; a multitask
+    run is refused before any data or model work (text runs take --compare since the
+    baselines became compare units)."""
+    config = tmp_path / "mt.yaml"
+    config.write_text(
+        f"backbone: {tiny_backbone_folder}\ncompare: [lora]\n"
+        f"tasks:\n  - {{name: a, data: {small_csv}}}\n  - {{name: b, data: {small_csv}}}\n"
+    )
     out = tmp_path / "run"
-    argv = train_argv(out, "--compare", "lora")
-    argv.remove("--no-baseline")
-    line = _error(*_main(capsys, argv)[::2])
-    assert "compare:" in line and "vision backbone" in line
+    line = _error(*_main(capsys, ["train", "--config", config, "--out", out])[::2])
+    assert "compare:" in line and "one task" in line
     assert not out.exists()
 
 

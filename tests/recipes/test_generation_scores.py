@@ -73,8 +73,10 @@ def test_train_report_and_eval_print_generation_scores(e2e_home, llama_folder, t
     assert cli.main(argv) == 0, capsys.readouterr().err
     report = (out / "report.md").read_text()
     assert "| test BLEU | test ROUGE-L | test exact match |" in report
-    row = json.loads((out / "report.json").read_text())["rows"][-1]
-    assert {"bleu", "rouge_l", "exact_match", "loss"} <= set(row)
+    rows = json.loads((out / "report.json").read_text())["rows"]
+    assert {"bleu", "rouge_l", "exact_match", "loss"} <= set(rows[-1])
+    zero = rows[0]  # generation answers untrained too: the template's own greedy text
+    assert zero["name"].startswith("zero-shot") and 0 <= zero["bleu"] <= 100
     capsys.readouterr()
     assert cli.main(["eval", str(out / "prompt.safetensors"), "--test-limit", "3"]) == 0
     printed = json.loads(capsys.readouterr().out)

@@ -214,8 +214,9 @@ def _zero_shot_rows(
     out: Path,
     notes: list[str],
 ) -> list[dict[str, Any]]:
-    """The template (without slots) and label words with no prompt, for every task that
-    has label words; each score kept in OUT/zero-shot.json by `zero_shot_key` as soon
+    """The template (without slots) with no prompt, for every task that can answer
+    untrained (label words, or generation: the template's own greedy text, scored by
+    BLEU and ROUGE-L); each score kept in OUT/zero-shot.json by `zero_shot_key` as soon
     as it is computed, and read back instead of scored again. A task without label
     words (a linear head) gets a line in `notes` saying why it has no zero-shot row."""
     rows: list[dict[str, Any]] = []
@@ -225,13 +226,13 @@ def _zero_shot_rows(
     for spec in config.task_specs():
         task = zero_shot_template(spec.task)
         zero_shot = build_model(backbone, data[spec.name], {"name": "none"}, task)
-        if not zero_shot.task.label_token_ids():
+        if not zero_shot.task.generates and not zero_shot.task.label_token_ids():
             notes.append(no_zero_shot_note(spec.name, len(config.task_specs()) > 1))
             continue
         key = zero_shot_key(zero_shot, data[spec.name])
         if key not in kept:
             kept[key] = _test_row(
-                ZERO_SHOT_NAME if task is spec.task else f"{ZERO_SHOT_NAME[:-1]}, no slots)",
+                _zero_shot_name(zero_shot, sloted=task is not spec.task),
                 zero_shot,
                 data[spec.name],
                 config.train.eval_batch_size,
@@ -244,6 +245,12 @@ def _zero_shot_rows(
                 atomic_write_text(out / ZERO_SHOT_FILE, json.dumps(kept, indent=2))
         rows.append({"task": spec.name, **kept[key]})
     return rows
+
+
+def _zero_shot_name(model: PromptModel, *, sloted: bool) -> str:
+    """The report's zero-shot row: label words for classes, the template alone for text."""
+    name = "zero-shot (template only)" if model.task.generates else ZERO_SHOT_NAME
+    return f"{name[:-1]}, no slots)" if sloted else name
 
 
 def no_zero_shot_note(task: str, several: bool) -> str:
