@@ -184,7 +184,8 @@ def main() -> None:
     if args.url is None:
         port = free_port()
         extra = ("--max-model-len", "512", "--gpu-memory-utilization", "0.1", "--enforce-eager")
-        process = start_server(folder, port, log=Path("vllm-benchmark.log"), extra=extra)
+        Path("runs").mkdir(exist_ok=True)  # git-ignored: the server log stays out of the tree
+        process = start_server(folder, port, log=Path("runs/vllm-benchmark.log"), extra=extra)
         args.url = f"http://127.0.0.1:{port}"
     try:
         vllm = VllmEngine(folder, args.url, workers=max(16, args.concurrency))
