@@ -88,16 +88,19 @@ class PromptModel(nn.Module):
         config, causal = self.task.config, self.backbone.spec.kind == "causal-lm"
         words = min(config.max_text_tokens, limit + 1)  # at least one token per word
         label = config.labels[0] if config.labels else ""
-        row = self.task.collate([Example(text=" ".join(["a"] * words), label=label)])
+        text = " ".join(["a"] * words)
+        row = self.task.collate([Example(text=text, label=label)])
+        chat = self.task.chat_tokens(text)  # counted in the row; named apart
         front = int(causal and self.backbone.spec.bos_token_id is not None)
         generated = config.max_new_tokens if getattr(self.task, "generates", False) else 0
         cut = f"text cut to task.max_text_tokens={config.max_text_tokens}"
         parts = {
             "prompt positions": prompt.n_embeds + (prompt.n_kv if causal else 0) + front,
-            f"template and text tokens ({cut})": row["input_ids"].shape[1],
+            f"template and text tokens ({cut})": row["input_ids"].shape[1] - chat,
+            "chat-template tokens (task.chat_template, task.chat_system)": chat,
             "generated tokens (task.max_new_tokens)": generated,
         }
-        check_positions(self.backbone.name, limit, parts)
+        check_positions(self.backbone.name, limit, parts, chat=config.chat_template)
 
     def prompt(self) -> Prompt:
         """This model's prompt as its task places it, computed once for all rows using it."""

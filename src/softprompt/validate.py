@@ -313,14 +313,19 @@ def position_limit(model: Any) -> int | None:
     return None
 
 
-def check_positions(backbone: str, limit: int | None, parts: dict[str, int]) -> None:
+def check_positions(
+    backbone: str, limit: int | None, parts: dict[str, int], *, chat: bool = False
+) -> None:
     """Refuse a prompt and template that, with the longest text the task keeps, need
-    more positions than the backbone has; `parts` names what takes how many."""
+    more positions than the backbone has; `parts` names what takes how many. `chat`: the
+    row is wrapped in a chat template, whose system message is one more thing to cut."""
     total = sum(parts.values())
     if limit is None or total <= limit:
         return
     detail = " + ".join(f"{count} {what}" for what, count in parts.items() if count)
+    system = ", shorten task.chat_system (--chat-system)" if chat else ""
     raise ConfigError(
         f"{backbone} has {limit} positions but a row can need {total} ({detail}); lower "
-        "method.n_tokens (--n-tokens), shorten task.template, or lower task.max_text_tokens"
+        f"method.n_tokens (--n-tokens), shorten task.template{system}, or lower "
+        "task.max_text_tokens"
     )

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from softprompt.backbones.tiny import tiny_llama
+from softprompt.backbones.tiny import tiny_gpt2, tiny_llama
 from softprompt.data import Example
 from softprompt.errors import ConfigError
 from softprompt.model import PromptModel
@@ -164,3 +164,35 @@ def test_bad_options_are_refused(options, says):
 def test_roles_are_checked_before_rendering(chat_llama):
     with pytest.raises(ConfigError, match=r"messages\[0\].role"):
         render(chat_llama.tokenizer, [{"role": "tool", "content": "x"}], drop_bos=True)
+
+
+def test_the_position_check_counts_and_names_the_chat_wrapper(make_model):
+    """A GPT-2 (512 learned positions) whose prompt fills them exactly with the bare
+    template: wrapping the same input in a chat template (and a system message) must be
+    refused, its extra tokens named apart, and the largest accepted prompt must run."""
+    backbone = tiny_gpt2()
+    backbone.tokenizer.chat_template = CHAT
+    chat_task = {"template": "{text}", "max_text_tokens": 40}
+    refused = _needed(make_model, backbone, chat_task)  # positions the bare rows need
+    fits = make_model(backbone, n_tokens=512 - refused + 500, task=chat_task)
+    assert fits is not None  # exactly 512 positions without the wrapper
+    chat_task.update(chat_template=True, chat_system="topic : good")
+    # "<|endoftext|>topic : topic : good . you : {text} . answer :": GPT-2 rows get no
+    # BOS in front, so the template's BOS text stays, and 11 words: 12 tokens
+    wrapper = 12
+    with pytest.raises(ConfigError, match="512 positions") as error:
+        make_model(backbone, n_tokens=512 - refused + 500, task=chat_task)
+    message = str(error.value)
+    assert f"{wrapper} chat-template tokens" in message
+    assert f"can need {512 + wrapper} " in message
+    assert "task.chat_system" in message
+    model = make_model(backbone, n_tokens=512 - refused + 500 - wrapper, task=chat_task)
+    with torch.no_grad():
+        model(model.collate([Example(" ".join(["good"] * 300), "positive")]))
+
+
+def _needed(make_model, backbone, task) -> int:
+    """Positions a 500-token prompt with `task` needs (read off the refusal)."""
+    with pytest.raises(ConfigError, match="512 positions") as refused:
+        make_model(backbone, n_tokens=500, task=task)
+    return int(str(refused.value).split("can need ")[1].split()[0])

@@ -233,6 +233,18 @@ class TemplatedTask(Task):
             messages = [{"role": "system", "content": system}, *messages]
         return render(self.tokenizer, messages, drop_bos=self.drop_bos)
 
+    def chat_tokens(self, text: str) -> int:
+        """How many tokens the chat template (with `chat_system`) adds around a plain
+        `text`: 0 without `chat_template`. The position check names them apart, since
+        a user who sees only "template and text tokens" looks for the excess in the
+        wrong place."""
+        if not self.config.chat_template:
+            return 0
+        framed, _ = self._framed_text(text)
+        bare = cut_text(self.tokenizer, text, self.config.max_text_tokens)
+        count = len(self.tokenizer(framed, add_special_tokens=False)["input_ids"])
+        return count - len(self.tokenizer(bare, add_special_tokens=False)["input_ids"])
+
     def _framed_text(self, text: str) -> tuple[str, int]:
         """What fills `{text}` and its token budget (`Template.encode_row`). A chat-template
         task renders a plain text (cut first) as one user message, whose framing is never
