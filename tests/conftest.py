@@ -6,6 +6,7 @@ them (and thrashes when another job holds the CPU), so tests run single-threaded
 
 from __future__ import annotations
 
+import csv
 import logging
 import os
 import traceback
@@ -175,3 +176,17 @@ def fast_config():
         return TrainConfig(**values)
 
     return _make
+
+
+@pytest.fixture(scope="session")
+def small_csv(tmp_path_factory) -> Path:
+    """40 rows of a two-class sentiment CSV (text, label) for CLI and recipe runs."""
+    rows = [("the movie was good and fun", "positive"), ("a bad and boring plot", "negative")]
+    path = tmp_path_factory.mktemp("data") / "toy.csv"
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["text", "label"])
+        for i in range(40):
+            text, label = rows[i % 2]
+            writer.writerow([f"{text} {' '.join(['really'] * (i % 5))} {i}", label])
+    return path

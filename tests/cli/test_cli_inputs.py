@@ -16,11 +16,9 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from softprompt import api, backbones, cli
-from softprompt import model as model_module
+from softprompt import backbones, cli
 from softprompt.data import load_dataset
 from softprompt.methods import available_methods, method_config_class
-from softprompt.recipes import run as recipe_run
 from softprompt.tasks import TaskConfig
 from softprompt.train import TrainConfig
 from softprompt.train import train as real_train
@@ -40,23 +38,6 @@ def _assert_user_error(code: int, err: str, *names: str) -> None:
     assert code == 2, err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
     assert all(name in err for name in names), err
-
-
-def _stand_in(monkeypatch, name: str, value) -> None:
-    """Replace `name` wherever a command looks it up: the run recipe, the prompt loaders
-    (softprompt.model), the backbones package (import-peft) and the API facade."""
-    for module in (api, recipe_run, model_module, backbones):
-        if hasattr(module, name):
-            monkeypatch.setattr(module, name, value)
-
-
-@pytest.fixture
-def nothing_loads(monkeypatch):
-    def refuse(*args, **kwargs):
-        raise AssertionError("a model or dataset was loaded for a config error")
-
-    _stand_in(monkeypatch, "load_backbone", refuse)
-    _stand_in(monkeypatch, "load_data", refuse)
 
 
 # --- 6. wrong YAML types, in every section ---------------------------------------------------
@@ -229,7 +210,7 @@ def test_the_fuzz_covers_every_subcommand_and_flag():
 
 
 @pytest.fixture
-def fuzz_env(tmp_path, monkeypatch, llama, tiny_backbone_folder):
+def fuzz_env(tmp_path, monkeypatch, stand_in, llama, tiny_backbone_folder):
     """Fast and safe: the tiny backbone from memory, training capped at 2 steps of
     1 micro-batch (a valid `--steps 1000000` must not train for long), cwd in tmp."""
     real_load = backbones.load_backbone
@@ -243,8 +224,8 @@ def fuzz_env(tmp_path, monkeypatch, llama, tiny_backbone_folder):
         capped = dataclasses.replace(config, steps=min(config.steps, 2), grad_accum=1)
         return real_train(model, dataset, capped, out_dir, **{**kwargs, "progress": False})
 
-    _stand_in(monkeypatch, "load_backbone", load_backbone)
-    _stand_in(monkeypatch, "train", short_train)
+    stand_in("load_backbone", load_backbone)
+    stand_in("train", short_train)
     monkeypatch.chdir(tmp_path)
     return tmp_path
 

@@ -14,8 +14,7 @@ from pathlib import Path
 import pytest
 
 import softprompt
-from softprompt import api, backbones, cli
-from softprompt import model as model_module
+from softprompt import cli
 from softprompt.model import load_prompt_meta
 from softprompt.recipes import export
 from softprompt.recipes import run as recipe_run
@@ -42,25 +41,6 @@ def _one_line_error(code: int, err: str) -> str:
     assert "Traceback" not in err and lines[-1].startswith("softprompt "), err
     assert sum("error:" in line for line in lines) == 1, err
     return lines[-1]
-
-
-def _stand_in(monkeypatch, name: str, value) -> None:
-    """Replace `name` wherever a command looks it up: the run recipe, the prompt loaders
-    (softprompt.model), the backbones package (import-peft) and the API facade."""
-    for module in (api, recipe_run, model_module, backbones):
-        if hasattr(module, name):
-            monkeypatch.setattr(module, name, value)
-
-
-@pytest.fixture
-def nothing_loads(monkeypatch):
-    """Fail the test if a model or dataset is loaded: `--out` problems must come first."""
-
-    def refuse(*args, **kwargs):
-        raise AssertionError("loaded a model or data before checking --out")
-
-    _stand_in(monkeypatch, "load_backbone", refuse)
-    _stand_in(monkeypatch, "load_data", refuse)
 
 
 # --- 1. a fresh run never replaces an earlier one silently -------------------------------
@@ -90,7 +70,7 @@ def test_overwrite_replaces_the_earlier_run(capsys, tmp_path, train_argv):
     assert "an old report" not in (out / "report.md").read_text()
 
 
-def test_overwrite_clears_the_old_run_before_training(capsys, tmp_path, train_argv, monkeypatch):
+def test_overwrite_clears_the_old_run_before_training(capsys, tmp_path, train_argv, stand_in):
     """Nothing of the replaced run may mix with the new one, even if the new one stops early."""
     from softprompt.errors import TrainingError
 
@@ -102,7 +82,7 @@ def test_overwrite_clears_the_old_run_before_training(capsys, tmp_path, train_ar
         seen.extend(name for name in run_dir.RUN_FILES if (out / name).exists())
         raise TrainingError("stopped early")
 
-    _stand_in(monkeypatch, "train", stopping_train)
+    stand_in("train", stopping_train)
     code, _, err = _main(capsys, train_argv(out, "--overwrite"))
     assert code == 2 and "stopped early" in err
     assert seen == []
@@ -158,7 +138,7 @@ def test_a_killed_run_leaves_no_stale_lock(capsys, tmp_path, train_argv):
 
 
 def test_the_lock_is_held_during_training_and_released_after(
-    capsys, tmp_path, train_argv, monkeypatch
+    capsys, tmp_path, train_argv, stand_in
 ):
     out = tmp_path / "run"
     probes = []
@@ -172,7 +152,7 @@ def test_the_lock_is_held_during_training_and_released_after(
         probes.append(probe)
         return original(*args, **kwargs)
 
-    _stand_in(monkeypatch, "train", probing_train)
+    stand_in("train", probing_train)
     _ok(capsys, train_argv(out))
     assert probes[0].returncode != 0 and f"pid {os.getpid()}" in probes[0].stderr
     with run_dir.lock(out):  # released: a new holder gets it at once

@@ -3,7 +3,6 @@ folder, resumable unit by unit, one table whatever the task kind."""
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import json
 from pathlib import Path
@@ -22,19 +21,6 @@ FAST = {"steps": 2, "eval_every": 1, "batch_size": 4, "eval_examples": 8, "lr": 
         "warmup_steps": 0}  # fmt: skip
 
 
-@pytest.fixture(scope="module")
-def sentiment_csv(tmp_path_factory) -> Path:
-    rows = [("the movie was good and fun", "positive"), ("a bad and boring plot", "negative")]
-    path = tmp_path_factory.mktemp("data") / "toy.csv"
-    with open(path, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["text", "label"])
-        for i in range(40):
-            text, label = rows[i % 2]
-            writer.writerow([f"{text} {' '.join(['really'] * (i % 5))} {i}", label])
-    return path
-
-
 def _config(backbone: Path, data: Path, out: Path, methods: list[str], **extra) -> CompareConfig:
     run = build_run_config(
         {"backbone": str(backbone), "data": str(data), "task": {"template": TEMPLATE},
@@ -50,10 +36,10 @@ def _table(report) -> list[tuple]:
 
 
 def test_compare_classification_end_to_end_and_a_killed_unit_resumes_to_the_same_table(
-    llama_folder, sentiment_csv, tmp_path, monkeypatch
+    llama_folder, small_csv, tmp_path, monkeypatch
 ):
     methods = ["zero-shot", "soft-prompt", "lora"]
-    whole = compare(_config(llama_folder, sentiment_csv, tmp_path / "a", methods), progress=False)
+    whole = compare(_config(llama_folder, small_csv, tmp_path / "a", methods), progress=False)
     assert [s["method"] for s in whole.summary] == methods
     zero, soft, lora = whole.summary
     assert zero["seeds"] == 1 and zero["trainable_parameters"] == 0  # trains nothing: once
@@ -69,7 +55,7 @@ def test_compare_classification_end_to_end_and_a_killed_unit_resumes_to_the_same
         assert (tmp_path / "a" / "units" / unit / "prompt.safetensors").is_file()
 
     # killed: two units finish, the third stops after one step (its checkpoint kept)
-    config = _config(llama_folder, sentiment_csv, tmp_path / "b", methods)
+    config = _config(llama_folder, small_csv, tmp_path / "b", methods)
     partial = compare(config, progress=False, stop_at=(2, 1))
     assert not partial.complete and len(partial.rows) == 2
     assert not (tmp_path / "b" / "compare.md").exists()
@@ -91,10 +77,10 @@ def test_compare_classification_end_to_end_and_a_killed_unit_resumes_to_the_same
 
 
 def test_unit_folders_are_normal_runs_that_eval_and_predict_read(
-    llama_folder, sentiment_csv, tmp_path, capsys
+    llama_folder, small_csv, tmp_path, capsys
 ):
     out = tmp_path / "c"
-    config = _config(llama_folder, sentiment_csv, out, ["soft-prompt", "lora"], test_limit=3)
+    config = _config(llama_folder, small_csv, out, ["soft-prompt", "lora"], test_limit=3)
     compare(dataclasses.replace(config, seeds=[0]), progress=False)
     for unit in ("soft-prompt-s0", "lora-s0"):  # a prompt file and a LoRA baseline file
         row = json.loads((out / "units" / unit / "unit.json").read_text())
@@ -107,13 +93,13 @@ def test_unit_folders_are_normal_runs_that_eval_and_predict_read(
 
 
 def test_changed_settings_refuse_to_read_a_finished_unit_back_until_overwrite(
-    llama_folder, sentiment_csv, tmp_path, monkeypatch
+    llama_folder, small_csv, tmp_path, monkeypatch
 ):
     out = tmp_path / "d"
     methods = ["zero-shot", "soft-prompt"]
-    compare(dataclasses.replace(_config(llama_folder, sentiment_csv, out, methods), seeds=[0]),
+    compare(dataclasses.replace(_config(llama_folder, small_csv, out, methods), seeds=[0]),
             progress=False)  # fmt: skip
-    changed = _config(llama_folder, sentiment_csv, out, methods, test_limit=2)
+    changed = _config(llama_folder, small_csv, out, methods, test_limit=2)
     changed = dataclasses.replace(changed, seeds=[0])
     message = r"zero-shot-s0: this unit was run with other settings \(test_limit\)"
     with pytest.raises(ConfigError, match=message):
@@ -205,13 +191,11 @@ def test_cli_compare_on_generation_scores_bleu_and_the_test_loss(llama_folder, t
     assert summary["soft-prompt"]["trainable_parameters"] > 0
 
 
-def test_few_shot_compare_draws_one_sample_per_seed(
-    llama_folder, sentiment_csv, tmp_path, monkeypatch
-):
+def test_few_shot_compare_draws_one_sample_per_seed(llama_folder, small_csv, tmp_path, monkeypatch):
     """Under --shots each seed trains on its own K-shot sample (data seed = data.seed +
     seed), as LM-BFF and PET report few-shot results; every unit is scored on the same
     test rows."""
-    config = _config(llama_folder, sentiment_csv, tmp_path / "k", ["soft-prompt"])
+    config = _config(llama_folder, small_csv, tmp_path / "k", ["soft-prompt"])
     run = dataclasses.replace(config.run, data=dataclasses.replace(config.run.data, shots=2))
     seen: dict[str, tuple] = {}
 
