@@ -24,16 +24,7 @@ WORDS = {
     "negative": [" very bad", " awful", " really bad movie"],
     "positive": [" very good", " so good"],
 }
-FRONTS = [  # each candidate's own prefix: pairs packed after it
-    "review : {text} sentiment :",
-    "the movie {text} sentiment : it was",
-    "{text} :",
-]
-TAILS = [  # only the tail differs: the text runs once for every candidate
-    "review : {text} sentiment :",
-    "review : {text} it was",
-    "review : {text} so",
-]
+TEMPLATE = "review : {text} sentiment :"  # equal scores over many templates: test_search_scorer
 
 
 def _trained_scores(backbone, template, examples, words=WORDS):
@@ -54,24 +45,6 @@ def test_multi_token_words_build_with_every_token():
     assert () in verbalizer.steps and len(verbalizer.steps) == len(set(verbalizer.steps))
 
 
-@pytest.mark.parametrize("name", ["tiny_llama", "tiny_gpt2"])
-@pytest.mark.parametrize("templates", [FRONTS, TAILS], ids=["fronts", "tails"])
-@pytest.mark.parametrize("limit,group", [(256, 16), (5, 5)])  # one call; or groups x chunks
-def test_scores_equal_training_scores(backbones, name, templates, limit, group):
-    backbone = backbones[name]
-    examples = toy_examples(12, seed=5)
-    verbalizer = Verbalizer.build(list(LABELS), WORDS, backbone.tokenizer)
-    scorer = CandidateScorer(
-        backbone, verbalizer, examples, max_rows=limit, max_tail_tokens=limit, example_group=group
-    )
-    scores = scorer.score([Candidate.from_template(t, backbone.tokenizer) for t in templates])
-    for template, score in zip(templates, scores, strict=True):
-        reference = _trained_scores(backbone, template, examples)
-        assert score.accuracy == reference["accuracy"]
-        assert score.loss == pytest.approx(reference["loss"], abs=1e-5)
-    assert scorer.evaluations == len(templates)  # a word prefix is no extra evaluation
-
-
 def test_one_multi_token_word_switches_every_word_to_log_probs(llama):
     """As in training, one multi-token word puts all words on log-probabilities."""
     words = {"negative": [" bad"], "positive": [" so good"]}
@@ -79,8 +52,8 @@ def test_one_multi_token_word_switches_every_word_to_log_probs(llama):
     scorer = CandidateScorer(
         llama, Verbalizer.build(list(LABELS), words, llama.tokenizer), examples
     )
-    (score,) = scorer.score([Candidate.from_template(TAILS[0], llama.tokenizer)])
-    reference = _trained_scores(llama, TAILS[0], examples, words)
+    (score,) = scorer.score([Candidate.from_template(TEMPLATE, llama.tokenizer)])
+    reference = _trained_scores(llama, TEMPLATE, examples, words)
     assert score.loss == pytest.approx(reference["loss"], abs=1e-5)
 
 
@@ -94,7 +67,7 @@ def test_search_command_takes_the_multi_word_verbalizer_train_takes(capsys, llam
     out = tmp_path / "found"
     argv = ["search", "--backbone", str(llama_folder), "--dataset", str(data), "--method",
             "greedy-edit", "--budget", "3", "--examples", "8", "--test-examples", "8",
-            "--template", TAILS[0], "--verbalizer", json.dumps(WORDS), "--top", "1",
+            "--template", TEMPLATE, "--verbalizer", json.dumps(WORDS), "--top", "1",
             "--out", str(out)]  # fmt: skip
     assert cli.main(argv) == 0, capsys.readouterr().err
     (found,) = sorted(out.glob("greedy-edit-seed0-*.safetensors"))

@@ -12,6 +12,12 @@ from softprompt.search.scorer import Candidate, CandidateScorer, Verbalizer
 from softprompt.tasks import TaskConfig
 
 WORDS = {"negative": [" bad", " awful"], "positive": [" good"]}
+# several tokens per word, of different lengths, a one-token word among them, and words
+# sharing a first token (" very bad" / " very good"): the word tree's hard cases
+MULTI_TOKEN_WORDS = {
+    "negative": [" very bad", " awful", " really bad movie"],
+    "positive": [" very good", " so good"],
+}
 FRONTS = [  # instructions differ in front: each candidate's own prefix, text per pair
     "review : {text} sentiment :",
     "review : {text} answer :",
@@ -28,27 +34,30 @@ TAILS = [  # only the tail differs: the text runs once for every candidate
 ]
 
 
-def _reference(backbone, template, examples):
-    config = TaskConfig(labels=list(LABELS), template=template, verbalizer=WORDS)
+def _reference(backbone, template, examples, words=WORDS):
+    """What `train`/`eval` report for this template with no prompt."""
+    config = TaskConfig(labels=list(LABELS), template=template, verbalizer=words)
     return evaluate(PromptModel(backbone, config, method="none"), examples, batch_size=5)
 
 
 @pytest.mark.parametrize("name", ["tiny_llama", "tiny_gpt2"])
 @pytest.mark.parametrize("templates", [FRONTS, TAILS], ids=["fronts", "tails"])
 @pytest.mark.parametrize("limit,group", [(256, 16), (5, 5)])  # one call; or 3 groups x chunks
-def test_scores_equal_softprompt_evaluate(backbones, name, templates, limit, group):
+@pytest.mark.parametrize("words", [WORDS, MULTI_TOKEN_WORDS], ids=["one-token", "multi-token"])
+def test_scores_equal_softprompt_evaluate(backbones, name, templates, limit, group, words):
+    """Multi-token words are scored as `train` does: summed token log-probs per word."""
     backbone = backbones[name]
     examples = toy_examples(12, seed=5)
-    verbalizer = Verbalizer.build(list(LABELS), WORDS, backbone.tokenizer)
+    verbalizer = Verbalizer.build(list(LABELS), words, backbone.tokenizer)
     scorer = CandidateScorer(
         backbone, verbalizer, examples, max_rows=limit, max_tail_tokens=limit, example_group=group
     )
     scores = scorer.score([Candidate.from_template(t, backbone.tokenizer) for t in templates])
     for template, score in zip(templates, scores, strict=True):
-        reference = _reference(backbone, template, examples)
+        reference = _reference(backbone, template, examples, words)
         assert score.accuracy == reference["accuracy"]
         assert score.loss == pytest.approx(reference["loss"], abs=1e-5)
-    assert scorer.evaluations == len(templates)
+    assert scorer.evaluations == len(templates)  # a word prefix is no extra evaluation
 
 
 def test_text_budget_is_applied_as_in_the_task(llama):
