@@ -36,7 +36,7 @@ from softprompt.tasks import TaskConfig, TaskOutput, build_task
 from softprompt.tasks.auto_verbalizer import resolve_verbalizer
 from softprompt.tasks.base import TemplatedTask
 from softprompt.tasks.generation import greedy_decode
-from softprompt.tasks.mixed import merge
+from softprompt.tasks.mixed import TaskModules, merge
 from softprompt.tasks.presets import task_config_for
 from softprompt.validate import check_fields, check_positions, position_limit
 
@@ -249,7 +249,7 @@ class MultiTaskModel(nn.Module):
         backbones = {id(m.backbone) for m in models.values()}
         if len(backbones) != 1:
             raise ConfigError("tasks: every task of one model must use the same backbone object")
-        self.models = nn.ModuleDict(models)
+        self.models = TaskModules(models)
         first = next(iter(models.values()))
         object.__setattr__(self, "backbone", first.backbone)
         object.__setattr__(self, "injector", first.injector)

@@ -3,14 +3,15 @@ and a diverging loss stops training with the best prompt kept on disk."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
 import pytest
 import torch
 
-from softprompt.errors import TrainingError
-from softprompt.model import PromptModel, load_prompt_meta
+from softprompt.errors import ConfigError, TrainingError
+from softprompt.model import MultiTaskModel, PromptModel, load_prompt_meta
 from softprompt.promptfile import read_prompt_file
 from softprompt.train import train
 from softprompt.train.loop import CHECKPOINT_FILE, PROMPT_FILE
@@ -320,3 +321,23 @@ def test_generation_steps_log_no_accuracy(make_model, llama, fast_config, tmp_pa
     model = make_model(llama, task={"kind": "generation", "labels": [], "max_new_tokens": 2})
     result = train(model, dataset, fast_config(steps=2, eval_every=2), tmp_path, progress=False)
     assert all("accuracy" not in h for h in result.history if h["kind"] == "train")
+
+
+def test_a_dataset_named_like_a_module_attribute_trains_and_resumes(
+    make_model, llama, toy_dataset, fast_config, tmp_path
+):
+    """A user's train.csv makes a task named "train", which nn.ModuleDict refused with
+    KeyError("attribute 'train' already exists"); it trains and resumes from its
+    checkpoint, and a task named "task-train" beside it is refused."""
+    data = dataclasses.replace(toy_dataset, name="train")
+    config = fast_config(steps=4, eval_every=2)
+    out = tmp_path / "run"
+    train(make_model(llama), data, config, out, progress=False, stop_after=2)
+    result = train(make_model(llama), data, config, out, progress=False, resume=True)
+    assert result.steps_done == 4 and result.prompt_path.is_file()
+    assert PromptModel.load(result.prompt_path, llama).num_trainable() > 0
+    models = {"train": make_model(llama), "keys": make_model(llama)}
+    multi = MultiTaskModel(models)
+    assert list(multi.models) == ["train", "keys"] and multi.models["keys"] is models["keys"]
+    with pytest.raises(ConfigError, match="'train' and 'task-train'"):
+        MultiTaskModel({"task-train": make_model(llama), "train": make_model(llama)})

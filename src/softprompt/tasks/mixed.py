@@ -10,6 +10,9 @@ right never moves a token, so every index a part computed for itself stays valid
 from __future__ import annotations
 
 import torch
+from torch import nn
+
+from softprompt.errors import ConfigError
 
 
 def _as_visibility(batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -57,3 +60,48 @@ def merge(parts: list[dict[str, torch.Tensor]], pad_id: int = 0) -> dict[str, to
         sees.append(grown)
         positions.append(_widen(part_positions, width, 1))
     return {**merged, "attention_mask": torch.cat(sees), "positions": torch.cat(positions)}
+
+
+# what nn.ModuleDict itself holds (train, eval, keys, to, ...): no module key may be one
+_MODULE_DICT_NAMES = frozenset(dir(nn.ModuleDict()))
+
+
+class TaskModules(nn.ModuleDict):
+    """Task name -> model, for any task name. A task named after an attribute of the dict
+    (a user's `train.csv` makes a task "train") would make `nn.ModuleDict` raise
+    KeyError, so it is held under "task-<name>"; every other name is its own key, so
+    checkpoint keys (`models.<name>.`) are those of runs made before this class."""
+
+    def __init__(self, models: dict[str, nn.Module]) -> None:
+        super().__init__()
+        self._keys: dict[str, str] = {}
+        for name, model in models.items():
+            self[name] = model
+
+    def __setitem__(self, name: str, module: nn.Module) -> None:
+        key = f"task-{name}" if name in _MODULE_DICT_NAMES else name
+        if key in self._modules and self._keys.get(name) != key:
+            raise ConfigError(f"tasks: the task names {name!r} and {key!r} cannot be used together")
+        self._keys[name] = key
+        self.add_module(key, module)
+
+    def __getitem__(self, name: str) -> nn.Module:  # type: ignore[override]
+        return self._modules[self._keys[name]]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._keys
+
+    def __iter__(self):
+        return iter(self._keys)
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def keys(self):  # type: ignore[override]
+        return self._keys.keys()
+
+    def items(self):  # type: ignore[override]
+        return [(name, self._modules[key]) for name, key in self._keys.items()]
+
+    def values(self):  # type: ignore[override]
+        return [self._modules[key] for key in self._keys.values()]
