@@ -13,9 +13,9 @@ import importlib.util
 import logging
 
 import torch
-import torch.nn.functional as F
 
 from softprompt.backbones._core import DTYPE_CHOICES, DTYPES, QUANTIZATIONS
+from softprompt.backbones._frozen_int8 import FrozenQuantizedLinear
 from softprompt.errors import BackboneError, ConfigError
 
 # Once torchao is installed, transformers imports it whenever it builds a model, and its
@@ -92,36 +92,6 @@ def quantize_model(model: torch.nn.Module, how: str, device: torch.device) -> to
     if how == "nf4":
         return _nf4(model, device)
     raise ConfigError(f"backbone.quantize: unknown quantization {how!r}")
-
-
-class _FrozenLinearFunction(torch.autograd.Function):
-    """y = x W^T + b for a frozen quantized W, differentiable in x only.
-
-    torchao's weight-only int8 linear casts W to the activations' dtype for the matmul,
-    and autograd keeps that float copy for the backward pass: every layer's, so training
-    held more than the float32 model (2.4 GB against 1.2 GB on SmolLM2-135M). Here the
-    forward keeps only the module, and the backward dequantizes one layer's W at a time."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, module: torch.nn.Linear) -> torch.Tensor:
-        ctx.module = module
-        return F.linear(x, module.weight, module.bias)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        weight = ctx.module.weight
-        dense = weight.dequantize(grad.dtype) if hasattr(weight, "dequantize") else weight
-        return grad @ dense.to(grad.dtype), None  # (..., in)
-
-
-class FrozenQuantizedLinear(torch.nn.Linear):
-    """A Linear whose quantized weight is frozen: in training it runs through
-    `_FrozenLinearFunction`, so the input's gradient costs no saved float weight."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if torch.is_grad_enabled() and x.requires_grad:
-            return _FrozenLinearFunction.apply(x, self)
-        return F.linear(x, self.weight, self.bias)
 
 
 def check_int8() -> None:
