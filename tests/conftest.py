@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from softprompt.backbones import Backbone
-from softprompt.backbones.tiny import tiny_bert, tiny_gpt2, tiny_llama
+from softprompt.backbones.tiny import tiny_bert, tiny_gpt2, tiny_llama, tiny_seq2seq
 from softprompt.data import Dataset
 from softprompt.model import PromptModel
 from softprompt.tasks import TaskConfig
@@ -82,7 +82,13 @@ def no_transformers_deprecation_from_softprompt(monkeypatch):
     assert not found, f"transformers deprecation triggered by softprompt: {found[0]}"
 
 
-TINY_BUILDERS = {"tiny_llama": tiny_llama, "tiny_gpt2": tiny_gpt2, "tiny_bert": tiny_bert}
+TINY_BUILDERS = {
+    "tiny_llama": tiny_llama,
+    "tiny_gpt2": tiny_gpt2,
+    "tiny_bert": tiny_bert,
+    "tiny_t5": lambda: tiny_seq2seq("t5"),
+    "tiny_bart": lambda: tiny_seq2seq("bart"),
+}
 from toydata import LABELS, TEMPLATE, toy_examples  # noqa: E402,F401
 
 

@@ -35,7 +35,6 @@ from softprompt.promptfile import check_backbone, malformed, read_prompt_file, s
 from softprompt.tasks import TaskConfig, TaskOutput, build_task
 from softprompt.tasks.auto_verbalizer import resolve_verbalizer
 from softprompt.tasks.base import TemplatedTask
-from softprompt.tasks.generation import greedy_decode
 from softprompt.tasks.mixed import TaskModules, merge
 from softprompt.tasks.presets import task_config_for
 from softprompt.validate import check_fields, check_positions, position_limit
@@ -365,13 +364,10 @@ class MultiTaskModel(nn.Module):
         tasks = [self.models[pairs[i][0]].task for i in rows]
         encoded = [t.rows([Example(pairs[i][1], "")]) for t, i in zip(tasks, rows, strict=True)]
         contexts, virtual = [ids[0] for ids, _ in encoded], [v[0] for _, v in encoded]
-        spec = self.backbone.spec
-        tokens = greedy_decode(
+        tokens = tasks[0].decode_rows(  # every task on one backbone decodes alike
             self.injector,
             RowPrompts.per_row(prompts, [names.index(pairs[i][0]) for i in rows], self.device),
             contexts,
-            pad_id=spec.pad_token_id,
-            eos_id=spec.eos_token_id,
             max_new_tokens=[t.config.max_new_tokens for t in tasks],
             virtual=virtual,
         )

@@ -5,7 +5,7 @@ that fails (the README's P-tuning line did, issue 21) breaks this test, not a us
 
 How a command runs here: in a fresh folder per page (configs/ linked in, the `my.csv`
 the docs describe written there), `--backbone` replaced by a tiny saved backbone of the
-same kind (decoder, encoder, vision) and a few tiny steps appended (`--steps 2`,
+same kind (decoder, encoder, vision, encoder-decoder) and a few tiny steps appended (`--steps 2`,
 `--test-limit 4`, ...); eval also gets `--test-limit`. Everything else is as written.
 
 Parsed only, with the reason kept in PARSE_ONLY / `_why_parse_only`:
@@ -53,6 +53,7 @@ USER_DATA = (
 )  # the user's own data, not shipped
 ENCODERS = ("minilm", "bert", "roberta", "e5", "bge")
 VISION = ("dinov2", "vit", "deit")
+SEQ2SEQ = ("flan-t5", "t5-", "bart")
 TINY_STEPS = ["--steps", "2", "--eval-every", "2", "--batch-size", "2", "--eval-examples", "4",
               "--test-limit", "4"]  # fmt: skip
 
@@ -176,7 +177,7 @@ def _tiny(argv: list[str], folders: dict[str, Path]) -> list[str]:
     argv = list(argv[1:])
     if argv[0] == "train":
         named = argv[argv.index("--backbone") + 1] if "--backbone" in argv else ""
-        kind = next((k for k, names in (("bert", ENCODERS), ("vision", VISION))
+        kind = next((k for k, names in (("bert", ENCODERS), ("vision", VISION), ("t5", SEQ2SEQ))
                      if named.startswith(names)), "llama")  # fmt: skip
         return [*argv, "--backbone", str(folders[kind]), *TINY_STEPS]
     if argv[0] == "eval":
@@ -215,12 +216,21 @@ def _byte_llama(folder: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def tiny_folders(bert_folder, tmp_path_factory) -> dict[str, Path]:
+    from softprompt.backbones.tiny import tiny_seq2seq
     from softprompt.backbones.tiny_vision import tiny_dinov2
 
     folder = tmp_path_factory.mktemp("backbone")
     tiny_dinov2().model.save_pretrained(folder / "tiny-dinov2")
     llama = _byte_llama(folder / "byte-llama")
-    return {"llama": llama, "bert": bert_folder, "vision": folder / "tiny-dinov2"}
+    t5 = tiny_seq2seq("t5")
+    t5.model.save_pretrained(folder / "tiny-t5")
+    t5.tokenizer.save_pretrained(folder / "tiny-t5")
+    return {
+        "llama": llama,
+        "bert": bert_folder,
+        "vision": folder / "tiny-dinov2",
+        "t5": folder / "tiny-t5",
+    }
 
 
 def _user_csv(folder: Path) -> None:

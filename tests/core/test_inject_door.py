@@ -15,11 +15,13 @@ from softprompt.backbones.tiny_vision import tiny_vit
 from softprompt.inject import (
     CausalInjector,
     DecoderInjector,
+    EncoderDecoderInjector,
     EncoderInjector,
     ImageInjector,
     Injector,
     Prompt,
     RowPrompts,
+    Seq2SeqInjector,
     TextInjector,
     make_injector,
 )
@@ -27,7 +29,7 @@ from softprompt.inject.decode import decode, decode_packed
 from softprompt.inject.vision import VisionInjector
 
 ROOT = Path(softprompt.__file__).parent
-PROTOCOLS = (Injector, TextInjector, DecoderInjector, ImageInjector)
+PROTOCOLS = (Injector, TextInjector, DecoderInjector, EncoderDecoderInjector, ImageInjector)
 
 
 def protocol_members(*protocols: type) -> set[str]:
@@ -66,10 +68,15 @@ def test_the_protocols_name_every_member_callers_use():
 
 @pytest.mark.parametrize(
     ("kind", "protocol"),
-    [(CausalInjector, DecoderInjector), (EncoderInjector, TextInjector)],
+    [
+        (CausalInjector, DecoderInjector),
+        (EncoderInjector, TextInjector),
+        (Seq2SeqInjector, EncoderDecoderInjector),
+    ],
 )
 def test_each_injector_has_what_its_protocol_names(backbones, kind, protocol):
-    name = "tiny_llama" if kind is CausalInjector else "tiny_bert"
+    names = {CausalInjector: "tiny_llama", EncoderInjector: "tiny_bert"}
+    name = names.get(kind, "tiny_t5")
     injector = make_injector(backbones[name])
     assert isinstance(injector, kind)
     missing = sorted(m for m in protocol_members(protocol) if not hasattr(injector, m))

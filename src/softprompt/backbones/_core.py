@@ -12,7 +12,8 @@ import torch
 from softprompt.backbones._placement import input_device
 from softprompt.errors import BackboneError
 
-KINDS = ("causal-lm", "encoder", "vision")
+KINDS = ("causal-lm", "encoder", "vision", "seq2seq-lm")
+LM_KINDS = ("causal-lm", "seq2seq-lm")  # kinds with an LM head over the vocabulary
 
 # The dtypes a frozen backbone may be held in (`--dtype`, `backbone.dtype`).
 DTYPES: dict[str, torch.dtype] = {
@@ -67,10 +68,10 @@ _CAUSAL_CLASS_SUFFIXES = ("ForCausalLM", "LMHeadModel")
 class BackboneSpec:
     """Shape facts about a backbone that prompt code needs."""
 
-    kind: str  # "causal-lm", "encoder" or "vision"
+    kind: str  # "causal-lm", "encoder", "vision" or "seq2seq-lm" (T5, BART)
     architecture: str  # config.model_type, e.g. "llama", "gpt2", "bert"
     hidden_size: int
-    num_layers: int
+    num_layers: int  # decoder layers on an encoder-decoder (where prefix K/V go)
     num_heads: int
     num_kv_heads: int
     head_dim: int
@@ -125,8 +126,9 @@ class Backbone:
         return self.model.get_input_embeddings()
 
     def output_embeddings(self) -> torch.Tensor | None:
-        """The (V, d) LM-head weight for a causal LM (tied or not); None for an encoder."""
-        if self.spec.kind != "causal-lm":
+        """The (V, d) LM-head weight for a causal or seq2seq LM (tied or not); None for an
+        encoder."""
+        if self.spec.kind not in LM_KINDS:
             return None
         head = self.model.get_output_embeddings()
         if head is None:
@@ -329,10 +331,12 @@ def _onloaded(model: torch.nn.Module, name: str, t: torch.Tensor) -> torch.Tenso
 
 
 def infer_kind_from_config(config: Any) -> str:
-    """``causal-lm`` if the config names an LM-head architecture (or a known decoder
-    model_type), else ``encoder``."""
+    """``seq2seq-lm`` for an encoder-decoder (T5, BART), ``causal-lm`` if the config names
+    an LM-head architecture (or a known decoder model_type), else ``encoder``."""
     if getattr(config, "model_type", None) in ("dinov2", "vit", "deit"):
         return "vision"
+    if getattr(config, "is_encoder_decoder", False):
+        return "seq2seq-lm"
     archs = getattr(config, "architectures", None) or []
     if any(str(a).endswith(_CAUSAL_CLASS_SUFFIXES) for a in archs):
         return "causal-lm"
@@ -343,6 +347,8 @@ def infer_kind_from_config(config: Any) -> str:
 
 def infer_kind_from_model(model: torch.nn.Module) -> str:
     name = type(model).__name__
+    if getattr(getattr(model, "config", None), "is_encoder_decoder", False):
+        return "seq2seq-lm"
     if name.endswith(_CAUSAL_CLASS_SUFFIXES):
         return "causal-lm"
     return "encoder"
@@ -372,6 +378,16 @@ def _ensure_pad(tokenizer: Any) -> int:
     return int(tokenizer.pad_token_id)
 
 
+def decoder_fields(config: Any) -> dict[str, int]:
+    """An encoder-decoder's decoder shape (T5: num_decoder_layers, d_kv; BART:
+    decoder_layers, decoder_attention_heads): prefix K/V go into its self-attention."""
+    layers = _first_attr(config, "num_decoder_layers", "decoder_layers", "num_layers")
+    heads = _first_attr(config, "decoder_attention_heads", "num_heads", "num_attention_heads")
+    hidden = _first_attr(config, "d_model", "hidden_size")
+    head_dim = _first_attr(config, "d_kv") or hidden // heads
+    return {"num_layers": layers, "num_heads": heads, "num_kv_heads": heads, "head_dim": head_dim}
+
+
 def make_spec(model: torch.nn.Module, tokenizer: Any, kind: str) -> BackboneSpec:
     fields = arch_fields(model.config)
     emb = model.get_input_embeddings()
@@ -384,6 +400,8 @@ def make_spec(model: torch.nn.Module, tokenizer: Any, kind: str) -> BackboneSpec
         )
     pad = _ensure_pad(tokenizer)
     eos = tokenizer.eos_token_id
+    if kind == "seq2seq-lm":
+        fields = {**fields, **decoder_fields(model.config)}
     return BackboneSpec(
         kind=kind,
         architecture=str(fields["model_type"]),

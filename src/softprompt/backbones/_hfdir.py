@@ -211,17 +211,18 @@ def _load_hf_dir(
     known_fingerprint: str | None = None,
     placement: Placement | None = None,
 ) -> Backbone:
-    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
+    from transformers import (
+        AutoConfig,
+        AutoModel,
+        AutoModelForCausalLM,
+        AutoModelForSeq2SeqLM,
+        AutoTokenizer,
+    )
 
     try:
         config = AutoConfig.from_pretrained(path, local_files_only=True)
     except Exception as e:
         raise BackboneError(f"cannot read the model config in {path}: {e}") from e
-    if getattr(config, "is_encoder_decoder", False):
-        raise BackboneError(
-            f"{path} holds an encoder-decoder model ({config.model_type}); "
-            "only decoder-only causal LMs and encoders are supported"
-        )
     kind = kind or infer_kind_from_config(config)
     if kind == "vision":  # no tokenizer: pixels in, see backbones/vision.py
         if dtype != torch.float32 or quantize or placement:
@@ -230,7 +231,8 @@ def _load_hf_dir(
                 "no --quantize, no --device-map); they are small (22M parameters)"
             )
         return _load_vision(path, config, name=name, dtype=dtype, cached=fingerprint_cache)
-    cls = AutoModelForCausalLM if kind == "causal-lm" else AutoModel
+    classes = {"causal-lm": AutoModelForCausalLM, "seq2seq-lm": AutoModelForSeq2SeqLM}
+    cls = classes.get(kind, AutoModel)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
     except Exception as e:

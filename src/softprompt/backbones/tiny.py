@@ -8,6 +8,9 @@ unknown words to the unk token.
 - `tiny_llama`: llama, 4 heads / 2 KV heads, tied embeddings; tokenizer adds ``<s>`` in front.
 - `tiny_gpt2`: gpt2; tokenizer adds nothing and has no pad token (pad becomes eos).
 - `tiny_bert`: bert encoder (``BertModel``); tokenizer wraps texts as ``[CLS] ... [SEP]``.
+- `tiny_seq2seq("t5" | "bart")`: encoder-decoders (2 + 2 layers); T5's tokenizer appends
+  ``</s>`` and its decoder starts from pad, BART's wraps ``<s> ... </s>`` and its decoder
+  starts from ``</s>``. No T5/BART weights ship in any package, so these stand in for them.
 """
 
 from __future__ import annotations
@@ -68,7 +71,8 @@ def tiny_tokenizer(style: str = "llama"):
 
     ``style``: ``"llama"`` (<unk> <s> </s> <pad>, adds <s> in front), ``"gpt2"``
     (<|endoftext|> <unk>, adds nothing, no pad token), ``"bert"`` ([PAD] [UNK] [CLS]
-    [SEP] [MASK], adds [CLS] ... [SEP]).
+    [SEP] [MASK], adds [CLS] ... [SEP]), ``"t5"`` (<pad> </s> <unk>, adds </s> at the
+    end), ``"bart"`` (<s> <pad> </s> <unk>, adds <s> ... </s>).
     """
     from transformers import PreTrainedTokenizerFast
 
@@ -108,7 +112,29 @@ def tiny_tokenizer(style: str = "llama"):
             model_max_length=MAX_POSITIONS,
             model_input_names=["input_ids", "token_type_ids", "attention_mask"],
         )
-    raise ValueError(f"unknown tiny tokenizer style {style!r}: expected llama, gpt2 or bert")
+    if style in _SEQ2SEQ_STYLES:
+        specials, template = _SEQ2SEQ_STYLES[style]
+        vocab = _vocab(specials)
+        tk = _word_level(vocab, "<unk>", template)
+        return PreTrainedTokenizerFast(
+            tokenizer_object=tk,
+            bos_token="<s>" if "<s>" in vocab else None,
+            eos_token="</s>",
+            unk_token="<unk>",
+            pad_token="<pad>",
+            model_max_length=MAX_POSITIONS,
+            model_input_names=["input_ids", "attention_mask"],
+        )
+    raise ValueError(
+        f"unknown tiny tokenizer style {style!r}: expected llama, gpt2, bert, t5 or bart"
+    )
+
+
+# Encoder-decoder tokenizers: specials (in id order) and the template they add.
+_SEQ2SEQ_STYLES: dict[str, tuple[list[str], tuple[str, str]]] = {
+    "t5": (["<pad>", "</s>", "<unk>"], ("$A </s>", "$A </s> $B </s>")),
+    "bart": (["<s>", "<pad>", "</s>", "<unk>"], ("<s> $A </s>", "<s> $A </s> </s> $B </s>")),
+}
 
 
 def _build(model_cls_factory, seed: int) -> torch.nn.Module:
@@ -246,3 +272,69 @@ def tiny_causal(family: str, seed: int = 0) -> Backbone:
         lambda: AutoModelForCausalLM.from_config(config, attn_implementation=attention), seed
     )
     return from_pretrained_model(model, tok, name=f"tiny-{family}", kind="causal-lm")
+
+
+# Encoder-decoder families: the config class and its options. T5 has relative position
+# buckets, no BOS, a decoder that starts from pad and a tied head scaled by d**-0.5;
+# BART has learned positions, <s> in front, a decoder that starts from </s> and a
+# `final_logits_bias` added to the head (filled at random here so a path that forgets
+# it shows).
+SEQ2SEQ_FAMILIES: dict[str, tuple[str, dict]] = {
+    "t5": (
+        "T5Config",
+        {
+            "d_model": HIDDEN,
+            "d_kv": HIDDEN // HEADS,
+            "d_ff": 64,
+            "num_layers": LAYERS,
+            "num_decoder_layers": LAYERS,
+            "num_heads": HEADS,
+            "relative_attention_num_buckets": 8,
+            "relative_attention_max_distance": 32,
+        },
+    ),
+    "bart": (
+        "BartConfig",
+        {
+            "d_model": HIDDEN,
+            "encoder_layers": LAYERS,
+            "decoder_layers": LAYERS,
+            "encoder_attention_heads": HEADS,
+            "decoder_attention_heads": HEADS,
+            "encoder_ffn_dim": 64,
+            "decoder_ffn_dim": 64,
+            "max_position_embeddings": MAX_POSITIONS,
+            "forced_bos_token_id": None,
+            "init_std": 0.3,  # BART's 0.02 leaves a tiny model nearly blind to its input
+        },
+    ),
+}
+
+
+def tiny_seq2seq(family: str, seed: int = 0) -> Backbone:
+    """A random encoder-decoder of `family` (a key of `SEQ2SEQ_FAMILIES`): 2 encoder and
+    2 decoder layers, hidden 32, 4 heads, built as ``*ForConditionalGeneration``."""
+    import transformers
+    from transformers import AutoModelForSeq2SeqLM
+
+    config_name, options = SEQ2SEQ_FAMILIES[family]
+    tok = tiny_tokenizer(family)
+    start = tok.pad_token_id if family == "t5" else tok.eos_token_id
+    config = getattr(transformers, config_name)(
+        vocab_size=len(tok),
+        pad_token_id=tok.pad_token_id,
+        eos_token_id=tok.eos_token_id,
+        bos_token_id=tok.bos_token_id,
+        decoder_start_token_id=start,
+        **options,
+    )
+
+    def build() -> torch.nn.Module:
+        model = AutoModelForSeq2SeqLM.from_config(config, attn_implementation="sdpa")
+        bias = getattr(model, "final_logits_bias", None)
+        if bias is not None:
+            bias.normal_(0.0, 0.5)
+        return model
+
+    model = _build(build, seed)
+    return from_pretrained_model(model, tok, name=f"tiny-{family}", kind="seq2seq-lm")

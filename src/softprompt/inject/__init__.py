@@ -14,22 +14,26 @@ from softprompt.inject.head import embedding_table, token_embeddings
 from softprompt.inject.prompt import (
     KV,
     DecoderInjector,
+    EncoderDecoderInjector,
     ImageInjector,
     Injector,
     Prompt,
     RowPrompts,
     TextInjector,
 )
+from softprompt.inject.seq2seq import Seq2SeqInjector
 
 
 def make_injector(backbone: Backbone) -> Injector:
-    """Pick the injector for the backbone's kind (decoder or encoder)."""
+    """Pick the injector for the backbone's kind (decoder, encoder, encoder-decoder)."""
     if backbone.spec.kind == "vision":
         from softprompt.inject.vision import VisionInjector  # images: shallow/deep VPT
 
         return VisionInjector(backbone)
     if backbone.spec.kind == "causal-lm":
         return CausalInjector(backbone)
+    if backbone.spec.kind == "seq2seq-lm":
+        return Seq2SeqInjector(backbone)
     return EncoderInjector(backbone)
 
 
@@ -37,12 +41,14 @@ __all__ = [
     "KV",
     "CausalInjector",
     "DecoderInjector",
+    "EncoderDecoderInjector",
     "EncoderInjector",
     "ImageInjector",
     "Injector",
     "PrefixCache",
     "Prompt",
     "RowPrompts",
+    "Seq2SeqInjector",
     "TextInjector",
     "embedding_table",
     "make_injector",

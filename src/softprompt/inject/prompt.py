@@ -192,6 +192,34 @@ class DecoderInjector(TextInjector, Protocol):
         ...
 
 
+class EncoderDecoderInjector(TextInjector, Protocol):
+    """An encoder-decoder's injector (T5, BART): the decoder scores and generates."""
+
+    def decoder_states(
+        self,
+        prompts: Prompt | RowPrompts,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        decoder_ids: torch.Tensor,
+        decoder_mask: torch.Tensor,
+        decoder_rows: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """(B, S) encoder ids, (R, T) decoder ids -> (R, T, d) states for `logits`."""
+        ...
+
+    def generate(
+        self,
+        prompts: Prompt | RowPrompts,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        *,
+        max_new_tokens: list[int],
+        stop_ids: tuple[int, ...] = (),
+    ) -> list[list[int]]:
+        """Greedy decoding: per row the new ids, a stop id included where it ended on one."""
+        ...
+
+
 class ImageInjector(Injector, Protocol):
     """A vision transformer's injector (visual prompts)."""
 

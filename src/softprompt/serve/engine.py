@@ -114,6 +114,11 @@ class Engine:
                 f"{what}: a prompt file softprompt cannot rebuild (metadata {type(exc).__name__}: "
                 f"{exc}); save it again with this version of softprompt"
             ) from None
+        if model.backbone.spec.kind == "seq2seq-lm":
+            raise RefusedTask(
+                f"{what}: {model.backbone.name} is an encoder-decoder; the server batches "
+                "decoder-only and encoder prompts only, so answer it with `softprompt predict`"
+            )
         return model.eval()
 
     def _serve(self, entry: Entry, model: PromptModel) -> Served:

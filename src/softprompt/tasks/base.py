@@ -26,9 +26,9 @@ from softprompt.tasks.chat import Conversation, check_chat_template, cut_text, r
 class TaskConfig:
     """How a dataset is framed for the frozen model.
 
-    `head`: "verbalizer" scores label words with the LM head (causal LMs only),
-    "linear" trains a small classifier on pooled states; "auto" picks verbalizer
-    for causal LMs and linear for encoders. `verbalizer` maps each label to its
+    `head`: "verbalizer" scores label words with the LM head (causal LMs, and the
+    decoder of an encoder-decoder), "linear" trains a small classifier on pooled states;
+    "auto" picks verbalizer for causal LMs and encoder-decoders, linear for encoders. `verbalizer` maps each label to its
     label words (default: " " + label name). `chat_template`: the input is rendered as a
     conversation by the backbone tokenizer's chat template and that fills `{text}`
     (tasks/chat.py); for instruct backbones. `chat_system`: a system message put before
@@ -367,6 +367,8 @@ def task_name(config: TaskConfig, backbone: Backbone) -> str:
     causal = backbone.spec.kind == "causal-lm"
     if backbone.spec.kind == "vision":  # images: a head over the ViT's states (tasks/image.py)
         return "image"
+    if backbone.spec.kind == "seq2seq-lm":  # the decoder scores and generates (tasks/seq2seq.py)
+        return _seq2seq_task_name(config, backbone)
     if config.kind == "tagging":  # a token-level head, on decoders and encoders alike
         return "tagging"
     if config.kind == "generation":
@@ -383,3 +385,14 @@ def task_name(config: TaskConfig, backbone: Backbone) -> str:
             f"{backbone.spec.kind} (try task.head: linear)"
         )
     return "verbalizer"
+
+
+def _seq2seq_task_name(config: TaskConfig, backbone: Backbone) -> str:
+    """An encoder-decoder classifies by label words on its decoder, or generates."""
+    if config.kind == "tagging" or config.head == "linear":
+        what = "tagging" if config.kind == "tagging" else "task.head: linear"
+        raise ConfigError(
+            f"{what}: {backbone.name} is an encoder-decoder; it classifies by label words on "
+            "its decoder (task.head: verbalizer) or generates (task.kind: generation)"
+        )
+    return "seq2seq-generation" if config.kind == "generation" else "seq2seq-verbalizer"

@@ -89,16 +89,29 @@ class GenerationTask(TemplatedTask):
         """Greedy decoding with each distinct prompt's prefix computed once and cached."""
         contexts, virtual = self.rows([Example(text=t, label="") for t in texts])
         limits = [self.config.max_new_tokens] * len(texts)
-        rows = greedy_decode(
+        rows = self.decode_rows(injector, prompts, contexts, max_new_tokens=limits, virtual=virtual)
+        return [self.decode(row) for row in rows]
+
+    def decode_rows(
+        self,
+        injector: Injector,
+        prompts: Prompt | RowPrompts,
+        contexts: list[list[int]],
+        *,
+        max_new_tokens: list[int],
+        virtual: list[list[int]] | None = None,
+    ) -> list[list[int]]:
+        """Greedy ids per row, EOS kept where a row ends on it; rows may carry different
+        prompts (a mixed batch of generation tasks decodes through here in one loop)."""
+        return greedy_decode(
             injector,
             prompts,
             contexts,
             pad_id=self.pad_id,
             eos_id=self.eos_id,
-            max_new_tokens=limits,
+            max_new_tokens=max_new_tokens,
             virtual=virtual,
         )
-        return [self.decode(row) for row in rows]
 
     def predict(
         self, injector: Injector, prompts: Prompt | RowPrompts, examples: list[Example]
