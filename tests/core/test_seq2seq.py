@@ -15,7 +15,7 @@ from softprompt.backbones import load_backbone
 from softprompt.backbones.tiny import tiny_seq2seq
 from softprompt.data import Example
 from softprompt.errors import BackboneError, ConfigError
-from softprompt.inject import RowPrompts, Seq2SeqInjector, make_injector
+from softprompt.inject import Prompt, RowPrompts, Seq2SeqInjector, make_injector
 from softprompt.model import MultiTaskModel, PromptModel
 from softprompt.tasks import TaskConfig
 
@@ -299,3 +299,17 @@ def test_the_server_refuses_an_encoder_decoder_prompt_by_name(tmp_path):
     engine = Engine(backbone, PromptStore(tmp_path / "store"))
     with pytest.raises(RefusedTask, match="is an encoder-decoder"):
         engine.install("movie", path.read_bytes())
+
+
+@torch.no_grad()
+def test_hidden_states_are_the_encoders_states_of_the_real_tokens(family):
+    backbone = tiny_seq2seq(family)
+    model = _model(backbone)
+    batch = model.collate([Example(t, "positive") for t in TEXTS])
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    plain = model.injector.hidden_states(Prompt(), ids, mask)
+    expected = backbone.model.get_encoder()(input_ids=ids, attention_mask=mask).last_hidden_state
+    real = mask.bool()
+    torch.testing.assert_close(plain[real], expected[real], atol=1e-5, rtol=1e-5)
+    prompted = model.injector.hidden_states(model.prompt(), ids, mask)
+    assert prompted.shape == plain.shape and (prompted[real] - plain[real]).abs().max() > 1e-3
