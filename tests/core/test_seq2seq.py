@@ -5,6 +5,7 @@ the decoder, greedy generation as PEFT's, and rows independent of each other."""
 from __future__ import annotations
 
 import copy
+import json
 
 import peft
 import pytest
@@ -313,3 +314,35 @@ def test_hidden_states_are_the_encoders_states_of_the_real_tokens(family):
     torch.testing.assert_close(plain[real], expected[real], atol=1e-5, rtol=1e-5)
     prompted = model.injector.hidden_states(model.prompt(), ids, mask)
     assert prompted.shape == plain.shape and (prompted[real] - plain[real]).abs().max() > 1e-3
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("method", ["soft-prompt", "p-tuning"])
+def test_an_exported_adapter_gives_our_logits_in_peft(family, method, tmp_path):
+    from softprompt.interop.peft import export_peft
+
+    backbone = tiny_seq2seq(family)
+    ours = PromptModel(backbone, TaskConfig(kind="generation"), method, {"n_tokens": 4})
+    for p in ours.parameters():
+        p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(2)))
+    folder = export_peft(ours, tmp_path / "adapter")
+    config = json.loads((folder / "adapter_config.json").read_text())
+    assert config["task_type"] == "SEQ_2_SEQ_LM" and config["num_virtual_tokens"] == 4
+    theirs = peft.PeftModel.from_pretrained(copy.deepcopy(backbone.model), folder).eval()
+    batch = _generation_batch(ours)
+    expected = theirs(
+        input_ids=batch["input_ids"],
+        attention_mask=batch["attention_mask"],
+        decoder_input_ids=batch["decoder_input_ids"],
+        decoder_attention_mask=batch["decoder_attention_mask"],
+    ).logits
+    real = batch["decoder_attention_mask"].bool()
+    torch.testing.assert_close(_logits(ours, batch)[real], expected[real], atol=1e-5, rtol=1e-5)
+
+
+def test_a_seq2seq_prefix_is_not_exported_to_peft(tmp_path):
+    from softprompt.interop.peft import PeftAdapterError, export_peft
+
+    model = _model(tiny_seq2seq("t5"), "prefix-tuning")
+    with pytest.raises(PeftAdapterError, match="repeated slots"):
+        export_peft(model, tmp_path / "adapter")

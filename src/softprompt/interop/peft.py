@@ -32,6 +32,12 @@ it ([kv, BOS, text], as PEFT). On a backbone whose tokenizer adds BOS:
   exactly [v, BOS, text]; an adapter this module exported is unfolded back instead.
 Backbones without BOS (GPT-2, SmolLM2, Qwen) need neither: the layouts coincide.
 
+On an encoder-decoder (T5, BART) soft prompts and P-tuning prompts export as SEQ_2_SEQ_LM
+adapters: both libraries put virtual tokens in front of the encoder's input, so nothing
+is folded; PEFT's table has 2n rows and its prompt tuning reads the first n (ours; the
+rest are zeros). Its seq2seq prefix feeds decoder layer i the table's layer 2i mod L K/V,
+so a per-layer prefix has no PEFT form and is refused.
+
 Only safetensors and JSON are read; a pickled `adapter_model.bin` is refused.
 """
 
@@ -76,10 +82,18 @@ def export_peft(
     source = "the prompt" if isinstance(prompt, PromptModel) else str(prompt)
     model = prompt if isinstance(prompt, PromptModel) else load_prompt(prompt, backbone)
     _check_exportable(model, source)
-    fold = model.method_name != "prefix-tuning" and model.backbone.spec.bos_token_id is not None
+    seq2seq = model.backbone.spec.kind == "seq2seq-lm"
+    fold = (
+        not seq2seq  # on an encoder-decoder PEFT's virtual tokens come first, as ours do
+        and model.method_name != "prefix-tuning"
+        and model.backbone.spec.bos_token_id is not None
+    )
     with torch.no_grad():
         peft_type, tensors, fields = _EXPORTERS[model.method_name](model, fold)
     n_virtual = tensors["prompt_embeddings"].shape[0]
+    if seq2seq:  # PEFT's SEQ_2_SEQ_LM table has 2n rows; its prompt tuning reads the first n
+        table = tensors["prompt_embeddings"]
+        tensors = {"prompt_embeddings": torch.cat([table, torch.zeros_like(table)])}  # (2n, d)
     config = _adapter_config(model.backbone, peft_type, n_virtual, fields)
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
@@ -92,11 +106,20 @@ def export_peft(
 
 
 def _check_exportable(model: PromptModel, source: str) -> None:
-    """PEFT's prompt-learning adapters hold front prompts of a causal LM, and nothing else."""
-    if model.backbone.spec.kind != "causal-lm":
+    """PEFT's prompt-learning adapters hold front prompts of a causal LM, or of an
+    encoder-decoder's encoder, and nothing else."""
+    kind = model.backbone.spec.kind
+    if kind == "seq2seq-lm" and model.method_name not in _SEQ2SEQ_EXPORTS:
+        raise PeftAdapterError(
+            f"{source}: on an encoder-decoder PEFT export covers {', '.join(_SEQ2SEQ_EXPORTS)} "
+            f"(task_type SEQ_2_SEQ_LM), not {model.method_name}: PEFT's seq2seq prefix feeds "
+            "its decoder layers repeated slots of one table, which a per-layer prefix is not"
+        )
+    if kind not in ("causal-lm", "seq2seq-lm"):
         raise PeftAdapterError(
             f"{source}: backbone {model.backbone.name!r} is not a causal LM (kind "
-            f"{model.backbone.spec.kind}); PEFT export covers causal LMs (task_type CAUSAL_LM) only"
+            f"{kind}); PEFT export covers causal LMs (task_type CAUSAL_LM) and T5/BART "
+            "soft prompts (SEQ_2_SEQ_LM) only"
         )
     if model.method_name not in _EXPORTERS:
         raise PeftAdapterError(
@@ -203,20 +226,25 @@ _EXPORTERS = {
 }
 
 
+# methods whose prompt PEFT's SEQ_2_SEQ_LM adapters hold: virtual tokens before the encoder
+_SEQ2SEQ_EXPORTS = ("soft-prompt", "p-tuning")
+
+
 def _adapter_config(
     backbone: Backbone, peft_type: str, n_virtual: int, fields: dict[str, Any]
 ) -> dict[str, Any]:
     """adapter_config.json with the fields PEFT 0.21 writes for the type (and no others)."""
     spec = backbone.spec
+    seq2seq = spec.kind == "seq2seq-lm"
     config = {
         "peft_type": peft_type,
-        "task_type": "CAUSAL_LM",
+        "task_type": "SEQ_2_SEQ_LM" if seq2seq else "CAUSAL_LM",
         "base_model_name_or_path": base_model_name(backbone),
         "revision": None,
         "inference_mode": True,
         "num_virtual_tokens": n_virtual,
         "token_dim": spec.hidden_size,
-        "num_transformer_submodules": 1,
+        "num_transformer_submodules": 2 if seq2seq else 1,
         "num_attention_heads": spec.num_heads,
         "num_layers": spec.num_layers,
         "modules_to_save": None,
