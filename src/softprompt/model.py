@@ -310,6 +310,12 @@ class MultiTaskModel(nn.Module):
             out = self.models[name].task(self.injector, self.row_prompts(batch), part)
             return MixedOutput(loss=out.loss + extra, outputs={name: out})
         outputs = {}
+        if not all(self.models[name].task.merges_rows for name, _ in batch.parts):
+            for name, part in batch.parts:  # a pass per task (encoder-decoders score their own)
+                part = to_device(part, self.device)
+                rows = RowPrompts.shared(self.models[name].prompt(), part_rows(part), self.device)
+                outputs[name] = self.models[name].task(self.injector, rows, part)
+            return MixedOutput(loss=sum(o.loss for o in outputs.values()) + extra, outputs=outputs)
         for (name, part), hidden in zip(batch.parts, self.hidden_states(batch), strict=True):
             task = self.models[name].task
             outputs[name] = task.score(self.injector, hidden, to_device(part, self.device))

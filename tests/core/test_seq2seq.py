@@ -346,3 +346,23 @@ def test_a_seq2seq_prefix_is_not_exported_to_peft(tmp_path):
     model = _model(tiny_seq2seq("t5"), "prefix-tuning")
     with pytest.raises(PeftAdapterError, match="repeated slots"):
         export_peft(model, tmp_path / "adapter")
+
+
+@torch.no_grad()
+def test_several_classification_tasks_train_and_predict_together(family):
+    """A mixed batch gives each encoder-decoder task its own pass: every row's scores
+    equal its task's alone, and the loss is the sum of the tasks' losses."""
+    backbone = tiny_seq2seq(family)
+    models = {"words": _model(backbone, words=MULTI), "prefix": _model(backbone, "prefix-tuning")}
+    multi = MultiTaskModel(models)
+    items = [("words", Example(TEXTS[0], "positive")), ("prefix", Example(TEXTS[1], "negative"))]
+    items += [("words", Example(TEXTS[2], "negative"))]
+    output = multi(multi.collate(items))
+    words = models["words"](models["words"].collate([items[0][1], items[2][1]]))
+    prefix = models["prefix"](models["prefix"].collate([items[1][1]]))
+    torch.testing.assert_close(output.outputs["words"].scores, words.scores)
+    torch.testing.assert_close(output.outputs["prefix"].scores, prefix.scores)
+    torch.testing.assert_close(output.loss, words.loss + prefix.loss)
+    predicted = multi.predict([(name, e.text) for name, e in items])
+    alone = [models[name].predict([e.text])[0]["label"] for name, e in items]
+    assert [r["label"] for r in predicted] == alone

@@ -117,6 +117,9 @@ class Task(nn.Module):
 
     config: TaskConfig
     generates = False  # whether predictions are decoded text (rather than scores)
+    # whether `score` takes hidden states of a merged pass over several tasks' rows; a
+    # task that runs the model its own way (an encoder-decoder's) gets a pass of its own
+    merges_rows = True
 
     def collate(self, examples: list[Example]) -> dict[str, torch.Tensor]:
         """Examples -> `input_ids` (B, T), `attention_mask` (B, T) or (B, T, T) with

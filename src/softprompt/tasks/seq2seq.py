@@ -35,6 +35,8 @@ def special_ends(tokenizer: Any) -> tuple[list[int], list[int]]:
 class _EncoderInput:
     """What both seq2seq tasks share: encoder rows with special tokens, the start token."""
 
+    merges_rows = False  # the decoder reads each task's own words: one pass per task
+
     def _seq2seq_setup(self, config: TaskConfig, backbone: Backbone) -> None:
         if self.template.has_slots:
             raise ConfigError(
@@ -109,7 +111,7 @@ class Seq2SeqVerbalizerTask(_EncoderInput, VerbalizerTask):
     def score(self, injector, hidden, batch) -> TaskOutput:
         raise ConfigError(
             "tasks: an encoder-decoder task scores its own rows (the decoder reads label "
-            "words); it cannot share a merged batch with other tasks"
+            "words), so it runs its own pass, not a merged one (merges_rows is False)"
         )
 
 
