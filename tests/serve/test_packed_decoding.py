@@ -92,3 +92,28 @@ def test_packing_declined_decodes_padded(llama, tmp_path, generation_files, monk
     engine = _engine(llama, tmp_path, generation_files, 8)
     assert all(r["tokens"] for r in engine.run(_requests(engine, False)))
     assert not called
+
+
+def test_the_engine_runs_on_packed_weights_unless_told_not_to(
+    llama, tmp_path, generation_files, monkeypatch
+):
+    """Engine calls run the frozen layers on oneDNN-packed weights (inject/fast_linear.py),
+    with the same text as the engine on plain weights; `pack_weights=False` never packs."""
+    from softprompt.inject import fast_linear
+
+    if not fast_linear.available():
+        pytest.skip("torch without oneDNN")
+    packed = []
+    pack = fast_linear._pack
+    monkeypatch.setattr(fast_linear, "_pack", lambda w: packed.append(w) or pack(w))
+    texts = {}
+    for flag in (False, True):
+        store = PromptStore(tmp_path / f"store-{flag}")
+        for task, path in generation_files.items():
+            store.add(task, path)
+        engine = Engine(llama, store, pack_weights=flag)
+        engine.load_all()
+        before = len(packed)
+        texts[flag] = [r["text"] for r in engine.run(_requests(engine, False))]
+        assert (len(packed) > before) == flag
+    assert texts[True] == texts[False]

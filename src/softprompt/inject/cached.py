@@ -9,12 +9,14 @@ own code, so a row's answer equals the same row run alone through its task.
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from transformers.cache_utils import DynamicCache
 
+from softprompt.inject import fast_linear
 from softprompt.inject.causal import CausalInjector, PrefixCache
 from softprompt.inject.prompt import Prompt, RowPrompts
 from softprompt.inject.prompt_cache import Key, PromptKVCache
@@ -31,12 +33,21 @@ class CachedPrompt(Prompt):
 class CachedInjector(CausalInjector):
     """A causal injector whose prompt prefixes come from a per-task K/V cache."""
 
-    def __init__(self, base: CausalInjector, cache: PromptKVCache) -> None:
+    def __init__(
+        self, base: CausalInjector, cache: PromptKVCache, *, pack_weights: bool = True
+    ) -> None:
         super().__init__(base.backbone)  # the head check ran for this backbone already
         self.kv_cache = cache
+        # the frozen layers on prepacked oneDNN weights inside `packed_weights()`
+        self.packs = pack_weights and fast_linear.install(self.backbone.model)
         # K/V used in the current engine call, whatever the cache bound: a prompt is
         # computed at most once per call even when the cache is off or evicts it
         self.in_use: dict[Key, tuple[list[tuple[torch.Tensor, ...]], int]] | None = None
+
+    def packed_weights(self) -> AbstractContextManager:
+        """Run the model on its prepacked weights in this thread (`fast_linear`), where
+        they were installed; otherwise as it is."""
+        return fast_linear.packed() if self.packs else nullcontext()
 
     def prompt_kv(self, prompt: Prompt) -> tuple[list[tuple[torch.Tensor, ...]], int]:
         """One prompt's per-layer K/V at batch 1 ((1, kvh, w, hd) each) and its width w."""

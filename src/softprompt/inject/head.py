@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 from softprompt.backbones import Backbone
 from softprompt.errors import BackboneError
+from softprompt.inject import fast_linear
 
 
 def text_config(config):
@@ -52,7 +53,11 @@ class LMHead:
         bias = None
         if self.bias is not None:
             bias = self.bias if token_ids is None else self.bias[token_ids]  # (W,)
-        logits = F.linear(hidden.to(weight.dtype), weight, bias).float()  # (..., W)
+        hidden = hidden.to(weight.dtype)
+        if token_ids is None:  # the whole vocabulary: packed weights inside `packed()`
+            logits = fast_linear.linear(hidden, weight, bias).float()  # (..., V)
+        else:
+            logits = F.linear(hidden, weight, bias).float()  # (..., W)
         if self.multiply is not None:
             logits = logits * self.multiply
         if self.divide is not None:

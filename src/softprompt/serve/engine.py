@@ -75,6 +75,7 @@ class Engine:
         max_input_tokens: int = 512,
         pass_tokens: int | None = 32,
         pack_tokens: int | None = 128,
+        pack_weights: bool = True,
     ) -> None:
         self.backbone = backbone
         self.store = store
@@ -82,6 +83,7 @@ class Engine:
         self.max_input_tokens = max_input_tokens
         self.pass_tokens = pass_tokens
         self.pack_tokens = pack_tokens  # packed row width (inject/packing.py); None: pad
+        self.pack_weights = pack_weights  # oneDNN-packed frozen weights (inject/fast_linear.py)
         self.tasks: dict[str, Served] = {}
         self.refused: dict[str, str] = {}  # task -> why its stored prompt is not served
         self._lock = threading.RLock()
@@ -126,7 +128,9 @@ class Engine:
         served = Served(entry, model, labels=labels)
         if isinstance(model.injector, CausalInjector):
             if self._injector is None:
-                self._injector = CachedInjector(model.injector, self.cache)
+                self._injector = CachedInjector(
+                    model.injector, self.cache, pack_weights=self.pack_weights
+                )
             key = (entry.task, entry.version, entry.sha256)
             head = _head_into_prefix(model)
             served.prompt = CachedPrompt(key=key, source=_prompt_of(model, head))
@@ -284,13 +288,14 @@ class Engine:
     def run(self, requests: list[Request]) -> list[dict[str, Any]]:
         """Answer requests of any tasks: one forward pass for every classification row,
         one decoding loop for every generation row."""
-        if self._injector is not None:
-            self._injector.in_use = {}
-        try:
+        if self._injector is None:
             return self._run(requests)
+        self._injector.in_use = {}
+        try:
+            with self._injector.packed_weights():
+                return self._run(requests)
         finally:
-            if self._injector is not None:
-                self._injector.in_use = None
+            self._injector.in_use = None
 
     def _run(self, requests: list[Request]) -> list[dict[str, Any]]:
         results: list[dict[str, Any] | None] = [None] * len(requests)
