@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import softprompt
+import softprompt.inject.decode as decode_module
 from softprompt.backbones.tiny_vision import tiny_vit
 from softprompt.inject import (
     CausalInjector,
@@ -146,3 +147,39 @@ def test_packed_decoding_gives_the_padded_loops_tokens(backbones, name):
         )
         assert packed is not None, "packing declined"
         assert [r.tokens for r in packed] == [r.tokens for r in padded]
+
+
+@pytest.mark.parametrize("packed", [False, True])
+def test_finished_rows_leave_the_batch_with_the_same_tokens(llama, monkeypatch, packed):
+    """A row that is done (its limit, or a stop) leaves before the next step, so later
+    steps run only the rows still going; every row's tokens equal its own run alone."""
+    injector = make_injector(llama)
+    generator = torch.Generator().manual_seed(3)
+    prompts = [
+        Prompt(embeds=torch.randn(n, llama.spec.hidden_size, generator=generator)) for n in (2, 4)
+    ]
+    cached = [injector._run_group([p]) for p in prompts]
+    contexts, choice, limits = [[5, 9, 14], [6, 7], [11, 12, 13, 3]], [0, 1, 0], [1, 4, 2]
+
+    def run(rows: list[int]):
+        if packed:
+            return decode_packed(
+                injector, cached, [choice[i] for i in rows], [contexts[i] for i in rows],
+                capacity=100, pad_id=0, max_new_tokens=[limits[i] for i in rows],
+            )  # fmt: skip
+        per_row = RowPrompts.per_row(prompts, [choice[i] for i in rows])
+        return decode(
+            injector, per_row, [contexts[i] for i in rows], pad_id=0,
+            max_new_tokens=[limits[i] for i in rows],
+        )  # fmt: skip
+
+    monkeypatch.setattr(decode_module, "worth_packing", lambda *args: True)
+    sizes, step = [], injector.step
+    monkeypatch.setattr(
+        injector, "step", lambda ids, *a, **k: sizes.append(ids.shape) or step(ids, *a, **k)
+    )
+    together = run([0, 1, 2])
+    assert [s[0] for s in sizes if s[1] == 1] == [2, 1, 1]  # 3 rows, then 2, then 1
+    assert [len(r.tokens) for r in together] == limits
+    for i, row in enumerate(together):
+        assert row.tokens == run([i])[0].tokens

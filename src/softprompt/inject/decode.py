@@ -20,7 +20,8 @@ from softprompt.inject.causal import CausalInjector, PrefixCache
 from softprompt.inject.packing import Packed, pack_rows, run_packed, worth_packing
 from softprompt.inject.prompt import DecoderInjector, Prompt, RowPrompts
 
-Choose = Callable[[torch.Tensor], list[int]]  # (B, V) logits -> one id per row
+# (b, V) logits of the rows still going, their indices among the B rows -> one id each
+Choose = Callable[[torch.Tensor, list[int]], list[int]]
 # (row, its kept tokens so far, its (V,) logits this step) -> True when the row is done
 OnToken = Callable[[int, list[int], torch.Tensor], bool]
 
@@ -45,8 +46,8 @@ def pad_left(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Te
     return ids, mask
 
 
-def greedy(logits: torch.Tensor) -> list[int]:
-    """(B, V) -> the likeliest id of each row."""
+def greedy(logits: torch.Tensor, rows: list[int] | None = None) -> list[int]:
+    """(b, V) -> the likeliest id of each row."""
     return logits.argmax(-1).tolist()
 
 
@@ -184,25 +185,50 @@ def _loop(
     choose: Choose,
     on_token: OnToken | None,
 ) -> list[Decoded]:
-    """One token per step for the whole batch until every row is done."""
-    batch = running.hidden.shape[0]
+    """One token per step for the rows still going, until every row is done.
+
+    A row that is done leaves the batch before the next step (its cache rows with it),
+    so the steps after it cost only the rows left: a row's tokens do not depend on which
+    others share its steps (its own cache, mask and positions, rows run independently)."""
+    out = [Decoded([], "length") for _ in max_new_tokens]
+    rows = [i for i, limit in enumerate(max_new_tokens) if limit > 0]  # original indices
+    keep = torch.tensor(rows, dtype=torch.long, device=running.hidden.device)
+    if len(rows) < len(max_new_tokens):
+        running = _select(running, keep)
     cache, mask, position, hidden = running.cache, running.mask, running.last, running.hidden
-    out = [Decoded([], "length") for _ in range(batch)]
-    done = [limit <= 0 for limit in max_new_tokens]
-    for _ in range(max(max_new_tokens, default=0)):
-        logits = injector.logits(hidden)  # (B, V)
-        token = choose(logits)  # B ids
-        for i in range(batch):
-            if not done[i]:
-                done[i] = _advance(out[i], i, token[i], logits, stop_ids, on_token)
-                done[i] = done[i] or len(out[i].tokens) >= max_new_tokens[i]
-        if all(done):
+    while rows:
+        logits = injector.logits(hidden)  # (b, V): the rows still going
+        token = choose(logits, rows)  # b ids
+        going = []
+        for j, i in enumerate(rows):
+            done = _advance(out[i], i, token[j], logits[j], stop_ids, on_token)
+            if not (done or len(out[i].tokens) >= max_new_tokens[i]):
+                going.append(j)
+        if not going:
             break
+        if len(going) < len(rows):  # finished rows leave the batch
+            keep = torch.tensor(going, dtype=torch.long, device=hidden.device)
+            cache, mask, position = _drop(cache, keep), mask[keep], position[keep]
+            rows, token = [rows[j] for j in going], [token[j] for j in going]
         position = position + 1
-        mask = torch.cat([mask, mask.new_ones(batch, 1)], 1)  # (B, W + t)
-        step_ids = torch.tensor(token, device=injector.device).unsqueeze(1)  # (B, 1)
-        hidden = injector.step(step_ids, mask, position, cache)[:, -1]  # (B, d)
+        mask = torch.cat([mask, mask.new_ones(len(rows), 1)], 1)  # (b, W + t)
+        step_ids = torch.tensor(token, device=injector.device).unsqueeze(1)  # (b, 1)
+        hidden = injector.step(step_ids, mask, position, cache)[:, -1]  # (b, d)
     return out
+
+
+def _select(running: _Running, keep: torch.Tensor) -> _Running:
+    """The rows `keep` (B' indices) of a running batch."""
+    cache = _drop(running.cache, keep)
+    return _Running(running.hidden[keep], cache, running.mask[keep], running.last[keep])
+
+
+def _drop(cache: DynamicCache, keep: torch.Tensor) -> DynamicCache:
+    """Keep only the rows `keep` of every layer's keys and values, in place."""
+    for layer in cache.layers:
+        if getattr(layer, "keys", None) is not None and layer.keys.numel():
+            layer.keys, layer.values = layer.keys[keep], layer.values[keep]  # (b, kvh, W, hd)
+    return cache
 
 
 def _advance(
@@ -213,12 +239,12 @@ def _advance(
     stop_ids: Collection[int],
     on_token: OnToken | None,
 ) -> bool:
-    """Take row i's new token: True when the row is done."""
+    """Take row i's new token (`logits` (V,): its own): True when the row is done."""
     if token in stop_ids:
         row.reason = "stop"
         return True
     row.tokens.append(token)
-    if on_token is not None and on_token(i, row.tokens, logits[i]):
+    if on_token is not None and on_token(i, row.tokens, logits):
         row.reason = "stop"
         return True
     return False

@@ -53,7 +53,7 @@ class LocalLM:
         """Token-by-token decoding on the cache (greedy, or sampled at `temperature`), through
         the one decoding loop; the chat template's ids are the whole input (no BOS added)."""
 
-        def sample(logits: torch.Tensor) -> list[int]:  # (1, V) -> one id
+        def sample(logits: torch.Tensor, rows: list[int]) -> list[int]:  # (1, V) -> one id
             probs = (logits[0].float().cpu() / temperature).softmax(-1)
             return [int(torch.multinomial(probs, 1, generator=self.generator))]
 

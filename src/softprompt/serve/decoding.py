@@ -84,8 +84,8 @@ def decode(
     sampling = sampling or [Sampling() for _ in contexts]
     generators = [s.generator(injector.device) for s in sampling]
 
-    def choose(logits: torch.Tensor) -> list[int]:
-        return next_tokens(logits, sampling, generators)  # B ids
+    def choose(logits: torch.Tensor, rows: list[int]) -> list[int]:  # (b, V) -> b ids
+        return next_tokens(logits, [sampling[i] for i in rows], [generators[i] for i in rows])
 
     def on_token(i: int, tokens: list[int], logits: torch.Tensor) -> bool:
         if sampling[i].logprobs is not None:
