@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from transformers.cache_utils import DynamicLayer
 
 import softprompt
 import softprompt.inject.decode as decode_module
@@ -183,3 +184,27 @@ def test_finished_rows_leave_the_batch_with_the_same_tokens(llama, monkeypatch, 
     assert [len(r.tokens) for r in together] == limits
     for i, row in enumerate(together):
         assert row.tokens == run([i])[0].tokens
+
+
+def test_decoding_writes_the_cache_in_place(llama, monkeypatch):
+    """After the prefill, each step writes its token's keys and values into room kept in
+    the cache (`_Slots`), never concatenating a fresh tensor per layer, past `ROOM` too."""
+    monkeypatch.setattr(decode_module._Slots, "ROOM", 3)  # grows twice in 8 steps
+    injector = make_injector(llama)
+    contexts, limits = [[5, 9, 14, 7], [6, 2]], [8, 5]
+    want = [
+        decode(injector, None, [c], pad_id=0, max_new_tokens=[n])[0].tokens
+        for c, n in zip(contexts, limits, strict=True)
+    ]
+    kinds, step = [], injector.step
+    monkeypatch.setattr(
+        injector,
+        "step",
+        lambda ids, mask, pos, cache, *a: (
+            kinds.append({type(x) for x in cache.layers}) or step(ids, mask, pos, cache, *a)
+        ),
+    )
+    rows = decode(injector, None, contexts, pad_id=0, max_new_tokens=limits)
+    assert [r.tokens for r in rows] == want
+    assert kinds[0] == {DynamicLayer}  # the prefill
+    assert all(k == {decode_module._Slots} for k in kinds[1:]) and len(kinds) == 8
