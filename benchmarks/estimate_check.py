@@ -11,7 +11,7 @@ glibc's mmap threshold is fixed at 128 KiB in all three (see tests/core/test_est
 Prints the predicted and measured figures and their ratios as JSON.
 
     python benchmarks/estimate_check.py --backbone qwen2.5-coder-0.5b --dtype bfloat16 \
-        --batch-size 4 --seq-len 64
+        [--quantize int8] --batch-size 4 --seq-len 64
 """
 
 from __future__ import annotations
@@ -34,10 +34,10 @@ SCRIPT = textwrap.dedent(
     from softprompt.model import PromptModel
     from softprompt.tasks import TaskConfig
 
-    what, name, dtype, batch, seq = sys.argv[1:6]
+    what, name, dtype, quantize, batch, seq = sys.argv[1:7]
     batch, seq = int(batch), int(seq)
     runtime = rss_bytes() or 0  # before the weights, as `softprompt estimate` counts it
-    backbone = load_backbone(name, dtype=dtype)
+    backbone = load_backbone(name, dtype=dtype, quantize=quantize)
     if what == "estimate":
         result = estimate(backbone, batch_size=batch, seq_len=seq, runtime_bytes=runtime)
         print(json.dumps(result.to_dict()))
@@ -65,7 +65,7 @@ SCRIPT = textwrap.dedent(
 
 def run(what: str, args: argparse.Namespace) -> dict:
     env = dict(os.environ, OMP_NUM_THREADS="1", MALLOC_MMAP_THRESHOLD_=str(128 * 1024))
-    command = [sys.executable, "-c", SCRIPT, what, args.backbone, args.dtype]
+    command = [sys.executable, "-c", SCRIPT, what, args.backbone, args.dtype, args.quantize]
     command += [str(args.batch_size), str(args.seq_len)]
     proc = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
@@ -77,6 +77,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--backbone", default="smollm2-135m")
     parser.add_argument("--dtype", default="bfloat16")
+    parser.add_argument("--quantize", default="none", help="none or int8 (as --quantize)")
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--seq-len", type=int, default=64)
     args = parser.parse_args()
