@@ -3,14 +3,19 @@ sets, on SmolLM2. Each (dataset, K) cell is `softprompt compare --shots K` (one 
 sample per seed, data seeds 0..N-1, the same test rows for every unit): zero-shot with
 the manual template, a soft prompt from scratch, DART, LoRA r=8, and the soft prompt with
 automatic label words (`--verbalizer auto`, its own grid since it changes the framing).
+Two columns are recipes run on the same samples and test rows (benchmarks/fewshot_recipes.py):
+PET (`pet`: two patterns' ensemble and the prompt distilled from its soft labels) and a
+soft prompt started from a Reptile meta-learned init (`meta-init`, learned once on
+sentiment source tasks that are none of the table's datasets).
 Anchors to quote beside it, not to reproduce: PET's AG News 87.5 with 10 examples
 (RoBERTa-large), RLPrompt's SST-2 92.7 at 16 shots.
 
     python benchmarks/fewshot_table.py [--shots 16] [--seeds 0,1,2] [--steps 30]
-        [--datasets movie-sentiment,election-tweets] [--test-limit 200]
+        [--datasets movie-sentiment,election-tweets] [--test-limit 200] [--methods pet,...]
 
 Unit run folders go to runs/fewshot_table/ (a rerun reads finished units back); prints a
-Markdown table and writes benchmarks/results/fewshot_table.json.
+Markdown table and merges it into benchmarks/results/fewshot_table.json: a rerun with other
+`--methods` adds or replaces those columns of a (dataset, K) cell and keeps the others.
 """
 
 from __future__ import annotations
@@ -21,7 +26,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from softprompt.config import build_run_config
+from fewshot_recipes import meta_init_file, pet_cell  # benchmarks/ is the script's folder
+
+from softprompt.config import RunConfig, build_run_config
 from softprompt.files import atomic_write_text
 from softprompt.recipes.compare import CompareConfig, compare
 
@@ -33,19 +40,21 @@ COLUMNS = {
     "soft-prompt+auto": "soft prompt + auto words",
     "dart": "DART",
     "lora": "LoRA r=8",
+    "pet-ensemble": "PET ensemble",
+    "pet-distilled": "PET distilled",
+    "soft-prompt+meta": "soft prompt, meta-init",
 }
 
 
-def grid(dataset: str, shots: int, args: argparse.Namespace, methods: list[str],
-         lr: float, task: dict[str, Any], tag: str) -> dict[str, Any]:  # fmt: skip
-    """One compare grid; its summaries keyed by method (+tag)."""
-    folder = f"{dataset}-k{shots}-s{args.steps}-t{args.test_limit}-lr{lr:g}{tag}"
-    run = build_run_config(
+def run_config(dataset: str, shots: int, args: argparse.Namespace, lr: float,
+               task: dict[str, Any], method: dict[str, Any], out: Path) -> RunConfig:  # fmt: skip
+    """The run every unit of a cell shares (compare units and the recipes' stages)."""
+    return build_run_config(
         {
             "backbone": args.backbone,
             "data": {"source": dataset, "shots": shots, "seed": 0},
             "task": task,
-            "method": {"name": "soft-prompt", "n_tokens": args.n_tokens},
+            "method": method,
             "train": {
                 "steps": args.steps,
                 "batch_size": min(args.batch_size, 2 * shots),
@@ -53,9 +62,19 @@ def grid(dataset: str, shots: int, args: argparse.Namespace, methods: list[str],
                 "warmup_steps": min(10, args.steps // 5),
                 "lr": lr,
             },
-            "out": str(UNITS / folder),
+            "out": str(out),
         }
     )
+
+
+def grid(dataset: str, shots: int, args: argparse.Namespace, methods: list[str],
+         lr: float, task: dict[str, Any], tag: str) -> dict[str, Any]:  # fmt: skip
+    """One compare grid; its summaries keyed by method (+tag)."""
+    folder = f"{dataset}-k{shots}-s{args.steps}-t{args.test_limit}-lr{lr:g}{tag}"
+    method: dict[str, Any] = {"name": "soft-prompt", "n_tokens": args.n_tokens}
+    if tag == "+meta":
+        method |= {"init": "file", "init_file": str(meta_init_file(args, UNITS))}
+    run = run_config(dataset, shots, args, lr, task, method, UNITS / folder)
     config = CompareConfig(run, methods=methods, seeds=args.seeds, test_limit=args.test_limit)
     report = compare(config, progress=False)
     return {s["method"] + tag: {**s, "lr": lr} for s in report.summary if s}
@@ -65,12 +84,37 @@ def cell(dataset: str, shots: int, args: argparse.Namespace) -> dict[str, Any]:
     """The columns in `--methods` order, each its own grid (finished units are read back)."""
     start, methods = time.perf_counter(), {}
     for column in args.methods:
+        if column == "pet":
+            out = UNITS / f"{dataset}-k{shots}-s{args.steps}-t{args.test_limit}-lr{args.lr:g}+pet"
+            method = {"name": "soft-prompt", "n_tokens": args.n_tokens}
+            run = run_config(dataset, shots, args, args.lr, {}, method, out)
+            methods |= pet_cell(run, args.seeds, args.test_limit, args.unlabelled)
+            continue
         name, _, tag = column.partition("+")
         task = {"verbalizer": "auto"} if tag == "auto" else {}
         lr = args.lora_lr if name == "lora" else args.lr
         methods |= grid(dataset, shots, args, [name], lr, task, f"+{tag}" if tag else "")
     return {"dataset": dataset, "shots": shots, "seconds": time.perf_counter() - start,
-            "methods": methods}  # fmt: skip
+            "methods": methods, "setup": setup(args)}  # fmt: skip
+
+
+def setup(args: argparse.Namespace) -> str:
+    """How a cell was run, shown in its row (blocks may differ in seeds and test rows)."""
+    return f"{len(args.seeds)} seeds, {args.steps} steps, {args.test_limit or 'all'} test rows"
+
+
+def merge(old: list[dict[str, Any]], new: dict[str, Any]) -> list[dict[str, Any]]:
+    """`new` put into the cells already measured: its columns replace those of the same
+    (dataset, K) cell, whose other columns stay; times add up."""
+    cells = [dict(c) for c in old]
+    for c in cells:
+        if (c["dataset"], c["shots"]) == (new["dataset"], new["shots"]):
+            c["methods"] = {**c["methods"], **new["methods"]}
+            c["seconds"] = c["seconds"] + new["seconds"]
+            c["setup"] = new["setup"] if c.get("setup") in (None, new["setup"]) else (
+                f"{c['setup']}; new columns: {new['setup']}")  # fmt: skip
+            return cells
+    return [*cells, new]
 
 
 def _score(s: dict[str, Any] | None) -> str:
@@ -81,20 +125,19 @@ def _score(s: dict[str, Any] | None) -> str:
 
 
 def markdown(cells: list[dict[str, Any]], args: argparse.Namespace) -> str:
-    head = "| dataset | K | " + " | ".join(COLUMNS.values()) + " | time |\n"
-    head += "|---" * (len(COLUMNS) + 3) + "|\n"
+    head = "| dataset | K | " + " | ".join(COLUMNS.values()) + " | setup | time |\n"
+    head += "|---" * (len(COLUMNS) + 4) + "|\n"
     lines = [
         f"| {c['dataset']} | {c['shots']} | "
         + " | ".join(_score(c["methods"].get(m)) for m in COLUMNS)
-        + f" | {c['seconds'] / 60:.1f} min |"
+        + f" | {c.get('setup', '')} | {c['seconds'] / 60:.1f} min |"
         for c in cells
     ]
     note = (
-        f"\nSmolLM2-135M ({args.backbone}), accuracy on {args.test_limit or 'all'} test rows, "
-        f"mean ± sd over {len(args.seeds)} K-shot samples (data seeds "
-        f"{','.join(map(str, args.seeds))}); {args.steps} steps, {args.n_tokens} virtual tokens, "
-        f"lr {args.lr:g} (LoRA {args.lora_lr:g}); the best step chosen on the K-per-class "
-        "validation sample.\n"
+        f"\nSmolLM2-135M ({args.backbone}), accuracy, mean ± sd over the K-shot samples (data "
+        f"seeds 0..N-1, the same test rows for every unit of a cell); {args.n_tokens} virtual "
+        f"tokens, lr {args.lr:g} (LoRA {args.lora_lr:g}); the best step chosen on the "
+        "K-per-class validation sample. Shared 2-CPU machine.\n"
     )
     return head + "\n".join(lines) + "\n" + note
 
@@ -111,18 +154,29 @@ def main() -> None:
     parser.add_argument("--test-limit", type=int, default=200)
     parser.add_argument("--lr", type=float, default=0.03)
     parser.add_argument("--lora-lr", type=float, default=1e-3)
-    parser.add_argument("--methods", default=",".join(COLUMNS), help="columns, in run order")
+    parser.add_argument("--methods", default=",".join(c for c in COLUMNS if "pet-" not in c) + ",pet",
+                        help="columns, in run order (`pet` gives both PET columns)")  # fmt: skip
+    parser.add_argument("--unlabelled", type=int, default=100,
+                        help="PET: unlabelled texts its ensemble labels for distillation")  # fmt: skip
+    parser.add_argument(
+        "--meta-sources", default="tweet-sentiment,product-sentiment,editorial-sentiment"
+    )
+    parser.add_argument("--meta-outer-steps", type=int, default=40)
+    parser.add_argument("--meta-inner-steps", type=int, default=4)
     parser.add_argument("--out", default=str(RESULTS / "fewshot_table.json"))
     args = parser.parse_args()
     args.seeds = [int(s) for s in args.seeds.split(",")]
     args.methods = [m for m in args.methods.split(",") if m]
-    cells = []
+    out = Path(args.out)
+    kept = json.loads(out.read_text(encoding="utf-8")) if out.is_file() else {}
+    cells, runs = kept.get("cells", []), kept.get("runs", [kept["args"]] if "args" in kept else [])
+    runs.append(vars(args))
     for dataset in args.datasets.split(","):
         for shots in (int(k) for k in args.shots.split(",")):
-            cells.append(cell(dataset, shots, args))
+            cells = merge(cells, cell(dataset, shots, args))
             table = markdown(cells, args)
-            atomic_write_text(Path(args.out), json.dumps({"cells": cells, "table": table,
-                                                          "args": vars(args)}, indent=1))  # fmt: skip
+            record = {"cells": cells, "table": table, "runs": runs}
+            atomic_write_text(out, json.dumps(record, indent=1))
             print(table, flush=True)
 
 

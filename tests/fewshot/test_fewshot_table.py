@@ -1,0 +1,56 @@
+"""benchmarks/fewshot_table.py: a rerun with other columns keeps the measured ones."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+
+
+@pytest.fixture(scope="module")
+def table():
+    sys.path.insert(0, str(BENCHMARKS))  # the script imports its sibling fewshot_recipes
+    try:
+        spec = importlib.util.spec_from_file_location(
+            "fewshot_table_bench", BENCHMARKS / "fewshot_table.py"
+        )
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    return module
+
+
+def _cell(dataset, shots, methods, seconds=1.0, setup="3 seeds"):
+    return {"dataset": dataset, "shots": shots, "seconds": seconds, "methods": methods,
+            "setup": setup}  # fmt: skip
+
+
+def test_merge_adds_columns_and_keeps_measured_ones(table):
+    old = [_cell("a", 16, {"dart": {"mean": 0.8}, "lora": {"mean": 0.6}}, 60.0)]
+    new = _cell("a", 16, {"lora": {"mean": 0.7}, "pet-ensemble": {"mean": 0.9}}, 30.0)
+    merged = table.merge(old, new)
+    assert len(merged) == 1
+    assert merged[0]["methods"] == {
+        "dart": {"mean": 0.8}, "lora": {"mean": 0.7}, "pet-ensemble": {"mean": 0.9}
+    }  # fmt: skip
+    assert merged[0]["seconds"] == 90.0
+    assert old[0]["methods"]["lora"] == {"mean": 0.6}  # the old record is not changed
+
+
+def test_merge_appends_a_new_cell_and_names_a_different_setup(table):
+    old = [_cell("a", 16, {"dart": {"mean": 0.8}}, setup=None)]
+    assert [c["shots"] for c in table.merge(old, _cell("a", 8, {}))] == [16, 8]
+    merged = table.merge([_cell("a", 16, {}, setup="3 seeds")], _cell("a", 16, {}, setup="1 seed"))
+    assert merged[0]["setup"] == "3 seeds; new columns: 1 seed"
+
+
+def test_pet_summary_is_mean_and_sample_sd(table):
+    recipes = sys.modules["fewshot_recipes"]
+    row = recipes.summary([0.66, 0.67, 0.68])
+    assert row["mean"] == pytest.approx(0.67) and row["sd"] == pytest.approx(0.01)
+    assert row["seeds"] == 3 and row["min"] == 0.66 and row["max"] == 0.68
