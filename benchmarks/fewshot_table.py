@@ -170,6 +170,8 @@ def main() -> None:
     out = Path(args.out)
     kept = json.loads(out.read_text(encoding="utf-8")) if out.is_file() else {}
     cells, runs = kept.get("cells", []), kept.get("runs", [kept["args"]] if "args" in kept else [])
+    for c in cells:  # cells measured before setups were recorded: the first run's
+        c.setdefault("setup", setup(argparse.Namespace(**runs[0])))
     runs.append(vars(args))
     for dataset in args.datasets.split(","):
         for shots in (int(k) for k in args.shots.split(",")):
