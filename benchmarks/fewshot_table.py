@@ -119,7 +119,7 @@ def merge(old: list[dict[str, Any]], new: dict[str, Any]) -> list[dict[str, Any]
 
 def _score(s: dict[str, Any] | None) -> str:
     if not s or "mean" not in s:
-        return "n/a"
+        return "not run"
     spread = f" ± {s['sd']:.3f}" if s["seeds"] > 1 else ""
     return f"{s['mean']:.3f}{spread}"
 
