@@ -26,7 +26,7 @@ def _task_json(n: int = 20) -> str:
 
 @pytest.fixture
 def e2e_home(tmp_path, monkeypatch):
-    """SOFTPROMPT_HOME with an e2e-nlg task file already extracted (no download)."""
+    """SOFTPROMPT_HOME with an e2e-nlg task.json in place (BIG-bench layout)."""
     monkeypatch.setenv("SOFTPROMPT_HOME", str(tmp_path / "home"))
     e2e.cached_task_file().parent.mkdir(parents=True)
     e2e.cached_task_file().write_text(_task_json())

