@@ -12,9 +12,14 @@ movie-sentiment classification and one for generation:
   http     the same requests to a real `softprompt serve --engine vllm` process over HTTP
            (/classify, /generate; one input per request): everything the gateway adds
   own      the same inputs in one call of softprompt's own `serve.engine.Engine.run`
+  own_mkl  `own` with `pack_weights=False`: the frozen layers on torch's plain weights
+           (MKL) instead of oneDNN-packed ones (inject/fast_linear.py)
 
 Rounds are interleaved (direct, gateway, own; the order rotates). Prints the medians,
-requests/s and the ratios as JSON. Uses a running vLLM at `--url` (started with
+requests/s and the ratios as JSON, and CPU seconds: every process of the vLLM server
+("direct"; needs the server's pid: `--vllm-pid`, or the server this script starts) and
+the thread running each own engine; on a shared machine wall clock is mostly who gets
+the cores, CPU seconds the work done. Uses a running vLLM at `--url` (started with
 `serve.vllm.server_command`'s flags), or starts one from .venv-vllm.
 
     OMP_NUM_THREADS=1 python benchmarks/vllm_parity.py --rows 32 --gen 8 --rounds 2
@@ -24,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import socket
 import statistics
 import subprocess
@@ -90,9 +96,14 @@ def parity(vllm: VllmEngine, models, texts: list[str], gen: list[str]) -> dict:
 
 
 def runners(
-    vllm: VllmEngine, own: Engine, texts: list[str], kind: str, max_tokens: int, gateway_url: str
+    vllm: VllmEngine,
+    own: dict[str, Engine],
+    texts: list[str],
+    kind: str,
+    max_tokens: int,
+    gateway_url: str,
 ):
-    """name -> a function answering `texts` once (the four ways)."""
+    """name -> a function answering `texts` once (the five ways)."""
     task = "movie" if kind == "classify" else "story"
     if kind == "classify":
         words = sorted({t for ws in vllm.get(task).model.task.word_ids for ids in ws for t in ids})
@@ -116,10 +127,12 @@ def runners(
             call = lambda t: vllm.generate(task, t, max_tokens=max_tokens)  # noqa: E731
             list(pool.map(call, texts))
 
-    def ours():
+    def ours(engine: Engine):
         gen = kind != "classify"
         limit = max_tokens if gen else None
-        own.run([own.request(task, t, generate=gen, max_tokens=limit) for t in texts])
+        return lambda: engine.run(
+            [engine.request(task, t, generate=gen, max_tokens=limit) for t in texts]
+        )
 
     client = httpx.Client(base_url=gateway_url, timeout=600.0)
     path = "/classify" if kind == "classify" else "/generate"
@@ -132,7 +145,8 @@ def runners(
 
         list(pool.map(send, texts))
 
-    return {"direct": direct, "gateway": gateway, "http": http, "own": ours}
+    ways = {"direct": direct, "gateway": gateway, "http": http}
+    return ways | {name: ours(engine) for name, engine in own.items()}
 
 
 def start_gateway(store: Path, vllm_url: str, port: int) -> subprocess.Popen:
@@ -151,14 +165,34 @@ def start_gateway(store: Path, vllm_url: str, port: int) -> subprocess.Popen:
     raise RuntimeError(f"softprompt serve did not come up on {url}")
 
 
-def timed(runs: dict, rounds: int) -> dict[str, float]:
+def group_cpu(pgid: int) -> float:
+    """CPU seconds (user + system) spent so far by the live processes of group `pgid`."""
+    total = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # the process ended
+            continue
+        if int(fields[2]) == pgid:
+            total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def timed(runs: dict, rounds: int, vllm_group: int | None) -> tuple[dict, dict]:
+    """Median wall seconds per way, and median CPU seconds for "direct" (every process
+    of the vLLM server's group) and the own engines (the thread that runs them)."""
     names, seconds = list(runs), {n: [] for n in runs}
+    cpu = {n: [] for n in names if n.startswith("own") or (n == "direct" and vllm_group)}
     for r in range(rounds):
         for name in names[r % len(names) :] + names[: r % len(names)]:
-            start = time.perf_counter()
+            clock = (lambda: group_cpu(vllm_group)) if name == "direct" else time.thread_time
+            start, start_cpu = time.perf_counter(), clock()
             runs[name]()
             seconds[name].append(time.perf_counter() - start)
-    return {n: statistics.median(s) for n, s in seconds.items()}
+            if name in cpu:
+                cpu[name].append(clock() - start_cpu)
+    median = statistics.median
+    return {n: median(s) for n, s in seconds.items()}, {n: median(s) for n, s in cpu.items()}
 
 
 def free_port() -> int:
@@ -176,6 +210,9 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--vllm-pid", type=int, help="with --url: the server's pid, to count its CPU seconds"
+    )
     args = parser.parse_args()
 
     load_backbone(args.backbone)  # a built-in is converted into its cache folder once
@@ -187,6 +224,8 @@ def main() -> None:
         Path("runs").mkdir(exist_ok=True)  # git-ignored: the server log stays out of the tree
         process = start_server(folder, port, log=Path("runs/vllm-benchmark.log"), extra=extra)
         args.url = f"http://127.0.0.1:{port}"
+        args.vllm_pid = process.pid
+    vllm_group = os.getpgid(args.vllm_pid) if args.vllm_pid else None
     try:
         vllm = VllmEngine(folder, args.url, workers=max(16, args.concurrency))
         with tempfile.TemporaryDirectory() as tmp:
@@ -195,8 +234,12 @@ def main() -> None:
             for task, (_, path) in models.items():
                 vllm.add(task, path)
                 store.add(task, path)
-            own = Engine(vllm.backbone, store)
-            own.load_all()
+            own = {
+                "own": Engine(vllm.backbone, store),
+                "own_mkl": Engine(vllm.backbone, store, pack_weights=False),
+            }
+            for engine in own.values():
+                engine.load_all()
             gateway_port = free_port()
             gateway = start_gateway(Path(tmp) / "store", args.url, gateway_port)
             texts = [e.text for e in load_dataset("movie-sentiment").test]
@@ -207,11 +250,14 @@ def main() -> None:
                     ways = runners(
                         vllm, own, batch, kind, args.max_tokens, f"http://127.0.0.1:{gateway_port}"
                     )
-                    med = timed(ways, args.rounds)
+                    med, cpu = timed(ways, args.rounds, vllm_group)
                     report[kind] = {
                         "median_s": med,
+                        "median_cpu_s": cpu,
                         "requests_per_s": {n: len(batch) / s for n, s in med.items()},
                         "own_over_vllm_speed": med["gateway"] / med["own"],
+                        "own_mkl_over_vllm_speed": med["gateway"] / med["own_mkl"],
+                        "own_over_vllm_cpu": cpu["direct"] / cpu["own"] if vllm_group else None,
                         "gateway_overhead": med["gateway"] / med["direct"] - 1.0,
                         "http_gateway_overhead": med["http"] / med["direct"] - 1.0,
                     }

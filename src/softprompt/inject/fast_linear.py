@@ -3,11 +3,11 @@
 On this project's CPUs a served decoder spends 80-90% of its time in the frozen model's
 matrix products (a torch profile of 16 mixed generation requests on SmolLM2: 76% in
 `aten::mm`, then 7% attention, 6% cache concatenation, ~1% Python per row). torch's
-`F.linear` runs them through MKL, which on the AMD EPYC here reaches 17 GFLOPS at the 16
-rows of a decoding step; the same product on oneDNN with the weight reordered once into
-its blocked layout (`torch.ops.mkldnn`, what inductor uses on CPUs with frozen weights,
-and what vLLM-CPU's own linear layers do) reaches 24-34 GFLOPS, and 1.1-1.2x MKL's
-at the hundreds of rows of a prefill (`benchmarks/serve_generation.py` measures it).
+`F.linear` runs them through MKL; the same product on oneDNN with the weight reordered
+once into its blocked layout (`torch.ops.mkldnn`, what inductor uses on CPUs with frozen
+weights, and what vLLM-CPU's own linear layers do) ran 1.24x faster on the AMD EPYC
+here at 16 to 256 rows (20.9 against 16.8 GFLOPS at a decoding step's 16 rows;
+`benchmarks/decode_profile.py`).
 
 It is also row-exact where MKL is not: oneDNN gives each row the bits it gets alone (a
 (1, 576) x (576, 1536) product equals row 0 of the (600, 576) one), where MKL's rows
