@@ -43,6 +43,8 @@ PARSE_ONLY = {
     "import-peft": "needs a PEFT adapter folder the user brings",
     "compare": "a grid of methods x seeds (tests/recipes/test_compare.py runs it tiny)",
     "estimate": "calibrates on the named backbone (tests/core/test_estimate.py runs it tiny)",
+    "pet": "several trainings and a distillation (tests/fewshot/test_pet.py runs it tiny)",
+    "meta-init": "an outer loop over source tasks (tests/fewshot/test_meta_init.py runs it tiny)",
 }
 RUN = {"train", "eval", "predict", "export", "info", "backbones", "datasets", "methods"}
 USER_DATA = (
