@@ -94,8 +94,10 @@ def cell(dataset: str, shots: int, args: argparse.Namespace) -> dict[str, Any]:
         task = {"verbalizer": "auto"} if tag == "auto" else {}
         lr = args.lora_lr if name == "lora" else args.lr
         methods |= grid(dataset, shots, args, [name], lr, task, f"+{tag}" if tag else "")
+    how = setup(args)
+    methods = {name: {**row, "setup": how} for name, row in methods.items()}
     return {"dataset": dataset, "shots": shots, "seconds": time.perf_counter() - start,
-            "methods": methods, "setup": setup(args)}  # fmt: skip
+            "methods": methods, "setup": how}  # fmt: skip
 
 
 def setup(args: argparse.Namespace) -> str:
@@ -105,16 +107,28 @@ def setup(args: argparse.Namespace) -> str:
 
 def merge(old: list[dict[str, Any]], new: dict[str, Any]) -> list[dict[str, Any]]:
     """`new` put into the cells already measured: its columns replace those of the same
-    (dataset, K) cell, whose other columns stay; times add up."""
+    (dataset, K) cell, whose other columns stay; times add up. Each column keeps the
+    setup it was run with, so rerunning one column never rewrites another's."""
     cells = [dict(c) for c in old]
     for c in cells:
         if (c["dataset"], c["shots"]) == (new["dataset"], new["shots"]):
-            c["methods"] = {**c["methods"], **new["methods"]}
+            kept = {m: {"setup": c.get("setup"), **row} for m, row in c["methods"].items()}
+            c["methods"] = {**kept, **new["methods"]}
             c["seconds"] = c["seconds"] + new["seconds"]
-            c["setup"] = new["setup"] if c.get("setup") in (None, new["setup"]) else (
-                f"{c['setup']}; new columns: {new['setup']}")  # fmt: skip
+            c["setup"] = cell_setup(c["methods"])
             return cells
     return [*cells, new]
+
+
+def cell_setup(methods: dict[str, dict[str, Any]]) -> str:
+    """One setup when every column shares it; else each setup with the columns run so."""
+    by_setup: dict[str, list[str]] = {}
+    for name, row in methods.items():
+        if row.get("setup"):
+            by_setup.setdefault(row["setup"], []).append(name)
+    if len(by_setup) <= 1:
+        return next(iter(by_setup), "")
+    return "; ".join(f"{how} ({', '.join(names)})" for how, names in by_setup.items())
 
 
 def _score(s: dict[str, Any] | None) -> str:

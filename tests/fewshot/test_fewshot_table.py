@@ -35,9 +35,8 @@ def test_merge_adds_columns_and_keeps_measured_ones(table):
     new = _cell("a", 16, {"lora": {"mean": 0.7}, "pet-ensemble": {"mean": 0.9}}, 30.0)
     merged = table.merge(old, new)
     assert len(merged) == 1
-    assert merged[0]["methods"] == {
-        "dart": {"mean": 0.8}, "lora": {"mean": 0.7}, "pet-ensemble": {"mean": 0.9}
-    }  # fmt: skip
+    means = {name: row["mean"] for name, row in merged[0]["methods"].items()}
+    assert means == {"dart": 0.8, "lora": 0.7, "pet-ensemble": 0.9}
     assert merged[0]["seconds"] == 90.0
     assert old[0]["methods"]["lora"] == {"mean": 0.6}  # the old record is not changed
 
@@ -45,8 +44,13 @@ def test_merge_adds_columns_and_keeps_measured_ones(table):
 def test_merge_appends_a_new_cell_and_names_a_different_setup(table):
     old = [_cell("a", 16, {"dart": {"mean": 0.8}}, setup=None)]
     assert [c["shots"] for c in table.merge(old, _cell("a", 8, {}))] == [16, 8]
-    merged = table.merge([_cell("a", 16, {}, setup="3 seeds")], _cell("a", 16, {}, setup="1 seed"))
-    assert merged[0]["setup"] == "3 seeds; new columns: 1 seed"
+    first = _cell("a", 16, {"dart": {"mean": 0.8}}, setup="3 seeds")
+    rerun = _cell("a", 16, {"pet": {"mean": 0.6, "setup": "1 seed"}}, setup="1 seed")
+    merged = table.merge([first], rerun)
+    assert merged[0]["setup"] == "3 seeds (dart); 1 seed (pet)"
+    again = table.merge(merged, _cell("a", 16, {"pet": {"mean": 0.7, "setup": "3 seeds"}}))
+    assert again[0]["setup"] == "3 seeds"  # a column rerun replaces its own setup, no pile-up
+    assert again[0]["methods"]["dart"]["setup"] == "3 seeds"
 
 
 def test_pet_summary_is_mean_and_sample_sd(table):
