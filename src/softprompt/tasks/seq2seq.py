@@ -51,6 +51,28 @@ class _EncoderInput:
         ids, mask = pad_right(rows, self.pad_id)
         return {"input_ids": ids, "attention_mask": mask}
 
+    @staticmethod
+    def decoder_hidden(
+        injector: EncoderDecoderInjector, prompts: Prompt | RowPrompts, batch: dict
+    ) -> torch.Tensor:
+        """The decoder's states for the batch's teacher-forced decoder rows."""
+        return injector.decoder_states(
+            prompts,
+            batch["input_ids"],
+            batch["attention_mask"],
+            batch["decoder_input_ids"],
+            batch["decoder_attention_mask"],
+            batch.get("decoder_rows"),
+        )  # (R, T, d)
+
+    @staticmethod
+    def token_log_probs(
+        injector: EncoderDecoderInjector, hidden: torch.Tensor, tokens: torch.Tensor
+    ) -> torch.Tensor:
+        """(R, T, d) states, (R, T) next tokens -> (R, T) their log-probabilities."""
+        log_probs = injector.logits(hidden).log_softmax(-1)  # (R, T, V)
+        return log_probs.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)  # (R, T)
+
 
 @register_task("seq2seq-verbalizer")
 class Seq2SeqVerbalizerTask(_EncoderInput, VerbalizerTask):
@@ -88,14 +110,7 @@ class Seq2SeqVerbalizerTask(_EncoderInput, VerbalizerTask):
         prompts: Prompt | RowPrompts,
         batch: dict[str, torch.Tensor],
     ) -> TaskOutput:
-        hidden = injector.decoder_states(
-            prompts,
-            batch["input_ids"],
-            batch["attention_mask"],
-            batch["decoder_input_ids"],
-            batch["decoder_attention_mask"],
-            batch.get("decoder_rows"),
-        )  # (B, 1, d) or (B * W, L, d)
+        hidden = self.decoder_hidden(injector, prompts, batch)  # (B, 1, d) or (B * W, L, d)
         rows = batch["input_ids"].shape[0]
         if self.single_token:
             words = torch.tensor(self.first_tokens, device=hidden.device)  # (W,)
@@ -103,8 +118,7 @@ class Seq2SeqVerbalizerTask(_EncoderInput, VerbalizerTask):
         else:
             tokens = self.word_tokens.to(hidden.device).repeat(rows, 1)  # (B * W, L)
             mask = batch["decoder_attention_mask"]
-            log_probs = injector.logits(hidden).log_softmax(-1)  # (B * W, L, V)
-            picked = log_probs.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)  # (B * W, L)
+            picked = self.token_log_probs(injector, hidden, tokens)  # (B * W, L)
             word_scores = (picked * mask).sum(-1).view(rows, self.n_words)  # (B, W)
         return class_loss(self._class_scores(word_scores), batch)
 
@@ -137,15 +151,8 @@ class Seq2SeqGenerationTask(_EncoderInput, GenerationTask):
         prompts: Prompt | RowPrompts,
         batch: dict[str, torch.Tensor],
     ) -> TaskOutput:
-        hidden = injector.decoder_states(
-            prompts,
-            batch["input_ids"],
-            batch["attention_mask"],
-            batch["decoder_input_ids"],
-            batch["decoder_attention_mask"],
-        )  # (B, T, d)
-        log_probs = injector.logits(hidden).log_softmax(-1)  # (B, T, V)
-        token_lp = log_probs.gather(-1, batch["score_tokens"].unsqueeze(-1)).squeeze(-1)
+        hidden = self.decoder_hidden(injector, prompts, batch)  # (B, T, d)
+        token_lp = self.token_log_probs(injector, hidden, batch["score_tokens"])  # (B, T)
         mask = batch["decoder_attention_mask"]
         return TaskOutput(loss=-(token_lp * mask).sum() / mask.sum())  # mean over targets
 
