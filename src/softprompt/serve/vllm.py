@@ -320,8 +320,10 @@ class VllmEngine:
             **_neutral(
                 {
                     "max_tokens": 1,
+                    # No seed: the sampled token is never read, and a seeded request
+                    # makes vLLM-CPU's worker die when its prefill is chunked (it moves
+                    # the per-request generator's offset, which CPU generators lack).
                     "temperature": 1.0,
-                    "seed": 0,
                     "allowed_token_ids": ids,
                     "logprob_token_ids": ids,
                     "logprobs": len(ids),
