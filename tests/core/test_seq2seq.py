@@ -64,6 +64,20 @@ def _generation_batch(model: PromptModel):
     return model.collate(examples)
 
 
+def _assert_logits_match(ours: PromptModel, theirs, batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """Our decoder logits equal the PEFT model's on every real (unpadded) target position;
+    returns PEFT's logits and that position mask for further checks."""
+    expected = theirs(
+        input_ids=batch["input_ids"],
+        attention_mask=batch["attention_mask"],
+        decoder_input_ids=batch["decoder_input_ids"],
+        decoder_attention_mask=batch["decoder_attention_mask"],
+    ).logits
+    real = batch["decoder_attention_mask"].bool()
+    torch.testing.assert_close(_logits(ours, batch)[real], expected[real], atol=1e-5, rtol=1e-5)
+    return expected, real
+
+
 def test_a_tiny_encoder_decoder_is_a_seq2seq_backbone(family):
     backbone = tiny_seq2seq(family)
     assert backbone.spec.kind == "seq2seq-lm" and backbone.spec.num_layers == 2
@@ -82,14 +96,7 @@ def test_prompt_tuning_logits_match_peft(family):
     theirs = _peft(backbone, config)
     theirs.prompt_encoder.default.embedding.weight[:4] = ours.method.embeddings  # PEFT: 2n rows
     batch = _generation_batch(ours)
-    expected = theirs(
-        input_ids=batch["input_ids"],
-        attention_mask=batch["attention_mask"],
-        decoder_input_ids=batch["decoder_input_ids"],
-        decoder_attention_mask=batch["decoder_attention_mask"],
-    ).logits
-    real = batch["decoder_attention_mask"].bool()
-    torch.testing.assert_close(_logits(ours, batch)[real], expected[real], atol=1e-5, rtol=1e-5)
+    expected, real = _assert_logits_match(ours, theirs, batch)
     plain = backbone.model(
         input_ids=batch["input_ids"],
         attention_mask=batch["attention_mask"],
@@ -117,14 +124,7 @@ def test_prefix_tuning_logits_match_peft(family):
     )
     ours.method.prefix.copy_(fed)  # (L, 2, h, n, hd)
     batch = _generation_batch(ours)
-    expected = theirs(
-        input_ids=batch["input_ids"],
-        attention_mask=batch["attention_mask"],
-        decoder_input_ids=batch["decoder_input_ids"],
-        decoder_attention_mask=batch["decoder_attention_mask"],
-    ).logits
-    real = batch["decoder_attention_mask"].bool()
-    torch.testing.assert_close(_logits(ours, batch)[real], expected[real], atol=1e-5, rtol=1e-5)
+    _assert_logits_match(ours, theirs, batch)
 
 
 def test_prompt_gradients_match_peft(family):
@@ -330,14 +330,7 @@ def test_an_exported_adapter_gives_our_logits_in_peft(family, method, tmp_path):
     assert config["task_type"] == "SEQ_2_SEQ_LM" and config["num_virtual_tokens"] == 4
     theirs = peft.PeftModel.from_pretrained(copy.deepcopy(backbone.model), folder).eval()
     batch = _generation_batch(ours)
-    expected = theirs(
-        input_ids=batch["input_ids"],
-        attention_mask=batch["attention_mask"],
-        decoder_input_ids=batch["decoder_input_ids"],
-        decoder_attention_mask=batch["decoder_attention_mask"],
-    ).logits
-    real = batch["decoder_attention_mask"].bool()
-    torch.testing.assert_close(_logits(ours, batch)[real], expected[real], atol=1e-5, rtol=1e-5)
+    _assert_logits_match(ours, theirs, batch)
 
 
 def test_a_seq2seq_prefix_is_not_exported_to_peft(tmp_path):
