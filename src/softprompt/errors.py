@@ -29,3 +29,8 @@ class PromptFileError(SoftPromptError):
 
 class TrainingError(SoftPromptError):
     """Training cannot go on (e.g. the loss diverged to NaN/inf)."""
+
+
+class TrainingDiverged(TrainingError):
+    """The loss or the trainable tensors blew up: a result of this run's settings (a
+    `compare` grid records it as that unit's outcome and goes on), not a broken setup."""

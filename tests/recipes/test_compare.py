@@ -14,6 +14,7 @@ from softprompt.config import build_run_config
 from softprompt.errors import ConfigError
 from softprompt.recipes import compare as compare_module
 from softprompt.recipes.compare import CompareConfig, compare, sample_test_rows
+from softprompt.recipes.compare_table import CompareReport, summarize
 from softprompt.train import train
 
 TEMPLATE = "review : {text} sentiment :"
@@ -213,3 +214,37 @@ def test_few_shot_compare_draws_one_sample_per_seed(llama_folder, small_csv, tmp
             (tmp_path / "k" / "units" / f"soft-prompt-s{seed}" / "unit.json").read_text()
         )
         assert unit["config"]["data"]["seed"] == seed and unit["config"]["data"]["shots"] == 2
+
+
+def test_a_unit_that_diverges_is_its_row_and_the_grid_goes_on(
+    llama_folder, small_csv, tmp_path, monkeypatch
+):
+    """At lr 1e6 LoRA's loss blows up: the guard's TrainingError used to end
+    the whole compare (no table for the units that had worked); now the unit reads
+    'diverged' with the step, the rest are scored, and a rerun reads it back."""
+    config = _config(llama_folder, small_csv, tmp_path / "x", ["zero-shot", "lora"])
+    fast = {**FAST, "steps": 12, "eval_every": 4, "lr": 1e6}
+    run = build_run_config({**config.run.to_dict(), "train": fast})
+    config = dataclasses.replace(config, run=run)
+    report = compare(config, progress=False)
+    zero, lora = report.summary
+    assert zero["seeds"] == 1 and "mean" in zero
+    assert lora["diverged"] == 2 and "mean" not in lora
+    assert lora["failed"].startswith("training diverged at step ")
+    assert "--overwrite" not in lora["failed"]  # the table keeps the reason, not the advice
+    md = (tmp_path / "x" / "compare.md").read_text()
+    assert "| LoRA (PEFT, r=8) | diverged in 2 of 2 seeds: training diverged at step" in md
+    calls = []
+    monkeypatch.setattr(compare_module, "train", lambda *a, **k: calls.append(a))
+    assert _table(compare(config, progress=False)) == _table(report) and calls == []
+
+
+def test_seeds_that_diverged_are_counted_beside_the_mean_of_the_rest():
+    row = {"method": "lora", "trainable_parameters": 8, "file_bytes": 1024, "train_seconds": 1.0,
+           "peak_memory_bytes": 0, "test_seconds": 1.0}  # fmt: skip
+    rows = [{**row, "accuracy": 0.5}, {**row, "accuracy": 0.7}, {"method": "lora", "failed": "x"}]
+    summary = summarize("lora", rows, "accuracy")
+    assert summary["seeds"] == 2 and summary["diverged"] == 1
+    assert summary["mean"] == pytest.approx(0.6)
+    line = CompareReport(rows, [summary], "accuracy", "peak RSS increase", Path()).markdown()
+    assert "| 0.6000 ± 0.1414 (0.5000-0.7000) | 2 (+1 diverged) | 8 |" in line

@@ -8,7 +8,9 @@ images, a user's files). There is no branch per task kind: a unit is built throu
 unit kinds below (zero-shot, head-only, LoRA, full) or the method registry, trained by
 the one training loop, and scored by the one `evaluate`. A unit a task cannot have
 (zero-shot with a head still to learn, head-only where there is no head) is listed
-as n/a with the reason the model gave.
+as n/a with the reason the model gave. A unit whose training diverges (the train guard
+stops it) is recorded as diverged, with the step and the reason, and the grid goes on:
+at a shared budget that is the method's result, and one unit must not end the table.
 
 Under `--shots K` a seed is also a data seed: each seed trains on its own K-shot sample
 (drawn once per seed), since few-shot results vary more with the sample than with the
@@ -48,7 +50,7 @@ from softprompt.backbones import Backbone, load_backbone, place
 from softprompt.config import RunConfig
 from softprompt.data import Dataset, Example
 from softprompt.device import resolve_device
-from softprompt.errors import ConfigError
+from softprompt.errors import ConfigError, TrainingDiverged
 from softprompt.evaluate import evaluate
 from softprompt.files import atomic_write_text
 from softprompt.methods import available_methods
@@ -283,6 +285,9 @@ def baseline_rows(
     ctx = _Context(backbone, dataset, config, list(dataset.test), Path(run.out), progress)
     ctx = dataclasses.replace(ctx, layout="flat")
     rows = [run_unit(ctx, unit, device) for unit in config.units()]
+    for row in rows:  # a run's own baseline that diverged stops the run, as before
+        if row is not None and "failed" in row:
+            raise TrainingDiverged(row["failed"])
     return [_report_row(task, row) for row in rows if row is not None]
 
 
@@ -348,7 +353,12 @@ def run_unit(
             row["skipped"] = " ".join(str(exc).split())
             atomic_write_text(done, json.dumps(row, indent=2))
             return row
-        trained = _fit(ctx, model, run, folder, stop_after)
+        try:
+            trained = _fit(ctx, model, run, folder, stop_after)
+        except TrainingDiverged as exc:  # read back on a rerun like any finished unit
+            row["failed"] = " ".join(str(exc).split())
+            atomic_write_text(done, json.dumps(row, indent=2))
+            return row
         if trained is None:
             return None
         model, path, seconds, best_step = trained

@@ -56,6 +56,11 @@ class CompareReport:
 def _summary_line(s: dict[str, Any], also: list[str]) -> str:
     if "skipped" in s:
         return f"| {s['label']} | n/a: {s['skipped']} |" + " |" * (6 + len(also))
+    if "mean" not in s:  # every seed diverged
+        return (
+            f"| {s['label']} | diverged in {s['diverged']} of {s['diverged']} seeds: "
+            f"{s['failed']} |" + " |" * (6 + len(also))
+        )
     m = s["metric"]
     spread = (
         f"{metric_cell(m, s['mean'])} ± {metric_cell(m, s['sd'])} "
@@ -63,8 +68,9 @@ def _summary_line(s: dict[str, Any], also: list[str]) -> str:
     )
     more = "".join(f"{_mean_sd(name, s.get('also', {}).get(name))} | " for name in also)
     memory = f"{s['peak_memory_bytes'] / 2**20:.0f} MiB" if s["peak_memory_bytes"] else "-"
+    seeds = f"{s['seeds']} (+{s['diverged']} diverged)" if s.get("diverged") else s["seeds"]
     return (
-        f"| {s['label']} | {spread} | {more}{s['seeds']} | {s['trainable_parameters']:,} | "
+        f"| {s['label']} | {spread} | {more}{seeds} | {s['trainable_parameters']:,} | "
         f"{s['file_bytes'] / 1024:.1f} KiB | {s['train_seconds']:.1f} s | {memory} | "
         f"{s['test_seconds']:.1f} s |"
     )
@@ -93,9 +99,13 @@ def summarize(
     if not rows:
         return None
     label = LABELS.get(method, method)
-    scored = [r for r in rows if "skipped" not in r]
-    if not scored:
+    failed = [r for r in rows if "failed" in r]
+    scored = [r for r in rows if "skipped" not in r and "failed" not in r]
+    if not scored and not failed:
         return {"method": method, "label": label, "skipped": rows[0]["skipped"]}
+    if not scored:  # the reason up to what the guard kept and what to do
+        reason = failed[0]["failed"].split("; ")[0]
+        return {"method": method, "label": label, "diverged": len(failed), "failed": reason}
     values = [float(r[metric]) for r in scored]
 
     def mean(key: str) -> float:
@@ -111,6 +121,7 @@ def summarize(
         **_spread(values),
         **({"also": more} if more else {}),
         "seeds": len(values),
+        **({"diverged": len(failed)} if failed else {}),  # not in the mean: no score
         "trainable_parameters": scored[0]["trainable_parameters"],
         "file_bytes": int(mean("file_bytes")),
         "train_seconds": mean("train_seconds"),
@@ -145,7 +156,7 @@ def plot_compare(summary: list[dict[str, Any]], metric: str, path: Path) -> Path
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    points = [s for s in summary if "skipped" not in s]
+    points = [s for s in summary if "mean" in s]
     if not points:
         return None
     fig, axes = plt.subplots(figsize=(7, 4.2))

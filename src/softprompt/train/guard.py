@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from softprompt.errors import TrainingError
+from softprompt.errors import TrainingDiverged
 from softprompt.train.config import TrainConfig
 
 SMOOTHING = 0.1  # weight of the newest step in the exponential moving average
@@ -27,14 +27,14 @@ def threshold(state: dict[str, Any], config: TrainConfig) -> float:
     return config.divergence_factor * max(state["loss_reference"], FLOOR)
 
 
-def diverged(reason: str, step: int, config: TrainConfig, prompt_path: Path) -> TrainingError:
+def diverged(reason: str, step: int, config: TrainConfig, prompt_path: Path) -> TrainingDiverged:
     """The one message for every kind of divergence: when, at which lr, what is kept, what to do."""
     kept = (
         f"the best prompt so far is kept at {prompt_path}"
         if prompt_path.exists()
         else "no prompt was saved yet (no evaluation had run)"
     )
-    return TrainingError(
+    return TrainingDiverged(
         f"training diverged at step {step} (lr {config.lr_at(max(step - 1, 0)):.3g}): {reason}; "
         f"{kept}. Lower train.lr (now {config.lr}) or use more warmup "
         "(train.warmup_steps), then train again with --overwrite or a new --out"
