@@ -226,10 +226,11 @@ def test_non_finite_sampling_values_are_a_400(client):
 
 
 def test_an_unexpected_error_is_a_500_counted_in_requests_total(client, engine, monkeypatch):
-    def broken(requests):
+    def broken(*args):
         raise RuntimeError("boom")
 
     monkeypatch.setattr(engine, "run", broken)
+    monkeypatch.setattr(engine, "serve", broken)  # the batcher's continuous path
     _error(_classify(client, "movie"), 500, "internal error (RuntimeError)")
     metrics = client.get("/metrics").text
     assert 'softprompt_requests_total{path="/classify",status="500"} 1' in metrics

@@ -106,6 +106,7 @@ def test_vllm_down_is_503_and_never_answered_by_own_engine(client, router, vllm)
     vllm.down = True
     own_runs = []
     router.own.run = lambda rows: own_runs.append(rows) or []
+    router.own.serve = lambda groups, *a: own_runs.append(groups)
     response = client.post("/classify", json={"inputs": [{"task": "movie", "text": "fine"}]})
     assert response.status_code == 503
     assert "not answering" in response.json()["error"]["message"]
@@ -118,14 +119,14 @@ def test_vllm_down_is_503_and_never_answered_by_own_engine(client, router, vllm)
 def test_vllm_requests_do_not_wait_behind_an_own_engine_batch(client, router):
     """A vLLM-only request is sent at once, even while the model thread runs a batch."""
     release, running = threading.Event(), threading.Event()
-    run = router.own.run
+    serve = router.own.serve  # the batcher's way into the own engine
 
-    def slow(rows):
+    def slow(*args):
         running.set()
         release.wait(30)
-        return run(rows)
+        return serve(*args)
 
-    router.own.run = slow
+    router.own.serve = slow
     answers = {}
 
     def send(task: str) -> None:

@@ -24,6 +24,10 @@ from softprompt.inject.prompt import DecoderInjector, Prompt, RowPrompts
 Choose = Callable[[torch.Tensor, list[int]], list[int]]
 # (row, its kept tokens so far, its (V,) logits this step) -> True when the row is done
 OnToken = Callable[[int, list[int], torch.Tensor], bool]
+# (rows still going) -> rows joining now (`prefill`ed, their token limits), or None
+Join = Callable[[int], "tuple[Running, list[int]] | None"]
+# (row, its tokens and why it stopped) as each row ends
+Done = Callable[[int, "Decoded"], None]
 
 
 @dataclass
@@ -58,7 +62,7 @@ def _no_prefix(batch: int, device: torch.device) -> PrefixCache:
 
 
 @dataclass
-class _Running:
+class Running:
     """A batch ready for its next token: each row's last hidden state, the attention
     cache, which cache slots are real, and the position of each row's last token."""
 
@@ -87,7 +91,7 @@ def decode(
     template's own ids). A row ends at an id in `stop_ids` (not kept), when `on_token`
     returns True after one of its tokens, or at its `max_new_tokens`. `virtual` marks
     template slots per context token (the prompt's inline vectors)."""
-    running = _prefill(injector, prompts, contexts, pad_id, virtual)
+    running = prefill(injector, prompts, contexts, pad_id, virtual)
     return _loop(injector, running, max_new_tokens, stop_ids, choose, on_token)
 
 
@@ -109,23 +113,40 @@ def decode_packed(
     row then going on from its own prompt's K/V (`cached[choice[i]]`: per-layer K/V and
     width) and its context's, gathered into one cache. The same tokens as `decode`;
     None when packing would cost more than padding (`worth_packing`)."""
+    running = prefill_packed(injector, cached, choice, contexts, capacity=capacity, pad_id=pad_id)
+    if running is None:
+        return None
+    return _loop(injector, running, max_new_tokens, stop_ids, choose, on_token)
+
+
+def prefill_packed(
+    injector: CausalInjector,
+    cached: list[tuple[list[tuple[torch.Tensor, torch.Tensor]], int]],
+    choice: list[int],
+    contexts: list[list[int]],
+    *,
+    capacity: int,
+    pad_id: int,
+) -> Running | None:
+    """`decode_packed`'s first pass: the rows ready for their first token, or None when
+    packing would cost more than padding (`worth_packing`)."""
     widths = [width for _, width in cached]
     bins = pack_rows([len(c) for c in contexts], capacity, choice, widths)
     if not worth_packing(bins, choice, widths, capacity):
         return None
     packed = run_packed(injector, cached, bins, choice, contexts, pad_id=pad_id, keep_cache=True)
-    running = _unpack(injector, packed, [widths[p] for p in choice], choice)
-    return _loop(injector, running, max_new_tokens, stop_ids, choose, on_token)
+    return _unpack(injector, packed, [widths[p] for p in choice], choice)
 
 
-def _prefill(
+def prefill(
     injector: DecoderInjector,
     prompts: Prompt | RowPrompts | None,
     contexts: list[list[int]],
     pad_id: int,
-    virtual: list[list[int]] | None,
-) -> _Running:
-    """The contexts left-padded to one width after each row's prompt prefix."""
+    virtual: list[list[int]] | None = None,
+) -> Running:
+    """`decode`'s first pass: the contexts left-padded to one width after each row's
+    prompt prefix, ready for their first token."""
     device = injector.device
     ids, mask = (t.to(device) for t in pad_left(contexts, pad_id))  # (B, T)
     batch = ids.shape[0]
@@ -141,12 +162,12 @@ def _prefill(
     positions = prefix.lengths[:, None] + (mask.cumsum(-1) - 1).clamp(min=0)  # (B, T)
     full_mask = torch.cat([prefix.mask, mask], 1)  # (B, m + T)
     hidden = injector.step(ids, full_mask, positions, cache, rows, inline)  # (B, T, d)
-    return _Running(hidden[:, -1], cache, full_mask, positions[:, -1:])
+    return Running(hidden[:, -1], cache, full_mask, positions[:, -1:])
 
 
 def _unpack(
     injector: DecoderInjector, packed: Packed, widths: list[int], choice: list[int]
-) -> _Running:
+) -> Running:
     """Each request's own slots of the packed rows' cache (its prompt's, then its
     tokens'), gathered into one row each, left-padded to the longest: (B, kvh, W, hd)."""
     device = packed.hidden.device
@@ -166,7 +187,7 @@ def _unpack(
     ends = torch.tensor([[s.row, s.end - 1] for s in packed.segments], device=device)  # (B, 2)
     last = torch.tensor(lengths, device=device)[:, None] - 1  # (B, 1)
     hidden = packed.hidden[ends[:, 0], ends[:, 1]]  # (B, d)
-    return _Running(hidden, cache, (index != zero).long(), last)
+    return Running(hidden, cache, (index != zero).long(), last)
 
 
 def _gather(t: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -177,51 +198,134 @@ def _gather(t: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return flat[index.to(t.device)].transpose(1, 2).contiguous()  # (B, kvh, W, hd)
 
 
+def decode_from(
+    injector: DecoderInjector,
+    running: Running,
+    *,
+    max_new_tokens: list[int],
+    stop_ids: Collection[int] = (),
+    choose: Choose = greedy,
+    on_token: OnToken | None = None,
+    join: Join | None = None,
+    on_done: Done | None = None,
+) -> list[Decoded]:
+    """The decoding loop from prefilled rows (`prefill`, `prefill_packed`), with rows
+    joining while it runs (continuous batching): after every step `join` may hand in
+    more prefilled rows, numbered after every row so far, which take their first token
+    at the next step. `on_done` hears of each row as it ends, so its answer need not
+    wait for the others."""
+    return _loop(injector, running, max_new_tokens, stop_ids, choose, on_token, join, on_done)
+
+
 def _loop(
     injector: DecoderInjector,
-    running: _Running,
+    running: Running,
     max_new_tokens: list[int],
     stop_ids: Collection[int],
     choose: Choose,
     on_token: OnToken | None,
+    join: Join | None = None,
+    on_done: Done | None = None,
 ) -> list[Decoded]:
     """One token per step for the rows still going, until every row is done.
 
     A row that is done leaves the batch before the next step (its cache rows with it),
-    so the steps after it cost only the rows left: a row's tokens do not depend on which
-    others share its steps (its own cache, mask and positions, rows run independently)."""
-    out = [Decoded([], "length") for _ in max_new_tokens]
-    rows = [i for i, limit in enumerate(max_new_tokens) if limit > 0]  # original indices
-    keep = torch.tensor(rows, dtype=torch.long, device=running.hidden.device)
-    if len(rows) < len(max_new_tokens):
-        running = _select(running, keep)
-    cache, mask, position, hidden = running.cache, running.mask, running.last, running.hidden
-    _in_place(cache)
+    so the steps after it cost only the rows left; rows from `join` enter the batch
+    left-padded to its cache width. A row's tokens do not depend on which others share
+    its steps (its own cache, mask and positions, rows run independently)."""
+    out: list[Decoded] = []
+    limits: list[int] = []
+    state, rows = _admit(None, [], running, max_new_tokens, out, limits, on_done)
     while rows:
-        logits = injector.logits(hidden)  # (b, V): the rows still going
+        logits = injector.logits(state.hidden)  # (b, V): the rows still going
         token = choose(logits, rows)  # b ids
         going = []
         for j, i in enumerate(rows):
             done = _advance(out[i], i, token[j], logits[j], stop_ids, on_token)
-            if not (done or len(out[i].tokens) >= max_new_tokens[i]):
+            if done or len(out[i].tokens) >= limits[i]:
+                if on_done is not None:
+                    on_done(i, out[i])
+            else:
                 going.append(j)
-        if not going:
-            break
-        if len(going) < len(rows):  # finished rows leave the batch
-            keep = torch.tensor(going, dtype=torch.long, device=hidden.device)
-            cache, mask, position = _drop(cache, keep), mask[keep], position[keep]
-            rows, token = [rows[j] for j in going], [token[j] for j in going]
-        position = position + 1
-        mask = torch.cat([mask, mask.new_ones(len(rows), 1)], 1)  # (b, W + t)
-        step_ids = torch.tensor(token, device=injector.device).unsqueeze(1)  # (b, 1)
-        hidden = injector.step(step_ids, mask, position, cache)[:, -1]  # (b, d)
+        state, rows = _step(injector, state, rows, token, going)
+        joining = join(len(rows)) if join is not None else None
+        if joining is not None:
+            state, rows = _admit(state, rows, *joining, out, limits, on_done)
     return out
 
 
-def _select(running: _Running, keep: torch.Tensor) -> _Running:
+def _step(
+    injector: DecoderInjector, state: Running, rows: list[int], token: list[int], going: list[int]
+) -> tuple[Running | None, list[int]]:
+    """The rows `going` (places in `rows`) run their new token; finished rows leave the
+    batch first. (None, []) when no row goes on."""
+    if not going:
+        return None, []
+    if len(going) < len(rows):  # finished rows leave the batch
+        state = _select(state, torch.tensor(going, dtype=torch.long, device=state.mask.device))
+        rows, token = [rows[j] for j in going], [token[j] for j in going]
+    position = state.last + 1  # (b, 1)
+    mask = torch.cat([state.mask, state.mask.new_ones(len(rows), 1)], 1)  # (b, W + 1)
+    step_ids = torch.tensor(token, device=injector.device).unsqueeze(1)  # (b, 1)
+    hidden = injector.step(step_ids, mask, position, state.cache)[:, -1]  # (b, d)
+    return Running(hidden, state.cache, mask, position), rows
+
+
+def _admit(
+    state: Running | None,
+    rows: list[int],
+    new: Running,
+    new_limits: list[int],
+    out: list[Decoded],
+    limits: list[int],
+    on_done: Done | None,
+) -> tuple[Running | None, list[int]]:
+    """Rows joining the batch, numbered after every row so far; a row with no tokens to
+    make is done at once, the others join `state` (None: no batch yet)."""
+    first = len(out)
+    out.extend(Decoded([], "length") for _ in new_limits)
+    limits.extend(new_limits)
+    fresh = [j for j, limit in enumerate(new_limits) if limit > 0]
+    for j, limit in enumerate(new_limits):
+        if limit <= 0 and on_done is not None:
+            on_done(first + j, out[first + j])
+    if not fresh:
+        return state, rows
+    if len(fresh) < len(new_limits):
+        new = _select(new, torch.tensor(fresh, dtype=torch.long, device=new.mask.device))
+    joined = [first + j for j in fresh]
+    if state is None:
+        _in_place(new.cache)
+        return new, joined
+    return _merge(state, new), rows + joined
+
+
+def _merge(a: Running, b: Running) -> Running:
+    """b's rows after a's, both left-padded to the wider cache: every row keeps its own
+    slots, mask and positions, the padding is masked out."""
+    width = max(a.mask.shape[1], b.mask.shape[1])
+    for layer, (old, new) in enumerate(zip(a.cache.layers, b.cache.layers, strict=True)):
+        keys = torch.cat([_pad_slots(old.keys, width), _pad_slots(new.keys, width)])
+        values = torch.cat([_pad_slots(old.values, width), _pad_slots(new.values, width)])
+        a.cache.layers[layer] = _Slots(keys, values)  # (b1 + b2, kvh, W, hd)
+    mask = torch.cat([_pad_slots(a.mask, width, dim=-1), _pad_slots(b.mask, width, dim=-1)])
+    return Running(torch.cat([a.hidden, b.hidden]), a.cache, mask, torch.cat([a.last, b.last]))
+
+
+def _pad_slots(t: torch.Tensor, width: int, dim: int = -2) -> torch.Tensor:
+    """`t` with zero slots in front along `dim`, to `width` slots."""
+    missing = width - t.shape[dim]
+    if missing == 0:
+        return t
+    shape = list(t.shape)
+    shape[dim] = missing
+    return torch.cat([t.new_zeros(shape), t], dim)
+
+
+def _select(running: Running, keep: torch.Tensor) -> Running:
     """The rows `keep` (B' indices) of a running batch."""
     cache = _drop(running.cache, keep)
-    return _Running(running.hidden[keep], cache, running.mask[keep], running.last[keep])
+    return Running(running.hidden[keep], cache, running.mask[keep], running.last[keep])
 
 
 def _drop(cache: DynamicCache, keep: torch.Tensor) -> DynamicCache:

@@ -1,5 +1,6 @@
 """Mixed generation batches on the one decoding loop (`inject.decode`): each row with its
-own sampling parameters, token limit and stop sequences, streaming its text as it grows."""
+own sampling parameters, token limit and stop sequences, streaming its text as it grows,
+and rows joining while the loop runs."""
 
 from __future__ import annotations
 
@@ -9,8 +10,7 @@ from dataclasses import dataclass
 import torch
 
 from softprompt.inject import RowPrompts
-from softprompt.inject.decode import decode as inject_decode
-from softprompt.inject.decode import decode_packed
+from softprompt.inject.decode import Done, Join, Running, decode_from, prefill, prefill_packed
 from softprompt.serve.sampling import (
     Sampling,
     find_stop,
@@ -64,51 +64,81 @@ class RowText:
             self.sent = text
 
 
-def decode(
-    injector,
-    prompts: RowPrompts,
-    contexts: list[list[int]],
-    *,
-    pad_id: int,
-    eos_id: int | None,
-    max_new_tokens: list[int],
-    sampling: list[Sampling] | None = None,
-    texts: list[RowText] | None = None,
-    packed: Packing | None = None,
-) -> list[tuple[list[int], str]]:
-    """The one decoding loop (`inject.decode`), each row with its own sampling parameters
-    and random stream, and why each row stopped: "stop" at EOS or a stop sequence
-    (`texts` watch for those and stream), "length" at its token limit. With `packed`
-    the contexts run packed end to end, without padding (`inject.decode.decode_packed`),
-    where that costs less than padding them."""
-    sampling = sampling or [Sampling() for _ in contexts]
-    generators = [s.generator(injector.device) for s in sampling]
+class Decoding:
+    """Generation rows of many requests on the one decoding loop (`inject.decode`), each
+    with its own sampling parameters, random stream and text watcher (`RowText`: stop
+    sequences, streaming, log-probs). Rows may join while the loop runs (continuous
+    batching): `prefill` numbers them after every row so far, as the loop does."""
 
-    def choose(logits: torch.Tensor, rows: list[int]) -> list[int]:  # (b, V) -> b ids
-        return next_tokens(logits, [sampling[i] for i in rows], [generators[i] for i in rows])
+    def __init__(self, injector, *, pad_id: int, eos_id: int | None) -> None:
+        self.injector, self.pad_id = injector, pad_id
+        self.stop_ids = () if eos_id is None else (eos_id,)
+        self.sampling: list[Sampling] = []
+        self.generators: list[torch.Generator | None] = []
+        self.texts: list[RowText] = []
 
-    def on_token(i: int, tokens: list[int], logits: torch.Tensor) -> bool:
-        if sampling[i].logprobs is not None:
-            texts[i].logprobs.append(
-                token_logprobs(logits, sampling[i], tokens[-1], sampling[i].logprobs)
+    def prefill(
+        self,
+        prompts: RowPrompts,
+        contexts: list[list[int]],
+        sampling: list[Sampling],
+        texts: list[RowText],
+        packed: Packing | None = None,
+    ) -> Running:
+        """The new rows run up to their first token; with `packed` the contexts run packed
+        end to end, without padding (`inject.decode.prefill_packed`), where that costs
+        less than padding them."""
+        self.sampling += sampling
+        self.generators += [s.generator(self.injector.device) for s in sampling]
+        self.texts += texts
+        running = None
+        if packed is not None:
+            running = prefill_packed(
+                self.injector,
+                packed.cached,
+                packed.choice,
+                contexts,
+                capacity=packed.capacity,
+                pad_id=self.pad_id,
             )
-        return texts[i].push(tokens)
+        if running is None:
+            running = prefill(self.injector, prompts, contexts, self.pad_id)
+        return running
 
-    options = {
-        "pad_id": pad_id,
-        "max_new_tokens": max_new_tokens,
-        "stop_ids": () if eos_id is None else (eos_id,),
-        "choose": choose,
-        "on_token": on_token if texts is not None else None,
-    }
-    rows = None
-    if packed is not None:
-        rows = decode_packed(
-            injector, packed.cached, packed.choice, contexts, capacity=packed.capacity, **options
+    def run(
+        self,
+        running: Running,
+        max_new_tokens: list[int],
+        *,
+        join: Join | None = None,
+        on_done: Done | None = None,
+    ) -> list[tuple[list[int], str]]:
+        """Decode every row, and the rows `join` hands in; why each row stopped: "stop"
+        at EOS or a stop sequence, "length" at its token limit."""
+        rows = decode_from(
+            self.injector,
+            running,
+            max_new_tokens=max_new_tokens,
+            stop_ids=self.stop_ids,
+            choose=self._choose,
+            on_token=self._on_token,
+            join=join,
+            on_done=on_done,
         )
-    if rows is None:
-        rows = inject_decode(injector, prompts, contexts, **options)
-    return [(row.tokens, row.reason) for row in rows]
+        return [(row.tokens, row.reason) for row in rows]
+
+    def _choose(self, logits: torch.Tensor, rows: list[int]) -> list[int]:  # (b, V) -> b ids
+        return next_tokens(
+            logits, [self.sampling[i] for i in rows], [self.generators[i] for i in rows]
+        )
+
+    def _on_token(self, i: int, tokens: list[int], logits: torch.Tensor) -> bool:
+        sampling = self.sampling[i]
+        if sampling.logprobs is not None:
+            self.texts[i].logprobs.append(
+                token_logprobs(logits, sampling, tokens[-1], sampling.logprobs)
+            )
+        return self.texts[i].push(tokens)
 
 
 @dataclass

@@ -7,7 +7,8 @@ together (serve/decoding.py), each with its own sampling and stop sequences.
 
 `Engine` owns the served tasks (loaded from a `PromptStore`, checked against the
 backbone's fingerprint), hot-swaps them, and answers a list of requests in one
-classification pass plus one decoding loop.
+classification pass plus one decoding loop, which requests arriving meanwhile join
+(continuous batching: serve/continuous.py).
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ from softprompt.inject.packing import pack_rows, packed_hidden, worth_packing
 from softprompt.inject.prompt_cache import PromptKVCache
 from softprompt.model import MixedBatch, MultiTaskModel, PromptModel
 from softprompt.promptfile import check_backbone
-from softprompt.serve.decoding import Packing, RowText, decode
+from softprompt.serve.continuous import Answered, Arrivals, Group, Session
+from softprompt.serve.decoding import Packing
 from softprompt.serve.limits import shorten
 from softprompt.serve.requests import (  # re-exported: routes and tests import them here
     BadInput,
@@ -76,6 +78,7 @@ class Engine:
         pass_tokens: int | None = 32,
         pack_tokens: int | None = 128,
         pack_weights: bool = True,
+        continuous: bool = True,
     ) -> None:
         self.backbone = backbone
         self.store = store
@@ -84,6 +87,7 @@ class Engine:
         self.pass_tokens = pass_tokens
         self.pack_tokens = pack_tokens  # packed row width (inject/packing.py); None: pad
         self.pack_weights = pack_weights  # oneDNN-packed frozen weights (inject/fast_linear.py)
+        self.continuous = continuous  # requests join a running decode (serve/continuous.py)
         self.tasks: dict[str, Served] = {}
         self.refused: dict[str, str] = {}  # task -> why its stored prompt is not served
         self._lock = threading.RLock()
@@ -284,37 +288,28 @@ class Engine:
         size, patch = served.model.task.size, served.model.task.preprocess.patch_size
         return Request(served, "", (size // patch) ** 2 + 1, image=image)  # tokens: patches
 
-    @torch.no_grad()
     def run(self, requests: list[Request]) -> list[dict[str, Any]]:
         """Answer requests of any tasks: one forward pass for every classification row,
         one decoding loop for every generation row."""
+        group = Answered(requests)
+        self.serve([group])
+        return group.answers
+
+    @torch.no_grad()
+    def serve(self, groups: list[Group], arrivals: Arrivals | None = None) -> None:
+        """Answer groups of requests (serve/continuous.py), each settled as soon as its
+        last input is done. With `arrivals` and `continuous` on, groups that arrive
+        while the decode runs join it at its next step."""
+        session = Session(self, arrivals if self.continuous else None)
         if self._injector is None:
-            return self._run(requests)
+            session.run(groups)
+            return
         self._injector.in_use = {}
         try:
             with self._injector.packed_weights():
-                return self._run(requests)
+                session.run(groups)
         finally:
             self._injector.in_use = None
-
-    def _run(self, requests: list[Request]) -> list[dict[str, Any]]:
-        results: list[dict[str, Any] | None] = [None] * len(requests)
-        classify = [i for i, r in enumerate(requests) if not r.served.generates]
-        generate = [i for i, r in enumerate(requests) if r.served.generates]
-        if classify:
-            for i, record in zip(
-                classify, self._classify([requests[i] for i in classify]), strict=True
-            ):
-                results[i] = record
-        if generate:
-            for i, record in zip(
-                generate, self._generate([requests[i] for i in generate]), strict=True
-            ):
-                results[i] = record
-        return [
-            dict(r, task=q.served.task, version=q.served.entry.version)
-            for r, q in zip(results, requests, strict=True)
-        ]
 
     def _batch(self, requests: list[Request]) -> _Batch:
         served = {r.served.entry.ref: r.served for r in requests}
@@ -414,7 +409,9 @@ class Engine:
         taken = {ref: iter(rows) for ref, rows in answers.items()}
         return [next(taken[r.served.entry.ref]) for r in requests]
 
-    def _generate(self, requests: list[Request]) -> list[dict[str, Any]]:
+    def _generation_inputs(self, requests: list[Request]) -> tuple[Any, RowPrompts, Packing | None]:
+        """What decoding `requests` needs: the injector, each row's prompt, and each
+        distinct prompt's cached K/V for a packed prefill (None: pad)."""
         model = self._batch(requests)
         refs = list(model.models)
         prompts = RowPrompts.per_row(
@@ -422,32 +419,11 @@ class Engine:
             [refs.index(r.served.entry.ref) for r in requests],
             model.device,
         )
-        contexts = [r.served.model.task.contexts([Example(r.text, "")])[0] for r in requests]
-        texts = [RowText(r.served.model.task.decode, r.sampling.stop, r.on_token) for r in requests]
         packed = None
         if self._injector is not None and self.pack_tokens is not None:
             cached = [self._injector.prompt_kv(model._served[ref].prompt) for ref in refs]
             packed = Packing(cached, prompts.index.tolist(), self.pack_tokens)
-        rows = decode(
-            model.injector,
-            prompts,
-            contexts,
-            pad_id=self.backbone.spec.pad_token_id,
-            eos_id=self.backbone.spec.eos_token_id,
-            max_new_tokens=[r.max_tokens for r in requests],
-            sampling=[r.sampling for r in requests],
-            texts=texts,
-            packed=packed,
-        )
-        return [
-            {
-                "text": text.finish(tokens),
-                "finish_reason": why,
-                "tokens": len(tokens),
-                "logprobs": text.logprobs,  # empty unless the row's sampling asked for them
-            }
-            for text, (tokens, why) in zip(texts, rows, strict=True)
-        ]
+        return model.injector, prompts, packed
 
 
 def length_groups(lengths: list[int], pass_tokens: int | None) -> list[list[int]]:

@@ -26,6 +26,7 @@ from typing import Any
 from softprompt.errors import SoftPromptError
 from softprompt.inject.prompt_cache import PromptKVCache
 from softprompt.model import PromptModel
+from softprompt.serve.continuous import Arrivals, Group
 from softprompt.serve.engine import Engine, RefusedTask, Request, Served, UnknownTask
 from softprompt.serve.limits import shorten
 from softprompt.serve.sampling import Sampling
@@ -194,6 +195,15 @@ class Router:
         if failure is not None:
             raise failure
         return results
+
+    @property
+    def continuous(self) -> bool:
+        return self.own.continuous
+
+    def serve(self, groups: list[Group], arrivals: Arrivals | None = None) -> None:
+        """Continuous batching on the own engine (the batcher sends only groups whose
+        inputs are all the own engine's here; vLLM batches its own)."""
+        self.own.serve(groups, arrivals)
 
     def direct(self, requests: list[Request]) -> list[Future] | None:
         """The answers of a request whose inputs all go to vLLM, sent now on this
