@@ -91,3 +91,27 @@ def test_a_row_joining_with_no_tokens_to_make_is_done_at_once(setup):
         on_done=lambda i, row: done.append(i),
     )
     assert [len(r.tokens) for r in out] == [3, 0] and done == [1, 0]
+
+
+def test_a_decode_that_rows_keep_joining_stays_as_wide_as_its_rows(setup, monkeypatch):
+    """Rows join at every step while the oldest leave: the slots no row uses any more
+    are dropped, so the cache stays as wide as its longest-lived rows need (without the
+    trim it grew by one slot per step for as long as rows kept coming)."""
+    injector, prompts, _ = setup
+    widths, step = [], injector.step
+    monkeypatch.setattr(
+        injector, "step", lambda ids, mask, *a: widths.append(mask.shape[1]) or step(ids, mask, *a)
+    )
+    calls = [0]
+
+    def join(going: int):
+        calls[0] += 1
+        return (_prefill(setup, [1], False), [3]) if calls[0] < 20 else None
+
+    out = decode_from(injector, _prefill(setup, [1], False), max_new_tokens=[3], join=join)
+    alone = decode(
+        injector, RowPrompts.per_row(prompts, [1]), [CONTEXTS[1]], pad_id=0, max_new_tokens=[3]
+    )[0].tokens
+    assert len(out) == 20 and all(row.tokens == alone for row in out)
+    row_width = 1 + 6 + len(CONTEXTS[1]) + 3  # BOS, prompt, context, its tokens
+    assert max(widths) <= row_width + 3, widths

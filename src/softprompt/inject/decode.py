@@ -262,7 +262,8 @@ def _step(
     if not going:
         return None, []
     if len(going) < len(rows):  # finished rows leave the batch
-        state = _select(state, torch.tensor(going, dtype=torch.long, device=state.mask.device))
+        keep = torch.tensor(going, dtype=torch.long, device=state.mask.device)
+        state = _trim(_select(state, keep))
         rows, token = [rows[j] for j in going], [token[j] for j in going]
     position = state.last + 1  # (b, 1)
     mask = torch.cat([state.mask, state.mask.new_ones(len(rows), 1)], 1)  # (b, W + 1)
@@ -310,6 +311,20 @@ def _merge(a: Running, b: Running) -> Running:
         a.cache.layers[layer] = _Slots(keys, values)  # (b1 + b2, kvh, W, hd)
     mask = torch.cat([_pad_slots(a.mask, width, dim=-1), _pad_slots(b.mask, width, dim=-1)])
     return Running(torch.cat([a.hidden, b.hidden]), a.cache, mask, torch.cat([a.last, b.last]))
+
+
+def _trim(state: Running) -> Running:
+    """Without the leading slots no row uses (padding of rows that have left): a batch
+    that rows keep joining would otherwise grow wider at every step, for ever."""
+    lead = int(state.mask.any(0).int().argmax())  # the first slot some row uses
+    if lead == 0:
+        return state
+    for layer in state.cache.layers:
+        if isinstance(layer, _Slots):
+            layer.trim(lead)
+        elif getattr(layer, "keys", None) is not None and layer.keys.numel():
+            layer.keys, layer.values = layer.keys[..., lead:, :], layer.values[..., lead:, :]
+    return Running(state.hidden, state.cache, state.mask[:, lead:], state.last)
 
 
 def _pad_slots(t: torch.Tensor, width: int, dim: int = -2) -> torch.Tensor:
@@ -380,6 +395,12 @@ class _Slots(DynamicLayer):
         self._values[..., n : n + t, :] = value_states
         self._fill(n + t)
         return self.keys, self.values
+
+    def trim(self, lead: int) -> None:
+        """Drop the first `lead` slots (a view: the room after them stays)."""
+        n = self.keys.shape[-2]
+        self._keys, self._values = self._keys[..., lead:, :], self._values[..., lead:, :]
+        self._fill(n - lead)
 
     def select(self, keep: torch.Tensor) -> None:
         """Keep the rows `keep` only."""
