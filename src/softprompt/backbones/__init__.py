@@ -21,6 +21,7 @@ from softprompt.backbones._core import (  # noqa: E402
     freeze,
     from_pretrained_model,
 )
+from softprompt.backbones._frozen_int8 import dequantized_blocks, dequantized_rows  # noqa: E402
 from softprompt.backbones._loading import (  # noqa: E402
     DEFAULT_BACKBONE,
     BackboneInfo,
@@ -36,6 +37,8 @@ __all__ = [
     "BackboneInfo",
     "BackboneSpec",
     "builtin_backbones",
+    "dequantized_blocks",
+    "dequantized_rows",
     "fingerprint",
     "freeze",
     "from_pretrained_model",

@@ -14,9 +14,17 @@ than `CHUNK` weight values: the forward fills the output's columns a block of W'
 at a time, the backward fills the input gradient's columns a block of W's columns at a
 time, each with the same arithmetic as torchao's (so the outputs match it exactly).
 Nothing but the module is kept for backward: the int8 data and scales are already held.
+
+The two ends of the model are per-row int8 too (`_precision.int8_ends`): the LM head is
+this Linear (a row per token), and the input embedding table, the same rows, is read by
+`FrozenInt8Embedding` and `dequantized_rows`, which expand only the rows looked up (torchao's
+embedding op dequantizes the whole table per lookup), and by `dequantized_blocks` for
+products with the whole table (nearest tokens, HotFlip gradients over the vocabulary).
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -116,3 +124,49 @@ class FrozenQuantizedLinear(torch.nn.Linear):
         if torch.is_grad_enabled() and x.requires_grad:
             return _FrozenDenseFunction.apply(x, self)
         return F.linear(x, self.weight, self.bias)
+
+
+def dequantized_rows(weight: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """`weight[ids]` in the weight's dtype: (..., d) for ids (...). A per-row int8 table
+    gives exactly `weight.dequantize()[ids]` (torchao's arithmetic) with only those rows
+    expanded: torchao's own embedding lookup dequantizes the whole table (0.9 GB in
+    float32 for the 1.5B's vocabulary) for every lookup."""
+    if not _per_row_int8(weight):
+        return weight[ids]
+    dtype = weight.dtype
+    rows = weight.qdata[ids].to(dtype)  # (..., d)
+    if weight.zero_point is not None:
+        rows = rows - weight.zero_point[ids].to(dtype)  # (out, 1)[ids]: (..., 1)
+    return (rows * weight.scale[ids]).to(dtype)  # float32 scales, as torchao dequantizes
+
+
+def dequantized_blocks(weight: torch.Tensor) -> Iterator[tuple[int, torch.Tensor]]:
+    """(start, rows start:start+n of W in its dtype), at most `CHUNK` values a block, so a
+    product with the whole table never holds a float copy of it."""
+    vocab, width = weight.shape
+    rows = max(1, CHUNK // max(1, width))
+    for start in range(0, vocab, rows):
+        ids = torch.arange(start, min(vocab, start + rows), device=weight.device)
+        yield start, dequantized_rows(weight, ids)  # (n, d)
+
+
+class FrozenInt8Embedding(torch.nn.Embedding):
+    """An Embedding whose table is per-row int8: a lookup expands only the looked-up rows.
+    Frozen, so `padding_idx` (which only masks gradients) and `max_norm` do not apply."""
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return dequantized_rows(self.weight, ids)  # (..., d)
+
+
+def frozen_embedding_class(cls: type) -> type:
+    """The int8 lookup under `cls`'s own forward: Gemma's scaled embedding still multiplies
+    by sqrt(d) after its `super().forward`, which now lands on `FrozenInt8Embedding`."""
+    if cls is torch.nn.Embedding or issubclass(cls, FrozenInt8Embedding):
+        return FrozenInt8Embedding if cls is torch.nn.Embedding else cls
+    made = _EMBEDDING_CLASSES.get(cls)
+    if made is None:
+        made = _EMBEDDING_CLASSES[cls] = type(f"Int8{cls.__name__}", (cls, FrozenInt8Embedding), {})
+    return made
+
+
+_EMBEDDING_CLASSES: dict[type, type] = {}

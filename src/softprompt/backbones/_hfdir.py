@@ -26,7 +26,13 @@ from softprompt.backbones._placement import (
     new_offload_folder,
     plan_device_map,
 )
-from softprompt.backbones._precision import check_int8, int8_linear, linear_filter, quantize_model
+from softprompt.backbones._precision import (
+    check_int8,
+    int8_ends,
+    int8_linear,
+    linear_filter,
+    quantize_model,
+)
 from softprompt.backbones._stream import load_quantized
 from softprompt.errors import BackboneError
 
@@ -192,6 +198,7 @@ def _load_int8(
     if loaded is None:
         return None
     model, hashed = loaded
+    int8_ends(model)  # after the layers: their arena is laid out first
     if known is None:
         known = hashed
         if cache_kind is not None:

@@ -15,7 +15,7 @@ import logging
 import torch
 
 from softprompt.backbones._core import DTYPE_CHOICES, DTYPES, QUANTIZATIONS
-from softprompt.backbones._frozen_int8 import FrozenQuantizedLinear
+from softprompt.backbones._frozen_int8 import FrozenQuantizedLinear, frozen_embedding_class
 from softprompt.errors import BackboneError, ConfigError
 
 # Once torchao is installed, transformers imports it whenever it builds a model, and its
@@ -74,8 +74,9 @@ def _installed(module: str) -> bool:
 
 
 def linear_filter(model: torch.nn.Module):
-    """Quantize the transformer's Linear layers, never the embeddings or the LM head: the
-    prompt code reads rows of those directly, and they are a small share of a large model."""
+    """The transformer's Linear layers, not the LM head: under int8 the head is quantized
+    with the embedding table it may be tied to (`int8_ends`), under NF4 it stays in the
+    model's dtype (prompt code reads rows of it)."""
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
 
     def keep(module: torch.nn.Module, fqn: str) -> bool:
@@ -112,6 +113,7 @@ def _int8(model: torch.nn.Module) -> torch.nn.Module:
     for name, module in model.named_modules():
         if type(module) is torch.nn.Linear and keep(module, name):
             module.__class__ = FrozenQuantizedLinear  # same state, a lighter backward
+    int8_ends(model)
     return model
 
 
@@ -121,13 +123,22 @@ QUANTIZE_CHUNK = 1 << 16  # weight values quantized at a time on load (256 KB of
 def int8_linear(parent: torch.nn.Module, child: str, qdata: torch.Tensor | None = None) -> None:
     """Quantize one filled Linear, `parent.<child>`, in place into what `_int8` makes of it
     (torchao's per-row int8 weight, `FrozenQuantizedLinear`): for quantize-on-load.
+    `qdata`: where to put the int8 values (a slice of one block reserved for all layers,
+    so the long-lived data is not scattered between short-lived temporaries)."""
+    target = parent.get_submodule(child)
+    quantized = int8_weight(target.weight.detach(), qdata)
+    target.weight = torch.nn.Parameter(quantized, requires_grad=False)
+    target.__class__ = FrozenQuantizedLinear
+
+
+def int8_weight(weight: torch.Tensor, qdata: torch.Tensor | None = None) -> torch.Tensor:
+    """(out, in) float -> torchao's Int8Tensor with one scale per row (what
+    `Int8WeightOnlyConfig` makes), into `qdata` when given.
 
     Rows are quantized a block at a time into preallocated int8 data and scales (per-row
     scales make the blocks independent): `Int8Tensor.from_hp` on a whole weight allocates
     temporaries several times its size, and over hundreds of layers those freed blocks
-    fragment the heap, so the resident memory grew to the float32 model's size anyway.
-    `qdata`: where to put the int8 values (a slice of one block reserved for all layers,
-    so the long-lived data is not scattered between short-lived temporaries)."""
+    fragment the heap, so the resident memory grew to the float32 model's size anyway."""
     from torchao.quantization import Int8Tensor
     from torchao.quantization.quant_primitives import (
         MappingType,
@@ -135,14 +146,12 @@ def int8_linear(parent: torch.nn.Module, child: str, qdata: torch.Tensor | None 
         quantize_affine,
     )
 
-    target = parent.get_submodule(child)
-    weight = target.weight.detach()  # (out, in)
     out_features, in_features = weight.shape
     if qdata is None:
-        qdata = torch.empty(weight.shape, dtype=torch.int8)
+        qdata = torch.empty(weight.shape, dtype=torch.int8, device=weight.device)
     qdata = qdata.view(weight.shape)
-    scale = torch.empty(out_features, 1, dtype=torch.float32)
-    zero_point = torch.empty(out_features, 1, dtype=torch.int8)
+    scale = torch.empty(out_features, 1, dtype=torch.float32, device=weight.device)
+    zero_point = torch.empty(out_features, 1, dtype=torch.int8, device=weight.device)
     block_size = [1, in_features]  # per row, as Int8WeightOnlyConfig's PerRow()
     bounds = {"quant_min": -128, "quant_max": 127}
     rows = max(1, QUANTIZE_CHUNK // max(1, in_features))
@@ -166,9 +175,45 @@ def int8_linear(parent: torch.nn.Module, child: str, qdata: torch.Tensor | None 
         )
         scale[start : start + rows] = s
         zero_point[start : start + rows] = z
-    quantized = Int8Tensor(qdata, scale, block_size, weight.dtype, zero_point=zero_point)
-    target.weight = torch.nn.Parameter(quantized, requires_grad=False)
-    target.__class__ = FrozenQuantizedLinear
+    return Int8Tensor(qdata, scale, block_size, weight.dtype, zero_point=zero_point)
+
+
+def int8_ends(model: torch.nn.Module) -> None:
+    """Quantize the input embedding table and the LM head in place (one int8 copy where
+    they are tied), after the Linear layers: on the 1.5B they are 0.9 GB of its 2.1 GB
+    int8 + bf16 weights. Per-row int8 is per-token for both, so the table's lookups
+    expand only the rows asked for (`FrozenInt8Embedding`) and the head runs through
+    `FrozenQuantizedLinear` a block of rows at a time. Every module holding the same
+    weight (tied heads, T5's shared table) is pointed at the one int8 copy."""
+    ends = [model.get_input_embeddings()]
+    if hasattr(model, "get_output_embeddings"):
+        ends.append(model.get_output_embeddings())
+    done: set[int] = set()
+    for end in ends:
+        weight = getattr(end, "weight", None)
+        if not isinstance(end, (torch.nn.Embedding, torch.nn.Linear)) or id(weight) in done:
+            continue
+        if type(weight).__name__ != "Parameter" or weight.is_meta:  # already reduced
+            continue
+        quantized = torch.nn.Parameter(int8_weight(weight.detach()), requires_grad=False)
+        done.add(id(quantized))
+        for module in model.modules():
+            if module._parameters.get("weight") is weight:
+                module._parameters["weight"] = quantized
+                _to_frozen_int8(module)
+        del weight
+
+
+def _to_frozen_int8(module: torch.nn.Module) -> None:
+    if isinstance(module, torch.nn.Embedding):
+        module.__class__ = frozen_embedding_class(type(module))
+    elif type(module) is torch.nn.Linear:
+        module.__class__ = FrozenQuantizedLinear
+    elif not isinstance(module, FrozenQuantizedLinear):
+        raise BackboneError(
+            f"--quantize int8: cannot hold a {type(module).__name__} that shares the "
+            "embedding table in int8; use --quantize none for this backbone"
+        )
 
 
 def _nf4(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:

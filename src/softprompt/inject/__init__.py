@@ -10,7 +10,7 @@ keys/values) live here and in `softprompt.backbones`, nowhere else.
 from softprompt.backbones import Backbone
 from softprompt.inject.causal import CausalInjector, PrefixCache
 from softprompt.inject.encoder import EncoderInjector
-from softprompt.inject.head import embedding_table, token_embeddings
+from softprompt.inject.head import EmbeddingTable, embedding_table, token_embeddings
 from softprompt.inject.prompt import (
     KV,
     DecoderInjector,
@@ -50,6 +50,7 @@ __all__ = [
     "RowPrompts",
     "Seq2SeqInjector",
     "TextInjector",
+    "EmbeddingTable",
     "embedding_table",
     "make_injector",
     "token_embeddings",

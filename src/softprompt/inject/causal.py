@@ -23,7 +23,13 @@ import torch.nn.functional as F
 from transformers.cache_utils import DynamicCache
 
 from softprompt.backbones import Backbone
-from softprompt.inject.head import LMHead, check_head, embed_tokens, embedding_table
+from softprompt.inject.head import (
+    EmbeddingTable,
+    LMHead,
+    check_head,
+    embed_tokens,
+    embedding_table,
+)
 from softprompt.inject.prompt import Prompt, RowPrompts, attention_mask, row_embeddings
 
 
@@ -257,7 +263,7 @@ class CausalInjector:
             for layer in cache.layers
         )
 
-    def embedding_table(self) -> torch.Tensor:
+    def embedding_table(self) -> EmbeddingTable:
         """The frozen (V, d) input embedding table as stored (for nearest-token projection
         and trigger-token gradients; `embed` is what the first layer is fed)."""
         return embedding_table(self.backbone)

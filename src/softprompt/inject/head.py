@@ -11,17 +11,21 @@ once per backbone and refuses what it cannot reproduce.
 
 A backbone may be held in bf16/fp16 (`--dtype`): hidden states are cast to the head's
 dtype on the way in and logits come back as float32, so losses, softmaxes and the
-prompt's gradients are float32 whatever the frozen weights are held in.
+prompt's gradients are float32 whatever the frozen weights are held in. Under
+`--quantize int8` both ends are per-row int8 (backbones/_precision.py `int8_ends`):
+rows are read through `dequantized_rows` and whole-table products a block at a time,
+so nothing here expands the whole table into floats.
 """
 
 from __future__ import annotations
 
 import weakref
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
 
-from softprompt.backbones import Backbone
+from softprompt.backbones import Backbone, dequantized_blocks, dequantized_rows
 from softprompt.errors import BackboneError
 from softprompt.inject import fast_linear
 
@@ -41,7 +45,8 @@ class LMHead:
                 f"{backbone.name}: this backbone has no LM head to score words with"
             )
         config = text_config(backbone.model.config)
-        self.weight = head.weight  # (V, d), frozen
+        self.module = head  # runs a quantized head a block of rows at a time
+        self.weight = head.weight  # (V, d), frozen; per-row int8 under --quantize int8
         self.bias = getattr(head, "bias", None)  # (V,) or None
         self.multiply = getattr(config, "logit_scale", None)
         self.divide = getattr(config, "logits_scaling", None)
@@ -49,12 +54,14 @@ class LMHead:
 
     def __call__(self, hidden: torch.Tensor, token_ids: torch.Tensor | None = None) -> torch.Tensor:
         """(..., d) -> float32 (..., W): computed in the head's dtype, as the model does."""
-        weight = self.weight if token_ids is None else self.weight[token_ids]  # (W, d)
+        weight = self.weight if token_ids is None else self.rows(token_ids)  # (W, d)
         bias = None
         if self.bias is not None:
             bias = self.bias if token_ids is None else self.bias[token_ids]  # (W,)
         hidden = hidden.to(weight.dtype)
-        if token_ids is None:  # the whole vocabulary: packed weights inside `packed()`
+        if token_ids is None and weight is self.module.weight and _quantized(weight):
+            logits = self.module(hidden).float()  # (..., V), the model's own int8 head
+        elif token_ids is None:  # the whole vocabulary: packed weights inside `packed()`
             logits = fast_linear.linear(hidden, weight, bias).float()  # (..., V)
         else:
             logits = F.linear(hidden, weight, bias).float()  # (..., W)
@@ -66,16 +73,62 @@ class LMHead:
             logits = torch.tanh(logits / self.softcap) * self.softcap
         return logits
 
+    def rows(self, token_ids: torch.Tensor) -> torch.Tensor:
+        """The head's rows for `token_ids` in its dtype (int8 expanded for those rows only)."""
+        return dequantized_rows(self.weight, token_ids.to(self.weight.device))  # (W, d)
+
+
+def _quantized(weight: torch.Tensor) -> bool:
+    """A torchao-quantized weight (a tensor subclass, not a plain Parameter)."""
+    return hasattr(weight, "qdata")
+
 
 def embed_tokens(backbone: Backbone, ids: torch.Tensor) -> torch.Tensor:
     """Ids -> what the model feeds its first layer from `inputs_embeds` (scaling included)."""
     return backbone.input_embeddings()(ids)
 
 
-def embedding_table(backbone: Backbone) -> torch.Tensor:
-    """The frozen (V, d) input embedding table as stored (no scaling): what nearest-token
-    projection and trigger-token gradients read."""
-    return backbone.input_embeddings().weight
+class EmbeddingTable:
+    """The frozen (V, d) input embedding table as stored (no scaling, unlike
+    `embed_tokens`), for code that reads it as a matrix: nearest-token projection, trigger
+    gradients, init. The one way to it outside inject/: under `--quantize int8` the table
+    is per-row int8, so rows come out expanded one request at a time and whole-table
+    products run a block of rows at a time; nothing holds a float copy of the table."""
+
+    def __init__(self, backbone: Backbone) -> None:
+        self.weight = backbone.input_embeddings().weight  # (V, d), frozen
+
+    @property
+    def device(self) -> torch.device:
+        return self.weight.device
+
+    @property
+    def shape(self) -> torch.Size:
+        return self.weight.shape  # (V, d)
+
+    def rows(self, ids: torch.Tensor | list[int]) -> torch.Tensor:
+        """float32 (..., d) rows for ids (...), on the table's device."""
+        ids = torch.as_tensor(ids, dtype=torch.long, device=self.device)
+        return dequantized_rows(self.weight, ids).float()
+
+    def blocks(self) -> Iterator[tuple[int, torch.Tensor]]:
+        """(start, float32 (n, d) rows start:start+n), covering the table in order."""
+        for start, block in dequantized_blocks(self.weight):
+            yield start, block.float()
+
+    def scores(self, vectors: torch.Tensor) -> torch.Tensor:
+        """(..., d) -> float32 (..., V): each vector's dot product with every row (a
+        HotFlip/AutoPrompt gradient against the vocabulary), block by block."""
+        flat = vectors.detach().float().reshape(-1, self.shape[1])  # (N, d)
+        out = torch.empty(flat.shape[0], self.shape[0], device=flat.device)  # (N, V)
+        for start, block in self.blocks():
+            out[:, start : start + block.shape[0]] = flat @ block.to(flat.device).T
+        return out.reshape(*vectors.shape[:-1], self.shape[0])
+
+
+def embedding_table(backbone: Backbone) -> EmbeddingTable:
+    """The backbone's input embedding table, read through `EmbeddingTable`."""
+    return EmbeddingTable(backbone)
 
 
 @torch.no_grad()
@@ -83,7 +136,7 @@ def token_embeddings(backbone: Backbone, ids: torch.Tensor) -> torch.Tensor:
     """Embeddings of `ids` as the model feeds them to its first layer (scaling included,
     e.g. Gemma 3's sqrt(d)), float32 on the CPU: (..., d). For prompt init and export,
     which need the vectors without building an injector."""
-    device = embedding_table(backbone).device
+    device = backbone.input_embeddings().weight.device
     return embed_tokens(backbone, ids.to(device)).detach().float().cpu()
 
 

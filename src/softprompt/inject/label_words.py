@@ -16,9 +16,8 @@ from softprompt.inject.head import LMHead
 @torch.no_grad()
 def head_rows(backbone: Backbone, token_ids: list[int]) -> torch.Tensor:
     """(W, d) float32 CPU copy of the output projection's rows for `token_ids`."""
-    weight = LMHead(backbone).weight  # (V, d), frozen
-    index = torch.tensor(token_ids, dtype=torch.long, device=weight.device)
-    return weight[index].float().cpu().clone()
+    rows = LMHead(backbone).rows(torch.tensor(token_ids, dtype=torch.long))  # (W, d)
+    return rows.float().cpu().clone()
 
 
 def label_logits(

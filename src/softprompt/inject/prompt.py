@@ -15,6 +15,7 @@ from typing import Any, Protocol
 import torch
 
 from softprompt.backbones import Backbone
+from softprompt.inject.head import EmbeddingTable
 
 KV = tuple[tuple[torch.Tensor, torch.Tensor], ...]  # L x (keys, values), each (kvh, n, hd)
 
@@ -187,8 +188,8 @@ class DecoderInjector(TextInjector, Protocol):
         """The transformer stack on `inputs_embeds` (cast to the model's dtype), with a cache."""
         ...
 
-    def embedding_table(self) -> torch.Tensor:
-        """The frozen (V, d) input embedding table as stored."""
+    def embedding_table(self) -> EmbeddingTable:
+        """The frozen (V, d) input embedding table as stored, read through its accessor."""
         ...
 
 

@@ -28,7 +28,7 @@ from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 from softprompt.backbones import Backbone
 from softprompt.errors import BackboneError, ConfigError
 from softprompt.inject.causal import cache_keyword
-from softprompt.inject.head import LMHead, embed_tokens, embedding_table
+from softprompt.inject.head import EmbeddingTable, LMHead, embed_tokens, embedding_table
 from softprompt.inject.prompt import Prompt, RowPrompts
 
 # model_types whose tied head is fed the decoder's output times d**-0.5
@@ -75,7 +75,7 @@ class Seq2SeqInjector:
     def embed(self, ids: torch.Tensor) -> torch.Tensor:
         return embed_tokens(self.backbone, ids).float()  # (..., d) float32, the prompt side
 
-    def embedding_table(self) -> torch.Tensor:
+    def embedding_table(self) -> EmbeddingTable:
         return embedding_table(self.backbone)
 
     def logits(self, hidden: torch.Tensor, token_ids: torch.Tensor | None = None) -> torch.Tensor:

@@ -45,14 +45,14 @@ def autoprompt(spec: TaskSpec, budget: Budget, rng: random.Random, opts: AutoPro
     current = [rng.choice(pool) for _ in range(opts.triggers)]
     (current_score,) = budget.score([trig.candidate(current)])
     source = spec.train or spec.examples
-    table = trig.injector.embedding_table()[trig.pool].detach()  # (K, d)
+    table = trig.injector.embedding_table()  # (V, d), read block by block
     step = 0
     while True:
         position = step % len(current)
         step += 1
         batch = rng.sample(source, min(opts.grad_examples, len(source)))
         grad = trig.gradient(current, batch)  # (n, d)
-        flip = -(table @ grad[position])  # (K,) larger = loss drops more
+        flip = -table.scores(grad[position])[trig.pool.to(grad.device)]  # (K,) larger = better
         order = flip.argsort(descending=True).tolist()
         swaps = [pool[k] for k in order if pool[k] != current[position]][: opts.proposals]
         trials = [current[:position] + [t] + current[position + 1 :] for t in swaps]

@@ -91,15 +91,19 @@ def project(model: PromptModel, metric: str = "cosine") -> Projection:
     if metric not in METRICS:
         raise ConfigError(f"--project-metric: choose one of {', '.join(METRICS)}, got {metric!r}")
     vectors = soft_vectors(model)  # (n, d)
-    table = embedding_table(model.backbone).detach().float()  # (V, d)
+    table = embedding_table(model.backbone)  # (V, d), read block by block
     banned = torch.tensor(sorted(set(model.backbone.tokenizer.all_special_ids)), dtype=torch.long)
-    if metric == "cosine":
-        closeness = F.normalize(vectors, dim=-1) @ F.normalize(table, dim=-1).T  # (n, V)
-    else:
-        closeness = -torch.cdist(vectors, table)  # (n, V)
+    closeness = torch.empty(vectors.shape[0], table.shape[0])  # (n, V)
+    for start, block in table.blocks():  # (b, d) float32
+        block = block.to(vectors.device)
+        if metric == "cosine":
+            part = F.normalize(vectors, dim=-1) @ F.normalize(block, dim=-1).T  # (n, b)
+        else:
+            part = -torch.cdist(vectors, block)  # (n, b)
+        closeness[:, start : start + block.shape[0]] = part
     closeness[:, banned] = float("-inf")
     ids = closeness.argmax(-1)  # (n,)
-    picked = table[ids]  # (n, d)
+    picked = table.rows(ids).to(vectors.device)  # (n, d)
     return Projection(
         metric=metric,
         ids=ids.tolist(),

@@ -45,7 +45,7 @@ class Triggers:
         """d(loss)/d(trigger embeddings) on `examples`: (n, d), the loss as the scorer's."""
         backbone = self.spec.backbone
         table = self.injector.embedding_table()  # (V, d)
-        triggers = table[torch.tensor(ids)].detach().clone().requires_grad_(True)  # (n, d)
+        triggers = table.rows(ids).requires_grad_(True)  # (n, d) float32
         candidate = self.candidate(ids)
         tail_ids = list(self.tokenizer(self.tail, add_special_tokens=False)["input_ids"])
         bos = [] if backbone.spec.bos_token_id is None else [backbone.spec.bos_token_id]
@@ -55,9 +55,9 @@ class Triggers:
             body = self.tokenizer(text + e.text, add_special_tokens=False)["input_ids"]
             front = bos + list(candidate.prefix) + body[: self.spec.max_text_tokens]
             rows.append(
-                torch.cat([table[torch.tensor(front)], triggers, table[torch.tensor(tail_ids)]])
+                torch.cat([table.rows(front), triggers, table.rows(tail_ids)])
                 if tail_ids
-                else torch.cat([table[torch.tensor(front)], triggers])
+                else torch.cat([table.rows(front), triggers])
             )  # (T_i, d)
         width = max(r.shape[0] for r in rows)
         embeds = torch.zeros(len(rows), width, table.shape[1])  # (B, T, d)
