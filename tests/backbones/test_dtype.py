@@ -422,6 +422,21 @@ def test_split_gguf_builtin_assembles_its_parts_once(tmp_path, home, monkeypatch
     stamp = assembled.stat().st_mtime_ns
     load_backbone("fake-split", dtype="bfloat16")
     assert assembled.stat().st_mtime_ns == stamp
+    # the same packages reached through another worktree's .venv symlink: not rebuilt
+    # (each rebuild made every cached dtype of the backbone stale: a 1.5B reconversion)
+    (tmp_path / "linked-venv").symlink_to(tmp_path, target_is_directory=True)
+    linked = {m: tmp_path / "linked-venv" / f.relative_to(tmp_path) for m, f in folders.items()}
+    for mod in (loading, assemble):
+        monkeypatch.setattr(mod, "_module_dir", lambda module: linked.get(module))
+    load_backbone("fake-split", dtype="bfloat16")
+    assert assembled.stat().st_mtime_ns == stamp
+    record = assembled.with_name(assembled.name + ".json")  # as written before: link paths
+    stored = json.loads(record.read_text())
+    old = [[str(linked[f"fake_part{i + 1}"] / "data" / f"part{i + 1:02d}.bin"), *entry[1:]]
+           for i, entry in enumerate(stored)]  # fmt: skip
+    record.write_text(json.dumps(old))
+    load_backbone("fake-split", dtype="bfloat16")
+    assert assembled.stat().st_mtime_ns == stamp
     (folders["fake_part2"] / "data" / "part02.bin").write_bytes(b"short")
     with pytest.raises(BackboneError, match="expected"):
         load_backbone("fake-split")

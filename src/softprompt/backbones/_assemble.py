@@ -30,13 +30,17 @@ def _assembled_gguf(builtin: _Builtin) -> Path:
                 f"looks broken; reinstall with: {builtin.install}"
             )
         parts.append(found[0])
-    stamp = [[str(p), p.stat().st_size, p.stat().st_mtime_ns] for p in parts]
+    # resolved: each worktree reaches the one shared venv through its own .venv symlink,
+    # and a stamp that named the link rebuilt the GGUF (and so every cached dtype of it)
+    # whenever another checkout loaded the backbone
+    stamp = [[str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns] for p in parts]
     target = backbone_cache_root() / "sources" / f"{builtin.name}.gguf"
     record = target.with_name(target.name + ".json")
     try:
-        if json.loads(record.read_text()) == stamp and target.stat().st_size == builtin.gguf_bytes:
-            return target
-    except (OSError, ValueError):
+        if _resolved(json.loads(record.read_text())) == stamp:
+            if target.stat().st_size == builtin.gguf_bytes:
+                return target
+    except (OSError, ValueError, TypeError):
         pass
     total = sum(p.stat().st_size for p in parts)
     if total != builtin.gguf_bytes:
@@ -47,6 +51,11 @@ def _assembled_gguf(builtin: _Builtin) -> Path:
     _concatenate(parts, target)
     atomic_write_text(record, json.dumps(stamp))
     return target
+
+
+def _resolved(stamp: list) -> list:
+    """A stored stamp with its paths resolved (records written before they were)."""
+    return [[str(Path(path).resolve()), size, mtime] for path, size, mtime in stamp]
 
 
 def _concatenate(parts: list[Path], target: Path) -> None:
