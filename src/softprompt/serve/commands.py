@@ -155,6 +155,13 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
     )
     serve.add_argument("--vllm-port", type=int, default=8100, help="port of --vllm-start")
     serve.add_argument(
+        "--vllm-concurrency",
+        type=int,
+        default=256,
+        help="requests kept in flight to vLLM at once (vLLM batches them; more wait here); "
+        "256 is vLLM's default --max-num-seqs",
+    )
+    serve.add_argument(
         "--max-image-mb", type=float, default=4.0, help="largest encoded image /classify takes"
     )
     serve.add_argument(
@@ -252,6 +259,8 @@ def run_serve(args: argparse.Namespace) -> int:
 def _check_engine_flags(args: argparse.Namespace) -> None:
     """--engine vllm needs exactly one of --vllm-url and --vllm-start; own takes neither."""
     given = [f for f, v in (("--vllm-url", args.vllm_url), ("--vllm-start", args.vllm_start)) if v]
+    if args.vllm_concurrency < 1:
+        raise ConfigError(f"--vllm-concurrency {args.vllm_concurrency}: give 1 or more")
     if args.engine == "own" and given:
         raise ConfigError(f"{given[0]}: only with --engine vllm")
     if args.engine == "vllm" and args.backbone_adapter:
@@ -278,7 +287,9 @@ def _vllm_router(args: argparse.Namespace, engine):
         server = start_server(folder, args.vllm_port)
         url = f"http://127.0.0.1:{args.vllm_port}"
     try:
-        return Router(engine, VllmEngine(folder, url, backbone=engine.backbone)), server
+        width = args.vllm_concurrency  # requests and connections to vLLM at once
+        vllm = VllmEngine(folder, url, backbone=engine.backbone, workers=width)
+        return Router(engine, vllm, workers=width), server
     except BaseException:
         if server is not None:
             stop_server(server)
