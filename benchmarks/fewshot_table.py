@@ -12,6 +12,7 @@ Anchors to quote beside it, not to reproduce: PET's AG News 87.5 with 10 example
 
     python benchmarks/fewshot_table.py [--shots 16] [--seeds 0,1,2] [--steps 30]
         [--datasets movie-sentiment,election-tweets] [--test-limit 200] [--methods pet,...]
+        [--eval-every N] [--eval-examples N]
 
 Unit run folders go to runs/fewshot_table/ (a rerun reads finished units back); prints a
 Markdown table and merges it into benchmarks/results/fewshot_table.json: a rerun with other
@@ -34,6 +35,7 @@ from softprompt.recipes.compare import CompareConfig, compare
 
 RESULTS = Path(__file__).parent / "results"
 UNITS = Path(__file__).parents[1] / "runs" / "fewshot_table"  # unit run folders (git-ignored)
+EVAL_EXAMPLES = 300  # train.eval_examples' default: validation rows per evaluation
 COLUMNS = {
     "zero-shot": "zero-shot (manual template)",
     "soft-prompt": "soft prompt",
@@ -58,7 +60,8 @@ def run_config(dataset: str, shots: int, args: argparse.Namespace, lr: float,
             "train": {
                 "steps": args.steps,
                 "batch_size": min(args.batch_size, 2 * shots),
-                "eval_every": max(1, args.steps // 3),
+                "eval_every": args.eval_every or max(1, args.steps // 3),
+                "eval_examples": args.eval_examples,
                 "warmup_steps": min(10, args.steps // 5),
                 "lr": lr,
             },
@@ -70,7 +73,7 @@ def run_config(dataset: str, shots: int, args: argparse.Namespace, lr: float,
 def grid(dataset: str, shots: int, args: argparse.Namespace, methods: list[str],
          lr: float, task: dict[str, Any], tag: str) -> dict[str, Any]:  # fmt: skip
     """One compare grid; its summaries keyed by method (+tag)."""
-    folder = f"{dataset}-k{shots}-s{args.steps}-t{args.test_limit}-lr{lr:g}{tag}"
+    folder = f"{dataset}-k{shots}-s{args.steps}-t{args.test_limit}-lr{lr:g}{schedule(args)}{tag}"
     method: dict[str, Any] = {"name": "soft-prompt", "n_tokens": args.n_tokens}
     if tag == "+meta":
         method |= {"init": "file", "init_file": str(meta_init_file(args, UNITS))}
@@ -85,7 +88,8 @@ def cell(dataset: str, shots: int, args: argparse.Namespace) -> dict[str, Any]:
     start, methods = time.perf_counter(), {}
     for column in args.methods:
         if column == "pet":
-            out = UNITS / f"{dataset}-k{shots}-s{args.steps}-t{args.test_limit}-lr{args.lr:g}+pet"
+            name = f"{dataset}-k{shots}-s{args.steps}-t{args.test_limit}-lr{args.lr:g}"
+            out = UNITS / f"{name}{schedule(args)}+pet"
             method = {"name": "soft-prompt", "n_tokens": args.n_tokens}
             run = run_config(dataset, shots, args, args.lr, {}, method, out)
             methods |= pet_cell(run, args.seeds, args.test_limit, args.unlabelled)
@@ -100,9 +104,27 @@ def cell(dataset: str, shots: int, args: argparse.Namespace) -> dict[str, Any]:
             "methods": methods, "setup": how}  # fmt: skip
 
 
+def schedule(args: argparse.Namespace) -> str:
+    """'' for the default validation schedule, else a folder suffix naming it: a unit
+    folder holds one setting (compare refuses to read back a unit run otherwise)."""
+    if not args.eval_every and args.eval_examples == EVAL_EXAMPLES:
+        return ""
+    return f"-e{args.eval_every or max(1, args.steps // 3)}x{args.eval_examples}"
+
+
 def setup(args: argparse.Namespace) -> str:
-    """How a cell was run, shown in its row (blocks may differ in seeds and test rows)."""
-    return f"{len(args.seeds)} seeds, {args.steps} steps, {args.test_limit or 'all'} test rows"
+    """How a cell was run, shown in its row (blocks may differ in seeds and test rows).
+    A validation schedule other than the default (every steps // 3 steps, at most
+    EVAL_EXAMPLES rows) is named: it decides which step's prompt is scored. Runs
+    recorded before these options existed ran the default."""
+    how = f"{len(args.seeds)} seeds, {args.steps} steps, {args.test_limit or 'all'} test rows"
+    every = getattr(args, "eval_every", 0) or max(1, args.steps // 3)
+    rows = getattr(args, "eval_examples", EVAL_EXAMPLES)
+    if every >= args.steps:
+        how += ", no step choice (validated once, at the last step)"
+    elif every != max(1, args.steps // 3) or rows != EVAL_EXAMPLES:
+        how += f", best of every {every} steps on {rows or 'all'} validation rows"
+    return how
 
 
 def merge(old: list[dict[str, Any]], new: dict[str, Any]) -> list[dict[str, Any]]:
@@ -151,7 +173,7 @@ def markdown(cells: list[dict[str, Any]], args: argparse.Namespace) -> str:
         f"\nSmolLM2-135M ({args.backbone}), accuracy, mean ± sd over the K-shot samples (data "
         f"seeds 0..N-1, the same test rows for every unit of a cell); {args.n_tokens} virtual "
         f"tokens, lr {args.lr:g} (LoRA {args.lora_lr:g}); the best step chosen on the "
-        "K-per-class validation sample. Shared 2-CPU machine.\n"
+        "K-per-class validation sample unless the setup says otherwise. Shared 2-CPU machine.\n"
     )
     return head + "\n".join(lines) + "\n" + note
 
@@ -167,6 +189,10 @@ def main() -> None:
     parser.add_argument("--n-tokens", type=int, default=10)
     parser.add_argument("--test-limit", type=int, default=200)
     parser.add_argument("--lr", type=float, default=0.03)
+    parser.add_argument("--eval-every", type=int, default=0,
+                        help="validate every N steps (0: steps // 3); N >= steps: only at the end")  # fmt: skip
+    parser.add_argument("--eval-examples", type=int, default=EVAL_EXAMPLES,
+                        help="validation rows per evaluation (0: all)")  # fmt: skip
     parser.add_argument("--lora-lr", type=float, default=1e-3)
     parser.add_argument("--methods", default=",".join(c for c in COLUMNS if "pet-" not in c) + ",pet",
                         help="columns, in run order (`pet` gives both PET columns)")  # fmt: skip

@@ -47,6 +47,27 @@ def test_at_init_it_scores_as_the_manual_label_words(llama):
     assert torch.allclose(learned, model(batch).scores, atol=1e-5)
 
 
+def test_words_sharing_a_first_token_start_apart_and_collate_no_word_tree(llama):
+    """Newsgroup names (' comp.graphics', ' comp.windows.x') share their first token: rows
+    from it alone tied those classes at step 0. DART reads only the answer state, so
+    its batches carry no word tree (the tree costs every row the words' tokens)."""
+    words = {"negative": [" very bad"], "positive": [" very good"]}
+    task = TaskConfig(labels=list(LABELS), template=SLOTS, verbalizer=words)
+    model = PromptModel(llama, task, method="dart", method_options={"n_tokens": 4})
+    ids = [llama.tokenizer(w[0], add_special_tokens=False)["input_ids"] for w in words.values()]
+    assert len(ids[0]) == 2 and ids[0][0] == ids[1][0]
+    expected = torch.stack([head_rows(llama, i).mean(0) for i in ids])
+    assert torch.equal(model.method.labels.detach(), expected)
+    examples = toy_examples(6, seed=4)
+    batch = model.collate(examples)
+    assert batch["input_ids"].shape[1] == max(len(c) for c in model.task.contexts(examples))
+    scores = model(batch).scores
+    assert not torch.allclose(scores[:, 0], scores[:, 1])
+    tree = model.task.tree.collate(model.task.contexts(examples), model.task.pad_id)
+    tree = model.task.with_targets(model.task.with_slots(tree, examples), examples)
+    torch.testing.assert_close(model(tree).scores, scores, atol=1e-5, rtol=0)
+
+
 def test_scores_follow_the_learned_label_rows(llama):
     model = _dart(llama)
     batch = model.collate(toy_examples(6, seed=4))

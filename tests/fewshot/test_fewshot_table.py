@@ -58,3 +58,19 @@ def test_pet_summary_is_mean_and_sample_sd(table):
     row = recipes.summary([0.66, 0.67, 0.68])
     assert row["mean"] == pytest.approx(0.67) and row["sd"] == pytest.approx(0.01)
     assert row["seeds"] == 3 and row["min"] == 0.66 and row["max"] == 0.68
+
+
+def test_setup_names_a_validation_schedule_other_than_the_default(table):
+    from argparse import Namespace
+
+    old = Namespace(seeds=[0, 1, 2], steps=30, test_limit=100)  # a run recorded before
+    assert table.setup(old) == "3 seeds, 30 steps, 100 test rows"
+    default = Namespace(**vars(old), eval_every=0, eval_examples=300)
+    assert table.setup(default) == table.setup(old) and table.schedule(default) == ""
+    once = Namespace(**{**vars(default), "seeds": [0], "eval_every": 30, "eval_examples": 20})
+    assert table.setup(once) == (
+        "1 seeds, 30 steps, 100 test rows, no step choice (validated once, at the last step)"
+    )
+    assert table.schedule(once) == "-e30x20"  # its own unit folders
+    fewer = Namespace(**{**vars(default), "eval_examples": 100})
+    assert table.setup(fewer).endswith("best of every 10 steps on 100 validation rows")

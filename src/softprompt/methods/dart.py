@@ -9,9 +9,12 @@ Two kinds of trainable embeddings on a frozen backbone, nothing else:
   any init of `VirtualTokensConfig`);
 * label tokens `labels` (C, d): one output row per class that the verbalizer scores
   the answer position against instead of the label word's frozen row (tasks/
-  classification.py `use_label_embeddings`), initialised from that row (the first
-  token of the class's first label word), so step 0 scores exactly as the manual
-  label words do.
+  classification.py `use_label_embeddings`), initialised from the mean of the output
+  rows of the tokens of the class's first label word: for a one-token word that is
+  its own row, so step 0 scores exactly as the manual label words do. A multi-token
+  word's first token alone would tie classes whose words share it (newsgroup names:
+  ' comp.graphics' and ' comp.windows.x' both begin with ' comp'), and tied rows
+  score those classes alike at step 0.
 
 The fluency objective, adapted to a causal decoder. DART's masked-LM loss masks input
 tokens and predicts them with the template (and label) tokens in place, so the learned
@@ -35,6 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from softprompt.backbones import Backbone
 from softprompt.errors import ConfigError
 from softprompt.inject import Injector, Prompt
 from softprompt.inject.label_words import head_rows
@@ -58,6 +62,12 @@ class DartConfig(VirtualTokensConfig):
             raise ConfigError(f"method.fluency_weight: must be >= 0, got {self.fluency_weight}")
         if not 0 < self.fluency_rate <= 1:
             raise ConfigError(f"method.fluency_rate: must be in (0, 1], got {self.fluency_rate}")
+
+
+def word_rows(backbone: Backbone, words: list[list[int]]) -> torch.Tensor:
+    """(C, d) each class's initial label token: the mean of its word's tokens' output
+    rows (a one-token word's own row; see the module doc for why not the first token)."""
+    return torch.stack([head_rows(backbone, ids).mean(0) for ids in words])  # (C, d)
 
 
 def fluency_positions(batch: dict[str, torch.Tensor], rate: float, seed: int) -> torch.Tensor:
@@ -88,8 +98,7 @@ class Dart(nn.Module):
             )
         self.config = config
         self.template = nn.Parameter(initial_embeddings(config, context))  # (n, d)
-        firsts = [ids[0] for ids in context.label_token_ids]
-        self.labels = nn.Parameter(head_rows(context.backbone, firsts))  # (C, d)
+        self.labels = nn.Parameter(word_rows(context.backbone, context.label_token_ids))
 
     def forward(self) -> Prompt:
         return Prompt(embeds=self.template)  # (n, d); the task places it in its slots

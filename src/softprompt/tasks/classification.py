@@ -125,10 +125,12 @@ class VerbalizerTask(ClassificationTask):
 
     # -- collation ---------------------------------------------------------
     def collate(self, examples: list[Example]) -> dict[str, torch.Tensor]:
+        """Contexts only when one position is read (one-token words, or learned label
+        rows, which score the answer state alone); else each row with the word tree."""
         contexts = self.contexts(examples)
         batch = (
             self._collate_single(contexts)
-            if self.single_token
+            if self.single_token or self.label_rows is not None
             else self.tree.collate(contexts, self.pad_id)
         )
         return self.with_targets(self.with_slots(batch, examples), examples)
