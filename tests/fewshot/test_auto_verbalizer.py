@@ -16,6 +16,7 @@ from softprompt.tasks import TaskConfig
 from softprompt.tasks.auto_verbalizer import (
     Candidate,
     assign,
+    best_ratios,
     first_words,
     parse_auto,
     resolve_verbalizer,
@@ -92,6 +93,16 @@ def test_assignment_prefers_shot_accuracy_over_the_best_ratio():
     b_bad = Candidate("b", torch.tensor([-5.0, -5.0, -8.0, -8.0]), ratio=3.0)
     chosen = assign({"x": [a, shared], "y": [shared, b_bad]}, targets)
     assert [c.word for c in chosen] == ["a", "s"]  # never the same word for two classes
+
+
+def test_a_class_whose_candidates_are_all_taken_is_named():
+    """Was a bare StopIteration: the later class's only word is the earlier one's."""
+    targets = torch.tensor([0, 1])
+    shared = Candidate("s", torch.tensor([0.0, -1.0]), ratio=4.0)
+    with pytest.raises(ConfigError, match=r"every candidate word of 'y' \('s'\) is already"):
+        best_ratios({"x": [shared], "y": [shared]})
+    with pytest.raises(ConfigError, match="every candidate word of 'y'"):
+        assign({"x": [shared], "y": [shared]}, targets)
 
 
 def test_a_class_without_rows_is_named(llama):

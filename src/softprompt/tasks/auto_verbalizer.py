@@ -217,7 +217,15 @@ def best_ratios(found: dict[str, list[Candidate]]) -> list[Candidate]:
     chosen: list[Candidate] = []
     for label in found:
         taken = {c.word for c in chosen}
-        chosen.append(next(c for c in found[label] if c.word not in taken))
+        free = [c for c in found[label] if c.word not in taken]
+        if not free:  # many similar classes (20 newsgroups) can exhaust a short list
+            words = ", ".join(repr(c.word) for c in found[label])
+            raise ConfigError(
+                f"task.verbalizer auto: every candidate word of {label!r} ({words}) is "
+                "already another class's word; give that class's words by hand "
+                '(task.verbalizer {"label": [" word"]})'
+            )
+        chosen.append(free[0])
     return chosen
 
 
