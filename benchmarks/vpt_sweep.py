@@ -1,10 +1,15 @@
 """A small validation sweep for VPT on dinov2-small / fashion-mnist: when do prompts help?
 
 Same loop, head, steps, batch, head learning rate and data order as
-benchmarks/vision_baselines.py; only the prompt's settings change (length, and its
-learning rate through `lr_scale` = prompt lr / head lr). Scores are the best accuracy
-on the first `--eval-examples` validation images (never the test split). Each variant
-writes its own JSON under --out-dir as it finishes (a cut run keeps those).
+benchmarks/vision_baselines.py (its flags and run config: `add_setting_flags`,
+`run_config`); only the prompt's settings change (length, and its learning rate through
+`lr_scale` = prompt lr / head lr). Scores are the best accuracy on the first
+`--eval-examples` validation images (never the test split). Each variant writes its own
+JSON under --out-dir as it finishes (a cut run keeps those).
+
+Not a `softprompt compare` grid: a compare unit is one method name at one seed, scored
+on the test split, while a sweep runs one method under several option sets and must
+not look at the test split.
 
     python benchmarks/vpt_sweep.py \\
         --variant probe=none --variant deep=vpt-deep \\
@@ -15,6 +20,7 @@ writes its own JSON under --out-dir as it finishes (a cut run keeps those).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import tempfile
@@ -25,10 +31,12 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
+from vision_baselines import add_setting_flags, run_config  # noqa: E402  (benchmarks/)
+
 from softprompt.api import build_model  # noqa: E402
 from softprompt.backbones import load_backbone  # noqa: E402
 from softprompt.data import load_dataset  # noqa: E402
-from softprompt.train import TrainConfig, train  # noqa: E402
+from softprompt.train import train  # noqa: E402
 
 
 def parse_variant(text: str) -> tuple[str, dict]:
@@ -43,18 +51,10 @@ def parse_variant(text: str) -> tuple[str, dict]:
 
 
 def one_variant(backbone, data, method: dict, args) -> dict:
-    config = TrainConfig(
-        steps=args.steps,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        warmup_steps=10,
-        eval_every=args.eval_every,
-        eval_examples=args.eval_examples,
-        eval_batch_size=64,
-        seed=args.seed,
-    )
-    model = build_model(backbone, data, method, {"image_size": args.image_size})
     with tempfile.TemporaryDirectory() as out:
+        run = run_config(args, out, method)
+        config = dataclasses.replace(run.train, seed=args.seed)
+        model = build_model(backbone, data, run.method, run.task)
         result = train(model, data, config, out, progress=False)
         curve = (
             [json.loads(line) for line in (Path(out) / "metrics.jsonl").read_text().splitlines()]
@@ -95,14 +95,8 @@ def summarize(out_dir: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--variant", action="append", default=[], help=parse_variant.__doc__)
-    parser.add_argument("--steps", type=int, default=150)
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--lr", type=float, default=1e-2)
-    parser.add_argument("--image-size", type=int, default=56)
-    parser.add_argument("--eval-every", type=int, default=50)
-    parser.add_argument("--eval-examples", type=int, default=300)
+    add_setting_flags(parser)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out-dir", default="benchmarks/results/vpt_sweep")
     parser.add_argument("--summarize", action="store_true")
     args = parser.parse_args()

@@ -136,10 +136,12 @@ def test_cli_compare_on_tagging_with_full_fine_tuning(bert_folder, tmp_path, cap
     out = tmp_path / "ner"
     argv = ["compare", "--backbone", str(bert_folder), "--dataset", str(_conll(tmp_path / "n.conll")),
             "--methods", "zero-shot,head-only,p-tuning,full", "--seeds", "1", "--steps", "2",
-            "--eval-every", "2", "--batch-size", "4", "--n-tokens", "2", "--out", str(out)]  # fmt: skip
+            "--eval-every", "2", "--batch-size", "4", "--n-tokens", "2", "--out", str(out),
+            "--seed-init"]  # fmt: skip
     assert cli.main(argv) == 0, capsys.readouterr().err
     stdout = capsys.readouterr().out
     assert "test entity F1: mean ± sd" in stdout
+    assert json.loads((out / "compare.json").read_text())["config"]["seed_init"] is True
     summary = {s["method"]: s for s in json.loads((out / "compare.json").read_text())["summary"]}
     assert summary["zero-shot"]["skipped"].startswith("the task has a head to train")
     assert "| zero-shot (no training) | n/a:" in stdout
@@ -248,3 +250,37 @@ def test_seeds_that_diverged_are_counted_beside_the_mean_of_the_rest():
     assert summary["mean"] == pytest.approx(0.6)
     line = CompareReport(rows, [summary], "accuracy", "peak RSS increase", Path()).markdown()
     assert "| 0.6000 ± 0.1414 (0.5000-0.7000) | 2 (+1 diverged) | 8 |" in line
+
+
+def test_seed_init_seeds_each_units_init_by_its_seed_alone(
+    llama_folder, small_csv, tmp_path, monkeypatch
+):
+    """By default a unit's seed is its data order and every unit's prompt starts from the
+    method's own seed; with seed_init the unit's seed also seeds its prompt (method.seed)
+    and LoRA's random A matrices, whatever units ran before it in the process."""
+    starts: dict[tuple[str, str], dict] = {}
+
+    def spy(model, dataset, config, out_dir, **kwargs):
+        trained = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+        starts[(Path(out_dir).parents[1].name, Path(out_dir).name)] = trained
+        return train(model, dataset, config, out_dir, **kwargs)
+
+    monkeypatch.setattr(compare_module, "train", spy)
+    methods = ["soft-prompt", "lora"]
+    compare(_config(llama_folder, small_csv, tmp_path / "fixed", methods), progress=False)
+    seeded = _config(llama_folder, small_csv, tmp_path / "seeded", methods, seed_init=True)
+    compare(seeded, progress=False)
+    alone = _config(llama_folder, small_csv, tmp_path / "alone", ["lora"], seed_init=True)
+    compare(dataclasses.replace(alone, seeds=[1]), progress=False)
+
+    def same(a: dict, b: dict) -> bool:
+        return a.keys() == b.keys() and all(a[k].equal(b[k]) for k in a)
+
+    fixed = ("fixed", "soft-prompt-s0"), ("fixed", "soft-prompt-s1")
+    assert same(starts[fixed[0]], starts[fixed[1]])
+    assert not same(starts[("seeded", "soft-prompt-s0")], starts[("seeded", "soft-prompt-s1")])
+    assert same(starts[("seeded", "lora-s1")], starts[("alone", "lora-s1")])
+    unit = json.loads((tmp_path / "seeded" / "units" / "soft-prompt-s1" / "unit.json").read_text())
+    assert unit["config"]["method"]["seed"] == 1 and unit["config"]["seed_init"] is True
+    saved = json.loads((tmp_path / "seeded" / "compare.json").read_text())
+    assert saved["config"]["seed_init"] is True

@@ -97,6 +97,12 @@ def add_compare_parser(sub: Any) -> None:
                       help="score a fixed sample of this many test rows (0 = all); "
                       "generation: this many distinct inputs, each with all its "
                       "references")  # fmt: skip
+    grid.add_argument(
+        "--seed-init",
+        action="store_true",
+        help="each unit's seed also seeds its initialization (the prompt's method.seed, "
+        "LoRA's random matrices), not only the data order",
+    )
     _add_run_flags(grid)
     grid.set_defaults(func=cmd_compare, resume=False, force_resume=False)
 
@@ -166,7 +172,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
     seeds = _int_list(args.seeds, "--seeds")
     seeds = list(range(seeds[0])) if len(seeds) == 1 else seeds  # "3": seeds 0, 1, 2
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    config = CompareConfig(run=run, methods=methods, seeds=seeds, test_limit=args.test_limit)
+    config = CompareConfig(
+        run=run, methods=methods, seeds=seeds, test_limit=args.test_limit, seed_init=args.seed_init
+    )
     report = compare(config)
     print()
     print(report.markdown())

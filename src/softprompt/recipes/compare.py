@@ -16,6 +16,12 @@ Under `--shots K` a seed is also a data seed: each seed trains on its own K-shot
 (drawn once per seed), since few-shot results vary more with the sample than with the
 initialization; the test rows are the same for every unit.
 
+A seed is the training seed (data order); the prompt's initialization is the method's
+own `seed` option (0 unless the run sets it), the same for every unit. `--seed-init`
+makes the unit's seed seed its model too: `method.seed` for a method that has one, and
+torch's RNG while the model is built (LoRA's random A matrices), so a unit's init
+depends on its seed alone, not on which units ran before it in the process.
+
 Each unit is a normal run folder, OUT/units/<method>-s<seed>/ (prompt.safetensors,
 metrics.jsonl, checkpoint), so a user can `eval`, `predict` or `serve` it. When a unit
 ends its row is written to OUT/units/<unit>/unit.json; running the compare again reads
@@ -38,7 +44,8 @@ import dataclasses
 import json
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,7 +60,7 @@ from softprompt.device import resolve_device
 from softprompt.errors import ConfigError, TrainingDiverged
 from softprompt.evaluate import evaluate
 from softprompt.files import atomic_write_text
-from softprompt.methods import available_methods
+from softprompt.methods import available_methods, method_config_class
 from softprompt.model import PromptModel, build_model
 from softprompt.recipes.baselines import TuneConfig, TunedModel
 from softprompt.recipes.compare_table import (
@@ -83,12 +90,14 @@ class NotApplicable(Exception):
 class CompareConfig:
     """`run` gives the backbone, data, framing and training budget every unit shares;
     `methods` x `seeds` is the grid; `test_limit` scores a fixed seeded sample of that
-    many test rows (0: all of them)."""
+    many test rows (0: all of them); `seed_init`: each unit's seed also seeds its model's
+    initialization (see the module docstring), not only its data order."""
 
     run: RunConfig
     methods: list[str] = field(default_factory=lambda: list(DEFAULT_METHODS))
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     test_limit: int = 0
+    seed_init: bool = False
 
     def __post_init__(self) -> None:
         known = [*UNIT_KINDS, *available_methods()]
@@ -305,6 +314,7 @@ def _config_record(config: CompareConfig) -> dict[str, Any]:
         "methods": config.methods,
         "seeds": config.seeds,
         "test_limit": config.test_limit,
+        "seed_init": config.seed_init,
     }
 
 
@@ -312,6 +322,8 @@ def unit_config(config: CompareConfig, unit: Unit, folder: Path) -> RunConfig:
     """The run a unit is: the compare's run with this unit's method, seed and folder."""
     run = config.run
     method = run.method if run.method.get("name") == unit.method else {"name": unit.method}
+    if config.seed_init and _has_seed(unit.method):
+        method = {**method, "seed": unit.seed}
     train_config = dataclasses.replace(run.train, seed=unit.seed, overwrite=False)
     data = run.data
     if data.shots is not None:  # few-shot results vary most with the sample: one per seed
@@ -319,18 +331,38 @@ def unit_config(config: CompareConfig, unit: Unit, folder: Path) -> RunConfig:
     return dataclasses.replace(run, method=method, train=train_config, data=data, out=str(folder))
 
 
+def _has_seed(method: str) -> bool:
+    """Whether a registered prompt method takes a `seed` option (its init's seed)."""
+    if method not in available_methods():
+        return False
+    return "seed" in {f.name for f in dataclasses.fields(method_config_class(method))}
+
+
+@contextmanager
+def _seeded(seed: int | None) -> Iterator[None]:
+    """torch's RNG seeded by `seed` inside the block and restored after it (None: as is)."""
+    if seed is None:
+        yield
+        return
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
+
+
 # train keys that change how a run goes, not what it learns or how it is scored
 _NOT_RECORDED = ("overwrite", "force_resume", "device", "gradient_checkpointing", "eval_batch_size")
 
 
-def _recorded(config: RunConfig, test_limit: int) -> dict[str, Any]:
-    """What a finished unit must share with this compare to be read back."""
+def _recorded(config: RunConfig, compare: CompareConfig) -> dict[str, Any]:
+    """What a finished unit must share with this compare to be read back (`seed_init`
+    only when set, so units from before the option still read back)."""
     values = config.to_dict()
     values.pop("out")
     values.pop("baseline", None)
     for key in _NOT_RECORDED:
         values["train"].pop(key, None)
-    return {**values, "test_limit": test_limit}
+    seeded = {"seed_init": True} if compare.seed_init else {}
+    return {**values, "test_limit": compare.test_limit, **seeded}
 
 
 def run_unit(
@@ -341,14 +373,15 @@ def run_unit(
     folder = ctx.folder(unit)
     run = unit_config(ctx.config, unit, folder)
     ctx = ctx.for_unit(run)
-    recorded = _recorded(run, ctx.config.test_limit)
+    recorded = _recorded(run, ctx.config)
     done = folder / UNIT_FILE
     if done.is_file() and not ctx.config.run.train.overwrite:
         return _read_back(done, recorded)
     row: dict[str, Any] = {"method": unit.method, "seed": unit.seed, "config": recorded}
     with PeakMemory(device) as memory:
         try:
-            model = UNIT_KINDS.get(unit.method, _registered(unit.method))(ctx, run)
+            with _seeded(unit.seed if ctx.config.seed_init else None):
+                model = UNIT_KINDS.get(unit.method, _registered(unit.method))(ctx, run)
         except NotApplicable as exc:
             row["skipped"] = " ".join(str(exc).split())
             atomic_write_text(done, json.dumps(row, indent=2))
