@@ -53,14 +53,14 @@ def _engine(llama, tmp_path, files, **options) -> Engine:
 
 
 def _steps(engine: Engine, at: int | None = None, until=None) -> list[int]:
-    """Rows in each decoding step (one token per row); step `at` waits (10 s at most)
+    """Rows in each decoding step (one token per row); step `at` waits (30 s at most)
     until `until()` holds, so a request can arrive while the decode runs."""
     sizes, step = [], engine._injector.step
 
     def stepping(ids, *args, **kwargs):
         if ids.shape[1] == 1:
             sizes.append(ids.shape[0])
-            deadline = time.monotonic() + 10
+            deadline = time.monotonic() + 30
             while len(sizes) == at and not until() and time.monotonic() < deadline:
                 time.sleep(0.01)
         return step(ids, *args, **kwargs)
