@@ -24,6 +24,7 @@ products with the whole table (nearest tokens, HotFlip gradients over the vocabu
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 
 import torch
@@ -45,6 +46,24 @@ def _per_row_int8(weight: torch.Tensor) -> bool:
     )
 
 
+_SCRATCH = threading.local()  # per thread: {(dtype, device): a flat buffer}
+
+
+def _scratch(numel: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A reused buffer for one dequantized block of W (at most `CHUNK` values): the blocks
+    were fresh tensors, one per block forwards and four per block backwards (cast, minus
+    the zero point, times the scale, cast back), each allocated and freed again for
+    every Linear in every step. Filled in place, the values are the same: the scales'
+    float32 product is rounded once to the block's dtype, as torchao rounds it."""
+    buffers = getattr(_SCRATCH, "buffers", None)
+    if buffers is None:
+        buffers = _SCRATCH.buffers = {}
+    held = buffers.get((dtype, device))
+    if held is None or held.numel() < numel:
+        held = buffers[(dtype, device)] = torch.empty(max(numel, CHUNK), dtype=dtype, device=device)
+    return held[:numel]
+
+
 def _forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """torchao's per-row weight-only int8 linear (`mm(x, q^T.to(dtype)) * scale + bias`),
     one block of output columns at a time."""
@@ -57,7 +76,9 @@ def _forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -
     for start in range(0, out_features, rows):
         stop = min(out_features, start + rows)
         block = y[:, start:stop]  # (N, rows)
-        torch.mm(flat, qdata[start:stop].t().to(dtype), out=block)
+        dense = _scratch((stop - start) * in_features, dtype, x.device)
+        dense = dense.view(stop - start, in_features).copy_(qdata[start:stop])  # (rows, in)
+        torch.mm(flat, dense.t(), out=block)
         block.mul_(scale[start:stop].to(dtype))
     if bias is not None:
         y += bias
@@ -76,10 +97,11 @@ def _input_grad(grad: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     cols = max(1, CHUNK // max(1, out_features))
     for start in range(0, in_features, cols):
         stop = min(in_features, start + cols)
-        dense = qdata[:, start:stop].to(dtype)  # (out, cols)
+        dense = _scratch(out_features * (stop - start), dtype, grad.device)
+        dense = dense.view(out_features, stop - start).copy_(qdata[:, start:stop])  # (out, cols)
         if zero is not None:
-            dense = dense - zero
-        dense = (dense * scale).to(dtype)
+            dense.sub_(zero)
+        dense.mul_(scale)  # in float32 (the scales'), rounded once to dtype: as torchao
         torch.mm(flat, dense, out=result[:, start:stop])
     return result.reshape(*grad.shape[:-1], in_features)
 
