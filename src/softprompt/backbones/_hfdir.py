@@ -29,6 +29,7 @@ from softprompt.backbones._placement import (
 from softprompt.backbones._precision import (
     check_int8,
     int8_ends,
+    int8_from_blocks,
     int8_linear,
     linear_filter,
     quantize_model,
@@ -194,11 +195,12 @@ def _load_int8(
         hash_source=known is None,
         keep=linear_filter,
         quantize_one=int8_linear,
+        quantize_rows=int8_from_blocks,
     )
     if loaded is None:
         return None
     model, hashed = loaded
-    int8_ends(model)  # after the layers: their arena is laid out first
+    int8_ends(model)  # the ends' modules take the int8 forms of their read-in weights
     if known is None:
         known = hashed
         if cache_kind is not None:

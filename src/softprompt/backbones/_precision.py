@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+from collections.abc import Iterable
 
 import torch
 
@@ -139,6 +140,21 @@ def int8_weight(weight: torch.Tensor, qdata: torch.Tensor | None = None) -> torc
     scales make the blocks independent): `Int8Tensor.from_hp` on a whole weight allocates
     temporaries several times its size, and over hundreds of layers those freed blocks
     fragment the heap, so the resident memory grew to the float32 model's size anyway."""
+    rows = max(1, QUANTIZE_CHUNK // max(1, weight.shape[1]))
+    blocks = (weight[start : start + rows] for start in range(0, weight.shape[0], rows))
+    return int8_from_blocks(weight.shape, weight.dtype, blocks, qdata, weight.device)
+
+
+def int8_from_blocks(
+    shape: tuple[int, int] | torch.Size,
+    dtype: torch.dtype,
+    blocks: Iterable[torch.Tensor],
+    qdata: torch.Tensor | None = None,
+    device: torch.device | str = "cpu",
+) -> torch.Tensor:
+    """`int8_weight` of the (out, in) weight whose rows `blocks` yield in order (any
+    number of rows each, in `dtype`), so a weight read from a file a block of rows at a
+    time is never held whole in float (the embedding table and LM head, on load)."""
     from torchao.quantization import Int8Tensor
     from torchao.quantization.quant_primitives import (
         MappingType,
@@ -146,19 +162,18 @@ def int8_weight(weight: torch.Tensor, qdata: torch.Tensor | None = None) -> torc
         quantize_affine,
     )
 
-    out_features, in_features = weight.shape
+    out_features, in_features = shape
     if qdata is None:
-        qdata = torch.empty(weight.shape, dtype=torch.int8, device=weight.device)
-    qdata = qdata.view(weight.shape)
-    scale = torch.empty(out_features, 1, dtype=torch.float32, device=weight.device)
-    zero_point = torch.empty(out_features, 1, dtype=torch.int8, device=weight.device)
+        qdata = torch.empty(out_features, in_features, dtype=torch.int8, device=device)
+    qdata = qdata.view(out_features, in_features)
+    scale = torch.empty(out_features, 1, dtype=torch.float32, device=device)
+    zero_point = torch.empty(out_features, 1, dtype=torch.int8, device=device)
     block_size = [1, in_features]  # per row, as Int8WeightOnlyConfig's PerRow()
     bounds = {"quant_min": -128, "quant_max": 127}
-    rows = max(1, QUANTIZE_CHUNK // max(1, in_features))
-    for start in range(0, out_features, rows):
+    start = 0
+    for block in blocks:
         # Int8Tensor.from_hp's own steps, on plain tensors (a subclass per block would be
         # cyclic garbage, its data kept until the collector runs)
-        block = weight[start : start + rows]
         s, z = choose_qparams_affine(
             input=block,
             mapping_type=MappingType.SYMMETRIC,
@@ -170,12 +185,18 @@ def int8_weight(weight: torch.Tensor, qdata: torch.Tensor | None = None) -> torc
             eps=torch.finfo(torch.float32).eps,
             **bounds,
         )
-        qdata[start : start + rows] = quantize_affine(
+        stop = start + block.shape[0]
+        qdata[start:stop] = quantize_affine(
             block, block_size=block_size, scale=s, zero_point=z, output_dtype=torch.int8, **bounds
         )
-        scale[start : start + rows] = s
-        zero_point[start : start + rows] = z
-    return Int8Tensor(qdata, scale, block_size, weight.dtype, zero_point=zero_point)
+        scale[start:stop] = s
+        zero_point[start:stop] = z
+        start = stop
+    if start != out_features:
+        raise BackboneError(
+            f"int8: {start} rows quantized of a ({out_features}, {in_features}) weight"
+        )
+    return Int8Tensor(qdata, scale, block_size, dtype, zero_point=zero_point)
 
 
 def int8_ends(model: torch.nn.Module) -> None:
@@ -193,9 +214,12 @@ def int8_ends(model: torch.nn.Module) -> None:
         weight = getattr(end, "weight", None)
         if not isinstance(end, (torch.nn.Embedding, torch.nn.Linear)) or id(weight) in done:
             continue
-        if type(weight).__name__ != "Parameter" or weight.is_meta:  # already reduced
+        if hasattr(weight, "qdata"):  # quantized as it loaded (backbones/_stream.py)
+            quantized = weight
+        elif type(weight).__name__ != "Parameter" or weight.is_meta:  # another scheme
             continue
-        quantized = torch.nn.Parameter(int8_weight(weight.detach()), requires_grad=False)
+        else:
+            quantized = torch.nn.Parameter(int8_weight(weight.detach()), requires_grad=False)
         done.add(id(quantized))
         for module in model.modules():
             if module._parameters.get("weight") is weight:

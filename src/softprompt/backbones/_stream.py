@@ -20,13 +20,13 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from softprompt.backbones._core import Fingerprinter, arch_fields
+from softprompt.backbones._core import Fingerprinter, arch_fields, dtype_name, hashed_dtype
 from softprompt.backbones._hf import from_config
 
 _DTYPES = {
@@ -72,6 +72,22 @@ class _Entry:
             if numel and handle.readinto(memoryview(raw.numpy())) != raw.numel():
                 raise ValueError(f"{self.file.name} is truncated")
         return out.reshape(self.shape)
+
+    def row_blocks(self, values: int) -> Iterator[torch.Tensor]:
+        """A 2-D tensor's rows in order (stored dtype, CPU), about `values` values a block,
+        each read with plain file reads into one reused buffer (valid until the next)."""
+        count, width = self.shape
+        rows = max(1, values // max(1, width))
+        buffer = torch.empty(rows * width, dtype=self.dtype)
+        raw = buffer.view(torch.uint8)
+        row_bytes = raw.numel() // rows
+        with self.file.open("rb") as handle:
+            for start in range(0, count, rows):
+                n = min(rows, count - start)
+                handle.seek(self.start + start * row_bytes)
+                if handle.readinto(memoryview(raw[: n * row_bytes].numpy())) != n * row_bytes:
+                    raise ValueError(f"{self.file.name} is truncated")
+                yield buffer[: n * width].view(n, width)
 
 
 def safetensors_index(folder: Path) -> dict[str, _Entry] | None:
@@ -214,11 +230,15 @@ def load_quantized(
     hash_source: bool,
     keep: Callable[[torch.nn.Module], Callable[[torch.nn.Module, str], bool]],
     quantize_one: Callable[[torch.nn.Module, str, torch.Tensor], None],
+    quantize_rows: Callable[[torch.Size, torch.dtype, Iterator[torch.Tensor]], torch.Tensor]
+    | None = None,
 ) -> tuple[torch.nn.Module, str | None] | None:
     """The model in `dtype` with the Linear layers `keep(model)` selects quantized by
     `quantize_one(parent, child_name, qdata)` as they fill (`qdata`: its one-byte-a-value
     slice of a block reserved up front), and the source fingerprint when
-    `hash_source`; None where the folder cannot be read this way (the caller falls back)."""
+    `hash_source`; None where the folder cannot be read this way (the caller falls back).
+    `quantize_rows(shape, dtype, row_blocks)`: makes the embedding table's and the LM
+    head's weights from their rows, read a block at a time (never whole in float)."""
     from accelerate import init_empty_weights
 
     index = safetensors_index(path)
@@ -239,6 +259,7 @@ def load_quantized(
     carrier = {names[0]: carried for carried, names in plan.items()}
     owners_of: dict[str, torch.nn.Module] = dict(model.named_modules())
     state = model.state_dict(keep_vars=True)
+    ends = _ends(model) if quantize_rows is not None else set()
     for name in sorted(state):
         if first[name] != name:
             if hasher is not None:
@@ -246,6 +267,11 @@ def load_quantized(
             continue
         carried = carrier[name]
         entry = index[carried]
+        if ends & set(plan[carried]) and entry.dtype.is_floating_point and len(entry.shape) == 2:
+            blocks = _hashed_casts(entry, name, dtype, hasher)
+            _place(model, plan[carried], quantize_rows(torch.Size(entry.shape), dtype, blocks))
+            _give_back_freed()
+            continue
         passing = carried in transient and _quantized_next(model, plan[carried], chosen)
         value = entry.read(scratch.get(entry.dtype, entry.numel) if passing else None)
         if hasher is not None:
@@ -265,3 +291,32 @@ def load_quantized(
     model.config._name_or_path = str(path)  # as from_pretrained records it
     model.eval()
     return model, hasher.hexdigest() if hasher is not None else None
+
+
+ROW_VALUES = 1 << 16  # an end's values read, hashed and quantized at a time (256 KB float32)
+
+
+def _ends(model: torch.nn.Module) -> set[str]:
+    """State-dict names of the input embedding table and the LM head weight."""
+    names = {id(m): n for n, m in model.named_modules()}
+    found = set()
+    ends = [model.get_input_embeddings()]
+    if hasattr(model, "get_output_embeddings"):
+        ends.append(model.get_output_embeddings())
+    for end in ends:
+        if isinstance(end, (torch.nn.Embedding, torch.nn.Linear)) and id(end) in names:
+            found.add(f"{names[id(end)]}.weight".lstrip("."))
+    return found
+
+
+def _hashed_casts(
+    entry: _Entry, name: str, dtype: torch.dtype, hasher: Fingerprinter | None
+) -> Iterator[torch.Tensor]:
+    """An end's rows in `dtype`, a block at a time, each hashed in order as it passes (the
+    same bytes `Fingerprinter.add` hashes for the whole tensor)."""
+    if hasher is not None:
+        hasher.begin(name, list(entry.shape), dtype_name(hashed_dtype(entry.dtype)))
+    for block in entry.row_blocks(ROW_VALUES):
+        if hasher is not None:
+            hasher.update(block)
+        yield block.to(dtype)
