@@ -19,7 +19,9 @@ step grew RSS by 1,683 MiB with the dynamic threshold and by 1,089 MiB with it f
 `estimate` fixes the threshold at glibc's 128 KiB default in its own process
 (mallopt), so it measures what the step's tensors occupy: the figure a run started with
 MALLOC_MMAP_THRESHOLD_=131072 reaches, and which a run without it may exceed by up to
-about half (said in the report).
+about half (said in the report). A backbone loaded with `--quantize int8` fixes the
+threshold for its process too (backbones/_precision.py `hold_mmap_threshold`), so there the
+estimate is what the run reaches.
 
 Serving K tasks holds the weights once and, per task, its float32 prompt and, on a
 causal decoder, its prompt keys/values for every layer (inject/prompt_cache.py keeps them so a
@@ -41,7 +43,7 @@ from typing import Any
 
 import torch
 
-from softprompt.backbones import Backbone
+from softprompt.backbones import Backbone, fix_mmap_threshold
 from softprompt.data import Example
 from softprompt.errors import ConfigError
 from softprompt.model import PromptModel
@@ -105,21 +107,6 @@ def rss_bytes() -> int | None:
         return _status_bytes("VmRSS")
     except (OSError, KeyError, ValueError):
         return None
-
-
-M_MMAP_THRESHOLD = -3  # glibc mallopt parameter
-
-
-def fix_mmap_threshold(nbytes: int = 128 * 1024) -> bool:
-    """glibc: allocations above `nbytes` always mmapped, freed straight back to the OS
-    (the threshold no longer rises; see the module docstring). False where not glibc."""
-    if not sys.platform.startswith("linux"):
-        return False
-    name = ctypes.util.find_library("c")
-    libc = ctypes.CDLL(name) if name else None
-    return bool(
-        libc is not None and hasattr(libc, "mallopt") and libc.mallopt(M_MMAP_THRESHOLD, nbytes)
-    )
 
 
 def _release_freed() -> None:
@@ -341,7 +328,9 @@ class Estimate:
             f"  prompt + grad + AdamW (float32)     {_size(self.prompt_state_bytes)}"
             f"  ({self.prompt_parameters:,} parameters)",
             f"  one step (activations, grads)       {step}",
-            "  (without MALLOC_MMAP_THRESHOLD_=131072 glibc may add up to half the step again)",
+            "  (an int8 load fixes glibc's mmap threshold, as measured here)"
+            if self.quantize == "int8"
+            else "  (without MALLOC_MMAP_THRESHOLD_=131072 glibc may add up to half the step again)",
             f"serving {self.tasks} task(s) peak  {_size(self.serve_peak_bytes)}",
             f"  per task: prompt {_size(4 * self.prompt_parameters)}, K/V cache {_size(kv)}",
             f"  one forward batch                   {serve}",

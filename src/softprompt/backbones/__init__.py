@@ -30,6 +30,7 @@ from softprompt.backbones._loading import (  # noqa: E402
 )
 from softprompt.backbones._paths import softprompt_home  # noqa: E402
 from softprompt.backbones._placement import place  # noqa: E402
+from softprompt.backbones._stream import fix_mmap_threshold  # noqa: E402
 
 __all__ = [
     "DEFAULT_BACKBONE",
@@ -40,6 +41,7 @@ __all__ = [
     "dequantized_blocks",
     "dequantized_rows",
     "fingerprint",
+    "fix_mmap_threshold",
     "freeze",
     "from_pretrained_model",
     "load_backbone",

@@ -28,6 +28,7 @@ from softprompt.backbones._placement import (
 )
 from softprompt.backbones._precision import (
     check_int8,
+    hold_mmap_threshold,
     int8_ends,
     int8_from_blocks,
     int8_linear,
@@ -164,6 +165,8 @@ def _load_held(
     """The model as it will be held (dtype, quantization, placement) and its source
     fingerprint. int8 is quantized while the weights load (backbones/_stream.py) where
     the folder allows; otherwise the whole model loads first and is quantized after."""
+    if quantize == "int8":
+        hold_mmap_threshold()  # before the load frees its first block
     if quantize == "int8" and placement is None:
         streamed = _load_int8(cls, path, config, dtype, known, cache_kind)
         if streamed is not None:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import json
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -174,6 +175,23 @@ def _libc() -> Any:
 
 
 _LIBC = _libc()
+
+
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters
+
+
+def fix_mmap_threshold(nbytes: int = 128 * 1024) -> bool:
+    """glibc: allocations above `nbytes` always mmapped, freed straight back to the OS;
+    the threshold no longer rises. Dynamically, each freed mmapped chunk (up to 32 MiB)
+    raises it to that chunk's size, and every smaller tensor after that comes from a
+    heap that fragments and is not given back. False where this is not glibc."""
+    mallopt = getattr(_LIBC, "mallopt", None)
+    if mallopt is None or not sys.platform.startswith("linux"):
+        return False
+    # the trim threshold too: a dynamic rise also set it to twice the mmap threshold
+    fixed = bool(mallopt(M_MMAP_THRESHOLD, nbytes)) and bool(mallopt(M_TRIM_THRESHOLD, nbytes))
+    _give_back_freed()
+    return fixed
 
 
 def _give_back_freed() -> None:
