@@ -26,9 +26,10 @@ from softprompt.backbones import Backbone
 from softprompt.inject.head import (
     EmbeddingTable,
     LMHead,
+    TextEnds,
     check_head,
-    embed_tokens,
     embedding_table,
+    trailing_kv,
 )
 from softprompt.inject.prompt import Prompt, RowPrompts, attention_mask, row_embeddings
 
@@ -57,7 +58,7 @@ class PrefixCache:
         return self.mask.shape[1]
 
 
-class CausalInjector:
+class CausalInjector(TextEnds):
     """Runs a decoder as [K/V prefix] + [BOS] + [virtual tokens] + tokens, per row."""
 
     def __init__(self, backbone: Backbone) -> None:
@@ -68,15 +69,7 @@ class CausalInjector:
         self._cache_kw = cache_keyword(self.core)
         check_head(backbone, self.run_core)
 
-    # -- the model's two ends ---------------------------------------------
-    @property
-    def dtype(self) -> torch.dtype:
-        """What the frozen model computes in; prompts are cast to it on the way in."""
-        return self.backbone.dtype
-
-    def embed(self, ids: torch.Tensor) -> torch.Tensor:
-        return embed_tokens(self.backbone, ids).float()  # (..., d) float32, the prompt side
-
+    # -- the model's two ends (device, dtype, embed: TextEnds) -------------------
     def logits(self, hidden: torch.Tensor, token_ids: torch.Tensor | None = None) -> torch.Tensor:
         return self.head(hidden, token_ids)  # (..., V or W)
 
@@ -90,12 +83,6 @@ class CausalInjector:
             inputs[self._cache_kw] = cache
             inputs["use_cache"] = True
         return self.core(**inputs)
-
-    @property
-    def device(self) -> torch.device:
-        """Where prompts and ids go: the input embeddings' device (`--device-map` may hold
-        the layers elsewhere)."""
-        return self.backbone.input_device
 
     # -- prompts -> cache ----------------------------------------------------
     def _run_group(self, prompts: list[Prompt]) -> tuple[list[tuple[torch.Tensor, ...]], int]:
@@ -250,18 +237,11 @@ class CausalInjector:
         ordinary text; BOS's own K/V are dropped (a prompt's BOS comes after its prefix).
         `after_bos=False` runs them at positions 0..n-1 before any token (where PEFT
         puts virtual tokens)."""
-        inputs = embeds.float().to(self.device).unsqueeze(0)  # (1, n, d); run_core casts it
-        bos = self.backbone.spec.bos_token_id
-        if after_bos and bos is not None:
-            bos_vec = self.embed(torch.tensor([[bos]], device=self.device))  # (1, 1, d)
-            inputs = torch.cat([bos_vec, inputs], dim=1)  # (1, 1 + n, d)
+        bos = self.backbone.spec.bos_token_id if after_bos else None
+        inputs = self._after_token(embeds, bos)  # (1, [1 +] n, d); run_core casts it
         cache = DynamicCache(config=self.config)
         self.run_core(inputs_embeds=inputs, cache=cache)
-        n = embeds.shape[0]
-        return tuple(
-            (layer.keys[0, :, -n:].float(), layer.values[0, :, -n:].float())
-            for layer in cache.layers
-        )
+        return trailing_kv(cache.layers, embeds.shape[0])
 
     def embedding_table(self) -> EmbeddingTable:
         """The frozen (V, d) input embedding table as stored (for nearest-token projection

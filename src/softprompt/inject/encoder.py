@@ -20,28 +20,16 @@ from transformers.cache_utils import DynamicCache
 
 from softprompt.backbones import Backbone
 from softprompt.errors import ConfigError
-from softprompt.inject.head import embed_tokens
+from softprompt.inject.head import TextEnds, trailing_kv
 from softprompt.inject.prompt import Prompt, RowPrompts, attention_mask, row_embeddings
 
 
-class EncoderInjector:
+class EncoderInjector(TextEnds):
     """Runs an encoder as [CLS] + prompt + tokens [SEP]; returns real-token states."""
 
     def __init__(self, backbone: Backbone) -> None:
         self.backbone = backbone
         self.model = backbone.core()
-
-    @property
-    def device(self) -> torch.device:
-        return self.backbone.input_device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        """What the frozen encoder computes in; prompts are cast to it on the way in."""
-        return self.backbone.dtype
-
-    def embed(self, ids: torch.Tensor) -> torch.Tensor:
-        return embed_tokens(self.backbone, ids).float()  # (..., d) float32, the prompt side
 
     def logits(self, hidden: torch.Tensor, token_ids: torch.Tensor | None = None) -> torch.Tensor:
         raise ConfigError(
@@ -148,15 +136,7 @@ class EncoderInjector:
     @torch.no_grad()
     def token_kv(self, embeds: torch.Tensor) -> tuple[tuple[torch.Tensor, torch.Tensor], ...]:
         """The encoder's own per-layer K/V of (n, d) embeddings after [CLS]: L x 2 x (h, n, hd)."""
-        cls = self.backbone.spec.bos_token_id
-        inputs = embeds.float().unsqueeze(0)  # (1, n, d)
-        if cls is not None:
-            front = self.embed(torch.tensor([[cls]], device=self.device))  # (1, 1, d)
-            inputs = torch.cat([front, inputs], dim=1)  # (1, 1 + n, d)
+        inputs = self._after_token(embeds, self.backbone.spec.bos_token_id)  # [CLS] + n
         cache = DynamicCache(config=self.backbone.model.config)
         self.model(inputs_embeds=inputs.to(self.dtype), cache=cache)
-        n = embeds.shape[0]
-        return tuple(
-            (layer.keys[0, :, -n:].float(), layer.values[0, :, -n:].float())
-            for layer in cache.layers
-        )
+        return trailing_kv(cache.layers, embeds.shape[0])

@@ -20,7 +20,8 @@ so nothing here expands the whole table into floats.
 from __future__ import annotations
 
 import weakref
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -129,6 +130,48 @@ class EmbeddingTable:
 def embedding_table(backbone: Backbone) -> EmbeddingTable:
     """The backbone's input embedding table, read through `EmbeddingTable`."""
     return EmbeddingTable(backbone)
+
+
+class TextEnds:
+    """`device`, `dtype`, `embed` and a token's K/V as every text injector (decoder,
+    encoder, encoder-decoder) reads them off its backbone. One definition, so the injector
+    kinds cannot drift apart on where ids go, what prompts are cast to on the way in, or
+    what K/V `token_kv` hands back (float32 whatever the frozen weights are held in)."""
+
+    backbone: Backbone
+
+    @property
+    def device(self) -> torch.device:
+        """Where prompts and ids go: the input embeddings' device (`--device-map` may hold
+        the layers elsewhere)."""
+        return self.backbone.input_device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """What the frozen model computes in; prompts are cast to it on the way in."""
+        return self.backbone.dtype
+
+    def embed(self, ids: torch.Tensor) -> torch.Tensor:
+        return embed_tokens(self.backbone, ids).float()  # (..., d) float32, the prompt side
+
+    def _after_token(self, embeds: torch.Tensor, token_id: int | None) -> torch.Tensor:
+        """(n, d) embeddings as one float32 row behind the token `token_id` (none when
+        None): (1, 1 + n, d), what `token_kv` runs so the vectors see what they see in
+        ordinary text after [CLS] / BOS."""
+        inputs = embeds.float().to(self.device).unsqueeze(0)  # (1, n, d)
+        if token_id is None:
+            return inputs
+        front = self.embed(torch.tensor([[token_id]], device=self.device))  # (1, 1, d)
+        return torch.cat([front, inputs], dim=1)  # (1, 1 + n, d)
+
+
+def trailing_kv(layers: Iterable[Any], n: int) -> tuple[tuple[torch.Tensor, torch.Tensor], ...]:
+    """Row 0's keys and values at the last `n` positions of each cache layer, float32:
+    L x 2 x (kvh, n, hd). What every `token_kv` keeps after running (front token +) n
+    embeddings through the model: the front token's own K/V are dropped."""
+    return tuple(
+        (layer.keys[0, :, -n:].float(), layer.values[0, :, -n:].float()) for layer in layers
+    )
 
 
 @torch.no_grad()

@@ -28,7 +28,13 @@ from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 from softprompt.backbones import Backbone
 from softprompt.errors import BackboneError, ConfigError
 from softprompt.inject.causal import cache_keyword
-from softprompt.inject.head import EmbeddingTable, LMHead, embed_tokens, embedding_table
+from softprompt.inject.head import (
+    EmbeddingTable,
+    LMHead,
+    TextEnds,
+    embedding_table,
+    trailing_kv,
+)
 from softprompt.inject.prompt import Prompt, RowPrompts
 
 # model_types whose tied head is fed the decoder's output times d**-0.5
@@ -36,7 +42,7 @@ _SCALED_TIED_HEAD = frozenset({"t5", "mt5", "umt5", "longt5", "switch_transforme
 _CHECKED: weakref.WeakSet = weakref.WeakSet()
 
 
-class Seq2SeqInjector:
+class Seq2SeqInjector(TextEnds):
     """Runs [virtual tokens] + tokens through the encoder, the decoder on its own ids
     after a K/V prefix, and the head on what the decoder gives."""
 
@@ -62,19 +68,7 @@ class Seq2SeqInjector:
         self._cache_kw = cache_keyword(self.decoder)
         self._check()
 
-    # -- the model's two ends ---------------------------------------------
-    @property
-    def device(self) -> torch.device:
-        return self.backbone.input_device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        """What the frozen model computes in; prompts are cast to it on the way in."""
-        return self.backbone.dtype
-
-    def embed(self, ids: torch.Tensor) -> torch.Tensor:
-        return embed_tokens(self.backbone, ids).float()  # (..., d) float32, the prompt side
-
+    # -- the model's two ends (device, dtype, embed: TextEnds) -------------------
     def embedding_table(self) -> EmbeddingTable:
         return embedding_table(self.backbone)
 
@@ -282,9 +276,7 @@ class Seq2SeqInjector:
             use_cache=True,
             **{self._cache_kw: cache},
         )
-        n = embeds.shape[0]
-        layers = cache.self_attention_cache.layers
-        return tuple((lay.keys[0, :, -n:].float(), lay.values[0, :, -n:].float()) for lay in layers)
+        return trailing_kv(cache.self_attention_cache.layers, embeds.shape[0])
 
     @torch.no_grad()
     def _check(self) -> None:
