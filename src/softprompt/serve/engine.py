@@ -36,9 +36,12 @@ from softprompt.serve.requests import (  # re-exported: routes and tests import 
     BadInput,
     RefusedTask,
     Request,
+    RequestDoor,
     Served,
     UnknownTask,
     check_unicode,
+    check_version,
+    task_and_version,
 )
 from softprompt.serve.sampling import Sampling
 from softprompt.serve.store import (
@@ -65,7 +68,7 @@ class _Batch(MultiTaskModel):
         return RowPrompts.per_row(prompts, choice, self.device)
 
 
-class Engine:
+class Engine(RequestDoor):
     """The served tasks of one backbone, and the code that answers mixed batches."""
 
     def __init__(
@@ -202,41 +205,19 @@ class Engine:
         """The served task `ref` names: `task` (its served version) or `task@v`, which
         answers only while v is the version served (a pinned client is never answered by
         another version)."""
-        if not isinstance(ref, str):
-            raise UnknownTask(f"task must be a string, got {shorten(ref)}")
-        task, pinned, version = ref.partition("@")
+        task, version = task_and_version(ref)
         with self._lock:
             served = self.tasks.get(task)
             refused = self.refused.get(task)
             names = sorted(self.tasks)
-        if served is not None and (not pinned or version == str(served.entry.version)):
-            return served
         if served is not None:
-            raise UnknownTask(
-                f"task {shorten(task)} has no version {shorten(version)} served: it serves "
-                f"version {served.entry.version} ({served.entry.ref}; GET /tasks)"
-            )
+            return check_version(served, task, version)
         if refused is not None:
             raise RefusedTask(refused)
         shown = names if len(names) <= 20 else [*names[:20], f"... {len(names)} in all"]
         raise UnknownTask(f"unknown task {shorten(ref)}; served tasks: {shown} (GET /tasks)")
 
-    # -- requests --------------------------------------------------------------
-    def request(
-        self,
-        task: Any,
-        text: Any,
-        *,
-        generate: bool | None,
-        max_tokens: int | None = None,
-        on_token: Callable[[str], None] | None = None,
-        sampling: Sampling | None = None,
-        image: Any = None,
-    ) -> Request:
-        """Check one input before it joins a batch (errors name the input and the fix)."""
-        served = self.get(task)
-        return self.check(served, task, text, generate, max_tokens, on_token, sampling, image)
-
+    # -- requests (`request`: RequestDoor) -------------------------------------------
     def check(
         self,
         served: Served,

@@ -14,6 +14,7 @@ from typing import Any
 from softprompt.errors import SoftPromptError
 from softprompt.inject import Prompt
 from softprompt.model import PromptModel
+from softprompt.serve.limits import shorten
 from softprompt.serve.sampling import Sampling
 from softprompt.serve.store import Entry
 from softprompt.tasks.image import ImageTask
@@ -91,3 +92,49 @@ class Request:
     on_token: Callable[[str], None] | None = None  # streaming: called with each new piece
     sampling: Sampling = field(default_factory=Sampling)  # generation only
     image: Any = None  # image tasks: a decoded PIL image (serve/images.py)
+
+
+def task_and_version(ref: Any) -> tuple[str, str | None]:
+    """`task` or `task@v` -> (task, "v" or None): one reading of a task reference for
+    every engine, so a pinned client means the same thing whichever engine answers it."""
+    if not isinstance(ref, str):
+        raise UnknownTask(f"task must be a string, got {shorten(ref)}")
+    task, pinned, version = ref.partition("@")
+    return task, version if pinned else None
+
+
+def check_version(served: Served, task: str, version: str | None) -> Served:
+    """`served` unless the reference pins another version than the one served: a pinned
+    client is never answered by another version, on either engine."""
+    if version is not None and version != str(served.entry.version):
+        raise UnknownTask(
+            f"task {shorten(task)} has no version {shorten(version)} served: it serves "
+            f"version {served.entry.version} ({served.entry.ref}; GET /tasks)"
+        )
+    return served
+
+
+class RequestDoor:
+    """`request` as the batcher and the HTTP app call it on an `Engine` or a `Router`: the
+    object's own `get` binds the input to the task version it names, then `check` checks
+    it (the engine's checks on either engine). One signature for both doors, so they
+    cannot drift apart."""
+
+    get: Callable[[Any], Served]  # the served task a reference names
+    check: Callable[..., Request]  # (served, task, text, generate, max_tokens, on_token, ...)
+
+    def request(
+        self,
+        task: Any,
+        text: Any,
+        *,
+        generate: bool | None,
+        max_tokens: int | None = None,
+        on_token: Callable[[str], None] | None = None,
+        sampling: Sampling | None = None,
+        image: Any = None,
+    ) -> Request:
+        """One checked input, bound to the version of the task it names (errors name the
+        input and the fix)."""
+        served = self.get(task)
+        return self.check(served, task, text, generate, max_tokens, on_token, sampling, image)

@@ -19,7 +19,6 @@ through one mixed batch on the calling thread while vLLM rows are sent concurren
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
@@ -27,14 +26,13 @@ from softprompt.errors import SoftPromptError
 from softprompt.inject.prompt_cache import PromptKVCache
 from softprompt.model import PromptModel
 from softprompt.serve.continuous import Arrivals, Group
-from softprompt.serve.engine import Engine, RefusedTask, Request, Served, UnknownTask
-from softprompt.serve.limits import shorten
-from softprompt.serve.sampling import Sampling
+from softprompt.serve.engine import Engine, RefusedTask, Request, Served
+from softprompt.serve.requests import RequestDoor, check_version, task_and_version
 from softprompt.serve.store import Entry, PromptStore
 from softprompt.serve.vllm import VllmEngine, VllmTask, takes, vllm_sampling
 
 
-class Router:
+class Router(RequestDoor):
     """The served tasks of one backbone, each answered by the engine its method needs."""
 
     def __init__(self, own: Engine, vllm: VllmEngine, *, workers: int = 64) -> None:
@@ -136,9 +134,7 @@ class Router:
 
     def get(self, ref: Any) -> Served:
         """The served task `ref` names (`task` or `task@v`, pinned as `Engine.get` pins)."""
-        if not isinstance(ref, str):
-            raise UnknownTask(f"task must be a string, got {shorten(ref)}")
-        task, pinned, version = ref.partition("@")
+        task, version = task_and_version(ref)
         with self._lock:
             served = self.on_vllm.get(task)
             refused = self.refused.get(task)
@@ -146,28 +142,12 @@ class Router:
             raise RefusedTask(refused)
         if served is None:
             return self.own.get(ref)
-        if pinned and version != str(served.entry.version):
-            raise UnknownTask(
-                f"task {shorten(task)} has no version {shorten(version)} served: it serves "
-                f"version {served.entry.version} ({served.entry.ref}; GET /tasks)"
-            )
-        return served
+        return check_version(served, task, version)
 
-    # -- requests --------------------------------------------------------------------------
-    def request(
-        self,
-        task: Any,
-        text: Any,
-        *,
-        generate: bool | None,
-        max_tokens: int | None = None,
-        on_token: Callable[[str], None] | None = None,
-        sampling: Sampling | None = None,
-        image: Any = None,
-    ) -> Request:
-        """One checked input, bound to the version of the task it names (either engine)."""
-        served = self.get(task)
-        return self.own.check(served, task, text, generate, max_tokens, on_token, sampling, image)
+    # -- requests (`request`: RequestDoor) ---------------------------------------------------
+    def check(self, served: Served, *inputs: Any) -> Request:
+        """`Engine.check`: an input is checked the same whichever engine answers it."""
+        return self.own.check(served, *inputs)
 
     def run(self, requests: list[Request]) -> list[dict[str, Any]]:
         """Answer requests of any tasks: vLLM rows sent concurrently while own-engine rows
