@@ -196,13 +196,22 @@ def check_head(backbone: Backbone, call_core) -> None:
     reference = backbone.model(input_ids=ids).logits.float()  # (1, 5, V)
     hidden = call_core(inputs_embeds=embed_tokens(backbone, ids)).last_hidden_state
     ours = LMHead(backbone)(hidden).float()
-    gap = float((ours - reference).abs().max())
+    refuse_unless_reproduced(backbone, ours, reference, "model")
+    _CHECKED.add(backbone.model)
+
+
+def refuse_unless_reproduced(
+    backbone: Backbone, ours: torch.Tensor, reference: torch.Tensor, kind: str
+) -> None:
+    """Refuse `backbone` when the logits our path gives (`ours`) differ from its own
+    forward's (`reference`) by more than rounding: every score would be wrong. One
+    tolerance for every injector's once-per-backbone check (decoders, encoder-decoders)."""
+    gap = float((ours.float() - reference.float()).abs().max())
     # two roundings apart at most in a 16-bit dtype: its eps, not float32's 1e-3
     tolerance = max(1e-3, 8 * torch.finfo(backbone.dtype).eps)
-    if gap > tolerance * (1.0 + float(reference.abs().max())):
+    if gap > tolerance * (1.0 + float(reference.float().abs().max())):
         raise BackboneError(
-            f"{backbone.name}: softprompt's path through this {backbone.spec.architecture} model "
+            f"{backbone.name}: softprompt's path through this {backbone.spec.architecture} {kind} "
             f"does not reproduce its own logits (max difference {gap:.3g}); scores would be "
             "wrong, so the backbone is refused. Please report the architecture."
         )
-    _CHECKED.add(backbone.model)

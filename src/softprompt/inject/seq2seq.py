@@ -33,6 +33,7 @@ from softprompt.inject.head import (
     LMHead,
     TextEnds,
     embedding_table,
+    refuse_unless_reproduced,
     trailing_kv,
 )
 from softprompt.inject.prompt import Prompt, RowPrompts
@@ -290,13 +291,5 @@ class Seq2SeqInjector(TextEnds):
         reference = self.backbone.model(input_ids=ids, decoder_input_ids=decoder_ids).logits
         ones = torch.ones_like(ids)
         hidden = self.decoder_states(Prompt(), ids, ones, decoder_ids, torch.ones_like(decoder_ids))
-        gap = float((self.logits(hidden) - reference.float()).abs().max())
-        tolerance = max(1e-3, 8 * torch.finfo(self.dtype).eps)
-        if gap > tolerance * (1.0 + float(reference.abs().max())):
-            raise BackboneError(
-                f"{self.backbone.name}: softprompt's path through this "
-                f"{self.backbone.spec.architecture} encoder-decoder does not reproduce its own "
-                f"logits (max difference {gap:.3g}); scores would be wrong, so the backbone is "
-                "refused. Please report the architecture."
-            )
+        refuse_unless_reproduced(self.backbone, self.logits(hidden), reference, "encoder-decoder")
         _CHECKED.add(self.backbone.model)
