@@ -87,6 +87,30 @@ FLAGS: dict[str, tuple[str, Callable[[str], Any], str]] = {
     ),
 }
 
+# switch -> (dotted config key it sets to True, help): `_add_run_flags` adds each and
+# `_values_from_args` reads each, so a switch and its key are written down once
+SWITCHES: dict[str, tuple[str, str]] = {
+    "bf16": ("train.bf16", "bf16 autocast on CPU"),
+    "gradient_checkpointing": (
+        "train.gradient_checkpointing",
+        "recompute the backbone's layers in the backward pass: less memory, more time",
+    ),
+    "fsdp": (
+        "train.fsdp",
+        "under torchrun: shard the frozen backbone's layers over the processes (FSDP)",
+    ),
+    "overwrite": (
+        "train.overwrite",
+        "replace the run already in --out (its prompt, checkpoint, metrics)",
+    ),
+    "chat_template": (
+        "task.chat_template",
+        "frame the input inside the backbone tokenizer's chat template (instruct backbones)",
+    ),
+}
+# switches one command adds itself (train: --force-resume), read like SWITCHES
+_OWN_SWITCHES = {"force_resume": "train.force_resume"}
+
 # What each run flag defaults to when neither it nor the YAML config sets it: RunConfig()'s
 # values (tests/cli/test_help.py checks they agree), kept here so `--help` needs no torch.
 # method options other than the name are soft-prompt's; other methods have their own.
@@ -150,36 +174,13 @@ def _add_run_flags(parser: argparse.ArgumentParser) -> None:
             default=None,
             help=_run_flag_help(key, help_text),
         )
-    parser.add_argument(
-        "--bf16", action="store_true", default=None, help="bf16 autocast on CPU [train.bf16]"
-    )
-    parser.add_argument(
-        "--gradient-checkpointing",
-        action="store_true",
-        default=None,
-        help="recompute the backbone's layers in the backward pass: less memory, more time "
-        "[train.gradient_checkpointing]",
-    )
-    parser.add_argument(
-        "--fsdp",
-        action="store_true",
-        default=None,
-        help="under torchrun: shard the frozen backbone's layers over the processes (FSDP) "
-        "[train.fsdp]",
-    )
-    parser.add_argument(
-        "--overwrite",
-        action="store_true",
-        default=None,
-        help="replace the run already in --out (its prompt, checkpoint, metrics) [train.overwrite]",
-    )
-    parser.add_argument(
-        "--chat-template",
-        action="store_true",
-        default=None,
-        help="frame the input inside the backbone tokenizer's chat template (instruct "
-        "backbones) [task.chat_template]",
-    )
+    for flag, (key, help_text) in SWITCHES.items():
+        parser.add_argument(
+            f"--{flag.replace('_', '-')}",
+            action="store_true",
+            default=None,
+            help=f"{help_text} [{key}]",
+        )
     parser.add_argument(
         "--no-baseline",
         dest="baseline",
@@ -212,11 +213,10 @@ def _values_from_args(args: argparse.Namespace) -> dict[str, Any]:
             raise ConfigError(
                 f"--{flag.replace('_', '-')}: cannot read {short(raw)} ({short(str(exc), 80)})"
             ) from None
-    for flag in ("bf16", "overwrite", "force_resume", "gradient_checkpointing", "fsdp"):
+    switches = {flag: key for flag, (key, _) in SWITCHES.items()} | _OWN_SWITCHES
+    for flag, key in switches.items():
         if getattr(args, flag, None):
-            set_dotted(values, f"train.{flag}", True)
-    if getattr(args, "chat_template", None):
-        set_dotted(values, "task.chat_template", True)
+            set_dotted(values, key, True)
     if args.baseline is False:
         values["baseline"] = False
     if getattr(args, "test_limit", None) is not None and getattr(args, "command", "") == "train":
