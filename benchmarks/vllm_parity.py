@@ -268,15 +268,26 @@ def group_cpu(pgid: int) -> float:
     return total / os.sysconf("SC_CLK_TCK")
 
 
-def timed(runs: dict, rounds: int, vllm_group: int | None) -> tuple[dict, dict]:
+def process_cpu(pid: int) -> float:
+    """CPU seconds (user + system, every thread) spent so far by process `pid`."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def timed(
+    runs: dict, rounds: int, vllm_group: int | None, gateway_pid: int | None = None
+) -> tuple[dict, dict]:
     """Median wall seconds per way, and median CPU seconds for "direct" (every process
-    of the vLLM server's group) and the own engines (the thread that runs them)."""
+    of the vLLM server's group), "http" (the `softprompt serve` process alone: the
+    gateway's own work) and the in-process ways (the thread that runs them)."""
+    clocks = {"direct": lambda: group_cpu(vllm_group), "http": lambda: process_cpu(gateway_pid)}
+    counted = {"direct": vllm_group is not None, "http": gateway_pid is not None}
     names, seconds = list(runs), {n: [] for n in runs}
-    cpu = {n: [] for n in names if n.startswith(("own", "peft")) or (n == "direct" and vllm_group)}
+    cpu = {n: [] for n in names if counted.get(n, n.startswith(("own", "peft")))}
     for r in range(rounds):
         for name in names[r % len(names) :] + names[: r % len(names)]:
-            clock = (lambda: group_cpu(vllm_group)) if name == "direct" else time.thread_time
-            start, start_cpu = time.perf_counter(), clock()
+            clock = clocks.get(name, time.thread_time)
+            start, start_cpu = time.perf_counter(), clock() if name in cpu else 0.0
             runs[name]()
             seconds[name].append(time.perf_counter() - start)
             if name in cpu:
@@ -343,7 +354,7 @@ def main() -> None:
                     pairs = spread(batch, kind, args.tasks)
                     url = f"http://127.0.0.1:{gateway_port}"
                     ways = runners(vllm, own, peft_model, models, pairs, kind, args.max_tokens, url)
-                    med, cpu = timed(ways, args.rounds, vllm_group)
+                    med, cpu = timed(ways, args.rounds, vllm_group, gateway.pid)
                     report[kind] = {
                         "median_s": med,
                         "median_cpu_s": cpu,
