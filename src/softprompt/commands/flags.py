@@ -243,6 +243,13 @@ def _int_list(raw: str, flag: str) -> list[int]:
         raise ConfigError(f"{flag}: expected whole numbers joined by commas, got {raw!r}") from None
 
 
+def seed_list(raw: str) -> list[int]:
+    """`--seeds`: a bare number N means seeds 0..N-1 (the common case, "3 seeds"); any
+    comma makes it a list, so "5," runs seed 5 alone and "0,4,7" those three."""
+    seeds = _int_list(raw, "--seeds")
+    return list(range(seeds[0])) if len(seeds) == 1 and "," not in raw else seeds
+
+
 def _add_precision_flags(parser: argparse.ArgumentParser) -> None:
     """--dtype / --quantize: how the frozen backbone is held (softprompt.backbones)."""
     parser.add_argument("--dtype", default=None, choices=["auto", "float32", "bfloat16", "float16"],

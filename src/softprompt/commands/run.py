@@ -17,11 +17,11 @@ from softprompt.commands.flags import (
     _backbone_arg,
     _batch_size,
     _config_from_args,
-    _int_list,
     _merged,
     _meta,
     _positive_int,
     _values_from_args,
+    seed_list,
 )
 
 
@@ -90,7 +90,7 @@ def add_compare_parser(sub: Any) -> None:
     grid.add_argument(
         "--seeds",
         default="3",
-        help="N seeds (0..N-1) or a list such as 0,4,7; with --shots each seed "
+        help="N seeds (0..N-1) or a list such as 0,4,7 (one seed alone: 5,); with --shots each seed "
         "also draws its own K-shot sample",
     )
     grid.add_argument("--test-limit", type=int, default=0,
@@ -169,8 +169,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     run = _config_from_args(args)
     if run.out == RunConfig().out and args.out is None:  # not the train command's folder
         run = dataclasses.replace(run, out=f"runs/compare-{Path(run.data.source).stem}")
-    seeds = _int_list(args.seeds, "--seeds")
-    seeds = list(range(seeds[0])) if len(seeds) == 1 else seeds  # "3": seeds 0, 1, 2
+    seeds = seed_list(args.seeds)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     config = CompareConfig(
         run=run, methods=methods, seeds=seeds, test_limit=args.test_limit, seed_init=args.seed_init
