@@ -7,7 +7,7 @@ import importlib.util
 
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
+from largest_tensor import LargestFloatTensor  # tests/backbones/largest_tensor.py
 
 import softprompt.backbones._frozen_int8 as frozen
 import softprompt.backbones._precision as precision
@@ -30,21 +30,6 @@ def _torchao_linear(in_features: int, out_features: int, bias: bool, dtype, devi
     model = model.to(device=device, dtype=dtype)
     quantize_(model, Int8WeightOnlyConfig())
     return model[0]
-
-
-class _LargestFloatTensor(TorchDispatchMode):
-    """Records the most elements any floating-point result of an aten op held."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.largest = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        for t in out if isinstance(out, (tuple, list)) else [out]:
-            if isinstance(t, torch.Tensor) and t.is_floating_point():
-                self.largest = max(self.largest, t.numel())
-        return out
 
 
 @needs_torchao
@@ -80,12 +65,12 @@ def test_no_step_expands_the_whole_int8_weight(llama_folder, monkeypatch):
     backbone = load_backbone(str(llama_folder), quantize="int8")
     layer = backbone.model.model.layers[0].mlp.up_proj  # (64, 32): 2048 weight values
     x = torch.randn(3, 32, requires_grad=True)
-    with _LargestFloatTensor() as seen:
+    with LargestFloatTensor() as seen:
         y = layer(x)
         y.backward(torch.ones_like(y))
     assert 0 < seen.largest <= 256 < layer.weight.numel()
     layer.__class__ = torch.nn.Linear  # torchao's own path, for contrast: the test can fail
-    with _LargestFloatTensor() as old:
+    with LargestFloatTensor() as old:
         layer(x.detach())
     assert old.largest >= layer.weight.numel()
 

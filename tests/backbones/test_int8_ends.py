@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
+from largest_tensor import LargestFloatTensor  # tests/backbones/largest_tensor.py
 
 import softprompt.backbones._frozen_int8 as frozen
 import softprompt.backbones._precision as precision
@@ -37,21 +37,6 @@ needs_torchao = pytest.mark.skipif(
 )
 TOLERANCE = {torch.float32: 1e-5, torch.bfloat16: 1e-2}  # the frozen int8 Linear's
 FAMILIES = ["llama", "qwen2", "gemma3"]  # tied; untied head; embeddings scaled by sqrt(d)
-
-
-class _LargestFloatTensor(TorchDispatchMode):
-    """Records the most elements any floating-point result of an aten op held."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.largest = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        for t in out if isinstance(out, (tuple, list)) else [out]:
-            if isinstance(t, torch.Tensor) and t.is_floating_point():
-                self.largest = max(self.largest, t.numel())
-        return out
 
 
 def _pair(family: str, dtype: torch.dtype = torch.float32):
@@ -119,7 +104,7 @@ def test_a_lookup_expands_only_the_rows_asked_for(monkeypatch):
     real = kind.dequantize
     monkeypatch.setattr(kind, "dequantize", lambda w, *a, **k: whole.append(1) or real(w, *a, **k))
     ids = torch.tensor([[3, 9, 14]])
-    with _LargestFloatTensor() as seen:
+    with LargestFloatTensor() as seen:
         rows = table(ids)  # (1, 3, d)
     assert 0 < seen.largest <= 3 * small.spec.hidden_size and not whole
     table.__class__ = torch.nn.Embedding  # torchao's own lookup, for contrast: can fail
@@ -134,7 +119,7 @@ def test_products_with_the_whole_table_run_block_by_block(family, monkeypatch):
     small, dense = _pair(family)
     monkeypatch.setattr(frozen, "CHUNK", 256)  # several blocks of 8 rows
     grad = torch.randn(2, small.spec.hidden_size)  # (2, d)
-    with _LargestFloatTensor() as seen:
+    with LargestFloatTensor() as seen:
         scores = embedding_table(small).scores(grad)  # (2, V)
     want = grad @ dense.input_embeddings().weight.T
     assert torch.allclose(scores, want, atol=1e-5, rtol=1e-5)
