@@ -243,11 +243,27 @@ def _int_list(raw: str, flag: str) -> list[int]:
         raise ConfigError(f"{flag}: expected whole numbers joined by commas, got {raw!r}") from None
 
 
+MAX_SEED_COUNT = 100  # a grid of more seeds is a typo for a list ("1000000000" for "1000,")
+
+
 def seed_list(raw: str) -> list[int]:
     """`--seeds`: a bare number N means seeds 0..N-1 (the common case, "3 seeds"); any
-    comma makes it a list, so "5," runs seed 5 alone and "0,4,7" those three."""
+    comma makes it a list, so "5," runs seed 5 alone and "0,4,7" those three. A count is
+    bounded so that a seed typed without its comma fails at once instead of building a
+    grid of a billion units."""
+    from softprompt.errors import ConfigError
+
     seeds = _int_list(raw, "--seeds")
-    return list(range(seeds[0])) if len(seeds) == 1 and "," not in raw else seeds
+    if len(seeds) == 1 and "," not in raw:
+        if not 1 <= seeds[0] <= MAX_SEED_COUNT:
+            raise ConfigError(
+                f"--seeds {raw}: a bare number is a count of seeds (1 to {MAX_SEED_COUNT});"
+                f" to run seed {seeds[0]} alone, write --seeds {seeds[0]},"
+            )
+        return list(range(seeds[0]))
+    if not seeds or min(seeds) < 0 or len(set(seeds)) != len(seeds):
+        raise ConfigError(f"--seeds {raw}: expected distinct seeds >= 0, e.g. --seeds 0,4,7")
+    return seeds
 
 
 def _add_precision_flags(parser: argparse.ArgumentParser) -> None:
