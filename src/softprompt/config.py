@@ -173,6 +173,8 @@ def build_run_config(values: dict[str, Any]) -> RunConfig:
             except Invalid as exc:
                 found.problems.append(f"{key}: {exc}")
     found.raise_if_any()
+    if "eval_examples" not in values["train"] and _k_shot(values["data"], tasks):
+        values["train"]["eval_examples"] = 0  # the K-per-class validation set, whole
     for name, cls in _SECTIONS.items():
         values[name] = cls(**values[name])
     if tasks is not None:
@@ -180,6 +182,14 @@ def build_run_config(values: dict[str, Any]) -> RunConfig:
             RunTask(t["name"], DataConfig(**t["data"]), t["method"], t["task"]) for t in tasks
         ]
     return RunConfig(**values)
+
+
+def _k_shot(data: dict[str, Any], tasks: list[dict[str, Any]] | None) -> bool:
+    """Whether every task runs in the k-shot regime. Its validation set is K rows per
+    class by design (as LM-BFF and PET have it), so train.eval_examples' default cap of
+    300 rows, meant for large validation splits, would cut a K=16 x 20-class set."""
+    specs = [t["data"] for t in tasks] if tasks is not None else [data]
+    return all(spec.get("shots") is not None for spec in specs)
 
 
 class _Found:

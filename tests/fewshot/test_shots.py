@@ -14,6 +14,7 @@ from softprompt.data import Dataset, Example
 from softprompt.data.shots import few_shot_dataset, sample_shots
 from softprompt.errors import ConfigError, DataError
 from softprompt.model import load_prompt_meta
+from softprompt.train.loop import cut_note
 
 LABELS = ["a", "b", "c"]
 
@@ -120,3 +121,62 @@ def test_cli_bad_few_shot_flags_are_one_line(capsys, argv, expected):
     assert cli.main(["train", *argv]) == 2
     err = capsys.readouterr().err
     assert expected in err and len(err.strip().splitlines()) == 1
+
+
+def test_any_first_n_validation_rows_are_balanced_per_class():
+    """train.eval_examples keeps the first N validation rows: in the k-shot regime they
+    cover min(N, C) classes, N // C or one more each (the old shuffled order, cut to 20 of
+    newsgroups20's 320 rows, could drop whole classes)."""
+    labels = [f"c{i}" for i in range(6)]
+    rows = [Example(f"text {label} {i}", label) for i in range(20) for label in labels]
+    for seed in range(5):
+        validation = sample_shots(rows, labels, 8, seed=seed).validation
+        for n in range(1, len(validation) + 1):
+            counts = Counter(e.label for e in validation[:n])
+            assert len(counts) == min(n, len(labels)), (seed, n)
+            assert max(counts.values()) - min(counts.values()) <= 1, (seed, n)
+
+
+def test_validation_rounds_are_seeded_and_not_in_one_class_order():
+    firsts = {
+        tuple(e.label for e in sample_shots(_rows(), LABELS, 4, s).validation[:3]) for s in range(8)
+    }
+    assert len(firsts) > 1  # each round's class order is drawn, not always a, b, c
+    assert sample_shots(_rows(), LABELS, 4, 5) == sample_shots(_rows(), LABELS, 4, 5)
+
+
+def test_k_shot_runs_validate_on_the_whole_k_shot_set_unless_told_otherwise():
+    assert build_run_config({"data": {"shots": 16}}).train.eval_examples == 0
+    told = {"data": {"shots": 16}, "train": {"eval_examples": 20}}
+    assert build_run_config(told).train.eval_examples == 20
+    assert build_run_config({}).train.eval_examples == 300  # a full validation split: capped
+    mixed = {"tasks": [{"data": {"source": "a.csv", "shots": 4}}, {"data": "b.csv"}]}
+    assert build_run_config(mixed).train.eval_examples == 300
+
+
+def test_cli_k_shot_run_validates_on_every_row_or_says_what_it_cuts(capsys, tmp_path, llama_folder):
+    path = tmp_path / "toy.csv"
+    rows = [(e.text, e.label) for e in toy_examples(40, seed=1)]
+    path.write_text("text,label\n" + "".join(f"{t},{label}\n" for t, label in rows))
+    base = ["train", "--backbone", str(llama_folder), "--dataset", str(path), "--shots", "4",
+            "--n-tokens", "2", "--steps", "2", "--eval-every", "2", "--batch-size", "4",
+            "--no-baseline"]  # fmt: skip
+    assert cli.main([*base, "--out", str(tmp_path / "all")]) == 0
+    run = json.loads((tmp_path / "all" / "report.json").read_text())["config"]
+    assert run["train"]["eval_examples"] == 0 and "eval_examples" not in capsys.readouterr().err
+    assert cli.main([*base, "--eval-examples", "3", "--out", str(tmp_path / "cut")]) == 0
+    err = capsys.readouterr().err
+    assert "train.eval_examples=3: task " in err
+    assert (
+        "validated on the first 3 of its 8 validation rows (2 of 2 classes, 1 to 2 rows each)"
+        in err
+    )
+
+
+def test_cut_note_shows_a_cap_that_drops_classes_of_a_split_sorted_by_label():
+    sorted_rows = [Example(f"v {label} {i}", label) for label in LABELS for i in range(4)]
+    data = Dataset("d", "classification", LABELS, _rows(), sorted_rows, [])
+    assert cut_note("d", data, 2) == (
+        "train.eval_examples=2: task 'd' is validated on the first 2 of its 12 validation "
+        "rows (1 of 3 classes, 2 rows each); set it to 0 to score them all"
+    )

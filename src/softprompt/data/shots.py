@@ -27,7 +27,10 @@ from softprompt.errors import ConfigError, DataError
 @dataclass(frozen=True)
 class Shots:
     """One k-shot sample: `train` and `validation` hold K rows per class each, never the
-    same text; `unlabelled` the other training texts (labels dropped)."""
+    same text; `unlabelled` the other training texts (labels dropped). `validation` comes
+    in K rounds of one row per class, so its first N rows are balanced per class (N // C
+    or one more each): `train.eval_examples` below its size cuts it without dropping a
+    class."""
 
     train: list[Example]
     validation: list[Example]
@@ -68,17 +71,21 @@ def sample_shots(
             f"({shots} to train, {shots} to validate); too few for {counts}; lower --shots"
         )
     train: list[Example] = []
-    validation: list[Example] = []
+    held: dict[str, list[Example]] = {}
     for label in labels:
         found = list(grouped[label])
         random.Random(f"shots:{seed}:{label}").shuffle(found)
         train += found[:shots]
-        validation += found[shots : 2 * shots]
+        held[label] = found[shots : 2 * shots]
+    validation = [e for row in zip(*held.values(), strict=True) for e in row]
     picked = {e.text for e in train} | {e.text for e in validation}
     unlabelled = list(dict.fromkeys(e.text for e in rows if e.text not in picked))
     order = random.Random(f"shots:{seed}:order")  # classes interleaved, not in blocks
     order.shuffle(train)
-    order.shuffle(validation)
+    for start in range(0, len(validation), len(labels)):  # each round in its own order
+        validation[start : start + len(labels)] = order.sample(
+            validation[start : start + len(labels)], len(labels)
+        )
     return Shots(train=train, validation=validation, unlabelled=unlabelled)
 
 

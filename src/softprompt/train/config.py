@@ -12,7 +12,9 @@ from softprompt.errors import ConfigError
 class TrainConfig:
     """`batch_size` is the global batch of one micro-step, split evenly across
     processes under DDP; an optimizer step sees `batch_size * grad_accum` rows.
-    `eval_examples` caps the validation rows scored at each evaluation (0 = all), per task.
+    `eval_examples` caps the validation rows scored at each evaluation (0 = all), per task;
+    a run config whose tasks are all k-shot (`data.shots`) defaults it to 0, and a cut
+    is announced in one line (train/loop.py).
     `sampler` mixes several tasks' rows: "proportional" to their sizes, or "temperature"
     (p ~ n^(1/temperature)). `device`: auto, cpu, cuda or mps (softprompt/device.py).
     `overwrite` lets a fresh run replace a finished or interrupted one in its folder,

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -73,6 +75,22 @@ def _metric(result: dict[str, Any]) -> float:
     return next((result[k] for k in HEADLINE if k in result), -result["loss"])
 
 
+def cut_note(task: str, dataset: Dataset, kept: int) -> str:
+    """The line a run prints when train.eval_examples cuts a task's validation rows: how
+    many are scored and, for classification, how many classes they cover and how evenly,
+    so a cut that drops classes (rows sorted by label) is never silent."""
+    rows = dataset.validation
+    line = f"train.eval_examples={kept}: task {task!r} is validated on the first {kept} of its "
+    line += f"{len(rows)} validation rows"
+    if dataset.task == "classification":
+        every = Counter(e.label for e in rows)
+        counts = Counter(e.label for e in rows[:kept])
+        low, high = min(counts.values()), max(counts.values())
+        each = f"{low} to {high} rows" if low < high else f"{low} row{'s' * (low > 1)}"
+        line += f" ({len(counts)} of {len(every)} classes, {each} each)"
+    return line + "; set it to 0 to score them all"
+
+
 class _Run:
     """State of one run; split out so each phase of the loop is a short method."""
 
@@ -111,6 +129,9 @@ class _Run:
             temperature=config.temperature,
         )
         self.validation = {n: d.validation[: config.eval_examples or None] for n, d in data.items()}
+        for name, dataset in data.items():
+            if self.process.main and len(dataset.validation) > len(self.validation[name]):
+                print(cut_note(name, dataset, config.eval_examples), file=sys.stderr)
         self.state: dict[str, Any] = {
             "step": 0,
             "best": {name: {"metric": -math.inf, "step": -1} for name in data},
