@@ -165,14 +165,16 @@ def _run_flag_help(key: str, help_text: str) -> str:
     return f"{help_text} [{key}; default: {default}]"
 
 
-def _add_run_flags(parser: argparse.ArgumentParser) -> None:
+def _add_run_flags(parser: argparse.ArgumentParser, helps: dict[str, str] | None = None) -> None:
+    """Every run flag; `helps` replaces a flag's help text where one command reads it
+    differently (compare: --lr sets every unit's lr)."""
     for flag, (key, _kind, help_text) in FLAGS.items():
         parser.add_argument(
             f"--{flag.replace('_', '-')}",
             dest=flag,
             type=str,
             default=None,
-            help=_run_flag_help(key, help_text),
+            help=_run_flag_help(key, (helps or {}).get(flag, help_text)),
         )
     for flag, (key, help_text) in SWITCHES.items():
         parser.add_argument(
@@ -264,6 +266,26 @@ def seed_list(raw: str) -> list[int]:
     if not seeds or min(seeds) < 0 or len(set(seeds)) != len(seeds):
         raise ConfigError(f"--seeds {raw}: expected distinct seeds >= 0, e.g. --seeds 0,4,7")
     return seeds
+
+
+def lr_pairs(raw: str) -> dict[str, float]:
+    """`--lr-for lora=3e-4,prefix-tuning=0.01`: method -> lr (the names are checked
+    against the grid's methods by CompareConfig)."""
+    from softprompt.errors import ConfigError
+
+    pairs: dict[str, float] = {}
+    for part in (p.strip() for p in raw.split(",")):
+        name, sep, value = part.partition("=")
+        try:
+            if not (sep and name.strip()):
+                raise ValueError
+            pairs[name.strip()] = float(value)
+        except ValueError:
+            raise ConfigError(
+                f"--lr-for: cannot read {part!r}; write method=lr pairs separated by commas, "
+                "e.g. lora=3e-4,prefix-tuning=0.01"
+            ) from None
+    return pairs
 
 
 def _add_precision_flags(parser: argparse.ArgumentParser) -> None:

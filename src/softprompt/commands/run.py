@@ -16,11 +16,11 @@ from softprompt.commands.flags import (
     _add_test_limit,
     _backbone_arg,
     _batch_size,
-    _config_from_args,
     _merged,
     _meta,
     _positive_int,
     _values_from_args,
+    lr_pairs,
     seed_list,
 )
 
@@ -103,7 +103,17 @@ def add_compare_parser(sub: Any) -> None:
         help="each unit's seed also seeds its initialization (the prompt's method.seed, "
         "LoRA's random matrices), not only the data order",
     )
-    _add_run_flags(grid)
+    grid.add_argument(
+        "--lr-for",
+        default=None,
+        help="one method's own lr, e.g. lora=3e-4,prefix-tuning=0.01 (over --lr and the "
+        "method's recommended lr)",
+    )
+    lr_help = (
+        "one learning rate for every unit; without it (and without train.lr in --config) "
+        "each method trains at its own recommended lr, shown in the table"
+    )
+    _add_run_flags(grid, helps={"lr": lr_help})
     grid.set_defaults(func=cmd_compare, resume=False, force_resume=False)
 
 
@@ -160,19 +170,27 @@ def cmd_compare(args: argparse.Namespace) -> int:
     """Every method x seed on one task at one step budget (recipes/compare.py)."""
     import dataclasses
 
-    from softprompt.config import RunConfig
+    from softprompt.config import RunConfig, build_run_config
     from softprompt.errors import ConfigError
     from softprompt.recipes.compare import CompareConfig, compare
 
     if args.seed is not None:
         raise ConfigError("--seed: compare trains every seed in --seeds; use --seeds")
-    run = _config_from_args(args)
+    values = _values_from_args(args)
+    shared_lr = "lr" in values.get("train", {})  # --lr, or train.lr in --config: every unit
+    run = build_run_config(values)
     if run.out == RunConfig().out and args.out is None:  # not the train command's folder
         run = dataclasses.replace(run, out=f"runs/compare-{Path(run.data.source).stem}")
     seeds = seed_list(args.seeds)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     config = CompareConfig(
-        run=run, methods=methods, seeds=seeds, test_limit=args.test_limit, seed_init=args.seed_init
+        run=run,
+        methods=methods,
+        seeds=seeds,
+        test_limit=args.test_limit,
+        seed_init=args.seed_init,
+        per_method_lr=not shared_lr,
+        lr_for=lr_pairs(args.lr_for) if args.lr_for else {},
     )
     report = compare(config)
     print()

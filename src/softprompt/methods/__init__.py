@@ -15,6 +15,7 @@ from softprompt.methods.registry import (
     build_method,
     make_method_config,
     method_config_class,
+    recommended_lr,
     register_method,
     transfer_embeddings,
 )
@@ -27,6 +28,7 @@ __all__ = [
     "build_method",
     "make_method_config",
     "method_config_class",
+    "recommended_lr",
     "register_method",
     "transfer_embeddings",
 ]

@@ -80,6 +80,9 @@ class PTuning(nn.Module):
         " tokens between template pieces, or when a soft prompt trains unevenly (export "
         "flattens it)"
     )
+    # the lr `softprompt compare` trains it at unless told otherwise: PEFT's P-tuning
+    # example (sequence classification, PromptEncoder MLP) trains at 1e-3
+    recommended_lr = 1e-3
 
     def __init__(self, config: PTuningConfig, context: MethodContext) -> None:
         super().__init__()

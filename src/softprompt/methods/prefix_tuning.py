@@ -73,6 +73,12 @@ class PrefixTuning(nn.Module):
         "learned keys/values at every layer (P-tuning v2); pick it when a soft prompt lacks "
         "capacity: generation, tagging, small backbones"
     )
+    # the lr `softprompt compare` trains it at unless told otherwise. For the default MLP
+    # form, Li & Liang 2021 (App. A) train at 5e-5; PEFT's examples use 1e-2, at which
+    # (and at 3e-2) the loss spiked to 12-24 on SmolLM2 (configs/multitask.yaml), and at
+    # 1e-3 the MLP's keys outgrew MiniLM's own within 30 steps (docs/methods/p-tuning-v2.md:
+    # F1 0 at 1e-3, 0.447 at 1e-4)
+    recommended_lr = 1e-4
 
     def __init__(self, config: PrefixTuningConfig, context: MethodContext) -> None:
         super().__init__()

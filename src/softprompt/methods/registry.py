@@ -10,7 +10,8 @@ Optional hooks, each found with getattr so a method without them changes nothing
 own, added to the task loss in training mode only (model.MultiTaskModel.forward; DART's
 fluency loss); `label_embeddings() -> (C, d)` gives learned output rows for the classes'
 label tokens, which the verbalizer then scores against (DART);
-`transfer_embeddings() -> (n, d)` gives the virtual tokens another prompt's `init: file`
+`recommended_lr` (a class attribute, float) is the learning rate `softprompt compare`
+trains the method at unless the user sets one; `transfer_embeddings() -> (n, d)` gives the virtual tokens another prompt's `init: file`
 starts from, when they are not the flat form's `embeddings` (MPT's shared prompt; see
 `transfer_embeddings` below).
 
@@ -92,6 +93,13 @@ def make_method_config(name: str, options: dict[str, Any], where: str = "method"
         if where != "method" and message.startswith("method."):
             message = where + message[len("method") :]
         raise ConfigError(message) from None
+
+
+def recommended_lr(name: str) -> float | None:
+    """The learning rate a method's class recommends (its `recommended_lr` attribute), or
+    None when it names none: `compare` trains each method at its own by default, since
+    one lr for every method (0.03) made some collapse while others were still slow."""
+    return getattr(METHODS.builder(name), "recommended_lr", None)
 
 
 def transfer_embeddings(method: nn.Module) -> torch.Tensor | None:

@@ -27,6 +27,9 @@ class SoftPrompt(nn.Module):
     summary = (
         "the default: n learned vectors before the input; smallest file, any decoder or encoder"
     )
+    # the lr `softprompt compare` trains it at unless told otherwise: PEFT's prompt
+    # tuning examples use 3e-2 with AdamW (Lester et al. used 0.3 with Adafactor)
+    recommended_lr = 3e-2
 
     def __init__(self, config: SoftPromptConfig, context: MethodContext) -> None:
         super().__init__()

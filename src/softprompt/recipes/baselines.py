@@ -33,6 +33,8 @@ from softprompt.backbones import Backbone
 from softprompt.config import BASELINE_KINDS, RunConfig
 from softprompt.data import Dataset
 from softprompt.errors import ConfigError, PromptFileError
+from softprompt.methods import available_methods
+from softprompt.methods import recommended_lr as method_lr
 from softprompt.model import (
     PromptModel,
     build_model,
@@ -46,6 +48,25 @@ from softprompt.tasks.auto_verbalizer import resolve_verbalizer
 from softprompt.tasks.base import TaskConfig
 from softprompt.tasks.presets import task_config_for
 from softprompt.train import TrainResult, train
+
+# The loop lr `softprompt compare` trains each baseline at unless the user sets one (a
+# prompt method names its own: `recommended_lr` on its class, methods/registry.py):
+# * head-only: 1e-2, the linear probe's lr in this project's vision and wnut16 tables
+#   (docs/benchmarks/vision.md, docs/methods/p-tuning-v2.md);
+# * lora: 1e-3, PEFT's LoRA examples (1e-3 to 3e-4) and benchmarks/scale_table.py's
+#   --lora-lr; at 3e-2 it fell to one class on movie-sentiment (docs/compare.md);
+# * full: 3e-2, so the backbone moves at backbone_lr_scale (3e-3) x 3e-2 = 9e-5 a step,
+#   within the 5e-5 to 1e-4 usual for fully fine-tuning a small model (HF Trainer's
+#   default 5e-5; BERT's 2e-5 to 5e-5), see the module docstring.
+RECOMMENDED_LR: dict[str, float] = {"head-only": 1e-2, "lora": 1e-3, "full": 3e-2}
+
+
+def recommended_lr(unit: str) -> float | None:
+    """The lr a compare unit kind or registered method recommends; None for zero-shot
+    (nothing trains) and for a method that names none (it trains at train.lr)."""
+    if unit in RECOMMENDED_LR:
+        return RECOMMENDED_LR[unit]
+    return method_lr(unit) if unit in available_methods() else None
 
 
 @dataclass

@@ -62,7 +62,7 @@ from softprompt.evaluate import evaluate
 from softprompt.files import atomic_write_text
 from softprompt.methods import available_methods, method_config_class
 from softprompt.model import PromptModel, build_model
-from softprompt.recipes.baselines import TuneConfig, TunedModel
+from softprompt.recipes.baselines import TuneConfig, TunedModel, recommended_lr
 from softprompt.recipes.compare_table import (
     HEAD_ONLY,
     SECONDARY,
@@ -91,13 +91,20 @@ class CompareConfig:
     """`run` gives the backbone, data, framing and training budget every unit shares;
     `methods` x `seeds` is the grid; `test_limit` scores a fixed seeded sample of that
     many test rows (0: all of them); `seed_init`: each unit's seed also seeds its model's
-    initialization (see the module docstring), not only its data order."""
+    initialization (see the module docstring), not only its data order.
+
+    Learning rate (`lr_of`): `lr_for` names a method's own; otherwise, with
+    `per_method_lr` (`softprompt compare` without --lr), each method trains at the lr it
+    recommends (`recommended_lr`), and else, or when it names none, at run.train.lr: one
+    lr for every method lets some collapse while others are still slow (issue 22)."""
 
     run: RunConfig
     methods: list[str] = field(default_factory=lambda: list(DEFAULT_METHODS))
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     test_limit: int = 0
     seed_init: bool = False
+    per_method_lr: bool = False
+    lr_for: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         known = [*UNIT_KINDS, *available_methods()]
@@ -112,11 +119,31 @@ class CompareConfig:
             raise ConfigError("--seeds: give distinct seeds >= 0, at least one (e.g. 0,1,2)")
         if self.test_limit < 0:
             raise ConfigError(f"--test-limit: must be >= 0 (0 = all rows), got {self.test_limit}")
+        self._check_lr_for(known)
         if self.run.tasks or self.run.compare:
             raise ConfigError(
                 "compare: one task at a time, without `compare:`/`tasks:` in the run config; "
                 "name baselines with --methods (e.g. --methods soft-prompt,lora,full)"
             )
+
+    def _check_lr_for(self, known: list[str]) -> None:
+        unknown = [m for m in self.lr_for if m not in known]
+        if unknown:
+            raise ConfigError(
+                f"--lr-for: unknown method {', '.join(map(repr, unknown))}; "
+                f"use any of {', '.join(known)}"
+            )
+        bad = {m: v for m, v in self.lr_for.items() if not 0 < v < float("inf")}
+        if bad:
+            method, value = next(iter(bad.items()))
+            raise ConfigError(f"--lr-for: {method}'s lr must be a finite number > 0, got {value}")
+
+    def lr_of(self, method: str) -> float:
+        """The lr `method`'s units train at (see the class docstring)."""
+        if method in self.lr_for:
+            return float(self.lr_for[method])
+        own = recommended_lr(method) if self.per_method_lr else None
+        return self.run.train.lr if own is None else own
 
     def units(self) -> list[Unit]:
         """The grid in order; zero-shot trains nothing, so it runs once (the first seed)."""
@@ -315,16 +342,19 @@ def _config_record(config: CompareConfig) -> dict[str, Any]:
         "seeds": config.seeds,
         "test_limit": config.test_limit,
         "seed_init": config.seed_init,
+        "lr": {m: config.lr_of(m) for m in config.methods},
     }
 
 
 def unit_config(config: CompareConfig, unit: Unit, folder: Path) -> RunConfig:
-    """The run a unit is: the compare's run with this unit's method, seed and folder."""
+    """The run a unit is: the compare's run with this unit's method, seed, lr and folder
+    (its prompt file and run.json record that lr, so `eval` and a resume see it)."""
     run = config.run
     method = run.method if run.method.get("name") == unit.method else {"name": unit.method}
     if config.seed_init and _has_seed(unit.method):
         method = {**method, "seed": unit.seed}
-    train_config = dataclasses.replace(run.train, seed=unit.seed, overwrite=False)
+    lr = config.lr_of(unit.method)
+    train_config = dataclasses.replace(run.train, seed=unit.seed, lr=lr, overwrite=False)
     data = run.data
     if data.shots is not None:  # few-shot results vary most with the sample: one per seed
         data = dataclasses.replace(data, seed=data.seed + unit.seed)
@@ -422,13 +452,23 @@ def run_unit(
 def _read_back(done: Path, recorded: dict[str, Any]) -> dict[str, Any]:
     row = json.loads(done.read_text(encoding="utf-8"))
     if row.get("config") != recorded:
-        before = row.get("config") or {}
-        keys = sorted(k for k in {*before, *recorded} if before.get(k) != recorded.get(k))
+        before, now = _flat(row.get("config") or {}), _flat(recorded)
+        keys = sorted(k for k in {*before, *now} if before.get(k, "-") != now.get(k, "-"))
+        said = ", ".join(f"{k} was {before.get(k, '-')}, now {now.get(k, '-')}" for k in keys)
         raise ConfigError(
             f"{done.parent}: this unit was run with other settings ({', '.join(keys)}); "
-            "use another --out, or --overwrite to run every unit again"
+            f"{said}; use another --out, or --overwrite to run every unit again"
         )
     return row
+
+
+def _flat(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"train": {"lr": 0.03}} -> {"train.lr": 0.03}: a refusal names the setting."""
+    flat: dict[str, Any] = {}
+    for key, value in values.items():
+        name = f"{prefix}{key}"
+        flat.update(_flat(value, name + ".") if isinstance(value, dict) else {name: value})
+    return flat
 
 
 def _fit(

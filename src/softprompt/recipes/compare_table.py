@@ -43,8 +43,8 @@ class CompareReport:
         more = "".join(f"test {METRIC_TITLES[m]}: mean ± sd | " for m in self.also)
         head = (
             f"| method | test {title}: mean ± sd (min-max) | {more}seeds | trainable params | "
-            f"file size | train time | {self.memory} | test time |\n"
-            + "|---" * (8 + len(self.also))
+            f"file size | train time | {self.memory} | test time | lr |\n"
+            + "|---" * (9 + len(self.also))
             + "|\n"
         )
         lines = [_summary_line(s, self.also) for s in self.summary]
@@ -54,12 +54,13 @@ class CompareReport:
 
 
 def _summary_line(s: dict[str, Any], also: list[str]) -> str:
+    lr = f"{s['lr']:g}" if s.get("lr") is not None else "-"
     if "skipped" in s:
-        return f"| {s['label']} | n/a: {s['skipped']} |" + " |" * (6 + len(also))
+        return f"| {s['label']} | n/a: {s['skipped']} |" + " |" * (6 + len(also)) + " - |"
     if "mean" not in s:  # every seed diverged
         return (
             f"| {s['label']} | diverged in {s['diverged']} of {s['diverged']} seeds: "
-            f"{s['failed']} |" + " |" * (6 + len(also))
+            f"{s['failed']} |" + " |" * (6 + len(also)) + f" {lr} |"
         )
     m = s["metric"]
     spread = (
@@ -72,7 +73,7 @@ def _summary_line(s: dict[str, Any], also: list[str]) -> str:
     return (
         f"| {s['label']} | {spread} | {more}{seeds} | {s['trainable_parameters']:,} | "
         f"{s['file_bytes'] / 1024:.1f} KiB | {s['train_seconds']:.1f} s | {memory} | "
-        f"{s['test_seconds']:.1f} s |"
+        f"{s['test_seconds']:.1f} s | {lr} |"
     )
 
 
@@ -103,9 +104,16 @@ def summarize(
     scored = [r for r in rows if "skipped" not in r and "failed" not in r]
     if not scored and not failed:
         return {"method": method, "label": label, "skipped": rows[0]["skipped"]}
+    lr = _lr(rows)
     if not scored:  # the reason up to what the guard kept and what to do
         reason = failed[0]["failed"].split("; ")[0]
-        return {"method": method, "label": label, "diverged": len(failed), "failed": reason}
+        return {
+            "method": method,
+            "label": label,
+            "lr": lr,
+            "diverged": len(failed),
+            "failed": reason,
+        }
     values = [float(r[metric]) for r in scored]
 
     def mean(key: str) -> float:
@@ -117,6 +125,7 @@ def summarize(
     return {
         "method": method,
         "label": label,
+        "lr": lr if scored[0]["trainable_parameters"] else None,  # zero-shot trains nothing
         "metric": metric,
         **_spread(values),
         **({"also": more} if more else {}),
@@ -128,6 +137,13 @@ def summarize(
         "peak_memory_bytes": int(max(r["peak_memory_bytes"] for r in scored)),
         "test_seconds": mean("test_seconds"),
     }
+
+
+def _lr(rows: list[dict[str, Any]]) -> float | None:
+    """The lr the method's units trained at (one per method in a compare; a unit read
+    back from an older compare may lack its config)."""
+    lrs = {r.get("config", {}).get("train", {}).get("lr") for r in rows}
+    return lrs.pop() if len(lrs) == 1 else None
 
 
 def write_report(report: CompareReport, config: dict[str, Any]) -> None:
