@@ -156,7 +156,7 @@ def test_cli_compare_on_tagging_with_full_fine_tuning(bert_folder, tmp_path, cap
     [
         (["--methods", "soft-prompt,bogus"], "--methods: unknown 'bogus'"),
         (["--seeds", "a,b"], "--seeds: expected whole numbers"),
-        (["--seeds", "1,1"], "--seeds: give distinct seeds"),
+        (["--seeds", "1,1"], "--seeds 1,1: expected distinct seeds"),
         (["--test-limit", "-1"], "--test-limit: must be >= 0"),
         (["--compare", "lora"], "compare: one task at a time"),
         (["--seed", "3"], "--seed: compare trains every seed in --seeds"),
