@@ -31,6 +31,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from softprompt.files import atomic_write_text
+
 ZERO_SHOT_ROWS = 64  # test rows whose zero-shot label log-probs are compared with float32
 
 VARIANTS = {
@@ -54,8 +56,10 @@ def one_run(
     steps: int,
     batch_size: int,
     backbone_name: str = "smollm2-135m",
+    zero_shot_rows: int = ZERO_SHOT_ROWS,
 ) -> dict:
-    """Load, train `steps` steps, measure; runs inside the child process."""
+    """Load, train `steps` steps, measure; runs inside the child process. The zero-shot
+    scores are deterministic, so later rounds pass `zero_shot_rows=0` and save the time."""
     import time
 
     import torch
@@ -93,7 +97,7 @@ def one_run(
     del model, optimizer
     zero_shot = build_model(backbone, data, {"name": "none"}, task_defaults("movie-sentiment"))
     with torch.no_grad():
-        texts = [e.text for e in data.test[:ZERO_SHOT_ROWS]]
+        texts = [e.text for e in data.test[:zero_shot_rows]]
         label_logprobs = [
             [math.log(max(p["scores"][k], 1e-30)) for k in sorted(p["scores"])]
             for i in range(0, len(texts), 16)
@@ -114,12 +118,12 @@ def _quantized_bytes(t) -> int:
     return sum(getattr(t, n).numel() * getattr(t, n).element_size() for n in names)
 
 
-def _child(name: str, args: argparse.Namespace) -> dict:
+def _child(name: str, args: argparse.Namespace, zero_shot_rows: int) -> dict:
     variant = VARIANTS[name]
     code = (
         "import json, sys; sys.path.insert(0, 'benchmarks'); import dtype_memory as d; "
         f"print(json.dumps(d.one_run({variant['dtype']!r}, {variant['quantize']!r}, "
-        f"{args.steps}, {args.batch_size}, {args.backbone!r})))"
+        f"{args.steps}, {args.batch_size}, {args.backbone!r}, {zero_shot_rows})))"
     )
     env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
@@ -129,11 +133,12 @@ def _child(name: str, args: argparse.Namespace) -> dict:
 
 
 def _ensure_caches(backbone_name: str) -> None:
-    """Convert the GGUF into each dtype's cache here, once, so no measured run converts."""
-    from softprompt.backbones import load_backbone
-
+    """Convert the GGUF into each dtype's cache once, before any measured run, in a child
+    process of its own: a conversion's memory would otherwise stay with this parent while
+    the measured children run beside it."""
     for dtype in sorted({v["dtype"] for v in VARIANTS.values()}):
-        load_backbone(backbone_name, dtype=dtype)
+        code = f"from softprompt.backbones import load_backbone; load_backbone({backbone_name!r}, dtype={dtype!r})"
+        subprocess.run([sys.executable, "-c", code], check=True)
 
 
 def _positive(raw: str) -> int:
@@ -155,8 +160,15 @@ def main() -> None:
     runs: dict[str, list[dict]] = {name: [] for name in VARIANTS}
     for round_ in range(args.rounds):
         for name in VARIANTS:  # A B C D, A B C D: neighbours share the machine's mood
-            runs[name].append(_child(name, args))
+            runs[name].append(_child(name, args, ZERO_SHOT_ROWS if round_ == 0 else 0))
             print(f"round {round_ + 1} {name}: {runs[name][-1]}", file=sys.stderr, flush=True)
+        _report(runs, args)  # after every round, so a cut-short run still leaves its rounds
+
+
+def _report(runs: dict[str, list[dict]], args: argparse.Namespace) -> None:
+    runs = {name: got for name, got in runs.items() if got}
+    rounds = min(len(got) for got in runs.values())
+    runs = {name: got[:rounds] for name, got in runs.items()}
     rows = []
     reference = runs["float32"][0]["zero_shot_label_logprobs"]
     for name, got in runs.items():
@@ -166,6 +178,11 @@ def main() -> None:
             for a, b in zip(row, ref, strict=True)
         )
         ratio = [g["step_s"] / f["step_s"] for g, f in zip(got, runs["float32"], strict=True)]
+        peaks = [g["train_peak_bytes"] / 2**20 for g in got]
+        peak_ratio = [
+            g["train_peak_bytes"] / f["train_peak_bytes"]
+            for g, f in zip(got, runs["float32"], strict=True)
+        ]
         rows.append({
             "variant": name,
             "weight_mb": got[0]["weight_bytes"] / 2**20,
@@ -174,6 +191,10 @@ def main() -> None:
             "step_s": statistics.median(g["step_s"] for g in got),
             "step_ratio_vs_float32": statistics.median(ratio),
             "zero_shot_max_logprob_diff": drift,
+            "train_peak_mb_per_round": peaks,
+            "train_peak_ratio_per_round": peak_ratio,  # vs float32 in the same round
+            "train_peak_ratio_median": statistics.median(peak_ratio),
+            "step_s_per_round": [g["step_s"] for g in got],
         })  # fmt: skip
     base = rows[0]
     print("| backbone held in | frozen weights | peak RSS growth, training "
@@ -184,9 +205,8 @@ def main() -> None:
         print(f"| {r['variant']} | {r['weight_mb']:.0f} MB | {r['train_peak_mb']:.0f} MB "
               f"({r['train_peak_mb'] / base['train_peak_mb']:.2f}x) | {r['step_s']:.2f} s "
               f"({r['step_ratio_vs_float32']:.2f}x) | {r['zero_shot_max_logprob_diff']:.4f} |")  # fmt: skip
-    out = Path(args.out)
-    record = {"n_tokens": 20, **vars(args), "rows": rows}
-    out.write_text(json.dumps(record, indent=2) + "\n")
+    record = {"n_tokens": 20, **vars(args), "rounds_done": rounds, "rows": rows}
+    atomic_write_text(Path(args.out), json.dumps(record, indent=2) + "\n")
 
 
 if __name__ == "__main__":
