@@ -60,7 +60,7 @@ class BackboneConfig:
 
     name: str = DEFAULT_BACKBONE
     dtype: str = "auto"  # auto = float32 on CPU, bf16 on CUDA (see backbones/_precision.py)
-    quantize: str = "none"  # int8 (torchao) or nf4 (bitsandbytes, CUDA)
+    quantize: str = "none"  # int8 (torchao) or nf4 (bitsandbytes, CPU or CUDA)
     adapter: str | None = None  # a PEFT LoRA folder merged in at load (backbones/adapter.py)
     device_map: str = "none"  # auto: spread over GPUs / CPU / disk by Accelerate
 

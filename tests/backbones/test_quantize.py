@@ -1,4 +1,5 @@
-"""Quantized frozen backbones (issue 19): int8 weight-only (torchao), NF4 (bitsandbytes).
+"""Quantized frozen backbones (issue 19): int8 weight-only (torchao), NF4 (bitsandbytes;
+on the CPU in tests/backbones/test_nf4.py).
 
 Tolerance, stated once: class probabilities within 0.02 of float32 with int8 weights
 (per-channel int8 keeps about 2-3 significant digits of each weight).
@@ -112,10 +113,16 @@ def test_int8_without_torchao_names_the_install(llama_folder, monkeypatch):
         load_backbone(str(llama_folder), quantize="int8")
 
 
-def test_nf4_without_cuda_is_refused(llama_folder, monkeypatch):
+def test_nf4_without_cuda_runs_on_the_cpu(llama_folder, monkeypatch):
+    """nf4 was refused without a CUDA GPU; bitsandbytes' 4-bit layers run on the CPU
+    (tests/backbones/test_nf4.py), and only --device cuda without a GPU is refused."""
+    pytest.importorskip("bitsandbytes", reason="bitsandbytes not installed (--quantize nf4)")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    with pytest.raises(BackboneError, match="nf4 needs a CUDA GPU"):
-        load_backbone(str(llama_folder), quantize="nf4")
+    small = load_backbone(str(llama_folder), quantize="nf4")
+    kinds = {type(m).__name__ for m in small.model.modules()}
+    assert small.quantize == "nf4" and "Linear4bit" in kinds
+    with pytest.raises(BackboneError, match="nf4 --device cuda: no CUDA GPU is visible"):
+        load_backbone(str(llama_folder), quantize="nf4", device="cuda")
 
 
 def test_unknown_quantization_names_the_key(llama_folder):

@@ -17,6 +17,7 @@ import torch
 
 from softprompt.backbones._core import DTYPE_CHOICES, DTYPES, QUANTIZATIONS
 from softprompt.backbones._frozen_int8 import FrozenQuantizedLinear, frozen_embedding_class
+from softprompt.backbones._nf4 import nf4_linear, nf4_linears, nf4_setup
 from softprompt.backbones._stream import fix_mmap_threshold
 from softprompt.errors import BackboneError, ConfigError
 
@@ -27,7 +28,6 @@ for _noisy in ("torchao", "torch.utils._pytree"):
     logging.getLogger(_noisy).setLevel(logging.ERROR)
 
 TORCHAO_INSTALL = "pip install torchao"
-BITSANDBYTES_INSTALL = "pip install bitsandbytes"
 
 
 def resolve_dtype(name: str | torch.dtype, device: str | torch.device = "cpu") -> torch.dtype:
@@ -89,7 +89,8 @@ def linear_filter(model: torch.nn.Module):
 
 def quantize_model(model: torch.nn.Module, how: str, device: torch.device) -> torch.nn.Module:
     """Reduce the frozen Linear weights in place: int8 weight-only (torchao) or NF4
-    (bitsandbytes, CUDA). Call after fingerprinting: the fingerprint names the source."""
+    (bitsandbytes, CPU or CUDA). Call after fingerprinting: the fingerprint names the
+    source."""
     if how == "int8":
         return _int8(model)
     if how == "nf4":
@@ -257,36 +258,17 @@ def _to_frozen_int8(module: torch.nn.Module) -> None:
 
 
 def _nf4(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
-    """Swap each Linear for a bitsandbytes NF4 Linear4bit; moving it to CUDA quantizes it."""
-    if device.type != "cuda" or not torch.cuda.is_available():
-        raise BackboneError(
-            "--quantize nf4 needs a CUDA GPU (bitsandbytes' 4-bit kernels); "
-            "use --quantize int8 on this machine, or run on a GPU with --device cuda"
-        )
-    if not _installed("bitsandbytes"):
-        raise BackboneError(
-            f"--quantize nf4 needs the bitsandbytes package, which is not installed; "
-            f"install it with: {BITSANDBYTES_INSTALL}"
-        )
-    import bitsandbytes as bnb
+    """Each transformer Linear -> bitsandbytes' NF4 Linear4bit, quantized on `device`
+    (cpu or cuda) as it is swapped in (backbones/_nf4.py)."""
+    return nf4_linears(model, device, linear_filter(model))
 
-    keep = linear_filter(model)
-    for parent_name, parent in list(model.named_modules()):
-        for child_name, child in list(parent.named_children()):
-            if not keep(child, f"{parent_name}.{child_name}"):
-                continue
-            swapped = bnb.nn.Linear4bit(
-                child.in_features,
-                child.out_features,
-                bias=child.bias is not None,
-                compute_dtype=child.weight.dtype,
-                quant_type="nf4",
-                device="meta",
-            )
-            swapped.weight = bnb.nn.Params4bit(
-                child.weight.data, requires_grad=False, quant_type="nf4"
-            )
-            if child.bias is not None:
-                swapped.bias = torch.nn.Parameter(child.bias.data, requires_grad=False)
-            setattr(parent, child_name, swapped)
-    return model.to(device)  # Params4bit quantizes as it moves to the GPU
+
+def nf4_quantizer(device: torch.device):
+    """`quantize_one` for the streamed load (`_stream.load_quantized`): the filled Linear
+    `parent.<child>` becomes its NF4 form on `device` (no int8 block is reserved)."""
+    bnb = nf4_setup(device)
+
+    def quantize_one(parent: torch.nn.Module, child: str, qdata: torch.Tensor | None) -> None:
+        setattr(parent, child, nf4_linear(bnb, parent.get_submodule(child), device))
+
+    return quantize_one

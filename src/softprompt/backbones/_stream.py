@@ -250,13 +250,15 @@ def load_quantized(
     quantize_one: Callable[[torch.nn.Module, str, torch.Tensor], None],
     quantize_rows: Callable[[torch.Size, torch.dtype, Iterator[torch.Tensor]], torch.Tensor]
     | None = None,
+    reserve_int8: bool = True,
 ) -> tuple[torch.nn.Module, str | None] | None:
     """The model in `dtype` with the Linear layers `keep(model)` selects quantized by
     `quantize_one(parent, child_name, qdata)` as they fill (`qdata`: its one-byte-a-value
     slice of a block reserved up front), and the source fingerprint when
     `hash_source`; None where the folder cannot be read this way (the caller falls back).
     `quantize_rows(shape, dtype, row_blocks)`: makes the embedding table's and the LM
-    head's weights from their rows, read a block at a time (never whole in float)."""
+    head's weights from their rows, read a block at a time (never whole in float).
+    `reserve_int8=False`: no block is reserved and `qdata` is None (NF4 packs its own)."""
     from accelerate import init_empty_weights
 
     index = safetensors_index(path)
@@ -271,7 +273,7 @@ def load_quantized(
     chosen = keep(model)
     transient = {c for c, names in plan.items() if _quantized_next(model, names, chosen, False)}
     scratch = _Scratch(max((index[c].numel for c in transient), default=0))
-    arena = _Arena({plan[c][0]: index[c].numel for c in transient})
+    arena = _Arena({plan[c][0]: index[c].numel for c in transient} if reserve_int8 else {})
     hasher = Fingerprinter(arch_fields(model.config)) if hash_source else None
     first = {n: names[0] for names in plan.values() for n in names}  # tied -> its first
     carrier = {names[0]: carried for carried, names in plan.items()}

@@ -33,7 +33,11 @@ FLAGS: dict[str, tuple[str, Callable[[str], Any], str]] = {
         "PEFT LoRA folder (adapter_model.safetensors) merged into the frozen backbone",
     ),
     "dtype": ("backbone.dtype", str, "frozen weights: auto, float32, bfloat16 or float16"),
-    "quantize": ("backbone.quantize", str, "frozen weights: none, int8 (torchao), nf4 (CUDA)"),
+    "quantize": (
+        "backbone.quantize",
+        str,
+        "frozen weights: none, int8 (torchao), nf4 (bitsandbytes)",
+    ),
     "device_map": ("backbone.device_map", str, "none, or auto: spread over GPUs/CPU/disk"),
     "dataset": ("data.source", str, "built-in name, .csv/.jsonl/.json/.parquet or datasets dir"),
     "text_column": ("data.text_column", str, "text column of a user file"),
@@ -293,7 +297,7 @@ def _add_precision_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", default=None, choices=["auto", "float32", "bfloat16", "float16"],
                         help="frozen weights' dtype (auto: float32 on CPU, bf16 on CUDA)")  # fmt: skip
     parser.add_argument("--quantize", default=None, choices=["none", "int8", "nf4"],
-                        help="quantize the frozen weights: int8 (torchao) or nf4 (CUDA)")  # fmt: skip
+                        help="quantize the frozen weights: int8 (torchao) or nf4 (bitsandbytes)")  # fmt: skip
 
 
 def _backbone_arg(args: argparse.Namespace, prompt: str | None = None) -> Any:

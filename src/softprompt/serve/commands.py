@@ -116,7 +116,7 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
     serve.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
                        help="frozen weights' dtype (auto: float32 on CPU, bf16 on CUDA)")  # fmt: skip
     serve.add_argument("--quantize", default=None, choices=["none", "int8", "nf4"],
-                       help="quantize the frozen weights: int8 (torchao) or nf4 (CUDA)")  # fmt: skip
+                       help="quantize the frozen weights: int8 (torchao) or nf4 (bitsandbytes)")  # fmt: skip
     serve.add_argument("--device-map", default="none", choices=["none", "auto"],
                        help="auto: spread the backbone over GPUs, CPU and disk (Accelerate)")  # fmt: skip
     serve.add_argument("--host", default="127.0.0.1", help="bind address (default loopback only)")
