@@ -19,7 +19,7 @@ step grew RSS by 1,683 MiB with the dynamic threshold and by 1,089 MiB with it f
 `estimate` fixes the threshold at glibc's 128 KiB default in its own process
 (mallopt), so it measures what the step's tensors occupy: the figure a run started with
 MALLOC_MMAP_THRESHOLD_=131072 reaches, and which a run without it may exceed by up to
-about half (said in the report). A backbone loaded with `--quantize int8` fixes the
+about half (said in the report). A backbone loaded with `--quantize int8` or `nf4` fixes the
 threshold for its process too (backbones/_precision.py `hold_mmap_threshold`), so there the
 estimate is what the run reaches.
 
@@ -58,7 +58,14 @@ GIB = 1024**3
 
 def tensor_bytes(tensor: torch.Tensor) -> int:
     """Bytes a tensor holds; a quantized tensor subclass (torchao, bitsandbytes) counts
-    the plain tensors it is made of."""
+    the plain tensors it is made of: torchao's flattened parts, or bitsandbytes' packed
+    4-bit data plus its `quant_state` (scales, nested scales, code table)."""
+    state = getattr(tensor, "quant_state", None)
+    if state is not None and hasattr(state, "as_dict"):
+        parts = state.as_dict(packed=False).values()
+        return tensor.numel() * tensor.element_size() + sum(
+            tensor_bytes(part) for part in parts if isinstance(part, torch.Tensor)
+        )
     flatten = getattr(type(tensor), "__tensor_flatten__", None)
     if flatten is not None and type(tensor) not in (torch.Tensor, torch.nn.Parameter):
         names, _ = tensor.__tensor_flatten__()
@@ -328,8 +335,8 @@ class Estimate:
             f"  prompt + grad + AdamW (float32)     {_size(self.prompt_state_bytes)}"
             f"  ({self.prompt_parameters:,} parameters)",
             f"  one step (activations, grads)       {step}",
-            "  (an int8 load fixes glibc's mmap threshold, as measured here)"
-            if self.quantize == "int8"
+            f"  (an {self.quantize} load fixes glibc's mmap threshold, as measured here)"
+            if self.quantize in ("int8", "nf4")
             else "  (without MALLOC_MMAP_THRESHOLD_=131072 glibc may add up to half the step again)",
             f"serving {self.tasks} task(s) peak  {_size(self.serve_peak_bytes)}",
             f"  per task: prompt {_size(4 * self.prompt_parameters)}, K/V cache {_size(kv)}",

@@ -263,3 +263,16 @@ def test_nf4_resident_memory_is_the_4bit_weights(tmp_path, llama_folder):
     grew = json.loads(done.stdout.strip().splitlines()[-1])
     assert grew["held"] <= 0.2 * float_bytes, (grew, float_bytes)
     assert grew["peak"] <= 0.5 * float_bytes, (grew, float_bytes)
+
+
+def test_estimate_counts_the_4bit_data_and_its_scales(llama_folder):
+    """`softprompt estimate` sizes the frozen weights with `tensor_bytes`: for an NF4
+    weight, the packed data plus the per-block scales it needs (it counted the data only)."""
+    from softprompt.estimate import tensor_bytes
+
+    small = load_backbone(str(llama_folder), quantize="nf4")
+    for layer in _nf4_layers(small.model).values():
+        state = layer.weight.quant_state
+        scales = state.absmax.numel() + 4 * state.state2.absmax.numel()  # uint8 + float32
+        tables = 4 * (state.code.numel() + state.state2.code.numel())  # float32 code books
+        assert tensor_bytes(layer.weight) == layer.weight.numel() + scales + tables
