@@ -21,6 +21,11 @@ benchmarks/results/dtype_drift.json (one entry per backbone, merged into what is
 
     python benchmarks/dtype_drift.py --backbone smollm2-135m
     python benchmarks/dtype_drift.py --backbone qwen2.5-coder-1.5b --rows 16 --weights-only
+
+Measured 2026-12-06 (max |diff|; SmolLM2-135M / 0.5B on 64 rows, 1.5B on 16): bf16
+0.096 / 0.085 / 0.123; bf16 weights with float32 compute 0.031 / 0.033 / 0.028; fp16
+weights with float32 compute 0.004 / 0.001 / 0.002; plain transformers bf16 equal to ours
+bit for bit (docs/scaling.md).
 """
 
 from __future__ import annotations
@@ -89,8 +94,8 @@ def main() -> None:
     parser.add_argument(
         "--weights-only",
         action="store_true",
-        help="only the float32-compute rows (no fp16 compute, no plain transformers): "
-        "what fits a 1.5B run in a few minutes here",
+        help="skip fp16 compute (slow on a CPU) and plain transformers: what fits a 1.5B "
+        "run in a few minutes here",
     )
     parser.add_argument("--out", default=str(OUT))
     args = parser.parse_args()
@@ -116,9 +121,8 @@ def main() -> None:
         rows["plain transformers float32 vs ours float32"] = diff(plain32, f32)
     backbone = load_backbone(args.backbone, dtype="bfloat16")
     folder16 = Path(backbone.model.config._name_or_path)
-    if full:
-        bf16, _ = ours(backbone, data, args.rows)
-        rows["bf16 weights + bf16 compute (ours, --dtype bfloat16)"] = diff(bf16, f32)
+    bf16, _ = ours(backbone, data, args.rows)
+    rows["bf16 weights + bf16 compute (ours, --dtype bfloat16)"] = diff(bf16, f32)
     upcast, _ = ours(backbone, data, args.rows, cast=torch.float32)
     rows["bf16 weights, float32 compute (weight rounding only)"] = diff(upcast, f32)
     del backbone
