@@ -8,12 +8,12 @@ the tests require our path to add none of its own (float tolerance: 1e-6).
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 
 import pytest
 import torch
+from wide_llama import child_report, save_wide_llama  # tests/backbones/wide_llama.py
 
 import softprompt.backbones._nf4 as nf4
 from softprompt.backbones import load_backbone
@@ -230,37 +230,8 @@ def test_nf4_resident_memory_is_the_4bit_weights(tmp_path, llama_folder):
     in nf4 the process holds at most 0.2x the float32 weights more than before (4-bit data
     and scales: 0.14x; measured 0.14x), and never grew by more than 0.5x on the way
     (measured 0.34x). Loaded whole and quantized after, it held 1.17x."""
-    import os
-
-    from transformers import AutoModelForCausalLM, LlamaConfig
-
-    from softprompt.backbones.tiny import tiny_llama
-
-    tok = tiny_llama().tokenizer
-    config = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=512,
-        intermediate_size=1536,
-        num_hidden_layers=4,
-        num_attention_heads=8,
-        num_key_value_heads=4,
-        tie_word_embeddings=True,
-    )
-    model = AutoModelForCausalLM.from_config(config)
-    float_bytes = sum(p.numel() * 4 for p in model.parameters())
-    model.save_pretrained(tmp_path / "m")
-    tok.save_pretrained(tmp_path / "m")
-    del model
-    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
-    done = subprocess.run(
-        [sys.executable, "-c", _PEAK_SCRIPT, str(llama_folder), str(tmp_path / "m")],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    grew = json.loads(done.stdout.strip().splitlines()[-1])
+    float_bytes = save_wide_llama(tmp_path / "m")
+    grew = child_report(_PEAK_SCRIPT, str(llama_folder), str(tmp_path / "m"))
     assert grew["held"] <= 0.2 * float_bytes, (grew, float_bytes)
     assert grew["peak"] <= 0.5 * float_bytes, (grew, float_bytes)
 

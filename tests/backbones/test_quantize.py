@@ -11,6 +11,7 @@ import importlib.util
 
 import pytest
 import torch
+from wide_llama import child_report, save_wide_llama  # tests/backbones/wide_llama.py
 
 import softprompt.backbones._precision as precision
 from softprompt.backbones import load_backbone
@@ -263,38 +264,6 @@ def test_int8_load_peak_stays_well_under_the_float32_weights(tmp_path, llama_fol
     """A 14M-parameter llama (56 MB in float32): loading it in int8 adds at most half the
     float32 weights' size to the peak resident memory; loading then quantizing held the
     whole float32 model first (and the file's mapped pages), more than its full size."""
-    import json
-    import os
-    import subprocess
-    import sys
-
-    from transformers import AutoModelForCausalLM, LlamaConfig
-
-    from softprompt.backbones.tiny import tiny_llama
-
-    tok = tiny_llama().tokenizer
-    config = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=512,
-        intermediate_size=1536,
-        num_hidden_layers=4,
-        num_attention_heads=8,
-        num_key_value_heads=4,
-        tie_word_embeddings=True,
-    )
-    model = AutoModelForCausalLM.from_config(config)
-    float_bytes = sum(p.numel() * 4 for p in model.parameters())
-    model.save_pretrained(tmp_path / "m")
-    tok.save_pretrained(tmp_path / "m")
-    del model
-    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
-    done = subprocess.run(
-        [sys.executable, "-c", _INT8_PEAK_SCRIPT, str(llama_folder), str(tmp_path / "m")],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    grew = json.loads(done.stdout.strip().splitlines()[-1])["grew"]
+    float_bytes = save_wide_llama(tmp_path / "m")
+    grew = child_report(_INT8_PEAK_SCRIPT, str(llama_folder), str(tmp_path / "m"))["grew"]
     assert grew <= 0.5 * float_bytes, (grew, float_bytes)
