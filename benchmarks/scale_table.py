@@ -19,7 +19,8 @@ Backbones that are not installed (`softprompt backbones`) are skipped with a not
 Measured 2026-12-06 (bf16, batch 8, --steps 20 --test-limit 100 --seeds 0 --lora-lr 1e-3,
 movie-sentiment, one thread on the shared 2-core machine): SmolLM2-135M zero-shot 0.820,
 soft prompt 0.840, LoRA 0.800 (3.2 min); Qwen2.5-Coder-0.5B zero-shot 0.810, soft prompt
-0.560, LoRA 0.820 (about 11 min). Prompt tuning did not close more of the gap on the
+0.560, LoRA 0.820 (7.8 min of training and scoring); Qwen2.5-Coder-1.5B zero-shot 0.910, soft
+prompt 0.880, LoRA 0.950 (19.9 min). Prompt tuning did not close more of the gap on the
 larger model at this budget. With LoRA at the prompt's lr 0.03 it collapsed to one class
 (SmolLM2, 30 steps, 200 rows: 0.795 / 0.870 / 0.500).
 """
@@ -28,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from pathlib import Path
 from typing import Any
 
@@ -73,7 +73,6 @@ def grid(
 
 def cell(backbone: str, dataset: str, args: argparse.Namespace) -> dict[str, Any]:
     """zero-shot and soft prompt at --lr; LoRA at --lora-lr (its own grid) when given."""
-    start = time.perf_counter()
     lora_lr = args.lora_lr if args.lora_lr is not None else args.lr
     if lora_lr == args.lr:
         summary = grid(backbone, dataset, args, METHODS, args.lr)
@@ -84,9 +83,34 @@ def cell(backbone: str, dataset: str, args: argparse.Namespace) -> dict[str, Any
         "backbone": backbone,
         "dataset": dataset,
         "dtype": args.dtype,
-        "seconds": time.perf_counter() - start,
+        "seconds": _work_seconds(summary),
         "methods": summary,
     }
+
+
+def _work_seconds(summary: dict[str, Any]) -> float:
+    """Training and test-scoring seconds of the cell's units, as each unit recorded them:
+    a cell read back from finished units costs its original time, not the read's."""
+    return sum(
+        (s.get("train_seconds", 0.0) + s.get("test_seconds", 0.0)) * s.get("seeds", 1)
+        for s in summary.values()
+    )
+
+
+BUDGET = ("steps", "batch_size", "eval_examples", "test_limit", "lr", "lora_lr", "seeds", "dtype")
+
+
+def merged_cells(cells: list[dict[str, Any]], settings: dict[str, Any]) -> list[dict[str, Any]]:
+    """This run's cells plus the recorded ones of other (backbone, dataset) pairs at the
+    same budget, so adding a backbone does not drop the rows measured before."""
+    path = RESULTS / "scale_table.json"
+    if not path.exists():
+        return cells
+    old = json.loads(path.read_text(encoding="utf-8"))
+    if any(old["settings"].get(k) != settings[k] for k in BUDGET):
+        return cells  # another budget: this run's table replaces it
+    ran = {(c["backbone"], c["dataset"]) for c in cells}
+    return [c for c in old["cells"] if (c["backbone"], c["dataset"]) not in ran] + cells
 
 
 def gap_closed(methods: dict[str, Any]) -> float | None:
@@ -152,7 +176,11 @@ def main() -> None:
             print(markdown(cells, args), flush=True)
     if skipped:
         print(f"not installed, skipped: {', '.join(skipped)}")
-    payload = {"settings": {**vars(args)}, "skipped": skipped, "cells": cells}
+    settings = {**vars(args)}
+    cells = merged_cells(cells, settings)
+    settings["backbones"] = ",".join(dict.fromkeys(c["backbone"] for c in cells))
+    settings["datasets"] = ",".join(dict.fromkeys(c["dataset"] for c in cells))
+    payload = {"settings": settings, "skipped": skipped, "cells": cells}
     for c in cells:
         c["gap_closed"] = gap_closed(c["methods"])
     RESULTS.mkdir(exist_ok=True)
