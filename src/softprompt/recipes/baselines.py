@@ -54,7 +54,7 @@ from softprompt.train import TrainResult, train
 # * head-only: 1e-2, the linear probe's lr in this project's vision and wnut16 tables
 #   (docs/benchmarks/vision.md, docs/methods/p-tuning-v2.md);
 # * lora: 1e-3, PEFT's LoRA examples (1e-3 to 3e-4) and benchmarks/scale_table.py's
-#   --lora-lr; at 3e-2 it fell to one class on movie-sentiment (docs/compare.md);
+#   --lora-lr; at 3e-2 one seed of its movie-sentiment LoRA fell to one class;
 # * full: 3e-2, so the backbone moves at backbone_lr_scale (3e-3) x 3e-2 = 9e-5 a step,
 #   within the 5e-5 to 1e-4 usual for fully fine-tuning a small model (HF Trainer's
 #   default 5e-5; BERT's 2e-5 to 5e-5), see the module docstring.
