@@ -13,7 +13,11 @@ import sys
 
 import pytest
 import torch
-from wide_llama import child_report, save_wide_llama  # tests/backbones/wide_llama.py
+from wide_llama import (  # tests/backbones/wide_llama.py
+    LOAD_PEAK_SCRIPT,
+    child_report,
+    save_wide_llama,
+)
 
 import softprompt.backbones._nf4 as nf4
 from softprompt.backbones import load_backbone
@@ -205,33 +209,13 @@ def test_nf4_quantizes_as_it_loads_and_equals_quantizing_after(llama_folder, mon
         assert all(torch.equal(a, b) for a, b in pairs), name
 
 
-_PEAK_SCRIPT = """
-import gc, json, sys
-from softprompt.backbones import load_backbone
-
-def status(key):
-    for line in open("/proc/self/status"):
-        if line.startswith(key + ":"):
-            return int(line.split()[1]) * 1024
-
-load_backbone(sys.argv[1], quantize="nf4")  # a tiny model: the lazy imports, outside
-gc.collect()
-with open("/proc/self/clear_refs", "w") as f:
-    f.write("5")  # reset the peak (VmHWM) to the current RSS
-before = status("VmRSS")
-held = load_backbone(sys.argv[2], quantize="nf4")
-gc.collect()
-print(json.dumps({"peak": status("VmHWM") - before, "held": status("VmRSS") - before}))
-"""
-
-
 def test_nf4_resident_memory_is_the_4bit_weights(tmp_path, llama_folder):
     """A 12.6M-parameter llama (48 MB in float32, almost all Linear weights): once loaded
     in nf4 the process holds at most 0.2x the float32 weights more than before (4-bit data
     and scales: 0.14x; measured 0.14x), and never grew by more than 0.5x on the way
     (measured 0.34x). Loaded whole and quantized after, it held 1.17x."""
     float_bytes = save_wide_llama(tmp_path / "m")
-    grew = child_report(_PEAK_SCRIPT, str(llama_folder), str(tmp_path / "m"))
+    grew = child_report(LOAD_PEAK_SCRIPT, str(llama_folder), str(tmp_path / "m"), "nf4")
     assert grew["held"] <= 0.2 * float_bytes, (grew, float_bytes)
     assert grew["peak"] <= 0.5 * float_bytes, (grew, float_bytes)
 

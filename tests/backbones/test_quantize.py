@@ -11,7 +11,11 @@ import importlib.util
 
 import pytest
 import torch
-from wide_llama import child_report, save_wide_llama  # tests/backbones/wide_llama.py
+from wide_llama import (  # tests/backbones/wide_llama.py
+    LOAD_PEAK_SCRIPT,
+    child_report,
+    save_wide_llama,
+)
 
 import softprompt.backbones._precision as precision
 from softprompt.backbones import load_backbone
@@ -240,30 +244,11 @@ def test_int8_from_a_file_the_reader_skips_falls_back_to_quantizing_after(llama,
     assert "FrozenQuantizedLinear" in {type(m).__name__ for m in small.model.modules()}
 
 
-_INT8_PEAK_SCRIPT = """
-import gc, json, sys
-from softprompt.backbones import load_backbone
-
-def status(key):
-    for line in open("/proc/self/status"):
-        if line.startswith(key + ":"):
-            return int(line.split()[1]) * 1024
-
-load_backbone(sys.argv[1], quantize="int8")  # a tiny model: the lazy imports, outside
-gc.collect()
-with open("/proc/self/clear_refs", "w") as f:
-    f.write("5")  # reset the peak (VmHWM) to the current RSS
-before = status("VmRSS")
-held = load_backbone(sys.argv[2], quantize="int8")
-print(json.dumps({"grew": status("VmHWM") - before}))
-"""
-
-
 @needs_torchao
 def test_int8_load_peak_stays_well_under_the_float32_weights(tmp_path, llama_folder):
     """A 14M-parameter llama (56 MB in float32): loading it in int8 adds at most half the
     float32 weights' size to the peak resident memory; loading then quantizing held the
     whole float32 model first (and the file's mapped pages), more than its full size."""
     float_bytes = save_wide_llama(tmp_path / "m")
-    grew = child_report(_INT8_PEAK_SCRIPT, str(llama_folder), str(tmp_path / "m"))["grew"]
+    grew = child_report(LOAD_PEAK_SCRIPT, str(llama_folder), str(tmp_path / "m"), "int8")["peak"]
     assert grew <= 0.5 * float_bytes, (grew, float_bytes)

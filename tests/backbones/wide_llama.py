@@ -10,6 +10,26 @@ import subprocess
 import sys
 from pathlib import Path
 
+LOAD_PEAK_SCRIPT = """
+import gc, json, sys
+from softprompt.backbones import load_backbone
+
+def status(key):
+    for line in open("/proc/self/status"):
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) * 1024
+
+small, wide, quantize = sys.argv[1:4]
+load_backbone(small, quantize=quantize)  # a tiny model: the lazy imports, outside
+gc.collect()
+with open("/proc/self/clear_refs", "w") as f:
+    f.write("5")  # reset the peak (VmHWM) to the current RSS
+before = status("VmRSS")
+held = load_backbone(wide, quantize=quantize)
+gc.collect()
+print(json.dumps({"peak": status("VmHWM") - before, "held": status("VmRSS") - before}))
+"""  # argv: a tiny folder (warms the imports), the measured folder, the quantization
+
 
 def save_wide_llama(folder: Path) -> int:
     """Saves the model and tiny_llama's tokenizer into `folder`; returns its float32 bytes."""
