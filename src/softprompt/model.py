@@ -127,6 +127,11 @@ class PromptModel(nn.Module):
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]
 
+    def head_parameters(self) -> list[nn.Parameter]:
+        """The task's own trainable parameters (a linear or tagging head): the training
+        loop can give them their own lr (`train.head_lr`)."""
+        return [p for p in self.task.parameters() if p.requires_grad]
+
     def num_trainable(self) -> int:
         return sum(p.numel() for p in self.trainable_parameters())
 
@@ -382,6 +387,11 @@ class MultiTaskModel(nn.Module):
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]
+
+    def head_parameters(self) -> list[nn.Parameter]:
+        """Every task's head parameters (`PromptModel.head_parameters`), each once."""
+        heads = {id(p): p for m in self.models.values() for p in m.head_parameters()}
+        return list(heads.values())
 
     def num_trainable(self) -> int:
         return sum(p.numel() for p in self.trainable_parameters())

@@ -75,6 +75,11 @@ FLAGS: dict[str, tuple[str, Callable[[str], Any], str]] = {
     "batch_size": ("train.batch_size", int, "global batch per micro-step"),
     "grad_accum": ("train.grad_accum", int, "micro-steps per optimizer step"),
     "lr": ("train.lr", float, "peak learning rate"),
+    "head_lr": (
+        "train.head_lr",
+        float,
+        "peak lr of a task head trained beside a prompt, LoRA or the backbone (default: train.lr)",
+    ),
     "warmup_steps": ("train.warmup_steps", int, "linear warmup steps"),
     "eval_every": ("train.eval_every", int, "evaluate every N steps"),
     "eval_examples": ("train.eval_examples", int, "validation rows per evaluation (0 = all)"),

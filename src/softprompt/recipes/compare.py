@@ -62,7 +62,8 @@ from softprompt.evaluate import evaluate
 from softprompt.files import atomic_write_text
 from softprompt.methods import available_methods, method_config_class
 from softprompt.model import PromptModel, build_model
-from softprompt.recipes.baselines import TuneConfig, TunedModel, recommended_lr
+from softprompt.recipes import compare_lr
+from softprompt.recipes.baselines import TuneConfig, TunedModel
 from softprompt.recipes.compare_table import (
     HEAD_ONLY,
     SECONDARY,
@@ -93,10 +94,11 @@ class CompareConfig:
     many test rows (0: all of them); `seed_init`: each unit's seed also seeds its model's
     initialization (see the module docstring), not only its data order.
 
-    Learning rate (`lr_of`): `lr_for` names a method's own; otherwise, with
-    `per_method_lr` (`softprompt compare` without --lr), each method trains at the lr it
-    recommends (`recommended_lr`), and else, or when it names none, at run.train.lr: one
-    lr for every method lets some collapse while others are still slow (issue 22)."""
+    Learning rate (`lr_of`, recipes/compare_lr.py): `lr_for` names a method's own;
+    otherwise, with `per_method_lr` (`softprompt compare` without --lr), each method
+    trains at the lr it recommends (`recommended_lr`), and else, or when it names none,
+    at run.train.lr: one lr for every method lets some collapse while others are still
+    slow (issue 22). A task head beside other trainable parameters trains at `head_lr_of`."""
 
     run: RunConfig
     methods: list[str] = field(default_factory=lambda: list(DEFAULT_METHODS))
@@ -119,31 +121,29 @@ class CompareConfig:
             raise ConfigError("--seeds: give distinct seeds >= 0, at least one (e.g. 0,1,2)")
         if self.test_limit < 0:
             raise ConfigError(f"--test-limit: must be >= 0 (0 = all rows), got {self.test_limit}")
-        self._check_lr_for(known)
+        compare_lr.check_lr_for(self.lr_for, known)
         if self.run.tasks or self.run.compare:
             raise ConfigError(
                 "compare: one task at a time, without `compare:`/`tasks:` in the run config; "
                 "name baselines with --methods (e.g. --methods soft-prompt,lora,full)"
             )
 
-    def _check_lr_for(self, known: list[str]) -> None:
-        unknown = [m for m in self.lr_for if m not in known]
-        if unknown:
-            raise ConfigError(
-                f"--lr-for: unknown method {', '.join(map(repr, unknown))}; "
-                f"use any of {', '.join(known)}"
-            )
-        bad = {m: v for m, v in self.lr_for.items() if not 0 < v < float("inf")}
-        if bad:
-            method, value = next(iter(bad.items()))
-            raise ConfigError(f"--lr-for: {method}'s lr must be a finite number > 0, got {value}")
-
     def lr_of(self, method: str) -> float:
         """The lr `method`'s units train at (see the class docstring)."""
-        if method in self.lr_for:
-            return float(self.lr_for[method])
-        own = recommended_lr(method) if self.per_method_lr else None
-        return self.run.train.lr if own is None else own
+        return compare_lr.lr_of(
+            method, lr_for=self.lr_for, per_method=self.per_method_lr, shared=self.run.train.lr
+        )
+
+    def head_lr_of(self, method: str, *, has_head: bool) -> float | None:
+        """The lr of `method`'s task head when it has one beside other parameters
+        (None: the unit's lr): --head-lr, else head-only's lr under per-method lrs."""
+        return compare_lr.head_lr_of(
+            method,
+            has_head=has_head,
+            given=self.run.train.head_lr,
+            per_method=self.per_method_lr,
+            head_only=self.lr_of(HEAD_ONLY),
+        )
 
     def units(self) -> list[Unit]:
         """The grid in order; zero-shot trains nothing, so it runs once (the first seed)."""
@@ -174,6 +174,15 @@ class _Context:
     progress: bool = False  # each unit's own train / test bars under the compare's bar
     samples: dict[int, Dataset] = field(default_factory=dict)  # data seed -> k-shot data
     layout: str = "units"  # "units": OUT/units/<method>-s<seed>; "flat": OUT/<method>
+    heads: dict[str, bool] = field(default_factory=dict)  # run.task -> it trains a head
+
+    def has_head(self) -> bool:
+        """Whether the compare's task trains a head of its own (found once)."""
+        key = json.dumps(self.config.run.task, sort_keys=True, default=str)
+        if key not in self.heads:
+            task = self.config.run.task
+            self.heads[key] = compare_lr.task_has_head(self.backbone, self.dataset, task)
+        return self.heads[key]
 
     def folder(self, unit: Unit) -> Path:
         """Where a unit's run folder lives (a compare's grid, or a run's own baselines)."""
@@ -295,7 +304,7 @@ def compare(
                 rows.append(row)
                 bar.update(1)
         report = _report(rows, config, out, device)
-        write_report(report, _config_record(config))
+        write_report(report, _config_record(config, ctx.has_head()))
         return report
 
 
@@ -334,8 +343,10 @@ def _report_row(task: str, unit: dict[str, Any]) -> dict[str, Any]:
     return {"task": task, "name": name, **kept}
 
 
-def _config_record(config: CompareConfig) -> dict[str, Any]:
-    """The grid as compare.json records it."""
+def _config_record(config: CompareConfig, has_head: bool) -> dict[str, Any]:
+    """The grid as compare.json records it (`head_lr`: the methods whose head had one)."""
+    heads = {m: config.head_lr_of(m, has_head=has_head) for m in config.methods}
+    heads = {m: lr for m, lr in heads.items() if lr is not None}
     return {
         "run": config.run.to_dict(),
         "methods": config.methods,
@@ -343,18 +354,24 @@ def _config_record(config: CompareConfig) -> dict[str, Any]:
         "test_limit": config.test_limit,
         "seed_init": config.seed_init,
         "lr": {m: config.lr_of(m) for m in config.methods},
+        **({"head_lr": heads} if heads else {}),
     }
 
 
-def unit_config(config: CompareConfig, unit: Unit, folder: Path) -> RunConfig:
-    """The run a unit is: the compare's run with this unit's method, seed, lr and folder
-    (its prompt file and run.json record that lr, so `eval` and a resume see it)."""
+def unit_config(
+    config: CompareConfig, unit: Unit, folder: Path, *, has_head: bool = False
+) -> RunConfig:
+    """The run a unit is: the compare's run with this unit's method, seed, lr (and head
+    lr, when `has_head`: the task trains a head) and folder (its prompt file and run.json
+    record them, so `eval` and a resume see them)."""
     run = config.run
     method = run.method if run.method.get("name") == unit.method else {"name": unit.method}
     if config.seed_init and _has_seed(unit.method):
         method = {**method, "seed": unit.seed}
-    lr = config.lr_of(unit.method)
-    train_config = dataclasses.replace(run.train, seed=unit.seed, lr=lr, overwrite=False)
+    lr, head_lr = config.lr_of(unit.method), config.head_lr_of(unit.method, has_head=has_head)
+    train_config = dataclasses.replace(
+        run.train, seed=unit.seed, lr=lr, head_lr=head_lr, overwrite=False
+    )
     data = run.data
     if data.shots is not None:  # few-shot results vary most with the sample: one per seed
         data = dataclasses.replace(data, seed=data.seed + unit.seed)
@@ -385,12 +402,14 @@ _NOT_RECORDED = ("overwrite", "force_resume", "device", "gradient_checkpointing"
 
 def _recorded(config: RunConfig, compare: CompareConfig) -> dict[str, Any]:
     """What a finished unit must share with this compare to be read back (`seed_init`
-    only when set, so units from before the option still read back)."""
+    and `train.head_lr` only when set, so units from before those options still read back)."""
     values = config.to_dict()
     values.pop("out")
     values.pop("baseline", None)
     for key in _NOT_RECORDED:
         values["train"].pop(key, None)
+    if values["train"].get("head_lr") is None:
+        values["train"].pop("head_lr", None)
     seeded = {"seed_init": True} if compare.seed_init else {}
     return {**values, "test_limit": compare.test_limit, **seeded}
 
@@ -401,7 +420,7 @@ def run_unit(
     """One unit's row: read back when finished, else trained (resumed from its checkpoint
     if one was stopped) and scored. None when `stop_after` stopped it early."""
     folder = ctx.folder(unit)
-    run = unit_config(ctx.config, unit, folder)
+    run = unit_config(ctx.config, unit, folder, has_head=ctx.has_head())
     ctx = ctx.for_unit(run)
     recorded = _recorded(run, ctx.config)
     done = folder / UNIT_FILE

@@ -54,7 +54,7 @@ class CompareReport:
 
 
 def _summary_line(s: dict[str, Any], also: list[str]) -> str:
-    lr = f"{s['lr']:g}" if s.get("lr") is not None else "-"
+    lr = _lr_cell(s)
     if "skipped" in s:
         return f"| {s['label']} | n/a: {s['skipped']} |" + " |" * (6 + len(also)) + " - |"
     if "mean" not in s:  # every seed diverged
@@ -75,6 +75,14 @@ def _summary_line(s: dict[str, Any], also: list[str]) -> str:
         f"{s['file_bytes'] / 1024:.1f} KiB | {s['train_seconds']:.1f} s | {memory} | "
         f"{s['test_seconds']:.1f} s | {lr} |"
     )
+
+
+def _lr_cell(s: dict[str, Any]) -> str:
+    """`0.001`, or `0.001 (head 0.01)` when the task head trained at its own lr."""
+    if s.get("lr") is None:
+        return "-"
+    head = f" (head {s['head_lr']:g})" if s.get("head_lr") is not None else ""
+    return f"{s['lr']:g}{head}"
 
 
 def _mean_sd(name: str, spread: dict[str, float] | None) -> str:
@@ -104,13 +112,14 @@ def summarize(
     scored = [r for r in rows if "skipped" not in r and "failed" not in r]
     if not scored and not failed:
         return {"method": method, "label": label, "skipped": rows[0]["skipped"]}
-    lr = _lr(rows)
+    lr, head_lr = _lr(rows), _lr(rows, "head_lr")
+    lrs = {"lr": lr, **({"head_lr": head_lr} if head_lr is not None else {})}
     if not scored:  # the reason up to what the guard kept and what to do
         reason = failed[0]["failed"].split("; ")[0]
         return {
             "method": method,
             "label": label,
-            "lr": lr,
+            **lrs,
             "diverged": len(failed),
             "failed": reason,
         }
@@ -125,7 +134,7 @@ def summarize(
     return {
         "method": method,
         "label": label,
-        "lr": lr if scored[0]["trainable_parameters"] else None,  # zero-shot trains nothing
+        **(lrs if scored[0]["trainable_parameters"] else {"lr": None}),  # zero-shot: none
         "metric": metric,
         **_spread(values),
         **({"also": more} if more else {}),
@@ -139,10 +148,10 @@ def summarize(
     }
 
 
-def _lr(rows: list[dict[str, Any]]) -> float | None:
-    """The lr the method's units trained at (one per method in a compare; a unit read
-    back from an older compare may lack its config)."""
-    lrs = {r.get("config", {}).get("train", {}).get("lr") for r in rows}
+def _lr(rows: list[dict[str, Any]], key: str = "lr") -> float | None:
+    """The lr (or `head_lr`) the method's units trained at (one per method in a compare;
+    a unit read back from an older compare may lack its config)."""
+    lrs = {r.get("config", {}).get("train", {}).get(key) for r in rows}
     return lrs.pop() if len(lrs) == 1 else None
 
 

@@ -24,12 +24,17 @@ class TrainConfig:
     backbone layer in the backward pass instead of keeping its activations: less memory,
     more time, the same gradients (see inject/checkpointing.py). `fsdp` shards the frozen
     backbone's layers over the processes of a `torchrun` launch (FSDP2; see
-    softprompt/distributed.py): less memory per process, the same prompt."""
+    softprompt/distributed.py): less memory per process, the same prompt.
+    `head_lr`: the peak lr of the task head (a linear or tagging head) when it trains
+    beside other parameters (a prompt, LoRA, the backbone), on the same warmup and decay
+    (`head_lr_at`); None: train.lr. A head learns well at an lr that would wreck LoRA or
+    deep prompts, and with one lr it moved at theirs (issue 22)."""
 
     steps: int = 160
     batch_size: int = 8
     grad_accum: int = 1
     lr: float = 3e-2
+    head_lr: float | None = None
     weight_decay: float = 1e-5
     warmup_steps: int = 10
     schedule: str = "linear"
@@ -56,6 +61,10 @@ class TrainConfig:
                 raise ConfigError(f"train.{key}: must be >= 1, got {getattr(self, key)}")
         if not 0 < self.lr < float("inf"):
             raise ConfigError(f"train.lr: must be a finite number > 0, got {self.lr}")
+        if self.head_lr is not None and not 0 < self.head_lr < float("inf"):
+            raise ConfigError(
+                f"train.head_lr: must be a finite number > 0 (or unset: train.lr), got {self.head_lr}"
+            )
         if not 1 < self.divergence_factor < float("inf"):
             raise ConfigError(
                 f"train.divergence_factor: must be a finite number > 1, got {self.divergence_factor}"
@@ -98,3 +107,8 @@ class TrainConfig:
         if self.schedule == "cosine":
             return self.lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
         return self.lr
+
+    def head_lr_at(self, step: int) -> float:
+        """The task head's lr at `step`: `lr_at(step)` scaled by head_lr / lr."""
+        scale = 1.0 if self.head_lr is None else self.head_lr / self.lr
+        return self.lr_at(step) * scale

@@ -91,6 +91,20 @@ def cut_note(task: str, dataset: Dataset, kept: int) -> str:
     return line + "; set it to 0 to score them all"
 
 
+def optimizer_groups(model: MultiTaskModel, config: TrainConfig) -> list[dict[str, Any]]:
+    """AdamW's parameter groups: one, or with `train.head_lr` and a head that trains
+    beside other parameters, the rest then the heads (marked `head`, for `train_step`).
+    Without head_lr it stays one group, so checkpoints written before it resume as they
+    were (their optimizer state holds one group)."""
+    params = model.trainable_parameters()
+    heads = {id(p) for p in model.head_parameters()} if config.head_lr is not None else set()
+    rest = [p for p in params if id(p) not in heads]
+    if not heads or not rest:
+        return [{"params": params}]
+    head = [p for p in params if id(p) in heads]
+    return [{"params": rest}, {"params": head, "head": True, "lr": config.head_lr}]
+
+
 class _Run:
     """State of one run; split out so each phase of the loop is a short method."""
 
@@ -118,7 +132,7 @@ class _Run:
         self.sharded = self._shard_backbone()
         self.wrapped = distributed.wrap(model, self.process)
         self.optimizer = torch.optim.AdamW(
-            model.trainable_parameters(), lr=config.lr, weight_decay=config.weight_decay
+            optimizer_groups(model, config), lr=config.lr, weight_decay=config.weight_decay
         )
         self.sampler = TaskSampler(
             {name: d.train for name, d in data.items()},
@@ -202,7 +216,7 @@ class _Run:
         rows (summed over processes, so every rank logs the global figure)."""
         cfg, rank, world = self.config, self.process.rank, self.process.world
         for group in self.optimizer.param_groups:
-            group["lr"] = cfg.lr_at(step)
+            group["lr"] = cfg.head_lr_at(step) if group.get("head") else cfg.lr_at(step)
         total, correct, scored = 0.0, 0.0, 0.0
         for micro in range(cfg.grad_accum):
             rows = self.sampler.micro_batch(step * cfg.grad_accum + micro)
@@ -330,7 +344,8 @@ def _advance(run: _Run, step: int) -> tuple[dict[str, str], bool]:
     guard.after_step(
         run.state, figures["loss"], step, run.model.trainable_parameters(), config, run.kept_path()
     )
-    run.log({"kind": "train", "step": step + 1, **figures, "lr": config.lr_at(step)})
+    head = {"head_lr": config.head_lr_at(step)} if config.head_lr is not None else {}
+    run.log({"kind": "train", "step": step + 1, **figures, "lr": config.lr_at(step), **head})
     rows = config.batch_size * config.grad_accum
     postfix = {"loss": f"{figures['loss']:.3f}", **_recent_accuracy(run.state["history"])}
     postfix["ex/s"] = f"{rows / (time.perf_counter() - tick):.1f}"

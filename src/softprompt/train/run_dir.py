@@ -312,12 +312,21 @@ def resumable_config(
     if validation is not None:
         data["validation_rows"] = data_fingerprint(validation)
     return {
-        "train": {k: v for k, v in train.to_dict().items() if k not in SAFE_TO_CHANGE},
+        "train": _train_keys(train),
         "method": describe["method"],
         "task": describe["task"],
         "backbone": describe["backbone"]["fingerprint"],
         "data": data,
     }
+
+
+def _train_keys(train: TrainConfig) -> dict[str, Any]:
+    """The train keys a resume must keep; `head_lr` only when set, so a checkpoint
+    written before that option existed (the same run: one lr for all) still resumes."""
+    values = {k: v for k, v in train.to_dict().items() if k not in SAFE_TO_CHANGE}
+    if values.get("head_lr") is None:
+        values.pop("head_lr", None)
+    return values
 
 
 def combined_resumable(configs: dict[str, dict[str, Any]]) -> dict[str, Any]:
