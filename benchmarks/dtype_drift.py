@@ -87,6 +87,27 @@ def diff(a: torch.Tensor, b: torch.Tensor) -> dict[str, float]:
     return {"max": float(d.max()), "mean": float(d.mean())}
 
 
+def arm(
+    backbone, data, rows: int, f32: torch.Tensor, dtype: torch.dtype, compute: bool, how: str
+) -> tuple[dict[str, dict[str, float]], torch.Tensor | None]:
+    """One half-precision arm, vs float32: `dtype` weights with `dtype` compute (when
+    `compute`; fp16 compute is slow on a CPU) and the same weights upcast to float32 for
+    the compute (the weights' rounding only). Leaves the backbone in float32. Returns the
+    rows and the `dtype`-compute log-probs (None without `compute`)."""
+    name = {torch.float16: "fp16", torch.bfloat16: "bf16"}[dtype]
+    got, low = {}, None
+    if compute:
+        held = next(backbone.model.parameters()).dtype
+        # no cast when loaded in `dtype`: .to() would also cast the float32 buffers it keeps
+        low, _ = ours(backbone, data, rows, cast=None if held == dtype else dtype)
+        got[f"{name} weights + {name} compute ({how})"] = diff(low, f32)
+    else:
+        backbone.model.to(dtype)
+    upcast, _ = ours(backbone, data, rows, cast=torch.float32)
+    got[f"{name} weights, float32 compute (weight rounding only)"] = diff(upcast, f32)
+    return got, low
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backbone", default="smollm2-135m")
@@ -106,14 +127,9 @@ def main() -> None:
     backbone = load_backbone(args.backbone, dtype="float32")
     folder32 = Path(backbone.model.config._name_or_path)  # the cached HF folder
     f32, inputs = ours(backbone, data, args.rows)
-    rows = {}
-    if full:
-        fp16, _ = ours(backbone, data, args.rows, cast=torch.float16)  # round to nearest
-        rows["fp16 weights + fp16 compute (float32 backbone cast in memory)"] = diff(fp16, f32)
-    else:
-        backbone.model.to(torch.float16)  # round to nearest, as a cache does
-    fp16_upcast, _ = ours(backbone, data, args.rows, cast=torch.float32)
-    rows["fp16 weights, float32 compute (weight rounding only)"] = diff(fp16_upcast, f32)
+    # fp16: the float32 backbone cast in memory, round to nearest as a cache does
+    rows, _ = arm(backbone, data, args.rows, f32, torch.float16, full,
+                  "float32 backbone cast in memory")  # fmt: skip
     del backbone
     gc.collect()
     if full:
@@ -121,10 +137,9 @@ def main() -> None:
         rows["plain transformers float32 vs ours float32"] = diff(plain32, f32)
     backbone = load_backbone(args.backbone, dtype="bfloat16")
     folder16 = Path(backbone.model.config._name_or_path)
-    bf16, _ = ours(backbone, data, args.rows)
-    rows["bf16 weights + bf16 compute (ours, --dtype bfloat16)"] = diff(bf16, f32)
-    upcast, _ = ours(backbone, data, args.rows, cast=torch.float32)
-    rows["bf16 weights, float32 compute (weight rounding only)"] = diff(upcast, f32)
+    bf16_rows, bf16 = arm(backbone, data, args.rows, f32, torch.bfloat16, True,
+                          "ours, --dtype bfloat16")  # fmt: skip
+    rows.update(bf16_rows)
     del backbone
     gc.collect()
     if full:
