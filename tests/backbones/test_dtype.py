@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from split_parts import install_parts  # tests/backbones/split_parts.py
 
 import softprompt.backbones._assemble as assemble
 import softprompt.backbones._catalogue as catalogue
@@ -404,13 +405,7 @@ def test_split_gguf_builtin_assembles_its_parts_once(tmp_path, home, monkeypatch
     checked against the expected size, converted, and not rebuilt on the next load."""
     pytest.importorskip("gguf", reason="gguf not installed (pip install gguf)")
     whole = write_gguf(llama, tmp_path / "whole.gguf").read_bytes()
-    cut = [0, len(whole) // 3, 2 * len(whole) // 3, len(whole)]
-    folders = {}
-    for i in range(3):
-        folder = tmp_path / f"part{i + 1}"
-        (folder / "data").mkdir(parents=True)
-        (folder / "data" / f"part{i + 1:02d}.bin").write_bytes(whole[cut[i] : cut[i + 1]])
-        folders[f"fake_part{i + 1}"] = folder
+    folders = install_parts(tmp_path, whole)
     fake = catalogue._split_gguf("fake-split", "test", "fake-part", "1.0", 3, len(whole))
     monkeypatch.setitem(catalogue._BUILTINS, "fake-split", fake)
     for mod in (loading, assemble):  # both look the packages up

@@ -36,12 +36,8 @@ def _assembled_gguf(builtin: _Builtin) -> Path:
     stamp = [[str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns] for p in parts]
     target = backbone_cache_root() / "sources" / f"{builtin.name}.gguf"
     record = target.with_name(target.name + ".json")
-    try:
-        if _resolved(json.loads(record.read_text())) == stamp:
-            if target.stat().st_size == builtin.gguf_bytes:
-                return target
-    except (OSError, ValueError, TypeError):
-        pass
+    if _still_assembled(target, record, stamp, parts, builtin.gguf_bytes):
+        return target
     total = sum(p.stat().st_size for p in parts)
     if total != builtin.gguf_bytes:
         raise BackboneError(
@@ -51,6 +47,43 @@ def _assembled_gguf(builtin: _Builtin) -> Path:
     _concatenate(parts, target)
     atomic_write_text(record, json.dumps(stamp))
     return target
+
+
+def _still_assembled(target: Path, record: Path, stamp: list, parts: list[Path], size: int) -> bool:
+    """`target` already holds these parts: the record names them (path, size, mtime: the
+    cheap check, and the format every earlier version wrote and reads), or else their
+    bytes equal the target's, as when a second install (another venv) holds the same
+    packages at other paths with other mtimes (pip stamps files with the install time).
+    Then only the record is rewritten: rewriting the GGUF would change its mtime and so
+    make every cached conversion of it stale (minutes at 1.5B)."""
+    try:
+        if target.stat().st_size != size:
+            return False
+        if _resolved(json.loads(record.read_text())) == stamp:
+            return True
+    except (OSError, ValueError, TypeError):
+        pass
+    try:
+        if not _same_bytes(target, parts):
+            return False
+    except OSError:
+        return False
+    atomic_write_text(record, json.dumps(stamp))
+    return True
+
+
+def _same_bytes(target: Path, parts: list[Path]) -> bool:
+    """Whether `target` is the parts concatenated, byte for byte (stops at the first
+    difference; a full pass reads the GGUF twice, seconds against a reconversion)."""
+    if target.stat().st_size != sum(p.stat().st_size for p in parts):
+        return False
+    with target.open("rb") as whole:
+        for part in parts:
+            with part.open("rb") as handle:
+                while chunk := handle.read(1 << 24):
+                    if whole.read(len(chunk)) != chunk:
+                        return False
+    return True
 
 
 def _resolved(stamp: list) -> list:
