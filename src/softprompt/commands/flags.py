@@ -297,6 +297,22 @@ def lr_pairs(raw: str) -> dict[str, float]:
     return pairs
 
 
+def lr_factors(raw: str) -> list[float]:
+    """`--lr-grid 0.3,1,3`: factors of each method's lr (checked by CompareConfig)."""
+    from softprompt.errors import ConfigError
+
+    try:
+        factors = [float(part) for part in raw.split(",") if part.strip()]
+    except ValueError:
+        factors = []
+    if not factors:
+        raise ConfigError(
+            f"--lr-grid: cannot read {raw!r}; give factors of each method's lr separated "
+            "by commas, e.g. 0.3,1,3"
+        )
+    return factors
+
+
 def _add_precision_flags(parser: argparse.ArgumentParser) -> None:
     """--dtype / --quantize: how the frozen backbone is held (softprompt.backbones)."""
     parser.add_argument("--dtype", default=None, choices=["auto", "float32", "bfloat16", "float16"],

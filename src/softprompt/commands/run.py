@@ -20,6 +20,7 @@ from softprompt.commands.flags import (
     _meta,
     _positive_int,
     _values_from_args,
+    lr_factors,
     lr_pairs,
     seed_list,
 )
@@ -109,6 +110,12 @@ def add_compare_parser(sub: Any) -> None:
         help="one method's own lr, e.g. lora=3e-4,prefix-tuning=0.01 (over --lr and the "
         "method's recommended lr)",
     )
+    grid.add_argument(
+        "--lr-grid",
+        default=None,
+        help="factors such as 0.3,1,3: train each method at the first seed at its lr x each "
+        "factor, keep the lr with the best validation score for every seed",
+    )
     lr_help = (
         "one learning rate for every unit; without it (and without train.lr in --config) "
         "each method trains at its own recommended lr, shown in the table"
@@ -191,6 +198,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         seed_init=args.seed_init,
         per_method_lr=not shared_lr,
         lr_for=lr_pairs(args.lr_for) if args.lr_for else {},
+        lr_grid=lr_factors(args.lr_grid) if args.lr_grid is not None else [],
     )
     report = compare(config)
     print()

@@ -30,7 +30,9 @@ resume), and trains the rest. OUT/compare.md, compare.json and compare.png are
 rewritten from the rows once every unit is done. `train --compare lora,full` runs its
 baselines as the same units (`baseline_rows`: the run's seed, folders OUT/<kind>/), so
 a run's report and a compare table come from one code path. The table itself is
-recipes/compare_table.py.
+recipes/compare_table.py. The units' learning rates, and `--lr-grid`, which chooses
+each method's lr on validation with extra first-seed units (OUT/units/<method>-s0-lr<lr>),
+are recipes/compare_lr.py; how each unit kind is built and read back, compare_units.py.
 
 Peak memory is measured per unit from just before its model is built to the end of
 its test scoring: on CUDA, torch's peak allocated bytes; on CPU, the highest resident
@@ -42,10 +44,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import random
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -60,10 +59,11 @@ from softprompt.device import resolve_device
 from softprompt.errors import ConfigError, TrainingDiverged
 from softprompt.evaluate import evaluate
 from softprompt.files import atomic_write_text
-from softprompt.methods import available_methods, method_config_class
-from softprompt.model import PromptModel, build_model
+from softprompt.methods import available_methods
+from softprompt.model import PromptModel
 from softprompt.recipes import compare_lr
-from softprompt.recipes.baselines import TuneConfig, TunedModel
+from softprompt.recipes.baselines import load_model
+from softprompt.recipes.compare_lr import Unit
 from softprompt.recipes.compare_table import (
     HEAD_ONLY,
     SECONDARY,
@@ -73,18 +73,22 @@ from softprompt.recipes.compare_table import (
     summarize,
     write_report,
 )
+from softprompt.recipes.compare_units import (
+    UNIT_KINDS,
+    NotApplicable,
+    has_seed,
+    read_back,
+    registered,
+    sample_test_rows,
+    seeded,
+)
+from softprompt.recipes.compare_units import recorded as units_recorded
 from softprompt.recipes.loading import load_data
 from softprompt.recipes.peak_memory import PeakMemory
-from softprompt.tasks.auto_verbalizer import resolve_verbalizer
-from softprompt.tasks.presets import task_config_for
 from softprompt.train import run_dir, train
 
 DEFAULT_METHODS = (ZERO_SHOT, HEAD_ONLY, "soft-prompt", "prefix-tuning", "p-tuning", "lora", "full")
 UNIT_FILE = "unit.json"
-
-
-class NotApplicable(Exception):
-    """A unit this task cannot have; its message is the reason shown in the table."""
 
 
 @dataclass
@@ -107,6 +111,7 @@ class CompareConfig:
     seed_init: bool = False
     per_method_lr: bool = False
     lr_for: dict[str, float] = field(default_factory=dict)
+    lr_grid: list[float] = field(default_factory=list)  # factors of lr_of (compare_lr.py)
 
     def __post_init__(self) -> None:
         known = [*UNIT_KINDS, *available_methods()]
@@ -122,6 +127,7 @@ class CompareConfig:
         if self.test_limit < 0:
             raise ConfigError(f"--test-limit: must be >= 0 (0 = all rows), got {self.test_limit}")
         compare_lr.check_lr_for(self.lr_for, known)
+        compare_lr.check_lr_grid(self.lr_grid)
         if self.run.tasks or self.run.compare:
             raise ConfigError(
                 "compare: one task at a time, without `compare:`/`tasks:` in the run config; "
@@ -146,22 +152,22 @@ class CompareConfig:
         )
 
     def units(self) -> list[Unit]:
-        """The grid in order; zero-shot trains nothing, so it runs once (the first seed)."""
+        """The grid in order, without an lr grid's extra units; zero-shot trains nothing,
+        so it runs once (the first seed)."""
         return [
             Unit(method, seed)
             for method in self.methods
             for seed in (self.seeds[:1] if method == ZERO_SHOT else self.seeds)
         ]
 
+    def gridded(self, method: str) -> bool:
+        """Whether `method`'s lr is chosen by --lr-grid (zero-shot trains nothing)."""
+        return bool(self.lr_grid) and method != ZERO_SHOT
 
-@dataclass(frozen=True)
-class Unit:
-    method: str
-    seed: int
-
-    @property
-    def name(self) -> str:
-        return f"{self.method}-s{self.seed}"
+    def unit_count(self) -> int:
+        """Units to run, an lr grid's included (the progress bar's total)."""
+        extra = len(self.lr_grid) - 1
+        return len(self.units()) + sum(extra for m in self.methods if self.gridded(m))
 
 
 @dataclass
@@ -199,71 +205,6 @@ class _Context:
         return dataclasses.replace(self, dataset=self.samples[seed])
 
 
-# unit kinds that are not prompt methods: each builds its model from the run's task
-def _zero_shot(ctx: _Context, run: RunConfig) -> PromptModel:
-    model = build_model(ctx.backbone, ctx.dataset, {"name": "none"}, run.task)
-    if model.num_trainable():
-        raise NotApplicable("the task has a head to train; see head-only")
-    return model
-
-
-def _head_only(ctx: _Context, run: RunConfig) -> PromptModel:
-    task = {**run.task, "head": "linear"}
-    try:
-        model = build_model(ctx.backbone, ctx.dataset, {"name": "none"}, task)
-    except ConfigError as exc:
-        raise NotApplicable(str(exc)) from None
-    if not model.num_trainable():  # generation: no head, so nothing would train
-        raise NotApplicable("the task has no head to train")
-    return model
-
-
-def _tuned(kind: str) -> Callable[[_Context, RunConfig], PromptModel]:
-    def build(ctx: _Context, run: RunConfig) -> PromptModel:
-        task = resolve_verbalizer(ctx.backbone, ctx.dataset, run.task)  # auto: chosen words
-        return TunedModel(ctx.backbone, task_config_for(ctx.dataset, task), TuneConfig(kind=kind))
-
-    return build
-
-
-UNIT_KINDS: dict[str, Callable[[_Context, RunConfig], PromptModel]] = {
-    ZERO_SHOT: _zero_shot,
-    HEAD_ONLY: _head_only,
-    "lora": _tuned("lora"),
-    "full": _tuned("full"),
-}
-
-
-def _registered(name: str) -> Callable[[_Context, RunConfig], PromptModel]:
-    """A registered prompt method, with the run's options when the run names it."""
-
-    def build(ctx: _Context, run: RunConfig) -> PromptModel:
-        method = run.method if run.method.get("name") == name else {"name": name}
-        try:
-            return build_model(ctx.backbone, ctx.dataset, method, run.task)
-        except ConfigError as exc:  # e.g. a text method on an image backbone
-            raise NotApplicable(str(exc)) from None
-
-    return build
-
-
-def sample_test_rows(rows: list[Example], limit: int, *, by_input: bool = False) -> list[Example]:
-    """At most `limit` test rows, a fixed seeded sample in their original order (a test
-    file sorted by label keeps both labels); all rows when `limit` is 0. `by_input`
-    (generation): `limit` distinct inputs, each with all its rows, which are its
-    references, so a sampled input keeps every reference BLEU scores it against."""
-    if by_input:
-        inputs = list(dict.fromkeys(r.text for r in rows))
-        if not limit or limit >= len(inputs):
-            return list(rows)
-        keep_inputs = {inputs[i] for i in random.Random(0).sample(range(len(inputs)), limit)}
-        return [r for r in rows if r.text in keep_inputs]
-    if not limit or limit >= len(rows):
-        return list(rows)
-    keep = sorted(random.Random(0).sample(range(len(rows)), limit))
-    return [rows[i] for i in keep]
-
-
 def compare(
     config: CompareConfig,
     *,
@@ -293,19 +234,47 @@ def compare(
         by_input = dataset.task == "generation"
         test = sample_test_rows(dataset.test, config.test_limit, by_input=by_input)
         ctx = _Context(backbone, dataset, config, test, out, progress)
-        rows, units = [], config.units()
-        with tqdm(total=len(units), desc="compare", disable=not progress) as bar:
-            for unit in units:
+        rows: list[dict[str, Any]] = []
+        grids: dict[str, dict[str, Any]] = {}
+        with tqdm(total=config.unit_count(), desc="compare", disable=not progress) as bar:
+            finished = 0
+
+            def run_one(unit: Unit, score: bool) -> dict[str, Any] | None:
+                nonlocal finished
                 bar.set_postfix_str(unit.name)
-                stop = stop_at[1] if stop_at and len(rows) >= stop_at[0] else None
-                row = run_unit(ctx, unit, device, stop_after=stop)
-                if row is None:
-                    return _report(rows, config, out, device, complete=False)
-                rows.append(row)
-                bar.update(1)
-        report = _report(rows, config, out, device)
+                stop = stop_at[1] if stop_at and finished >= stop_at[0] else None
+                row = run_unit(ctx, unit, device, stop_after=stop, score=score)
+                finished += row is not None
+                bar.update(row is not None)
+                return row
+
+            def score_one(unit: Unit, row: dict[str, Any]) -> dict[str, Any]:
+                return score_unit(ctx, unit, row, device)
+
+            for method in config.methods:
+                grid = _method_rows(config, method, run_one, score_one, rows)
+                if grid is None:
+                    return _report(rows, config, out, device, grids, complete=False)
+                grids.update({method: grid} if grid else {})
+        report = _report(rows, config, out, device, grids)
         write_report(report, _config_record(config, ctx.has_head()))
         return report
+
+
+def _method_rows(
+    config: CompareConfig,
+    method: str,
+    run_one: compare_lr.RunOne,
+    score_one: compare_lr.ScoreOne,
+    rows: list[dict[str, Any]],
+) -> dict[str, Any] | None:
+    """Append one method's rows (every seed) to `rows` as they finish; returns its lr
+    grid's record ({} without one), None when a unit stopped early."""
+    if config.gridded(method):
+        base, factors = config.lr_of(method), config.lr_grid
+        return compare_lr.grid_rows(method, config.seeds, factors, base, run_one, score_one, rows)
+    seeds = [u.seed for u in config.units() if u.method == method]
+    return {} if compare_lr.run_rest(method, seeds, None, run_one, rows) else None
 
 
 BASELINE_LABELS = {"lora": "LoRA r=8 on q,v (PEFT)", "full": "full fine-tuning"}
@@ -354,6 +323,7 @@ def _config_record(config: CompareConfig, has_head: bool) -> dict[str, Any]:
         "test_limit": config.test_limit,
         "seed_init": config.seed_init,
         "lr": {m: config.lr_of(m) for m in config.methods},
+        **({"lr_grid": config.lr_grid} if config.lr_grid else {}),
         **({"head_lr": heads} if heads else {}),
     }
 
@@ -366,9 +336,10 @@ def unit_config(
     record them, so `eval` and a resume see them)."""
     run = config.run
     method = run.method if run.method.get("name") == unit.method else {"name": unit.method}
-    if config.seed_init and _has_seed(unit.method):
+    if config.seed_init and has_seed(unit.method):
         method = {**method, "seed": unit.seed}
-    lr, head_lr = config.lr_of(unit.method), config.head_lr_of(unit.method, has_head=has_head)
+    lr = config.lr_of(unit.method) if unit.lr is None else unit.lr
+    head_lr = config.head_lr_of(unit.method, has_head=has_head)
     train_config = dataclasses.replace(
         run.train, seed=unit.seed, lr=lr, head_lr=head_lr, overwrite=False
     )
@@ -378,59 +349,31 @@ def unit_config(
     return dataclasses.replace(run, method=method, train=train_config, data=data, out=str(folder))
 
 
-def _has_seed(method: str) -> bool:
-    """Whether a registered prompt method takes a `seed` option (its init's seed)."""
-    if method not in available_methods():
-        return False
-    return "seed" in {f.name for f in dataclasses.fields(method_config_class(method))}
-
-
-@contextmanager
-def _seeded(seed: int | None) -> Iterator[None]:
-    """torch's RNG seeded by `seed` inside the block and restored after it (None: as is)."""
-    if seed is None:
-        yield
-        return
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        yield
-
-
-# train keys that change how a run goes, not what it learns or how it is scored
-_NOT_RECORDED = ("overwrite", "force_resume", "device", "gradient_checkpointing", "eval_batch_size")
-
-
-def _recorded(config: RunConfig, compare: CompareConfig) -> dict[str, Any]:
-    """What a finished unit must share with this compare to be read back (`seed_init`
-    and `train.head_lr` only when set, so units from before those options still read back)."""
-    values = config.to_dict()
-    values.pop("out")
-    values.pop("baseline", None)
-    for key in _NOT_RECORDED:
-        values["train"].pop(key, None)
-    if values["train"].get("head_lr") is None:
-        values["train"].pop("head_lr", None)
-    seeded = {"seed_init": True} if compare.seed_init else {}
-    return {**values, "test_limit": compare.test_limit, **seeded}
-
-
 def run_unit(
-    ctx: _Context, unit: Unit, device: torch.device, *, stop_after: int | None = None
+    ctx: _Context,
+    unit: Unit,
+    device: torch.device,
+    *,
+    stop_after: int | None = None,
+    score: bool = True,
 ) -> dict[str, Any] | None:
     """One unit's row: read back when finished, else trained (resumed from its checkpoint
-    if one was stopped) and scored. None when `stop_after` stopped it early."""
+    if one was stopped) and, with `score`, scored on the test rows (an lr grid's units
+    are scored only once chosen: `score_unit`). None when `stop_after` stopped it early."""
     folder = ctx.folder(unit)
     run = unit_config(ctx.config, unit, folder, has_head=ctx.has_head())
     ctx = ctx.for_unit(run)
-    recorded = _recorded(run, ctx.config)
+    recorded = units_recorded(run, test_limit=ctx.config.test_limit, seed_init=ctx.config.seed_init)
     done = folder / UNIT_FILE
     if done.is_file() and not ctx.config.run.train.overwrite:
-        return _read_back(done, recorded)
+        row = read_back(done, recorded)
+        return score_unit(ctx, unit, row, device) if score else row
     row: dict[str, Any] = {"method": unit.method, "seed": unit.seed, "config": recorded}
     with PeakMemory(device) as memory:
         try:
-            with _seeded(unit.seed if ctx.config.seed_init else None):
-                model = UNIT_KINDS.get(unit.method, _registered(unit.method))(ctx, run)
+            with seeded(unit.seed if ctx.config.seed_init else None):
+                build = UNIT_KINDS.get(unit.method, registered(unit.method))
+                model = build(ctx.backbone, ctx.dataset, run)
         except NotApplicable as exc:
             row["skipped"] = " ".join(str(exc).split())
             atomic_write_text(done, json.dumps(row, indent=2))
@@ -443,62 +386,62 @@ def run_unit(
             return row
         if trained is None:
             return None
-        model, path, seconds, best_step = trained
-        tick = time.perf_counter()
-        scores = evaluate(
-            model,
-            ctx.test,
-            batch_size=run.train.eval_batch_size,
-            progress=ctx.progress,
-            decode=True,  # generation: BLEU, ROUGE-L and exact match of greedy outputs
+        model, path, seconds, best_step, validation = trained
+        row.update(
+            trainable_parameters=model.num_trainable(),
+            file_bytes=path.stat().st_size,
+            train_seconds=seconds,
+            best_step=best_step,
+            **({"validation_metric": validation} if validation is not None else {}),
+            prompt=str(path),
         )
-        test_seconds = time.perf_counter() - tick
-    row.update(
-        scores,
-        test_rows=len(ctx.test),
-        trainable_parameters=model.num_trainable(),
-        file_bytes=path.stat().st_size,
-        train_seconds=seconds,
-        best_step=best_step,
-        test_seconds=test_seconds,
-        peak_memory_bytes=memory.used,
-        prompt=str(path),
-    )
+        if score:
+            row.update(_test_scores(ctx, model, run))
+    row["peak_memory_bytes"] = memory.used
     atomic_write_text(done, json.dumps(row, indent=2))
     return row
 
 
-def _read_back(done: Path, recorded: dict[str, Any]) -> dict[str, Any]:
-    row = json.loads(done.read_text(encoding="utf-8"))
-    if row.get("config") != recorded:
-        before, now = _flat(row.get("config") or {}), _flat(recorded)
-        keys = sorted(k for k in {*before, *now} if before.get(k, "-") != now.get(k, "-"))
-        said = ", ".join(f"{k} was {before.get(k, '-')}, now {now.get(k, '-')}" for k in keys)
-        raise ConfigError(
-            f"{done.parent}: this unit was run with other settings ({', '.join(keys)}); "
-            f"{said}; use another --out, or --overwrite to run every unit again"
-        )
+def score_unit(
+    ctx: _Context, unit: Unit, row: dict[str, Any], device: torch.device
+) -> dict[str, Any]:
+    """A trained unit's row with its test scores: as it is when it has them (or is n/a
+    or diverged), else its best model loaded back and scored, and unit.json rewritten;
+    its peak memory is the larger of training's and scoring's."""
+    if "test_rows" in row or "skipped" in row or "failed" in row:
+        return row
+    run = unit_config(ctx.config, unit, ctx.folder(unit), has_head=ctx.has_head())
+    with PeakMemory(device) as memory:
+        model = load_model(row["prompt"], ctx.backbone)
+        row = {**row, **_test_scores(ctx, model, run)}
+    row["peak_memory_bytes"] = max(row.get("peak_memory_bytes", 0), memory.used)
+    atomic_write_text(ctx.folder(unit) / UNIT_FILE, json.dumps(row, indent=2))
     return row
 
 
-def _flat(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """{"train": {"lr": 0.03}} -> {"train.lr": 0.03}: a refusal names the setting."""
-    flat: dict[str, Any] = {}
-    for key, value in values.items():
-        name = f"{prefix}{key}"
-        flat.update(_flat(value, name + ".") if isinstance(value, dict) else {name: value})
-    return flat
+def _test_scores(ctx: _Context, model: PromptModel, run: RunConfig) -> dict[str, Any]:
+    """The unit's test scores, the rows scored and the seconds it took."""
+    tick = time.perf_counter()
+    scores = evaluate(
+        model,
+        ctx.test,
+        batch_size=run.train.eval_batch_size,
+        progress=ctx.progress,
+        decode=True,  # generation: BLEU, ROUGE-L and exact match of greedy outputs
+    )
+    return {**scores, "test_rows": len(ctx.test), "test_seconds": time.perf_counter() - tick}
 
 
 def _fit(
     ctx: _Context, model: PromptModel, run: RunConfig, folder: Path, stop_after: int | None
-) -> tuple[PromptModel, Path, float, int] | None:
+) -> tuple[PromptModel, Path, float, int, float | None] | None:
     """Train the unit's model into its folder (or save it untrained when nothing trains);
-    returns the best model loaded back, its file, training seconds and best step."""
+    returns the best model loaded back, its file, training seconds, best step and best
+    validation figure (None when nothing trains)."""
     meta = {"run": run.to_dict()}
     if not model.num_trainable():  # zero-shot: its file still serves, evals and predicts
         path = model.save(folder / "prompt.safetensors", **meta, dataset=ctx.dataset.name)
-        return model, path, 0.0, 0
+        return model, path, 0.0, 0, None
     resume = (folder / run_dir.CHECKPOINT).is_file() and not ctx.config.run.train.overwrite
     train_config = dataclasses.replace(run.train, overwrite=not resume)
     result = train(
@@ -514,7 +457,7 @@ def _fit(
     if result.steps_done < train_config.steps and stop_after is not None:
         return None
     loaded = type(model).load(result.prompt_path, ctx.backbone)
-    return loaded, result.prompt_path, result.seconds, result.best_step
+    return loaded, result.prompt_path, result.seconds, result.best_step, result.best_metric
 
 
 def _report(
@@ -522,6 +465,7 @@ def _report(
     config: CompareConfig,
     out: Path,
     device: torch.device,
+    grids: dict[str, dict[str, Any]] | None = None,
     *,
     complete: bool = True,
 ) -> CompareReport:
@@ -538,4 +482,5 @@ def _report(
         out=out,
         complete=complete,
         also=also,
+        grid=grids or {},
     )

@@ -13,11 +13,27 @@ A task head that trains beside other parameters (a prompt, LoRA, the backbone) g
 own lr (`train.head_lr`): `--head-lr` when given, else under per-method lrs head-only's
 lr, the lr a head alone learns at; with a shared `--lr` and no `--head-lr` it trains at
 the shared lr like everything else.
+
+`--lr-grid F1,F2,...` (`grid_rows`) chooses each trainable method's lr on validation:
+the method is first trained at the first seed at lr_of(method) x F for every factor, each
+a normal resumable run folder (`<method>-s<seed>-lr<lr>`; factor 1 keeps the plain
+`<method>-s<seed>`, so a unit run before the grid reads back). The lr whose unit reached
+the best validation figure (`TrainResult.best_metric`: entity F1, accuracy or minus the
+loss, recorded as `validation_metric` in unit.json) is chosen, ties to the factor listed
+first; that unit is the first seed's row and the other seeds train at its lr. Selection
+never sees a test score, and the units not chosen are never scored on the test split
+(it costs time and must not tempt anyone to pick by it). A head beside a gridded method
+keeps head-only's lr; head-only's own lr is what its grid scales. Zero-shot trains
+nothing and a method the task cannot have (n/a, found at its first grid unit) is not
+gridded.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -25,10 +41,12 @@ import torch
 from softprompt.backbones import Backbone
 from softprompt.data import Dataset
 from softprompt.errors import ConfigError
+from softprompt.model import load_prompt_meta
 from softprompt.recipes.baselines import recommended_lr
 from softprompt.recipes.compare_table import HEAD_ONLY, ZERO_SHOT
 from softprompt.tasks import build_task
 from softprompt.tasks.presets import task_config_for
+from softprompt.train.loop import validation_metric
 
 # units whose model is the head alone (or nothing): no second lr to give
 HEAD_ALONE = (ZERO_SHOT, HEAD_ONLY, "none")
@@ -81,3 +99,110 @@ def task_has_head(backbone: Backbone, dataset: Dataset, task: dict[str, Any]) ->
         except ConfigError:  # the unit itself says why (n/a)
             return False
     return any(p.requires_grad for p in built.parameters())
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One cell of the grid: a method at a seed; `lr` only for an lr-grid unit at a
+    factor other than 1 (None: the method's own lr, and the plain folder name)."""
+
+    method: str
+    seed: int
+    lr: float | None = None
+
+    @property
+    def name(self) -> str:
+        return f"{self.method}-s{self.seed}" + ("" if self.lr is None else f"-lr{self.lr:g}")
+
+
+def check_lr_grid(factors: list[float]) -> None:
+    """--lr-grid: distinct finite factors > 0."""
+    bad = [f for f in factors if not 0 < f < float("inf")]
+    if bad:
+        raise ConfigError(f"--lr-grid: factors must be finite numbers > 0, got {bad[0]:g}")
+    if len(set(factors)) != len(factors):
+        raise ConfigError("--lr-grid: name each factor once (e.g. 0.3,1,3)")
+
+
+def grid_lr(base: float, factor: float) -> float | None:
+    """An lr-grid unit's lr (12 significant digits: 0.03 x 0.3 is 0.009, not
+    0.008999...); None at factor 1, the method's own lr."""
+    return None if factor == 1 else float(f"{base * factor:.12g}")
+
+
+def validation_of(row: dict[str, Any]) -> float:
+    """The validation figure a finished unit reached: unit.json's, or for a unit run
+    before the grid existed its best prompt file's; -inf when it has none (diverged)."""
+    if "validation_metric" in row:
+        return float(row["validation_metric"])
+    path = Path(row.get("prompt", ""))
+    if row.get("prompt") and path.is_file():
+        scores = (load_prompt_meta(path).get("metrics") or {}).get("validation")
+        if isinstance(scores, dict):
+            return float(validation_metric(scores))
+    return -math.inf
+
+
+def choose(rows: list[dict[str, Any]]) -> int:
+    """The index of the best validation figure; a tie goes to the first."""
+    figures = [validation_of(r) for r in rows]
+    return figures.index(max(figures))
+
+
+RunOne = Callable[[Unit, bool], "dict[str, Any] | None"]  # (unit, score on test) -> row
+ScoreOne = Callable[[Unit, "dict[str, Any]"], "dict[str, Any]"]  # its test scores added
+
+
+def grid_rows(
+    method: str,
+    seeds: list[int],
+    factors: list[float],
+    base_lr: float,
+    run_one: RunOne,
+    score_one: ScoreOne,
+    rows: list[dict[str, Any]],
+) -> dict[str, Any] | None:
+    """Append a method's rows under --lr-grid (see the module docstring) to `rows` as
+    they finish, and return the grid's record (the lrs tried with their validation
+    figures, the one chosen; {} for a method that is n/a); None when `run_one` stopped a
+    unit early (tests' stop_at)."""
+    tried: list[tuple[Unit, dict[str, Any]]] = []
+    for factor in factors:
+        unit = Unit(method, seeds[0], grid_lr(base_lr, factor))
+        row = run_one(unit, False)
+        if row is None:
+            return None
+        if "skipped" in row:  # n/a on this task: nothing to choose
+            rows.append(row)
+            return {} if run_rest(method, seeds[1:], unit.lr, run_one, rows) else None
+        tried.append((unit, row))
+    unit, row = tried[choose([r for _, r in tried])]
+    rows.append(score_one(unit, row))  # only the chosen unit is scored on the test split
+    if not run_rest(method, seeds[1:], unit.lr, run_one, rows):
+        return None
+    lrs = [base_lr if u.lr is None else u.lr for u, _ in tried]
+    return {
+        "chosen_lr": base_lr if unit.lr is None else unit.lr,
+        "tried": [
+            {"lr": lr, "unit": u.name, "validation_metric": _finite(validation_of(r))}
+            for lr, (u, r) in zip(lrs, tried, strict=True)
+        ],
+    }
+
+
+def run_rest(
+    method: str, seeds: list[int], lr: float | None, run_one: RunOne, rows: list[dict[str, Any]]
+) -> bool:
+    """Run (or read back) `method` at `lr` for these seeds, scored, appending each row;
+    False when one stopped early."""
+    for seed in seeds:
+        row = run_one(Unit(method, seed, lr), True)
+        if row is None:
+            return False
+        rows.append(row)
+    return True
+
+
+def _finite(value: float) -> float | None:
+    """JSON has no -inf: a unit with no validation figure (diverged) records None."""
+    return value if math.isfinite(value) else None

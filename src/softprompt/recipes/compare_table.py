@@ -37,6 +37,7 @@ class CompareReport:
     out: Path
     complete: bool = True
     also: list[str] = field(default_factory=list)  # more metrics, each a mean ± sd column
+    grid: dict[str, dict[str, Any]] = field(default_factory=dict)  # method -> its lr grid
 
     def markdown(self) -> str:
         title = METRIC_TITLES.get(self.metric, self.metric)
@@ -50,7 +51,35 @@ class CompareReport:
         lines = [_summary_line(s, self.also) for s in self.summary]
         rows = {r.get("test_rows") for r in self.rows if "test_rows" in r}
         tested = ", ".join(f"{n:,}" for n in sorted(rows)) or "-"
-        return head + "\n".join(lines) + f"\n\ntest rows scored per unit: {tested}\n"
+        table = head + "\n".join(lines) + f"\n\ntest rows scored per unit: {tested}\n"
+        return table + grid_markdown(self.grid, self.summary)
+
+
+def grid_markdown(grid: dict[str, dict[str, Any]], summary: list[dict[str, Any]]) -> str:
+    """The --lr-grid section: per method, the lr chosen and each lr tried with the
+    validation figure its first-seed unit reached (entity F1, accuracy, or minus the
+    loss), the chosen one in bold. Empty without a grid."""
+    if not grid:
+        return ""
+    labels = {s["method"]: s["label"] for s in summary}
+    lines = [
+        "\n## lr grid\n",
+        "Each method trained at the first seed at every lr below; the lr with the best "
+        "validation figure (entity F1, accuracy, or minus the loss) was chosen for every "
+        "seed. Test scores played no part, and the lrs not chosen were not scored on it.\n",
+        "| method | chosen lr | validation by lr |",
+        "|---|---|---|",
+    ]
+    for method, record in grid.items():
+        tried = ", ".join(_tried_cell(t, record["chosen_lr"]) for t in record["tried"])
+        lines.append(f"| {labels.get(method, method)} | {record['chosen_lr']:g} | {tried} |")
+    return "\n".join(lines) + "\n"
+
+
+def _tried_cell(tried: dict[str, Any], chosen: float) -> str:
+    value = tried["validation_metric"]
+    cell = f"{tried['lr']:g}: {'-' if value is None else format(value, '.3f')}"
+    return f"**{cell}**" if tried["lr"] == chosen else cell
 
 
 def _summary_line(s: dict[str, Any], also: list[str]) -> str:
@@ -165,6 +194,7 @@ def write_report(report: CompareReport, config: dict[str, Any]) -> None:
         "memory": report.memory,
         "summary": report.summary,
         "units": report.rows,
+        **({"lr_grid": report.grid} if report.grid else {}),
         "config": config,
     }
     atomic_write_text(out / "compare.json", json.dumps(payload, indent=2))

@@ -70,8 +70,9 @@ def task_key(name: str) -> str:
 HEADLINE = ("entity_f1", "accuracy")
 
 
-def _metric(result: dict[str, Any]) -> float:
-    """Entity F1 for tagging, accuracy for classification, minus the loss otherwise."""
+def validation_metric(result: dict[str, Any]) -> float:
+    """Entity F1 for tagging, accuracy for classification, minus the loss otherwise: the
+    figure a run keeps its best prompt by (and `compare --lr-grid` picks an lr by)."""
     return next((result[k] for k in HEADLINE if k in result), -result["loss"])
 
 
@@ -253,8 +254,8 @@ class _Run:
             )
             guard.check_evaluation(self.state, result, step, self.config, self.kept_path())
             best = self.state["best"][name]
-            if _metric(result) > best["metric"]:
-                best.update(metric=_metric(result), step=step)
+            if validation_metric(result) > best["metric"]:
+                best.update(metric=validation_metric(result), step=step)
                 improved = True
                 if self.process.main:
                     model.save(
