@@ -17,7 +17,7 @@ from softprompt import cli
 from softprompt.config import build_run_config
 from softprompt.recipes import compare as compare_module
 from softprompt.recipes.compare import CompareConfig, compare
-from softprompt.recipes.compare_lr import choose, grid_lr
+from softprompt.recipes.compare_lr import Unit, choose, grid_lr
 from softprompt.train import train
 
 # a head-only probe on the tiny encoder learns this in 10 steps at lr 0.05 to 0.1
@@ -185,3 +185,13 @@ def test_cli_lr_grid(monkeypatch, tmp_path):
     with pytest.raises(ZeroDivisionError):
         cli.main(argv)
     assert seen[0].lr_grid == [0.3, 1.0, 3.0] and seen[0].run.train.head_lr == 0.02
+
+
+def test_a_head_beside_a_gridded_method_keeps_head_onlys_lr(tmp_path):
+    run = build_run_config({"train": STEPS, "out": str(tmp_path / "o")})
+    config = CompareConfig(run, methods=["head-only", "lora"], seeds=[0], per_method_lr=True,
+                           lr_grid=[1, 10])  # fmt: skip
+    lora = compare_module.unit_config(config, Unit("lora", 0, 0.01), tmp_path, has_head=True)
+    assert (lora.train.lr, lora.train.head_lr) == (0.01, 0.01)  # head-only's 1e-2, unscaled
+    probe = compare_module.unit_config(config, Unit("head-only", 0, 0.1), tmp_path, has_head=True)
+    assert (probe.train.lr, probe.train.head_lr) == (0.1, None)  # its grid scales its lr

@@ -35,7 +35,8 @@ each method's lr on validation with extra first-seed units (OUT/units/<method>-s
 are recipes/compare_lr.py; how each unit kind is built and read back, compare_units.py.
 
 Peak memory is measured per unit from just before its model is built to the end of
-its test scoring: on CUDA, torch's peak allocated bytes; on CPU, the highest resident
+its test scoring (an lr-grid unit scored once chosen: the larger of its training's and
+its scoring's): on CUDA, torch's peak allocated bytes; on CPU, the highest resident
 set size (RSS, read from /proc every 20 ms) above the RSS at the unit's start. Python's
 tracemalloc is not used: it does not see torch's tensor memory.
 """
