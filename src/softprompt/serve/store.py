@@ -1,4 +1,3 @@
-# Over 500 lines on purpose: one crash-safe store (lock, journal, index checks) whose invariants hold only together.
 """A directory of prompt files addressed as `task` or `task@version`.
 
 Layout: `ROOT/index.json` (the only mutable file), `ROOT/files/<task>@<v>.safetensors`
@@ -29,6 +28,9 @@ Loading checks the stored file against the index's sha256, so a file swapped beh
 store's back is refused rather than served under the old checksum. Entries are checked
 against a backbone's fingerprint when loaded, not when added: one store may hold prompts
 for several backbones.
+
+The index document itself (entries, references, the format and its checks) is
+softprompt.serve.store_index; its names are importable from here too.
 """
 
 from __future__ import annotations
@@ -44,26 +46,27 @@ import shutil
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from softprompt.errors import PromptFileError, SoftPromptError
+from softprompt.errors import PromptFileError
 from softprompt.files import atomic_write_bytes, atomic_write_text
 from softprompt.promptfile import read_prompt_file
+from softprompt.serve.store_index import (
+    Entry,
+    StoreError,
+    _file_name,
+    _Index,
+    _parse_index,
+    check_task_name,
+    parse_ref,
+)
 
-INDEX_FORMAT = "softprompt-store/1"
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
-_FILE = re.compile(r"^files/([A-Za-z0-9][A-Za-z0-9_-]{0,63})@([1-9][0-9]*)\.safetensors$")
 _RANDOM = r"[a-z0-9_]{8}"  # what tempfile.mkstemp/mkdtemp put after the prefix
 _INDEX_TMP = re.compile(rf"^\.index\.json\.{_RANDOM}$")
 _FILE_TMP = re.compile(rf"^\.[A-Za-z0-9][A-Za-z0-9_-]{{0,63}}@[1-9][0-9]*\.safetensors\.{_RANDOM}$")
 _SCRATCH = re.compile(rf"^\.upload-{_RANDOM}$")
 _SCRATCH_PREFIX = ".upload-"
-
-
-class StoreError(SoftPromptError):
-    """A store reference, entry or index is unusable; the message says which and why."""
 
 
 class StoreWriteError(StoreError):
@@ -72,77 +75,6 @@ class StoreWriteError(StoreError):
 
 class StoreFileChanged(StoreError):
     """A stored file no longer holds the prompt its index entry was made from."""
-
-
-@dataclass(frozen=True)
-class Entry:
-    """One stored prompt version."""
-
-    task: str
-    version: int
-    file: str  # relative to the store root
-    sha256: str  # the prompt file's tensor checksum
-    bytes: int
-    method: str
-    kind: str  # classification or generation
-    backbone: str
-    fingerprint: str
-    added: float
-
-    @property
-    def ref(self) -> str:
-        return f"{self.task}@{self.version}"
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self) | {"ref": self.ref}
-
-
-@dataclass
-class _Index:
-    """The index as read: entries, each task's highest version ever, and the journal."""
-
-    tasks: dict[str, list[Entry]] = field(default_factory=dict)
-    high: dict[str, int] = field(default_factory=dict)
-    pending: list[str] = field(default_factory=list)  # files written/dropped, not named
-
-    def next_version(self, task: str) -> int:
-        return max([self.high.get(task, 0), *(e.version for e in self.tasks.get(task, []))]) + 1
-
-    def to_json(self) -> str:
-        high = dict(self.high)
-        for task, versions in self.tasks.items():
-            high[task] = max([high.get(task, 0), *(e.version for e in versions)])
-        body = {
-            "format": INDEX_FORMAT,
-            "tasks": {t: [asdict(e) for e in vs] for t, vs in sorted(self.tasks.items()) if vs},
-            "high": dict(sorted(high.items())),
-            "pending": sorted(set(self.pending)),
-        }
-        return json.dumps(body, indent=1, sort_keys=True)
-
-
-def check_task_name(task: str) -> str:
-    if not isinstance(task, str) or not _NAME.match(task):
-        raise StoreError(
-            f"task name {task!r}: use 1-64 letters, digits, '-' or '_' (starting with a letter "
-            "or digit); '@' separates a version"
-        )
-    return task
-
-
-def parse_ref(ref: str) -> tuple[str, int | None]:
-    """'task' -> (task, None) (the newest version); 'task@3' -> (task, 3)."""
-    task, sep, version = str(ref).partition("@")
-    check_task_name(task)
-    if not sep:
-        return task, None
-    if not version.isdigit() or int(version) < 1:
-        raise StoreError(f"prompt reference {ref!r}: the version after '@' must be a number >= 1")
-    return task, int(version)
-
-
-def _file_name(task: str, version: int) -> str:
-    return f"files/{task}@{version}.safetensors"
 
 
 class PromptStore:
@@ -404,27 +336,6 @@ class PromptStore:
         finally:
             shutil.rmtree(folder, ignore_errors=True)
             os.close(fd)
-
-
-def _parse_index(raw: Any) -> _Index:
-    """The index document, checked: entry files must be the store's own names."""
-    if raw.get("format") != INDEX_FORMAT:
-        raise ValueError(f"format {str(raw.get('format'))[:40]!r}")
-    tasks = {}
-    for task, versions in raw["tasks"].items():
-        entries = [Entry(**e) for e in versions]
-        for e in entries:
-            if not isinstance(e.version, int) or isinstance(e.version, bool) or e.version < 1:
-                raise ValueError(f"entry {task!r} has the version {str(e.version)[:20]!r}")
-            if e.task != task or e.file != _file_name(task, e.version):
-                raise ValueError(f"entry {task!r} names the file {str(e.file)[:80]!r}")
-        tasks[check_task_name(task)] = entries
-    high = {check_task_name(t): int(v) for t, v in raw.get("high", {}).items()}
-    pending = list(raw.get("pending", []))
-    for name in pending:
-        if not isinstance(name, str) or not _FILE.match(name):
-            raise ValueError(f"pending names the file {str(name)[:80]!r}")
-    return _Index(tasks, high, pending)
 
 
 def _foreign_names(root: Path) -> Iterator[str]:
