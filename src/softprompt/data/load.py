@@ -79,32 +79,57 @@ def load_dataset(
         )
     source = str(source)
     if source in BUILTINS:
-        builtin = BUILTINS[source]
-        if task not in ("classification", builtin.task):  # classification: the default
-            raise ConfigError(f"built-in dataset {source!r} is a {builtin.task} task")
-        return builtin.load()
+        return _load_builtin(source, task)
+    return _load_path(source, options)
+
+
+def _load_builtin(name: str, task: str) -> Dataset:
+    """A built-in's task is fixed by its data: asking for another is refused, not ignored."""
+    builtin = BUILTINS[name]
+    if task not in ("classification", builtin.task):  # classification: the default
+        raise ConfigError(f"built-in dataset {name!r} is a {builtin.task} task")
+    return builtin.load()
+
+
+def _load_path(source: str, options: SplitOptions) -> Dataset:
+    """A user's folder or file, read by what it holds. `datasets` and Parquet folders are
+    recognised first: any other folder would be taken for an image folder."""
     path = Path(source).expanduser()
+    columns = options.columns
     if is_hf_folder(path):
         given: Given = dict(read_folder(path, columns))
         return load_splits(path.name, given, f"datasets folder {source}", options)
     if is_parquet_folder(path):
         given = dict(read_parquet_folder(path, columns))
         return load_splits(path.name, given, f"Parquet folder {source}", options)
-    if path.is_dir() or is_image_csv(path, text_column):  # images: see data/images.py
+    if path.is_dir() or is_image_csv(path, columns.text):  # images: see data/images.py
         return load_images(
             path,
-            column=text_column,
-            label_column=label_column,
-            seed=seed,
-            validation_fraction=validation_fraction,
-            test_fraction=test_fraction,
+            column=columns.text,
+            label_column=columns.label,
+            seed=options.seed,
+            validation_fraction=options.validation_fraction,
+            test_fraction=options.test_fraction,
         )
     if path.suffix.lower() in CONLL_EXTENSIONS:  # sequence labelling: see data/conll.py
-        if task not in ("classification", "tagging"):  # classification: the default
-            raise ConfigError(
-                f"{source}: a CoNLL file ({path.suffix}) is a tagging task, not {task}"
-            )
-        options = dataclasses.replace(options, task="tagging")
+        options = _tagging_options(source, path, options)
+    _check_known_file(source, path)
+    return load_files(path, options)
+
+
+def _tagging_options(source: str, path: Path, options: SplitOptions) -> SplitOptions:
+    """A CoNLL file can only be tagged: the default task becomes tagging, another task is
+    refused with the file named."""
+    if options.task not in ("classification", "tagging"):  # classification: the default
+        raise ConfigError(
+            f"{source}: a CoNLL file ({path.suffix}) is a tagging task, not {options.task}"
+        )
+    return dataclasses.replace(options, task="tagging")
+
+
+def _check_known_file(source: str, path: Path) -> None:
+    """A name that is no built-in, no existing path and no known file type is most likely
+    a mistyped built-in: say every kind of source that would work."""
     known = (*SUPPORTED_EXTENSIONS, *PARQUET_EXTENSIONS, *CONLL_EXTENSIONS)
     if not path.exists() and path.suffix.lower() not in known:
         raise DataError(
@@ -113,7 +138,6 @@ def load_dataset(
             f"{' / '.join(known)} file, a `datasets` save_to_disk folder, or an image "
             "folder (one sub-folder per class)"
         )
-    return load_files(path, options)
 
 
 def _hf_name(source: Any) -> str:
