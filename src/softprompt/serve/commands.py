@@ -107,6 +107,29 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
         default=None,
         help="store folder [$SOFTPROMPT_STORE or ~/.cache/softprompt/store]",
     )
+    _add_backbone_options(serve)
+    serve.add_argument("--host", default="127.0.0.1", help="bind address (default loopback only)")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    _add_batching_options(serve)
+    _add_vllm_options(serve)
+    serve.add_argument(
+        "--max-image-mb", type=float, default=4.0, help="largest encoded image /classify takes"
+    )
+    serve.add_argument(
+        "--max-image-pixels", type=int, default=4096 * 4096, help="largest width x height"
+    )
+    serve.add_argument(
+        "--admin-token",
+        default=os.environ.get("SOFTPROMPT_ADMIN_TOKEN"),
+        help="enables POST /prompts and DELETE /prompts/TASK with this bearer token [$SOFTPROMPT_ADMIN_TOKEN]",
+    )
+    return serve
+
+
+def _add_backbone_options(serve: argparse.ArgumentParser) -> None:
+    """Which frozen backbone to load and how: a stored prompt only works on the backbone
+    (and adapter) it was trained on, by default the one the stored prompts name."""
     serve.add_argument("--backbone", default=None, help="default: the one the stored prompts name")
     serve.add_argument(
         "--backbone-adapter",
@@ -119,9 +142,11 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
                        help="quantize the frozen weights: int8 (torchao) or nf4 (bitsandbytes)")  # fmt: skip
     serve.add_argument("--device-map", default="none", choices=["none", "auto"],
                        help="auto: spread the backbone over GPUs, CPU and disk (Accelerate)")  # fmt: skip
-    serve.add_argument("--host", default="127.0.0.1", help="bind address (default loopback only)")
-    serve.add_argument("--port", type=int, default=8000)
-    serve.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+
+
+def _add_batching_options(serve: argparse.ArgumentParser) -> None:
+    """Bounds on the prompt cache, on batches and on what one request may send: they keep
+    one heavy client from stalling or exhausting the server for the others."""
     serve.add_argument("--cache-mb", type=float, default=64.0, help="bound of the prompt K/V cache")
     serve.add_argument("--max-wait-ms", type=float, default=5.0, help="batching window")
     serve.add_argument("--max-batch-tokens", type=int, default=4096)
@@ -140,6 +165,11 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
         default=None,
         help="bound on one request's inputs together, in tokens [--max-batch-tokens]",
     )
+
+
+def _add_vllm_options(serve: argparse.ArgumentParser) -> None:
+    """`--engine vllm`: where vLLM runs (an existing server or one started here) and how
+    many requests it is sent at once."""
     serve.add_argument(
         "--engine",
         default="own",
@@ -161,18 +191,6 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
         help="requests kept in flight to vLLM at once (vLLM batches them; more wait here); "
         "256 is vLLM's default --max-num-seqs",
     )
-    serve.add_argument(
-        "--max-image-mb", type=float, default=4.0, help="largest encoded image /classify takes"
-    )
-    serve.add_argument(
-        "--max-image-pixels", type=int, default=4096 * 4096, help="largest width x height"
-    )
-    serve.add_argument(
-        "--admin-token",
-        default=os.environ.get("SOFTPROMPT_ADMIN_TOKEN"),
-        help="enables POST /prompts and DELETE /prompts/TASK with this bearer token [$SOFTPROMPT_ADMIN_TOKEN]",
-    )
-    return serve
 
 
 def _backbone_name(store, given: str | None) -> str:
