@@ -170,55 +170,83 @@ def ensure_gguf_cache(
     if _cache_is_valid(cache_dir, key, dtype):
         return cache_dir
     parent = cache_dir.parent
+    tmp = _make_temp_folder(cache_dir)
+    _remove_abandoned(parent, cache_dir.name, keep=tmp)
+    log.warning(
+        "converting %s to a %s cache at %s (one time)", gguf_path.name, dtype_name(dtype), cache_dir
+    )
+    moved = False
+    try:
+        made = convert(gguf_path, tmp) if dtype == torch.float32 else convert(gguf_path, tmp, dtype)
+        if dtype != torch.float32 and not isinstance(made, str):
+            raise BackboneError(f"converting {gguf_path.name} gave no source fingerprint")
+        _write_source_record(tmp, _new_source_record(gguf_path, key, dtype, made))
+        moved = _swap_in(tmp, cache_dir, key)
+    finally:
+        if not moved:
+            shutil.rmtree(tmp, ignore_errors=True)
+        for old in parent.glob(f".{cache_dir.name}.old-*"):
+            shutil.rmtree(old, ignore_errors=True)
+    return cache_dir
+
+
+def _make_temp_folder(cache_dir: Path) -> Path:
+    """A private folder beside ``cache_dir`` to convert into: on the same file system, so
+    the finished conversion is renamed into place in one step."""
+    parent = cache_dir.parent
     try:
         parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{cache_dir.name}.tmp-", dir=parent))
+        return Path(tempfile.mkdtemp(prefix=f".{cache_dir.name}.tmp-", dir=parent))
     except OSError as e:
         raise BackboneError(
             f"cannot write the backbone cache under {parent}: {e}; "
             "set SOFTPROMPT_HOME to a writable folder"
         ) from e
-    _remove_abandoned(parent, cache_dir.name, keep=tmp)
-    log.warning(
-        "converting %s to a %s cache at %s (one time)", gguf_path.name, dtype_name(dtype), cache_dir
-    )
-    try:
-        made = convert(gguf_path, tmp) if dtype == torch.float32 else convert(gguf_path, tmp, dtype)
-        if dtype != torch.float32 and not isinstance(made, str):
-            raise BackboneError(f"converting {gguf_path.name} gave no source fingerprint")
-        source = {
-            "key": key,
-            "gguf": str(gguf_path.resolve()),
-            "size": gguf_path.stat().st_size,
-            "mtime_ns": gguf_path.stat().st_mtime_ns,
-            "cache_format": CACHE_FORMAT,
-            "dtype": dtype_name(dtype),
-        }
-        if isinstance(made, str):
-            source["fingerprint"] = made
-        (tmp / SOURCE_FILE).write_text(json.dumps(source, indent=1, sort_keys=True))
-        # mkdtemp makes a private folder; make the cache readable like a normal one.
-        tmp.chmod(0o755)
-        for f in tmp.iterdir():
-            if f.is_file():
-                f.chmod(0o644)
-        if cache_dir.exists():  # stale or broken: move it aside, then swap in the new one
-            trash = Path(tempfile.mkdtemp(prefix=f".{cache_dir.name}.old-", dir=parent))
-            try:
-                os.replace(cache_dir, trash / "old")
-            except OSError:
-                pass
+
+
+def _new_source_record(
+    gguf_path: Path, key: str, dtype: torch.dtype, made: str | None
+) -> dict[str, Any]:
+    """What the cache was made from, as `_cache_is_valid` reads it back on every later
+    load (and as caches already on disk hold it: the fields must not change)."""
+    source: dict[str, Any] = {
+        "key": key,
+        "gguf": str(gguf_path.resolve()),
+        "size": gguf_path.stat().st_size,
+        "mtime_ns": gguf_path.stat().st_mtime_ns,
+        "cache_format": CACHE_FORMAT,
+        "dtype": dtype_name(dtype),
+    }
+    if isinstance(made, str):
+        source["fingerprint"] = made
+    return source
+
+
+def _write_source_record(tmp: Path, source: dict[str, Any]) -> None:
+    """Record the source in the finished conversion and open its permissions: mkdtemp
+    makes a private folder, and the cache must read like a normal one."""
+    (tmp / SOURCE_FILE).write_text(json.dumps(source, indent=1, sort_keys=True))
+    tmp.chmod(0o755)
+    for f in tmp.iterdir():
+        if f.is_file():
+            f.chmod(0o644)
+
+
+def _swap_in(tmp: Path, cache_dir: Path, key: str) -> bool:
+    """Rename the finished conversion to ``cache_dir``; a stale or broken cache there is
+    moved aside first (the caller removes it). False when another process finished first
+    and its copy is good (this one is then left to the caller to remove)."""
+    if cache_dir.exists():  # stale or broken: move it aside, then swap in the new one
+        trash = Path(tempfile.mkdtemp(prefix=f".{cache_dir.name}.old-", dir=cache_dir.parent))
         try:
-            os.replace(tmp, cache_dir)
+            os.replace(cache_dir, trash / "old")
         except OSError:
-            # Another process finished first; use its copy if it is good.
-            if not _cache_is_valid(cache_dir, key):
-                raise
-        else:
-            tmp = None
-    finally:
-        if tmp is not None:
-            shutil.rmtree(tmp, ignore_errors=True)
-        for old in parent.glob(f".{cache_dir.name}.old-*"):
-            shutil.rmtree(old, ignore_errors=True)
-    return cache_dir
+            pass
+    try:
+        os.replace(tmp, cache_dir)
+    except OSError:
+        # Another process finished first; use its copy if it is good.
+        if not _cache_is_valid(cache_dir, key):
+            raise
+        return False
+    return True
