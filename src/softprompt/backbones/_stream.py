@@ -259,14 +259,10 @@ def load_quantized(
     `quantize_rows(shape, dtype, row_blocks)`: makes the embedding table's and the LM
     head's weights from their rows, read a block at a time (never whole in float).
     `reserve_int8=False`: no block is reserved and `qdata` is None (NF4 packs its own)."""
-    from accelerate import init_empty_weights
-
     index = safetensors_index(path)
     if index is None:
         return None
-    with init_empty_weights(include_buffers=False):  # parameters on meta, buffers real
-        model = from_config(cls, config, dtype=dtype)
-    model.tie_weights()  # from_pretrained ties; from_config leaves tied names apart
+    model = _empty_model(cls, config, dtype)
     plan = _plan(model, index)
     if plan is None:
         return None
@@ -288,29 +284,84 @@ def load_quantized(
         carried = carrier[name]
         entry = index[carried]
         if ends & set(plan[carried]) and entry.dtype.is_floating_point and len(entry.shape) == 2:
-            blocks = _hashed_casts(entry, name, dtype, hasher)
-            _place(model, plan[carried], quantize_rows(torch.Size(entry.shape), dtype, blocks))
-            _give_back_freed()
+            _fill_by_rows(model, plan[carried], entry, name, dtype, hasher, quantize_rows)
             continue
         passing = carried in transient and _quantized_next(model, plan[carried], chosen)
-        value = entry.read(scratch.get(entry.dtype, entry.numel) if passing else None)
-        if hasher is not None:
-            hasher.add(name, value)
-        if value.is_floating_point() and value.dtype != dtype:
-            if passing:
-                value = scratch.get(dtype, entry.numel).view(entry.shape).copy_(value)
-            else:
-                value = value.to(dtype)
-        for owner in _place(model, plan[carried], value):
-            module = owners_of[owner]
-            if chosen(module, owner) and _filled(module):
-                parent, _, child = owner.rpartition(".")
-                quantize_one(model.get_submodule(parent), child, arena.take(f"{owner}.weight"))
-                _give_back_freed()
+        value = _read_cast(entry, name, dtype, scratch, hasher, passing=passing)
+        owners = _place(model, plan[carried], value)
+        _quantize_filled(model, owners, owners_of, chosen, quantize_one, arena)
         del value
     model.config._name_or_path = str(path)  # as from_pretrained records it
     model.eval()
     return model, hasher.hexdigest() if hasher is not None else None
+
+
+def _empty_model(cls: Any, config: Any, dtype: torch.dtype) -> torch.nn.Module:
+    """The architecture with its parameters on the meta device (buffers real) and tied as
+    from_pretrained ties them, so each weight costs memory only once it is read."""
+    from accelerate import init_empty_weights
+
+    with init_empty_weights(include_buffers=False):  # parameters on meta, buffers real
+        model = from_config(cls, config, dtype=dtype)
+    model.tie_weights()  # from_pretrained ties; from_config leaves tied names apart
+    return model
+
+
+def _fill_by_rows(
+    model: torch.nn.Module,
+    names: list[str],
+    entry: _Entry,
+    name: str,
+    dtype: torch.dtype,
+    hasher: Fingerprinter | None,
+    quantize_rows: Callable[[torch.Size, torch.dtype, Iterator[torch.Tensor]], torch.Tensor],
+) -> None:
+    """The embedding table or LM head made from its rows a block at a time, so the whole
+    matrix never exists in float."""
+    blocks = _hashed_casts(entry, name, dtype, hasher)
+    _place(model, names, quantize_rows(torch.Size(entry.shape), dtype, blocks))
+    _give_back_freed()
+
+
+def _read_cast(
+    entry: _Entry,
+    name: str,
+    dtype: torch.dtype,
+    scratch: _Scratch,
+    hasher: Fingerprinter | None,
+    *,
+    passing: bool,
+) -> torch.Tensor:
+    """One tensor read, hashed as stored (the fingerprint is the source's), then cast to
+    `dtype`. A weight quantized next (`passing`) is read and cast in the reused scratch
+    buffers, so it never takes fresh memory."""
+    value = entry.read(scratch.get(entry.dtype, entry.numel) if passing else None)
+    if hasher is not None:
+        hasher.add(name, value)
+    if value.is_floating_point() and value.dtype != dtype:
+        if passing:
+            value = scratch.get(dtype, entry.numel).view(entry.shape).copy_(value)
+        else:
+            value = value.to(dtype)
+    return value
+
+
+def _quantize_filled(
+    model: torch.nn.Module,
+    owners: set[str],
+    owners_of: dict[str, torch.nn.Module],
+    chosen: Callable[[torch.nn.Module, str], bool],
+    quantize_one: Callable[[torch.nn.Module, str, torch.Tensor], None],
+    arena: _Arena,
+) -> None:
+    """Quantize each chosen Linear among `owners` whose tensors are now all in, at once,
+    so its float weight is gone before the next tensor is read."""
+    for owner in owners:
+        module = owners_of[owner]
+        if chosen(module, owner) and _filled(module):
+            parent, _, child = owner.rpartition(".")
+            quantize_one(model.get_submodule(parent), child, arena.take(f"{owner}.weight"))
+            _give_back_freed()
 
 
 ROW_VALUES = 1 << 16  # an end's values read, hashed and quantized at a time (256 KB float32)
