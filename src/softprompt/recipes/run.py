@@ -39,7 +39,7 @@ from softprompt.recipes.compare import baseline_rows
 from softprompt.recipes.loading import load_data
 from softprompt.recipes.report import RunReport, class_report, collapse_warnings
 from softprompt.tasks.template import VIRTUAL, Template
-from softprompt.train import run_dir, train
+from softprompt.train import TrainResult, run_dir, train
 from softprompt.train.checkpoint import checkpoint_config
 
 ZERO_SHOT_FILE = "zero-shot.json"
@@ -324,6 +324,52 @@ def test_note(full: dict[str, int], data: dict[str, Dataset]) -> str:
     return f"test rows scored (eval.test_limit, {SAMPLE}): {parts}\n"
 
 
+def _tuned_rows(
+    config: RunConfig,
+    backbone: Backbone,
+    specs: list[RunTask],
+    data: dict[str, Dataset],
+    process: ProcessInfo,
+    result: TrainResult,
+) -> list[dict[str, Any]]:
+    """Each task's best saved prompt, loaded back from its file (what a user would serve)
+    and scored on the test split."""
+    rows = []
+    for spec in specs:
+        path = result.prompt_paths[spec.name]
+        tuned = PromptModel.load(path, backbone)
+        best = result.best[spec.name]["step"]
+        row = _test_row(
+            f"{spec.method['name']} (best of step {best})",
+            tuned,
+            data[spec.name],
+            config.train.eval_batch_size,
+            process,
+            file_bytes=path.stat().st_size,
+            train_seconds=result.seconds,  # the loop's own clock, summed over resumes
+        )
+        rows.append({"task": spec.name, **row})
+    return rows
+
+
+def _write_reports(report: RunReport, loaded: dict[str, Dataset], data: dict[str, Dataset]) -> None:
+    """OUT/report.md for people and OUT/report.json for tools; both say how many test
+    rows were scored of how many, so a sampled score is never read as a full one."""
+    full = {name: len(d.test) for name, d in loaded.items()}
+    tests = {name: {"scored": len(d.test), "rows": full[name]} for name, d in data.items()}
+    sample = SAMPLE if any(t["scored"] < t["rows"] for t in tests.values()) else "every row"
+    markdown = report.markdown() + test_note(full, data) + report.details()
+    atomic_write_text(report.out_dir / "report.md", markdown)
+    summary = {
+        "rows": report.rows,
+        "test": {"sample": sample, **tests},
+        "notes": report.notes + collapse_warnings(report.rows),
+        "date": report.date,
+        "config": report.config,
+    }
+    atomic_write_text(report.out_dir / "report.json", json.dumps(summary, indent=2))
+
+
 @run_dir.claims_out_dir(
     lambda bound: (bound.arguments["config"].out, bound.arguments["config"].train)
 )
@@ -367,20 +413,7 @@ def run(config: RunConfig, *, resume: bool = False, progress: bool = True) -> Ru
         meta={"run": config.to_dict()},
         progress=progress,
     )
-    for spec in specs:
-        path = result.prompt_paths[spec.name]
-        tuned = PromptModel.load(path, backbone)
-        best = result.best[spec.name]["step"]
-        row = _test_row(
-            f"{spec.method['name']} (best of step {best})",
-            tuned,
-            data[spec.name],
-            config.train.eval_batch_size,
-            process,
-            file_bytes=path.stat().st_size,
-            train_seconds=result.seconds,  # the loop's own clock, summed over resumes
-        )
-        rows.append({"task": spec.name, **row})
+    rows += _tuned_rows(config, backbone, specs, data, process, result)
     rows.sort(key=lambda r: [s.name for s in specs].index(r["task"]))
     if process.main:  # the loop drew the curves without knowing the score to beat
         plot_curves(
@@ -393,19 +426,6 @@ def run(config: RunConfig, *, resume: bool = False, progress: bool = True) -> Ru
     report = RunReport(
         rows=rows, result=result, out_dir=out_dir, config=config.to_dict(), date=date, notes=notes
     )
-    if not process.main:
-        return report
-    full = {name: len(d.test) for name, d in loaded.items()}
-    tests = {name: {"scored": len(d.test), "rows": full[name]} for name, d in data.items()}
-    sample = SAMPLE if any(t["scored"] < t["rows"] for t in tests.values()) else "every row"
-    markdown = report.markdown() + test_note(full, data) + report.details()
-    atomic_write_text(out_dir / "report.md", markdown)
-    summary = {
-        "rows": rows,
-        "test": {"sample": sample, **tests},
-        "notes": notes + collapse_warnings(rows),
-        "date": date,
-        "config": config.to_dict(),
-    }
-    atomic_write_text(out_dir / "report.json", json.dumps(summary, indent=2))
+    if process.main:
+        _write_reports(report, loaded, data)
     return report
