@@ -471,6 +471,37 @@ def test_stale_builtin_style_cache_is_replaced(tmp_path, home):
     assert conv.calls == 1
 
 
+def test_a_bf16_cache_another_process_finished_first_is_used(tmp_path, home, monkeypatch):
+    """Two processes convert the same bf16 cache; the one renaming second finds the
+    other's copy in place and must take it (it checked it as float32 and failed)."""
+    gguf = tmp_path / "m.gguf"
+    gguf.write_bytes(b"fake gguf")
+    cache = home / "backbones" / "m-bf16"
+
+    def convert(gguf_path: Path, out_dir: Path, dtype: torch.dtype) -> str:
+        FakeConverter()(gguf_path, out_dir)
+        return "fingerprint"
+
+    real_replace = os.replace
+
+    def replace(src, dst):
+        if Path(dst) == cache and not cache.exists():  # the other process wins the race
+            other = tmp_path / "other"
+            convert(gguf, other, torch.bfloat16)
+            record = gguf_cache._new_source_record(
+                gguf, gguf_cache.gguf_source_key(gguf), torch.bfloat16, "fingerprint"
+            )
+            gguf_cache._write_source_record(other, record)
+            real_replace(other, cache)
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(gguf_cache.os, "replace", replace)
+    got = gguf_cache.ensure_gguf_cache(gguf, cache, convert=convert, dtype=torch.bfloat16)
+    assert got == cache
+    assert json.loads((cache / gguf_cache.SOURCE_FILE).read_text())["dtype"] == "bfloat16"
+    assert sorted(p.name for p in cache.parent.iterdir()) == ["m-bf16"]
+
+
 # --- real backbones -----------------------------------------------------------------
 
 

@@ -181,7 +181,7 @@ def ensure_gguf_cache(
         if dtype != torch.float32 and not isinstance(made, str):
             raise BackboneError(f"converting {gguf_path.name} gave no source fingerprint")
         _write_source_record(tmp, _new_source_record(gguf_path, key, dtype, made))
-        moved = _swap_in(tmp, cache_dir, key)
+        moved = _swap_in(tmp, cache_dir, key, dtype)
     finally:
         if not moved:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -232,7 +232,7 @@ def _write_source_record(tmp: Path, source: dict[str, Any]) -> None:
             f.chmod(0o644)
 
 
-def _swap_in(tmp: Path, cache_dir: Path, key: str) -> bool:
+def _swap_in(tmp: Path, cache_dir: Path, key: str, dtype: torch.dtype) -> bool:
     """Rename the finished conversion to ``cache_dir``; a stale or broken cache there is
     moved aside first (the caller removes it). False when another process finished first
     and its copy is good (this one is then left to the caller to remove)."""
@@ -246,7 +246,7 @@ def _swap_in(tmp: Path, cache_dir: Path, key: str) -> bool:
         os.replace(tmp, cache_dir)
     except OSError:
         # Another process finished first; use its copy if it is good.
-        if not _cache_is_valid(cache_dir, key):
+        if not _cache_is_valid(cache_dir, key, dtype):
             raise
         return False
     return True
