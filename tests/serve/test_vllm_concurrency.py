@@ -31,6 +31,9 @@ class FakeVllm(ThreadingHTTPServer):
     the largest number seen in flight is what the gateway sends at once."""
 
     daemon_threads = True
+    # socketserver's default backlog of 5 overflowed on a loaded machine when the burst
+    # connected at once, and the kernel reset connections (a CI run failed so)
+    request_queue_size = 4 * BURST
 
     def __init__(self, folder: Path) -> None:
         super().__init__(("127.0.0.1", 0), _Handler)
