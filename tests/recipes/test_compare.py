@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
+from tagging_file import write_conll  # tests/recipes/tagging_file.py
 
 from softprompt import cli
 from softprompt.config import build_run_config
@@ -120,21 +121,9 @@ def test_changed_settings_refuse_to_read_a_finished_unit_back_until_overwrite(
     assert {r["test_rows"] for r in report.rows} == {2}
 
 
-def _conll(path: Path, count: int = 40) -> Path:
-    sentences = [
-        [("the", "O"), ("red", "B-team"), ("sox", "I-team"), ("won", "O")],
-        [("we", "O"), ("saw", "O"), ("jaws", "B-film"), ("again", "O")],
-    ]
-    lines = []
-    for i in range(count):
-        lines += [f"{w}\t{t}" for w, t in sentences[i % 2]] + [f"n{i}\tO", ""]
-    path.write_text("\n".join(lines), encoding="utf-8")
-    return path
-
-
 def test_cli_compare_on_tagging_with_full_fine_tuning(bert_folder, tmp_path, capsys):
     out = tmp_path / "ner"
-    argv = ["compare", "--backbone", str(bert_folder), "--dataset", str(_conll(tmp_path / "n.conll")),
+    argv = ["compare", "--backbone", str(bert_folder), "--dataset", str(write_conll(tmp_path / "n.conll")),
             "--methods", "zero-shot,head-only,p-tuning,full", "--seeds", "1", "--steps", "2",
             "--eval-every", "2", "--batch-size", "4", "--n-tokens", "2", "--out", str(out),
             "--seed-init"]  # fmt: skip

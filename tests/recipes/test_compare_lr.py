@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 
 import pytest
+from tagging_file import write_conll  # tests/recipes/tagging_file.py
 
 from softprompt import cli
 from softprompt.config import build_run_config
@@ -141,24 +142,12 @@ def test_bad_lr_for_is_one_line(value, message, tmp_path, capsys):
     assert code == 2 and message in err and err.count("\n") == 1
 
 
-def _conll(path: Path, count: int = 40) -> Path:
-    sentences = [
-        [("the", "O"), ("red", "B-team"), ("sox", "I-team"), ("won", "O")],
-        [("we", "O"), ("saw", "O"), ("jaws", "B-film"), ("again", "O")],
-    ]
-    lines = []
-    for i in range(count):
-        lines += [f"{w}\t{t}" for w, t in sentences[i % 2]] + [f"n{i}\tO", ""]
-    path.write_text("\n".join(lines), encoding="utf-8")
-    return path
-
-
 def test_a_tagging_head_beside_lora_trains_at_head_onlys_lr(bert_folder, tmp_path):
     """Per-method lrs: LoRA at 1e-3, its tagging head at head-only's 1e-2 (at 1e-3 the
     head barely moved in 30 steps: wnut16 entity F1 0); head-only keeps its one lr."""
     out = tmp_path / "ner"
     run = build_run_config(
-        {"backbone": str(bert_folder), "data": str(_conll(tmp_path / "n.conll")),
+        {"backbone": str(bert_folder), "data": str(write_conll(tmp_path / "n.conll")),
          "train": {**FAST, "steps": 1}, "out": str(out)}
     )  # fmt: skip
     config = CompareConfig(run, methods=["head-only", "lora"], seeds=[0], per_method_lr=True)
