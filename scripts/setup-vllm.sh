@@ -10,6 +10,7 @@ VLLM_VERSION=0.32.0
 STAMP=.venv-vllm/.softprompt-vllm-setup-$(sha256sum scripts/setup-vllm.sh | cut -c1-16)
 
 if [ ! -f "$STAMP" ]; then
+  [ -x .venv-vllm/bin/python ] || bash scripts/need-space.sh 5 "vLLM (CPU) into .venv-vllm"
   [ -x .venv-vllm/bin/python ] || "$PY" -m venv .venv-vllm
   .venv-vllm/bin/pip install -q --upgrade pip
   # pins torch==2.13.0+cpu and transformers<5.20 of its own

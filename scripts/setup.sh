@@ -8,6 +8,7 @@ HOME_DIR=${SOFTPROMPT_HOME:-$HOME/.cache/softprompt}
 STAMP=.venv/.softprompt-setup-$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)
 
 if [ ! -f "$STAMP" ]; then
+  [ -x .venv/bin/python ] || bash scripts/need-space.sh 5 "softprompt into .venv (torch, transformers)"
   [ -x .venv/bin/python ] || "$PY" -m venv .venv
   .venv/bin/pip install -q --upgrade pip
   # the CPU build of torch lies on this disk; an open range could pull a CUDA build

@@ -57,3 +57,40 @@ def test_root_gets_no_system_install_unless_asked(fakes):
     assert (
         "SOFTPROMPT_APT_INSTALL=1: running 'apt-get install dataset-fashion-mnist'" in done.stderr
     )
+
+
+def _fake_df(bin_dir: Path, free_kb: int) -> None:
+    """df -P that reports `free_kb` KB available on /."""
+    bin_dir.mkdir(exist_ok=True)
+    row = f"/dev/vda 262144000 1000 {free_kb} 1% /"
+    (bin_dir / "df").write_text(
+        f"#!/bin/sh\necho 'Filesystem 1024-blocks Used Available Capacity Mounted on'\necho '{row}'\n"
+    )
+    (bin_dir / "df").chmod(0o755)
+
+
+@pytest.mark.parametrize("script", ["setup.sh", "setup-vllm.sh"])
+def test_an_install_that_cannot_fit_is_refused_before_pip_starts(tmp_path, script):
+    """Before: pip ran out of disk halfway ("[Errno 28] No space left on device") with no
+    word of how much was needed; CI failed that way on a full disk."""
+    project = tmp_path / "project"
+    (project / "scripts").mkdir(parents=True)
+    for name in ("setup.sh", "setup-vllm.sh", "need-space.sh"):
+        (project / "scripts" / name).write_text((SCRIPT.parent / name).read_text())
+    (project / "pyproject.toml").write_text((SCRIPT.parents[1] / "pyproject.toml").read_text())
+    _fake_df(tmp_path / "bin", free_kb=100 * 1024)
+    env = dict(os.environ, PATH=f"{tmp_path / 'bin'}:/usr/bin:/bin")
+    done = subprocess.run(
+        ["bash", str(project / "scripts" / script)], env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 1
+    assert "needs about 5 GB free on /, and 100 MB are free" in done.stderr
+    assert not any(project.glob(".venv*/bin"))  # stopped before the venv
+
+
+def test_enough_space_passes_the_check(tmp_path):
+    _fake_df(tmp_path / "bin", free_kb=50 * 1024 * 1024)
+    env = dict(os.environ, PATH=f"{tmp_path / 'bin'}:/usr/bin:/bin")
+    script = SCRIPT.parent / "need-space.sh"
+    done = subprocess.run(["bash", str(script), "5", "x"], env=env, capture_output=True, text=True)
+    assert done.returncode == 0 and done.stderr == ""

@@ -55,6 +55,8 @@ def test_compare_classification_end_to_end_and_a_killed_unit_resumes_to_the_same
     assert (tmp_path / "a" / "compare.png").stat().st_size > 1000
     for unit in ("zero-shot-s0", "soft-prompt-s1", "lora-s0"):
         assert (tmp_path / "a" / "units" / unit / "prompt.safetensors").is_file()
+    # a finished unit is never resumed: its checkpoint (3x the backbone for full) is gone
+    assert not list((tmp_path / "a" / "units").glob("*/checkpoint.safetensors"))
 
     # killed: two units finish, the third stops after one step (its checkpoint kept)
     config = _config(llama_folder, small_csv, tmp_path / "b", methods)

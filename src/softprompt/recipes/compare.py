@@ -23,8 +23,9 @@ torch's RNG while the model is built (LoRA's random A matrices), so a unit's ini
 depends on its seed alone, not on which units ran before it in the process.
 
 Each unit is a normal run folder, OUT/units/<method>-s<seed>/ (prompt.safetensors,
-metrics.jsonl, checkpoint), so a user can `eval`, `predict` or `serve` it. When a unit
-ends its row is written to OUT/units/<unit>/unit.json; running the compare again reads
+metrics.jsonl), so a user can `eval`, `predict` or `serve` it. When a unit ends its row
+is written to OUT/units/<unit>/unit.json and its resume checkpoint is deleted (a full
+fine-tuning unit's is 3x the backbone); running the compare again reads
 finished units back, resumes a unit that was stopped from its checkpoint (train's own
 resume), and trains the rest. OUT/compare.md, compare.json and compare.png are
 rewritten from the rows once every unit is done. `train --compare lora,full` runs its
@@ -87,6 +88,7 @@ from softprompt.recipes.compare_units import recorded as units_recorded
 from softprompt.recipes.loading import load_data
 from softprompt.recipes.peak_memory import PeakMemory
 from softprompt.train import run_dir, train
+from softprompt.train.loop import CHECKPOINT_FILE
 
 DEFAULT_METHODS = (ZERO_SHOT, HEAD_ONLY, "soft-prompt", "prefix-tuning", "p-tuning", "lora", "full")
 UNIT_FILE = "unit.json"
@@ -377,14 +379,12 @@ def run_unit(
                 model = build(ctx.backbone, ctx.dataset, run)
         except NotApplicable as exc:
             row["skipped"] = " ".join(str(exc).split())
-            atomic_write_text(done, json.dumps(row, indent=2))
-            return row
+            return _finish(done, row)
         try:
             trained = _fit(ctx, model, run, folder, stop_after)
         except TrainingDiverged as exc:  # read back on a rerun like any finished unit
             row["failed"] = " ".join(str(exc).split())
-            atomic_write_text(done, json.dumps(row, indent=2))
-            return row
+            return _finish(done, row)
         if trained is None:
             return None
         model, path, seconds, best_step, validation = trained
@@ -399,7 +399,15 @@ def run_unit(
         if score:
             row.update(_test_scores(ctx, model, run))
     row["peak_memory_bytes"] = memory.used
+    return _finish(done, row)
+
+
+def _finish(done: Path, row: dict[str, Any]) -> dict[str, Any]:
+    """Record a finished unit, then drop its resume checkpoint: a finished unit is read
+    back from unit.json and its best file, never resumed, and a full fine-tuning unit's
+    checkpoint (its weights and two Adam moments) is 3x the backbone."""
     atomic_write_text(done, json.dumps(row, indent=2))
+    (done.parent / CHECKPOINT_FILE).unlink(missing_ok=True)
     return row
 
 

@@ -4,6 +4,12 @@ Holds the trainable tensors, AdamW's moment tensors, and a JSON header with
 the step, early-stopping state and metric history. The learning rate and the
 data order are pure functions of the step, so nothing else is needed for a
 resumed run to end exactly where an uninterrupted one does.
+
+Frozen parameters are left out: a model that holds a copy of the backbone (LoRA's
+tuned copy) would otherwise write the whole backbone at every save (650 MB for a
+135M model, 6 GB for a 1.5B one), and the resumed run rebuilds them from the
+backbone anyway. Checkpoints written before this, with the frozen tensors in,
+still resume: those keys are dropped on load.
 """
 
 from __future__ import annotations
@@ -31,7 +37,7 @@ def save_checkpoint(
 ) -> None:
     """`config`: the resumable config (train/run_dir.py), checked when the run resumes."""
     # cloned: a module shared by several tasks appears under each task's name
-    tensors = {f"model.{k}": v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    tensors = {f"model.{k}": v.detach().cpu().clone() for k, v in _saved_state(model).items()}
     opt = optimizer.state_dict()
     for index, slots in opt["state"].items():
         for slot, value in slots.items():
@@ -42,9 +48,19 @@ def save_checkpoint(
     atomic_write_bytes(path, st_save(tensors, metadata={"checkpoint": json.dumps(header)}))
 
 
+def _saved_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The model's state without its frozen parameters (buffers are kept)."""
+    state = model.state_dict(keep_vars=True)
+    return {k: v for k, v in state.items() if not _frozen(v)}
+
+
+def _frozen(value: torch.Tensor) -> bool:
+    return isinstance(value, torch.nn.Parameter) and not value.requires_grad
+
+
 def _check_matches(path: Path, model: torch.nn.Module, saved: dict[str, torch.Tensor]) -> None:
     """A checkpoint from another method or task config cannot continue this run."""
-    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    expected = {k: tuple(v.shape) for k, v in _saved_state(model).items()}
     found = {k: tuple(v.shape) for k, v in saved.items()}
     if expected != found:
         differ = sorted(k for k in set(expected) | set(found) if expected.get(k) != found.get(k))
@@ -84,8 +100,10 @@ def load_checkpoint(
     tensors, header = _read(path)
     refuse_non_finite(tensors, path)
     model_state = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
+    frozen = {k for k, v in model.state_dict(keep_vars=True).items() if _frozen(v)}
+    model_state = {k: v for k, v in model_state.items() if k not in frozen}  # older checkpoints
     _check_matches(path, model, model_state)
-    model.load_state_dict(model_state, strict=True)
+    model.load_state_dict(model_state, strict=False)  # the frozen keys stay as built
     slots: dict[int, dict[str, torch.Tensor]] = {}
     for key, value in tensors.items():
         if key.startswith("optim."):
