@@ -38,7 +38,7 @@ def _table(report) -> list[tuple]:
 
 
 def test_compare_classification_end_to_end_and_a_killed_unit_resumes_to_the_same_table(
-    llama_folder, small_csv, tmp_path, monkeypatch
+    llama_folder, small_csv, tmp_path, train_calls
 ):
     methods = ["zero-shot", "soft-prompt", "lora"]
     whole = compare(_config(llama_folder, small_csv, tmp_path / "a", methods), progress=False)
@@ -67,16 +67,15 @@ def test_compare_classification_end_to_end_and_a_killed_unit_resumes_to_the_same
     assert (stopped / "checkpoint.safetensors").is_file() and not (stopped / "unit.json").exists()
     finished = tmp_path / "b" / "units" / "soft-prompt-s0" / "prompt.safetensors"
     before = finished.stat().st_mtime_ns
-    calls = []
-
-    def spy(model, dataset, config, out_dir, **kwargs):
-        calls.append((Path(out_dir).name, kwargs["resume"]))
-        return train(model, dataset, config, out_dir, **kwargs)
-
-    monkeypatch.setattr(compare_module, "train", spy)
+    calls = train_calls
+    calls.clear()  # the rerun's units only
     resumed = compare(config, progress=False)
     assert finished.stat().st_mtime_ns == before  # read back, not trained again
-    assert calls == [("soft-prompt-s1", True), ("lora-s0", False), ("lora-s1", False)]
+    assert [c[:2] for c in calls] == [
+        ("soft-prompt-s1", True),
+        ("lora-s0", False),
+        ("lora-s1", False),
+    ]
     assert resumed.complete and _table(resumed) == _table(whole)
 
 
@@ -97,7 +96,7 @@ def test_unit_folders_are_normal_runs_that_eval_and_predict_read(
 
 
 def test_changed_settings_refuse_to_read_a_finished_unit_back_until_overwrite(
-    llama_folder, small_csv, tmp_path, monkeypatch
+    llama_folder, small_csv, tmp_path, train_calls
 ):
     out = tmp_path / "d"
     methods = ["zero-shot", "soft-prompt"]
@@ -108,13 +107,8 @@ def test_changed_settings_refuse_to_read_a_finished_unit_back_until_overwrite(
     message = r"zero-shot-s0: this unit was run with other settings \(test_limit\)"
     with pytest.raises(ConfigError, match=message):
         compare(changed, progress=False)
-    calls = []
-
-    def spy(model, dataset, config, out_dir, **kwargs):
-        calls.append((Path(out_dir).name, kwargs["resume"], config.overwrite))
-        return train(model, dataset, config, out_dir, **kwargs)
-
-    monkeypatch.setattr(compare_module, "train", spy)
+    calls = train_calls
+    calls.clear()  # the rerun's units only
     again = dataclasses.replace(
         changed.run, train=dataclasses.replace(changed.run.train, overwrite=True)
     )

@@ -18,7 +18,6 @@ from softprompt.config import build_run_config
 from softprompt.recipes import compare as compare_module
 from softprompt.recipes.compare import CompareConfig, compare
 from softprompt.recipes.compare_lr import Unit, choose, grid_lr
-from softprompt.train import train
 
 # a head-only probe on the tiny encoder learns this in 10 steps at lr 0.05 to 0.1
 STEPS = {"steps": 10, "eval_every": 5, "batch_size": 8, "eval_examples": 0, "lr": 0.1,
@@ -105,7 +104,7 @@ def test_the_grid_trains_the_first_seed_at_each_lr_and_keeps_the_best_on_validat
 
 
 def test_a_grid_killed_midway_resumes_to_the_same_table(
-    bert_folder, words_csv, tmp_path, monkeypatch
+    bert_folder, words_csv, tmp_path, train_calls
 ):
     whole = compare(_config(bert_folder, words_csv, tmp_path / "a", [USELESS, USEFUL]),
                     progress=False)  # fmt: skip
@@ -115,22 +114,17 @@ def test_a_grid_killed_midway_resumes_to_the_same_table(
     assert not partial.complete and not (tmp_path / "b" / "compare.md").exists()
     stopped = tmp_path / "b" / "units" / "head-only-s0-lr0.05"
     assert (stopped / "checkpoint.safetensors").is_file() and not (stopped / "unit.json").exists()
-    calls = []
-
-    def spy(model, dataset, config, out_dir, **kwargs):
-        calls.append((Path(out_dir).name, kwargs["resume"]))
-        return train(model, dataset, config, out_dir, **kwargs)
-
-    monkeypatch.setattr(compare_module, "train", spy)
+    calls = train_calls
+    calls.clear()  # the rerun's units only
     resumed = compare(config, progress=False)
-    assert calls == [("head-only-s0-lr0.05", True), ("head-only-s1-lr0.05", False)]
+    assert [c[:2] for c in calls] == [("head-only-s0-lr0.05", True), ("head-only-s1-lr0.05", False)]
     assert resumed.complete and _table(resumed) == _table(whole)
     assert resumed.grid == whole.grid
     assert compare(config, progress=False).grid == whole.grid and len(calls) == 2  # read back
 
 
 def test_factor_1_is_the_plain_unit_so_a_compare_run_before_the_grid_reads_back(
-    bert_folder, words_csv, tmp_path, monkeypatch
+    bert_folder, words_csv, tmp_path, train_calls
 ):
     out = tmp_path / "o"
     plain = _config(bert_folder, words_csv, out, [], methods=["head-only"])
@@ -139,15 +133,13 @@ def test_factor_1_is_the_plain_unit_so_a_compare_run_before_the_grid_reads_back(
     old = json.loads(done.read_text())
     figure = old.pop("validation_metric")  # as a unit.json written before the grid
     done.write_text(json.dumps(old))
-    calls = []
-
-    def spy(model, dataset, config, out_dir, **kwargs):
-        calls.append(Path(out_dir).name)
-        return train(model, dataset, config, out_dir, **kwargs)
-
-    monkeypatch.setattr(compare_module, "train", spy)
+    calls = train_calls
+    calls.clear()  # the rerun's units only
     report = compare(dataclasses.replace(plain, lr_grid=[1, USELESS]), progress=False)
-    assert calls == ["head-only-s0-lr1e-07", "head-only-s1"]  # head-only-s0 read back
+    assert [c.unit for c in calls] == [
+        "head-only-s0-lr1e-07",
+        "head-only-s1",
+    ]  # head-only-s0 read back
     tried = report.grid["head-only"]["tried"]
     assert tried[0] == {"lr": 0.1, "unit": "head-only-s0", "validation_metric": figure}
     assert report.grid["head-only"]["chosen_lr"] == 0.1
@@ -176,6 +168,18 @@ def test_bad_lr_grid_is_one_line(value, message, tmp_path, capsys):
     code = cli.main(["compare", "--out", str(tmp_path / "x"), "--lr-grid", value])
     err = capsys.readouterr().err
     assert code == 2 and message in err and err.count("\n") == 1
+
+
+def test_an_lr_grid_that_overflows_a_methods_lr_is_refused_before_training(tmp_path, capsys):
+    """Before: each factor was finite, so 10 x 1e308 (inf) was refused only by the loop,
+    after the units before it had trained."""
+    argv = ["compare", "--out", str(tmp_path / "x"), "--methods", "soft-prompt", "--lr", "10",
+            "--lr-grid", "1,1e308"]  # fmt: skip
+    code = cli.main(argv)
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1
+    assert "--lr-grid: soft-prompt's lr 10 x 1e+308 is inf, not a usable lr" in err
+    assert not (tmp_path / "x").exists()
 
 
 def test_cli_lr_grid(monkeypatch, tmp_path):

@@ -131,6 +131,8 @@ class CompareConfig:
             raise ConfigError(f"--test-limit: must be >= 0 (0 = all rows), got {self.test_limit}")
         compare_lr.check_lr_for(self.lr_for, known)
         compare_lr.check_lr_grid(self.lr_grid)
+        gridded = {m: self.lr_of(m) for m in self.methods if self.gridded(m)}
+        compare_lr.check_grid_lrs(self.lr_grid, gridded)
         if self.run.tasks or self.run.compare:
             raise ConfigError(
                 "compare: one task at a time, without `compare:`/`tasks:` in the run config; "

@@ -124,6 +124,19 @@ def check_lr_grid(factors: list[float]) -> None:
         raise ConfigError("--lr-grid: name each factor once (e.g. 0.3,1,3)")
 
 
+def check_grid_lrs(factors: list[float], lrs: Mapping[str, float]) -> None:
+    """Every lr the grid would train at (a method's lr x each factor) is a finite number
+    > 0: `--lr-grid 1,1e308` passes the factor check, yet 1e-3 x 1e308 overflows, and
+    would only be refused by the loop halfway through the compare."""
+    for method, base in lrs.items():
+        for factor in factors:
+            if not 0 < base * factor < float("inf"):
+                raise ConfigError(
+                    f"--lr-grid: {method}'s lr {base:g} x {factor:g} is {base * factor:g}, "
+                    "not a usable lr; use factors like 0.3,1,3"
+                )
+
+
 def grid_lr(base: float, factor: float) -> float | None:
     """An lr-grid unit's lr (12 significant digits: 0.03 x 0.3 is 0.009, not
     0.008999...); None at factor 1, the method's own lr."""
