@@ -599,3 +599,36 @@ def test_smollm2_fingerprint_is_fast(smollm2_cached):
     t = time.perf_counter()
     fingerprint(model)
     assert time.perf_counter() - t < 3.0  # ~0.3 s measured for 517 MB
+
+
+def test_the_same_gguf_installed_elsewhere_reads_the_cache_another_file_does_not(tmp_path, home):
+    """Before: the cache key held the file's path and mtime, so every venv or clone that
+    installs the same package (CI's fresh clone, a worktree) converted again over the
+    others' cache. The content's sha256 now names it when the path differs."""
+    first, moved, other = tmp_path / "a" / "m.gguf", tmp_path / "b" / "m.gguf", tmp_path / "m2.gguf"
+    for path, body in ((first, b"fake gguf"), (moved, b"fake gguf"), (other, b"fake GGUF")):
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(body)
+    os.utime(moved, ns=(1, 1))  # installed at another time too
+    cache, conv = home / "backbones" / "fixed-name", FakeConverter()
+    gguf_cache.ensure_gguf_cache(first, cache, convert=conv)
+    gguf_cache.ensure_gguf_cache(moved, cache, convert=conv)
+    assert conv.calls == 1  # same bytes: read back
+    gguf_cache.ensure_gguf_cache(other, cache, convert=conv)
+    assert conv.calls == 2  # same size, other bytes: converted
+
+
+def test_a_cache_recorded_before_content_digests_is_matched_by_path_alone(tmp_path, home):
+    gguf = tmp_path / "m.gguf"
+    gguf.write_bytes(b"fake gguf")
+    cache, conv = home / "backbones" / "fixed-name", FakeConverter()
+    gguf_cache.ensure_gguf_cache(gguf, cache, convert=conv)
+    record = json.loads((cache / gguf_cache.SOURCE_FILE).read_text())
+    del record["sha256"]  # as caches made before this field
+    (cache / gguf_cache.SOURCE_FILE).write_text(json.dumps(record))
+    gguf_cache.ensure_gguf_cache(gguf, cache, convert=conv)
+    assert conv.calls == 1
+    copy = tmp_path / "elsewhere.gguf"
+    copy.write_bytes(gguf.read_bytes())
+    gguf_cache.ensure_gguf_cache(copy, cache, convert=conv)
+    assert conv.calls == 2  # no digest to match it by: converted once more, as before

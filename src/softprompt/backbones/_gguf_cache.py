@@ -28,7 +28,8 @@ from softprompt.errors import BackboneError
 
 log = logging.getLogger(__name__)
 
-# What a cache folder was made from (file, size, mtime, dtype, source fingerprint).
+# What a cache folder was made from (file, size, mtime, content sha256, dtype, source
+# fingerprint).
 SOURCE_FILE = "softprompt_source.json"
 CACHE_FORMAT = 1
 
@@ -61,24 +62,38 @@ def _source_record(folder: Path) -> dict[str, Any]:
     return source if isinstance(source, dict) else {}
 
 
-def _cache_is_valid(folder: Path, key: str, dtype: torch.dtype = torch.float32) -> bool:
-    """The folder holds a finished conversion of this source in `dtype`; a cache in a
-    narrower dtype also needs the source fingerprint recorded at conversion (its own
+def _cache_is_valid(folder: Path, source: Path, dtype: torch.dtype = torch.float32) -> bool:
+    """The folder holds a finished conversion of the file `source` in `dtype`; a cache in
+    a narrower dtype also needs the source fingerprint recorded at conversion (its own
     rounded weights would hash differently)."""
-    source = _source_record(folder)
-    if source.get("dtype", "float32") != dtype_name(dtype):
+    record = _source_record(folder)
+    if record.get("dtype", "float32") != dtype_name(dtype):
         return False
-    if dtype != torch.float32 and not isinstance(source.get("fingerprint"), str):
+    if dtype != torch.float32 and not isinstance(record.get("fingerprint"), str):
         return False
-    return _cache_is_complete(folder, key)
-
-
-def _cache_is_complete(folder: Path, key: str) -> bool:
-    if not folder.is_dir() or _source_record(folder).get("key") != key:
+    if not folder.is_dir() or not _same_source(record, source):
         return False
     if not (folder / "config.json").is_file():
         return False
     return bool(_weight_files_key(folder))
+
+
+def _same_source(record: dict[str, Any], source: Path) -> bool:
+    """The record names this file: by path, size and mtime (cheap, on every load), or
+    else by content, for the same file installed elsewhere (another venv or clone: another
+    path and mtime, which made every install convert again over the others' cache)."""
+    if record.get("key") == gguf_source_key(source):
+        return True
+    digest = record.get("sha256")
+    if not isinstance(digest, str) or record.get("cache_format") != CACHE_FORMAT:
+        return False
+    return record.get("size") == source.stat().st_size and _content_digest(source) == digest
+
+
+def _content_digest(path: Path) -> str:
+    """sha256 of the file (1.5B GGUF: a few seconds, against minutes to convert)."""
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def convert_gguf(gguf_path: Path, out_dir: Path, dtype: torch.dtype = torch.float32) -> str:
@@ -166,9 +181,9 @@ def ensure_gguf_cache(
     (gguf_path, out_dir[, dtype=]) may return the source fingerprint, kept with the cache.
     """
     convert = convert or convert_gguf
-    key = gguf_source_key(gguf_path)
-    if _cache_is_valid(cache_dir, key, dtype):
+    if _cache_is_valid(cache_dir, gguf_path, dtype):
         return cache_dir
+    key = gguf_source_key(gguf_path)
     parent = cache_dir.parent
     tmp = _make_temp_folder(cache_dir)
     _remove_abandoned(parent, cache_dir.name, keep=tmp)
@@ -181,7 +196,7 @@ def ensure_gguf_cache(
         if dtype != torch.float32 and not isinstance(made, str):
             raise BackboneError(f"converting {gguf_path.name} gave no source fingerprint")
         _write_source_record(tmp, _new_source_record(gguf_path, key, dtype, made))
-        moved = _swap_in(tmp, cache_dir, key, dtype)
+        moved = _swap_in(tmp, cache_dir, gguf_path, dtype)
     finally:
         if not moved:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -208,7 +223,8 @@ def _new_source_record(
     gguf_path: Path, key: str, dtype: torch.dtype, made: str | None
 ) -> dict[str, Any]:
     """What the cache was made from, as `_cache_is_valid` reads it back on every later
-    load (and as caches already on disk hold it: the fields must not change)."""
+    load (and as caches already on disk hold it: the fields must not change; `sha256`
+    came later, so a cache without it is matched by `key` alone)."""
     source: dict[str, Any] = {
         "key": key,
         "gguf": str(gguf_path.resolve()),
@@ -216,6 +232,7 @@ def _new_source_record(
         "mtime_ns": gguf_path.stat().st_mtime_ns,
         "cache_format": CACHE_FORMAT,
         "dtype": dtype_name(dtype),
+        "sha256": _content_digest(gguf_path),
     }
     if isinstance(made, str):
         source["fingerprint"] = made
@@ -232,7 +249,7 @@ def _write_source_record(tmp: Path, source: dict[str, Any]) -> None:
             f.chmod(0o644)
 
 
-def _swap_in(tmp: Path, cache_dir: Path, key: str, dtype: torch.dtype) -> bool:
+def _swap_in(tmp: Path, cache_dir: Path, source: Path, dtype: torch.dtype) -> bool:
     """Rename the finished conversion to ``cache_dir``; a stale or broken cache there is
     moved aside first (the caller removes it). False when another process finished first
     and its copy is good (this one is then left to the caller to remove)."""
@@ -246,7 +263,7 @@ def _swap_in(tmp: Path, cache_dir: Path, key: str, dtype: torch.dtype) -> bool:
         os.replace(tmp, cache_dir)
     except OSError:
         # Another process finished first; use its copy if it is good.
-        if not _cache_is_valid(cache_dir, key, dtype):
+        if not _cache_is_valid(cache_dir, source, dtype):
             raise
         return False
     return True

@@ -39,7 +39,6 @@ from softprompt.backbones._gguf_cache import (
     _source_record,
     ensure_gguf_cache,
     gguf_cache_dir,
-    gguf_source_key,
 )
 from softprompt.backbones._hfdir import Placement, _load_hf_dir
 from softprompt.backbones._paths import backbone_cache_root
@@ -146,7 +145,7 @@ def _load_builtin(builtin: _Builtin, *, dtype: torch.dtype, **options: Any) -> B
                 f"reinstall it with: {builtin.install}"
             )
         cache_dir = gguf_cache_dir(gguf_path, builtin.name, dtype)
-        if not _cache_is_valid(cache_dir, gguf_source_key(gguf_path), dtype):
+        if not _cache_is_valid(cache_dir, gguf_path, dtype):
             for m in builtin.extra_modules:  # only converting needs them
                 if not _module_installed(m):
                     raise _missing_package(builtin, m)
@@ -204,7 +203,7 @@ def _load_dinov2_small(
             f"reinstall it with: {builtin.install}"
         )
     cache_dir = backbone_cache_root() / builtin.name
-    if not _cache_is_valid(cache_dir, gguf_source_key(onnx_path)):
+    if not _cache_is_valid(cache_dir, onnx_path):
         for m in builtin.extra_modules:
             if not _module_installed(m):
                 raise _missing_package(builtin, m)
