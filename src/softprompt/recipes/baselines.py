@@ -91,11 +91,12 @@ class TuneConfig:
 
 
 class _Delta(nn.Module):
-    """W = W0 + scale * D: D is the stored (trainable) tensor, W0 a fixed buffer."""
+    """W = W0 + scale * D: D is the stored (trainable) tensor, W0 a fixed buffer (the
+    backbone's own storage, never written: no clone)."""
 
     def __init__(self, base: torch.Tensor, scale: float) -> None:
         super().__init__()
-        self.register_buffer("base", base.detach().clone(), persistent=False)
+        self.register_buffer("base", base.detach(), persistent=False)
         self.scale = scale
 
     def forward(self, delta: torch.Tensor) -> torch.Tensor:
@@ -146,14 +147,20 @@ def add_lora(model: nn.Module, config: TuneConfig) -> nn.Module:
 
 
 def _private_copy(model: nn.Module, kind: str) -> nn.Module:
-    """The backbone copy a baseline changes. LoRA leaves every backbone tensor as it is
-    (its adapters sit beside the weights), so its copy is a new module tree over the same
-    frozen tensors, not a second backbone in memory (6 GB for a 1.5B model in float32).
-    Full fine-tuning rewrites each weight in place (parametrize sets it to D = 0), so it
-    gets tensors of its own."""
-    if kind != "lora":
-        return copy.deepcopy(model)
-    shared = {id(t): t for t in itertools.chain(model.parameters(), model.buffers())}
+    """The backbone copy a baseline changes, a new module tree over the same frozen
+    storage rather than a second backbone in memory (6 GB for a 1.5B model in float32).
+    LoRA never changes a backbone tensor, so its tree holds the backbone's own. Full
+    fine-tuning repoints each weight at D = 0 (parametrize's set_, which leaves the old
+    storage alone), so its tree holds new Parameter objects over the same storage; a
+    quantized weight (a tensor subclass) is swapped rather than repointed, so that
+    backbone gets a real copy."""
+    params = list(model.parameters())
+    if kind == "lora":
+        shared = {id(t): t for t in itertools.chain(params, model.buffers())}
+    elif all(type(p.data) is torch.Tensor for p in params):
+        shared = {id(p): nn.Parameter(p.detach(), requires_grad=p.requires_grad) for p in params}
+    else:
+        shared = {}
     return copy.deepcopy(model, memo=shared)
 
 
