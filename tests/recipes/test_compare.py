@@ -269,3 +269,18 @@ def test_seed_init_seeds_each_units_init_by_its_seed_alone(
     assert unit["config"]["method"]["seed"] == 1 and unit["config"]["seed_init"] is True
     saved = json.loads((tmp_path / "seeded" / "compare.json").read_text())
     assert saved["config"]["seed_init"] is True
+
+
+def test_full_fine_tuning_of_quantized_weights_is_na_and_lora_trains_beside_them(
+    llama_folder, small_csv, tmp_path
+):
+    """Before: full fine-tuning on an int8 backbone died inside torchao (`Int8Tensor
+    dispatch: ... aten.mul`), on NF4 inside parametrize (may not change the dtype)."""
+    config = _config(llama_folder, small_csv, tmp_path / "q", ["lora", "full"])
+    backbone = {"name": str(llama_folder), "quantize": "int8"}
+    run = build_run_config({**config.run.to_dict(), "backbone": backbone})
+    report = compare(dataclasses.replace(config, run=run, seeds=[0]), progress=False)
+    lora, full = report.summary
+    assert lora["trainable_parameters"] > 0 and "skipped" not in lora
+    assert full["skipped"].startswith("full fine-tuning trains every backbone weight, and this")
+    assert "int8-quantized (frozen); load it without --quantize, or use lora" in full["skipped"]

@@ -177,6 +177,12 @@ class TunedModel(PromptModel):
     on any backbone kind (images, encoders, causal LMs)."""
 
     def __init__(self, backbone: Backbone, task_config: TaskConfig, tune: TuneConfig) -> None:
+        if tune.kind == "full" and backbone.quantize:
+            raise ConfigError(
+                f"full fine-tuning trains every backbone weight, and this backbone's are "
+                f"{backbone.quantize}-quantized (frozen); load it without --quantize, or "
+                "use lora, whose adapters train beside quantized weights (as QLoRA's do)"
+            )
         tuned = _private_copy(backbone.model, tune.kind)
         if tune.kind == "lora":
             add_lora(tuned, tune)

@@ -60,7 +60,10 @@ def _head_only(backbone: Backbone, dataset: Dataset, run: RunConfig) -> PromptMo
 def _tuned(kind: str) -> Build:
     def build(backbone: Backbone, dataset: Dataset, run: RunConfig) -> PromptModel:
         task = resolve_verbalizer(backbone, dataset, run.task)  # auto: chosen words
-        return TunedModel(backbone, task_config_for(dataset, task), TuneConfig(kind=kind))
+        try:
+            return TunedModel(backbone, task_config_for(dataset, task), TuneConfig(kind=kind))
+        except ConfigError as exc:  # e.g. full fine-tuning of quantized weights
+            raise NotApplicable(str(exc)) from None
 
     return build
 
