@@ -19,9 +19,10 @@ Backbones that are not installed (`softprompt backbones`) are skipped with a not
 Measured 2026-12-06 (bf16, batch 8, --steps 20 --test-limit 100 --seeds 0 --lora-lr 1e-3,
 movie-sentiment, one thread on the shared 2-core machine): SmolLM2-135M zero-shot 0.820,
 soft prompt 0.840, LoRA 0.800 (3.2 min); Qwen2.5-Coder-0.5B zero-shot 0.810, soft prompt
-0.560, LoRA 0.820 (7.8 min of training and scoring); Qwen2.5-Coder-1.5B zero-shot 0.910, soft
-prompt 0.880, LoRA 0.950 (19.9 min). Prompt tuning did not close more of the gap on the
-larger model at this budget. With LoRA at the prompt's lr 0.03 it collapsed to one class
+0.560, LoRA 0.820 (7.8 min of training and scoring); Qwen2.5-Coder-1.5B zero-shot 0.910,
+soft prompt 0.880, LoRA 0.950 (19.9 min; 20.2 with the LoRA unit rerun after it stopped
+copying the backbone: peak RSS growth 14,634 -> 4,697 MiB, docs/scaling.md). Prompt
+tuning did not close more of the gap on the larger model at this budget. With LoRA at the prompt's lr 0.03 it collapsed to one class
 (SmolLM2, 30 steps, 200 rows: 0.795 / 0.870 / 0.500).
 """
 
