@@ -4,6 +4,7 @@ an interrupted conversion never leaves half a cache; later loads read the folder
 
 from __future__ import annotations
 
+import functools
 import gc
 import hashlib
 import json
@@ -91,7 +92,14 @@ def _same_source(record: dict[str, Any], source: Path) -> bool:
 
 
 def _content_digest(path: Path) -> str:
-    """sha256 of the file (1.5B GGUF: a few seconds, against minutes to convert)."""
+    """sha256 of the file (1.5B GGUF: a few seconds, against minutes to convert), once
+    per process while its path, size and mtime stay (a load checks its cache twice)."""
+    st = path.stat()
+    return _digest(str(path.resolve()), st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=16)
+def _digest(path: str, size: int, mtime_ns: int) -> str:
     with open(path, "rb") as handle:
         return hashlib.file_digest(handle, "sha256").hexdigest()
 
