@@ -37,8 +37,12 @@ def _trainable(model: torch.nn.Module) -> set[str]:
 def test_a_checkpoint_holds_only_the_trainable_tensors(
     backbones, toy_dataset, fast_config, tmp_path, kind
 ):
-    model = _tuned(backbones["tiny_llama"], kind)
+    backbone = backbones["tiny_llama"]  # tied embeddings: full keeps that weight frozen
+    before = {k: v.clone() for k, v in backbone.model.state_dict().items()}
+    model = _tuned(backbone, kind)
     train(model, toy_dataset, fast_config(steps=4), tmp_path, progress=False, stop_after=2)
+    # the baseline's tree shares the backbone's storage, which training never writes
+    assert all(torch.equal(before[k], v) for k, v in backbone.model.state_dict().items())
     saved = load_file(tmp_path / CHECKPOINT_FILE)
     prefix = f"model.models.{toy_dataset.name}."  # the loop's one-task wrapper
     model_keys = {k.removeprefix(prefix) for k in saved if k.startswith("model.")}
