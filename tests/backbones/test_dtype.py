@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -522,3 +523,26 @@ def test_qwen_0p5b_builtin_in_bf16_says_paris():
     with torch.no_grad():
         top = int(bb.model(input_ids=ids).logits[0, -1].argmax())
     assert bb.tokenizer.decode([top]) == " Paris"
+
+
+def test_a_conversion_the_disk_cannot_hold_is_refused_before_it_starts(
+    llama, tmp_path, home, monkeypatch
+):
+    """Before: a full disk ended the conversion halfway (minutes into a 1.5B's 7 GB) with
+    the OS's 'No space left on device'."""
+    pytest.importorskip("gguf", reason="gguf not installed (pip install gguf)")
+    gguf = write_gguf(llama, tmp_path / "tiny.gguf")
+    elements = sum(p.numel() for n, p in llama.model.state_dict().items() if n != "lm_head.weight")
+    free = shutil.disk_usage(tmp_path)._replace(free=1000)
+    monkeypatch.setattr(gguf_cache.shutil, "disk_usage", lambda _: free)
+    calls = []
+    cache = home / "backbones" / "tiny"
+    with pytest.raises(BackboneError) as info:
+        gguf_cache.ensure_gguf_cache(gguf, cache, convert=lambda *a: calls.append(a))
+    need = (elements * 4 + 64 * 2**20) / 1e9
+    assert str(info.value) == (
+        f"converting tiny.gguf to a float32 cache needs about {need:.1f} GB under "
+        f"{cache.parent}, and 0.0 GB are free: free some space there, or set "
+        "SOFTPROMPT_HOME to a disk with room, or load it with --dtype bfloat16 (half the size)"
+    )
+    assert calls == [] and not any(cache.parent.glob(".tiny.tmp-*"))

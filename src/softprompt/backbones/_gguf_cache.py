@@ -193,6 +193,7 @@ def ensure_gguf_cache(
         return cache_dir
     key = gguf_source_key(gguf_path)
     parent = cache_dir.parent
+    _check_room(gguf_path, parent, dtype)
     tmp = _make_temp_folder(cache_dir)
     _remove_abandoned(parent, cache_dir.name, keep=tmp)
     log.warning(
@@ -211,6 +212,41 @@ def ensure_gguf_cache(
         for old in parent.glob(f".{cache_dir.name}.old-*"):
             shutil.rmtree(old, ignore_errors=True)
     return cache_dir
+
+
+def _check_room(gguf_path: Path, parent: Path, dtype: torch.dtype) -> None:
+    """Refuse a conversion the disk cannot hold before it starts: a 1.5B model is 7 GB in
+    float32 and minutes of work, which a full disk would otherwise end halfway."""
+    need = _converted_bytes(gguf_path, dtype)
+    if need is None:
+        return
+    need += 64 * 2**20  # config, tokenizer, safetensors header
+    probe = parent
+    while not probe.exists():  # the cache root is made when the conversion starts
+        probe = probe.parent
+    free = shutil.disk_usage(probe).free
+    if free >= need:
+        return
+    half = ", or load it with --dtype bfloat16 (half the size)" if dtype == torch.float32 else ""
+    raise BackboneError(
+        f"converting {gguf_path.name} to a {dtype_name(dtype)} cache needs about "
+        f"{need / 1e9:.1f} GB under {parent}, and {free / 1e9:.1f} GB are free: free some "
+        f"space there, or set SOFTPROMPT_HOME to a disk with room{half}"
+    )
+
+
+def _converted_bytes(gguf_path: Path, dtype: torch.dtype) -> int | None:
+    """The converted weights' bytes: the GGUF's element count x the dtype's size (None for
+    another kind of source, or without the gguf package, which converting needs anyway)."""
+    if gguf_path.suffix.lower() != ".gguf" or not _module_installed("gguf"):
+        return None
+    from gguf import GGUFReader
+
+    try:
+        elements = sum(int(t.n_elements) for t in GGUFReader(gguf_path).tensors)
+    except (ValueError, OSError):  # not a readable GGUF: the converter says why
+        return None
+    return elements * torch.empty(0, dtype=dtype).element_size()
 
 
 def _make_temp_folder(cache_dir: Path) -> Path:
