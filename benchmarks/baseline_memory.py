@@ -29,7 +29,9 @@ import sys
 
 CHILD = r"""
 import json, sys, torch
-from benchmarks.baseline_memory import status
+from softprompt.estimate import _status_bytes
+def status(key):  # MiB
+    return _status_bytes(key) / 2**20
 kind, steps, batch_size = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 from softprompt.backbones import load_backbone
 from softprompt.data import load_dataset
@@ -71,16 +73,8 @@ print(json.dumps({"kind": kind, "built_mib": built, "peak_mib": status("VmHWM") 
 """
 
 
-def status(key: str) -> float:
-    """A /proc/self/status figure in MiB (VmRSS: now; VmHWM: the peak so far)."""
-    for line in open("/proc/self/status"):
-        if line.startswith(key + ":"):
-            return int(line.split()[1]) / 1024
-    raise KeyError(key)
-
-
 def _run(kind: str, args: argparse.Namespace) -> dict:
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(["src", "."]))
+    env = dict(os.environ, PYTHONPATH="src")
     argv = [sys.executable, "-c", CHILD, kind, str(args.steps), str(args.batch_size)]
     done = subprocess.run(argv, capture_output=True, text=True, env=env, check=False)
     if done.returncode:
